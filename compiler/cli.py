@@ -1,0 +1,182 @@
+"""The ``isamap`` command line.
+
+User mistakes print ``file:line:col: error: ...`` with a caret and exit 1;
+anything unexpected prints one "internal error" line and exits 70 (the
+traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+from ir.errors import IsamapError
+
+EXIT_USER = 1
+EXIT_INTERNAL = 70
+
+
+def _add_kernel_args(p: argparse.ArgumentParser, sizes: bool = True):
+    p.add_argument("kernel_file", metavar="KERNEL", help="a .tc file (or a library kernel name)")
+    p.add_argument("--kernel", help="the def to use when the file holds several")
+    p.add_argument("--target", "-t", default="reference", help="target name or .hw file (default: reference)")
+    if sizes:
+        p.add_argument("--sizes", "-s", help="size values, e.g. M=64,N=48,K=32")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from compiler import __version__
+    ap = argparse.ArgumentParser(prog="isamap", description="Map tensor kernels onto accelerator ISAs.")
+    ap.add_argument("--version", action="version", version=f"isamap {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("check", help="parse and validate a .tc or .hw file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
+    _add_kernel_args(p)
+    p.add_argument("--scheduler", help="scheduling strategy")
+    p.add_argument("--emit", default="ir", help="what to print: ir (default)")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("run", help="run a kernel on random inputs")
+    _add_kernel_args(p)
+    p.add_argument("--scheduler", help="scheduling strategy")
+    p.add_argument("--check", action="store_true", help="compare with the reference interpreter")
+    p.add_argument("--seed", type=int, default=0, help="random input seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_run)
+    return ap
+
+
+def _resolve_kernel_path(arg: str) -> str:
+    import os
+    if os.path.exists(arg) or arg.endswith(".tc") or "/" in arg:
+        return arg
+    import kernels
+    return str(kernels.path(arg))
+
+
+def cmd_check(a) -> int:
+    from compiler.frontend import parse
+    from ir import printer
+    m = parse(a.file)
+    summary = []
+    for k in m.kernels:
+        for w in k.warnings:
+            print(w, file=sys.stderr)
+        ins = ", ".join(f"{t.name}: {t.dtype}[{', '.join(printer.expr(d.extent) for d in k.dims(t.name))}]"
+                        for t in k.inputs)
+        outs = ", ".join(f"{t.name}: {t.dtype}[{', '.join(printer.expr(d.extent) for d in k.dims(t.name))}]"
+                         for t in k.outputs)
+        summary.append({"kind": "kernel", "name": k.name, "sizes": list(k.sizes),
+                        "statements": len(k.stmts), "signature": f"({ins}) -> ({outs})"})
+    for t in m.targets:
+        summary.append({"kind": "target", "name": t.name, "instructions": len(t.instrs)})
+    if a.json:
+        print(json.dumps({"file": a.file, "ok": True, "items": summary}, indent=2))
+    else:
+        for s in summary:
+            if s["kind"] == "kernel":
+                print(f"ok: kernel {s['name']}{s['signature']}")
+            else:
+                print(f"ok: target {s['name']} ({s['instructions']} instructions)")
+        if not summary:
+            print(f"ok: {a.file} (empty)")
+    return 0
+
+
+def _build(a):
+    from compiler import api
+    from compiler.sizes import parse_sizes
+    from ir.bind import bind
+    sizes, spans = parse_sizes(getattr(a, "sizes", None))
+    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
+    bind(k, sizes, spans)  # located errors for bad --sizes
+    return api.build(k, target=a.target, sizes=sizes, scheduler=getattr(a, "scheduler", None))
+
+
+def _write_output(path: str | None, text: str):
+    if path is None:
+        sys.stdout.write(text)
+        return
+    import os
+    import tempfile
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".isamap-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)  # no partial output file on failure
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cmd_compile(a) -> int:
+    ck = _build(a)
+    _write_output(a.output, ck.source(a.emit))
+    return 0
+
+
+def cmd_run(a) -> int:
+    from compiler.checking import compare, random_inputs
+    import ir.interp
+    ck = _build(a)
+    inputs = random_inputs(ck.kernel, ck.bound, a.seed)
+    t0 = time.perf_counter()
+    out = ck.run_all(**inputs)
+    seconds = time.perf_counter() - t0
+    result = {"kernel": ck.kernel.name, "target": ck.target, "sizes": ck.sizes, "seconds": seconds}
+    result.update({k: v for k, v in ck.report.items() if k not in result and k != "seconds"})
+    if a.check:
+        ref = ir.interp.run(ck.kernel, inputs, ck.sizes)
+        ok, err, per = compare(out, ref)
+        result.update(correct=ok, max_abs_error=err, outputs=per)
+    if a.json:
+        print(json.dumps(result, indent=2, default=float))
+    else:
+        print(f"{ck.kernel.name} on {ck.target} with {', '.join(f'{k}={v}' for k, v in ck.sizes.items())}: "
+              f"{seconds * 1e3:.3f} ms")
+        if a.check:
+            print(f"max abs error {result['max_abs_error']:.3g}: {'PASS' if result['correct'] else 'FAIL'}")
+    if a.check and not result["correct"]:
+        return EXIT_USER
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = make_parser()
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except IsamapError as e:
+        print(e.format(), file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("isamap: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place internal failures are reported
+        if a.debug:
+            traceback.print_exc()
+        else:
+            print(f"isamap: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
+                  file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

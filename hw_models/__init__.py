@@ -1,0 +1,1 @@
+"""Built-in targets, each described by one ``.hw`` file in this folder."""

@@ -1,0 +1,1 @@
+"""Scheduling strategies (pick a mapping, tile, order loops, place buffers)."""
