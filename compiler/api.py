@@ -29,12 +29,12 @@ class CompiledKernel:
 
     kernel: Kernel
     target: str
-    bound: Bound
+    bound: Bound | None  # None: sizes are taken from the first call's arrays (reference only)
     report: dict = field(default_factory=dict)
 
     @property
-    def sizes(self) -> dict[str, int]:
-        return dict(self.bound.sizes)
+    def sizes(self) -> dict[str, int] | None:
+        return None if self.bound is None else dict(self.bound.sizes)
 
     @property
     def input_names(self) -> list[str]:
@@ -71,6 +71,8 @@ class CompiledKernel:
     def source(self, kind: str = "ir") -> str:
         if kind == "ir":
             return emit_ir(self.kernel, self.bound)
+        if self.bound is None:
+            raise IsamapError("pass sizes= to build() to get generated code")
         raise IsamapError(f"'{kind}' code is not available for target '{self.target}' "
                           f"(available: ir)")
 
@@ -97,7 +99,7 @@ def build(path_or_source, target: str = "reference", sizes: dict[str, int] | Non
     k = load_kernel(path_or_source, kernel)
     if target not in TARGETS:
         raise IsamapError(f"unknown target '{target}' (available: {', '.join(TARGETS)})")
-    if sizes is None:
-        sizes = {}
-    b = bind(k, dict(sizes))
+    if sizes is None and target == "reference":
+        return CompiledKernel(k, target, None, {"kernel": k.name, "target": target})
+    b = bind(k, dict(sizes or {}))
     return CompiledKernel(k, target, b, {"kernel": k.name, "target": target, "sizes": dict(b.sizes)})

@@ -13,6 +13,8 @@ from ir.kernel import TensorDecl
 
 from .ast import RawDef, RawStmt, WhereExists, WhereLet, WhereRange
 
+RESERVED = frozenset(["def", "where", "in", "exists", "min", "max", *dtypes.BY_NAME])
+
 _READABLE = {
     "NAME": "an identifier", "NUMBER": "a number", "INT": "an integer", "TYPE": "a type name",
     "ASSIGN": "'=' or a reduction operator ('+=!', 'max=', ...)", "CMPOP": "a comparison",
@@ -85,7 +87,7 @@ class _Builder(Transformer):
 
     @v_args(meta=True)
     def binop(self, meta, ch):
-        return Binary(str(ch[1]), ch[0], ch[2], span=self.sp(ch[1]))
+        return Binary(str(ch[1]), ch[0], ch[2], span=self.sp(meta))
 
     @v_args(meta=True)
     def lor(self, meta, ch):
@@ -189,6 +191,10 @@ def parse_file(source: Source) -> ParsedFile:
     defs: list[RawDef] = []
     targets: list[Tree] = []
     b = _Builder(source)
+    for tok in tree.scan_values(lambda t: isinstance(t, Token) and t.type == "NAME"):
+        if tok in RESERVED:
+            raise IsamapError(f"'{tok}' is a reserved word", Span(source, tok.line, tok.column,
+                                                                  tok.end_line, tok.end_column))
     for item in tree.children:
         if item.data == "def_":
             defs.append(_build_def(b, item))
@@ -238,6 +244,8 @@ def _syntax_error(lk: Lark, src: Source, e: UnexpectedInput) -> IsamapError:
         if len(expected) > 6:
             expected = expected[:6] + ["..."]
         msg = f"unexpected {_token_text(tok)}"
+        if tok.type != "$END" and "//" in src.text[max(0, tok.start_pos - 1):tok.start_pos + 2]:
+            msg += " (comments start with '#')"
         if tok.type == "TYPE" or tok.type in ("DEF", "WHERE", "IN", "EXISTS"):
             msg += f" ('{tok}' is a reserved word)"
         if expected:

@@ -182,8 +182,9 @@ class _DefChecker:
                 raise IsamapError("tensor accesses and function calls cannot be used in a range bound",
                                   n.span or e.span)
             if isinstance(n, Name) and n.name not in self.sizes:
-                raise IsamapError(f"'{n.name}' is not a size; range bounds may use only sizes "
-                                  f"and constants", n.span or e.span)
+                raise IsamapError(f"'{n.name}' is not a size: range bounds may use only sizes and "
+                                  f"constants (index variables are not allowed: TC iteration "
+                                  f"domains are rectangular)", n.span or e.span)
 
         def conv(x: Expr) -> Expr:
             if isinstance(x, Name):

@@ -1,0 +1,80 @@
+"""The command line: exit codes, JSON, located errors, no tracebacks."""
+import json
+
+import pytest
+
+from compiler import cli
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_check_json(capsys):
+    code, out, err = run(capsys, "run", "kernels/gemm.tc", "--target", "reference", "--sizes",
+                         "M=64,N=48,K=32", "--check", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["correct"] is True and r["max_abs_error"] == 0.0 and "seconds" in r
+
+
+def test_run_by_library_name_and_kernel_flag(capsys, tmp_path):
+    code, out, _ = run(capsys, "run", "softmax", "--sizes", "N=3,D=7", "--check")
+    assert code == 0 and "PASS" in out
+    f = tmp_path / "two.tc"
+    f.write_text("def a(float(N) X) -> (Y) { Y(i) = X(i) }\ndef b(float(N) X) -> (Y) { Y(i) = 2 * X(i) }\n")
+    code, out, err = run(capsys, "run", str(f), "--sizes", "N=4")
+    assert code == 1 and "several kernels" in err
+    code, out, err = run(capsys, "run", str(f), "--kernel", "b", "--sizes", "N=4", "--check")
+    assert code == 0, err
+
+
+def test_check_reports_kernels_and_errors(capsys, tmp_path):
+    code, out, _ = run(capsys, "check", "kernels/conv2d.tc")
+    assert code == 0 and "O: float32[N, F, H - R + 1, W - S + 1]" in out
+    bad = tmp_path / "bad.tc"
+    bad.write_text("def f(float(N) A) -> (B) {\n    B(i) = A(i) +\n}\n")
+    code, out, err = run(capsys, "check", str(bad))
+    assert code == 1
+    assert err.startswith(f"{bad}:3:1: error: unexpected '}}'")
+    assert "Traceback" not in err
+
+
+def test_bad_sizes_and_missing_file(capsys):
+    code, _, err = run(capsys, "run", "kernels/gemm.tc", "--sizes", "M=4,N=four,K=2")
+    assert code == 1 and err.startswith("--sizes:1:7: error:")
+    code, _, err = run(capsys, "check", "nope.tc")
+    assert code == 1 and "no such file" in err
+    code, _, err = run(capsys, "run", "kernels/gemm.tc", "--sizes", "M=4,N=4,K=2", "--target", "tpu9")
+    assert code == 1 and "unknown target 'tpu9'" in err
+
+
+def test_compile_emit_ir_writes_atomically(capsys, tmp_path):
+    out_file = tmp_path / "g.ir"
+    code, _, err = run(capsys, "compile", "kernels/gemm.tc", "--sizes", "M=4,N=4,K=2", "-o", str(out_file))
+    assert code == 0, err
+    assert "C(m, n) +=! A(m, k) * B(k, n)" in out_file.read_text()
+    code, _, err = run(capsys, "compile", "kernels/gemm.tc", "--sizes", "M=4,N=4,K=2", "--emit", "cuda",
+                       "-o", str(tmp_path / "x.cu"))
+    assert code == 1 and not (tmp_path / "x.cu").exists()
+
+
+def test_internal_errors_are_one_line(capsys, monkeypatch):
+    def boom(a):
+        raise RuntimeError("kaput")
+    monkeypatch.setattr(cli, "cmd_check", boom)
+    code, _, err = run(capsys, "check", "kernels/gemm.tc")
+    assert code == cli.EXIT_INTERNAL
+    assert err.strip() == "isamap: internal error: RuntimeError: kaput (rerun with --debug for a traceback)"
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and "isamap" in capsys.readouterr().out
+    for sub in ("check", "run", "compile"):
+        with pytest.raises(SystemExit) as e:
+            cli.main([sub, "--help"])
+        assert e.value.code == 0
