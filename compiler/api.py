@@ -98,7 +98,11 @@ def build(path_or_source, target: str = "reference", sizes: dict[str, int] | Non
     """Parse, check and specialise a kernel for ``target`` and ``sizes``."""
     k = load_kernel(path_or_source, kernel)
     if target not in TARGETS:
-        raise IsamapError(f"unknown target '{target}' (available: {', '.join(TARGETS)})")
+        import hw_models
+        t = hw_models.load(target)  # validates names and .hw files with located errors
+        raise IsamapError(f"target '{t.name}' is described ({len(t.instrs)} instructions) but has no code "
+                          f"generator yet: instruction mapping, scheduling and the sim/llvm/cuda backends "
+                          f"are still being built; use --target reference")
     if sizes is None and target == "reference":
         return CompiledKernel(k, target, None, {"kernel": k.name, "target": target})
     b = bind(k, dict(sizes or {}))

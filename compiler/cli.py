@@ -39,6 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(fn=cmd_check)
 
+    p = sub.add_parser("targets", help="list the built-in targets and their peak figures")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(fn=cmd_targets)
+
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy")
@@ -79,7 +83,8 @@ def cmd_check(a) -> int:
         summary.append({"kind": "kernel", "name": k.name, "sizes": list(k.sizes),
                         "statements": len(k.stmts), "signature": f"({ins}) -> ({outs})"})
     for t in m.targets:
-        summary.append({"kind": "target", "name": t.name, "instructions": len(t.instrs)})
+        summary.append({"kind": "target", "name": t.name, "instructions": len(t.instrs),
+                        "peak_macs_per_cycle": t.peak_macs_per_cycle()})
     if a.json:
         print(json.dumps({"file": a.file, "ok": True, "items": summary}, indent=2))
     else:
@@ -90,6 +95,31 @@ def cmd_check(a) -> int:
                 print(f"ok: target {s['name']} ({s['instructions']} instructions)")
         if not summary:
             print(f"ok: {a.file} (empty)")
+    return 0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("GiB", "MiB", "KiB"):
+        scale = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10}[unit]
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def cmd_targets(a) -> int:
+    import hw_models
+    rows = [hw_models.load(n).summary() for n in hw_models.builtin_names()]
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("reference    numpy reference interpreter (ir.interp)")
+    for r in rows:
+        mems = ", ".join(f"{m['name']} {_fmt_bytes(m['capacity_bytes'])}"
+                         + (f" x{m['instances']}" if m["instances"] > 1 else "")
+                         + (f" @ {m['bandwidth_bytes_per_cycle']:g} B/cycle" if m["bandwidth_bytes_per_cycle"] else "")
+                         for m in r["memories"])
+        print(f"{r['name']:<12} {r['cores']} core{'s' if r['cores'] != 1 else ''}, "
+              f"peak {r['peak_macs_per_cycle']:g} MAC/cycle; {mems}")
     return 0
 
 

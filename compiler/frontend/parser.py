@@ -191,10 +191,11 @@ def parse_file(source: Source) -> ParsedFile:
     defs: list[RawDef] = []
     targets: list[Tree] = []
     b = _Builder(source)
-    for tok in tree.scan_values(lambda t: isinstance(t, Token) and t.type == "NAME"):
-        if tok in RESERVED:
-            raise IsamapError(f"'{tok}' is a reserved word", Span(source, tok.line, tok.column,
-                                                                  tok.end_line, tok.end_column))
+    for code in tree.find_pred(lambda t: t.data in ("def_", "stmt")):
+        for tok in code.scan_values(lambda t: isinstance(t, Token) and t.type == "NAME"):
+            if tok in RESERVED:
+                raise IsamapError(f"'{tok}' is a reserved word", Span(source, tok.line, tok.column,
+                                                                      tok.end_line, tok.end_column))
     for item in tree.children:
         if item.data == "def_":
             defs.append(_build_def(b, item))

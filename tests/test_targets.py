@@ -1,0 +1,105 @@
+"""The .hw format: built-in targets, derived figures, validation errors."""
+import json
+import re
+
+import pytest
+
+import hw_models
+from compiler import cli
+from compiler.frontend import parse
+from ir.errors import IsamapError
+
+GOOD = """
+target "toy" {
+    cores = 2
+    memory dram { capacity = 8 GiB  bandwidth = 64 B/cycle  shared = true }
+    memory sram { capacity = 1 MiB  bandwidth = 512 B/cycle }
+    memory acc  { capacity = 64 KiB }
+    engine dma { }
+    engine mxu { }
+    instr load(float(16, 16) X @dram) -> (float(16, 16) Y @sram) engine = dma  port = 64 B/cycle  latency = 10
+    { Y(i, j) = X(i, j) }
+    instr store(float(16, 16) X @acc) -> (float(16, 16) Y @dram) engine = dma  port = 64 B/cycle
+    { Y(i, j) = X(i, j) }
+    instr mma(float(16, 16) A @sram, float(16, 16) B @sram) -> (float(16, 16) C @acc) engine = mxu  occupancy = 16
+    { C(i, j) += A(i, k) * B(k, j) }
+}
+"""
+
+
+def test_builtin_targets_check_and_peaks():
+    names = hw_models.builtin_names()
+    assert {"sim-gemmini", "sim-nnp", "cpu", "cuda"} <= set(names)
+    peaks = {n: hw_models.load(n).peak_macs_per_cycle() for n in names}
+    assert peaks["sim-gemmini"] == 256  # 16x16 array, one 16x16x16 block per 16 cycles
+    assert peaks["sim-nnp"] == 24 * 2 * 32 * 32  # 24 cores x 2 units x 32x32 per cycle
+    assert peaks["cuda"] == 108 * 4 * 256
+    nnp = hw_models.load("sim-nnp")
+    assert nnp.instr("ld_mc").multicast == 24 and nnp.instr("mm").transpose == ("A", "B")
+    assert {"vexp", "vlog", "vtanh", "vsigmoid", "vsqrt", "vrsqrt", "vdiv", "vsel"} <= {i.name for i in nnp.instrs}
+    assert nnp.instr("ld").is_copy and not nnp.instr("mm").is_copy
+
+
+def test_instruction_bodies_are_kernels():
+    t = parse(GOOD).targets[0]
+    mma = t.instr("mma")
+    assert mma.macs == 16 ** 3 and mma.body.stmts[0].reduction_vars == ("k",)
+    assert t.links() == {("dram", "sram"), ("acc", "dram")}
+    assert t.peak_macs_per_cycle() == 2 * 16 ** 3 / 16
+
+
+def test_targets_cli_json(capsys):
+    assert cli.main(["targets", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by = {r["name"]: r for r in rows}
+    assert by["sim-nnp"]["peak_macs_per_cycle"] == 49152
+    assert by["sim-gemmini"]["path"].endswith("sim-gemmini.hw")
+    assert {m["name"] for m in by["sim-nnp"]["memories"]} == {"hbm", "sram", "acc"}
+
+
+BAD = [
+    (("memory sram { capacity = 1 MiB  bandwidth = 512 B/cycle }", "memory sram { capacity = 0 B }"),
+     r"'capacity' must be positive"),
+    (("bandwidth = 64 B/cycle  shared", "bandwidth = -1 B/cycle  shared"), r"unexpected '-'"),
+    (("engine = mxu", "engine = tpu"), r"unknown engine 'tpu'"),
+    (("C @acc", "C @hbm"), r"unknown memory 'hbm'"),
+    (("memory acc  { capacity = 64 KiB }", "memory acc  { capacity = 512 B }"), r"needs 1024 bytes but memory 'acc' holds 512"),
+    (("C(i, j) += A(i, k) * B(k, j)", "C(i, j) += A(i, k) * Q(k, j)"), r"unknown tensor or function 'Q'"),
+    (("engine dma { }", "engine dma { }\n engine dma { }"), r"engine 'dma' is declared twice"),
+    (("engine = dma  port = 64 B/cycle\n", "engine = dma\n"), r"needs 'occupancy = N' or 'port"),
+    (("instr load(float(16, 16) X @dram) -> (float(16, 16) Y @sram) engine = dma  port = 64 B/cycle  latency = 10\n    { Y(i, j) = X(i, j) }", ""),
+     r"memory 'sram' cannot be reached from main memory 'dram'"),
+    (("memory acc  { capacity = 64 KiB }", "memory acc  { capacity = 64 KiB  holds = [int8] }"), r"memory 'acc' cannot hold float32"),
+    (("latency = 10", "latency = 10 cycles  speed = 3"), r"unknown property 'speed'"),
+]
+
+
+@pytest.mark.parametrize("edit,pattern", BAD)
+def test_damaged_targets_get_located_errors(edit, pattern):
+    src = GOOD.replace(*edit)
+    assert src != GOOD
+    with pytest.raises(IsamapError) as e:
+        parse(src, name="toy.hw")
+    assert re.search(pattern, e.value.message), e.value.message
+    assert e.value.span is not None and e.value.format().startswith("toy.hw:")
+
+
+def test_check_hw_file_cli(capsys, tmp_path):
+    f = tmp_path / "toy.hw"
+    f.write_text(GOOD)
+    assert cli.main(["check", str(f)]) == 0
+    assert "ok: target toy (3 instructions)" in capsys.readouterr().out
+    f.write_text(GOOD.replace("engine = mxu", "engine = tpu"))
+    assert cli.main(["check", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert re.match(rf"{re.escape(str(f))}:\d+:\d+: error: unknown engine 'tpu'", err)
+
+
+def test_target_paths_are_accepted_where_names_are(capsys, tmp_path):
+    f = tmp_path / "toy.hw"
+    f.write_text(GOOD)
+    code = cli.main(["run", "kernels/gemm.tc", "--target", str(f), "--sizes", "M=4,N=4,K=4"])
+    err = capsys.readouterr().err
+    assert code == 1 and "target 'toy' is described" in err
+    code = cli.main(["run", "kernels/gemm.tc", "--target", str(tmp_path / "nope.hw"), "--sizes", "M=4,N=4,K=4"])
+    assert code == 1 and "no such target file" in capsys.readouterr().err
