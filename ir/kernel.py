@@ -16,6 +16,14 @@ from .expr import Expr, Size, evaluate_int
 
 _META = dict(compare=False, repr=False, hash=False)
 
+
+def by_name(items, name: str):
+    """The item whose ``.name`` is ``name`` (KeyError if none)."""
+    for it in items:
+        if it.name == name:
+            return it
+    raise KeyError(name)
+
 # Reduction operators as written: '=' is plain assignment.
 OPS = ("=", "+", "*", "min", "max")
 
@@ -101,10 +109,7 @@ class Kernel:
     span: Span | None = field(default=None, **_META)
 
     def tensor(self, name: str) -> TensorDecl:
-        for t in self.inputs + self.outputs:
-            if t.name == name:
-                return t
-        raise KeyError(name)
+        return by_name(self.inputs + self.outputs, name)
 
     def dims(self, name: str) -> tuple[Dim, ...]:
         return dict(self.shapes)[name]

@@ -13,7 +13,7 @@ from math import prod
 from .dtypes import DType
 from .errors import Span
 from .expr import Access, Binary, walk
-from .kernel import Kernel
+from .kernel import Kernel, by_name
 
 _META = dict(compare=False, repr=False, hash=False)
 
@@ -79,10 +79,7 @@ class Instruction:
         return tuple(o for o in self.operands if o.is_output)
 
     def operand(self, name: str) -> Operand:
-        for o in self.operands:
-            if o.name == name:
-                return o
-        raise KeyError(name)
+        return by_name(self.operands, name)
 
     @property
     def is_copy(self) -> bool:
@@ -128,22 +125,13 @@ class Target:
     span: Span | None = field(default=None, **_META)
 
     def memory(self, name: str) -> Memory:
-        for m in self.memories:
-            if m.name == name:
-                return m
-        raise KeyError(name)
+        return by_name(self.memories, name)
 
     def engine(self, name: str) -> Engine:
-        for e in self.engines:
-            if e.name == name:
-                return e
-        raise KeyError(name)
+        return by_name(self.engines, name)
 
     def instr(self, name: str) -> Instruction:
-        for i in self.instrs:
-            if i.name == name:
-                return i
-        raise KeyError(name)
+        return by_name(self.instrs, name)
 
     def prop(self, name: str, default=None):
         return dict(self.props).get(name, default)
