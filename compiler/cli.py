@@ -43,6 +43,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(fn=cmd_targets)
 
+    p = sub.add_parser("mappings", help="every legal way each statement runs on each instruction")
+    _add_kernel_args(p)
+    p.add_argument("--explain", action="store_true", help="also list rejected candidates and why")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(fn=cmd_mappings)
+
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy")
@@ -120,6 +126,32 @@ def cmd_targets(a) -> int:
                          for m in r["memories"])
         print(f"{r['name']:<12} {r['cores']} core{'s' if r['cores'] != 1 else ''}, "
               f"peak {r['peak_macs_per_cycle']:g} MAC/cycle; {mems}")
+    return 0
+
+
+def cmd_mappings(a) -> int:
+    import hw_models
+    from compiler import api
+    from compiler.mapping import mappings_for_kernel
+    from compiler.sizes import parse_sizes
+    from ir.bind import bind
+    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
+    sizes, spans = parse_sizes(a.sizes)
+    if sizes:
+        bind(k, sizes, spans)
+    t = hw_models.load(a.target)
+    ms = mappings_for_kernel(k, t, explain=a.explain)
+    if a.json:
+        print(json.dumps([m.to_json() for m in ms], indent=2))
+        return 0
+    for si, st in enumerate(k.stmts):
+        from ir import printer
+        print(f"S{si}: {printer.stmt(st)}")
+        mine = [m for m in ms if m.statement == si]
+        if not any(m.legal for m in mine):
+            print("  (no legal mapping on this target)")
+        for m in mine:
+            print("  " + m.describe()[len(f"S{si} "):])
     return 0
 
 

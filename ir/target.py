@@ -12,7 +12,7 @@ from math import prod
 
 from .dtypes import DType
 from .errors import Span
-from .expr import Access, Binary, walk
+from .expr import Binary, walk
 from .kernel import Kernel, by_name
 
 _META = dict(compare=False, repr=False, hash=False)
@@ -83,12 +83,11 @@ class Instruction:
 
     @property
     def is_copy(self) -> bool:
-        """Data movement: one statement ``Y(...) = X(...)`` between different memories."""
+        """Data movement: one elementwise statement from one memory into another (copies, conversions)."""
         if len(self.body.stmts) != 1 or len(self.inputs) != 1 or len(self.outputs) != 1:
             return False
         s = self.body.stmts[0]
-        return s.op == "=" and isinstance(s.rhs, Access) and \
-            self.inputs[0].memory != self.outputs[0].memory
+        return s.op == "=" and not s.reduction_vars and self.inputs[0].memory != self.outputs[0].memory
 
     @property
     def macs(self) -> int:
