@@ -137,21 +137,21 @@ def cmd_mappings(a) -> int:
     from ir.bind import bind
     k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
     sizes, spans = parse_sizes(a.sizes)
-    if sizes:
-        bind(k, sizes, spans)
+    bound = bind(k, sizes, spans) if sizes else None
     t = hw_models.load(a.target)
-    ms = mappings_for_kernel(k, t, explain=a.explain)
+    ms = mappings_for_kernel(k, t, explain=a.explain, bound=bound)
     if a.json:
         print(json.dumps([m.to_json() for m in ms], indent=2))
         return 0
+    from ir import printer
+    print(f"# {k.name} on {t.name}" + (f" with {', '.join(f'{n}={v}' for n, v in sizes.items())}" if sizes else ""))
     for si, st in enumerate(k.stmts):
-        from ir import printer
         print(f"S{si}: {printer.stmt(st)}")
         mine = [m for m in ms if m.statement == si]
         if not any(m.legal for m in mine):
             print("  (no legal mapping on this target)")
         for m in mine:
-            print("  " + m.describe()[len(f"S{si} "):])
+            print(("  " if m.legal else "  x ") + m.describe()[len(f"S{si} "):])
     return 0
 
 

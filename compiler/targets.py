@@ -122,6 +122,9 @@ class _TargetChecker:
         cores = self.take(props, "cores", "int", 1)
         window = self.take(props, "window", "int", 16)
         main = self.take(props, "main", "name")
+        fallback = self.take(props, "fallback", "name")
+        if fallback is not None and fallback[0] != "scalar":
+            raise IsamapError("'fallback' must be 'scalar'", fallback[1])
         memories = self.unique([self.memory(m) for m in mems], "memory")
         if not memories:
             raise IsamapError(f"target '{name}' declares no memory", self.sp(tree))
@@ -136,7 +139,7 @@ class _TargetChecker:
         eng_names = {e.name for e in engs}
         ins = self.unique([self.instr(i, mem_names, eng_names) for i in instrs], "instruction")
         self.no_leftovers(props, f"target '{name}'")
-        extra = ()
+        extra = (("fallback", fallback[0]),) if fallback else ()
         t = Target(name, tuple(memories), tuple(engs), tuple(ins), cores, window, main_name, extra,
                    span=self.sp(tree))
         self.reachability(t)
@@ -245,13 +248,14 @@ class _TargetChecker:
         mc = self.take(p, "multicast", "int", 1)
         tr = self.take(p, "transpose", "names", [])
         for n, sp in tr:
-            if n not in {o.name for o in ops if not o.is_output}:
-                raise IsamapError(f"'{n}' is not an input operand of {what}", sp)
+            if n not in {o.name for o in ops}:
+                raise IsamapError(f"'{n}' is not an operand of {what}", sp)
         partial = self.take(p, "partial", "bool", False)
+        gather = self.take(p, "gather", "bool", False)
         self.no_leftovers(p, what)
         extra = ()
         return Instruction(name, tuple(ops), body, eng[0], occ, lat, port, mc, tuple(n for n, _ in tr),
-                           partial, extra, span=self.sp(name_tok))
+                           partial, gather, extra, span=self.sp(name_tok))
 
     def reachability(self, t: Target):
         links = {(o.memory, r.memory) for i in t.instrs for o in i.inputs for r in i.outputs}

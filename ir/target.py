@@ -67,6 +67,7 @@ class Instruction:
     multicast: int = 1  # cores one transfer can deliver to
     transpose: tuple[str, ...] = ()  # operands that may be read transposed
     partial: bool = False  # tiles smaller than the shape are allowed (DMA)
+    gather: bool = False  # reads any affine address pattern (im2col windows, element strides)
     props: tuple[tuple[str, object], ...] = ()
     span: Span | None = field(default=None, **_META)
 

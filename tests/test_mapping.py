@@ -1,55 +1,115 @@
-"""Instruction mapping (first version): legal mappings and located rejection reasons."""
+"""Instruction mapping: required mappings, rejection reasons, golden --explain listings."""
 import json
+
+import pytest
 
 import compiler
 import hw_models
 import kernels
 from compiler import cli
-from compiler.mapping import mappings_for_kernel
+from compiler.mapping import mappings_for_kernel, unmappable
+from ir.bind import bind
 
 
-def maps(kernel, target, explain=False):
-    k = compiler.parse(kernels.path(kernel)).kernel()
-    return mappings_for_kernel(k, hw_models.load(target), explain)
+def load(name):
+    return compiler.parse(kernels.path(name)).kernel()
+
+
+def maps(kernel, target, explain=False, sizes=None):
+    k = load(kernel)
+    return mappings_for_kernel(k, hw_models.load(target), explain, bind(k, sizes) if sizes else None)
+
+
+def on(ms, instr, stmt=0):
+    return [m for m in ms if m.legal and m.instruction == instr and m.statement == stmt]
 
 
 def test_gemm_direct_and_transposed_on_nnp():
-    direct = [m for m in maps("gemm", "sim-nnp") if m.instruction == "mm"]
-    assert [dict(m.vars) for m in direct] == [{"i": "m", "j": "n", "k": "k"}]
-    assert any("ld_cvt" in t for t in direct[0].transforms)  # fp32 tensors feed a bf16 unit
-    tn = [m for m in maps("gemm_tn", "sim-nnp") if m.instruction == "mm"]
-    assert any("A read transposed" in t for t in tn[0].transforms)
-    assert maps("gemm_tn", "sim-gemmini-fp32") == []  # no transposed operand reads there
+    mm = on(maps("gemm", "sim-nnp"), "mm")
+    assert [m.vars for m in mm] == [{"i": "m", "j": "n", "k": "k"}, {"i": "n", "j": "m", "k": "k"}]
+    assert mm[0].operands == {"A": "A", "B": "B", "C": "C"}
+    assert any("ld_cvt" in t for t in mm[0].transforms)  # fp32 tensors feed the bf16 unit
+    ct = mm[1]  # C^T = B^T A^T
+    assert ct.operands == {"A": "B", "B": "A", "C": "C"}
+    assert {"A: B read transposed", "B: A read transposed", "C: C written transposed"} <= set(ct.transforms)
+    tn = on(maps("gemm_tn", "sim-nnp"), "mm")
+    assert "A: A read transposed" in tn[0].transforms
+    assert on(maps("gemm_tn", "sim-gemmini-fp32"), "matmul") == []  # no transposed reads there
 
 
-def test_batch_variable_is_a_loop():
-    for m in maps("batch_matmul", "sim-nnp"):
-        assert "b" in m.loops and "b" not in dict(m.vars).values()
+def test_extents_exact_tiled_padded():
+    m = on(maps("gemm", "sim-nnp", sizes=dict(M=1760, N=128, K=1760)), "mm")[0]
+    assert m.to_json()["extents"] == {"i": "tiled x55", "j": "tiled x4", "k": "tiled x55"}
+    m = on(maps("gemm", "sim-nnp", sizes=dict(M=7, N=32, K=33)), "mm")[0]
+    assert m.to_json()["extents"] == {"i": "padded 7->32", "j": "exact", "k": "padded 33->64"}
+
+
+def test_batch_variable_is_always_a_loop():
+    ms = [m for m in maps("batch_matmul", "sim-nnp") if m.instruction.startswith("mm")]
+    assert ms and all("b" in m.loops and "b" not in m.vars.values() for m in ms)
+
+
+def test_conv2d_reduction_choices_and_fusion():
+    ms = [m for m in maps("conv2d", "sim-nnp") if m.instruction == "mm"]
+    ks = {m.vars["k"] for m in ms}
+    assert "c" in ks and {"r", "s"} & ks  # reduction on c, and on r or s
+    assert any("im2col" in t for m in ms for t in m.transforms)  # via a gathering copy
+    assert any("(h,w)" in v for m in ms for v in m.vars.values())  # fused output pixels
+    # without a gathering copy (sim-gemmini-fp32) the im2col candidates are rejected with the reason
+    rej = [m for m in maps("conv2d", "sim-gemmini-fp32", explain=True) if not m.legal]
+    assert any("im2col" in m.reason and "has none" in m.reason for m in rej)
 
 
 def test_never_reduction_on_parallel_var():
-    for name in ("gemm", "conv2d", "depthwise_separable_conv2d", "gru_cell", "lstm_cell"):
-        k = compiler.parse(kernels.path(name)).kernel()
+    for name in ("gemm", "conv2d", "depthwise_separable_conv2d", "gru_cell", "lstm_cell", "pointwise_conv2d"):
+        k = load(name)
         for m in maps(name, "sim-nnp"):
-            red = set(k.stmts[m.statement].reduction_vars)
-            assert dict(m.vars)["k"] in red
-            assert dict(m.vars)["i"] not in red and dict(m.vars)["j"] not in red
+            for step in m.steps:
+                ins = hw_models.load("sim-nnp").instr(step.instruction)
+                red_i = set(ins.body.stmts[0].reduction_vars)
+                red_k = set(k.stmts[m.statement].reduction_vars)
+                for iv, t in step.fused().items():
+                    assert all((v in red_k) == (iv in red_i) for v in t), (name, m.describe())
 
 
-def test_depthwise_rejected_pointwise_extracted():
+def test_depthwise_rejected_on_matrix_unit_pointwise_extracted():
     ms = maps("depthwise_separable_conv2d", "sim-nnp", explain=True)
-    assert not any(m.legal for m in ms if m.statement == 0 and m.instruction == "mm")
-    reasons = {m.reason.split(":")[0] for m in ms if m.statement == 0 and not m.legal}
-    assert {"roles", "access"} <= reasons
-    assert any("im2col" in m.reason for m in ms if not m.legal)
-    assert any(m.legal and m.statement == 1 and m.instruction == "mm" for m in ms)
+    dw_mm = [m for m in ms if m.statement == 0 and m.instruction == "mm"]
+    assert dw_mm and not any(m.legal for m in dw_mm)
+    assert "c appears in I, DW, D" in dw_mm[0].reason
+    assert any(m.legal and m.statement == 0 and m.instruction == "vmac_col" for m in ms)
+    pw = on(ms, "mm", 1)
+    assert any(m.vars["k"] == "c" for m in pw)
 
 
-def test_gru_gates_map_to_matrix_unit():
-    k = compiler.parse(kernels.path("gru_cell")).kernel()
-    gemm_stmts = {i for i, s in enumerate(k.stmts) if s.reduction_vars}
-    legal = {m.statement for m in maps("gru_cell", "sim-nnp") if m.instruction == "mm"}
-    assert legal == gemm_stmts
+@pytest.mark.parametrize("name", ["gru_cell", "lstm_cell"])
+def test_rnn_gates_map_to_matrix_and_vector_units(name):
+    k = load(name)
+    ms = maps(name, "sim-nnp")
+    nnp = hw_models.load("sim-nnp")
+    for si, s in enumerate(k.stmts):
+        legal = [m for m in ms if m.statement == si and m.legal]
+        assert legal, (name, si)
+        if s.reduction_vars:
+            assert any(m.instruction == "mm" for m in legal)
+        else:
+            engines = {nnp.instr(st.instruction).engine for st in legal[0].steps}
+            assert engines == {"vpu"}, (si, legal[0].describe())
+
+
+def test_every_library_kernel_maps_on_nnp_and_has_reasons_elsewhere():
+    nnp = hw_models.load("sim-nnp")
+    gem = hw_models.load("sim-gemmini")
+    for name in kernels.names():
+        k = load(name)
+        assert unmappable(mappings_for_kernel(k, nnp), k) == [], name
+        bad = unmappable(mappings_for_kernel(k, gem, explain=True), k)
+        assert bad and all(reason for _, reason in bad)  # float kernels on an int8 chip: explained
+
+
+def test_scalar_fallback_on_host_targets():
+    ms = maps("softmax", "cpu")
+    assert all(any(m.legal for m in ms if m.statement == i) for i in range(4))
 
 
 def test_mappings_cli_json(capsys):
@@ -57,3 +117,15 @@ def test_mappings_cli_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {"statement", "instruction", "operands", "vars", "transforms", "legal", "reason"} <= set(rows[0])
     assert any(r["legal"] for r in rows) and any(not r["legal"] and r["reason"] for r in rows)
+
+
+@pytest.mark.parametrize("name", ["gemm", "conv2d", "depthwise_separable_conv2d"])
+def test_explain_golden(name, capsys, golden):
+    assert cli.main(["mappings", f"kernels/{name}.tc", "--target", "sim-nnp", "--explain"]) == 0
+    golden(f"mappings_{name}_sim-nnp.txt", capsys.readouterr().out)
+
+
+def test_mapping_is_deterministic():
+    a = [m.describe() for m in maps("conv2d", "sim-nnp", explain=True)]
+    b = [m.describe() for m in maps("conv2d", "sim-nnp", explain=True)]
+    assert a == b and len(set(a)) == len(a)

@@ -35,7 +35,7 @@ def test_builtin_targets_check_and_peaks():
     assert peaks["sim-nnp"] == 24 * 2 * 32 * 32  # 24 cores x 2 units x 32x32 per cycle
     assert peaks["cuda"] == 108 * 4 * 256
     nnp = hw_models.load("sim-nnp")
-    assert nnp.instr("ld_mc").multicast == 24 and nnp.instr("mm").transpose == ("A", "B")
+    assert nnp.instr("ld_mc").multicast == 24 and nnp.instr("mm").transpose == ("A", "B", "C")
     assert {"vexp", "vlog", "vtanh", "vsigmoid", "vsqrt", "vrsqrt", "vdiv", "vsel"} <= {i.name for i in nnp.instrs}
     assert nnp.instr("ld").is_copy and not nnp.instr("mm").is_copy
 

@@ -1,235 +1,255 @@
-"""Enumeration and legality of statement -> instruction mappings."""
+"""The mapping pass: direct mappings, elementwise covers, and explanations."""
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-
 from ir import printer
-from ir.expr import Access, Binary, Call, Cast, Const, Expr, Unary, Var, linear
-from ir.kernel import Kernel, Stmt
+from ir.bind import Bound
+from ir.expr import Access, Expr, Var, vars_of, walk
+from ir.kernel import Kernel
 from ir.target import Instruction, Target
 
-_COMMUTATIVE = ("+", "*", "min", "max")
+from .bind import (Ctx, Reject, assignments, candidates, check, extents, make_step, normal_layout, output_layout,
+                   explain_empty, pad_budget, var_text)
+from .match import has_vars, match, size
+from .model import Mapping, Step
 
 
-@dataclass(frozen=True)
-class Mapping:
-    statement: int
-    instruction: str
-    operands: tuple[tuple[str, str], ...] = ()  # instruction operand -> kernel tensor
-    vars: tuple[tuple[str, str], ...] = ()  # instruction var -> kernel var expression
-    transforms: tuple[str, ...] = ()
-    loops: tuple[str, ...] = ()  # kernel vars left as loops around the instruction
-    legal: bool = True
-    reason: str = ""
-
-    def to_json(self) -> dict:
-        return {"statement": self.statement, "instruction": self.instruction,
-                "operands": dict(self.operands), "vars": dict(self.vars),
-                "transforms": list(self.transforms), "loops": list(self.loops),
-                "legal": self.legal, "reason": self.reason}
-
-    def describe(self) -> str:
-        ops = ", ".join(f"{a}->{b}" for a, b in self.operands)
-        vs = ", ".join(f"{a}={b}" for a, b in self.vars)
-        head = f"S{self.statement} on {self.instruction}"
-        if not self.legal:
-            return f"{head}: REJECTED: {self.reason}" + (f" [{ops}]" if ops else "")
-        tr = f"; transforms: {', '.join(self.transforms)}" if self.transforms else ""
-        lp = f"; loops: {', '.join(self.loops)}" if self.loops else ""
-        return f"{head}: operands {ops}; vars {vs}{lp}{tr}"
+def _ctx(k: Kernel, si: int, target: Target, bound: Bound | None) -> Ctx:
+    ext = None
+    if bound is not None:
+        ext = {v: hi - lo for v, (lo, hi) in bound.domain(si).items()}
+    return Ctx(k, k.stmts[si], target, ext)
 
 
-def _strip(e: Expr) -> Expr:
-    while isinstance(e, Cast):
-        e = e.x
-    return e
+def _single(instr: Instruction) -> bool:
+    return len(instr.body.stmts) == 1
 
 
-def _match(ie: Expr, ke: Expr, ops: dict[str, Access]):
-    """Yield operand bindings making instruction expression ``ie`` equal to kernel ``ke``."""
-    ie, ke = _strip(ie), _strip(ke)
-    if isinstance(ie, Access):
-        if isinstance(ke, Access):
-            if ie.tensor in ops and ops[ie.tensor] != ke:
-                return
-            yield {**ops, ie.tensor: ke}
-        return
-    if isinstance(ie, Const):
-        if isinstance(ke, Const) and float(ke.value) == float(ie.value):
-            yield ops
-        return
-    if type(ie) is not type(ke):
-        return
-    if isinstance(ie, Binary):
-        if ie.op != ke.op:
-            return
-        orders = [(ke.a, ke.b)] + ([(ke.b, ke.a)] if ie.op in _COMMUTATIVE else [])
-        for a, b in orders:
-            for o1 in _match(ie.a, a, ops):
-                yield from _match(ie.b, b, o1)
-        return
-    if isinstance(ie, Unary):
-        if ie.op == ke.op:
-            yield from _match(ie.x, ke.x, ops)
-        return
-    if isinstance(ie, Call):
-        if ie.fn == ke.fn and len(ie.args) == len(ke.args):
-            def go(i, o):
-                if i == len(ie.args):
-                    yield o
-                    return
-                for o2 in _match(ie.args[i], ke.args[i], o):
-                    yield from go(i + 1, o2)
-            yield from go(0, ops)
-        return
-
-
-def _tree_key(e: Expr) -> str:
-    return printer.expr(_strip(e))
-
-
-def enumerate_mappings(k: Kernel, si: int, instr: Instruction, target: Target,
-                       explain: bool = False) -> list[Mapping]:
-    s = k.stmts[si]
-    out: list[Mapping] = []
-
-    def reject(reason, operands=()):
-        if explain:
-            out.append(Mapping(si, instr.name, tuple(operands), legal=False, reason=reason))
-        return out
-
-    if len(instr.body.stmts) != 1:
-        return reject(f"the instruction body has {len(instr.body.stmts)} statements; only one-statement "
-                      f"bodies are matched")
-    ist = instr.body.stmts[0]
+def _op_rules(ctx: Ctx, instr: Instruction, root: bool) -> list[str]:
+    """Raise Reject if the instruction's update rule cannot implement the statement's."""
+    s, ist = ctx.stmt, instr.body.stmts[0]
+    if not root:
+        if ist.op != "=":
+            raise Reject("operation", f"{instr.name} {_op(ist)} but a temporary is assigned")
+        return []
     if ist.op != s.op:
-        return reject(f"operation: the statement {'reduces with ' + s.op if s.op != '=' else 'assigns'} "
-                      f"but the instruction {'reduces with ' + ist.op if ist.op != '=' else 'assigns'}")
-    binds = list(_match(ist.rhs, s.rhs, {}))
-    if not binds:
-        return reject(f"operation tree: the instruction computes {_tree_key(ist.rhs)}, the statement "
-                      f"{_tree_key(s.rhs)}")
-    out_op = instr.outputs[0]
-    seen: set = set()
-    for ops in binds:
-        ops = {**ops, out_op.name: Access(s.tensor, tuple(Var(v) for v in s.indices))}
-        for m in _bind_dims(k, s, si, instr, ist, ops, target, explain):
-            key = (m.operands, m.vars, m.transforms, m.legal, m.reason)
-            if key not in seen:
-                seen.add(key)
-                out.append(m)
+        raise Reject("operation", f"the statement {_op(s)} but {instr.name} {_op(ist)}")
+    out = []
+    if s.op != "=":
+        if ist.init and not s.init:
+            raise Reject("operation", f"{instr.name} overwrites {ist.tensor} but the statement accumulates into "
+                         f"existing values of {s.tensor}")
+        if s.init and not ist.init:
+            out.append(f"{ist.tensor}: starts from the identity of {s.op} (filled before the first reduction step)")
     return out
 
 
-def _bind_dims(k, s: Stmt, si, instr: Instruction, ist: Stmt, ops: dict[str, Access], target, explain):
-    operand_names = [o.name for o in instr.operands]
-    opmap = tuple((n, ops[n].tensor) for n in operand_names if n in ops)
-    # instruction access index vars per operand (instruction bodies use plain variables)
-    inner = {a.tensor: a for a in _accesses(ist)}
-    choices = []
-    for n in operand_names:
-        ia = inner.get(n)
-        ka = ops.get(n)
-        if ia is None or ka is None:
+def _op(s) -> str:
+    return "assigns" if s.op == "=" else f"reduces with {s.op}{'=!' if s.init else '='}"
+
+
+def _lhs(s) -> Access:
+    return Access(s.tensor, tuple(Var(v) for v in s.indices))
+
+
+def direct(k: Kernel, si: int, instr: Instruction, target: Target, bound: Bound | None = None,
+           explain: bool = False) -> list[Mapping]:
+    """Every single-instruction mapping of statement ``si`` onto ``instr``."""
+    ctx = _ctx(k, si, target, bound)
+    s = ctx.stmt
+    out: list[Mapping] = []
+    seen: set = set()
+
+    def reject(rule_text: str, ops: dict | None = None, f: dict | None = None):
+        steps = ()
+        if ops is not None:
+            ops_text = tuple((o.name, _bind_text(ops.get(o.name, _lhs(s) if o.is_output else None)))
+                             for o in instr.operands)
+            steps = (Step(instr.name, ops_text, tuple((iv, var_text(t)) for iv, t in (f or {}).items())),)
+        key = (rule_text, steps)
+        if explain and key not in seen:
+            seen.add(key)
+            out.append(Mapping(si, steps, legal=False, reason=rule_text, candidate=instr.name))
+
+    if not _single(instr):
+        reject(f"shape: {instr.name} has {len(instr.body.stmts)} statements; only one-statement bodies are matched")
+        return out
+    ist = instr.body.stmts[0]
+    try:
+        pre = _op_rules(ctx, instr, True)
+    except Reject as r:
+        reject(str(r))
+        return out
+    binds = list(match(ist.rhs, s.rhs, {}, temps=False))
+    if not binds:
+        reject(f"operation tree: {instr.name} computes {printer.expr(ist.rhs)}, the statement "
+               f"{printer.expr(s.rhs)}")
+        return out
+    legal_keys: set = set()
+    budget = pad_budget(ctx, ist, [r.var for r in s.domain])
+    for ops in binds:
+        cands = candidates(ctx, instr, ist, ops, _lhs(s))
+        why = explain_empty(ctx, instr, ist, ops, _lhs(s), cands, budget)
+        if why:
+            reject(f"roles: {why}", ops)
             continue
-        rank_i, rank_k = len(ia.indices), len(ka.indices)
-        if rank_i > rank_k:
-            if explain:
-                yield Mapping(si, instr.name, opmap, legal=False,
-                              reason=f"rank: operand {n} has {rank_i} dimensions but {ka.tensor} has {rank_k}")
-            return
-        choices.append([(n, perm) for perm in itertools.permutations(range(rank_k), rank_i)])
-    red_k = set(s.reduction_vars)
-    red_i = set(ist.reduction_vars)
-    for combo in itertools.product(*choices):
-        binding: dict[str, str] = {}
-        transforms: list[str] = []
-        problem = None
-        used_kvars: set[str] = set()
-        for n, perm in combo:
-            ia, ka = inner[n], ops[n]
-            iop = instr.operand(n)
-            if list(perm) != sorted(perm):
-                if n in instr.transpose:
-                    transforms.append(f"{n} read transposed ({ka.tensor})")
-                else:
-                    problem = (f"layout: binding {n} to {ka.tensor} needs a transposed read and the "
-                               f"instruction does not allow one for {n}")
-                    break
-            for ipos, kpos in enumerate(perm):
-                iv = ia.indices[ipos]
-                ksub = ka.indices[kpos]
-                ivn = iv.name if isinstance(iv, Var) else printer.expr(iv)
-                kdesc = printer.expr(ksub)
-                if ivn in binding and binding[ivn] != kdesc:
-                    problem = (f"consistency: instruction var {ivn} would be both {binding[ivn]} and {kdesc}")
-                    break
-                binding[ivn] = kdesc
-                lin = linear(ksub)
-                if not isinstance(ksub, Var):
-                    if lin is not None and len(lin.names()) > 1:
-                        problem = (f"access: {ka.tensor} subscript {kdesc} bound to {n}'s var {ivn} needs an "
-                                   f"im2col-style gather, and {target.name} has no gathering data movement")
+        if True:
+            for f in assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)):
+                try:
+                    tr, used = check(ctx, instr, ist, ops, _lhs(s), f, {})
+                except Reject as r:
+                    reject(str(r), ops, f)
+                    continue
+                ops_text = [(o.name, _bind_text(ops.get(o.name, _lhs(s) if o.is_output else None)))
+                            for o in instr.operands]
+                step = make_step(instr, ops_text, f, pre + tr, extents(ctx, instr, ist, f), s.tensor)
+                loops = tuple(r.var for r in s.domain if r.var not in used)
+                m = Mapping(si, (step,), loops)
+                key = (step.operands, step.vars, step.transforms)
+                if key not in legal_keys:
+                    legal_keys.add(key)
+                    out.append(m)
+    return out
+
+
+def _bind_text(e: Expr | None) -> str:
+    if e is None:
+        return "?"
+    if isinstance(e, Access) and e.indices and has_vars(e):
+        return e.tensor
+    return f"imm:{printer.expr(e)}"
+
+
+def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Mapping:
+    """A sequence of instructions computing the statement through temporaries (elementwise ops).
+
+    Top-down with backtracking: a consumer fixes its variable binding first, and
+    each temporary operand must then be produced in exactly that layout.
+    """
+    ctx = _ctx(k, si, target, bound)
+    s = ctx.stmt
+    instrs = sorted((i for i in target.compute_instrs if _single(i)),
+                    key=lambda i: (-size(i.body.stmts[0].rhs), target.instrs.index(i)))
+    memo: dict[tuple, list[Step] | None] = {}
+    counter = [0]
+    errors: list[Reject] = []
+
+    def go(node: Expr, root: bool, want: tuple | None) -> list[Step] | None:
+        key = (node, want, root)
+        if key in memo:
+            return memo[key]
+        memo[key] = None  # no cycles
+        for instr in instrs:
+            ist = instr.body.stmts[0]
+            if ist.reduction_vars and not root:
+                continue
+            try:
+                pre = _op_rules(ctx, instr, root)
+            except Reject as r:
+                errors.append(r)
+                continue
+            out_expr = _lhs(s) if root else node
+            for ops in match(ist.rhs, node, {}, temps=True):
+                temps = {o.name: e for o, e in ((o, ops.get(o.name)) for o in instr.inputs)
+                         if e is not None and not (isinstance(e, Access) and e.indices) and has_vars(e)}
+                cands = candidates(ctx, instr, ist, ops, out_expr)
+                budget = pad_budget(ctx, ist, [r.var for r in s.domain] if root else vars_of(node))
+                for f in assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)):
+                    if want is not None and output_layout(ist, f) != want:
+                        continue
+                    try:
+                        tr, _ = check(ctx, instr, ist, ops, out_expr, f, {})
+                    except Reject as r:
+                        errors.append(r)
+                        continue
+                    steps: list[Step] = []
+                    texts = []
+                    ok = True
+                    inner = {a.tensor: a for a in walk(ist.rhs) if isinstance(a, Access)}
+                    for o in instr.inputs:
+                        e = ops.get(o.name)
+                        if o.name in temps:
+                            lay = normal_layout(tuple(f.get(x.name, ()) for x in inner[o.name].indices))
+                            sub = go(e, False, lay)
+                            if sub is None:
+                                ok = False
+                                break
+                            steps += sub
+                            texts.append((o.name, sub[-1].result))
+                        else:
+                            texts.append((o.name, _bind_text(e)))
+                    if not ok:
+                        continue
+                    if root:
+                        result = s.tensor
                     else:
-                        problem = (f"access: {ka.tensor} subscript {kdesc} is not a plain variable "
-                                   f"(bound to {n}'s var {ivn}); it needs a gather")
-                    break
-                kv = ksub.name
-                used_kvars.add(kv)
-                if ivn in red_i and kv not in red_k:
-                    problem = (f"roles: instruction var {ivn} is a reduction but is bound to {kv}, a parallel "
-                               f"(output) index of the statement")
-                    break
-                if ivn not in red_i and kv in red_k:
-                    problem = (f"roles: reduction var {kv} of the statement is bound to instruction var {ivn}, "
-                               f"a parallel index of the instruction")
-                    break
-            if problem:
-                break
-            # element types
-            kdt = k.tensor(ka.tensor).dtype
-            if iop.dtype != kdt:
-                conv = [c for c in target.copy_instrs if c.outputs[0].memory == iop.memory
-                        and c.outputs[0].dtype == iop.dtype and c.inputs[0].dtype == kdt]
-                if conv:
-                    transforms.append(f"convert {ka.tensor} {kdt}->{iop.dtype} via {conv[0].name}")
-                elif iop.is_output and kdt.is_float and iop.dtype.is_float and kdt.bits <= iop.dtype.bits:
-                    pass
-                else:
-                    problem = (f"dtype: operand {n} is {iop.dtype} but {ka.tensor} is {kdt} and "
-                               f"{target.name} has no converting copy into {iop.memory}")
-                    break
-        if problem is None:
-            # a kernel var used by one operand dimension must not hide inside another operand's loop
-            for n, perm in combo:
-                ka = ops[n]
-                rest = {ka.indices[i].name for i in range(len(ka.indices)) if i not in perm
-                        and isinstance(ka.indices[i], Var)}
-                clash = rest & used_kvars
-                if clash:
-                    v = sorted(clash)[0]
-                    problem = (f"access: var {v} indexes {ka.tensor} outside the instruction's dimensions "
-                               f"while it is bound to an instruction dimension elsewhere")
-                    break
-        if problem:
-            if explain:
-                yield Mapping(si, instr.name, opmap, tuple(sorted(binding.items())), legal=False,
-                              reason=problem)
+                        counter[0] += 1
+                        result = f"%t{counter[0]}"
+                    step = make_step(instr, texts + [(instr.outputs[0].name, result)], f, pre + tr,
+                                     extents(ctx, instr, ist, f), result)
+                    memo[key] = steps + [step]
+                    return memo[key]
+        return None
+
+    if isinstance(s.rhs, Access) and s.op == "=" and all(isinstance(i, Var) for i in s.rhs.indices):
+        return Mapping(si, (), (), True, "", candidate="(data movement)")
+    steps = go(s.rhs, True, None)
+    if steps is None:
+        informative = [e for e in errors if e.rule != "operation"] or errors
+        r = informative[-1] if informative else Reject("operation", f"no instruction of {target.name} computes "
+                                                       f"{printer.expr(s.rhs)}")
+        return Mapping(si, (), legal=False, reason=str(r), candidate="(any instruction sequence)")
+    steps = _renumber(steps)
+    used = {v for st in steps for t in st.fused().values() for v in t}
+    loops = tuple(r.var for r in s.domain if r.var not in used)
+    return Mapping(si, tuple(steps), loops)
+
+
+def _renumber(steps: list[Step]) -> list[Step]:
+    """Drop repeated temporaries (shared subexpressions) and number the rest %t1, %t2, ..."""
+    from dataclasses import replace
+    seen: dict[str, str] = {}
+    out = []
+    for st in steps:
+        if st.result in seen:
             continue
-        loops = tuple(r.var for r in s.domain if r.var not in used_kvars)
-        yield Mapping(si, instr.name, opmap, tuple(sorted(binding.items())), tuple(transforms), loops)
+        new = st.result if not st.result.startswith("%t") else f"%t{len(seen) + 1}"
+        if st.result.startswith("%t"):
+            seen[st.result] = new
+        ops = tuple((a, seen.get(b, b)) for a, b in st.operands)
+        out.append(replace(st, operands=ops, result=new))
+    return out
 
 
-def _accesses(st: Stmt) -> list[Access]:
-    from ir.expr import walk
-    return [n for n in walk(st.rhs) if isinstance(n, Access)] + \
-        [Access(st.tensor, tuple(Var(v) for v in st.indices))]
+def mappings_for_statement(k: Kernel, si: int, target: Target, bound: Bound | None = None,
+                           explain: bool = False) -> list[Mapping]:
+    out: list[Mapping] = []
+    for ins in target.compute_instrs:
+        out += direct(k, si, ins, target, bound, explain)
+    if not any(m.legal for m in out):
+        m = cover(k, si, target, bound)
+        scalar = not m.legal and target.prop("fallback") == "scalar"
+        if m.legal or explain or not scalar:
+            out.append(m)
+        if scalar:
+            loops = tuple(r.var for r in k.stmts[si].domain)
+            out.append(Mapping(si, (), loops, True, "", candidate="(scalar code)"))
+    return out
 
 
-def mappings_for_kernel(k: Kernel, target: Target, explain: bool = False) -> list[Mapping]:
+def mappings_for_kernel(k: Kernel, target: Target, explain: bool = False,
+                        bound: Bound | None = None) -> list[Mapping]:
     out = []
     for si in range(len(k.stmts)):
-        for ins in target.compute_instrs:
-            out += enumerate_mappings(k, si, ins, target, explain)
+        out += mappings_for_statement(k, si, target, bound, explain)
+    return out
+
+
+def unmappable(ms: list[Mapping], k: Kernel) -> list[tuple[int, str]]:
+    """Statements with no legal mapping, with the reason to report."""
+    out = []
+    for si in range(len(k.stmts)):
+        mine = [m for m in ms if m.statement == si]
+        if not any(m.legal for m in mine):
+            reasons = [m.reason for m in mine if m.reason]
+            out.append((si, reasons[-1] if reasons else "no instruction matches"))
     return out
