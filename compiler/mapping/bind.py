@@ -392,6 +392,6 @@ def var_text(t: tuple[str, ...]) -> str:
     return t[0] if len(t) == 1 else f"({','.join(t)})"
 
 
-def make_step(instr, ops_text, f, transforms, ext, result) -> Step:
+def make_step(instr, ops_text, f, transforms, ext, result, exprs=()) -> Step:
     return Step(instr.name, tuple(ops_text), tuple((iv, var_text(t)) for iv, t in f.items()),
-                tuple(transforms), ext, result)
+                tuple(transforms), ext, result, tuple(exprs))

@@ -101,7 +101,8 @@ def direct(k: Kernel, si: int, instr: Instruction, target: Target, bound: Bound 
                     continue
                 ops_text = [(o.name, _bind_text(ops.get(o.name, _lhs(s) if o.is_output else None)))
                             for o in instr.operands]
-                step = make_step(instr, ops_text, f, pre + tr, extents(ctx, instr, ist, f), s.tensor)
+                exprs = [(o.name, ops.get(o.name, _lhs(s) if o.is_output else None)) for o in instr.operands]
+                step = make_step(instr, ops_text, f, pre + tr, extents(ctx, instr, ist, f), s.tensor, exprs)
                 loops = tuple(r.var for r in s.domain if r.var not in used)
                 m = Mapping(si, (step,), loops)
                 key = (step.operands, step.vars, step.transforms)
@@ -184,8 +185,9 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Map
                     else:
                         counter[0] += 1
                         result = f"%t{counter[0]}"
+                    exprs = [(o.name, ops.get(o.name)) for o in instr.inputs] + [(instr.outputs[0].name, out_expr)]
                     step = make_step(instr, texts + [(instr.outputs[0].name, result)], f, pre + tr,
-                                     extents(ctx, instr, ist, f), result)
+                                     extents(ctx, instr, ist, f), result, exprs)
                     memo[key] = steps + [step]
                     return memo[key]
         return None

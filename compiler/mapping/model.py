@@ -1,7 +1,7 @@
 """Mapping records: what the mapping pass produces and every later stage reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,12 @@ class Step:
     transforms: tuple[str, ...] = ()
     extents: tuple[tuple[str, str], ...] = ()
     result: str = ""  # what it produces: a tensor name or %tN
+    # operand -> the kernel expression it reads or writes (a tensor access, a temporary's
+    # expression, a scalar); for lowering, not part of identity
+    exprs: tuple = field(default=(), compare=False, repr=False)
+
+    def expr(self, operand: str):
+        return dict(self.exprs)[operand]
 
     def fused(self) -> dict[str, tuple[str, ...]]:
         """instruction var -> kernel vars (empty tuple: padded)."""
