@@ -1,0 +1,200 @@
+"""Loop nests: one mapped instruction step of a statement, ready to be scheduled and lowered.
+
+A nest has *axes*: each instruction dimension bound to kernel variables (one,
+or a fused run, whose flattened range is cut into blocks of the instruction's
+extent), plus one axis per kernel variable left as a loop.  Every operand's
+tile is the set of tensor elements its access reads at one block of its axes,
+so plain tiles, transposed reads, strided rows, im2col windows and fused
+pixels are all the same thing to the lowering; which copy instruction moves a
+tile (a plain DMA or a gathering one) follows from the mapping's transforms.
+Temporaries of multi-step mappings become scratch tensors in main memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from ir.bind import Bound
+from ir.dtypes import DType
+from ir.expr import Access, Expr, Var, evaluate_int, vars_of
+from ir.kernel import Kernel
+from ir.target import Instruction, Operand, Target
+
+from compiler.mapping import Mapping, Step
+
+
+class Unsupported(Exception):
+    """A legal mapping the lowering cannot express yet (schedulers skip it)."""
+
+
+@dataclass
+class Axis:
+    name: str
+    vars: tuple[str, ...]
+    lows: tuple[int, ...]
+    extents: tuple[int, ...]
+    unit: int  # the instruction extent (1 for loop axes)
+    instr_var: str | None
+    reduction: bool
+
+    @property
+    def total(self) -> int:
+        return prod(self.extents)
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.total // self.unit)
+
+
+@dataclass
+class OperandInfo:
+    name: str
+    op: Operand
+    tensor: str | None  # None: an immediate
+    access: Access | None
+    imm: Expr | None
+    is_output: bool
+    axes: list[str] = field(default_factory=list)  # nest axes its tile depends on
+    gather: bool = False
+
+    @property
+    def block_bytes(self) -> int:
+        return self.op.bytes
+
+
+@dataclass
+class Temp:
+    name: str
+    dtype: DType
+    vars: tuple[str, ...]
+    mins: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Nest:
+    statement: int
+    step_index: int
+    step: Step
+    instr: Instruction
+    init_instr: Instruction | None
+    axes: list[Axis]
+    operands: list[OperandInfo]
+    load_output: bool
+    identity_first: bool
+    temp_out: Temp | None = None
+    temps: list[Temp] = field(default_factory=list)
+    dtypes: dict[str, str] = field(default_factory=dict)  # tensor -> element type name in main memory
+
+    def tensor_dtype(self, name: str) -> str:
+        return self.dtypes[name]
+
+    def axis(self, name: str) -> Axis:
+        return next(a for a in self.axes if a.name == name)
+
+    @property
+    def output(self) -> OperandInfo:
+        return next(o for o in self.operands if o.is_output)
+
+    @property
+    def inputs(self) -> list[OperandInfo]:
+        return [o for o in self.operands if not o.is_output and o.tensor is not None]
+
+    @property
+    def executions(self) -> int:
+        return prod(a.blocks for a in self.axes)
+
+    @property
+    def macs(self) -> int:
+        return prod(a.total for a in self.axes) if self.instr.macs else 0
+
+    @property
+    def reduction_axes(self) -> list[Axis]:
+        return [a for a in self.axes if a.reduction]
+
+
+def sibling_init(target: Target, instr: Instruction) -> Instruction | None:
+    """The instruction computing the same expression but overwriting its output."""
+    ist = instr.body.stmts[0]
+    if ist.op == "=" or ist.init:
+        return None
+    sig = [(o.name, o.dtype, o.shape, o.memory, o.is_output) for o in instr.operands]
+    for c in target.compute_instrs:
+        if c is instr or len(c.body.stmts) != 1:
+            continue
+        if [(o.name, o.dtype, o.shape, o.memory, o.is_output) for o in c.operands] != sig:
+            continue
+        cs = c.body.stmts[0]
+        if cs.rhs == ist.rhs and ((cs.op == ist.op and cs.init) or (cs.op == "=" and not ist.reduction_vars)):
+            return c
+    return None
+
+
+def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[Nest]:
+    si = mapping.statement
+    s = k.stmts[si]
+    dom = b.domain(si)
+    order = [r.var for r in s.domain]
+    red = set(s.reduction_vars)
+    temps: dict[str, Temp] = {}
+    nests = []
+    if not mapping.steps:
+        raise Unsupported(f"'{mapping.candidate}' mappings are not lowered yet")
+    for idx, step in enumerate(mapping.steps):
+        instr = target.instr(step.instruction)
+        ist = instr.body.stmts[0]
+        fused = step.fused()
+        ops: list[OperandInfo] = []
+        used_vars: set[str] = set()
+        for o in instr.operands:
+            e = step.expr(o.name)
+            text = dict(step.operands)[o.name]
+            if e is None:
+                raise Unsupported(f"operand {o.name} is not bound")
+            if not o.shape:
+                if vars_of(e):
+                    raise Unsupported("per-iteration scalar operands are not lowered yet")
+                ops.append(OperandInfo(o.name, o, None, None, e, o.is_output))
+                continue
+            if text.startswith("%t"):
+                if text not in temps:
+                    tv = tuple(v for v in order if v in vars_of(e))
+                    temps[text] = Temp(f"_S{si}_t{text[2:]}", o.dtype, tv, tuple(dom[v][0] for v in tv),
+                                       tuple(dom[v][1] - dom[v][0] for v in tv))
+                t = temps[text]
+                acc = Access(t.name, tuple(Var(v) for v in t.vars), dtype=o.dtype)
+            else:
+                acc = e
+            gather = any(t.startswith(f"{o.name}: gather") for t in step.transforms)
+            used_vars.update(v for v in vars_of(acc) if v in dom)
+            ops.append(OperandInfo(o.name, o, acc.tensor, acc, None, o.is_output, [], gather))
+        axes: list[Axis] = []
+        bound_vars: set[str] = set()
+        for r in ist.domain:
+            t = fused.get(r.var, ())
+            unit = evaluate_int(r.hi, {}) - evaluate_int(r.lo, {})
+            if not t:
+                continue
+            bound_vars.update(t)
+            axes.append(Axis("(" + ",".join(t) + ")" if len(t) > 1 else t[0], t, tuple(dom[v][0] for v in t),
+                             tuple(dom[v][1] - dom[v][0] for v in t), unit, r.var, t[0] in red))
+        for v in order:
+            if v in used_vars and v not in bound_vars:
+                axes.append(Axis(v, (v,), (dom[v][0],), (dom[v][1] - dom[v][0],), 1, None, v in red))
+        for op in ops:
+            if op.access is not None:
+                vs = set(vars_of(op.access))
+                op.axes = [a.name for a in axes if vs & set(a.vars)]
+        if ist.init and any(a.reduction and a.blocks > 1 for a in axes):
+            raise Unsupported(f"{instr.name} overwrites its output, but the reduction spans several blocks")
+        root = idx == len(mapping.steps) - 1
+        init_instr = sibling_init(target, instr)
+        identity_first = root and s.init and s.op != "=" and not ist.init
+        load_output = root and s.op != "=" and not s.init
+        if identity_first and init_instr is None:
+            raise Unsupported(f"{instr.name} accumulates but the target has no overwriting form to start from")
+        dts = {o.tensor: (k.tensor(o.tensor).dtype.name if not o.tensor.startswith("_S") else o.op.dtype.name)
+               for o in ops if o.tensor is not None}
+        nests.append(Nest(si, idx, step, instr, init_instr, axes, ops, load_output, identity_first,
+                          temps.get(step.result) if not root else None, list(temps.values()), dts))
+    return nests

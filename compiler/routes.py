@@ -1,0 +1,85 @@
+"""Routes: the chain of data-movement instructions between main memory and an operand's memory."""
+from __future__ import annotations
+
+from collections import deque
+
+from ir.errors import IsamapError
+from ir.target import Instruction, Target
+
+
+def _path(t: Target, src: tuple[str, str], dst: tuple[str, str], gather: bool) -> list[Instruction] | None:
+    if src == dst:
+        return []
+    prev = {src: None}
+    q = deque([src])
+    while q:
+        cur = q.popleft()
+        for c in t.copy_instrs:
+            if c.multicast > 1:
+                continue
+            a, b = c.inputs[0], c.outputs[0]
+            if (a.memory, a.dtype.name) != cur:
+                continue
+            nxt = (b.memory, b.dtype.name)
+            if nxt in prev:
+                continue
+            prev[nxt] = (cur, c)
+            if nxt == dst:
+                chain = []
+                n = nxt
+                while prev[n] is not None:
+                    n, ci = prev[n]
+                    chain.append(ci)
+                chain.reverse()
+                if gather:  # the hop out of main memory must be able to gather
+                    g = [c for c in t.copy_instrs if c.gather and (c.inputs[0].memory, c.outputs[0].memory) ==
+                         (chain[0].inputs[0].memory, chain[0].outputs[0].memory)
+                         and c.outputs[0].dtype == chain[0].outputs[0].dtype]
+                    if not g:
+                        g = [c for c in t.copy_instrs if c.gather and c.outputs[0].memory == chain[0].outputs[0].memory]
+                    if not g:
+                        return None
+                    chain[0] = g[0]
+                return chain
+            q.append(nxt)
+    return None
+
+
+def route_in(t: Target, nest, o) -> list[Instruction]:
+    return _cached(t, (t.main, _tensor_dtype(nest, o)), (o.op.memory, o.op.dtype.name), o.gather)
+
+
+def route_out(t: Target, nest, o) -> list[Instruction]:
+    return _cached(t, (o.op.memory, o.op.dtype.name), (t.main, _tensor_dtype(nest, o)), False)
+
+
+def route_load_output(t: Target, nest, o) -> list[Instruction]:
+    return _cached(t, (t.main, _tensor_dtype(nest, o)), (o.op.memory, o.op.dtype.name), False)
+
+
+def _tensor_dtype(nest, o) -> str:
+    return nest.tensor_dtype(o.tensor)
+
+
+_CACHE: dict = {}
+
+
+def _cached(t, src, dst, gather):
+    key = (id(t), src, dst, gather)
+    if key not in _CACHE:
+        p = _path(t, src, dst, gather)
+        if p is None:
+            raise IsamapError(f"{t.name}: no data movement from {src[1]} in {src[0]} to {dst[1]} in {dst[0]}")
+        _CACHE[key] = p
+    return _CACHE[key]
+
+
+def multicast_variant(t: Target, c: Instruction) -> Instruction | None:
+    for m in t.copy_instrs:
+        if m.multicast > 1 and [(o.memory, o.dtype, o.shape) for o in m.operands] == \
+                [(o.memory, o.dtype, o.shape) for o in c.operands]:
+            return m
+    return None
+
+
+__all__ = ["route_in", "route_out", "route_load_output", "multicast_variant"]

@@ -1,0 +1,97 @@
+"""The Scheduler interface: (kernel, target, sizes, mappings) -> ranked Schedules.
+
+A Schedule fixes, for every statement, the mapping used and, for each of its
+nests (one per instruction step), a tile size per axis (in blocks of the
+instruction's extent, or iterations for loop axes), the order of the loops
+over tiles (outermost first), the axis whose tiles are spread across cores,
+and double buffering.  Schedules serialise to JSON and replay exactly.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+from ir.bind import Bound
+from ir.errors import IsamapError
+from ir.kernel import Kernel
+from ir.target import Target
+
+
+@dataclass(frozen=True)
+class NestSchedule:
+    statement: int
+    step: int
+    tiles: tuple[tuple[str, int], ...]
+    order: tuple[str, ...]
+    split: str | None = None
+    double_buffer: bool = True
+
+    def tile(self, axis: str) -> int:
+        return dict(self.tiles)[axis]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kernel: str
+    target: str
+    sizes: tuple[tuple[str, int], ...]
+    strategy: str
+    mappings: tuple[int, ...]  # per statement: index into its lowerable legal mappings
+    nests: tuple[NestSchedule, ...]
+    predicted: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def nest(self, statement: int, step: int) -> NestSchedule:
+        for n in self.nests:
+            if n.statement == statement and n.step == step:
+                return n
+        raise KeyError((statement, step))
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "Schedule":
+        d = json.loads(text)
+        nests = tuple(NestSchedule(n["statement"], n["step"], tuple(tuple(t) for t in n["tiles"]),
+                                   tuple(n["order"]), n["split"], n["double_buffer"]) for n in d["nests"])
+        return Schedule(d["kernel"], d["target"], tuple(tuple(s) for s in d["sizes"]), d["strategy"],
+                        tuple(d["mappings"]), nests, d.get("predicted", {}))
+
+    def describe(self) -> str:
+        lines = [f"# schedule of {self.kernel} on {self.target} ({self.strategy})"]
+        for n in self.nests:
+            tiles = ", ".join(f"{a}={t}" for a, t in n.tiles)
+            lines.append(f"S{n.statement}.{n.step}: mapping #{self.mappings[n.statement]} tiles [{tiles}] "
+                         f"order {' > '.join(n.order)}" + (f" split {n.split} over cores" if n.split else "")
+                         + (" double-buffered" if n.double_buffer else ""))
+        for k, v in self.predicted.items():
+            lines.append(f"# predicted {k}: {v}")
+        return "\n".join(lines) + "\n"
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
+        ...
+
+
+REGISTRY: dict[str, Callable[[], Scheduler]] = {}
+DEFAULT = "analytical"
+
+
+def register(name: str):
+    def deco(factory):
+        REGISTRY[name] = factory
+        return factory
+    return deco
+
+
+def get(name: str | None) -> Scheduler:
+    from . import search, vendor  # noqa: F401 - registration
+    name = name or DEFAULT
+    if name not in REGISTRY:
+        raise IsamapError(f"unknown scheduler '{name}' (available: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]()
