@@ -47,17 +47,25 @@ def random_inputs(k: Kernel, b: Bound, seed: int = 0) -> dict[str, np.ndarray]:
     return arrays
 
 
-def tolerance(dtype: np.dtype, ref: np.ndarray) -> float:
+def tolerance(dtype: np.dtype, ref: np.ndarray, precision: str | None = None) -> float:
+    """Absolute tolerance: relative to the largest reference value, by the lowest float width used.
+
+    ``precision`` names the narrowest float type the compiled code computes in
+    (a bf16 matrix unit fed from fp32 tensors, say); integers are exact.
+    """
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     scale = max(1.0, scale) if np.isfinite(scale) else 1.0
     dt = np.dtype(dtype)
     if dt.kind != "f":
         return 0.0
     rel = {2: 2e-2, 4: 1e-3, 8: 1e-9}[dt.itemsize]
+    if precision in ("bfloat16", "float16"):
+        rel = max(rel, 2e-2)
     return rel * scale
 
 
-def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[bool, float, dict]:
+def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+            precision: str | None = None) -> tuple[bool, float, dict]:
     """(all correct, max abs error, per-output details)."""
     ok, worst, per = True, 0.0, {}
     for name, r in ref.items():
@@ -74,7 +82,7 @@ def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[boo
         err = float(np.nanmax(diff)) if diff.size else 0.0
         if diff.size and np.isnan(diff).any():
             err = float("nan")
-        tol = tolerance(r.dtype, r)
+        tol = tolerance(r.dtype, r, precision)
         good = bool(err <= tol)
         per[name] = {"correct": good, "max_abs_error": err, "tolerance": tol}
         ok &= good

@@ -135,7 +135,6 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
     s = k.stmts[si]
     dom = b.domain(si)
     order = [r.var for r in s.domain]
-    red = set(s.reduction_vars)
     temps: dict[str, Temp] = {}
     nests = []
     if not mapping.steps:
@@ -168,6 +167,9 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
             gather = any(t.startswith(f"{o.name}: gather") for t in step.transforms)
             used_vars.update(v for v in vars_of(acc) if v in dom)
             ops.append(OperandInfo(o.name, o, acc.tensor, acc, None, o.is_output, [], gather))
+        out_op = next(o for o in ops if o.is_output)
+        out_vars = set(vars_of(out_op.access)) if out_op.access is not None else set()
+        red = {v for v in used_vars if v not in out_vars}  # reduced by this nest
         axes: list[Axis] = []
         bound_vars: set[str] = set()
         for r in ist.domain:

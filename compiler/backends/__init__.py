@@ -1,0 +1,1 @@
+"""Code generators: sim (simulated accelerators), llvm (host CPU), cuda (NVIDIA GPUs)."""

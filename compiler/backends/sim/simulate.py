@@ -1,0 +1,503 @@
+"""Emission and simulation of a loop program on a simulated target.
+
+Walking the loop program yields the flat instruction stream (per core, with
+addresses in every memory).  Each instruction is executed functionally as it
+is emitted -- its effect is its IR body run by ``ir.interp`` on the operand
+blocks -- and is given explicit dependencies (read/write of the same buffer
+slot or tensor block; a barrier between statements).  The timing model then
+replays the stream (accelerators.md 7.0): in-order issue per engine,
+occupancy and latency, a bounded window per core, one shared main-memory
+server served in issue order, multicast transfers charged once.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from ir.bind import bind
+from ir.errors import IsamapError
+from ir.expr import Access, Binary, Const, Expr, Size, Unary, Var, evaluate_int
+from ir.interp import _fix, execute
+from ir.loops import Barrier, Exec, Imm, Loop, Move, Program, Slot, Tile
+from ir.target import Instruction, Target
+
+from .fastexpr import compile_expr
+
+
+class SimError(IsamapError):
+    pass
+
+
+@dataclass
+class Inst:
+    id: int
+    core: int
+    instr: str
+    engine: str
+    occupancy: int
+    latency: int
+    main_bytes: int
+    mc_key: tuple | None
+    deps: list[int]
+    statement: int
+    operands: list  # (role, memory, address, shape/desc) for the listing
+    kind: str = "instr"
+
+
+@dataclass
+class SimResult:
+    outputs: dict[str, np.ndarray]
+    cycles: int
+    busy: dict[str, int]
+    link_bytes: dict[str, int]
+    instructions: int
+    macs: int
+    peak: float
+    roofline_cycles: int
+    utilization: float
+    trace_events: list = field(default_factory=list)
+    listing: list = field(default_factory=list)
+
+    def report(self) -> dict:
+        return {"cycles": self.cycles, "utilization": self.utilization, "roofline_cycles": self.roofline_cycles,
+                "of_roofline": self.roofline_cycles / self.cycles if self.cycles else 0.0,
+                "instructions": self.instructions, "macs": self.macs, "engine_busy": self.busy,
+                "bytes": self.link_bytes}
+
+
+class _Executor:
+    """Runs one instruction's IR body on operand blocks (cached binding)."""
+
+    def __init__(self, instr: Instruction):
+        self.instr = instr
+        self.bound = bind(instr.body, {})
+        self.out = instr.outputs[0].name
+
+    def __call__(self, arrays: dict[str, np.ndarray], initial: np.ndarray | None) -> np.ndarray:
+        init = {self.out: initial} if initial is not None else None
+        res = execute(self.bound, arrays, init)
+        return res[self.out]
+
+
+class Simulator:
+    def __init__(self, target: Target, program: Program, kernel, bound, inputs: dict[str, np.ndarray],
+                 listing: bool = False, functional: bool = True):
+        self.t, self.p, self.k, self.b = target, program, kernel, bound
+        self.functional = functional
+        self.want_listing = listing
+        self.listing: list[str] = []
+        self.execs: dict[str, _Executor] = {}
+        self.insts: list[Inst] = []
+        self.link_bytes: dict[str, int] = {}
+        # main memory: kernel tensors and scratch tensors
+        self.tensors: dict[str, np.ndarray] = {}
+        self.mins: dict[str, tuple[int, ...]] = {}
+        for name, arr in inputs.items():
+            self.tensors[name] = arr
+            self.mins[name] = bound.mins[name]
+        for o in kernel.outputs:
+            self.tensors[o.name] = np.zeros(bound.shapes[o.name], dtype=o.dtype.np)
+            self.mins[o.name] = bound.mins[o.name]
+        for s in program.scratch:
+            self.tensors[s.name] = np.zeros(s.shape, dtype=s.dtype.np)
+            self.mins[s.name] = s.mins
+        self.tensor_dtype = {n: (kernel.tensor(n).dtype if not n.startswith("_S") else
+                                 next(s.dtype for s in program.scratch if s.name == n)) for n in self.tensors}
+        # on-chip buffers: per core, allocated in their memory
+        self.slots: dict[tuple[int, str], np.ndarray] = {}
+        self.written: dict[tuple[int, str], np.ndarray] = {}
+        self.addr: dict[str, int] = {}
+        used: dict[str, int] = {}
+        for buf in program.buffers:
+            mem = target.memory(buf.memory)
+            base = used.get(buf.memory, 0)
+            size = buf.slot_bytes * buf.slots
+            if base + size > mem.capacity:
+                raise SimError(f"buffer {buf.name} ({size} bytes at {base}) exceeds memory {buf.memory} "
+                               f"({mem.capacity} bytes)")
+            used[buf.memory] = base + size
+            self.addr[buf.name] = base
+        self.used = used
+        # dependency tracking
+        self.last_write: dict = {}
+        self.readers: dict = {}
+        self.barrier_id: int | None = None
+        self.env: dict = dict(bound.sizes)
+
+    # ------------------------------------------------------------------ emission
+    def run(self):
+        self.walk(self.p.body, core=0)
+
+    def walk(self, nodes, core: int):
+        env = self.env
+        for n in nodes:
+            if isinstance(n, Loop):
+                ext = compile_expr(n.extent)(env)
+                for i in range(ext):
+                    env[n.var] = i
+                    self.walk(n.body, i if n.parallel else core)
+                env.pop(n.var, None)
+            elif isinstance(n, Move):
+                if self._guard(n.guards):
+                    self.move(n, core)
+            elif isinstance(n, Exec):
+                if self._guard(n.guards):
+                    self.exec(n, core)
+            elif isinstance(n, Barrier):
+                self.barrier(n)
+
+    def _guard(self, guards) -> bool:
+        env = self.env
+        for a, b in guards:
+            if not compile_expr(a)(env) < compile_expr(b)(env):
+                return False
+        return True
+
+    def _new(self, core, instr: Instruction, nbytes: int, touches_main: bool, mc_key, deps, stmt, ops) -> Inst:
+        occ = instr.occupancy if instr.occupancy is not None else instr.cycles(max(1, nbytes))
+        inst = Inst(len(self.insts), core, instr.name, instr.engine, occ, instr.latency,
+                    nbytes if touches_main else 0, mc_key,
+                    deps + ([self.barrier_id] if self.barrier_id is not None else []), stmt, ops)
+        self.insts.append(inst)
+        return inst
+
+    def _dep_read(self, key, deps):
+        w = self.last_write.get(key)
+        if w is not None:
+            deps.append(w)
+
+    def _dep_write(self, key, deps):
+        w = self.last_write.get(key)
+        if w is not None:
+            deps.append(w)
+        deps.extend(self.readers.get(key, ()))
+
+    def _note(self, inst: Inst, reads, writes):
+        for k in reads:
+            self.readers.setdefault(k, []).append(inst.id)
+        for k in writes:
+            self.last_write[k] = inst.id
+            self.readers[k] = []
+
+    def slot(self, core: int, s: Slot):
+        buf = self.p.buffer(s.buffer)
+        key = (core, s.buffer)
+        if key not in self.slots:
+            self.slots[key] = np.zeros((buf.slots, *buf.block), dtype=buf.dtype.np)
+            self.written[key] = np.zeros(buf.slots, dtype=bool)
+        idx = compile_expr(s.index)(self.env)
+        if not 0 <= idx < buf.slots:
+            raise SimError(f"slot {idx} outside buffer {buf.name} ({buf.slots} slots)")
+        return buf, key, idx
+
+    # -- tiles of main-memory tensors
+    def tile_index(self, tile: Tile, shape: tuple[int, ...]):
+        env = self.env
+        nd = len(tile.dims)
+        vals: dict[str, np.ndarray] = {}
+        valid = np.ones(shape, dtype=bool)
+        for q, d in enumerate(tile.dims):
+            ext = shape[q] if q < len(shape) else 1
+            bshape = [1] * nd
+            bshape[q] = ext
+            if d.unit == 0:
+                m = np.arange(ext) == 0
+                valid &= m.reshape(bshape)
+                continue
+            b = compile_expr(d.block)(env)
+            flat = b * d.unit + np.arange(ext)
+            valid &= (flat < prod(d.extents)).reshape(bshape)
+            for v, lo, e in zip(reversed(d.vars), reversed(d.lows), reversed(d.extents)):
+                vals[v] = (flat % e + lo).reshape(bshape)
+                flat = flat // e
+        for v, e in tile.at:
+            vals[v] = compile_expr(e)(env)
+        idx = []
+        mins = self.mins[tile.tensor]
+        T = self.tensors[tile.tensor]
+        xs = []
+        for axis, sub in enumerate(tile.access.indices):
+            x = np.broadcast_to(np.asarray(_np_eval(sub, vals, self.b.sizes)), shape) - mins[axis]
+            if np.any(valid & ((x < 0) | (x >= T.shape[axis]))):
+                raise SimError(f"instruction {len(self.insts)} addresses {tile.tensor} outside its bounds "
+                               f"(axis {axis})")
+            xs.append(x)
+        return tuple(np.where(valid, x, 0) for x in xs), valid
+
+    def move(self, n: Move, core: int):
+        instr = self.t.instr(n.instr)
+        src_op, dst_op = instr.inputs[0], instr.outputs[0]
+        other = n.dst if isinstance(n.dst, Slot) else n.src
+        shape = self.p.buffer(other.buffer).block  # the operand block being moved
+        deps: list[int] = []
+        reads, writes = [], []
+        ops = []
+        # source
+        if isinstance(n.src, Tile):
+            idx, valid = self.tile_index(n.src, shape)
+            T = self.tensors[n.src.tensor]
+            data = np.where(valid, T[idx], 0).astype(src_op.dtype.np) if self.functional else None
+            key = ("T", n.src.tensor, tuple(compile_expr(e)(self.env) for e in n.src.key))
+            nbytes = int(valid.sum()) * self.tensor_dtype[n.src.tensor].itemsize
+            mc = ("mc", key) if n.multicast else None
+            ops.append(("src", self.t.main, n.src.tensor, key[2]))
+        else:
+            buf, skey, si = self.slot(core, n.src)
+            if not self.written[skey][si]:
+                raise SimError(f"instruction {len(self.insts)} ({n.instr}, statement S{n.statement}) reads "
+                               f"slot {si} of {buf.name}, which was never written")
+            data = self.slots[skey][si] if self.functional else None
+            key = ("S", skey, si)
+            nbytes = prod(src_op.shape or (1,)) * src_op.dtype.itemsize
+            valid = None
+            mc = None
+            ops.append(("src", buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
+        self._dep_read(key, deps)
+        reads.append(key)
+        # instruction semantics on the block
+        if self.functional:
+            ex = self.execs.get(n.instr) or self.execs.setdefault(n.instr, _Executor(instr))
+            out = _run_padded(ex, src_op, np.asarray(data).reshape(shape), shape)
+        if isinstance(n.dst, Tile):
+            idx, dvalid = self.tile_index(n.dst, shape)
+            T = self.tensors[n.dst.tensor]
+            if self.functional:
+                vals = _fix(np.broadcast_to(out.reshape(shape), dvalid.shape), self.tensor_dtype[n.dst.tensor])
+                T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
+            dkey = ("T", n.dst.tensor, tuple(compile_expr(e)(self.env) for e in n.dst.key))
+            nbytes = int(dvalid.sum()) * self.tensor_dtype[n.dst.tensor].itemsize
+            ops.append(("dst", self.t.main, n.dst.tensor, dkey[2]))
+        else:
+            buf, dkey0, di = self.slot(core, n.dst)
+            if self.functional:
+                self.slots[dkey0][di] = out.reshape(buf.block)
+            self.written[dkey0][di] = True
+            dkey = ("S", dkey0, di)
+            ops.append(("dst", buf.memory, self.addr[buf.name] + di * buf.slot_bytes, buf.name))
+        self._dep_write(dkey, deps)
+        writes.append(dkey)
+        link = f"{src_op.memory}->{dst_op.memory}"
+        self.link_bytes[link] = self.link_bytes.get(link, 0) + nbytes
+        touches = self.t.main in (src_op.memory, dst_op.memory)
+        inst = self._new(core, instr, nbytes, touches, mc, deps, n.statement, ops)
+        self._note(inst, reads, writes)
+
+    def exec(self, n: Exec, core: int):
+        name = n.instr
+        if n.first_instr and all(compile_expr(e)(self.env) == 0 for e in n.first):
+            name = n.first_instr
+        instr = self.t.instr(name)
+        deps: list[int] = []
+        reads, writes = [], []
+        arrays = {}
+        ops = []
+        out_name = instr.outputs[0].name
+        out_ref = None
+        for opname, ref in n.operands:
+            if isinstance(ref, Imm):
+                v = _scalar(ref.value, self.b.sizes)
+                arrays[opname] = np.asarray(v, dtype=instr.operand(opname).dtype.np)
+                ops.append((opname, "imm", v, None))
+                continue
+            buf, skey, si = self.slot(core, ref)
+            key = ("S", skey, si)
+            if opname == out_name:
+                out_ref = (buf, skey, si, key)
+                continue
+            if not self.written[skey][si]:
+                raise SimError(f"instruction {len(self.insts)} ({name}, statement S{n.statement}) reads operand "
+                               f"{opname} from slot {si} of {buf.name}, which was never written")
+            arrays[opname] = self.slots[skey][si].reshape(instr.operand(opname).shape)
+            self._dep_read(key, deps)
+            reads.append(key)
+            ops.append((opname, buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
+        buf, skey, si, key = out_ref
+        ist = instr.body.stmts[0]
+        accumulates = ist.op != "=" and not ist.init
+        if accumulates:
+            if not self.written[skey][si]:
+                raise SimError(f"instruction {len(self.insts)} ({name}, statement S{n.statement}) accumulates "
+                               f"into slot {si} of {buf.name}, which was never written")
+            self._dep_read(key, deps)
+        if self.functional:
+            initial = self.slots[skey][si].reshape(instr.outputs[0].shape or ()) if accumulates else None
+            ex = self.execs.get(name) or self.execs.setdefault(name, _Executor(instr))
+            res = ex(arrays, initial)
+            self.slots[skey][si] = np.asarray(res).reshape(buf.block)
+        self.written[skey][si] = True
+        self._dep_write(key, deps)
+        writes.append(key)
+        ops.append((out_name, buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
+        inst = self._new(core, instr, 0, False, None, deps, n.statement, ops)
+        self._note(inst, reads, writes)
+
+    def barrier(self, n: Barrier):
+        start = 0 if self.barrier_id is None else self.barrier_id + 1
+        deps = list(range(start, len(self.insts)))
+        inst = Inst(len(self.insts), -1, "barrier", "", 0, 0, 0, None, deps, n.statement, [], "barrier")
+        self.insts.append(inst)
+        self.barrier_id = inst.id
+        self.last_write.clear()
+        self.readers.clear()
+
+    # ------------------------------------------------------------------ timing
+    def timing(self, trace: bool = False):
+        t = self.t
+        done = [0] * len(self.insts)
+        processed = [False] * len(self.insts)
+        unit_free: dict[tuple, list[float]] = {}
+        last_issue: dict[tuple, float] = {}
+        window: dict[int, deque] = {}
+        hbm = t.memory(t.main)
+        hbm_free = 0.0
+        mc_done: dict = {}
+        busy: dict[str, float] = {}
+        events = []
+        # split the stream into segments between barriers
+        segs, cur = [], []
+        for inst in self.insts:
+            if inst.kind == "barrier":
+                segs.append((cur, inst))
+                cur = []
+            else:
+                cur.append(inst)
+        if cur:
+            segs.append((cur, None))
+        for seg, bar in segs:
+            queues: dict[int, deque] = {}
+            for inst in seg:
+                queues.setdefault(inst.core, deque()).append(inst)
+            heap = []
+
+            def tentative(inst):
+                dep_t = max((done[d] for d in inst.deps), default=0)
+                ek = (inst.core if not t.engine(inst.engine).shared else -1, inst.engine)
+                units = unit_free.setdefault(ek, [0.0] * t.engine(inst.engine).count)
+                w = window.setdefault(inst.core, deque())
+                win_t = w[0] if len(w) >= t.window else 0.0
+                return max(dep_t, min(units), last_issue.get(ek, 0.0), win_t), ek, units, w
+
+            for c, q in queues.items():
+                heapq.heappush(heap, (tentative(q[0])[0], c))
+            while heap:
+                _, c = heapq.heappop(heap)
+                q = queues[c]
+                inst = q.popleft()
+                issue, ek, units, w = tentative(inst)
+                u = units.index(min(units))
+                occ = inst.occupancy
+                end = issue + occ
+                if inst.main_bytes and hbm.bandwidth:
+                    if inst.mc_key is not None and inst.mc_key in mc_done:
+                        end = max(end, mc_done[inst.mc_key])
+                    else:
+                        start = max(issue, hbm_free)
+                        hbm_free = start + inst.main_bytes / hbm.bandwidth
+                        end = max(end, hbm_free)
+                        if inst.mc_key is not None:
+                            mc_done[inst.mc_key] = hbm_free
+                units[u] = issue + occ
+                last_issue[ek] = issue
+                fin = end + inst.latency
+                done[inst.id] = fin
+                processed[inst.id] = True
+                busy[inst.engine] = busy.get(inst.engine, 0.0) + occ
+                w.append(fin)
+                if len(w) > t.window:
+                    w.popleft()
+                if trace:
+                    events.append({"name": inst.instr, "ph": "X", "ts": issue, "dur": max(occ, 1),
+                                   "pid": max(inst.core, 0), "tid": f"{inst.engine}{u}",
+                                   "args": {"S": inst.statement, "done": fin}})
+                if q:
+                    heapq.heappush(heap, (tentative(q[0])[0], c))
+            if bar is not None:
+                done[bar.id] = max((done[d] for d in bar.deps), default=0)
+                processed[bar.id] = True
+        total = max(done, default=0)
+        return int(np.ceil(total)), {k: int(v) for k, v in busy.items()}, events
+
+    def format_listing(self) -> list[str]:
+        lines = []
+        cur_stmt = None
+        for inst in self.insts:
+            if inst.kind == "barrier":
+                lines.append("        barrier")
+                continue
+            if inst.statement != cur_stmt:
+                cur_stmt = inst.statement
+                src = self.k.stmts[cur_stmt]
+                from ir import printer
+                lines.append(f"; S{cur_stmt}: {printer.stmt(src)}")
+            ops = []
+            for role, mem, addr, what in inst.operands:
+                if mem == "imm":
+                    ops.append(f"{role}=#{addr}")
+                elif mem == self.t.main:
+                    ops.append(f"{role}={mem}:{addr}{list(what) if isinstance(what, tuple) else what}")
+                else:
+                    ops.append(f"{role}={mem}:0x{addr:x}")
+            lines.append(f"c{inst.core:<3d} {inst.instr:<12s} {', '.join(ops)}")
+        return lines
+
+
+def _run_padded(ex: _Executor, src_op, block: np.ndarray, shape) -> np.ndarray:
+    """Run a copy's body on a block that may be smaller than (or of lower rank than) its operand."""
+    full = src_op.shape or ()
+    if tuple(shape) == tuple(full):
+        return ex({src_op.name: block}, None)
+    lead = len(full) - len(shape)
+    if lead < 0 or any(a > b for a, b in zip(shape, full[lead:])):
+        raise SimError(f"a block of shape {list(shape)} does not fit the copy operand {list(full)}")
+    pad = np.zeros(full, dtype=block.dtype)
+    view = (0,) * lead + tuple(slice(0, d) for d in shape)
+    pad[view] = block
+    return ex({src_op.name: pad}, None)[view]
+
+
+def _np_eval(e: Expr, vals: dict, sizes: dict):
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return vals[e.name]
+    if isinstance(e, Size):
+        return sizes[e.name]
+    if isinstance(e, Unary) and e.op == "-":
+        return -_np_eval(e.x, vals, sizes)
+    if isinstance(e, Binary):
+        a, b = _np_eval(e.a, vals, sizes), _np_eval(e.b, vals, sizes)
+        return {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.floor_divide, "%": np.mod,
+                "min": np.minimum, "max": np.maximum}[e.op](a, b)
+    raise SimError(f"subscript {e!r} cannot be evaluated by a DMA engine")
+
+
+def _scalar(e: Expr, sizes):
+    if isinstance(e, Const):
+        return e.value
+    return evaluate_int(e, sizes)
+
+
+def simulate(target: Target, program: Program, kernel, bound, inputs: dict[str, np.ndarray],
+             listing: bool = False, trace: bool = False, functional: bool = True) -> SimResult:
+    sim = Simulator(target, program, kernel, bound, inputs, listing, functional)
+    with np.errstate(all="ignore"):
+        sim.run()
+    cycles, busy, events = sim.timing(trace)
+    macs = 0
+    for si, s in enumerate(kernel.stmts):
+        from ir.expr import walk
+        if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
+            macs += prod(hi - lo for lo, hi in bound.domain(si).values())
+    peak = target.peak_macs_per_cycle()
+    mem = target.memory(target.main)
+    compulsory = sum(a.size * kernel.tensor(n).dtype.itemsize for n, a in inputs.items())
+    compulsory += sum(prod(bound.shapes[o.name]) * o.dtype.itemsize for o in kernel.outputs)
+    roof = max(int(np.ceil(macs / peak)) if peak else 0, int(np.ceil(compulsory / mem.bandwidth)) if mem.bandwidth else 0)
+    outs = {o.name: sim.tensors[o.name] for o in kernel.outputs}
+    util = macs / (peak * cycles) if peak and cycles else 0.0
+    return SimResult(outs, cycles, busy, sim.link_bytes, sum(1 for i in sim.insts if i.kind != "barrier"), macs,
+                     peak, roof, util, events, sim.format_listing() if listing else [])

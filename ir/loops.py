@@ -1,0 +1,176 @@
+"""The loop program: what every backend consumes.
+
+Loops over tile and block indices, explicit moves between memories (each a
+data-movement instruction of the target), instruction executions on buffer
+slots, and the buffers themselves.  Index arithmetic uses ``ir.expr``
+expressions over loop variables.  ``show(program)`` prints it (``--emit loops``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from .dtypes import DType
+from .expr import Access, Expr
+from .printer import expr as show_expr
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    memory: str
+    dtype: DType
+    block: tuple[int, ...]  # the shape of one slot (an instruction operand)
+    slots: int
+    per_core: bool = True
+
+    @property
+    def slot_bytes(self) -> int:
+        n = 1
+        for d in self.block:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class TileDim:
+    """One dimension of an operand block: the kernel vars an instruction dim runs over."""
+
+    vars: tuple[str, ...]
+    lows: tuple[int, ...]
+    extents: tuple[int, ...]
+    unit: int  # elements per block along this dim (the instruction extent); 0: padded dim
+    block: Expr | None  # block index along the axis (None for padded dims)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One block of a main-memory tensor, read or written through a kernel access."""
+
+    tensor: str
+    access: Access
+    dims: tuple[TileDim, ...]  # one per instruction-operand dimension
+    at: tuple[tuple[str, Expr], ...]  # values of the loop-axis kernel vars
+    key: tuple[Expr, ...]  # identifies the block (dependencies, multicast)
+
+
+@dataclass(frozen=True)
+class Slot:
+    buffer: str
+    index: Expr
+
+
+@dataclass(frozen=True)
+class Imm:
+    value: Expr
+
+
+Ref = Union[Tile, Slot, Imm]
+
+
+@dataclass(frozen=True)
+class Move:
+    instr: str
+    src: Ref
+    dst: Ref
+    guards: tuple[tuple[Expr, Expr], ...] = ()  # execute only if every a < b
+    multicast: bool = False
+    statement: int = -1
+
+
+@dataclass(frozen=True)
+class Exec:
+    instr: str
+    operands: tuple[tuple[str, Ref], ...]
+    guards: tuple[tuple[Expr, Expr], ...] = ()
+    first_instr: str | None = None  # used instead when every ``first`` index is 0
+    first: tuple[Expr, ...] = ()
+    statement: int = -1
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str
+    extent: Expr
+    body: tuple
+    parallel: bool = False  # iterations run on different cores
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """All cores finish what came before (between statements)."""
+
+    statement: int = -1
+
+
+Node = Union[Loop, Move, Exec, Barrier]
+
+
+@dataclass(frozen=True)
+class Scratch:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    mins: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    kernel: str
+    target: str
+    buffers: tuple[Buffer, ...]
+    scratch: tuple[Scratch, ...]
+    body: tuple
+    cores: int = 1
+    notes: tuple[str, ...] = field(default=())
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+def _ref(r) -> str:
+    if isinstance(r, Slot):
+        return f"{r.buffer}[{show_expr(r.index)}]"
+    if isinstance(r, Imm):
+        return f"#{show_expr(r.value)}"
+    dims = ", ".join(
+        ("1" if d.unit == 0 else f"{'*'.join(d.vars)}@{show_expr(d.block)}x{d.unit}") for d in r.dims)
+    at = "".join(f", {v}={show_expr(e)}" for v, e in r.at)
+    return f"{r.tensor}<{dims}{at}>"
+
+
+def _guards(g) -> str:
+    return "" if not g else "  if " + " && ".join(f"{show_expr(a)} < {show_expr(b)}" for a, b in g)
+
+
+def show(p: Program) -> str:
+    out = [f"# loop program of {p.kernel} on {p.target} ({p.cores} core{'s' if p.cores != 1 else ''})"]
+    for b in p.buffers:
+        out.append(f"buffer {b.name} @{b.memory}: {b.slots} x {b.dtype}{list(b.block)}"
+                   f"{' per core' if b.per_core else ''}")
+    for s in p.scratch:
+        out.append(f"scratch {s.name} @main: {s.dtype}{list(s.shape)}")
+    out += [f"# {n}" for n in p.notes]
+
+    def walk(nodes, ind):
+        for n in nodes:
+            pad = "  " * ind
+            if isinstance(n, Loop):
+                out.append(f"{pad}{'parallel ' if n.parallel else ''}for {n.var} in 0:{show_expr(n.extent)}:")
+                walk(n.body, ind + 1)
+            elif isinstance(n, Move):
+                out.append(f"{pad}{n.instr}{' (multicast)' if n.multicast else ''} {_ref(n.src)} -> "
+                           f"{_ref(n.dst)}{_guards(n.guards)}")
+            elif isinstance(n, Exec):
+                ops = ", ".join(f"{a}={_ref(r)}" for a, r in n.operands)
+                first = ""
+                if n.first_instr:
+                    first = f"  [{n.first_instr} when {' == '.join(show_expr(f) for f in n.first)} == 0]"
+                out.append(f"{pad}{n.instr}({ops}){first}{_guards(n.guards)}")
+            elif isinstance(n, Barrier):
+                out.append(f"{pad}barrier")
+    walk(p.body, 0)
+    return "\n".join(out) + "\n"
