@@ -14,7 +14,7 @@ from ir.kernel import Kernel
 
 from .frontend import parse
 
-TARGETS = ("reference",)
+REFERENCE = "reference"
 
 
 def load_kernel(path_or_source, kernel: str | None = None) -> Kernel:
@@ -31,6 +31,11 @@ class CompiledKernel:
     target: str
     bound: Bound | None  # None: sizes are taken from the first call's arrays (reference only)
     report: dict = field(default_factory=dict)
+    target_ir: object = None
+    schedule: object = None
+    program: object = None
+    candidates: object = None
+    last: object = None  # the last simulation result
 
     @property
     def sizes(self) -> dict[str, int] | None:
@@ -44,6 +49,17 @@ class CompiledKernel:
     def output_names(self) -> list[str]:
         return [t.name for t in self.kernel.outputs]
 
+    @property
+    def precision(self) -> str | None:
+        """The narrowest float type the compiled code computes in (for result checks)."""
+        if self.program is None:
+            return None
+        names = {b.dtype.name for b in self.program.buffers}
+        for p in ("float16", "bfloat16"):
+            if p in names:
+                return p
+        return None
+
     def _inputs(self, args, kwargs) -> dict[str, np.ndarray]:
         names = self.input_names
         if len(args) > len(names):
@@ -55,13 +71,21 @@ class CompiledKernel:
             inputs[k] = v
         return inputs
 
-    def run_all(self, *args, **kwargs) -> dict[str, np.ndarray]:
+    def run_all(self, *args, trace: bool = False, **kwargs) -> dict[str, np.ndarray]:
         """Every output by name."""
         inputs = self._inputs(args, kwargs)
         t0 = time.perf_counter()
-        out = ir.interp.run(self.kernel, inputs, self.sizes)
-        self.report["seconds"] = time.perf_counter() - t0
-        return out
+        if self.program is None:
+            out = ir.interp.run(self.kernel, inputs, self.sizes)
+            self.report["seconds"] = time.perf_counter() - t0
+            return out
+        from .backends.sim import simulate
+        b, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
+        res = simulate(self.target_ir, self.program, self.kernel, b, arrays, trace=trace)
+        self.last = res
+        self.report.update(res.report())
+        self.report["simulation_seconds"] = time.perf_counter() - t0
+        return res.outputs
 
     def __call__(self, *args, **kwargs):
         out = self.run_all(*args, **kwargs)
@@ -73,8 +97,27 @@ class CompiledKernel:
             return emit_ir(self.kernel, self.bound)
         if self.bound is None:
             raise IsamapError("pass sizes= to build() to get generated code")
-        raise IsamapError(f"'{kind}' code is not available for target '{self.target}' "
-                          f"(available: ir)")
+        if kind == "mappings" and self.target_ir is not None:
+            from .mapping import mappings_for_kernel
+            ms = mappings_for_kernel(self.kernel, self.target_ir, bound=self.bound)
+            return "".join(m.describe() + "\n" for m in ms)
+        if kind == "schedule" and self.schedule is not None:
+            return self.schedule.describe()
+        if kind == "loops" and self.program is not None:
+            from ir.loops import show
+            return show(self.program)
+        if kind == "asm" and self.program is not None:
+            from .backends.sim.simulate import Simulator
+            arrays = {t.name: np.zeros(self.bound.shapes[t.name], dtype=t.dtype.np) for t in self.kernel.inputs}
+            sim = Simulator(self.target_ir, self.program, self.kernel, self.bound, arrays, listing=True,
+                            functional=False)
+            sim.run()
+            head = [f"; {self.kernel.name} on {self.target} ({self.schedule.strategy} schedule)"]
+            head += [f"; buffer {b.name} @{b.memory}+0x{sim.addr[b.name]:x}: {b.slots} x {b.dtype}{list(b.block)}"
+                     for b in self.program.buffers]
+            return "\n".join(head + sim.format_listing()) + "\n"
+        available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else [])
+        raise IsamapError(f"'{kind}' is not available for target '{self.target}' (available: {', '.join(available)})")
 
 
 def emit_ir(k: Kernel, b: Bound | None = None) -> str:
@@ -93,17 +136,30 @@ def emit_ir(k: Kernel, b: Bound | None = None) -> str:
     return "\n".join(lines) + "\n" + printer.kernel(k)
 
 
-def build(path_or_source, target: str = "reference", sizes: dict[str, int] | None = None,
+def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None = None,
           kernel: str | None = None, scheduler: str | None = None) -> CompiledKernel:
-    """Parse, check and specialise a kernel for ``target`` and ``sizes``."""
+    """Parse, check, map, schedule and lower a kernel for ``target`` and ``sizes``."""
     k = load_kernel(path_or_source, kernel)
-    if target not in TARGETS:
-        import hw_models
-        t = hw_models.load(target)  # validates names and .hw files with located errors
-        raise IsamapError(f"target '{t.name}' is described ({len(t.instrs)} instructions) but has no code "
-                          f"generator yet: instruction mapping, scheduling and the sim/llvm/cuda backends "
-                          f"are still being built; use --target reference")
-    if sizes is None and target == "reference":
-        return CompiledKernel(k, target, None, {"kernel": k.name, "target": target})
+    if target == REFERENCE:
+        if sizes is None:
+            return CompiledKernel(k, target, None, {"kernel": k.name, "target": target})
+        b = bind(k, dict(sizes))
+        return CompiledKernel(k, target, b, {"kernel": k.name, "target": target, "sizes": dict(b.sizes)})
+    import hw_models
+    t = hw_models.load(target)
+    backend = t.prop("backend", "sim")
+    if backend != "sim":
+        raise IsamapError(f"target '{t.name}' uses the {backend} backend, which is not built yet; "
+                          f"use a simulated target (sim-nnp, sim-gemmini, ...) or --target reference")
     b = bind(k, dict(sizes or {}))
-    return CompiledKernel(k, target, b, {"kernel": k.name, "target": target, "sizes": dict(b.sizes)})
+    from schedulers import base
+    from schedulers.space import candidates
+
+    from .lower import lower
+    t0 = time.perf_counter()
+    cands = candidates(k, b, t)
+    sched = base.get(scheduler).schedule(k, b, t)[0]
+    program = lower(k, b, t, sched, cands)
+    rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "scheduler": sched.strategy,
+           "predicted_cycles": sched.predicted.get("cycles"), "compile_seconds": time.perf_counter() - t0}
+    return CompiledKernel(k, t.name, b, rep, t, sched, program, cands)

@@ -52,7 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy")
-    p.add_argument("--emit", default="ir", help="what to print: ir (default)")
+    p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(fn=cmd_compile)
 
@@ -62,6 +62,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="compare with the reference interpreter")
     p.add_argument("--seed", type=int, default=0, help="random input seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of the simulated timeline")
     p.set_defaults(fn=cmd_run)
     return ap
 
@@ -194,19 +195,31 @@ def cmd_run(a) -> int:
     ck = _build(a)
     inputs = random_inputs(ck.kernel, ck.bound, a.seed)
     t0 = time.perf_counter()
-    out = ck.run_all(**inputs)
+    out = ck.run_all(trace=bool(a.trace), **inputs) if ck.program is not None else ck.run_all(**inputs)
     seconds = time.perf_counter() - t0
-    result = {"kernel": ck.kernel.name, "target": ck.target, "sizes": ck.sizes, "seconds": seconds}
+    result = {"kernel": ck.kernel.name, "target": ck.target, "sizes": ck.sizes}
+    if ck.program is None:
+        result["seconds"] = seconds
     result.update({k: v for k, v in ck.report.items() if k not in result and k != "seconds"})
     if a.check:
         ref = ir.interp.run(ck.kernel, inputs, ck.sizes)
-        ok, err, per = compare(out, ref)
+        ok, err, per = compare(out, ref, ck.precision)
         result.update(correct=ok, max_abs_error=err, outputs=per)
+    if a.trace:
+        if ck.last is None:
+            raise IsamapError("--trace needs a simulated target")
+        _write_output(a.trace, json.dumps({"traceEvents": ck.last.trace_events,
+                                           "displayTimeUnit": "ns"}))
     if a.json:
         print(json.dumps(result, indent=2, default=float))
     else:
-        print(f"{ck.kernel.name} on {ck.target} with {', '.join(f'{k}={v}' for k, v in ck.sizes.items())}: "
-              f"{seconds * 1e3:.3f} ms")
+        sizes = ", ".join(f"{k}={v}" for k, v in ck.sizes.items())
+        if ck.program is None:
+            print(f"{ck.kernel.name} on {ck.target} with {sizes}: {seconds * 1e3:.3f} ms")
+        else:
+            print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result['cycles']} cycles "
+                  f"(roofline {result['roofline_cycles']}, {100 * result['of_roofline']:.1f}% of roofline, "
+                  f"utilization {100 * result['utilization']:.1f}%), {result['instructions']} instructions")
         if a.check:
             print(f"max abs error {result['max_abs_error']:.3g}: {'PASS' if result['correct'] else 'FAIL'}")
     if a.check and not result["correct"]:

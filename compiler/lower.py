@@ -1,11 +1,13 @@
 """Lowering: a Schedule over mapped nests -> an ``ir.loops`` program.
 
-Per nest: a parallel loop over cores (if an axis is split), loops over tiles
-in the schedule's order, tile loads hoisted to the innermost loop over an axis
-the operand depends on (double-buffered), the output tile initialised and
-stored around the reduction loops, and the instruction executed on every
-block of the tile.  Every data movement is a chain of the target's copy
-instructions (``compiler.routes``).
+Each nest becomes a software pipeline per core.  Its tiles, taken in the
+schedule's loop order, are numbered as steps ``s = 0 .. S-1``; at step ``s``
+the program loads the input tiles of step ``s + d`` (``d`` = the prefetch
+distance), runs the instruction on every block of tile ``s`` and stores the
+output tile once its reduction is complete.  An operand is (re)loaded only at
+steps where its tile changes, into one of the few slots it keeps in flight.
+Every data movement is a chain of the target's copy instructions
+(``compiler.routes``); an axis split across cores becomes a parallel loop.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ir.loops import Barrier, Buffer, Exec, Imm, Loop, Move, Program, Scratch, S
 from ir.target import Target
 
 from schedulers.base import NestSchedule, Schedule
-from schedulers.space import Candidate, fits
+from schedulers.space import Candidate, fits, pipeline
 
 from .nest import Nest
 from .routes import multicast_variant, route_in, route_load_output, route_out
@@ -37,6 +39,14 @@ def mul(a: Expr, b: Expr) -> Expr:
     return simplify(Binary("*", a, b))
 
 
+def div(a: Expr, b: int) -> Expr:
+    return simplify(Binary("/", a, C(b)))
+
+
+def mod(a: Expr, b: int) -> Expr:
+    return a if b == 0 else simplify(Binary("%", a, C(b)))
+
+
 def _ident(name: str) -> str:
     return name.replace("(", "").replace(")", "").replace(",", "_")
 
@@ -45,39 +55,51 @@ class _NestLowering:
     def __init__(self, target: Target, nest: Nest, ns: NestSchedule, tag: str):
         self.t, self.n, self.ns, self.tag = target, nest, ns, tag
         self.buffers: list[Buffer] = []
-        self.order = list(ns.order)
-        self.split = ns.split
-        self.P = target.cores if ns.split else 1
+        self.bufname: dict[str, str] = {}
+        self.split = dict(ns.split)
+        self.P = ns.cores
         self.core = Var(f"core{tag}") if self.split else None
-        self.chunk = {}
-        for a in nest.axes:
-            self.chunk[a.name] = ceil(a.blocks / self.P) if a.name == self.split else a.blocks
+        self.pl = pipeline(target, nest, ns)
+        self.step = Var(f"s{tag}")
+        self.chunk = {a.name: ceil(a.blocks / ns.parts(a.name)) for a in nest.axes}
+        # the core's coordinate along each split axis (row-major core grid)
+        self.part: dict[str, Expr] = {}
+        stride = 1
+        for a, p in reversed(ns.split):
+            self.part[a] = mod(div(self.core, stride), p)
+            stride *= p
 
-    # ---------------------------------------------------------------- indices
-    def o(self, a: str) -> Var:
-        return Var(f"{_ident(a)}_o{self.tag}")
+    # ---------------------------------------------------------------- indices at a step
+    def tile_index(self, a: str, step: Expr) -> Expr:
+        pl = self.pl
+        return mod(div(step, pl.stride[a]), pl.tiles[a]) if pl.tiles[a] > 1 else C(0)
 
-    def start(self, a: str) -> Expr:
-        s = mul(self.o(a), C(self.ns.tile(a)))
-        if a == self.split:
-            s = add(mul(self.core, C(self.chunk[a])), s)
+    def start(self, a: str, step: Expr) -> Expr:
+        s = mul(self.tile_index(a, step), C(self.ns.tile(a)))
+        if a in self.part:
+            s = add(self.part_start(a, self.part[a]), s)
         return s
+
+    def part_start(self, a: str, p: Expr) -> Expr:
+        """Balanced contiguous chunks: the first B mod P parts get one extra block."""
+        q, r = divmod(self.n.axis(a).blocks, self.ns.parts(a))
+        return add(mul(p, C(q)), simplify(Binary("min", p, C(r))))
 
     def limit(self, a: str) -> Expr:
         blocks = self.n.axis(a).blocks
-        if a == self.split:
-            return simplify(Binary("min", C(blocks), mul(add(self.core, C(1)), C(self.chunk[a]))))
+        if a in self.part:
+            return self.part_start(a, add(self.part[a], C(1)))
         return C(blocks)
 
-    def level(self, axes: list[str]) -> int:
-        return max((self.order.index(a) for a in axes), default=-1)
-
-    def counter(self, level: int) -> Expr:
-        """Linear count of the outer iterations up to ``level`` (for double-buffer parity)."""
-        ctr: Expr = C(0)
-        for a in self.order[:level + 1]:
-            ctr = add(mul(ctr, C(ceil(self.chunk[a] / self.ns.tile(a)))), self.o(a))
-        return ctr
+    def slot_index(self, o, inner: dict[str, Expr], step: Expr) -> Expr:
+        idx: Expr = C(0)
+        for a in o.axes:
+            idx = add(mul(idx, C(self.ns.tile(a))), inner[a])
+        nslots = self.pl.slots[o.name]
+        if nslots > 1:
+            which = mod(div(step, self.pl.inner[o.name]), nslots)
+            idx = add(mul(which, C(prod(self.ns.tile(a) for a in o.axes))), idx)
+        return idx
 
     # ---------------------------------------------------------------- operands
     def buffer(self, name: str, op, slots: int) -> str:
@@ -98,128 +120,116 @@ class _NestLowering:
                    if ax.instr_var is None and ax.name in o.axes)
         return Tile(o.tensor, o.access, tuple(dims), at, tuple(blocks[a] for a in o.axes))
 
-    def slot_index(self, o, inner: dict[str, Expr], parity: Expr | None) -> Expr:
-        idx: Expr = C(0)
-        for a in o.axes:
-            idx = add(mul(idx, C(self.ns.tile(a))), inner[a])
-        if parity is not None:
-            idx = add(mul(parity, C(prod(self.ns.tile(a) for a in o.axes))), idx)
-        return idx
+    def stage(self, o, op, i: int) -> str:
+        """Staging slots between two hops: the copy's memory and type, the operand's block shape."""
+        key = f"{o.name}.stage{i}.{op.memory}"
+        if key not in self.bufname:
+            b = Buffer(f"S{self.tag}.{key}", op.memory, op.dtype, o.op.shape or (1,),
+                       2 * prod(self.ns.tile(a) for a in o.axes))
+            self.buffers.append(b)
+            self.bufname[key] = b.name
+        return self.bufname[key]
 
-    def transfer(self, o, level: int, direction: str) -> list:
-        """Loops over the tile's blocks with the chain of moves in or out."""
+    def transfer(self, o, step: Expr, direction: str, extra_guards=()) -> list:
+        """Loops over one tile's blocks with the chain of moves in or out."""
         n = self.n
-        tile_blocks = prod(self.ns.tile(a) for a in o.axes)
-        db = self.ns.double_buffer
-        parity = simplify(Binary("%", self.counter(level), C(2))) if db and level >= 0 else None
-        if direction == "in":
-            route = route_in(self.t, n, o)
-        elif direction == "load_out":
-            route = route_load_output(self.t, n, o)
-        else:
-            route = route_out(self.t, n, o)
+        route = {"in": route_in, "load_out": route_load_output, "out": route_out}[direction](self.t, n, o)
         inner = {a: Var(f"{_ident(a)}_{direction}{o.name}{self.tag}") for a in o.axes}
-        blocks = {a: add(self.start(a), inner[a]) for a in o.axes}
-        guards = tuple((blocks[a], self.limit(a)) for a in o.axes)
-        slot = Slot(self.bufname[o.name], self.slot_index(o, inner, parity))
+        # consecutive blocks of the innermost axis travel together when every hop allows it
+        count = 1
+        if o.axes:
+            last = o.axes[-1]
+            count = min([c.batch for c in route] + [self.ns.tile(last)])
+        loop_var = dict(inner)
+        sub = Var(f"_j{direction}{o.name}{self.tag}")
+        if count > 1:
+            loop_var[o.axes[-1]] = Var(f"{_ident(o.axes[-1])}_{direction}{o.name}{self.tag}")
+            inner[o.axes[-1]] = add(mul(loop_var[o.axes[-1]], C(count)), sub)
+        blocks = {a: add(self.start(a, step), inner[a]) for a in o.axes}
+        guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in o.axes)
+        slot = Slot(self.bufname[o.name], self.slot_index(o, inner, step))
         tile = self.tile_ref(o, blocks)
-        # successive staged blocks alternate between the two staging slots
-        stage_idx = simplify(Binary("%", add(mul(self.counter(level), C(tile_blocks)),
-                                            self.slot_index(o, inner, None)), C(2)))
+        lin: Expr = C(0)
+        for a in o.axes:
+            lin = add(mul(lin, C(self.ns.tile(a))), inner[a])
+        tile_blocks = prod(self.ns.tile(a) for a in o.axes)
+        stage_idx = add(mul(mod(step, 2), C(tile_blocks)), lin)  # two tiles in flight
+        incoming = direction in ("in", "load_out")
+        cur = tile if incoming else slot
         moves = []
-        stage_i = 0
-        hops = list(route)
-        cur = tile if direction in ("in", "load_out") else slot
-        for j, c in enumerate(hops):
-            last = j == len(hops) - 1
-            if direction in ("in", "load_out"):
-                if last:
-                    dst = slot
-                else:
-                    dst = Slot(self.stage(o, c.outputs[0], stage_i), stage_idx)
-                    stage_i += 1
+        for j, c in enumerate(route):
+            last = j == len(route) - 1
+            if last:
+                dst = slot if incoming else tile
             else:
-                if last:
-                    dst = tile
-                else:
-                    dst = Slot(self.stage(o, c.outputs[0], stage_i), stage_idx)
-                    stage_i += 1
+                dst = Slot(self.stage(o, c.outputs[0], j), stage_idx)
             name, mc = c.name, False
-            if direction == "in" and j == 0 and self.split and self.split not in o.axes:
+            if direction == "in" and j == 0 and any(a not in o.axes for a in self.split):
                 m = multicast_variant(self.t, c)
                 if m is not None:
                     name, mc = m.name, True
-            moves.append(Move(name, cur, dst, guards, mc, n.statement))
+            moves.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else ""))
             cur = dst
         body = tuple(moves)
         for a in reversed(o.axes):
-            body = (Loop(inner[a].name, C(self.ns.tile(a)), body),)
+            ext = self.ns.tile(a) if (count == 1 or a != o.axes[-1]) else ceil(self.ns.tile(a) / count)
+            body = (Loop(loop_var[a].name, C(ext), body),)
         return list(body)
-
-    def stage(self, o, op, i: int) -> str:
-        key = f"{o.name}.stage{i}.{op.memory}"
-        if key not in self.bufname:
-            self.bufname[key] = self.buffer(key, op, 2)
-        return self.bufname[key]
 
     # ---------------------------------------------------------------- the nest
     def lower(self) -> list:
-        n, ns = self.n, self.ns
-        db = 2 if ns.double_buffer else 1
-        self.bufname = {}
+        n, ns, pl = self.n, self.ns, self.pl
         for o in n.operands:
-            if o.tensor is None:
-                continue
-            self.bufname[o.name] = self.buffer(o.name, o.op, db * prod(ns.tile(a) for a in o.axes))
+            if o.tensor is not None:
+                self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * prod(ns.tile(a) for a in o.axes))
         out = n.output
-        lvl_out = self.level(out.axes)
-        red_levels = [self.order.index(a.name) for a in n.axes if a.reduction]
-        if red_levels and min(red_levels) <= lvl_out:
+        order = list(ns.order)
+        lvl_out = max((order.index(a) for a in out.axes), default=-1)
+        if any(order.index(a.name) <= lvl_out for a in n.axes if a.reduction):
             raise IsamapError("internal: reduction axes must be inside the output axes")
-        by_level: dict[int, list] = {}
+        d = max(0, ns.prefetch)
+        S = pl.steps
+        s = self.step
+
+        def when_step(step: Expr, every: int, phase: int = 0) -> tuple:
+            """Guard: ``step % every == phase`` written as ``phase - 1 < step % every < phase + 1``."""
+            if every == 1:
+                return ()
+            m = mod(step, every)
+            return ((C(phase - 1), m), (m, C(phase + 1)))
+
+        pro = []
+        body = []
         for o in n.inputs:
-            by_level.setdefault(self.level(o.axes), []).append(o)
-
-        def build(level: int) -> list:
-            if level == len(self.order):
-                return self.compute()
-            a = self.order[level]
-            body = []
-            for o in by_level.get(level, []):
-                body += self.transfer(o, level, "in")
-            if level == lvl_out and n.load_output:
-                body += self.transfer(out, level, "load_out")
-            body += build(level + 1)
-            if level == lvl_out:
-                body += self.transfer(out, level, "out")
-            ext = ceil(self.chunk[a] / ns.tile(a))
-            return [Loop(self.o(a).name, C(ext), tuple(body))]
-
-        top = []
-        for o in by_level.get(-1, []):
-            top += self.transfer(o, -1, "in")
-        if lvl_out == -1 and n.load_output:
-            top += self.transfer(out, -1, "load_out")
-        top += build(0)
-        if lvl_out == -1:
-            top += self.transfer(out, -1, "out")
+            every = pl.inner[o.name]
+            if d == 0:
+                body += self.transfer(o, s, "in", when_step(s, every))
+                continue
+            j = Var(f"p{o.name}{self.tag}")
+            pro.append(Loop(j.name, C(min(d, S)), tuple(self.transfer(o, j, "in", when_step(j, every)))))
+            ahead = add(s, C(d))
+            body += self.transfer(o, ahead, "in", ((ahead, C(S)),) + when_step(ahead, every))
+        every_out = pl.inner[out.name]
+        if n.load_output:
+            body += self.transfer(out, s, "load_out", when_step(s, every_out))
+        body += self.compute(s)
+        body += self.transfer(out, s, "out", when_step(s, every_out, every_out - 1))
+        top = pro + [Loop(s.name, C(S), tuple(body))]
         if self.split:
             top = [Loop(self.core.name, C(self.P), tuple(top), parallel=True)]
         return top
 
-    def compute(self) -> list:
+    def compute(self, step: Expr) -> list:
         n, ns = self.n, self.ns
         inner = {a.name: Var(f"{_ident(a.name)}_i{self.tag}") for a in n.axes}
-        blocks = {a.name: add(self.start(a.name), inner[a.name]) for a in n.axes}
+        blocks = {a.name: add(self.start(a.name, step), inner[a.name]) for a in n.axes}
         guards = tuple((blocks[a.name], self.limit(a.name)) for a in n.axes)
         ops = []
         for o in n.operands:
             if o.tensor is None:
                 ops.append((o.name, Imm(o.imm)))
-                continue
-            lvl = self.level(o.axes)
-            parity = simplify(Binary("%", self.counter(lvl), C(2))) if ns.double_buffer and lvl >= 0 else None
-            ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, parity))))
+            else:
+                ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step))))
         first_instr, first = None, ()
         if n.identity_first:
             first_instr = n.init_instr.name

@@ -123,6 +123,9 @@ class _TargetChecker:
         window = self.take(props, "window", "int", 16)
         main = self.take(props, "main", "name")
         fallback = self.take(props, "fallback", "name")
+        backend = self.take(props, "backend", "name")
+        if backend is not None and backend[0] not in ("sim", "llvm", "cuda"):
+            raise IsamapError("'backend' must be sim, llvm or cuda", backend[1])
         if fallback is not None and fallback[0] != "scalar":
             raise IsamapError("'fallback' must be 'scalar'", fallback[1])
         memories = self.unique([self.memory(m) for m in mems], "memory")
@@ -140,6 +143,7 @@ class _TargetChecker:
         ins = self.unique([self.instr(i, mem_names, eng_names) for i in instrs], "instruction")
         self.no_leftovers(props, f"target '{name}'")
         extra = (("fallback", fallback[0]),) if fallback else ()
+        extra += (("backend", backend[0] if backend else "sim"),)
         t = Target(name, tuple(memories), tuple(engs), tuple(ins), cores, window, main_name, extra,
                    span=self.sp(tree))
         self.reachability(t)
@@ -252,10 +256,11 @@ class _TargetChecker:
                 raise IsamapError(f"'{n}' is not an operand of {what}", sp)
         partial = self.take(p, "partial", "bool", False)
         gather = self.take(p, "gather", "bool", False)
+        batch = self.take(p, "batch", "int", 1)
         self.no_leftovers(p, what)
         extra = ()
         return Instruction(name, tuple(ops), body, eng[0], occ, lat, port, mc, tuple(n for n, _ in tr),
-                           partial, gather, extra, span=self.sp(name_tok))
+                           partial, gather, batch, extra, span=self.sp(name_tok))
 
     def reachability(self, t: Target):
         links = {(o.memory, r.memory) for i in t.instrs for o in i.inputs for r in i.outputs}

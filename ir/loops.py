@@ -76,6 +76,8 @@ class Move:
     guards: tuple[tuple[Expr, Expr], ...] = ()  # execute only if every a < b
     multicast: bool = False
     statement: int = -1
+    count: int = 1  # consecutive blocks moved by one instruction ...
+    sub: str = ""  # ... with this variable running 0..count-1 in the refs and guards
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ def show(p: Program) -> str:
                 out.append(f"{pad}{'parallel ' if n.parallel else ''}for {n.var} in 0:{show_expr(n.extent)}:")
                 walk(n.body, ind + 1)
             elif isinstance(n, Move):
-                out.append(f"{pad}{n.instr}{' (multicast)' if n.multicast else ''} {_ref(n.src)} -> "
+                batch = f" x{n.count} ({n.sub})" if n.count > 1 else ""
+                out.append(f"{pad}{n.instr}{' (multicast)' if n.multicast else ''}{batch} {_ref(n.src)} -> "
                            f"{_ref(n.dst)}{_guards(n.guards)}")
             elif isinstance(n, Exec):
                 ops = ", ".join(f"{a}={_ref(r)}" for a, r in n.operands)

@@ -68,6 +68,7 @@ class Instruction:
     transpose: tuple[str, ...] = ()  # operands that may be read transposed
     partial: bool = False  # tiles smaller than the shape are allowed (DMA)
     gather: bool = False  # reads any affine address pattern (im2col windows, element strides)
+    batch: int = 1  # data movement: up to this many consecutive blocks per instruction
     props: tuple[tuple[str, object], ...] = ()
     span: Span | None = field(default=None, **_META)
 

@@ -4,7 +4,9 @@ A Schedule fixes, for every statement, the mapping used and, for each of its
 nests (one per instruction step), a tile size per axis (in blocks of the
 instruction's extent, or iterations for loop axes), the order of the loops
 over tiles (outermost first), the axis whose tiles are spread across cores,
-and double buffering.  Schedules serialise to JSON and replay exactly.
+and the prefetch distance of the software pipeline (tile loads run that many
+steps ahead of compute; 1 is double buffering).  Schedules serialise to JSON
+and replay exactly.
 """
 from __future__ import annotations
 
@@ -24,11 +26,21 @@ class NestSchedule:
     step: int
     tiles: tuple[tuple[str, int], ...]
     order: tuple[str, ...]
-    split: str | None = None
-    double_buffer: bool = True
+    split: tuple[tuple[str, int], ...] = ()  # (axis, parts): the core grid, row-major
+    prefetch: int = 1  # loads run this many steps ahead of compute (1: double buffering)
 
     def tile(self, axis: str) -> int:
         return dict(self.tiles)[axis]
+
+    def parts(self, axis: str) -> int:
+        return dict(self.split).get(axis, 1)
+
+    @property
+    def cores(self) -> int:
+        n = 1
+        for _, p in self.split:
+            n *= p
+        return n
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,8 @@ class Schedule:
     def from_json(text: str) -> "Schedule":
         d = json.loads(text)
         nests = tuple(NestSchedule(n["statement"], n["step"], tuple(tuple(t) for t in n["tiles"]),
-                                   tuple(n["order"]), n["split"], n["double_buffer"]) for n in d["nests"])
+                                   tuple(n["order"]), tuple(tuple(x) for x in n["split"]), n["prefetch"])
+                      for n in d["nests"])
         return Schedule(d["kernel"], d["target"], tuple(tuple(s) for s in d["sizes"]), d["strategy"],
                         tuple(d["mappings"]), nests, d.get("predicted", {}))
 
@@ -64,8 +77,9 @@ class Schedule:
         for n in self.nests:
             tiles = ", ".join(f"{a}={t}" for a, t in n.tiles)
             lines.append(f"S{n.statement}.{n.step}: mapping #{self.mappings[n.statement]} tiles [{tiles}] "
-                         f"order {' > '.join(n.order)}" + (f" split {n.split} over cores" if n.split else "")
-                         + (" double-buffered" if n.double_buffer else ""))
+                         f"order {' > '.join(n.order)}"
+                         + (f" cores {' x '.join(f'{a}/{p}' for a, p in n.split)}" if n.split else "")
+                         + f" prefetch {n.prefetch}")
         for k, v in self.predicted.items():
             lines.append(f"# predicted {k}: {v}")
         return "\n".join(lines) + "\n"

@@ -1,9 +1,11 @@
-"""Analytical cost model (Timeloop-style): reuse analysis -> bytes per link, busy cycles per engine.
+"""Analytical cost model (Timeloop-style reuse analysis plus a software-pipeline model).
 
-cycles(nest) = max over engines (per core) and the shared main-memory server
-of their busy time, plus fill (first tiles in) and drain (last tile out).
-Tiles are reloaded each time an outer loop over an axis they do not depend on
-advances; the axis split across cores divides the work of that axis.
+For one scheduled nest on the busiest core: a tile is reloaded each time an
+outer loop over an axis it does not depend on advances; each step (one tile of
+work) costs the most of its engines' busy time, its share of the shared
+main-memory server, the load latency spread over the prefetch distance, and
+the latency the instruction window can cover; the nest costs steps x step
+time plus fill (first tiles in) and drain (last tile out).
 """
 from __future__ import annotations
 
@@ -17,74 +19,9 @@ from compiler.routes import multicast_variant, route_in, route_load_output, rout
 from .base import NestSchedule
 
 
-def per_core_blocks(nest: Nest, ns: NestSchedule, axis: str, cores: int) -> int:
+def per_core_blocks(nest: Nest, ns: NestSchedule, axis: str, cores: int = 0) -> int:
     """Blocks of ``axis`` on the busiest core: a split axis is cut into contiguous chunks."""
-    b = nest.axis(axis).blocks
-    return ceil(b / cores) if ns.split == axis else b
-
-
-def _tiles(nest: Nest, ns: NestSchedule, axis: str, cores: int) -> float:
-    """Number of tiles of ``axis`` one core walks."""
-    return ceil(per_core_blocks(nest, ns, axis, cores) / ns.tile(axis))
-
-
-def _loads(nest: Nest, ns: NestSchedule, axes: list[str], cores: int) -> float:
-    """How many times a tile over ``axes`` is (re)loaded per core."""
-    innermost = max((ns.order.index(a) for a in axes), default=-1)
-    return prod(_tiles(nest, ns, a, cores) for a in ns.order[:innermost + 1]) if innermost >= 0 else 1
-
-
-def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
-    cores = target.cores if ns.split else 1
-    active = cores
-    if ns.split:
-        active = min(cores, nest.axis(ns.split).blocks)
-    busy: dict[str, float] = {}
-    main_bytes = 0.0
-    first_in = 0.0
-
-    def add(engine: str, cycles: float):
-        busy[engine] = busy.get(engine, 0.0) + cycles
-
-    # compute: executions on this core, spread over the engine's units
-    execs = prod(per_core_blocks(nest, ns, a.name, cores) for a in nest.axes)
-    units = target.engine(nest.instr.engine).count
-    add(nest.instr.engine, execs * nest.instr.cycles() / units)
-    for o in nest.operands:
-        if o.tensor is None:
-            continue
-        tile_blocks = prod(ns.tile(a) for a in o.axes)
-        if o.is_output:
-            n_tiles = prod(_tiles(nest, ns, a, cores) for a in o.axes)
-            routes = [route_out(target, nest, o)]
-            if nest.load_output:
-                routes.append(route_load_output(target, nest, o))
-            times = n_tiles
-        else:
-            routes = [route_in(target, nest, o)]
-            times = _loads(nest, ns, o.axes, cores)
-        blocks = times * tile_blocks
-        for route in routes:
-            for c in route:
-                dst = c.outputs[0]
-                nbytes = block_bytes(target, o, c)
-                add(c.engine, blocks * c.cycles(nbytes) / target.engine(c.engine).count)
-                touches_main = c.inputs[0].memory == target.main or dst.memory == target.main
-                if touches_main:
-                    shared = (not o.is_output and ns.split is not None and ns.split not in o.axes
-                              and multicast_variant(target, c) is not None)
-                    main_bytes += blocks * nbytes * (1 if shared else active)
-                    if not o.is_output:
-                        first_in = max(first_in, tile_blocks * c.cycles(nbytes) + c.latency)
-    mem = target.memory(target.main)
-    hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0
-    drain = 0.0
-    for c in route_out(target, nest, nest.output):
-        drain += c.latency + c.cycles(block_bytes(target, nest.output, c))
-    drain += nest.instr.latency
-    steady = max([hbm] + list(busy.values()))
-    return {"cycles": steady + first_in + drain, "steady": steady, "busy": busy, "main_bytes": main_bytes,
-            "hbm_cycles": hbm, "fill": first_in, "drain": drain, "executions": execs}
+    return ceil(nest.axis(axis).blocks / ns.parts(axis))
 
 
 def block_bytes(target: Target, o, c) -> int:
@@ -92,6 +29,90 @@ def block_bytes(target: Target, o, c) -> int:
     elems = prod(o.op.shape) if o.op.shape else 1
     side = c.outputs[0] if c.outputs[0].memory == target.main else c.inputs[0]
     return elems * side.dtype.itemsize
+
+
+def auto_prefetch(target: Target, nest: Nest, ns: NestSchedule) -> int:
+    """The prefetch distance that hides the load latency behind compute (capped at 8)."""
+    from .space import pipeline
+    pl = pipeline(target, nest, ns)
+    step_execs = prod(ns.tile(a.name) for a in nest.axes)
+    compute = step_execs * nest.instr.cycles() / target.engine(nest.instr.engine).count
+    lat = 0
+    for o in nest.inputs:
+        lat = max(lat, sum(c.latency + c.cycles(block_bytes(target, o, c)) for c in route_in(target, nest, o)))
+    if compute <= 0 or pl.steps <= 1:
+        return 1
+    return max(1, min(8, ceil(lat / compute)))
+
+
+def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
+    from .space import pipeline
+    pl = pipeline(target, nest, ns)
+    active = prod(min(p, nest.axis(a).blocks) for a, p in ns.split) if ns.split else 1
+    S = pl.steps
+    d = max(0, ns.prefetch)
+    step_blocks = prod(ns.tile(a.name) for a in nest.axes)
+    units = target.engine(nest.instr.engine).count
+    compute_step = step_blocks * nest.instr.cycles() / units
+    busy: dict[str, float] = {nest.instr.engine: compute_step * S}
+    instrs = step_blocks * S
+    main_bytes = 0.0
+    fill = 0.0
+    drain = nest.instr.latency
+    load_lat = 0.0
+    for o in nest.operands:
+        if o.tensor is None:
+            continue
+        tile_blocks = prod(ns.tile(a) for a in o.axes)
+        loads = S // pl.inner[o.name]
+        if o.is_output:
+            routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
+        else:
+            routes = [route_in(target, nest, o)]
+        last = o.axes[-1] if o.axes else None
+        for route in routes:
+            batch = min([c.batch for c in route] + [ns.tile(last) if last else 1])
+            per_tile_instrs = ceil(tile_blocks / batch) if tile_blocks else 1
+            chain_lat = 0.0
+            for c in route:
+                nbytes = block_bytes(target, o, c)
+                occ = c.cycles(nbytes * batch) if c.occupancy is None else c.occupancy * batch
+                eng = target.engine(c.engine).count
+                busy[c.engine] = busy.get(c.engine, 0.0) + loads * per_tile_instrs * occ / eng
+                instrs += loads * per_tile_instrs
+                chain_lat += c.latency + occ
+                if target.main in (c.inputs[0].memory, c.outputs[0].memory):
+                    share = 1
+                    if not o.is_output and multicast_variant(target, c) is not None:
+                        share = prod(min(p, nest.axis(a).blocks) for a, p in ns.split if a not in o.axes)
+                    main_bytes += loads * tile_blocks * nbytes * active / share
+            if o.is_output and route is routes[0]:
+                drain += chain_lat + per_tile_instrs * max(
+                    (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
+                    for c in route)
+            elif not o.is_output:
+                first = per_tile_instrs * max(
+                    (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
+                    for c in route)
+                fill += first
+                load_lat = max(load_lat, chain_lat)
+    fill += load_lat
+    mem = target.memory(target.main)
+    hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0
+    # per step: engines, main memory, latency hidden by prefetching, latency the window can cover
+    step = max([v / S for v in busy.values()] + [hbm / S])
+    if d == 0:
+        step = max(step, compute_step + load_lat)
+    else:
+        step = max(step, (load_lat + compute_step) / (d + 1))
+    # in-order window: the instruction W places after a load waits for it, so a step of
+    # n instructions cannot go faster than load latency x n / W
+    n_step = instrs / S
+    window_step = load_lat * n_step / target.window
+    step = max(step, window_step)
+    cycles = S * step + fill + drain
+    return {"cycles": cycles, "step": step, "steps": S, "busy": busy, "main_bytes": main_bytes,
+            "hbm_cycles": hbm, "fill": fill, "drain": drain, "window_step": window_step}
 
 
 def schedule_cost(target: Target, nests: list[Nest], schedules: list[NestSchedule]) -> dict:

@@ -11,7 +11,7 @@ from ir.target import Target
 from compiler.nest import Nest
 
 from .base import NestSchedule, Schedule, register
-from .cost import nest_cost
+from .cost import auto_prefetch, nest_cost
 from .space import candidates, fits
 from .vendor import default_order, vendor_nest
 
@@ -26,16 +26,23 @@ def _tile_choices(n: int, full: bool) -> list[int]:
 
 def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000) -> tuple[NestSchedule, dict]:
     par_bound = [a for a in nest.axes if a.instr_var is not None and not a.reduction]
-    splits: list = [None]
+    splits: list = [()]
     if target.cores > 1:
-        splits += [a.name for a in nest.axes if not a.reduction and a.blocks > 1]
+        par = [a for a in nest.axes if not a.reduction and a.blocks > 1]
+        P = target.cores
+        for a in par:
+            splits.append(((a.name, P),))
+        for a, b in itertools.permutations(par, 2):
+            for pa in range(2, P):
+                pb = P // pa
+                if pa * pb == P and pb >= 2 and pa <= a.blocks and pb <= b.blocks:
+                    splits.append(((a.name, pa), (b.name, pb)))
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
     evaluated = 0
     for split in splits:
-        cores = target.cores if split else 1
-        caps = {a.name: (-(-a.blocks // cores) if a.name == split else a.blocks) for a in nest.axes}
+        caps = {a.name: -(-a.blocks // dict(split).get(a.name, 1)) for a in nest.axes}
         choices = [_tile_choices(caps[a.name], full) for a in tunable]
         perms = list(itertools.permutations([a.name for a in par_bound])) or [()]
         for perm in perms:
@@ -46,7 +53,14 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                     break
                 tiles = {a.name: 1 for a in nest.axes}
                 tiles.update({a.name: t for a, t in zip(tunable, combo)})
-                ns = NestSchedule(nest.statement, nest.step_index, tuple(tiles.items()), order, split, True)
+                ns = NestSchedule(nest.statement, nest.step_index, tuple(tiles.items()), order, split, 1)
+                d = auto_prefetch(target, nest, ns)
+                while d > 1:
+                    cand = NestSchedule(nest.statement, nest.step_index, ns.tiles, order, split, d)
+                    if fits(target, nest, cand) is None:
+                        ns = cand
+                        break
+                    d //= 2
                 if fits(target, nest, ns) is not None:
                     continue
                 c = nest_cost(target, nest, ns)

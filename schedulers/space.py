@@ -36,9 +36,9 @@ def candidates(k: Kernel, b: Bound, target: Target) -> list[list[Candidate]]:
             except Unsupported as e:
                 why.append(f"{m.instruction}: {e}")
         if not cands:
-            reason = why[-1] if why else "no instruction matches"
-            raise IsamapError(f"no instruction of {target.name} can perform this statement: {reason}",
-                              s.span)
+            distinct = list(dict.fromkeys(why))
+            raise IsamapError(f"no instruction of {target.name} can perform this statement",
+                              s.span, notes=distinct[-4:] or ["no instruction matches"])
         out.append(cands)
     return out
 
@@ -58,24 +58,64 @@ def buffer_memories(target: Target, nest: Nest) -> dict[str, list[tuple[str, int
     return out
 
 
+@dataclass
+class Pipeline:
+    """The software pipeline of a scheduled nest, per core: steps are tiles in loop order."""
+
+    steps: int
+    tiles: dict[str, int]  # axis -> tiles per core
+    stride: dict[str, int]  # axis -> steps between increments of its tile index
+    inner: dict[str, int]  # operand -> steps during which its tile stays the same
+    slots: dict[str, int]  # operand -> tiles it keeps in flight
+
+
+def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
+    from math import ceil
+    tiles = {}
+    for a in nest.axes:
+        tiles[a.name] = ceil(ceil(a.blocks / ns.parts(a.name)) / ns.tile(a.name))
+    stride, acc = {}, 1
+    for a in reversed(ns.order):
+        stride[a] = acc
+        acc *= tiles[a]
+    steps = acc
+    inner, slots = {}, {}
+    d = max(0, ns.prefetch)
+    for o in nest.operands:
+        if o.tensor is None:
+            continue
+        # the tile changes when the innermost of its axes that has several tiles advances
+        moving = [a for a in o.axes if tiles[a] > 1]
+        lvl = max((ns.order.index(a) for a in moving), default=-1)
+        inner[o.name] = stride[ns.order[lvl]] if lvl >= 0 else steps
+        loads = steps // inner[o.name]
+        if o.is_output:
+            slots[o.name] = min(loads, 2)
+        else:
+            slots[o.name] = min(loads, d // inner[o.name] + 2 if d else 1)
+    return Pipeline(steps, tiles, stride, inner, slots)
+
+
 def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
-    """Bytes each memory needs for this schedule (per core), double buffering included."""
+    """Bytes each memory needs for this schedule (per core), pipeline slots included."""
     use: dict[str, int] = {}
-    mult = 2 if ns.double_buffer else 1
+    pl = pipeline(target, nest, ns)
     for o in nest.operands:
         if o.tensor is None:
             continue
         blocks = prod(ns.tile(a) for a in o.axes)
-        use[o.op.memory] = use.get(o.op.memory, 0) + mult * blocks * o.op.bytes
+        use[o.op.memory] = use.get(o.op.memory, 0) + pl.slots[o.name] * blocks * o.op.bytes
     from compiler.routes import route_in, route_out
-    for o in nest.operands:  # staging slots of multi-hop routes: one block each, double-buffered
+    for o in nest.operands:  # staging slots of multi-hop routes: two tiles each
         if o.tensor is None:
             continue
         hops = route_out(target, nest, o) if o.is_output else route_in(target, nest, o)
         inter = [c.outputs[0] for c in hops[:-1]] if not o.is_output else [c.inputs[0] for c in hops[1:]]
+        blocks = prod(ns.tile(a) for a in o.axes)
+        elems = prod(o.op.shape) if o.op.shape else 1
         for m in inter:
             if m.memory != target.main:
-                use[m.memory] = use.get(m.memory, 0) + 2 * m.bytes
+                use[m.memory] = use.get(m.memory, 0) + 2 * blocks * elems * m.dtype.itemsize
     return use
 
 

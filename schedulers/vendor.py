@@ -34,14 +34,13 @@ def vendor_nest(target: Target, nest: Nest) -> NestSchedule:
     tiles = {a.name: 1 for a in nest.axes}
     par = [a for a in nest.axes if a.instr_var is not None and not a.reduction]
     red = [a for a in nest.axes if a.instr_var is not None and a.reduction]
-    split = par[0].name if target.cores > 1 and par and par[0].blocks > 1 else None
-    cores = target.cores if split else 1
+    split = ((par[0].name, target.cores),) if target.cores > 1 and par and par[0].blocks > 1 else ()
 
     def cap(a):
-        return -(-a.blocks // cores) if a.name == split else a.blocks
+        return -(-a.blocks // dict(split).get(a.name, 1))
 
     def mk(t):
-        return NestSchedule(nest.statement, nest.step_index, tuple(t.items()), default_order(nest), split, True)
+        return NestSchedule(nest.statement, nest.step_index, tuple(t.items()), default_order(nest), split, 1)
 
     out = nest.output
     out_budget = target.memory(out.op.memory).capacity // 2 // max(1, out.op.bytes)

@@ -23,6 +23,8 @@ target "toy" {
     { Y(i, j) = X(i, j) }
     instr mma(float(16, 16) A @sram, float(16, 16) B @sram) -> (float(16, 16) C @acc) engine = mxu  occupancy = 16
     { C(i, j) += A(i, k) * B(k, j) }
+    instr mma_init(float(16, 16) A @sram, float(16, 16) B @sram) -> (float(16, 16) C @acc) engine = mxu  occupancy = 16
+    { C(i, j) +=! A(i, k) * B(k, j) }
 }
 """
 
@@ -45,7 +47,7 @@ def test_instruction_bodies_are_kernels():
     mma = t.instr("mma")
     assert mma.macs == 16 ** 3 and mma.body.stmts[0].reduction_vars == ("k",)
     assert t.links() == {("dram", "sram"), ("acc", "dram")}
-    assert t.peak_macs_per_cycle() == 2 * 16 ** 3 / 16
+    assert t.peak_macs_per_cycle() == 2 * 16 ** 3 / 16  # 2 cores, one 16x16x16 block per 16 cycles
 
 
 def test_targets_cli_json(capsys):
@@ -88,7 +90,7 @@ def test_check_hw_file_cli(capsys, tmp_path):
     f = tmp_path / "toy.hw"
     f.write_text(GOOD)
     assert cli.main(["check", str(f)]) == 0
-    assert "ok: target toy (3 instructions)" in capsys.readouterr().out
+    assert "ok: target toy (4 instructions)" in capsys.readouterr().out
     f.write_text(GOOD.replace("engine = mxu", "engine = tpu"))
     assert cli.main(["check", str(f)]) == 1
     err = capsys.readouterr().err
@@ -98,8 +100,8 @@ def test_check_hw_file_cli(capsys, tmp_path):
 def test_target_paths_are_accepted_where_names_are(capsys, tmp_path):
     f = tmp_path / "toy.hw"
     f.write_text(GOOD)
-    code = cli.main(["run", "kernels/gemm.tc", "--target", str(f), "--sizes", "M=4,N=4,K=4"])
-    err = capsys.readouterr().err
-    assert code == 1 and "target 'toy' is described" in err
+    code = cli.main(["run", "kernels/gemm.tc", "--target", str(f), "--sizes", "M=20,N=4,K=33", "--check"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "PASS" in out, err
     code = cli.main(["run", "kernels/gemm.tc", "--target", str(tmp_path / "nope.hw"), "--sizes", "M=4,N=4,K=4"])
     assert code == 1 and "no such target file" in capsys.readouterr().err

@@ -127,6 +127,8 @@ class Simulator:
         self.readers: dict = {}
         self.barrier_id: int | None = None
         self.env: dict = dict(bound.sizes)
+        self.stalls: dict | None = None  # core 0: what bounded each issue (for tuning)
+        self.mc_seen: dict = {}
 
     # ------------------------------------------------------------------ emission
     def run(self):
@@ -142,7 +144,7 @@ class Simulator:
                     self.walk(n.body, i if n.parallel else core)
                 env.pop(n.var, None)
             elif isinstance(n, Move):
-                if self._guard(n.guards):
+                if n.count > 1 or self._guard(n.guards):
                     self.move(n, core)
             elif isinstance(n, Exec):
                 if self._guard(n.guards):
@@ -229,22 +231,59 @@ class Simulator:
         return tuple(np.where(valid, x, 0) for x in xs), valid
 
     def move(self, n: Move, core: int):
+        """One data-movement instruction: one block, or ``count`` consecutive blocks."""
         instr = self.t.instr(n.instr)
+        src_op, dst_op = instr.inputs[0], instr.outputs[0]
+        deps: list[int] = []
+        reads, writes, ops = [], [], []
+        total = 0
+        mc = None
+        for j in range(n.count):
+            if n.sub:
+                self.env[n.sub] = j
+                if not self._guard(n.guards):
+                    continue
+            nbytes, key_r, key_w, mck, op_r, op_w = self._move_block(n, instr, core)
+            total += nbytes
+            self._dep_read(key_r, deps)
+            self._dep_write(key_w, deps)
+            reads.append(key_r)
+            writes.append(key_w)
+            if not ops:
+                ops = [op_r, op_w]
+            if mck is not None:
+                mc = mc + (mck,) if mc else ("mc", core, mck)
+        if n.sub:
+            self.env.pop(n.sub, None)
+        if not reads:
+            return
+        if n.count > 1 and len(reads) > 1:
+            ops = [(r, m, a, f"{w} x{len(reads)}") for r, m, a, w in ops]
+        link = f"{src_op.memory}->{dst_op.memory}"
+        self.link_bytes[link] = self.link_bytes.get(link, 0) + total
+        touches = self.t.main in (src_op.memory, dst_op.memory)
+        if mc is not None:
+            # the n-th time a core fetches these blocks joins the n-th multicast of them
+            blocks = mc[2:]
+            nth = self.mc_seen.get((blocks, core), 0)
+            self.mc_seen[(blocks, core)] = nth + 1
+            mc = (blocks, nth)
+        inst = self._new(core, instr, total, touches, mc, deps, n.statement, ops)
+        self._note(inst, reads, writes)
+
+    def _move_block(self, n: Move, instr: Instruction, core: int):
         src_op, dst_op = instr.inputs[0], instr.outputs[0]
         other = n.dst if isinstance(n.dst, Slot) else n.src
         shape = self.p.buffer(other.buffer).block  # the operand block being moved
-        deps: list[int] = []
-        reads, writes = [], []
-        ops = []
-        # source
+        mck = None
         if isinstance(n.src, Tile):
             idx, valid = self.tile_index(n.src, shape)
             T = self.tensors[n.src.tensor]
             data = np.where(valid, T[idx], 0).astype(src_op.dtype.np) if self.functional else None
             key = ("T", n.src.tensor, tuple(compile_expr(e)(self.env) for e in n.src.key))
             nbytes = int(valid.sum()) * self.tensor_dtype[n.src.tensor].itemsize
-            mc = ("mc", key) if n.multicast else None
-            ops.append(("src", self.t.main, n.src.tensor, key[2]))
+            mck = key if n.multicast else None
+            op_r = ("src", self.t.main, n.src.tensor, key[2])
         else:
             buf, skey, si = self.slot(core, n.src)
             if not self.written[skey][si]:
@@ -252,13 +291,8 @@ class Simulator:
                                f"slot {si} of {buf.name}, which was never written")
             data = self.slots[skey][si] if self.functional else None
             key = ("S", skey, si)
-            nbytes = prod(src_op.shape or (1,)) * src_op.dtype.itemsize
-            valid = None
-            mc = None
-            ops.append(("src", buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
-        self._dep_read(key, deps)
-        reads.append(key)
-        # instruction semantics on the block
+            nbytes = prod(shape) * src_op.dtype.itemsize
+            op_r = ("src", buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name)
         if self.functional:
             ex = self.execs.get(n.instr) or self.execs.setdefault(n.instr, _Executor(instr))
             out = _run_padded(ex, src_op, np.asarray(data).reshape(shape), shape)
@@ -270,21 +304,15 @@ class Simulator:
                 T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
             dkey = ("T", n.dst.tensor, tuple(compile_expr(e)(self.env) for e in n.dst.key))
             nbytes = int(dvalid.sum()) * self.tensor_dtype[n.dst.tensor].itemsize
-            ops.append(("dst", self.t.main, n.dst.tensor, dkey[2]))
+            op_w = ("dst", self.t.main, n.dst.tensor, dkey[2])
         else:
             buf, dkey0, di = self.slot(core, n.dst)
             if self.functional:
                 self.slots[dkey0][di] = out.reshape(buf.block)
             self.written[dkey0][di] = True
             dkey = ("S", dkey0, di)
-            ops.append(("dst", buf.memory, self.addr[buf.name] + di * buf.slot_bytes, buf.name))
-        self._dep_write(dkey, deps)
-        writes.append(dkey)
-        link = f"{src_op.memory}->{dst_op.memory}"
-        self.link_bytes[link] = self.link_bytes.get(link, 0) + nbytes
-        touches = self.t.main in (src_op.memory, dst_op.memory)
-        inst = self._new(core, instr, nbytes, touches, mc, deps, n.statement, ops)
-        self._note(inst, reads, writes)
+            op_w = ("dst", buf.memory, self.addr[buf.name] + di * buf.slot_bytes, buf.name)
+        return nbytes, key, dkey, mck, op_r, op_w
 
     def exec(self, n: Exec, core: int):
         name = n.instr
@@ -379,7 +407,8 @@ class Simulator:
                 units = unit_free.setdefault(ek, [0.0] * t.engine(inst.engine).count)
                 w = window.setdefault(inst.core, deque())
                 win_t = w[0] if len(w) >= t.window else 0.0
-                return max(dep_t, min(units), last_issue.get(ek, 0.0), win_t), ek, units, w
+                terms = (dep_t, min(units), last_issue.get(ek, 0.0), win_t)
+                return max(terms), ek, units, w, terms
 
             for c, q in queues.items():
                 heapq.heappush(heap, (tentative(q[0])[0], c))
@@ -387,7 +416,11 @@ class Simulator:
                 _, c = heapq.heappop(heap)
                 q = queues[c]
                 inst = q.popleft()
-                issue, ek, units, w = tentative(inst)
+                issue, ek, units, w, terms = tentative(inst)
+                if self.stalls is not None and inst.core == 0:
+                    why = ("deps", "engine", "in-order", "window")[terms.index(max(terms))]
+                    self.stalls.setdefault(inst.instr, {}).setdefault(why, 0)
+                    self.stalls[inst.instr][why] += 1
                 u = units.index(min(units))
                 occ = inst.occupancy
                 end = issue + occ

@@ -1,0 +1,150 @@
+"""Scheduling, lowering and the simulated accelerators, checked against ir.interp."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import compiler
+import ir.interp
+import kernels
+from compiler import cli
+from compiler.backends.sim.simulate import SimError, Simulator
+from compiler.checking import compare, random_inputs
+from ir.loops import Move, show
+from schedulers.base import Schedule
+
+SIZES = {
+    "gemm": [dict(M=64, N=32, K=96), dict(M=37, N=13, K=41), dict(M=1, N=1, K=1)],
+    "gemm_tn": [dict(M=33, N=17, K=65)], "gemm_nt": [dict(M=33, N=17, K=65)],
+    "gemm_bf16": [dict(M=65, N=33, K=70)],
+    "batch_matmul": [dict(Bt=3, M=5, N=7, K=11)],
+    "conv2d": [dict(N=2, C=3, H=6, W=7, F=4, R=3, S=2), dict(N=1, C=1, H=1, W=1, F=1, R=1, S=1)],
+    "depthwise_conv2d": [dict(N=1, C=3, H=6, W=7, R=3, S=3)],
+    "pointwise_conv2d": [dict(N=2, C=3, H=4, W=5, F=6)],
+    "depthwise_separable_conv2d": [dict(N=1, C=3, H=6, W=7, R=3, S=3, F=5)],
+    "mlp": [dict(B=7, K=33, N=65)], "softmax": [dict(N=5, D=40)], "layernorm": [dict(N=5, D=37)],
+    "gru_cell": [dict(B=3, I=5, Hd=7)], "lstm_cell": [dict(B=2, I=3, Hd=5)],
+}
+
+
+def check(name, target, sizes, scheduler, seed=0):
+    ck = compiler.build(kernels.path(name), target=target, sizes=sizes, scheduler=scheduler)
+    ins = random_inputs(ck.kernel, ck.bound, seed)
+    out = ck.run_all(**ins)
+    ref = ir.interp.run(ck.kernel, ins, ck.sizes)
+    ok, err, _ = compare(out, ref, ck.precision)
+    assert ok, (name, target, sizes, scheduler, err)
+    return ck
+
+
+@pytest.mark.parametrize("scheduler", ["vendor", "analytical"])
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_kernel_on_nnp(name, scheduler):
+    for sizes in SIZES[name]:
+        ck = check(name, "sim-nnp", sizes, scheduler)
+        assert ck.report["cycles"] > 0 and ck.report["roofline_cycles"] > 0
+
+
+@pytest.mark.parametrize("sizes", [dict(M=20, N=17, K=33), dict(M=16, N=16, K=16), dict(M=1, N=3, K=1)])
+def test_gemmini_int8_is_bit_exact(sizes):
+    for s in ("vendor", "analytical"):
+        ck = compiler.build(kernels.path("gemm_i8"), target="sim-gemmini", sizes=sizes, scheduler=s)
+        ins = random_inputs(ck.kernel, ck.bound)
+        ins = {k: np.random.default_rng(1).integers(-128, 128, v.shape).astype(np.int8) for k, v in ins.items()}
+        out = ck.run_all(**ins)
+        np.testing.assert_array_equal(out["C"], ir.interp.run(ck.kernel, ins)["C"])
+
+
+def test_gemmini_fp32_kernels_and_clear_errors():
+    for name in ("gemm", "batch_matmul", "pointwise_conv2d", "gemm_tn"):
+        check(name, "sim-gemmini-fp32", SIZES[name][0], "analytical")
+    with pytest.raises(compiler.IsamapError) as e:
+        compiler.build(kernels.path("softmax"), target="sim-gemmini-fp32", sizes=dict(N=4, D=4))
+    assert "no instruction of sim-gemmini-fp32 can perform this statement" in e.value.message
+    assert e.value.span.line == 3  # located at the statement
+    with pytest.raises(compiler.IsamapError, match="no instruction of sim-gemmini"):
+        compiler.build(kernels.path("gemm"), target="sim-gemmini", sizes=dict(M=4, N=4, K=4))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 40), st.integers(1, 70), st.sampled_from(["vendor", "analytical"]))
+def test_random_gemm_sizes_on_nnp(m, n, k, scheduler):
+    check("gemm", "sim-nnp", dict(M=m, N=n, K=k), scheduler, seed=m + n + k)
+
+
+def test_schedule_replays_to_the_same_program():
+    ck = compiler.build(kernels.path("gemm"), target="sim-nnp", sizes=dict(M=100, N=70, K=40))
+    text = ck.schedule.to_json()
+    again = Schedule.from_json(text)
+    assert again == ck.schedule
+    from compiler.lower import lower
+    p2 = lower(ck.kernel, ck.bound, ck.target_ir, again, ck.candidates)
+    assert show(p2) == show(ck.program)
+
+
+def test_emit_listings():
+    ck = compiler.build(kernels.path("gemm"), target="sim-nnp", sizes=dict(M=40, N=40, K=40))
+    loops = ck.source("loops")
+    assert "parallel for core" in loops and "mm(" in loops and "buffer S0_0.A @sram" in loops
+    asm = ck.source("asm")
+    assert "; S0: C(m, n) +=! A(m, k) * B(k, n)" in asm
+    assert any(line.split()[1] in ("mm", "mm_init") for line in asm.splitlines() if line.startswith("c"))
+    assert "tiles [" in ck.source("schedule")
+
+
+def test_simulator_refuses_a_program_that_reads_unwritten_data():
+    ck = compiler.build(kernels.path("gemm"), target="sim-nnp", sizes=dict(M=32, N=32, K=32))
+    from dataclasses import replace
+
+    def drop_loads(nodes):
+        out = []
+        for n in nodes:
+            if isinstance(n, Move) and n.instr.startswith("ld"):
+                continue
+            if hasattr(n, "body"):
+                n = replace(n, body=tuple(drop_loads(n.body)))
+            out.append(n)
+        return tuple(out)
+    broken = replace(ck.program, body=drop_loads(ck.program.body))
+    ins = random_inputs(ck.kernel, ck.bound)
+    sim = Simulator(ck.target_ir, broken, ck.kernel, ck.bound, ins)
+    with pytest.raises(SimError, match=r"instruction \d+ \(mm(_init)?, statement S0\) reads operand A .* never written"):
+        sim.run()
+
+
+def test_run_cli_sim_json_and_trace(capsys, tmp_path):
+    trace = tmp_path / "t.json"
+    code = cli.main(["run", "kernels/gemm.tc", "--target", "sim-nnp", "--sizes", "M=64,N=48,K=32", "--check",
+                     "--json", "--trace", str(trace)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    for key in ("correct", "max_abs_error", "cycles", "utilization", "roofline_cycles", "engine_busy"):
+        assert key in r
+    assert r["correct"] is True and r["cycles"] >= r["roofline_cycles"]
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert events and {"name", "ph", "ts", "dur", "pid", "tid"} <= set(events[0])
+
+
+def test_new_chip_in_one_file(tmp_path):
+    """A copy of sim-nnp with 16x16 matrix units and less SRAM: mapping, scheduling and
+    simulation follow from the file alone."""
+    src = (compiler.__file__.rsplit("/", 2)[0] + "/hw_models/sim-nnp.hw")
+    text = open(src).read().replace('target "sim-nnp"', 'target "my-chip"')
+    text = text.replace("bfloat16(32, 32) A @sram, bfloat16(32, 32) B @sram) -> (float(32, 32) C @acc)",
+                        "bfloat16(16, 16) A @sram, bfloat16(16, 16) B @sram) -> (float(16, 16) C @acc)")
+    text = text.replace("memory sram { capacity = 2560 KiB", "memory sram { capacity = 512 KiB")
+    text = text.replace("occupancy = 32  latency = 64  transpose", "occupancy = 16  latency = 40  transpose")
+    mine = tmp_path / "my-chip.hw"
+    mine.write_text(text)
+    sizes = dict(M=100, N=64, K=96)
+    a = check("gemm_bf16", "sim-nnp", sizes, "analytical")
+    b = check("gemm_bf16", str(mine), sizes, "analytical")
+    assert b.target_ir.memory("sram").capacity == 512 * 1024
+    assert b.target_ir.peak_macs_per_cycle() == a.target_ir.peak_macs_per_cycle() / 4  # 16x16x16 in 16 cycles
+    mm_a = sum(1 for line in a.source("asm").splitlines() if " mm" in line)
+    mm_b = sum(1 for line in b.source("asm").splitlines() if " mm" in line)
+    assert mm_b > mm_a  # smaller units: more instructions
+    assert b.report["cycles"] != a.report["cycles"]
