@@ -137,7 +137,7 @@ def emit_ir(k: Kernel, b: Bound | None = None) -> str:
 
 
 def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None = None,
-          kernel: str | None = None, scheduler: str | None = None) -> CompiledKernel:
+          kernel: str | None = None, scheduler: str | None = None, db: str | None = None) -> CompiledKernel:
     """Parse, check, map, schedule and lower a kernel for ``target`` and ``sizes``."""
     k = load_kernel(path_or_source, kernel)
     if target == REFERENCE:
@@ -158,7 +158,16 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     from .lower import lower
     t0 = time.perf_counter()
     cands = candidates(k, b, t)
-    sched = base.get(scheduler).schedule(k, b, t)[0]
+    sched = None
+    from schedulers.db import TuningDB, default_path, workload_key
+    path = db or (default_path() if scheduler is None else None)
+    if path:  # reuse the best measured schedule of this workload
+        rec = TuningDB(path).best(workload_key(k, b.sizes, t))
+        if rec is not None:
+            from dataclasses import replace
+            sched = replace(rec.schedule, strategy=f"database ({rec.schedule.strategy})")
+    if sched is None:
+        sched = base.get(scheduler).schedule(k, b, t)[0]
     program = lower(k, b, t, sched, cands)
     rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "scheduler": sched.strategy,
            "predicted_cycles": sched.predicted.get("cycles"), "compile_seconds": time.perf_counter() - t0}

@@ -49,16 +49,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(fn=cmd_mappings)
 
+    p = sub.add_parser("tune", help="search schedules measured on the backend, recorded in a tuning database")
+    _add_kernel_args(p)
+    p.add_argument("--trials", type=int, default=16, help="schedules to measure (default 16)")
+    p.add_argument("--db", default=None, help="tuning database (SQLite; default $ISAMAP_DB or isamap-tuning.db)")
+    p.add_argument("--workers", default="1", help="parallel measurements: a number, or ray://ADDRESS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(fn=cmd_tune)
+
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
     _add_kernel_args(p)
-    p.add_argument("--scheduler", help="scheduling strategy")
+    p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
+    p.add_argument("--db", help="reuse the best schedule recorded in this tuning database")
     p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("run", help="run a kernel on random inputs")
     _add_kernel_args(p)
-    p.add_argument("--scheduler", help="scheduling strategy")
+    p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
+    p.add_argument("--db", help="reuse the best schedule recorded in this tuning database")
     p.add_argument("--check", action="store_true", help="compare with the reference interpreter")
     p.add_argument("--seed", type=int, default=0, help="random input seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -163,7 +174,8 @@ def _build(a):
     sizes, spans = parse_sizes(getattr(a, "sizes", None))
     k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
     bind(k, sizes, spans)  # located errors for bad --sizes
-    return api.build(k, target=a.target, sizes=sizes, scheduler=getattr(a, "scheduler", None))
+    return api.build(k, target=a.target, sizes=sizes, scheduler=getattr(a, "scheduler", None),
+                     db=getattr(a, "db", None))
 
 
 def _write_output(path: str | None, text: str):
@@ -181,6 +193,43 @@ def _write_output(path: str | None, text: str):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def cmd_tune(a) -> int:
+    import os
+
+    import hw_models
+    from compiler import api
+    from compiler.sizes import parse_sizes
+    from ir.bind import bind
+    from schedulers.db import TuningDB, default_path
+    from schedulers.tune import tune
+    sizes, spans = parse_sizes(a.sizes)
+    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
+    b = bind(k, sizes, spans)
+    t = hw_models.load(a.target)
+    if t.prop("backend", "sim") != "sim":
+        raise IsamapError(f"tuning measures on the backend; the {t.prop('backend')} backend is not built yet")
+    if a.trials < 1:
+        raise IsamapError("--trials must be at least 1")
+    path = a.db or default_path() or "isamap-tuning.db"
+    db = TuningDB(path)
+    workers = a.workers if a.workers.startswith("ray://") else int(a.workers) if a.workers.isdigit() else None
+    if workers is None:
+        raise IsamapError(f"--workers takes a number or ray://ADDRESS, not {a.workers!r}")
+    best, st = tune(k, b, t, a.trials, db, workers, progress=not a.json, seed=a.seed)
+    st.update(db=os.path.abspath(path), records=db.count())
+    if a.json:
+        print(json.dumps({**st, "schedule": json.loads(best.to_json())}, indent=2, default=float))
+    else:
+        print(best.describe(), end="")
+        v, an = st["vendor_cycles"], st["analytical_cycles"]
+        print(f"best {st['best_cycles']:.0f} cycles after {st['trials']} measurements"
+              + (f"; vendor {v:.0f} ({v / st['best_cycles']:.2f}x)" if v else "")
+              + (f"; analytical {an:.0f}" if an else "")
+              + (f"; learned-model Spearman {st['spearman']:.2f}" if st.get("spearman") is not None else "")
+              + f"; database {path} ({st['records']} records)")
+    return 0
 
 
 def cmd_compile(a) -> int:

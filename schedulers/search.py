@@ -73,13 +73,16 @@ class _Search:
     name = "analytical"
     full = False
 
+    def nest(self, target: Target, nest: Nest):
+        return best_nest(target, nest, self.full)
+
     def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
         per_stmt = candidates(kernel, bound, target)
         mappings, chosen, total = [], [], 0.0
         for cands in per_stmt:
             options = []
             for i, c in enumerate(cands):
-                scheds = [best_nest(target, n, self.full) for n in c.nests]
+                scheds = [self.nest(target, n) for n in c.nests]
                 cyc = sum(cost["cycles"] for _, cost in scheds)
                 options.append((cyc, i, [s for s, _ in scheds]))
             cyc, i, scheds = min(options, key=lambda o: (o[0], o[1]))

@@ -1,0 +1,63 @@
+"""A learned cost model: ridge regression from schedule features to log(measured cycles).
+
+Features are the analytical model's components (per-step engine time, fill,
+drain, main-memory time, window bound) and the schedule's knobs (log tile
+sizes, cores used, prefetch).  numpy only; trained on the tuning database's
+records, it corrects the analytical model where the simulator disagrees.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ir.target import Target
+
+from .base import Schedule
+from .cost import nest_cost
+
+
+def features(target: Target, nests, schedule: Schedule) -> np.ndarray:
+    f = [1.0]
+    tot = {"cycles": 0.0, "step": 0.0, "fill": 0.0, "drain": 0.0, "hbm_cycles": 0.0, "window_step": 0.0,
+           "steps": 0.0}
+    tiles = 0.0
+    cores = 0.0
+    pref = 0.0
+    for n, ns in zip(nests, schedule.nests):
+        c = nest_cost(target, n, ns)
+        for key in tot:
+            tot[key] += c[key]
+        tiles += sum(math.log2(t) for _, t in ns.tiles)
+        cores += math.log2(max(1, ns.cores))
+        pref += ns.prefetch
+    f += [math.log1p(tot[k]) for k in ("cycles", "fill", "drain", "hbm_cycles")]
+    f += [math.log1p(tot["step"] * tot["steps"]), math.log1p(tot["window_step"] * tot["steps"])]
+    f += [tiles, cores, pref]
+    return np.asarray(f)
+
+
+class Ridge:
+    def __init__(self, alpha: float = 1e-2):
+        self.alpha = alpha
+        self.w = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "Ridge":
+        X = np.asarray(X, float)
+        A = X.T @ X + self.alpha * np.eye(X.shape[1])
+        self.w = np.linalg.solve(A, X.T @ np.asarray(y, float))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, float) @ self.w
+
+
+def spearman(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3:
+        return float("nan")
+    ra = np.argsort(np.argsort(a))
+    rb = np.argsort(np.argsort(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
