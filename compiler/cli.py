@@ -58,6 +58,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(fn=cmd_tune)
 
+    p = sub.add_parser("bench", help="DeepBench suites against a baseline measured in the same run")
+    p.add_argument("what", choices=["gemm", "gru"], help="which suite")
+    p.add_argument("--target", "-t", default="sim-nnp", help="target name or .hw file")
+    p.add_argument("--suite", default="quick", help="quick (about a minute) or deepbench (every row)")
+    p.add_argument("--sets", help="comma-separated: training, inference_server, inference_device")
+    p.add_argument("--scheduler", help="our strategy (default: analytical); the baseline is vendor")
+    p.add_argument("--json", action="store_true", help="print a JSON object with a results list")
+    p.add_argument("--out", help="also write CSV, JSON (and PNG plots when matplotlib exists) here")
+    p.set_defaults(fn=cmd_bench)
+
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
@@ -229,6 +239,56 @@ def cmd_tune(a) -> int:
               + (f"; analytical {an:.0f}" if an else "")
               + (f"; learned-model Spearman {st['spearman']:.2f}" if st.get("spearman") is not None else "")
               + f"; database {path} ({st['records']} records)")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import dataclasses
+    import os
+    import platform
+
+    from compiler.bench.gemm import geomean, run_gemm_bench, table
+    if a.what == "gru":
+        raise IsamapError("the GRU suite needs GRU sequences on the backends, which are not built yet; "
+                          "run 'isamap bench gemm'")
+    sets = a.sets.split(",") if a.sets else None
+    rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
+    results = []
+    for r in rows:
+        d = dataclasses.asdict(r)
+        d["flops"] = r.flops
+        results.append(d)
+    summary = {"suite": a.suite, "target": a.target, "what": "gemm", "machine": platform.machine(),
+               "convention": "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K",
+               "geomean_ratio": geomean([r.ratio for r in rows if not r.error]), "results": results}
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        import csv
+        with open(os.path.join(a.out, f"gemm_{a.target.replace('/', '_')}.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[k for k in results[0] if k != "extra"])
+            w.writeheader()
+            for r in results:
+                w.writerow({k: v for k, v in r.items() if k != "extra"})
+        _write_output(os.path.join(a.out, f"gemm_{a.target.replace('/', '_')}.json"),
+                      json.dumps(summary, indent=2, default=float))
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            ok = [r for r in rows if not r.error]
+            fig, ax = plt.subplots(figsize=(10, 4))
+            ax.bar(range(len(ok)), [r.ratio for r in ok])
+            ax.set_xticks(range(len(ok)), [f"{r.m}x{r.n}x{r.k}" for r in ok], rotation=60, fontsize=7)
+            ax.axhline(1.0, color="k", lw=0.5)
+            ax.set_ylabel("speed-up vs vendor")
+            fig.tight_layout()
+            fig.savefig(os.path.join(a.out, f"gemm_{a.target.replace('/', '_')}_ratio.png"))
+        except ImportError:
+            pass
+    if a.json:
+        print(json.dumps(summary, indent=2, default=float))
+    else:
+        print(table(rows, a.target), end="")
     return 0
 
 

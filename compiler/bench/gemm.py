@@ -1,0 +1,197 @@
+"""DeepBench GEMMs on a target: our schedule against the `vendor` schedule, simulated in the same run.
+
+Kernels are generated per problem (transposition flags pick the TN/NT forms)
+in the precision DeepBench prescribes for its set, falling back to wider
+types the target can map: training multiplies in 16 bits (bf16, then fp16,
+then fp32), inference in int8 (then 16-bit, then fp32).  Cycles come from
+the timing simulator; shapes too large to simulate within the instruction
+budget are reported from the analytical model and marked so.
+"""
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ir.errors import IsamapError
+
+DATA = Path(__file__).resolve().parent / "data"
+
+QUICK = [  # (set, m, n, k, a_t, b_t): small-N training rows, a TN row, square-ish, inference int8
+    ("training", 1760, 16, 1760, False, False),
+    ("training", 1760, 128, 1760, False, False),
+    ("training", 2048, 32, 2048, False, False),
+    ("training", 2560, 64, 2560, False, False),
+    ("training", 1760, 32, 1760, True, False),
+    ("inference_server", 5124, 16, 2048, False, False),
+    ("inference_device", 512, 8, 500, False, False),
+]
+
+PRECISIONS = {"training": [("bfloat16", "float"), ("half", "float"), ("float", "float")],
+              "inference_server": [("int8", "int32"), ("bfloat16", "float"), ("float", "float")],
+              "inference_device": [("int8", "int32"), ("bfloat16", "float"), ("float", "float")]}
+
+
+def gemm_source(in_t: str, acc_t: str, a_t: bool, b_t: bool) -> str:
+    A = "float(K, M) A" if a_t else "float(M, K) A"
+    B = "float(N, K) B" if b_t else "float(K, N) B"
+    A = A.replace("float", in_t, 1)
+    B = B.replace("float", in_t, 1)
+    a = "A(k, m)" if a_t else "A(m, k)"
+    b = "B(n, k)" if b_t else "B(k, n)"
+    out = f"{acc_t}(M, N) C" if acc_t != "float" else "C"
+    return f"def gemm({A}, {B}) -> ({out}) {{\n    C(m, n) +=! {acc_t}({a}) * {acc_t}({b})\n}}\n"
+
+
+def gemm_suite(suite: str, sets: list[str] | None) -> list[tuple]:
+    if suite == "quick":
+        rows = QUICK
+    elif suite == "deepbench":
+        rows = []
+        with open(DATA / "deepbench_gemm.csv") as f:
+            for r in csv.DictReader(f):
+                rows.append((r["set"], int(r["m"]), int(r["n"]), int(r["k"]), r["a_transposed"] == "true",
+                             r["b_transposed"] == "true"))
+    else:
+        raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
+    if sets:
+        known = {r[0] for r in rows} | {"training", "inference_server", "inference_device"}
+        for s in sets:
+            if s not in known:
+                raise IsamapError(f"unknown set '{s}' (training, inference_server, inference_device)")
+        rows = [r for r in rows if r[0] in sets]
+    return rows
+
+
+@dataclass
+class Row:
+    set: str
+    m: int
+    n: int
+    k: int
+    a_t: bool
+    b_t: bool
+    precision: str = ""
+    cycles: float | None = None
+    baseline_cycles: float | None = None
+    ratio: float | None = None
+    roofline_cycles: float | None = None
+    of_roofline: float | None = None
+    utilization: float | None = None
+    modeled: bool = False
+    scheduler: str = ""
+    compile_seconds: float = 0.0
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.n * self.k
+
+
+def _build(src: str, target: str, sizes: dict, scheduler: str):
+    import compiler
+    return compiler.build(src, target=target, sizes=sizes, scheduler=scheduler)
+
+
+def _cycles(ck, budget: int) -> tuple[float, bool, dict]:
+    """Simulated cycles (timing only), or the model's when the stream would exceed ``budget``."""
+    from compiler.backends.sim.simulate import Simulator
+    from schedulers.cost import schedule_cost
+    nests = [n for si, cs in enumerate(ck.candidates) for n in cs[ck.schedule.mappings[si]].nests]
+    est = sum(c["steps"] * 1 for c in schedule_cost(ck.target_ir, nests, list(ck.schedule.nests))["nests"])
+    execs = sum(n.executions for n in nests)
+    if execs > budget:
+        return schedule_cost(ck.target_ir, nests, list(ck.schedule.nests))["cycles"], True, {"steps": est}
+    arrays = {t.name: np.zeros(ck.bound.shapes[t.name], dtype=t.dtype.np) for t in ck.kernel.inputs}
+    sim = Simulator(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays, functional=False)
+    sim.run()
+    cycles, busy, _ = sim.timing()
+    return float(cycles), False, {"instructions": len(sim.insts)}
+
+
+def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
+                   budget: int = 400_000, progress: bool = True) -> list[Row]:
+    import hw_models
+    t = hw_models.load(target)
+    if t.prop("backend", "sim") != "sim":
+        raise IsamapError(f"benchmarking the {t.prop('backend')} backend is not available yet "
+                          f"(its code generator is not built); use a simulated target")
+    rows = []
+    problems = gemm_suite(suite, sets)
+    t0 = time.time()
+    for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
+        row = Row(st, m, n, k, a_t, b_t)
+        sizes = dict(M=m, N=n, K=k)
+        last_err = None
+        for in_t, acc_t in PRECISIONS[st]:
+            src = gemm_source(in_t, acc_t, a_t, b_t)
+            try:
+                c0 = time.time()
+                ours = _build(src, target, sizes, scheduler)
+                row.compile_seconds = time.time() - c0
+                base = _build(src, target, sizes, "vendor")
+            except IsamapError as e:
+                last_err = e.message + ("; " + "; ".join(e.notes) if e.notes else "")
+                continue
+            row.precision = f"{in_t}->{acc_t}"
+            row.scheduler = ours.schedule.strategy
+            row.cycles, m1, x1 = _cycles(ours, budget)
+            row.baseline_cycles, m2, _ = _cycles(base, budget)
+            row.modeled = m1 or m2
+            row.extra.update(x1)
+            peak = t.peak_macs_per_cycle()
+            mem = t.memory(t.main)
+            isz = np.dtype({"int8": "int8", "bfloat16": "float16", "half": "float16"}.get(in_t, "float32")).itemsize
+            osz = 4
+            compulsory = (m * k + k * n) * isz + m * n * osz
+            row.roofline_cycles = max(m * n * k / peak, compulsory / mem.bandwidth if mem.bandwidth else 0)
+            row.of_roofline = row.roofline_cycles / row.cycles
+            row.utilization = m * n * k / (peak * row.cycles)
+            row.ratio = row.baseline_cycles / row.cycles
+            break
+        else:
+            row.error = last_err or "no precision maps on this target"
+        rows.append(row)
+        if progress:
+            bar = "#" * int(20 * (i + 1) / len(problems))
+            print(f"\rbench gemm on {t.name}: [{bar:<20}] {i + 1}/{len(problems)} ({time.time() - t0:.0f}s)",
+                  end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return rows
+
+
+def geomean(xs) -> float | None:
+    xs = [x for x in xs if x]
+    return float(np.exp(np.mean(np.log(xs)))) if xs else None
+
+
+def table(rows: list[Row], target: str) -> str:
+    head = (f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'precision':<15} "
+            f"{'cycles':>10} {'vendor':>10} {'ratio':>6} {'%roof':>6}")
+    lines = [f"# DeepBench GEMM on {target}: simulated cycles (timing model), vendor schedule simulated in the "
+             f"same run; ratio = vendor / ours; FLOPs counted as 2*M*N*K", head]
+    for r in rows:
+        if r.error:
+            lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} "
+                         f"{'T' if r.b_t else 'N':>2} error: {r.error[:80]}")
+            continue
+        mark = "*" if r.modeled else " "
+        lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} {'T' if r.b_t else 'N':>2} "
+                     f"{r.precision:<15} {r.cycles:>10.0f}{mark}{r.baseline_cycles:>10.0f} {r.ratio:>6.2f} "
+                     f"{100 * r.of_roofline:>5.1f}%")
+    g = geomean([r.ratio for r in rows if not r.error])
+    if g:
+        lines.append(f"geometric-mean ratio vs vendor: {g:.2f}" + ("  (* = analytical model: too large to simulate)"
+                                                                   if any(r.modeled for r in rows) else ""))
+    return "\n".join(lines) + "\n"
+
+
+def medians(xs):
+    return statistics.median(xs) if xs else None

@@ -1,0 +1,36 @@
+"""The benchmark harness (on tiny problems: the real suites are run by `isamap bench`)."""
+import json
+
+import numpy as np
+
+import compiler
+import ir.interp
+from compiler import cli
+from compiler.bench import gemm as bg
+
+
+def test_generated_gemm_kernels_compute_the_transposed_products():
+    rng = np.random.default_rng(0)
+    A, B = rng.uniform(size=(5, 7)).astype(np.float32), rng.uniform(size=(7, 3)).astype(np.float32)
+    for a_t, b_t in [(False, False), (True, False), (False, True)]:
+        k = compiler.parse(bg.gemm_source("float", "float", a_t, b_t)).kernel()
+        out = ir.interp.run(k, {"A": A.T.copy() if a_t else A, "B": B.T.copy() if b_t else B})["C"]
+        np.testing.assert_allclose(out, A @ B, rtol=1e-5)
+
+
+def test_bench_json_rows_carry_ratios(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(bg, "QUICK", [("training", 96, 16, 64, False, False),
+                                      ("inference_server", 40, 8, 48, False, False),
+                                      ("training", 64, 32, 96, True, False)])
+    assert cli.main(["bench", "gemm", "--target", "sim-nnp", "--json", "--out", str(tmp_path)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert len(r["results"]) == 3 and all(row["ratio"] > 0 for row in r["results"])
+    assert r["geomean_ratio"] > 0 and "2*M*N*K" in r["convention"]
+    assert (tmp_path / "gemm_sim-nnp.csv").exists() and (tmp_path / "gemm_sim-nnp.json").exists()
+    assert r["results"][0]["precision"] == "bfloat16->float"
+
+
+def test_bench_reports_unsupported_backends_clearly(capsys):
+    assert cli.main(["bench", "gemm", "--target", "cpu"]) == 1
+    assert "not available yet" in capsys.readouterr().err
+    assert cli.main(["bench", "gru", "--target", "sim-nnp"]) == 1
