@@ -341,3 +341,19 @@ def _vars(e: Expr) -> set[str]:
     return {n.name for n in walk(e) if isinstance(n, Var)}
 
 
+
+
+class _ConstantEvaluator(_Statement):
+    """Evaluates expressions without variables or tensor reads (immediates, folded constants)."""
+
+    def __init__(self, sizes: dict[str, int]):  # noqa: D107 - no statement, no domain
+        from types import SimpleNamespace
+        self.b = SimpleNamespace(sizes=sizes)
+        self.dom, self.pos, self.env = {}, {}, {}
+
+
+def eval_constant(e: Expr, sizes: dict[str, int]):
+    """The value of a variable-free expression, with the reference semantics (types, builtins)."""
+    with np.errstate(all="ignore"):
+        _, v = _ConstantEvaluator(sizes).ev(e)
+    return np.asarray(v)[()]

@@ -1,6 +1,6 @@
 """Property tests: random kernels round-trip through print/parse; mutated sources fail cleanly."""
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import compiler
@@ -104,3 +104,27 @@ def test_mutated_sources_raise_only_isamap_errors(src, edits):
             ir.interp.run(k, random_inputs(k, b), b.sizes)
     except IsamapError as e:
         assert e.format().strip()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kernels_st(), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
+       st.sampled_from(["vendor", "analytical"]))
+def test_random_kernels_compile_and_simulate_correctly_on_nnp(case, m, n, k, scheduler):
+    """The compiler never emits a program the simulator refuses, and results match ir.interp."""
+    from compiler.checking import compare
+    src, _ = case
+    kern = compiler.parse(src).kernel()
+    sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
+    try:
+        ck = compiler.build(kern, target="sim-nnp", sizes=sizes, scheduler=scheduler)
+    except IsamapError as e:  # a statement no instruction covers: a clear, located refusal
+        assert "no instruction of sim-nnp can perform this statement" in e.message and e.span is not None
+        event("refused")
+        return
+    event("compiled and simulated")
+    ins = random_inputs(ck.kernel, ck.bound)
+    out = ck.run_all(**ins)
+    ref = ir.interp.run(ck.kernel, ins, ck.sizes)
+    ok, err, per = compare(out, ref, ck.precision)
+    finite = all(np.isfinite(r).all() for r in ref.values())
+    assert ok or not finite, (src, sizes, per)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ir.bind import bind
 from ir.errors import IsamapError
-from ir.expr import Access, Binary, Const, Expr, Size, Unary, Var, evaluate_int
+from ir.expr import Binary, Const, Expr, Size, Unary, Var
 from ir.interp import _fix, execute
 from ir.loops import Barrier, Exec, Imm, Loop, Move, Program, Slot, Tile
 from ir.target import Instruction, Target
@@ -509,9 +509,9 @@ def _np_eval(e: Expr, vals: dict, sizes: dict):
 
 
 def _scalar(e: Expr, sizes):
-    if isinstance(e, Const):
-        return e.value
-    return evaluate_int(e, sizes)
+    """The value of an immediate operand (folded with the reference semantics)."""
+    from ir.interp import eval_constant
+    return eval_constant(e, sizes)
 
 
 def simulate(target: Target, program: Program, kernel, bound, inputs: dict[str, np.ndarray],
