@@ -46,6 +46,7 @@ class Inst:
     statement: int
     operands: list  # (role, memory, address, shape/desc) for the listing
     kind: str = "instr"
+    chained: list = field(default_factory=list)  # accumulations into the same block: wait for issue only
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Simulator:
         self.env: dict = dict(bound.sizes)
         self.stalls: dict | None = None  # core 0: what bounded each issue (for tuning)
         self.mc_seen: dict = {}
+        self.accumulator: dict[int, bool] = {}  # exec instructions (may chain accumulations)
 
     # ------------------------------------------------------------------ emission
     def run(self):
@@ -346,21 +348,35 @@ class Simulator:
         buf, skey, si, key = out_ref
         ist = instr.body.stmts[0]
         accumulates = ist.op != "=" and not ist.init
+        chained = []
         if accumulates:
             if not self.written[skey][si]:
                 raise SimError(f"instruction {len(self.insts)} ({name}, statement S{n.statement}) accumulates "
                                f"into slot {si} of {buf.name}, which was never written")
-            self._dep_read(key, deps)
+            w = self.last_write.get(key)
+            if w is not None and self.insts[w].engine == instr.engine and self.insts[w].kind == "instr" \
+                    and self.insts[w].operands and self.accumulator.get(w):
+                # back-to-back accumulation into one block pipelines in the accumulator: it waits
+                # for the previous one to issue, not to finish
+                chained.append(w)
+                self.readers.setdefault(key, [])
+            else:
+                self._dep_read(key, deps)
         if self.functional:
             initial = self.slots[skey][si].reshape(instr.outputs[0].shape or ()) if accumulates else None
             ex = self.execs.get(name) or self.execs.setdefault(name, _Executor(instr))
             res = ex(arrays, initial)
             self.slots[skey][si] = np.asarray(res).reshape(buf.block)
         self.written[skey][si] = True
-        self._dep_write(key, deps)
+        if chained:
+            deps.extend(self.readers.get(key, ()))  # WAR on other readers still applies
+        else:
+            self._dep_write(key, deps)
         writes.append(key)
         ops.append((out_name, buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
         inst = self._new(core, instr, 0, False, None, deps, n.statement, ops)
+        inst.chained = chained
+        self.accumulator[inst.id] = True
         self._note(inst, reads, writes)
 
     def barrier(self, n: Barrier):
@@ -376,6 +392,7 @@ class Simulator:
     def timing(self, trace: bool = False):
         t = self.t
         done = [0] * len(self.insts)
+        issued = [0.0] * len(self.insts)
         processed = [False] * len(self.insts)
         unit_free: dict[tuple, list[float]] = {}
         last_issue: dict[tuple, float] = {}
@@ -403,6 +420,8 @@ class Simulator:
 
             def tentative(inst):
                 dep_t = max((done[d] for d in inst.deps), default=0)
+                if inst.chained:
+                    dep_t = max(dep_t, max(issued[d] + 1 for d in inst.chained))
                 ek = (inst.core if not t.engine(inst.engine).shared else -1, inst.engine)
                 units = unit_free.setdefault(ek, [0.0] * t.engine(inst.engine).count)
                 w = window.setdefault(inst.core, deque())
@@ -435,6 +454,7 @@ class Simulator:
                             mc_done[inst.mc_key] = hbm_free
                 units[u] = issue + occ
                 last_issue[ek] = issue
+                issued[inst.id] = issue
                 fin = end + inst.latency
                 done[inst.id] = fin
                 processed[inst.id] = True
