@@ -91,11 +91,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                     (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
                     for c in route)
             elif not o.is_output:
-                first = per_tile_instrs * max(
-                    (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
-                    for c in route)
-                fill += first
-                load_lat = max(load_lat, chain_lat)
+                load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
     fill += load_lat
     mem = target.memory(target.main)
     hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0

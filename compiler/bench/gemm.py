@@ -1,9 +1,9 @@
 """DeepBench GEMMs on a target: our schedule against the `vendor` schedule, simulated in the same run.
 
 Kernels are generated per problem (transposition flags pick the TN/NT forms)
-in the precision DeepBench prescribes for its set, falling back to wider
-types the target can map: training multiplies in 16 bits (bf16, then fp16,
-then fp32), inference in int8 (then 16-bit, then fp32).  Cycles come from
+in the precision DeepBench prescribes for its set, falling back to what the
+target can map: training multiplies in 16 bits (bf16, then fp16, then fp32,
+then int8 on integer-only chips), inference in int8 (then 16-bit, then fp32).  Cycles come from
 the timing simulator; shapes too large to simulate within the instruction
 budget are reported from the analytical model and marked so.
 """
@@ -32,7 +32,7 @@ QUICK = [  # (set, m, n, k, a_t, b_t): small-N training rows, a TN row, square-i
     ("inference_device", 512, 8, 500, False, False),
 ]
 
-PRECISIONS = {"training": [("bfloat16", "float"), ("half", "float"), ("float", "float")],
+PRECISIONS = {"training": [("bfloat16", "float"), ("half", "float"), ("float", "float"), ("int8", "int32")],
               "inference_server": [("int8", "int32"), ("bfloat16", "float"), ("float", "float")],
               "inference_device": [("int8", "int32"), ("bfloat16", "float"), ("float", "float")]}
 

@@ -474,12 +474,18 @@ class Simulator:
         total = max(done, default=0)
         return int(np.ceil(total)), {k: int(v) for k, v in busy.items()}, events
 
+    def barrier_of(self, inst: Inst) -> int | None:
+        for d in inst.deps:
+            if self.insts[d].kind == "barrier":
+                return d
+        return None
+
     def format_listing(self) -> list[str]:
         lines = []
         cur_stmt = None
         for inst in self.insts:
             if inst.kind == "barrier":
-                lines.append("        barrier")
+                lines.append(f"        barrier                                   ; #{inst.id} all cores")
                 continue
             if inst.statement != cur_stmt:
                 cur_stmt = inst.statement
@@ -494,7 +500,9 @@ class Simulator:
                     ops.append(f"{role}={mem}:{addr}{list(what) if isinstance(what, tuple) else what}")
                 else:
                     ops.append(f"{role}={mem}:0x{addr:x}")
-            lines.append(f"c{inst.core:<3d} {inst.instr:<12s} {', '.join(ops)}")
+            waits = sorted(set(d for d in inst.deps if d != self.barrier_of(inst)) | set(inst.chained))
+            dep = f"   ; #{inst.id}" + (f" after {', '.join(f'#{d}' for d in waits[-4:])}" if waits else "")
+            lines.append(f"c{inst.core:<3d} {inst.instr:<12s} {', '.join(ops)}{dep}")
         return lines
 
 
