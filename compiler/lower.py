@@ -62,6 +62,9 @@ class _NestLowering:
         self.pl = pipeline(target, nest, ns)
         self.step = Var(f"s{tag}")
         self.chunk = {a.name: ceil(a.blocks / ns.parts(a.name)) for a in nest.axes}
+        # padding must not change a reduction: outside the tensor, blocks hold the op's identity
+        ist = nest.instr.body.stmts[0]
+        self.pad = {"max": float("-inf"), "min": float("inf"), "*": 1.0}.get(ist.op, 0.0)
         # the core's coordinate along each split axis (row-major core grid)
         self.part: dict[str, Expr] = {}
         stride = 1
@@ -168,7 +171,8 @@ class _NestLowering:
                 m = multicast_variant(self.t, c)
                 if m is not None:
                     name, mc = m.name, True
-            moves.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else ""))
+            moves.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else "",
+                              self.pad if incoming else 0.0))
             cur = dst
         body = tuple(moves)
         for a in reversed(o.axes):
@@ -180,7 +184,7 @@ class _NestLowering:
     def lower(self) -> list:
         n, ns, pl = self.n, self.ns, self.pl
         for o in n.operands:
-            if o.tensor is not None:
+            if o.tensor is not None and o.op.memory != self.t.main:
                 self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * prod(ns.tile(a) for a in o.axes))
         out = n.output
         order = list(ns.order)
@@ -201,6 +205,8 @@ class _NestLowering:
         pro = []
         body = []
         for o in n.inputs:
+            if o.op.memory == self.t.main:
+                continue  # read in place by the instruction itself (a copy out of main memory)
             every = pl.inner[o.name]
             if d == 0:
                 body += self.transfer(o, s, "in", when_step(s, every))
@@ -228,6 +234,8 @@ class _NestLowering:
         for o in n.operands:
             if o.tensor is None:
                 ops.append((o.name, Imm(o.imm)))
+            elif o.op.memory == self.t.main:
+                ops.append((o.name, self.tile_ref(o, {a: blocks[a] for a in o.axes})))
             else:
                 ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step))))
         first_instr, first = None, ()

@@ -78,6 +78,7 @@ class Move:
     statement: int = -1
     count: int = 1  # consecutive blocks moved by one instruction ...
     sub: str = ""  # ... with this variable running 0..count-1 in the refs and guards
+    pad: float = 0.0  # value of block elements outside the tensor (the consumer's reduction identity)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
     use: dict[str, int] = {}
     pl = pipeline(target, nest, ns)
     for o in nest.operands:
-        if o.tensor is None:
+        if o.tensor is None or o.op.memory == target.main:
             continue
         blocks = prod(ns.tile(a) for a in o.axes)
         use[o.op.memory] = use.get(o.op.memory, 0) + pl.slots[o.name] * blocks * o.op.bytes

@@ -148,3 +148,21 @@ def test_new_chip_in_one_file(tmp_path):
     mm_b = sum(1 for line in b.source("asm").splitlines() if " mm" in line)
     assert mm_b > mm_a  # smaller units: more instructions
     assert b.report["cycles"] != a.report["cycles"]
+
+
+def test_max_reductions_over_padded_tiles_ignore_the_padding():
+    """Blocks past the tensor's edge hold the reduction's identity, not zero."""
+    ck = compiler.build(kernels.path("softmax"), target="sim-nnp", sizes=dict(N=5, D=40))
+    x = -np.abs(np.random.default_rng(3).uniform(1, 2, (5, 40))).astype(np.float32)  # all negative
+    out = ck.run_all(I=x)
+    np.testing.assert_allclose(out["mx"], x.max(1))
+    ck = compiler.build("def f(float(M) T) -> (O) { O(m) max=! T(m) + T(m) }", target="sim-nnp", sizes=dict(M=3))
+    t = np.array([-1.0, -2.0, -3.0], np.float32)
+    np.testing.assert_allclose(ck(T=t), 2 * t)
+
+
+def test_copy_statements_run_on_data_movement_alone():
+    ck = compiler.build("def copy2d(float(M, N) I) -> (O) { O(m, n) = I(m, n) }", target="sim-nnp",
+                        sizes=dict(M=40, N=70))
+    x = np.random.default_rng(0).uniform(size=(40, 70)).astype(np.float32)
+    np.testing.assert_array_equal(ck(I=x), x)

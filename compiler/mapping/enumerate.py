@@ -192,8 +192,6 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Map
                     return memo[key]
         return None
 
-    if isinstance(s.rhs, Access) and s.op == "=" and all(isinstance(i, Var) for i in s.rhs.indices):
-        return Mapping(si, (), (), True, "", candidate="(data movement)")
     steps = go(s.rhs, True, None)
     if steps is None:
         informative = [e for e in errors if e.rule != "operation"] or errors
@@ -227,6 +225,13 @@ def mappings_for_statement(k: Kernel, si: int, target: Target, bound: Bound | No
     out: list[Mapping] = []
     for ins in target.compute_instrs:
         out += direct(k, si, ins, target, bound, explain)
+    s = k.stmts[si]
+    if not any(m.legal for m in out) and s.op == "=" and isinstance(s.rhs, Access):
+        # a pure copy (copy, transpose, broadcast): a data-movement instruction out of main memory
+        # does it on its own, its result travelling back like any output
+        for ins in target.copy_instrs:
+            if ins.inputs[0].memory == target.main and ins.outputs[0].memory != target.main:
+                out += [m for m in direct(k, si, ins, target, bound, explain) if m.legal or explain]
     if not any(m.legal for m in out):
         m = cover(k, si, target, bound)
         scalar = not m.legal and target.prop("fallback") == "scalar"

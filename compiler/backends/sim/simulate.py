@@ -281,7 +281,11 @@ class Simulator:
         if isinstance(n.src, Tile):
             idx, valid = self.tile_index(n.src, shape)
             T = self.tensors[n.src.tensor]
-            data = np.where(valid, T[idx], 0).astype(src_op.dtype.np) if self.functional else None
+            pad = n.pad
+            if np.isinf(pad) and src_op.dtype.kind in "iub":
+                info = np.iinfo(src_op.dtype.np) if src_op.dtype.kind != "b" else None
+                pad = (info.min if pad < 0 else info.max) if info else (pad > 0)
+            data = np.where(valid, T[idx], pad).astype(src_op.dtype.np) if self.functional else None
             key = ("T", n.src.tensor, tuple(compile_expr(e)(self.env) for e in n.src.key))
             nbytes = int(valid.sum()) * self.tensor_dtype[n.src.tensor].itemsize
             mck = key if n.multicast else None
@@ -327,11 +331,23 @@ class Simulator:
         ops = []
         out_name = instr.outputs[0].name
         out_ref = None
+        main_read = 0
         for opname, ref in n.operands:
             if isinstance(ref, Imm):
                 v = _scalar(ref.value, self.b.sizes)
                 arrays[opname] = np.asarray(v, dtype=instr.operand(opname).dtype.np)
                 ops.append((opname, "imm", v, None))
+                continue
+            if isinstance(ref, Tile):  # an operand read in place from main memory
+                op = instr.operand(opname)
+                idx, valid = self.tile_index(ref, op.shape or (1,))
+                T = self.tensors[ref.tensor]
+                arrays[opname] = np.where(valid, T[idx], 0).astype(op.dtype.np).reshape(op.shape)
+                main_read += int(valid.sum()) * self.tensor_dtype[ref.tensor].itemsize
+                key = ("T", ref.tensor, tuple(compile_expr(e)(self.env) for e in ref.key))
+                self._dep_read(key, deps)
+                reads.append(key)
+                ops.append((opname, self.t.main, ref.tensor, key[2]))
                 continue
             buf, skey, si = self.slot(core, ref)
             key = ("S", skey, si)
@@ -374,7 +390,7 @@ class Simulator:
             self._dep_write(key, deps)
         writes.append(key)
         ops.append((out_name, buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
-        inst = self._new(core, instr, 0, False, None, deps, n.statement, ops)
+        inst = self._new(core, instr, main_read, main_read > 0, None, deps, n.statement, ops)
         inst.chained = chained
         self.accumulator[inst.id] = True
         self._note(inst, reads, writes)
