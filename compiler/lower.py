@@ -133,21 +133,20 @@ class _NestLowering:
             self.bufname[key] = b.name
         return self.bufname[key]
 
-    def transfer(self, o, step: Expr, direction: str, extra_guards=()) -> list:
-        """Loops over one tile's blocks with the chain of moves in or out."""
+    def route_of(self, o, direction: str):
+        return {"in": route_in, "load_out": route_load_output, "out": route_out}[direction](self.t, self.n, o)
+
+    def batch(self, o, route) -> int:
+        """Consecutive blocks of the innermost axis travel together when every hop allows it."""
+        if not o.axes:
+            return 1
+        return min([c.batch for c in route] + [self.ns.tile(o.axes[-1])])
+
+    def moves(self, o, step: Expr, direction: str, inner: dict[str, Expr], count: int, sub: Var,
+              extra_guards=()) -> list:
+        """The chain of moves for one block (or ``count`` consecutive blocks) of a tile."""
         n = self.n
-        route = {"in": route_in, "load_out": route_load_output, "out": route_out}[direction](self.t, n, o)
-        inner = {a: Var(f"{_ident(a)}_{direction}{o.name}{self.tag}") for a in o.axes}
-        # consecutive blocks of the innermost axis travel together when every hop allows it
-        count = 1
-        if o.axes:
-            last = o.axes[-1]
-            count = min([c.batch for c in route] + [self.ns.tile(last)])
-        loop_var = dict(inner)
-        sub = Var(f"_j{direction}{o.name}{self.tag}")
-        if count > 1:
-            loop_var[o.axes[-1]] = Var(f"{_ident(o.axes[-1])}_{direction}{o.name}{self.tag}")
-            inner[o.axes[-1]] = add(mul(loop_var[o.axes[-1]], C(count)), sub)
+        route = self.route_of(o, direction)
         blocks = {a: add(self.start(a, step), inner[a]) for a in o.axes}
         guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in o.axes)
         slot = Slot(self.bufname[o.name], self.slot_index(o, inner, step))
@@ -159,7 +158,7 @@ class _NestLowering:
         stage_idx = add(mul(mod(step, 2), C(tile_blocks)), lin)  # two tiles in flight
         incoming = direction in ("in", "load_out")
         cur = tile if incoming else slot
-        moves = []
+        out = []
         for j, c in enumerate(route):
             last = j == len(route) - 1
             if last:
@@ -171,10 +170,22 @@ class _NestLowering:
                 m = multicast_variant(self.t, c)
                 if m is not None:
                     name, mc = m.name, True
-            moves.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else "",
-                              self.pad if incoming else 0.0))
+            out.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else "",
+                            self.pad if incoming else 0.0))
             cur = dst
-        body = tuple(moves)
+        return out
+
+    def transfer(self, o, step: Expr, direction: str, extra_guards=()) -> list:
+        """Loops over one tile's blocks with the chain of moves in or out."""
+        route = self.route_of(o, direction)
+        inner = {a: Var(f"{_ident(a)}_{direction}{o.name}{self.tag}") for a in o.axes}
+        count = self.batch(o, route)
+        loop_var = dict(inner)
+        sub = Var(f"_j{direction}{o.name}{self.tag}")
+        if count > 1:
+            loop_var[o.axes[-1]] = Var(f"{_ident(o.axes[-1])}_{direction}{o.name}{self.tag}")
+            inner[o.axes[-1]] = add(mul(loop_var[o.axes[-1]], C(count)), sub)
+        body = tuple(self.moves(o, step, direction, inner, count, sub, extra_guards))
         for a in reversed(o.axes):
             ext = self.ns.tile(a) if (count == 1 or a != o.axes[-1]) else ceil(self.ns.tile(a) / count)
             body = (Loop(loop_var[a].name, C(ext), body),)
@@ -204,6 +215,7 @@ class _NestLowering:
 
         pro = []
         body = []
+        prefetch = []
         for o in n.inputs:
             if o.op.memory == self.t.main:
                 continue  # read in place by the instruction itself (a copy out of main memory)
@@ -214,18 +226,23 @@ class _NestLowering:
             j = Var(f"p{o.name}{self.tag}")
             pro.append(Loop(j.name, C(min(d, S)), tuple(self.transfer(o, j, "in", when_step(j, every)))))
             ahead = add(s, C(d))
-            body += self.transfer(o, ahead, "in", ((ahead, C(S)),) + when_step(ahead, every))
+            prefetch.append((o, ahead, ((ahead, C(S)),) + when_step(ahead, every)))
         every_out = pl.inner[out.name]
         if n.load_output:
             body += self.transfer(out, s, "load_out", when_step(s, every_out))
-        body += self.compute(s)
+        body += self.compute(s, prefetch)
         body += self.transfer(out, s, "out", when_step(s, every_out, every_out - 1))
         top = pro + [Loop(s.name, C(S), tuple(body))]
         if self.split:
             top = [Loop(self.core.name, C(self.P), tuple(top), parallel=True)]
         return top
 
-    def compute(self, step: Expr) -> list:
+    def compute(self, step: Expr, prefetch=()) -> list:
+        """The instruction on every block of the step's tile, with the prefetches spread among them.
+
+        A prefetched block is loaded at the first compute iteration that visits its
+        coordinates, so loads are interleaved with compute in program order instead of
+        filling the instruction window in one burst."""
         n, ns = self.n, self.ns
         inner = {a.name: Var(f"{_ident(a.name)}_i{self.tag}") for a in n.axes}
         blocks = {a.name: add(self.start(a.name, step), inner[a.name]) for a in n.axes}
@@ -242,8 +259,22 @@ class _NestLowering:
         if n.identity_first:
             first_instr = n.init_instr.name
             first = tuple(blocks[a.name] for a in n.axes if a.reduction)
-        body = (Exec(n.instr.name, tuple(ops), guards, first_instr, first, n.statement),)
-        order = [a.name for a in n.axes if a.reduction] + [a.name for a in n.axes if not a.reduction]
+        loads = []
+        for o, ahead, extra in prefetch:
+            route = self.route_of(o, "in")
+            count = self.batch(o, route)
+            at = dict((a, inner[a]) for a in o.axes)
+            sub = Var(f"_jpf{o.name}{self.tag}")
+            once = [(inner[a.name], C(1)) for a in n.axes if a.name not in o.axes]  # first visit only
+            if count > 1:
+                last = o.axes[-1]
+                once.append((mod(inner[last], count), C(1)))
+                at[last] = add(inner[last], sub)
+            loads += self.moves(o, ahead, "in", at, count, sub, tuple(extra) + tuple(once))
+        body = tuple(loads) + (Exec(n.instr.name, tuple(ops), guards, first_instr, first, n.statement),)
+        # output blocks outer, reduction innermost: consecutive accumulations into one block pipeline
+        # in the accumulator, and the reduction axis is the one tile loads are batched along
+        order = [a.name for a in n.axes if not a.reduction] + [a.name for a in n.axes if a.reduction]
         for a in reversed(order):
             body = (Loop(inner[a].name, C(ns.tile(a)), body),)
         return list(body)
