@@ -223,8 +223,13 @@ class _NestLowering:
             if d == 0:
                 body += self.transfer(o, s, "in", when_step(s, every))
                 continue
-            j = Var(f"p{o.name}{self.tag}")
-            pro.append(Loop(j.name, C(min(d, S)), tuple(self.transfer(o, j, "in", when_step(j, every)))))
+            # step 0's tiles are loaded at their first use inside step 0 (so the first blocks every
+            # operand needs arrive first); steps 1..d-1 are loaded up front; later ones d ahead
+            prefetch.append((o, s, ((s, C(1)),) + when_step(s, every)))
+            if d > 1 and S > 1:
+                j = Var(f"p{o.name}{self.tag}")
+                one = add(j, C(1))
+                pro.append(Loop(j.name, C(min(d, S) - 1), tuple(self.transfer(o, one, "in", when_step(one, every)))))
             ahead = add(s, C(d))
             prefetch.append((o, ahead, ((ahead, C(S)),) + when_step(ahead, every)))
         every_out = pl.inner[out.name]
@@ -270,7 +275,7 @@ class _NestLowering:
                 last = o.axes[-1]
                 once.append((mod(inner[last], count), C(1)))
                 at[last] = add(inner[last], sub)
-            loads += self.moves(o, ahead, "in", at, count, sub, tuple(extra) + tuple(once))
+            loads += self.moves(o, ahead, "in", at, count, sub, tuple(once) + tuple(extra))  # cheap tests first
         body = tuple(loads) + (Exec(n.instr.name, tuple(ops), guards, first_instr, first, n.statement),)
         # output blocks outer, reduction innermost: consecutive accumulations into one block pipeline
         # in the accumulator, and the reduction axis is the one tile loads are batched along

@@ -60,6 +60,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     fill = 0.0
     drain = nest.instr.latency
     load_lat = 0.0
+    first_occ = 0.0
     for o in nest.operands:
         if o.tensor is None:
             continue
@@ -90,9 +91,12 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                 drain += chain_lat + per_tile_instrs * max(
                     (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
                     for c in route)
-            elif not o.is_output:
+            elif not o.is_output and route:
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
-    fill += load_lat
+                first = route[0]
+                first_occ += (first.cycles(block_bytes(target, o, first) * batch)
+                              if first.occupancy is None else first.occupancy)
+    fill += load_lat + first_occ
     mem = target.memory(target.main)
     hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0
     # per step: engines, main memory, latency hidden by prefetching, latency the window can cover
@@ -101,10 +105,11 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
         step = max(step, compute_step + load_lat)
     else:
         step = max(step, (load_lat + compute_step) / (d + 1))
-    # in-order window: the instruction W places after a load waits for it, so a step of
-    # n instructions cannot go faster than load latency x n / W
-    n_step = instrs / S
-    window_step = load_lat * n_step / target.window
+    # in-order window: the instruction W places after a load waits for it; with loads spread
+    # among the compute of a step, each costs about its latency / W of stall (fitted on the
+    # simulator: additive to the compute time)
+    load_instrs = (instrs - step_blocks * S) / S
+    window_step = compute_step + load_instrs * load_lat / target.window
     step = max(step, window_step)
     cycles = S * step + fill + drain
     return {"cycles": cycles, "step": step, "steps": S, "busy": busy, "main_bytes": main_bytes,

@@ -33,3 +33,11 @@ def compile_expr(e: Expr):
         n = e.name
         return lambda env: env[n]
     return eval(f"lambda env: {_src(e)}")  # noqa: S307 - generated from our own IR
+
+
+def compile_guards(guards) -> object:
+    """``all(a < b for a, b in guards)`` as one function, evaluated left to right."""
+    if not guards:
+        return lambda env: True
+    body = " and ".join(f"({_src(a)} < {_src(b)})" for a, b in guards)
+    return eval(f"lambda env: {body}")  # noqa: S307 - generated from our own IR

@@ -25,7 +25,7 @@ from ir.interp import _fix, execute
 from ir.loops import Barrier, Exec, Imm, Loop, Move, Program, Slot, Tile
 from ir.target import Instruction, Target
 
-from .fastexpr import compile_expr
+from .fastexpr import compile_expr, compile_guards
 
 
 class SimError(IsamapError):
@@ -130,7 +130,15 @@ class Simulator:
         self.env: dict = dict(bound.sizes)
         self.stalls: dict | None = None  # core 0: what bounded each issue (for tuning)
         self.mc_seen: dict = {}
+        self._fns: dict[int, object] = {}
         self.accumulator: dict[int, bool] = {}  # exec instructions (may chain accumulations)
+
+    def _fn(self, e: Expr):
+        """The compiled form of an index expression, cached by identity (hashing trees is slow)."""
+        f = self._fns.get(id(e))
+        if f is None:
+            f = self._fns[id(e)] = compile_expr(e)
+        return f
 
     # ------------------------------------------------------------------ emission
     def run(self):
@@ -140,13 +148,15 @@ class Simulator:
         env = self.env
         for n in nodes:
             if isinstance(n, Loop):
-                ext = compile_expr(n.extent)(env)
+                ext = self._fn(n.extent)(env)
                 for i in range(ext):
                     env[n.var] = i
                     self.walk(n.body, i if n.parallel else core)
                 env.pop(n.var, None)
             elif isinstance(n, Move):
-                if n.count > 1 or self._guard(n.guards):
+                if n.count > 1:
+                    env[n.sub] = 0  # the first block decides for the whole batch but its edge
+                if self._guard(n.guards):
                     self.move(n, core)
             elif isinstance(n, Exec):
                 if self._guard(n.guards):
@@ -155,11 +165,10 @@ class Simulator:
                 self.barrier(n)
 
     def _guard(self, guards) -> bool:
-        env = self.env
-        for a, b in guards:
-            if not compile_expr(a)(env) < compile_expr(b)(env):
-                return False
-        return True
+        f = self._fns.get(id(guards))
+        if f is None:
+            f = self._fns[id(guards)] = compile_guards(guards)
+        return f(self.env)
 
     def _new(self, core, instr: Instruction, nbytes: int, touches_main: bool, mc_key, deps, stmt, ops) -> Inst:
         occ = instr.occupancy if instr.occupancy is not None else instr.cycles(max(1, nbytes))
@@ -193,7 +202,7 @@ class Simulator:
         if key not in self.slots:
             self.slots[key] = np.zeros((buf.slots, *buf.block), dtype=buf.dtype.np)
             self.written[key] = np.zeros(buf.slots, dtype=bool)
-        idx = compile_expr(s.index)(self.env)
+        idx = self._fn(s.index)(self.env)
         if not 0 <= idx < buf.slots:
             raise SimError(f"slot {idx} outside buffer {buf.name} ({buf.slots} slots)")
         return buf, key, idx
@@ -212,14 +221,14 @@ class Simulator:
                 m = np.arange(ext) == 0
                 valid &= m.reshape(bshape)
                 continue
-            b = compile_expr(d.block)(env)
+            b = self._fn(d.block)(env)
             flat = b * d.unit + np.arange(ext)
             valid &= (flat < prod(d.extents)).reshape(bshape)
             for v, lo, e in zip(reversed(d.vars), reversed(d.lows), reversed(d.extents)):
                 vals[v] = (flat % e + lo).reshape(bshape)
                 flat = flat // e
         for v, e in tile.at:
-            vals[v] = compile_expr(e)(env)
+            vals[v] = self._fn(e)(env)
         idx = []
         mins = self.mins[tile.tensor]
         T = self.tensors[tile.tensor]
@@ -286,7 +295,7 @@ class Simulator:
                 info = np.iinfo(src_op.dtype.np) if src_op.dtype.kind != "b" else None
                 pad = (info.min if pad < 0 else info.max) if info else (pad > 0)
             data = np.where(valid, T[idx], pad).astype(src_op.dtype.np) if self.functional else None
-            key = ("T", n.src.tensor, tuple(compile_expr(e)(self.env) for e in n.src.key))
+            key = ("T", n.src.tensor, tuple(self._fn(e)(self.env) for e in n.src.key))
             nbytes = int(valid.sum()) * self.tensor_dtype[n.src.tensor].itemsize
             mck = key if n.multicast else None
             op_r = ("src", self.t.main, n.src.tensor, key[2])
@@ -308,7 +317,7 @@ class Simulator:
             if self.functional:
                 vals = _fix(np.broadcast_to(out.reshape(shape), dvalid.shape), self.tensor_dtype[n.dst.tensor])
                 T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
-            dkey = ("T", n.dst.tensor, tuple(compile_expr(e)(self.env) for e in n.dst.key))
+            dkey = ("T", n.dst.tensor, tuple(self._fn(e)(self.env) for e in n.dst.key))
             nbytes = int(dvalid.sum()) * self.tensor_dtype[n.dst.tensor].itemsize
             op_w = ("dst", self.t.main, n.dst.tensor, dkey[2])
         else:
@@ -322,7 +331,7 @@ class Simulator:
 
     def exec(self, n: Exec, core: int):
         name = n.instr
-        if n.first_instr and all(compile_expr(e)(self.env) == 0 for e in n.first):
+        if n.first_instr and all(self._fn(e)(self.env) == 0 for e in n.first):
             name = n.first_instr
         instr = self.t.instr(name)
         deps: list[int] = []
@@ -344,7 +353,7 @@ class Simulator:
                 T = self.tensors[ref.tensor]
                 arrays[opname] = np.where(valid, T[idx], 0).astype(op.dtype.np).reshape(op.shape)
                 main_read += int(valid.sum()) * self.tensor_dtype[ref.tensor].itemsize
-                key = ("T", ref.tensor, tuple(compile_expr(e)(self.env) for e in ref.key))
+                key = ("T", ref.tensor, tuple(self._fn(e)(self.env) for e in ref.key))
                 self._dep_read(key, deps)
                 reads.append(key)
                 ops.append((opname, self.t.main, ref.tensor, key[2]))
