@@ -149,6 +149,9 @@ class _NestLowering:
         route = self.route_of(o, direction)
         blocks = {a: add(self.start(a, step), inner[a]) for a in o.axes}
         guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in o.axes)
+        if count > 1:  # a batch must not run past its tile when the tile is not a multiple of it
+            last = o.axes[-1]
+            guards += ((inner[last], C(self.ns.tile(last))),)
         slot = Slot(self.bufname[o.name], self.slot_index(o, inner, step))
         tile = self.tile_ref(o, blocks)
         lin: Expr = C(0)

@@ -166,3 +166,22 @@ def test_copy_statements_run_on_data_movement_alone():
                         sizes=dict(M=40, N=70))
     x = np.random.default_rng(0).uniform(size=(40, 70)).astype(np.float32)
     np.testing.assert_array_equal(ck(I=x), x)
+
+
+def test_batched_loads_stop_at_tile_edges():
+    """Tiles that are not a multiple of the DMA batch (16 on sim-nnp, 4 on sim-gemmini)."""
+    from schedulers.base import NestSchedule
+    from compiler.lower import lower
+    for target, src, sizes, tiles in [
+        ("sim-nnp", "gemm_bf16", dict(M=96, N=64, K=24 * 32), (("m", 3), ("n", 2), ("k", 20))),
+        ("sim-gemmini", "gemm_i8", dict(M=48, N=32, K=7 * 16), (("m", 3), ("n", 2), ("k", 6))),
+    ]:
+        ck = compiler.build(kernels.path(src), target=target, sizes=sizes, scheduler="vendor")
+        ns = NestSchedule(0, 0, tiles, ("m", "n", "k"), (), 1)
+        sched = ck.schedule.__class__(ck.kernel.name, target, tuple(sizes.items()), "manual", (0,), (ns,))
+        ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
+        ins = random_inputs(ck.kernel, ck.bound)
+        if src == "gemm_i8":
+            ins = {k: np.random.default_rng(2).integers(-100, 100, v.shape).astype(np.int8) for k, v in ins.items()}
+        ok, err, _ = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins), ck.precision)
+        assert ok, (target, err)
