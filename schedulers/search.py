@@ -74,7 +74,7 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
 
 
 VERIFY_INSTRUCTIONS = 30000  # simulate the finalists when a single-nest kernel is at most this big
-VERIFY_FINALISTS = 2
+VERIFY_FINALISTS = 3
 
 
 class _Search:
@@ -116,11 +116,17 @@ class _Search:
         nest = nests[0]
         keep: list = []
         best_nest(target, nest, self.full, keep=keep)
-        finalists, seen = [], set()
+        # finalists: the model's best of each family (core grid, reduction tiling regime), so one
+        # systematic model error cannot hide every good schedule
+        finalists, seen, families = [], set(), set()
+        red = [a.name for a in nest.axes if a.reduction and a.instr_var is not None]
         for _, ns in sorted(keep, key=lambda x: x[0]):
-            if ns not in seen:
-                seen.add(ns)
-                finalists.append(ns)
+            fam = (ns.split, tuple(min(ns.tile(a), 16) // 4 for a in red))
+            if ns in seen or fam in families:
+                continue
+            seen.add(ns)
+            families.add(fam)
+            finalists.append(ns)
             if len(finalists) >= VERIFY_FINALISTS:
                 break
         v = vendor_nest(target, nest)
