@@ -7,6 +7,13 @@ from ir.errors import IsamapError
 from ir.target import Instruction, Target
 
 
+def copy_path(t: Target, src: tuple[str, str], dst: tuple[str, str], gather: bool = False) -> list[Instruction] | None:
+    """The shortest chain of plain copy instructions from (memory, dtype) to (memory, dtype).
+
+    With ``gather``, the hop out of main memory is replaced by a gathering copy."""
+    return _path(t, src, dst, gather)
+
+
 def _path(t: Target, src: tuple[str, str], dst: tuple[str, str], gather: bool) -> list[Instruction] | None:
     if src == dst:
         return []
@@ -15,7 +22,7 @@ def _path(t: Target, src: tuple[str, str], dst: tuple[str, str], gather: bool) -
     while q:
         cur = q.popleft()
         for c in t.copy_instrs:
-            if c.multicast > 1:
+            if c.multicast > 1 or c.gather:
                 continue
             a, b = c.inputs[0], c.outputs[0]
             if (a.memory, a.dtype.name) != cur:
@@ -82,4 +89,4 @@ def multicast_variant(t: Target, c: Instruction) -> Instruction | None:
     return None
 
 
-__all__ = ["route_in", "route_out", "route_load_output", "multicast_variant"]
+__all__ = ["route_in", "route_out", "route_load_output", "multicast_variant", "copy_path"]

@@ -104,7 +104,7 @@ def register(name: str):
 
 
 def get(name: str | None) -> Scheduler:
-    from . import cpsat, search, tune, vendor  # noqa: F401 - registration
+    from . import cpsat, search, tune, vendor  # noqa: F401 - importing registers the strategies
     name = name or DEFAULT
     if name not in REGISTRY:
         raise IsamapError(f"unknown scheduler '{name}' (available: {', '.join(sorted(REGISTRY))})")

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import itertools
 
-from ir.bind import Bound
-from ir.kernel import Kernel
 from ir.target import Target
 
 from compiler.nest import Nest
 
-from .base import NestSchedule, Schedule, register
-from .cost import auto_prefetch, nest_cost
-from .search import _Search
-from .space import fits
+from .base import NestSchedule, register
+from .cost import nest_cost
+from .search import _Search, core_grids, fitted
 from .vendor import default_order, vendor_nest
 
 MAX_SOLUTIONS = 4000
@@ -73,16 +70,7 @@ def cpsat_nest(target: Target, nest: Nest) -> tuple[NestSchedule, dict]:
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best)
     tunable = [a.name for a in nest.axes if a.instr_var is not None]
-    par = [a for a in nest.axes if not a.reduction and a.blocks > 1]
-    splits: list = [()]
-    if target.cores > 1:
-        P = target.cores
-        splits += [((a.name, P),) for a in par]
-        for a, b in itertools.permutations(par, 2):
-            for pa in range(2, P):
-                pb = P // pa
-                if pa * pb == P and pb >= 2 and pa <= a.blocks and pb <= b.blocks:
-                    splits.append(((a.name, pa), (b.name, pb)))
+    splits = core_grids(target, nest)
     perms = list(itertools.permutations([a.name for a in nest.axes
                                          if a.instr_var is not None and not a.reduction])) or [()]
     for split in splits:
@@ -91,15 +79,8 @@ def cpsat_nest(target: Target, nest: Nest) -> tuple[NestSchedule, dict]:
         for perm in perms:
             order = default_order(nest, list(perm))
             for sol in sols:
-                tiles = {a.name: 1 for a in nest.axes}
-                tiles.update(sol)
-                ns = NestSchedule(nest.statement, nest.step_index, tuple(tiles.items()), order, split, 1)
-                d = auto_prefetch(target, nest, ns)
-                if d > 1:
-                    cand = NestSchedule(nest.statement, nest.step_index, ns.tiles, order, split, d)
-                    if fits(target, nest, cand) is None:
-                        ns = cand
-                if fits(target, nest, ns) is not None:
+                ns = fitted(target, nest, sol, order, split)
+                if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)
                 if c["cycles"] < best_cost["cycles"]:

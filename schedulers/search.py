@@ -24,21 +24,40 @@ def _tile_choices(n: int, full: bool) -> list[int]:
     return sorted(v for v in vals if 1 <= v <= n)
 
 
-def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
-              keep: list | None = None) -> tuple[NestSchedule, dict]:
-    """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of all fitting ones."""
-    par_bound = [a for a in nest.axes if a.instr_var is not None and not a.reduction]
-    splits: list = [()]
+def fitted(target: Target, nest: Nest, tiles: dict[str, int], order, split) -> NestSchedule | None:
+    """A schedule with these tiles and the deepest prefetch (up to the model's choice) that fits."""
+    full = {a.name: 1 for a in nest.axes}
+    full.update(tiles)
+    ns = NestSchedule(nest.statement, nest.step_index, tuple(full.items()), tuple(order), split, 1)
+    d = auto_prefetch(target, nest, ns)
+    while d > 1:
+        cand = NestSchedule(nest.statement, nest.step_index, ns.tiles, ns.order, split, d)
+        if fits(target, nest, cand) is None:
+            return cand
+        d //= 2
+    return ns if fits(target, nest, ns) is None else None
+
+
+def core_grids(target: Target, nest: Nest) -> list[tuple]:
+    """Ways to spread a nest over the cores: none, one parallel axis, or two (a full factoring)."""
+    grids: list = [()]
     if target.cores > 1:
         par = [a for a in nest.axes if not a.reduction and a.blocks > 1]
         P = target.cores
-        for a in par:
-            splits.append(((a.name, P),))
+        grids += [((a.name, P),) for a in par]
         for a, b in itertools.permutations(par, 2):
             for pa in range(2, P):
                 pb = P // pa
                 if pa * pb == P and pb >= 2 and pa <= a.blocks and pb <= b.blocks:
-                    splits.append(((a.name, pa), (b.name, pb)))
+                    grids.append(((a.name, pa), (b.name, pb)))
+    return grids
+
+
+def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
+              keep: list | None = None) -> tuple[NestSchedule, dict]:
+    """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of all fitting ones."""
+    par_bound = [a for a in nest.axes if a.instr_var is not None and not a.reduction]
+    splits = core_grids(target, nest)
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
@@ -53,17 +72,8 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                 evaluated += 1
                 if evaluated > limit:
                     break
-                tiles = {a.name: 1 for a in nest.axes}
-                tiles.update({a.name: t for a, t in zip(tunable, combo)})
-                ns = NestSchedule(nest.statement, nest.step_index, tuple(tiles.items()), order, split, 1)
-                d = auto_prefetch(target, nest, ns)
-                while d > 1:
-                    cand = NestSchedule(nest.statement, nest.step_index, ns.tiles, order, split, d)
-                    if fits(target, nest, cand) is None:
-                        ns = cand
-                        break
-                    d //= 2
-                if fits(target, nest, ns) is not None:
+                ns = fitted(target, nest, dict(zip((a.name for a in tunable), combo)), order, split)
+                if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)
                 if keep is not None:

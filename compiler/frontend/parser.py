@@ -8,7 +8,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ir import dtypes
 from ir.errors import IsamapError, Source, Span
-from ir.expr import Access, Binary, Call, Cast, Const, Name, Select, Size, Unary
+from ir.expr import Binary, Call, Cast, Const, Name, Select, Size, Unary
 from ir.kernel import TensorDecl
 
 from .ast import RawDef, RawStmt, WhereExists, WhereLet, WhereRange

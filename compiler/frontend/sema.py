@@ -13,7 +13,7 @@ from ir.builtins import ARITY
 from ir.dtypes import BOOL, INT32, DType
 from ir.errors import IsamapError, Span, warning_text
 from ir.expr import (Access, Binary, Call, Cast, Const, Expr, Name, Select, Size, Unary, Var,
-                     simplify, size_const, vars_of, walk)
+                     simplify, size_const, walk)
 from ir.kernel import Dim, Kernel, Range, Stmt, TensorDecl
 
 from .ast import RawDef, RawStmt, WhereExists, WhereLet, WhereRange

@@ -17,6 +17,8 @@ from ir.expr import Access, Expr, Var, linear, vars_of
 from ir.kernel import Kernel, Stmt
 from ir.target import Instruction, Target
 
+from ..routes import copy_path
+
 from .model import Step
 
 
@@ -320,12 +322,12 @@ def _dtype_and_placement(ctx: Ctx, instr, opname, e: Access, is_out, gathered) -
     kdt = ctx.kernel.tensor(e.tensor).dtype
     t = ctx.target
     if is_out:
-        path = _path(t, (iop.memory, iop.dtype.name), (t.main, kdt.name))
+        path = copy_path(t, (iop.memory, iop.dtype.name), (t.main, kdt.name))
         if path is None:
             raise Reject("placement", f"no chain of data movement takes {iop.dtype} results from "
                          f"{iop.memory} to {kdt} in {t.main}")
     else:
-        path = _path(t, (t.main, kdt.name), (iop.memory, iop.dtype.name))
+        path = copy_path(t, (t.main, kdt.name), (iop.memory, iop.dtype.name))
         if path is None:
             raise Reject("dtype" if kdt != iop.dtype else "placement",
                          f"operand {opname} is {iop.dtype} in {iop.memory} but {e.tensor} is {kdt} in "
@@ -336,36 +338,6 @@ def _dtype_and_placement(ctx: Ctx, instr, opname, e: Access, is_out, gathered) -
         out.append(f"{opname}: convert {e.tensor} {conv[0].inputs[0].dtype}->{conv[0].outputs[0].dtype} "
                    f"via {conv[0].name}")
     return out
-
-
-def _path(t: Target, src: tuple[str, str], dst: tuple[str, str]):
-    """Shortest chain of copy instructions from (memory, dtype) to (memory, dtype)."""
-    if src == dst:
-        return []
-    from collections import deque
-    prev = {src: None}
-    q = deque([src])
-    while q:
-        cur = q.popleft()
-        for c in t.copy_instrs:
-            if c.gather:
-                continue
-            a, b = c.inputs[0], c.outputs[0]
-            if (a.memory, a.dtype.name) != cur:
-                continue
-            nxt = (b.memory, b.dtype.name)
-            if nxt in prev:
-                continue
-            prev[nxt] = (cur, c)
-            if nxt == dst:
-                chain = []
-                n = nxt
-                while prev[n] is not None:
-                    n, ci = prev[n]
-                    chain.append(ci)
-                return chain[::-1]
-            q.append(nxt)
-    return None
 
 
 def extents(ctx: Ctx, instr: Instruction, ist: Stmt, f) -> tuple[tuple[str, str], ...]:

@@ -229,7 +229,6 @@ class Simulator:
                 flat = flat // e
         for v, e in tile.at:
             vals[v] = self._fn(e)(env)
-        idx = []
         mins = self.mins[tile.tensor]
         T = self.tensors[tile.tensor]
         xs = []
@@ -283,7 +282,7 @@ class Simulator:
         self._note(inst, reads, writes)
 
     def _move_block(self, n: Move, instr: Instruction, core: int):
-        src_op, dst_op = instr.inputs[0], instr.outputs[0]
+        src_op = instr.inputs[0]
         other = n.dst if isinstance(n.dst, Slot) else n.src
         shape = self.p.buffer(other.buffer).block  # the operand block being moved
         mck = None
