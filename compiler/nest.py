@@ -85,6 +85,7 @@ class Nest:
     temp_out: Temp | None = None
     temps: list[Temp] = field(default_factory=list)
     dtypes: dict[str, str] = field(default_factory=dict)  # tensor -> element type name in main memory
+    span: object = None  # the statement's source location, for errors
 
     def tensor_dtype(self, name: str) -> str:
         return self.dtypes[name]
@@ -198,5 +199,5 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
         dts = {o.tensor: (k.tensor(o.tensor).dtype.name if not o.tensor.startswith("_S") else o.op.dtype.name)
                for o in ops if o.tensor is not None}
         nests.append(Nest(si, idx, step, instr, init_instr, axes, ops, load_output, identity_first,
-                          temps.get(step.result) if not root else None, list(temps.values()), dts))
+                          temps.get(step.result) if not root else None, list(temps.values()), dts, s.span))
     return nests

@@ -35,7 +35,20 @@ def fitted(target: Target, nest: Nest, tiles: dict[str, int], order, split) -> N
         if fits(target, nest, cand) is None:
             return cand
         d //= 2
-    return ns if fits(target, nest, ns) is None else None
+    if fits(target, nest, ns) is None:
+        return ns
+    single = NestSchedule(nest.statement, nest.step_index, ns.tiles, ns.order, split, 0)  # no double buffering
+    return single if fits(target, nest, single) is None else None
+
+
+def nothing_fits(target: Target, nest: Nest):
+    """The user error for a request no tiling can satisfy: name the memory and the sizes."""
+    from ir.errors import IsamapError
+    smallest = NestSchedule(nest.statement, nest.step_index, tuple((a.name, 1) for a in nest.axes),
+                            tuple(a.name for a in nest.axes), (), 0)
+    why = fits(target, nest, smallest) or "no tiling fits"
+    raise IsamapError(f"nothing fits on {target.name}: even single blocks of {nest.instr.name} exceed a "
+                      f"memory ({why})", nest.span)
 
 
 def core_grids(target: Target, nest: Nest) -> list[tuple]:
@@ -80,7 +93,9 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                     keep.append((c["cycles"], ns))
                 if best_cost is None or c["cycles"] < best_cost["cycles"]:
                     best, best_cost = ns, c
-    return best, best_cost or nest_cost(target, nest, best)
+    if best_cost is None:
+        nothing_fits(target, nest)
+    return best, best_cost
 
 
 VERIFY_INSTRUCTIONS = 30000  # simulate the finalists when a single-nest kernel is at most this big
@@ -146,6 +161,8 @@ class _Search:
         for ns in finalists:
             cand = replace(sched, nests=(ns,))
             timed.append((measure(kernel, bound, target, per_stmt, cand), cand))
+        if not timed:
+            return sched
         cyc, best = min(timed, key=lambda x: x[0])
         return replace(best, predicted={**sched.predicted, "simulated": cyc, "verified": len(timed)})
 

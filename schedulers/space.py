@@ -90,7 +90,7 @@ def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
         inner[o.name] = stride[ns.order[lvl]] if lvl >= 0 else steps
         loads = steps // inner[o.name]
         if o.is_output:
-            slots[o.name] = min(loads, 2)
+            slots[o.name] = min(loads, 2 if d else 1)
         else:
             slots[o.name] = min(loads, d // inner[o.name] + 2 if d else 1)
     return Pipeline(steps, tiles, stride, inner, slots)

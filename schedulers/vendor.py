@@ -58,6 +58,13 @@ def vendor_nest(target: Target, nest: Nest) -> NestSchedule:
     while fits(target, nest, mk(tiles)) is not None and any(t > 1 for t in tiles.values()):
         big = max(tiles, key=tiles.get)  # shrink the largest until it fits
         tiles[big] -= 1
+    if fits(target, nest, mk(tiles)) is not None:
+        from dataclasses import replace
+        single = replace(mk(tiles), prefetch=0)  # no double buffering: the library's last resort
+        if fits(target, nest, single) is None:
+            return single
+        from .search import nothing_fits
+        nothing_fits(target, nest)
     grow = ([par[1]] if len(par) > 1 else []) + par[:1] + red[:1]
     changed = True
     while changed:

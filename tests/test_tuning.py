@@ -118,3 +118,29 @@ def test_concurrent_writers_and_a_killed_writer(tmp_path):
 def test_spearman_helper():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def _small_chip(tmp_path, memory, capacity):
+    text = (ROOT + "/hw_models/sim-gemmini-fp32.hw")
+    src = open(text).read()
+    old = {"acc": "memory acc  { capacity = 64 KiB", "spad": "memory spad { capacity = 256 KiB"}[memory]
+    src = src.replace(old, old.split("=")[0] + f"= {capacity}")
+    p = tmp_path / f"small-{memory}.hw"
+    p.write_text(src)
+    return str(p)
+
+
+def test_memories_too_small_to_double_buffer_fall_back_to_single_buffering(tmp_path):
+    import numpy as np
+    chip = _small_chip(tmp_path, "acc", "1 KiB")  # one 16x16 fp32 accumulator block
+    for s in ("vendor", "analytical"):
+        ck = compiler.build(kernels.path("gemm"), target=chip, sizes=dict(M=32, N=32, K=32), scheduler=s)
+        assert all(n.prefetch == 0 for n in ck.schedule.nests)
+        a, b = np.random.rand(32, 32).astype("float32"), np.random.rand(32, 32).astype("float32")
+        np.testing.assert_allclose(ck(a, b), a @ b, rtol=1e-5)
+
+
+def test_an_impossible_request_is_a_clear_error(tmp_path):
+    chip = _small_chip(tmp_path, "spad", "1 KiB")  # A and B blocks cannot both be in the scratchpad
+    with pytest.raises(compiler.IsamapError, match=r"nothing fits on .*spad needs 2048 bytes but holds 1024"):
+        compiler.build(kernels.path("gemm"), target=chip, sizes=dict(M=32, N=32, K=32))
