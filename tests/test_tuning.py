@@ -48,6 +48,9 @@ def test_every_strategy_computes_the_right_numbers():
     for strat in ("vendor", "analytical", "exhaustive", "cpsat"):
         check("gemm", "sim-nnp", dict(M=40, N=33, K=50), strat)
         check("softmax", "sim-nnp", dict(N=5, D=40), strat)
+        check("mlp", "sim-nnp", dict(B=7, K=33, N=65), strat)
+        check("depthwise_separable_conv2d", "sim-nnp", dict(N=1, C=3, H=6, W=7, R=3, S=3, F=5), strat)
+        check("gemm", "sim-gemmini-fp32", dict(M=20, N=17, K=33), strat)
 
 
 def test_unknown_scheduler_is_a_user_error():
