@@ -36,6 +36,7 @@ class CompiledKernel:
     program: object = None
     candidates: object = None
     last: object = None  # the last simulation result
+    resident: tuple = ()  # inputs kept on chip across runs of a session
 
     @property
     def sizes(self) -> dict[str, int] | None:
@@ -87,6 +88,12 @@ class CompiledKernel:
         self.report["simulation_seconds"] = time.perf_counter() - t0
         return res.outputs
 
+    def session(self) -> "Session":
+        """Run the kernel several times on one simulated machine (state carried over)."""
+        if self.program is None:
+            raise IsamapError("sessions need a simulated target")
+        return Session(self)
+
     def __call__(self, *args, **kwargs):
         out = self.run_all(*args, **kwargs)
         vals = [out[n] for n in self.output_names]
@@ -137,8 +144,13 @@ def emit_ir(k: Kernel, b: Bound | None = None) -> str:
 
 
 def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None = None,
-          kernel: str | None = None, scheduler: str | None = None, db: str | None = None) -> CompiledKernel:
-    """Parse, check, map, schedule and lower a kernel for ``target`` and ``sizes``."""
+          kernel: str | None = None, scheduler: str | None = None, db: str | None = None,
+          persist: tuple[str, ...] = ()) -> CompiledKernel:
+    """Parse, check, map, schedule and lower a kernel for ``target`` and ``sizes``.
+
+    ``persist`` names inputs to keep on chip: each becomes one tile per core, and
+    when the kernel is run repeatedly (``CompiledKernel.session``) unchanged blocks are
+    not loaded again."""
     k = load_kernel(path_or_source, kernel)
     if target == REFERENCE:
         if sizes is None:
@@ -168,7 +180,47 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
             sched = replace(rec.schedule, strategy=f"database ({rec.schedule.strategy})")
     if sched is None:
         sched = base.get(scheduler).schedule(k, b, t)[0]
-    program = lower(k, b, t, sched, cands)
+    resident = []
+    if persist:
+        from schedulers.space import make_resident
+        for name in persist:
+            if not k.is_input(name) if name in [x.name for x in k.inputs + k.outputs] else True:
+                raise IsamapError(f"'{name}' is not an input of kernel '{k.name}'")
+        sched, resident = make_resident(t, cands, sched, persist)
+    program = lower(k, b, t, sched, cands, resident)
     rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "scheduler": sched.strategy,
            "predicted_cycles": sched.predicted.get("cycles"), "compile_seconds": time.perf_counter() - t0}
-    return CompiledKernel(k, t.name, b, rep, t, sched, program, cands)
+    if persist:
+        rep["resident"] = resident
+    ck = CompiledKernel(k, t.name, b, rep, t, sched, program, cands)
+    ck.resident = tuple(resident)
+    return ck
+
+
+class Session:
+    """Repeated runs of one compiled kernel on one simulated machine: on-chip buffers keep
+    their contents between runs, so resident inputs are loaded once."""
+
+    def __init__(self, ck: CompiledKernel):
+        self.ck = ck
+        self.sim = None
+        self.runs = 0
+
+    def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        from .backends.sim.simulate import Simulator
+        ck = self.ck
+        if self.sim is None:
+            b, arrays = ir.interp.prepare_inputs(ck.kernel, inputs, ck.sizes)
+            self.sim = Simulator(ck.target_ir, ck.program, ck.kernel, b, arrays)
+            self.sim.persist = set(ck.resident)
+            with np.errstate(all="ignore"):
+                self.sim.run()
+        else:
+            with np.errstate(all="ignore"):
+                self.sim.run_again(inputs)
+        self.runs += 1
+        return {o.name: self.sim.tensors[o.name].copy() for o in ck.kernel.outputs}
+
+    def cycles(self) -> int:
+        cycles, _, _ = self.sim.timing()
+        return cycles

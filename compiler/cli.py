@@ -247,30 +247,36 @@ def cmd_bench(a) -> int:
     import os
     import platform
 
+    from compiler.bench import gru as gru_bench
     from compiler.bench.gemm import geomean, run_gemm_bench, table
-    if a.what == "gru":
-        raise IsamapError("the GRU suite needs GRU sequences on the backends, which are not built yet; "
-                          "run 'isamap bench gemm'")
     sets = a.sets.split(",") if a.sets else None
-    rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
+    if a.what == "gru":
+        rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
+        convention = ("ratio = baseline (vendor schedules, weights reloaded every step) cycles / our cycles "
+                      "(persistent weights); FLOPs = 6*T*N*H^2 (+T*N*H inference)")
+        text = gru_bench.table(rows, a.target)
+    else:
+        rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
+        convention = "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K"
+        text = table(rows, a.target)
     results = []
     for r in rows:
         d = dataclasses.asdict(r)
         d["flops"] = r.flops
         results.append(d)
-    summary = {"suite": a.suite, "target": a.target, "what": "gemm", "machine": platform.machine(),
-               "convention": "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K",
+    summary = {"suite": a.suite, "target": a.target, "what": a.what, "machine": platform.machine(),
+               "convention": convention,
                "geomean_ratio": geomean([r.ratio for r in rows if not r.error]), "results": results}
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         import csv
-        with open(os.path.join(a.out, f"gemm_{a.target.replace('/', '_')}.csv"), "w", newline="") as f:
+        stem = f"{a.what}_{a.target.replace('/', '_')}"
+        with open(os.path.join(a.out, f"{stem}.csv"), "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=[k for k in results[0] if k != "extra"])
             w.writeheader()
             for r in results:
                 w.writerow({k: v for k, v in r.items() if k != "extra"})
-        _write_output(os.path.join(a.out, f"gemm_{a.target.replace('/', '_')}.json"),
-                      json.dumps(summary, indent=2, default=float))
+        _write_output(os.path.join(a.out, f"{stem}.json"), json.dumps(summary, indent=2, default=float))
         try:
             import matplotlib
             matplotlib.use("Agg")
@@ -278,17 +284,19 @@ def cmd_bench(a) -> int:
             ok = [r for r in rows if not r.error]
             fig, ax = plt.subplots(figsize=(10, 4))
             ax.bar(range(len(ok)), [r.ratio for r in ok])
-            ax.set_xticks(range(len(ok)), [f"{r.m}x{r.n}x{r.k}" for r in ok], rotation=60, fontsize=7)
+            ax.set_xticks(range(len(ok)), [f"{r.m}x{r.n}x{r.k}" if a.what == "gemm" else
+                                            f"H{r.hidden} N{r.batch} T{r.timesteps}" for r in ok],
+                          rotation=60, fontsize=7)
             ax.axhline(1.0, color="k", lw=0.5)
             ax.set_ylabel("speed-up vs vendor")
             fig.tight_layout()
-            fig.savefig(os.path.join(a.out, f"gemm_{a.target.replace('/', '_')}_ratio.png"))
+            fig.savefig(os.path.join(a.out, f"{stem}_ratio.png"))
         except ImportError:
             pass
     if a.json:
         print(json.dumps(summary, indent=2, default=float))
     else:
-        print(table(rows, a.target), end="")
+        print(text, end="")
     return 0
 
 

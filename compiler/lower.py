@@ -52,8 +52,9 @@ def _ident(name: str) -> str:
 
 
 class _NestLowering:
-    def __init__(self, target: Target, nest: Nest, ns: NestSchedule, tag: str):
+    def __init__(self, target: Target, nest: Nest, ns: NestSchedule, tag: str, resident=()):
         self.t, self.n, self.ns, self.tag = target, nest, ns, tag
+        self.resident = set(resident)
         self.buffers: list[Buffer] = []
         self.bufname: dict[str, str] = {}
         self.split = dict(ns.split)
@@ -105,8 +106,9 @@ class _NestLowering:
         return idx
 
     # ---------------------------------------------------------------- operands
-    def buffer(self, name: str, op, slots: int) -> str:
-        b = Buffer(f"S{self.tag}.{name}", op.memory, op.dtype, op.shape or (1,), slots)
+    def buffer(self, name: str, op, slots: int, persistent: bool = False) -> str:
+        b = Buffer(f"S{self.tag}.{name}", op.memory, op.dtype, op.shape or (1,), slots, True, persistent,
+                   f"S{self.tag}")
         self.buffers.append(b)
         return b.name
 
@@ -128,7 +130,7 @@ class _NestLowering:
         key = f"{o.name}.stage{i}.{op.memory}"
         if key not in self.bufname:
             b = Buffer(f"S{self.tag}.{key}", op.memory, op.dtype, o.op.shape or (1,),
-                       2 * prod(self.ns.tile(a) for a in o.axes))
+                       2 * prod(self.ns.tile(a) for a in o.axes), True, False, f"S{self.tag}")
             self.buffers.append(b)
             self.bufname[key] = b.name
         return self.bufname[key]
@@ -199,7 +201,8 @@ class _NestLowering:
         n, ns, pl = self.n, self.ns, self.pl
         for o in n.operands:
             if o.tensor is not None and o.op.memory != self.t.main:
-                self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * prod(ns.tile(a) for a in o.axes))
+                self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * prod(ns.tile(a) for a in o.axes),
+                                                   o.tensor in self.resident and not o.is_output)
         out = n.output
         order = list(ns.order)
         lvl_out = max((order.index(a) for a in out.axes), default=-1)
@@ -295,7 +298,8 @@ def _accesses(ist):
     return out
 
 
-def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[list[Candidate]]) -> Program:
+def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[list[Candidate]],
+          resident=()) -> Program:
     body, buffers, scratch, notes = [], [], [], []
     seen_scratch = set()
     for si, cs in enumerate(cands):
@@ -310,7 +314,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             why = fits(target, nest, ns)
             if why:
                 raise IsamapError(f"schedule does not fit {target.name}: {why}", k.stmts[si].span)
-            nl = _NestLowering(target, nest, ns, f"{si}_{nest.step_index}")
+            nl = _NestLowering(target, nest, ns, f"{si}_{nest.step_index}", resident)
             body += nl.lower()
             body.append(Barrier(si))
             buffers += nl.buffers

@@ -23,6 +23,8 @@ class Buffer:
     block: tuple[int, ...]  # the shape of one slot (an instruction operand)
     slots: int
     per_core: bool = True
+    persistent: bool = False  # keeps its contents for the whole program (resident tensors)
+    group: str = ""  # buffers of one nest; nests run one after another and share memory
 
     @property
     def slot_bytes(self) -> int:

@@ -125,3 +125,33 @@ def fits(target: Target, nest: Nest, ns: NestSchedule) -> str | None:
         if need > cap:
             return f"{mem} needs {need} bytes but holds {cap}"
     return None
+
+
+def make_resident(target: Target, cands: list[list[Candidate]], sched, tensors) -> tuple:
+    """Widen tiles so each listed input tensor is one tile per core (loaded once per run).
+
+    Returns the new schedule and the tensors that became resident; a tensor stays
+    streamed where its per-core slice does not fit on chip.  Together with the
+    simulator's reuse of unchanged blocks across runs this keeps, e.g., recurrent
+    weights on chip across the timesteps of an RNN."""
+    from dataclasses import replace
+    from math import ceil
+    tensors = set(tensors)
+    nests = list(sched.nests)
+    resident: set[str] = set()
+    for i, ns in enumerate(nests):
+        c = cands[ns.statement][sched.mappings[ns.statement]]
+        nest = c.nests[ns.step]
+        for o in nest.inputs:
+            if o.tensor not in tensors:
+                continue
+            tiles = dict(ns.tiles)
+            for a in o.axes:
+                tiles[a] = ceil(nest.axis(a).blocks / ns.parts(a))
+            for pf in (ns.prefetch, 1, 0):
+                cand = replace(ns, tiles=tuple(tiles.items()), prefetch=pf)
+                if fits(target, nest, cand) is None:
+                    nests[i] = ns = cand
+                    resident.add(o.tensor)
+                    break
+    return replace(sched, nests=tuple(nests)), sorted(resident)

@@ -33,4 +33,15 @@ def test_bench_json_rows_carry_ratios(monkeypatch, capsys, tmp_path):
 def test_bench_reports_unsupported_backends_clearly(capsys):
     assert cli.main(["bench", "gemm", "--target", "cpu"]) == 1
     assert "not available yet" in capsys.readouterr().err
-    assert cli.main(["bench", "gru", "--target", "sim-nnp"]) == 1
+    assert cli.main(["bench", "gru", "--target", "cuda"]) == 1
+
+
+def test_bench_gru_json(monkeypatch, capsys):
+    from compiler.bench import gru
+    monkeypatch.setattr(gru, "QUICK", [("training", 64, 4, 2), ("inference_server", 32, 1, 5)])
+    assert cli.main(["bench", "gru", "--target", "sim-nnp", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    rows = r["results"]
+    assert [x["correct"] for x in rows] == [True, True]
+    assert all(x["ratio"] > 0 for x in rows) and rows[1]["extrapolated"] is True
+    assert rows[0]["flops"] == 6 * 2 * 4 * 64 * 64

@@ -112,16 +112,22 @@ class Simulator:
         self.slots: dict[tuple[int, str], np.ndarray] = {}
         self.written: dict[tuple[int, str], np.ndarray] = {}
         self.addr: dict[str, int] = {}
+        # persistent buffers first, for the whole program; then each nest's buffers, reusing
+        # the same addresses from one nest to the next (nests run one after another)
+        fixed: dict[str, int] = {}
         used: dict[str, int] = {}
         for buf in program.buffers:
-            mem = target.memory(buf.memory)
-            base = used.get(buf.memory, 0)
-            size = buf.slot_bytes * buf.slots
-            if base + size > mem.capacity:
-                raise SimError(f"buffer {buf.name} ({size} bytes at {base}) exceeds memory {buf.memory} "
-                               f"({mem.capacity} bytes)")
-            used[buf.memory] = base + size
-            self.addr[buf.name] = base
+            if buf.persistent:
+                fixed[buf.memory] = self._place(buf, fixed.get(buf.memory, 0))
+        group = None
+        for buf in program.buffers:
+            if buf.persistent:
+                continue
+            if buf.group != group:
+                group, cur = buf.group, dict(fixed)
+            cur[buf.memory] = self._place(buf, cur.get(buf.memory, 0))
+            for m, v in cur.items():
+                used[m] = max(used.get(m, 0), v)
         self.used = used
         # dependency tracking
         self.last_write: dict = {}
@@ -131,7 +137,21 @@ class Simulator:
         self.stalls: dict | None = None  # core 0: what bounded each issue (for tuning)
         self.mc_seen: dict = {}
         self._fns: dict[int, object] = {}
+        # persistence across runs: which tensor block each slot holds (tensor, block, version)
+        self.persist: set[str] = set()
+        self.slot_tag: dict = {}
+        self.version: dict[str, int] = {}
+        self.elided = 0
         self.accumulator: dict[int, bool] = {}  # exec instructions (may chain accumulations)
+
+    def _place(self, buf, base: int) -> int:
+        mem = self.t.memory(buf.memory)
+        size = buf.slot_bytes * buf.slots
+        if base + size > mem.capacity:
+            raise SimError(f"buffer {buf.name} ({size} bytes at {base}) exceeds memory {buf.memory} "
+                           f"({mem.capacity} bytes)")
+        self.addr[buf.name] = base
+        return base + size
 
     def _fn(self, e: Expr):
         """The compiled form of an index expression, cached by identity (hashing trees is slow)."""
@@ -143,6 +163,21 @@ class Simulator:
     # ------------------------------------------------------------------ emission
     def run(self):
         self.walk(self.p.body, core=0)
+
+    def run_again(self, inputs: dict[str, np.ndarray]):
+        """Run the program once more on new inputs, continuing the same machine state.
+
+        On-chip buffers keep their contents, so loads of a ``persist`` tensor's block into a
+        slot that still holds it (and the tensor has not changed) are skipped: weights stay
+        resident across invocations (a persistent RNN)."""
+        for name, arr in inputs.items():
+            t = self.k.tensor(name)
+            new = _fix(np.asarray(arr), t.dtype).reshape(self.b.shapes[name])
+            if name in self.tensors and np.array_equal(self.tensors[name], new):
+                continue  # unchanged: blocks loaded from it are still valid
+            self.tensors[name] = new
+            self.version[name] = self.version.get(name, 0) + 1
+        self.run()
 
     def walk(self, nodes, core: int):
         env = self.env
@@ -253,7 +288,10 @@ class Simulator:
                 self.env[n.sub] = j
                 if not self._guard(n.guards):
                     continue
-            nbytes, key_r, key_w, mck, op_r, op_w = self._move_block(n, instr, core)
+            got = self._move_block(n, instr, core)
+            if got is None:  # already resident in its slot
+                continue
+            nbytes, key_r, key_w, mck, op_r, op_w = got
             total += nbytes
             self._dep_read(key_r, deps)
             self._dep_write(key_w, deps)
@@ -286,6 +324,14 @@ class Simulator:
         other = n.dst if isinstance(n.dst, Slot) else n.src
         shape = self.p.buffer(other.buffer).block  # the operand block being moved
         mck = None
+        tag = None
+        if isinstance(n.src, Tile) and n.src.tensor in self.persist and isinstance(n.dst, Slot):
+            bkey = tuple(self._fn(e)(self.env) for e in n.src.key)
+            tag = (n.src.tensor, bkey, self.version.get(n.src.tensor, 0))
+            dbuf, dkey0, di = self.slot(core, n.dst)
+            if self.slot_tag.get((dkey0, di)) == tag and self.written[dkey0][di]:
+                self.elided += 1
+                return None
         if isinstance(n.src, Tile):
             idx, valid = self.tile_index(n.src, shape)
             T = self.tensors[n.src.tensor]
@@ -324,8 +370,11 @@ class Simulator:
             if self.functional:
                 self.slots[dkey0][di] = out.reshape(buf.block)
             self.written[dkey0][di] = True
+            self.slot_tag[(dkey0, di)] = tag
             dkey = ("S", dkey0, di)
             op_w = ("dst", buf.memory, self.addr[buf.name] + di * buf.slot_bytes, buf.name)
+        if isinstance(n.dst, Tile):
+            self.version[n.dst.tensor] = self.version.get(n.dst.tensor, 0) + 1
         return nbytes, key, dkey, mck, op_r, op_w
 
     def exec(self, n: Exec, core: int):
@@ -386,6 +435,7 @@ class Simulator:
                 self.readers.setdefault(key, [])
             else:
                 self._dep_read(key, deps)
+        self.slot_tag.pop((skey, si), None)
         if self.functional:
             initial = self.slots[skey][si].reshape(instr.outputs[0].shape or ()) if accumulates else None
             ex = self.execs.get(name) or self.execs.setdefault(name, _Executor(instr))
