@@ -37,6 +37,7 @@ class CompiledKernel:
     candidates: object = None
     last: object = None  # the last simulation result
     resident: tuple = ()  # inputs kept on chip across runs of a session
+    native: object = None  # host code (llvm backend)
 
     @property
     def sizes(self) -> dict[str, int] | None:
@@ -76,6 +77,15 @@ class CompiledKernel:
         """Every output by name."""
         inputs = self._inputs(args, kwargs)
         t0 = time.perf_counter()
+        if self.native is not None:
+            _, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
+            t0 = time.perf_counter()
+            out = self.native(arrays)
+            self.report["seconds"] = sec = time.perf_counter() - t0
+            flops = 2 * macs(self.kernel, self.bound)
+            if flops:
+                self.report["gflops"] = flops / sec / 1e9 if sec > 0 else None
+            return out
         if self.program is None:
             out = ir.interp.run(self.kernel, inputs, self.sizes)
             self.report["seconds"] = time.perf_counter() - t0
@@ -104,6 +114,12 @@ class CompiledKernel:
             return emit_ir(self.kernel, self.bound)
         if self.bound is None:
             raise IsamapError("pass sizes= to build() to get generated code")
+        if self.native is not None and kind in ("llvm", "asm"):
+            return self.native.optimized if kind == "llvm" else self.native.asm
+        if self.native is not None and kind == "mappings":
+            from .mapping import mappings_for_kernel
+            return "".join(m.describe() + "\n" for m in mappings_for_kernel(self.kernel, self.target_ir,
+                                                                            bound=self.bound))
         if kind == "mappings" and self.target_ir is not None:
             from .mapping import mappings_for_kernel
             ms = mappings_for_kernel(self.kernel, self.target_ir, bound=self.bound)
@@ -123,8 +139,21 @@ class CompiledKernel:
             head += [f"; buffer {b.name} @{b.memory}+0x{sim.addr[b.name]:x}: {b.slots} x {b.dtype}{list(b.block)}"
                      for b in self.program.buffers]
             return "\n".join(head + sim.format_listing()) + "\n"
-        available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else [])
+        available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else []) + \
+            (["mappings", "llvm", "asm"] if self.native is not None else [])
         raise IsamapError(f"'{kind}' is not available for target '{self.target}' (available: {', '.join(available)})")
+
+
+def macs(k: Kernel, b: Bound) -> int:
+    """Multiply-accumulates of the kernel's +-reductions of products (for GFLOP/s)."""
+    from math import prod
+
+    from ir.expr import Binary, walk
+    total = 0
+    for si, s in enumerate(k.stmts):
+        if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
+            total += prod(hi - lo for lo, hi in b.domain(si).values())
+    return total
 
 
 def emit_ir(k: Kernel, b: Bound | None = None) -> str:
@@ -160,10 +189,19 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     import hw_models
     t = hw_models.load(target)
     backend = t.prop("backend", "sim")
+    b = bind(k, dict(sizes or {}))
+    if backend == "llvm":
+        from .backends.llvm import compile_scalar
+        t0 = time.perf_counter()
+        native = compile_scalar(k, b)
+        rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "code": "scalar loops (llvm -O3)",
+               "compile_seconds": time.perf_counter() - t0}
+        ck = CompiledKernel(k, t.name, b, rep, t)
+        ck.native = native
+        return ck
     if backend != "sim":
         raise IsamapError(f"target '{t.name}' uses the {backend} backend, which is not built yet; "
-                          f"use a simulated target (sim-nnp, sim-gemmini, ...) or --target reference")
-    b = bind(k, dict(sizes or {}))
+                          f"use a simulated target (sim-nnp, sim-gemmini, ...), cpu, or --target reference")
     from schedulers import base
     from schedulers.space import candidates
 

@@ -72,7 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
     p.add_argument("--db", help="reuse the best schedule recorded in this tuning database")
-    p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm")
+    p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm, llvm")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(fn=cmd_compile)
 
@@ -316,7 +316,7 @@ def cmd_run(a) -> int:
     seconds = time.perf_counter() - t0
     result = {"kernel": ck.kernel.name, "target": ck.target, "sizes": ck.sizes}
     if ck.program is None:
-        result["seconds"] = seconds
+        result["seconds"] = ck.report.get("seconds", seconds) if ck.native is not None else seconds
     result.update({k: v for k, v in ck.report.items() if k not in result and k != "seconds"})
     if a.check:
         ref = ir.interp.run(ck.kernel, inputs, ck.sizes)
@@ -332,7 +332,8 @@ def cmd_run(a) -> int:
     else:
         sizes = ", ".join(f"{k}={v}" for k, v in ck.sizes.items())
         if ck.program is None:
-            print(f"{ck.kernel.name} on {ck.target} with {sizes}: {seconds * 1e3:.3f} ms")
+            gf = f" ({result['gflops']:.2f} GFLOP/s)" if result.get("gflops") else ""
+            print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result.get('seconds', seconds) * 1e3:.3f} ms{gf}")
         else:
             print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result['cycles']} cycles "
                   f"(roofline {result['roofline_cycles']}, {100 * result['of_roofline']:.1f}% of roofline, "

@@ -120,8 +120,9 @@ def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str 
     import hw_models
     t = hw_models.load(target)
     if t.prop("backend", "sim") != "sim":
-        raise IsamapError(f"benchmarking the {t.prop('backend')} backend is not available yet "
-                          f"(its code generator is not built); use a simulated target")
+        raise IsamapError(f"benchmarking the {t.prop('backend')} backend is not available yet (the cpu "
+                          f"backend generates scalar loops so far; the cuda backend is not built); use a "
+                          f"simulated target")
     rows = []
     problems = gemm_suite(suite, sets)
     t0 = time.time()

@@ -1,0 +1,357 @@
+"""Scalar code for the host CPU: each statement as a loop nest in LLVM IR, JIT-compiled.
+
+This is the cpu target's fallback path (``fallback = scalar`` in cpu.hw): every
+statement becomes loops over its inferred domain (output indices outside,
+reduction indices inside) around the statement's expression, exactly the
+reference semantics (TC initialisation, floor division, bf16 rounding on store).
+LLVM's -O3 pipeline for the host CPU vectorises what it can.  Vectorised,
+cache-tiled, multi-threaded code from the cpu target's instruction mappings is
+the next step and will replace this path where it applies.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from math import prod
+
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir as L
+
+from ir import dtypes
+from ir.bind import Bound
+from ir.dtypes import BFLOAT16, BOOL, DType
+from ir.errors import IsamapError
+from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var
+from ir.kernel import Kernel
+
+I64 = L.IntType(64)
+
+_LIBM = {  # builtin -> libm name (float variant gets an 'f' suffix)
+    "exp": "exp", "exp2": "exp2", "expm1": "expm1", "log": "log", "log2": "log2", "log10": "log10",
+    "log1p": "log1p", "sqrt": "sqrt", "cbrt": "cbrt", "sin": "sin", "cos": "cos", "tan": "tan",
+    "asin": "asin", "acos": "acos", "atan": "atan", "sinh": "sinh", "cosh": "cosh", "tanh": "tanh",
+    "asinh": "asinh", "acosh": "acosh", "atanh": "atanh", "fabs": "fabs", "floor": "floor", "ceil": "ceil",
+    "trunc": "trunc", "erf": "erf", "erfc": "erfc", "lgamma": "lgamma", "tgamma": "tgamma",
+    "atan2": "atan2", "copysign": "copysign", "fdim": "fdim", "fmax": "fmax", "fmin": "fmin",
+    "fmod": "fmod", "hypot": "hypot", "nextafter": "nextafter", "pow": "pow", "remainder": "remainder",
+    "round": "round",
+}
+
+
+def lltype(d: DType):
+    if d == BOOL:
+        return L.IntType(1)
+    if d.is_float:
+        return L.DoubleType() if d.bits == 64 else L.FloatType()  # half/bf16 computed in float
+    return L.IntType(d.bits)
+
+
+def storage_type(d: DType):
+    if d == BOOL:
+        return L.IntType(8)
+    if d.name == "float16":
+        return L.HalfType()
+    return lltype(d)
+
+
+@functools.lru_cache(maxsize=1)
+def _init():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+def _target_machine():
+    """A fresh target machine for the host CPU (an execution engine takes ownership of its own)."""
+    _init()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                        features=llvm.get_host_cpu_features().flatten(), opt=3)
+
+
+class _Gen:
+    def __init__(self, k: Kernel, b: Bound):
+        self.k, self.b = k, b
+        self.mod = L.Module(name=k.name)
+        self.mod.triple = llvm.get_process_triple()
+        self.names = [t.name for t in k.inputs + k.outputs]
+        fnty = L.FunctionType(L.VoidType(), [L.PointerType(L.IntType(8)).as_pointer()])
+        self.fn = L.Function(self.mod, fnty, name="kernel")
+        self.fn.args[0].add_attribute("noalias")
+        self.bld = L.IRBuilder(self.fn.append_basic_block("entry"))
+        self.ptr = {}
+        for i, n in enumerate(self.names):
+            raw = self.bld.load(self.bld.gep(self.fn.args[0], [L.Constant(L.IntType(32), i)]))
+            dt = k.tensor(n).dtype
+            self.ptr[n] = self.bld.bitcast(raw, storage_type(dt).as_pointer(), name=n)
+        self.vars: dict[str, L.Value] = {}
+
+    # ---------------------------------------------------------------- helpers
+    def const(self, v, d: DType):
+        t = lltype(d)
+        if d == BOOL:
+            return L.Constant(t, int(bool(v)))
+        return L.Constant(t, float(v) if d.is_float else int(v))
+
+    def convert(self, v, src: DType, dst: DType):
+        if src == dst or (lltype(src) == lltype(dst) and src.kind == dst.kind and src != BFLOAT16 and dst != BFLOAT16):
+            return self.round_if_bf16(v, dst) if dst != src else v
+        b, ts, td = self.bld, lltype(src), lltype(dst)
+        if dst == BOOL:
+            return b.fcmp_unordered("!=", v, L.Constant(ts, 0.0)) if src.is_float else \
+                b.icmp_unsigned("!=", v, L.Constant(ts, 0))
+        if src.is_float and dst.is_float:
+            out = v if ts == td else (b.fpext(v, td) if src.bits < dst.bits or ts == L.FloatType() and td == L.DoubleType()
+                                      else b.fptrunc(v, td))
+            return self.round_if_bf16(out, dst)
+        if src.is_float:
+            return b.fptosi(v, td) if dst.kind == "i" else b.fptoui(v, td)
+        if dst.is_float:
+            out = b.uitofp(v, td) if src.kind in "ub" else b.sitofp(v, td)
+            return self.round_if_bf16(out, dst)
+        if ts.width == td.width:
+            return v
+        if ts.width > td.width:
+            return b.trunc(v, td)
+        return b.zext(v, td) if src.kind in "ub" else b.sext(v, td)
+
+    def round_if_bf16(self, v, d: DType):
+        if d != BFLOAT16:
+            return v
+        b = self.bld
+        u = b.bitcast(v, L.IntType(32))
+        lsb = b.and_(b.lshr(u, L.Constant(L.IntType(32), 16)), L.Constant(L.IntType(32), 1))
+        r = b.add(b.add(u, L.Constant(L.IntType(32), 0x7FFF)), lsb)
+        r = b.and_(r, L.Constant(L.IntType(32), 0xFFFF0000))
+        rounded = b.bitcast(r, L.FloatType())
+        isnan = b.fcmp_unordered("uno", v, v)
+        return b.select(isnan, v, rounded)
+
+    def libm(self, name: str, d: DType, n: int):
+        fname = _LIBM[name] + ("" if d.bits == 64 else "f")
+        f = self.mod.globals.get(fname)
+        if f is None:
+            t = lltype(d)
+            f = L.Function(self.mod, L.FunctionType(t, [t] * n), name=fname)
+        return f
+
+    def addr(self, name: str, idx: list):
+        shape, mins = self.b.shapes[name], self.b.mins[name]
+        off = L.Constant(I64, 0)
+        for d, (i, m) in enumerate(zip(idx, mins)):
+            i64 = self.bld.sext(i, I64) if i.type.width < 64 else i
+            off = self.bld.add(self.bld.mul(off, L.Constant(I64, shape[d])), self.bld.sub(i64, L.Constant(I64, m)))
+        return self.bld.gep(self.ptr[name], [off])
+
+    def load(self, name: str, idx: list):
+        dt = self.k.tensor(name).dtype
+        v = self.bld.load(self.addr(name, idx))
+        if dt == BOOL:
+            return self.bld.trunc(v, L.IntType(1))
+        if dt.name == "float16":
+            return self.bld.fpext(v, L.FloatType())
+        return v
+
+    def store(self, name: str, idx: list, v):
+        dt = self.k.tensor(name).dtype
+        if dt == BOOL:
+            v = self.bld.zext(v, L.IntType(8))
+        elif dt.name == "float16":
+            v = self.bld.fptrunc(v, L.HalfType())
+        self.bld.store(v, self.addr(name, idx))
+
+    # ---------------------------------------------------------------- expressions
+    def ev(self, e: Expr):
+        b = self.bld
+        if isinstance(e, Const):
+            return self.const(e.value, e.dtype)
+        if isinstance(e, Var):
+            return self.vars[e.name]
+        if isinstance(e, Size):
+            return L.Constant(L.IntType(32), self.b.sizes[e.name])
+        if isinstance(e, Access):
+            idx = [self.convert(self.ev(i), i.dtype, dtypes.INT64) for i in e.indices]
+            return self.load(e.tensor, idx)
+        if isinstance(e, Cast):
+            return self.convert(self.ev(e.x), e.x.dtype, e.to)
+        if isinstance(e, Unary):
+            x = self.ev(e.x)
+            if e.op == "!":
+                return b.not_(x)
+            x = self.convert(x, e.x.dtype, e.dtype)
+            return self.round_if_bf16(b.fneg(x) if e.dtype.is_float else b.neg(x), e.dtype)
+        if isinstance(e, Binary):
+            if e.op in ("&&", "||"):
+                a, c = self.ev(e.a), self.ev(e.b)
+                return b.and_(a, c) if e.op == "&&" else b.or_(a, c)
+            cdt = e.dtype if e.dtype != BOOL else dtypes.promote(e.a.dtype, e.b.dtype)
+            a = self.convert(self.ev(e.a), e.a.dtype, cdt)
+            c = self.convert(self.ev(e.b), e.b.dtype, cdt)
+            if e.op in ("<", ">", "<=", ">=", "==", "!="):
+                if cdt.is_float:
+                    return b.fcmp_ordered(e.op, a, c) if e.op != "!=" else b.fcmp_unordered(e.op, a, c)
+                return (b.icmp_signed if cdt.kind == "i" else b.icmp_unsigned)(e.op, a, c)
+            return self.round_if_bf16(self.arith(e.op, a, c, cdt), e.dtype)
+        if isinstance(e, Select):
+            c = self.ev(e.cond)
+            a = self.convert(self.ev(e.a), e.a.dtype, e.dtype)
+            d = self.convert(self.ev(e.b), e.b.dtype, e.dtype)
+            return b.select(c, a, d)
+        if isinstance(e, Call):
+            args = [self.convert(self.ev(x), x.dtype, e.dtype) for x in e.args]
+            t = lltype(e.dtype)
+            if e.fn == "sigmoid":
+                ex = b.call(self.libm("exp", e.dtype, 1), [b.fneg(args[0])])
+                return self.round_if_bf16(b.fdiv(L.Constant(t, 1.0), b.fadd(L.Constant(t, 1.0), ex)), e.dtype)
+            if e.fn == "relu":
+                return b.select(b.fcmp_ordered(">", args[0], L.Constant(t, 0.0)), args[0], L.Constant(t, 0.0))
+            if e.fn == "rsqrt":
+                return b.fdiv(L.Constant(t, 1.0), b.call(self.libm("sqrt", e.dtype, 1), args))
+            if e.fn == "fma":
+                return b.fadd(b.fmul(args[0], args[1]), args[2])
+            if e.fn not in _LIBM:
+                raise IsamapError(f"built-in '{e.fn}' is not supported by the cpu backend yet", e.span)
+            return self.round_if_bf16(b.call(self.libm(e.fn, e.dtype, len(args)), args), e.dtype)
+        raise IsamapError(f"cannot generate code for {type(e).__name__}", e.span)
+
+    def arith(self, op: str, a, c, d: DType):
+        b = self.bld
+        if d.is_float:
+            if op == "min":
+                return b.select(b.fcmp_ordered("<", a, c), a, c)
+            if op == "max":
+                return b.select(b.fcmp_ordered(">", a, c), a, c)
+            return {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv, "%": b.frem}[op](a, c)
+        signed = d.kind == "i"
+        if op == "min":
+            return b.select((b.icmp_signed if signed else b.icmp_unsigned)("<", a, c), a, c)
+        if op == "max":
+            return b.select((b.icmp_signed if signed else b.icmp_unsigned)(">", a, c), a, c)
+        if op in ("+", "-", "*"):
+            return {"+": b.add, "-": b.sub, "*": b.mul}[op](a, c)
+        zero = L.Constant(a.type, 0)
+        safe = b.select(b.icmp_unsigned("==", c, zero), L.Constant(a.type, 1), c)  # x / 0 -> 0, as numpy
+        if not signed:
+            q = b.udiv(a, safe) if op == "/" else b.urem(a, safe)
+            return b.select(b.icmp_unsigned("==", c, zero), zero, q)
+        q, r = b.sdiv(a, safe), b.srem(a, safe)
+        adjust = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("!=", b.icmp_signed("<", r, zero),
+                                                                        b.icmp_signed("<", safe, zero)))
+        if op == "/":  # floor division
+            out = b.select(adjust, b.sub(q, L.Constant(a.type, 1)), q)
+        else:  # remainder with the divisor's sign
+            out = b.select(adjust, b.add(r, safe), r)
+        return b.select(b.icmp_unsigned("==", c, zero), zero, out)
+
+    # ---------------------------------------------------------------- statements
+    def loop(self, var: str, lo: int, hi: int, body):
+        b = self.bld
+        i32 = L.IntType(32)
+        pre = b.block
+        head = self.fn.append_basic_block(f"{var}.head")
+        blk = self.fn.append_basic_block(f"{var}.body")
+        done = self.fn.append_basic_block(f"{var}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        phi = b.phi(i32, name=var)
+        phi.add_incoming(L.Constant(i32, lo), pre)
+        b.cbranch(b.icmp_signed("<", phi, L.Constant(i32, hi)), blk, done)
+        b.position_at_end(blk)
+        self.vars[var] = phi
+        body()
+        nxt = b.add(phi, L.Constant(i32, 1))
+        phi.add_incoming(nxt, b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def statement(self, si: int):
+        s = self.k.stmts[si]
+        dom = self.b.domain(si)
+        dt = self.k.tensor(s.tensor).dtype
+        if s.init:  # identity over the whole tensor
+            from ir.interp import identity
+            n = prod(self.b.shapes[s.tensor])
+            ident = self.const(identity(s.op, dt), dt)
+
+            def fill():
+                idx = [self.vars["_f"]]
+                self.bld.store(ident if dt != BOOL else self.bld.zext(ident, L.IntType(8)),
+                               self.bld.gep(self.ptr[s.tensor], [self.bld.sext(idx[0], I64)]))
+            self.loop("_f", 0, n, fill)
+        lhs = list(s.indices)
+        red = list(s.reduction_vars)
+
+        def lhs_idx():
+            return [self.bld.sext(self.vars[v], I64) for v in lhs]
+
+        def body():
+            if s.op == "=":
+                v = self.convert(self.ev(s.rhs), s.rhs.dtype, dt)
+                self.store(s.tensor, lhs_idx(), v)
+                return
+            common = dtypes.promote(dt, s.rhs.dtype)
+
+            def inner():
+                cur = self.convert(self.load(s.tensor, lhs_idx()), dt, common)
+                v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
+                op = {"+": "+", "*": "*", "min": "min", "max": "max"}[s.op]
+                self.store(s.tensor, lhs_idx(), self.convert(self.arith(op, cur, v, common), common, dt))
+            nest(red, inner)
+
+        def nest(vs, fn):
+            if not vs:
+                fn()
+                return
+            lo, hi = dom[vs[0]]
+            self.loop(vs[0], lo, hi, lambda: nest(vs[1:], fn))
+
+        nest(lhs, body)
+
+    def finish(self) -> str:
+        self.bld.ret_void()
+        return str(self.mod)
+
+
+class NativeKernel:
+    def __init__(self, k: Kernel, b: Bound, llvm_ir: str):
+        self.k, self.b, self.llvm_ir = k, b, llvm_ir
+        tm = _target_machine()
+        mod = llvm.parse_assembly(llvm_ir)
+        mod.verify()
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pb = llvm.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+        self.optimized = str(mod)
+        self.asm = tm.emit_assembly(mod)
+        self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
+        self.engine.finalize_object()
+        addr = self.engine.get_function_address("kernel")
+        self.cfunc = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))(addr)
+        self._mod = mod
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bufs = []
+        for t in self.k.inputs:
+            a = np.ascontiguousarray(arrays[t.name], dtype=_holding(t.dtype))
+            bufs.append(a)
+        outs = [np.zeros(self.b.shapes[t.name], dtype=_holding(t.dtype)) for t in self.k.outputs]
+        bufs += outs
+        ptrs = (ctypes.c_void_p * len(bufs))(*[x.ctypes.data for x in bufs])
+        self.cfunc(ptrs)
+        res = {}
+        for t, o in zip(self.k.outputs, outs):
+            res[t.name] = o.astype(bool) if t.dtype == BOOL else o
+        return res
+
+
+def _holding(d: DType):
+    if d == BOOL:
+        return np.uint8
+    return d.np
+
+
+def compile_scalar(k: Kernel, b: Bound) -> NativeKernel:
+    g = _Gen(k, b)
+    for si in range(len(k.stmts)):
+        g.statement(si)
+    return NativeKernel(k, b, g.finish())
