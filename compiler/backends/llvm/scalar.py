@@ -75,16 +75,23 @@ class _Gen:
         self.mod = L.Module(name=k.name)
         self.mod.triple = llvm.get_process_triple()
         self.names = [t.name for t in k.inputs + k.outputs]
-        fnty = L.FunctionType(L.VoidType(), [L.PointerType(L.IntType(8)).as_pointer()])
-        self.fn = L.Function(self.mod, fnty, name="kernel")
+        self.vars: dict[str, L.Value] = {}
+        self.functions: list[tuple[str, int, str | None, tuple[int, int]]] = []
+
+    def begin(self, name: str, ranged: bool):
+        """A new function ``void name(i8** buffers[, i32 lo, i32 hi])``."""
+        args = [L.PointerType(L.IntType(8)).as_pointer()] + ([L.IntType(32), L.IntType(32)] if ranged else [])
+        self.fn = L.Function(self.mod, L.FunctionType(L.VoidType(), args), name=name)
         self.fn.args[0].add_attribute("noalias")
         self.bld = L.IRBuilder(self.fn.append_basic_block("entry"))
         self.ptr = {}
         for i, n in enumerate(self.names):
             raw = self.bld.load(self.bld.gep(self.fn.args[0], [L.Constant(L.IntType(32), i)]))
-            dt = k.tensor(n).dtype
+            dt = self.k.tensor(n).dtype
             self.ptr[n] = self.bld.bitcast(raw, storage_type(dt).as_pointer(), name=n)
-        self.vars: dict[str, L.Value] = {}
+
+    def end(self):
+        self.bld.ret_void()
 
     # ---------------------------------------------------------------- helpers
     def const(self, v, d: DType):
@@ -265,21 +272,29 @@ class _Gen:
         b.position_at_end(done)
 
     def statement(self, si: int):
+        """Functions for one statement: ``s{i}_init`` (identity fill, if any) and ``s{i}`` over a
+        range of its outermost index, so threads can split the outermost loop."""
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
         if s.init:  # identity over the whole tensor
             from ir.interp import identity
+            self.begin(f"s{si}_init", False)
             n = prod(self.b.shapes[s.tensor])
             ident = self.const(identity(s.op, dt), dt)
 
             def fill():
-                idx = [self.vars["_f"]]
                 self.bld.store(ident if dt != BOOL else self.bld.zext(ident, L.IntType(8)),
-                               self.bld.gep(self.ptr[s.tensor], [self.bld.sext(idx[0], I64)]))
+                               self.bld.gep(self.ptr[s.tensor], [self.bld.sext(self.vars["_f"], I64)]))
             self.loop("_f", 0, n, fill)
+            self.end()
+            self.functions.append((f"s{si}_init", si, None, (0, 0)))
         lhs = list(s.indices)
         red = list(s.reduction_vars)
+        # row-major output: the last output index innermost (unit stride, vectorisable), reductions
+        # just outside it, the other output indices outermost (split across threads)
+        order = (lhs[:-1] + red + lhs[-1:]) if (red and lhs) else lhs + red
+        outer = order[0] if lhs else None
 
         def lhs_idx():
             return [self.bld.sext(self.vars[v], I64) for v in lhs]
@@ -290,31 +305,75 @@ class _Gen:
                 self.store(s.tensor, lhs_idx(), v)
                 return
             common = dtypes.promote(dt, s.rhs.dtype)
+            cur = self.convert(self.load(s.tensor, lhs_idx()), dt, common)
+            v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
+            op = {"+": "+", "*": "*", "min": "min", "max": "max"}[s.op]
+            self.store(s.tensor, lhs_idx(), self.convert(self.arith(op, cur, v, common), common, dt))
 
-            def inner():
-                cur = self.convert(self.load(s.tensor, lhs_idx()), dt, common)
-                v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
-                op = {"+": "+", "*": "*", "min": "min", "max": "max"}[s.op]
-                self.store(s.tensor, lhs_idx(), self.convert(self.arith(op, cur, v, common), common, dt))
-            nest(red, inner)
-
-        def nest(vs, fn):
+        def nest(vs):
             if not vs:
-                fn()
+                body()
                 return
-            lo, hi = dom[vs[0]]
-            self.loop(vs[0], lo, hi, lambda: nest(vs[1:], fn))
+            v = vs[0]
+            if v == outer:
+                self.loop_range(v, lambda: nest(vs[1:]))
+            else:
+                lo, hi = dom[v]
+                self.loop(v, lo, hi, lambda: nest(vs[1:]))
 
-        nest(lhs, body)
+        self.begin(f"s{si}", True)
+        nest(order)
+        self.end()
+        self.functions.append((f"s{si}", si, outer, dom[outer] if outer else (0, 1)))
+
+    def loop_range(self, var: str, body):
+        """The outermost loop, over [lo, hi) given by the function's arguments."""
+        b = self.bld
+        i32 = L.IntType(32)
+        lo, hi = self.fn.args[1], self.fn.args[2]
+        pre = b.block
+        head = self.fn.append_basic_block(f"{var}.head")
+        blk = self.fn.append_basic_block(f"{var}.body")
+        done = self.fn.append_basic_block(f"{var}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        phi = b.phi(i32, name=var)
+        phi.add_incoming(lo, pre)
+        b.cbranch(b.icmp_signed("<", phi, hi), blk, done)
+        b.position_at_end(blk)
+        self.vars[var] = phi
+        body()
+        phi.add_incoming(b.add(phi, L.Constant(i32, 1)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
 
     def finish(self) -> str:
-        self.bld.ret_void()
         return str(self.mod)
 
 
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    return _POOL
+
+
+PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
+
+
 class NativeKernel:
-    def __init__(self, k: Kernel, b: Bound, llvm_ir: str):
+    """The JIT-compiled statement functions; calls split each statement's outermost loop across
+    threads (ctypes releases the GIL), statements one after another."""
+
+    def __init__(self, k: Kernel, b: Bound, llvm_ir: str, functions, threads: int | None = None):
+        import os
         self.k, self.b, self.llvm_ir = k, b, llvm_ir
+        self.threads = threads or os.cpu_count() or 1
         tm = _target_machine()
         mod = llvm.parse_assembly(llvm_ir)
         mod.verify()
@@ -325,19 +384,39 @@ class NativeKernel:
         self.asm = tm.emit_assembly(mod)
         self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
         self.engine.finalize_object()
-        addr = self.engine.get_function_address("kernel")
-        self.cfunc = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))(addr)
+        P = ctypes.POINTER(ctypes.c_void_p)
+        self.calls = []
+        for name, si, outer, (lo, hi) in functions:
+            addr = self.engine.get_function_address(name)
+            if outer is None and name.endswith("_init"):
+                f = ctypes.CFUNCTYPE(None, P)(addr)
+                self.calls.append((f, None, 0, 0, 0))
+            else:
+                f = ctypes.CFUNCTYPE(None, P, ctypes.c_int32, ctypes.c_int32)(addr)
+                work = prod(h - l for l, h in b.domain(si).values())
+                self.calls.append((f, outer, lo, hi, work))
         self._mod = mod
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         bufs = []
         for t in self.k.inputs:
-            a = np.ascontiguousarray(arrays[t.name], dtype=_holding(t.dtype))
-            bufs.append(a)
+            bufs.append(np.ascontiguousarray(arrays[t.name], dtype=_holding(t.dtype)))
         outs = [np.zeros(self.b.shapes[t.name], dtype=_holding(t.dtype)) for t in self.k.outputs]
         bufs += outs
         ptrs = (ctypes.c_void_p * len(bufs))(*[x.ctypes.data for x in bufs])
-        self.cfunc(ptrs)
+        for f, outer, lo, hi, work in self.calls:
+            if outer is None and work == 0:
+                f(ptrs)
+                continue
+            n = hi - lo
+            parts = min(self.threads, n) if work >= PARALLEL_MIN_WORK else 1
+            if parts <= 1:
+                f(ptrs, lo, hi)
+                continue
+            step = -(-n // parts)
+            futs = [_pool().submit(f, ptrs, a, min(hi, a + step)) for a in range(lo, hi, step)]
+            for fu in futs:
+                fu.result()
         res = {}
         for t, o in zip(self.k.outputs, outs):
             res[t.name] = o.astype(bool) if t.dtype == BOOL else o
@@ -350,8 +429,8 @@ def _holding(d: DType):
     return d.np
 
 
-def compile_scalar(k: Kernel, b: Bound) -> NativeKernel:
+def compile_scalar(k: Kernel, b: Bound, threads: int | None = None) -> NativeKernel:
     g = _Gen(k, b)
     for si in range(len(k.stmts)):
         g.statement(si)
-    return NativeKernel(k, b, g.finish())
+    return NativeKernel(k, b, g.finish(), g.functions, threads)
