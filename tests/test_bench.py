@@ -31,9 +31,17 @@ def test_bench_json_rows_carry_ratios(monkeypatch, capsys, tmp_path):
 
 
 def test_bench_reports_unsupported_backends_clearly(capsys):
-    assert cli.main(["bench", "gemm", "--target", "cpu"]) == 1
+    assert cli.main(["bench", "gemm", "--target", "cuda"]) == 1
     assert "not available yet" in capsys.readouterr().err
     assert cli.main(["bench", "gru", "--target", "cuda"]) == 1
+
+
+def test_bench_gemm_on_cpu_against_numpy(monkeypatch, capsys):
+    monkeypatch.setattr(bg, "QUICK", [("training", 64, 16, 48, False, False), ("training", 33, 8, 17, True, False)])
+    assert cli.main(["bench", "gemm", "--target", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for row in r["results"]:
+        assert row["ratio"] > 0 and row["extra"]["numpy_seconds"] > 0 and row["extra"]["max_abs_error"] < 1e-3
 
 
 def test_bench_gru_json(monkeypatch, capsys):

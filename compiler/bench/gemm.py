@@ -115,14 +115,61 @@ def _cycles(ck, budget: int) -> tuple[float, bool, dict]:
     return float(cycles), False, {"instructions": len(sim.insts)}
 
 
+def _median_seconds(fn, repeats: int) -> tuple[float, float, float]:
+    fn()  # warm-up, excluded
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), max(times)
+
+
+def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
+    """Host targets: our JIT-compiled code against numpy (OpenBLAS) in the same run, float32."""
+    import os
+
+    import compiler
+    rows = []
+    t0 = time.time()
+    for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
+        row = Row(st, m, n, k, a_t, b_t, precision="float32")
+        ck = compiler.build(gemm_source("float", "float", a_t, b_t), target=t.path, sizes=dict(M=m, N=n, K=k))
+        rng = np.random.default_rng(i)
+        A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(np.float32)
+        B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(np.float32)
+        arrays = {"A": A, "B": B}
+        ours, omin, omax = _median_seconds(lambda: ck.native(arrays), repeats)
+        At, Bt = (A.T if a_t else A), (B.T if b_t else B)
+        base, bmin, bmax = _median_seconds(lambda: At @ Bt, repeats)
+        ref = At @ Bt
+        err = float(np.abs(ck.native(arrays)["C"] - ref).max())
+        row.cycles, row.baseline_cycles = ours, base  # seconds on host targets
+        row.ratio = base / ours
+        row.utilization = row.flops / ours / 1e9  # GFLOP/s
+        row.extra.update(seconds=ours, min=omin, max=omax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
+                         gflops=row.flops / ours / 1e9, numpy_gflops=row.flops / base / 1e9, max_abs_error=err,
+                         threads=os.cpu_count(), code=ck.report.get("code"))
+        row.scheduler = "llvm"
+        rows.append(row)
+        if progress:
+            bar = "#" * int(20 * (i + 1) / len(problems))
+            print(f"\rbench gemm on {t.name}: [{bar:<20}] {i + 1}/{len(problems)} ({time.time() - t0:.0f}s)",
+                  end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return rows
+
+
 def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
-                   budget: int = 400_000, progress: bool = True) -> list[Row]:
+                   budget: int = 400_000, progress: bool = True, repeats: int = 5) -> list[Row]:
     import hw_models
     t = hw_models.load(target)
+    if t.prop("backend", "sim") == "llvm":
+        return run_host_gemm(t, gemm_suite(suite, sets), repeats, progress)
     if t.prop("backend", "sim") != "sim":
-        raise IsamapError(f"benchmarking the {t.prop('backend')} backend is not available yet (the cpu "
-                          f"backend generates scalar loops so far; the cuda backend is not built); use a "
-                          f"simulated target")
+        raise IsamapError(f"benchmarking the {t.prop('backend')} backend is not available yet (the cuda "
+                          f"backend is not built); use cpu or a simulated target")
     rows = []
     problems = gemm_suite(suite, sets)
     t0 = time.time()
@@ -173,7 +220,26 @@ def geomean(xs) -> float | None:
     return float(np.exp(np.mean(np.log(xs)))) if xs else None
 
 
+def host_table(rows: list[Row], target: str) -> str:
+    lines = [f"# DeepBench GEMM on {target} (float32): median seconds over repeats, warm-up excluded; baseline = "
+             f"numpy (OpenBLAS) in the same run; ratio = numpy time / ours; GFLOP/s with FLOPs = 2*M*N*K",
+             f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'ours ms':>9} {'numpy ms':>9} "
+             f"{'ratio':>6} {'GFLOP/s':>8} {'numpy':>8}"]
+    for r in rows:
+        x = r.extra
+        lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} {'T' if r.b_t else 'N':>2} "
+                     f"{1e3 * x['seconds']:>9.2f} {1e3 * x['numpy_seconds']:>9.2f} {r.ratio:>6.2f} "
+                     f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f}")
+    g = geomean([r.ratio for r in rows if not r.error])
+    if g:
+        lines.append(f"geometric-mean ratio vs numpy: {g:.2f}  (threads: {rows[0].extra.get('threads')}; "
+                     f"code: {rows[0].extra.get('code')})")
+    return "\n".join(lines) + "\n"
+
+
 def table(rows: list[Row], target: str) -> str:
+    if rows and rows[0].scheduler == "llvm":
+        return host_table(rows, target)
     head = (f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'precision':<15} "
             f"{'cycles':>10} {'vendor':>10} {'ratio':>6} {'%roof':>6}")
     lines = [f"# DeepBench GEMM on {target}: simulated cycles (timing model), vendor schedule simulated in the "
