@@ -82,7 +82,7 @@ class CompiledKernel:
             t0 = time.perf_counter()
             out = self.native(arrays)
             self.report["seconds"] = sec = time.perf_counter() - t0
-            flops = 2 * macs(self.kernel, self.bound)
+            flops = 2 * self.bound.macs()
             if flops:
                 self.report["gflops"] = flops / sec / 1e9 if sec > 0 else None
             return out
@@ -142,18 +142,6 @@ class CompiledKernel:
         available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else []) + \
             (["mappings", "llvm", "asm"] if self.native is not None else [])
         raise IsamapError(f"'{kind}' is not available for target '{self.target}' (available: {', '.join(available)})")
-
-
-def macs(k: Kernel, b: Bound) -> int:
-    """Multiply-accumulates of the kernel's +-reductions of products (for GFLOP/s)."""
-    from math import prod
-
-    from ir.expr import Binary, walk
-    total = 0
-    for si, s in enumerate(k.stmts):
-        if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
-            total += prod(hi - lo for lo, hi in b.domain(si).values())
-    return total
 
 
 def emit_ir(k: Kernel, b: Bound | None = None) -> str:
@@ -222,7 +210,7 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     if persist:
         from schedulers.space import make_resident
         for name in persist:
-            if not k.is_input(name) if name in [x.name for x in k.inputs + k.outputs] else True:
+            if name not in {x.name for x in k.inputs}:
                 raise IsamapError(f"'{name}' is not an input of kernel '{k.name}'")
         sched, resident = make_resident(t, cands, sched, persist)
     program = lower(k, b, t, sched, cands, resident)

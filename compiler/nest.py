@@ -105,9 +105,6 @@ class Nest:
     def executions(self) -> int:
         return prod(a.blocks for a in self.axes)
 
-    @property
-    def macs(self) -> int:
-        return prod(a.total for a in self.axes) if self.instr.macs else 0
 
     @property
     def reduction_axes(self) -> list[Axis]:

@@ -25,6 +25,17 @@ class Bound:
     def domain(self, i: int) -> dict[str, tuple[int, int]]:
         return self.domains[i]
 
+    def macs(self) -> int:
+        """Multiply-accumulates of the kernel's +-reductions of products (FLOPs = 2 x this)."""
+        from math import prod
+
+        from .expr import Binary
+        total = 0
+        for si, s in enumerate(self.kernel.stmts):
+            if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
+                total += prod(hi - lo for lo, hi in self.domains[si].values())
+        return total
+
 
 def bind(k: Kernel, sizes: dict[str, int], spans: dict[str, Span] | None = None,
          where: Span | None = None) -> Bound:

@@ -19,11 +19,6 @@ from compiler.routes import multicast_variant, route_in, route_load_output, rout
 from .base import NestSchedule
 
 
-def per_core_blocks(nest: Nest, ns: NestSchedule, axis: str, cores: int = 0) -> int:
-    """Blocks of ``axis`` on the busiest core: a split axis is cut into contiguous chunks."""
-    return ceil(nest.axis(axis).blocks / ns.parts(axis))
-
-
 def block_bytes(target: Target, o, c) -> int:
     """Bytes one copy moves for one block: counted at the main-memory side when it touches it."""
     elems = prod(o.op.shape) if o.op.shape else 1

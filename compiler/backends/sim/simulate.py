@@ -622,11 +622,7 @@ def simulate(target: Target, program: Program, kernel, bound, inputs: dict[str, 
     with np.errstate(all="ignore"):
         sim.run()
     cycles, busy, events = sim.timing(trace)
-    macs = 0
-    for si, s in enumerate(kernel.stmts):
-        from ir.expr import walk
-        if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
-            macs += prod(hi - lo for lo, hi in bound.domain(si).values())
+    macs = bound.macs()
     peak = target.peak_macs_per_cycle()
     mem = target.memory(target.main)
     compulsory = sum(a.size * kernel.tensor(n).dtype.itemsize for n, a in inputs.items())
