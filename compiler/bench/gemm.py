@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ir.errors import IsamapError
+
+from .progress import Progress
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -131,7 +132,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
 
     import compiler
     rows = []
-    t0 = time.time()
+    bar = Progress(f"bench gemm on {t.name}", len(problems), progress)
     for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
         row = Row(st, m, n, k, a_t, b_t, precision="float32")
         ck = compiler.build(gemm_source("float", "float", a_t, b_t), target=t.path, sizes=dict(M=m, N=n, K=k))
@@ -152,12 +153,8 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
                          threads=os.cpu_count(), code=ck.report.get("code"))
         row.scheduler = "llvm"
         rows.append(row)
-        if progress:
-            bar = "#" * int(20 * (i + 1) / len(problems))
-            print(f"\rbench gemm on {t.name}: [{bar:<20}] {i + 1}/{len(problems)} ({time.time() - t0:.0f}s)",
-                  end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        bar.step()
+    bar.close()
     return rows
 
 
@@ -172,7 +169,7 @@ def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str 
                           f"backend is not built); use cpu or a simulated target")
     rows = []
     problems = gemm_suite(suite, sets)
-    t0 = time.time()
+    bar = Progress(f"bench gemm on {t.name}", len(problems), progress)
     for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
         row = Row(st, m, n, k, a_t, b_t)
         sizes = dict(M=m, N=n, K=k)
@@ -206,12 +203,8 @@ def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str 
         else:
             row.error = last_err or "no precision maps on this target"
         rows.append(row)
-        if progress:
-            bar = "#" * int(20 * (i + 1) / len(problems))
-            print(f"\rbench gemm on {t.name}: [{bar:<20}] {i + 1}/{len(problems)} ({time.time() - t0:.0f}s)",
-                  end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        bar.step()
+    bar.close()
     return rows
 
 

@@ -11,8 +11,6 @@ workbooks: 6*T*N*H^2 (training), + T*N*H for inference.
 from __future__ import annotations
 
 import csv
-import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from ir.errors import IsamapError
 
 from .gemm import DATA, _cycles
+from .progress import Progress
 
 SIMULATED_STEPS = 3
 QUICK = [("training", 512, 32, 1), ("inference_server", 512, 4, 1), ("inference_server", 1024, 1, 1500)]
@@ -94,7 +93,7 @@ def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str |
                           f"(its code generator is not built); use a simulated target")
     rows = []
     problems = gru_suite(suite, sets)
-    t0 = time.time()
+    bar = Progress(f"bench gru on {t.name}", len(problems), progress)
     for i, (st, H, N, T) in enumerate(problems):
         row = GruRow(st, H, N, T)
         row.flops = 6.0 * T * N * H * H + (T * N * H if st.startswith("inference") else 0)
@@ -114,12 +113,8 @@ def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str |
         except IsamapError as e:
             row.error = e.message + ("; " + "; ".join(e.notes) if e.notes else "")
         rows.append(row)
-        if progress:
-            bar = "#" * int(20 * (i + 1) / len(problems))
-            print(f"\rbench gru on {t.name}: [{bar:<20}] {i + 1}/{len(problems)} ({time.time() - t0:.0f}s)",
-                  end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        bar.step()
+    bar.close()
     return rows
 
 
