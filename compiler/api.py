@@ -38,6 +38,7 @@ class CompiledKernel:
     last: object = None  # the last simulation result
     resident: tuple = ()  # inputs kept on chip across runs of a session
     native: object = None  # host code (llvm backend)
+    gpu: object = None  # CUDA code (cuda backend)
 
     @property
     def sizes(self) -> dict[str, int] | None:
@@ -77,6 +78,14 @@ class CompiledKernel:
         """Every output by name."""
         inputs = self._inputs(args, kwargs)
         t0 = time.perf_counter()
+        if self.gpu is not None:
+            _, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
+            out, sec = self.gpu(arrays)
+            self.report["seconds"] = sec
+            flops = 2 * self.bound.macs()
+            if flops and sec > 0:
+                self.report["gflops"] = flops / sec / 1e9
+            return out
         if self.native is not None:
             _, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
             t0 = time.perf_counter()
@@ -114,6 +123,8 @@ class CompiledKernel:
             return emit_ir(self.kernel, self.bound)
         if self.bound is None:
             raise IsamapError("pass sizes= to build() to get generated code")
+        if self.gpu is not None and kind == "cuda":
+            return self.gpu.src
         if self.native is not None and kind in ("llvm", "asm"):
             return self.native.optimized if kind == "llvm" else self.native.asm
         if self.native is not None and kind == "mappings":
@@ -140,7 +151,8 @@ class CompiledKernel:
                      for b in self.program.buffers]
             return "\n".join(head + sim.format_listing()) + "\n"
         available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else []) + \
-            (["mappings", "llvm", "asm"] if self.native is not None else [])
+            (["mappings", "llvm", "asm"] if self.native is not None else []) + \
+            (["cuda"] if self.gpu is not None else [])
         raise IsamapError(f"'{kind}' is not available for target '{self.target}' (available: {', '.join(available)})")
 
 
@@ -186,6 +198,14 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
                "compile_seconds": time.perf_counter() - t0}
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.native = native
+        return ck
+    if backend == "cuda":
+        from .backends.cuda import cuda_source
+        from .backends.cuda.runtime import CudaKernel
+        src = cuda_source(k, b)
+        rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "code": "one thread per output element"}
+        ck = CompiledKernel(k, t.name, b, rep, t)
+        ck.gpu = CudaKernel(k, b, src)
         return ck
     if backend != "sim":
         raise IsamapError(f"target '{t.name}' uses the {backend} backend, which is not built yet; "

@@ -72,7 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
     p.add_argument("--db", help="reuse the best schedule recorded in this tuning database")
-    p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm, llvm")
+    p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm, llvm, "
+                                                "cuda")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(fn=cmd_compile)
 
@@ -316,7 +317,7 @@ def cmd_run(a) -> int:
     seconds = time.perf_counter() - t0
     result = {"kernel": ck.kernel.name, "target": ck.target, "sizes": ck.sizes}
     if ck.program is None:
-        result["seconds"] = ck.report.get("seconds", seconds) if ck.native is not None else seconds
+        result["seconds"] = ck.report.get("seconds", seconds) if (ck.native or ck.gpu) is not None else seconds
     result.update({k: v for k, v in ck.report.items() if k not in result and k != "seconds"})
     if a.check:
         ref = ir.interp.run(ck.kernel, inputs, ck.sizes)

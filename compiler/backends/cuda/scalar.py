@@ -1,0 +1,242 @@
+"""CUDA C for the cuda target's fallback path: one thread per output element.
+
+Each statement becomes a kernel whose threads cover its output indices; a thread
+runs the statement's reduction loops itself, starting from the element's current
+value (after the identity fill of a ``!`` statement), so the result is the
+reference semantics.  A host entry point ``isamap_run`` allocates device buffers,
+copies inputs, launches the statements in order, times them with CUDA events and
+copies the outputs back.  Shared-memory tiling and tensor-core ``mma.sync`` from
+the cuda target's mappings are the next step.
+"""
+from __future__ import annotations
+
+from math import prod
+
+from ir import dtypes
+from ir.bind import Bound
+from ir.dtypes import BFLOAT16, BOOL, DType
+from ir.errors import IsamapError
+from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var
+from ir.kernel import Kernel
+
+_CT = {"bool": "bool", "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t",
+       "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t", "float16": "float",
+       "bfloat16": "float", "float32": "float", "float64": "double"}
+
+_MATH1 = set("acos acosh asin asinh atan atanh cbrt ceil cos cosh cospi erf erfc erfcinv erfcx erfinv exp exp10 "
+             "exp2 expm1 fabs floor j0 j1 lgamma log log10 log1p log2 logb normcdf normcdfinv rcbrt round rsqrt "
+             "sin sinh sinpi sqrt tan tanh tgamma trunc y0 y1 cyl_bessel_i0 cyl_bessel_i1".split())
+_MATH2 = set("atan2 copysign fdim fdivide fmax fmin fmod hypot nextafter pow remainder rhypot".split())
+
+PRELUDE = r"""#include <stdint.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+__device__ __forceinline__ float isamap_bf16(float x) {
+    if (isnan(x)) return x;
+    uint32_t u = __float_as_uint(x);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    return __uint_as_float(u);
+}
+template <typename T> __device__ __forceinline__ T isamap_div(T a, T b) {
+    if (b == 0) return 0;
+    T q = a / b, r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? q - 1 : q;
+}
+template <typename T> __device__ __forceinline__ T isamap_mod(T a, T b) {
+    if (b == 0) return 0;
+    T r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+"""
+
+
+def ctype(d: DType) -> str:
+    return _CT[d.name]
+
+
+class _Gen:
+    def __init__(self, k: Kernel, b: Bound, prefix: str):
+        self.k, self.b, self.prefix = k, b, prefix
+        self.names = [t.name for t in k.inputs + k.outputs]
+
+    def param(self, name: str) -> str:
+        d = self.k.tensor(name).dtype
+        st = "__half" if d.name == "float16" else ("uint8_t" if d == BOOL else ctype(d))
+        const = "const " if self.k.is_input(name) else ""
+        return f"{const}{st}* __restrict__ t_{name}"
+
+    def addr(self, name: str, idx: list[str]) -> str:
+        shape, mins = self.b.shapes[name], self.b.mins[name]
+        off = "0"
+        for d, (i, m) in enumerate(zip(idx, mins)):
+            off = f"(({off}) * {shape[d]}LL + ((long long)({i}) - ({m}LL)))"
+        return f"t_{name}[{off}]"
+
+    def read(self, name: str, idx: list[str]) -> str:
+        d = self.k.tensor(name).dtype
+        a = self.addr(name, idx)
+        if d.name == "float16":
+            return f"__half2float({a})"
+        if d == BOOL:
+            return f"(bool)({a})"
+        return a
+
+    def write(self, name: str, idx: list[str], v: str) -> str:
+        d = self.k.tensor(name).dtype
+        a = self.addr(name, idx)
+        if d.name == "float16":
+            return f"{a} = __float2half({v});"
+        if d == BOOL:
+            return f"{a} = (uint8_t)({v});"
+        return f"{a} = {v};"
+
+    def conv(self, v: str, src: DType, dst: DType) -> str:
+        if src == dst:
+            return v
+        out = f"(({ctype(dst)})({v}))"
+        return f"isamap_bf16({out})" if dst == BFLOAT16 else out
+
+    def ev(self, e: Expr) -> str:
+        if isinstance(e, Const):
+            if e.dtype.is_float:
+                return repr(float(e.value)) + ("" if e.dtype.bits == 64 else "f")
+            return f"(({ctype(e.dtype)}){int(e.value)})"
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, Size):
+            return f"((int32_t){self.b.sizes[e.name]})"
+        if isinstance(e, Access):
+            return self.read(e.tensor, [self.conv(self.ev(i), i.dtype, dtypes.INT64) for i in e.indices])
+        if isinstance(e, Cast):
+            return self.conv(self.ev(e.x), e.x.dtype, e.to)
+        if isinstance(e, Unary):
+            x = self.ev(e.x)
+            if e.op == "!":
+                return f"(!{x})"
+            out = f"(-{self.conv(x, e.x.dtype, e.dtype)})"
+            return f"isamap_bf16{out}" if e.dtype == BFLOAT16 else out
+        if isinstance(e, Binary):
+            if e.op in ("&&", "||"):
+                return f"({self.ev(e.a)} {e.op} {self.ev(e.b)})"
+            cdt = e.dtype if e.dtype != BOOL else dtypes.promote(e.a.dtype, e.b.dtype)
+            a, c = self.conv(self.ev(e.a), e.a.dtype, cdt), self.conv(self.ev(e.b), e.b.dtype, cdt)
+            if e.op in ("<", ">", "<=", ">=", "==", "!="):
+                return f"({a} {e.op} {c})"
+            if e.op in ("min", "max"):
+                cmp = "<" if e.op == "min" else ">"
+                out = f"(({a}) {cmp} ({c}) ? ({a}) : ({c}))"
+            elif e.op == "/" and cdt.is_int:
+                out = f"isamap_div<{ctype(cdt)}>({a}, {c})"
+            elif e.op == "%":
+                out = f"isamap_mod<{ctype(cdt)}>({a}, {c})" if cdt.is_int else f"fmod({a}, {c})"
+            else:
+                out = f"({a} {e.op} {c})"
+            return f"isamap_bf16({out})" if e.dtype == BFLOAT16 else out
+        if isinstance(e, Select):
+            return (f"({self.ev(e.cond)} ? {self.conv(self.ev(e.a), e.a.dtype, e.dtype)} : "
+                    f"{self.conv(self.ev(e.b), e.b.dtype, e.dtype)})")
+        if isinstance(e, Call):
+            args = [self.conv(self.ev(x), x.dtype, e.dtype) for x in e.args]
+            f = "" if e.dtype.bits == 64 else "f"
+            if e.fn == "sigmoid":
+                out = f"(1{'.0' if f == '' else '.0f'} / (1{'.0' if f == '' else '.0f'} + exp{f}(-{args[0]})))"
+            elif e.fn == "relu":
+                out = f"fmax{f}({args[0]}, 0)"
+            elif e.fn in ("fma", "norm3d", "rnorm3d", "norm4d", "rnorm4d"):
+                out = f"{e.fn}{f}({', '.join(args)})"
+            elif e.fn in _MATH1 or e.fn in _MATH2:
+                name = {"fdivide": "fdivide"}.get(e.fn, e.fn)
+                out = f"{name}{f}({', '.join(args)})"
+            else:
+                raise IsamapError(f"built-in '{e.fn}' is not supported by the cuda backend yet", e.span)
+            return f"isamap_bf16({out})" if e.dtype == BFLOAT16 else out
+        raise IsamapError(f"cannot generate CUDA for {type(e).__name__}", e.span)
+
+    def statement(self, si: int) -> tuple[str, list[str]]:
+        """The kernels of statement ``si`` and their launch lines."""
+        s = self.k.stmts[si]
+        dom = self.b.domain(si)
+        dt = self.k.tensor(s.tensor).dtype
+        params = ", ".join(self.param(n) for n in self.names)
+        args = ", ".join(f"({self.param(n).split('*')[0].strip()}*)d[{i}]" for i, n in enumerate(self.names))
+        src, launch = [], []
+        if s.init:
+            from ir.interp import identity
+            n = prod(self.b.shapes[s.tensor])
+            ident = identity(s.op, dt)
+            lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
+                   repr(float(ident)) if dt.is_float else str(int(ident)))
+            st = "__half" if dt.name == "float16" else ("uint8_t" if dt == BOOL else ctype(dt))
+            val = f"__float2half({lit})" if dt.name == "float16" else f"({st})({lit})"
+            src.append(f"__global__ void {self.prefix}s{si}_init({params}) {{\n"
+                       f"    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+                       f"    if (t < {n}LL) t_{s.tensor}[t] = {val};\n}}\n")
+            launch.append(f"    {self.prefix}s{si}_init<<<{-(-n // 256)}, 256>>>({args});")
+        lhs, red = list(s.indices), list(s.reduction_vars)
+        exts = [dom[v][1] - dom[v][0] for v in lhs]
+        total = prod(exts)
+        body = [f"    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+                f"    if (t >= {total}LL) return;"]
+        for v, e in reversed(list(zip(lhs, exts))):
+            body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
+        if s.op == "=":
+            body.append("    " + self.write(s.tensor, lhs, self.conv(self.ev(s.rhs), s.rhs.dtype, dt)))
+        else:
+            common = dtypes.promote(dt, s.rhs.dtype)
+            ct = ctype(common)
+            body.append(f"    {ct} acc = {self.conv(self.read(s.tensor, lhs), dt, common)};")
+            ind = "    "
+            for v in red:
+                lo, hi = dom[v]
+                body.append(f"{ind}for (int {v} = {lo}; {v} < {hi}; ++{v}) {{")
+                ind += "    "
+            val = self.conv(self.ev(s.rhs), s.rhs.dtype, common)
+            upd = {"+": f"acc + {val}", "*": f"acc * {val}", "min": f"(({val}) < acc ? ({val}) : acc)",
+                   "max": f"(({val}) > acc ? ({val}) : acc)"}[s.op]
+            body.append(f"{ind}acc = {'isamap_bf16(' + upd + ')' if common == BFLOAT16 else upd};")
+            for _ in red:
+                ind = ind[:-4]
+                body.append(f"{ind}}}")
+            body.append("    " + self.write(s.tensor, lhs, self.conv("acc", common, dt)))
+        src.append(f"__global__ void {self.prefix}s{si}({params}) {{\n" + "\n".join(body) + "\n}\n")
+        launch.append(f"    {self.prefix}s{si}<<<{max(1, -(-total // 256))}, 256>>>({args});")
+        return "".join(src), launch
+
+
+def cuda_source(k: Kernel, b: Bound, prefix: str = "", prelude: bool = True) -> str:
+    """CUDA C for the kernel, with ``extern "C"`` entry points ``<prefix>isamap_launch`` (device
+    buffers) and ``<prefix>isamap_run`` (host buffers: copies, launches, times, copies back)."""
+    g = _Gen(k, b, prefix)
+    parts, launches = [], []
+    for si in range(len(k.stmts)):
+        src, ln = g.statement(si)
+        parts.append(src)
+        launches += ln
+    n_in, n_all = len(k.inputs), len(g.names)
+    host = f"""
+extern "C" int {prefix}isamap_launch(void** d) {{
+{chr(10).join(launches)}
+    return (int)cudaGetLastError();
+}}
+
+extern "C" int {prefix}isamap_run(void** h, const long long* bytes, float* ms) {{
+    void* d[{n_all}];
+    for (int i = 0; i < {n_all}; ++i) {{
+        if (cudaMalloc(&d[i], bytes[i] ? bytes[i] : 1) != cudaSuccess) return 1;
+        if (i < {n_in}) cudaMemcpy(d[i], h[i], bytes[i], cudaMemcpyHostToDevice);
+        else cudaMemset(d[i], 0, bytes[i]);
+    }}
+    cudaEvent_t a, z;
+    cudaEventCreate(&a); cudaEventCreate(&z);
+    cudaEventRecord(a);
+    int err = {prefix}isamap_launch(d);
+    cudaEventRecord(z);
+    cudaEventSynchronize(z);
+    cudaEventElapsedTime(ms, a, z);
+    for (int i = {n_in}; i < {n_all}; ++i) cudaMemcpy(h[i], d[i], bytes[i], cudaMemcpyDeviceToHost);
+    for (int i = 0; i < {n_all}; ++i) cudaFree(d[i]);
+    return err ? err : (int)cudaGetLastError();
+}}
+"""
+    head = f"// {k.name}: generated by isamap (one thread per output element)\n"
+    return head + (PRELUDE if prelude else "") + "\n".join(parts) + host
