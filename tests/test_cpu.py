@@ -76,3 +76,17 @@ def test_corpus_on_cpu(corpus):
         ck = compiler.build(k, target="cpu", sizes=b.sizes)
         ok, err, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, b.sizes))
         assert ok, (path.name, per)
+
+
+def test_object_cache_reuses_compiled_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    a = np.random.default_rng(0).uniform(size=(40, 30)).astype(np.float32)
+    b = np.random.default_rng(1).uniform(size=(30, 20)).astype(np.float32)
+    first = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30))
+    second = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30))
+    assert not first.native.cached and second.native.cached
+    np.testing.assert_allclose(second(a, b), a @ b, rtol=1e-5)
+    assert "define void @s0(" in second.source("llvm")  # regenerated on demand
+    assert len(list((tmp_path / "llvm").glob("*.o"))) == 1
+    monkeypatch.setenv("ISAMAP_CACHE", "off")
+    assert not compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30)).native.cached

@@ -359,15 +359,21 @@ class NativeKernel:
         import os
         self.k, self.b, self.llvm_ir = k, b, llvm_ir
         self.threads = threads or os.cpu_count() or 1
-        tm = _target_machine()
-        mod = llvm.parse_assembly(llvm_ir)
-        mod.verify()
-        pto = llvm.create_pipeline_tuning_options(speed_level=3)
-        pb = llvm.create_pass_builder(tm, pto)
-        pb.getModulePassManager().run(mod, pb)
-        self.optimized = str(mod)
-        self.asm = tm.emit_assembly(mod)
-        self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
+        self._optimized = None
+        path = _cache_path(llvm_ir)
+        if path is not None and path.exists():  # object code from an earlier build
+            self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(path.read_bytes()))
+            self.cached = True
+        else:
+            mod = self._optimize()
+            if path is not None:
+                obj = _target_machine().emit_object(mod)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(obj)
+                os.replace(tmp, path)  # atomic: readers never see a partial object
+            self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
+            self.cached = False
         self.engine.finalize_object()
         P = ctypes.POINTER(ctypes.c_void_p)
         self.calls = []
@@ -380,7 +386,23 @@ class NativeKernel:
                 f = ctypes.CFUNCTYPE(None, P, ctypes.c_int32, ctypes.c_int32)(addr)
                 work = prod(h - l for l, h in b.domain(si).values())
                 self.calls.append((f, outer, lo, hi, work))
-        self._mod = mod
+    def _optimize(self):
+        mod = llvm.parse_assembly(self.llvm_ir)
+        mod.verify()
+        tm = _target_machine()
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pb = llvm.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+        self._optimized = mod
+        return mod
+
+    @property
+    def optimized(self) -> str:
+        return str(self._optimized or self._optimize())
+
+    @property
+    def asm(self) -> str:
+        return _target_machine().emit_assembly(self._optimized or self._optimize())
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         bufs = []
@@ -406,6 +428,25 @@ class NativeKernel:
         for t, o in zip(self.k.outputs, outs):
             res[t.name] = o.astype(bool) if t.dtype == BOOL else o
         return res
+
+
+def _cache_path(llvm_ir: str):
+    """Where the object code of this module lives on disk: keyed by the IR, the host CPU and
+    its features, and the llvmlite version.  ``ISAMAP_CACHE=off`` disables the cache."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import llvmlite
+    root = os.environ.get("ISAMAP_CACHE", str(Path.home() / ".cache" / "isamap"))
+    if root == "off":
+        return None
+    _init()
+    key = hashlib.sha256("\0".join([llvm_ir, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
+                                     llvmlite.__version__]).encode()).hexdigest()[:32]
+    d = Path(root) / "llvm"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{key}.o"
 
 
 def _holding(d: DType):
