@@ -53,3 +53,10 @@ def test_bench_gru_json(monkeypatch, capsys):
     assert [x["correct"] for x in rows] == [True, True]
     assert all(x["ratio"] > 0 for x in rows) and rows[1]["extrapolated"] is True
     assert rows[0]["flops"] == 6 * 2 * 4 * 64 * 64
+
+
+def test_bench_rejects_unknown_sets_for_every_kernel(capsys):
+    for kernel in ("gemm", "gru"):
+        assert cli.main(["bench", kernel, "--target", "sim-nnp", "--sets", "trainig"]) == 1
+        err = capsys.readouterr().err
+        assert "unknown set 'trainig'" in err and "Traceback" not in err

@@ -19,7 +19,7 @@ import numpy as np
 
 from ir.errors import IsamapError
 
-from .progress import Progress
+from .progress import Progress, select_sets
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -60,13 +60,7 @@ def gemm_suite(suite: str, sets: list[str] | None) -> list[tuple]:
                              r["b_transposed"] == "true"))
     else:
         raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
-    if sets:
-        known = {r[0] for r in rows} | {"training", "inference_server", "inference_device"}
-        for s in sets:
-            if s not in known:
-                raise IsamapError(f"unknown set '{s}' (training, inference_server, inference_device)")
-        rows = [r for r in rows if r[0] in sets]
-    return rows
+    return select_sets(rows, sets)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 from ir.errors import IsamapError
 
 from .gemm import DATA, _cycles
-from .progress import Progress
+from .progress import Progress, select_sets
 
 SIMULATED_STEPS = 3
 QUICK = [("training", 512, 32, 1), ("inference_server", 512, 4, 1), ("inference_server", 1024, 1, 1500)]
@@ -33,9 +33,7 @@ def gru_suite(suite: str, sets) -> list[tuple]:
                     for r in csv.DictReader(f) if r["cell"] == "gru"]
     else:
         raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
-    if sets:
-        rows = [r for r in rows if r[0] in sets]
-    return rows
+    return select_sets(rows, sets)
 
 
 @dataclass

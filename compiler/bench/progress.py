@@ -1,8 +1,22 @@
-"""Progress display for long benchmark runs (stderr, one line rewritten in place)."""
+"""Shared harness plumbing: DeepBench set selection and a progress display for long runs."""
 from __future__ import annotations
 
 import sys
 import time
+
+from ir.errors import IsamapError
+
+SETS = ("training", "inference_server", "inference_device")
+
+
+def select_sets(rows: list[tuple], sets) -> list[tuple]:
+    """Keep the rows (whose first field is the DeepBench set) in ``sets``; a typo is an error, not an empty run."""
+    if not sets:
+        return list(rows)
+    for s in sets:
+        if s not in SETS:
+            raise IsamapError(f"unknown set '{s}' ({', '.join(SETS)})")
+    return [r for r in rows if r[0] in sets]
 
 
 class Progress:
