@@ -11,13 +11,7 @@ from compiler import cli
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
 
-
-def sizes_for(k, base):
-    s = {n: base for n in k.sizes}
-    for n in ("R", "S"):
-        if n in s:
-            s[n] = min(3, base)
-    return s
+from helpers import sizes_for
 
 
 @pytest.mark.parametrize("base", [8, 7, 1])

@@ -15,15 +15,9 @@ from compiler.backends.cuda.scalar import PRELUDE
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
 
+from helpers import sizes_for
+
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-
-
-def sizes_for(k, base):
-    s = {n: base for n in k.sizes}
-    for n in ("R", "S"):
-        if n in s:
-            s[n] = min(3, base)
-    return s
 
 
 @needs_nvcc
