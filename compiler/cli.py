@@ -260,6 +260,9 @@ def cmd_bench(a) -> int:
         rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
         convention = "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K"
         text = table(rows, a.target)
+    if rows and rows[0].extra.get("numpy_seconds") is not None:  # host targets: timed against numpy
+        convention = ("ratio = numpy seconds / our seconds (medians, same run); " +
+                      ("FLOPs = 6*T*N*H^2 (+T*N*H inference)" if a.what == "gru" else "FLOPs = 2*M*N*K"))
     results = []
     for r in rows:
         d = dataclasses.asdict(r)

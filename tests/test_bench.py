@@ -60,3 +60,14 @@ def test_bench_rejects_unknown_sets_for_every_kernel(capsys):
         assert cli.main(["bench", kernel, "--target", "sim-nnp", "--sets", "trainig"]) == 1
         err = capsys.readouterr().err
         assert "unknown set 'trainig'" in err and "Traceback" not in err
+
+
+def test_bench_gru_on_cpu_against_numpy(monkeypatch, capsys):
+    from compiler.bench import gru
+    monkeypatch.setattr(gru, "QUICK", [("training", 16, 3, 4), ("inference_server", 7, 1, 5)])
+    assert cli.main(["bench", "gru", "--target", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "numpy" in r["convention"]
+    for row in r["results"]:
+        assert row["correct"] is True and row["max_abs_error"] < 1e-4
+        assert row["ratio"] > 0 and row["extra"]["numpy_seconds"] > 0

@@ -11,7 +11,7 @@ workbooks: 6*T*N*H^2 (training), + T*N*H for inference.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,12 @@ class GruRow:
     projection_modeled: bool = False
     resident: tuple = ()
     error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def gru_flops(st: str, H: int, N: int, T: int) -> float:
+    """DeepBench's convention (its result workbooks): 6*T*N*H^2, plus T*N*H for inference."""
+    return 6.0 * T * N * H * H + (T * N * H if st.startswith("inference") else 0)
 
 
 def _sequence_cycles(target, H, N, T, persistent, scheduler, x, w, h0, budget):
@@ -82,32 +88,81 @@ def _sequence_cycles(target, H, N, T, persistent, scheduler, x, w, h0, budget):
 
 
 def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
-                  budget: int = 400_000, progress: bool = True) -> list[GruRow]:
+                  budget: int = 400_000, progress: bool = True, repeats: int = 3) -> list[GruRow]:
     import hw_models
-    from compiler.rnn import gru_reference, random_gru
+    from compiler.rnn import gru_reference
     t = hw_models.load(target)
+    if t.prop("backend", "sim") == "llvm":
+        return run_host_gru(t, gru_suite(suite, sets), repeats, progress)
     if t.prop("backend", "sim") != "sim":
         raise IsamapError(f"benchmarking the {t.prop('backend')} backend is not available yet "
-                          f"(its code generator is not built); use a simulated target")
+                          f"(its code generator is not built); use cpu or a simulated target")
+
+    def measure(i, row, w, h0):
+        H, N, T = row.hidden, row.batch, row.timesteps
+        x = np.random.default_rng(i).uniform(-1, 1, (min(T, SIMULATED_STEPS), N, H)).astype(np.float32)
+        pc, m1, sc, ext, h, res = _sequence_cycles(target, H, N, T, True, scheduler, x, w, h0, budget)
+        bpc, m2, bsc, _, _, _ = _sequence_cycles(target, H, N, T, False, "vendor", x, w, h0, budget)
+        row.cycles, row.baseline_cycles = pc + sc, bpc + bsc
+        row.ratio = row.baseline_cycles / row.cycles
+        row.extrapolated, row.projection_modeled, row.resident = ext, m1 or m2, tuple(res)
+        row.of_peak = row.flops / (2 * t.peak_macs_per_cycle() * row.cycles)
+        ref = gru_reference(x, w, h0, "bfloat16")
+        row.max_abs_error = float(np.abs(h - ref).max())
+        row.correct = bool(row.max_abs_error <= 1e-3 * max(1.0, float(np.abs(ref).max())))
+
+    return _each_problem(t, gru_suite(suite, sets), progress, measure)
+
+
+def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
+    """Host targets: the whole sequence (projection GEMM + T steps) as our JIT code against the
+    numpy GRU (OpenBLAS GEMMs) in the same run, float32, median seconds over ``repeats``."""
+    import os
+
+    import kernels
+    from compiler.api import build
+    from compiler.rnn import gru_reference
+
+    from .gemm import _median_seconds, gemm_source
+
+    def measure(i, row, w, h0):
+        H, N, T = row.hidden, row.batch, row.timesteps
+        x = np.random.default_rng(i).uniform(-1, 1, (T, N, H)).astype(np.float32)
+        proj = build(gemm_source("float", "float", False, False), target=t.path, sizes=dict(M=T * N, N=3 * H, K=H))
+        step = build(kernels.path("gru_step"), target=t.path, sizes=dict(B=N, Hd=H))
+        fixed = dict(Ur=w.Ur, Uz=w.Uz, Un=w.Un, br=w.br, bz=w.bz, bhn=w.bhn)
+
+        def ours():
+            xp = proj.native({"A": x.reshape(T * N, H), "B": w.Wx})["C"].reshape(T, N, 3 * H)
+            h = h0
+            for s in range(T):
+                h = step.native(dict(fixed, XR=xp[s, :, :H], XZ=xp[s, :, H:2 * H], XN=xp[s, :, 2 * H:],
+                                     Hp=h))["Ho"]
+            return h
+        sec, smin, smax = _median_seconds(ours, repeats)
+        base, bmin, bmax = _median_seconds(lambda: gru_reference(x, w, h0), repeats)
+        ref = gru_reference(x, w, h0)
+        row.cycles, row.baseline_cycles = sec, base  # seconds on host targets
+        row.ratio = base / sec
+        row.max_abs_error = float(np.abs(ours() - ref).max())
+        row.correct = bool(row.max_abs_error <= 1e-3 * max(1.0, float(np.abs(ref).max())))
+        row.extra = dict(seconds=sec, min=smin, max=smax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
+                         gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
+                         threads=os.cpu_count(), code=step.report.get("code"))
+
+    return _each_problem(t, problems, progress, measure)
+
+
+def _each_problem(t, problems, progress: bool, measure) -> list[GruRow]:
+    """One row per problem, with fresh random weights; ``measure`` fills it (a user error becomes the row's error)."""
+    from compiler.rnn import random_gru
     rows = []
-    problems = gru_suite(suite, sets)
     bar = Progress(f"bench gru on {t.name}", len(problems), progress)
     for i, (st, H, N, T) in enumerate(problems):
         row = GruRow(st, H, N, T)
-        row.flops = 6.0 * T * N * H * H + (T * N * H if st.startswith("inference") else 0)
+        row.flops = gru_flops(st, H, N, T)
         try:
-            w = random_gru(H, H, seed=i)
-            x = np.random.default_rng(i).uniform(-1, 1, (min(T, SIMULATED_STEPS), N, H)).astype(np.float32)
-            h0 = np.zeros((N, H), np.float32)
-            pc, m1, sc, ext, h, res = _sequence_cycles(target, H, N, T, True, scheduler, x, w, h0, budget)
-            bpc, m2, bsc, _, _, _ = _sequence_cycles(target, H, N, T, False, "vendor", x, w, h0, budget)
-            row.cycles, row.baseline_cycles = pc + sc, bpc + bsc
-            row.ratio = row.baseline_cycles / row.cycles
-            row.extrapolated, row.projection_modeled, row.resident = ext, m1 or m2, tuple(res)
-            row.of_peak = row.flops / (2 * t.peak_macs_per_cycle() * row.cycles)
-            ref = gru_reference(x, w, h0, "bfloat16")
-            row.max_abs_error = float(np.abs(h - ref).max())
-            row.correct = bool(row.max_abs_error <= 1e-3 * max(1.0, float(np.abs(ref).max())))
+            measure(i, row, random_gru(H, H, seed=i), np.zeros((N, H), np.float32))
         except IsamapError as e:
             row.error = e.message + ("; " + "; ".join(e.notes) if e.notes else "")
         rows.append(row)
@@ -118,20 +173,37 @@ def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str |
 
 def table(rows: list[GruRow], target: str) -> str:
     from .gemm import geomean
-    lines = [f"# DeepBench GRU on {target}: simulated cycles; ours = persistent recurrent weights, baseline = "
-             f"vendor schedules reloading them each step, same run; ratio = baseline / ours; FLOPs = "
-             f"6*T*N*H^2 (+T*N*H inference); * = steady state extrapolated from {SIMULATED_STEPS} simulated steps",
-             f"{'set':<17} {'H':>5} {'N':>4} {'T':>5} {'cycles':>12} {'baseline':>12} {'ratio':>6} {'%peak':>6} "
-             f"{'check':>6}"]
+    host = any(r.extra for r in rows)
+    if host:
+        head = [f"# DeepBench GRU on {target} (float32): whole sequence (projection GEMM + T steps), median "
+                f"seconds over repeats, warm-up excluded; baseline = numpy GRU (OpenBLAS GEMMs) in the same run; "
+                f"ratio = numpy time / ours; FLOPs = 6*T*N*H^2 (+T*N*H inference)",
+                f"{'set':<17} {'H':>5} {'N':>4} {'T':>5} {'ours ms':>10} {'numpy ms':>10} {'ratio':>6} "
+                f"{'GFLOP/s':>8} {'numpy':>8} {'check':>6}"]
+    else:
+        head = [f"# DeepBench GRU on {target}: simulated cycles; ours = persistent recurrent weights, baseline = "
+                f"vendor schedules reloading them each step, same run; ratio = baseline / ours; FLOPs = "
+                f"6*T*N*H^2 (+T*N*H inference); * = steady state extrapolated from {SIMULATED_STEPS} simulated "
+                f"steps",
+                f"{'set':<17} {'H':>5} {'N':>4} {'T':>5} {'cycles':>12} {'baseline':>12} {'ratio':>6} {'%peak':>6} "
+                f"{'check':>6}"]
+    lines = list(head)
     for r in rows:
+        key = f"{r.set:<17} {r.hidden:>5} {r.batch:>4} {r.timesteps:>5} "
+        check = f"{'PASS' if r.correct else 'FAIL':>6}"
         if r.error:
-            lines.append(f"{r.set:<17} {r.hidden:>5} {r.batch:>4} {r.timesteps:>5} error: {r.error[:70]}")
-            continue
-        mark = "*" if r.extrapolated else " "
-        lines.append(f"{r.set:<17} {r.hidden:>5} {r.batch:>4} {r.timesteps:>5} {r.cycles:>11.0f}{mark}"
-                     f"{r.baseline_cycles:>12.0f} {r.ratio:>6.2f} {100 * r.of_peak:>5.1f}% "
-                     f"{'PASS' if r.correct else 'FAIL':>6}")
+            lines.append(f"{key}error: {r.error[:70]}")
+        elif host:
+            x = r.extra
+            lines.append(f"{key}{1e3 * x['seconds']:>10.2f} {1e3 * x['numpy_seconds']:>10.2f} {r.ratio:>6.2f} "
+                         f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {check}")
+        else:
+            mark = "*" if r.extrapolated else " "
+            lines.append(f"{key}{r.cycles:>11.0f}{mark}{r.baseline_cycles:>12.0f} {r.ratio:>6.2f} "
+                         f"{100 * r.of_peak:>5.1f}% {check}")
     g = geomean([r.ratio for r in rows if not r.error])
     if g:
-        lines.append(f"geometric-mean ratio vs baseline: {g:.2f}")
+        code = next((r.extra.get("code") for r in rows if r.extra), None)
+        lines.append(f"geometric-mean ratio vs {'numpy' if host else 'baseline'}: {g:.2f}"
+                     + (f"  (code: {code})" if code else ""))
     return "\n".join(lines) + "\n"
