@@ -249,7 +249,9 @@ def cmd_bench(a) -> int:
     import platform
 
     from compiler.bench import gru as gru_bench
+    import hw_models
     from compiler.bench.gemm import geomean, run_gemm_bench, table
+    from compiler.bench.progress import bench_backend
     sets = a.sets.split(",") if a.sets else None
     if a.what == "gru":
         rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
@@ -260,7 +262,7 @@ def cmd_bench(a) -> int:
         rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
         convention = "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K"
         text = table(rows, a.target)
-    if rows and rows[0].extra.get("numpy_seconds") is not None:  # host targets: timed against numpy
+    if bench_backend(hw_models.load(a.target)) == "llvm":  # host targets: timed against numpy
         convention = ("ratio = numpy seconds / our seconds (medians, same run); " +
                       ("FLOPs = 6*T*N*H^2 (+T*N*H inference)" if a.what == "gru" else "FLOPs = 2*M*N*K"))
     results = []

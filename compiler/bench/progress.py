@@ -9,6 +9,16 @@ from ir.errors import IsamapError
 SETS = ("training", "inference_server", "inference_device")
 
 
+def bench_backend(t) -> str:
+    """How a target is benchmarked: 'sim' (cycles against the vendor schedule) or 'llvm' (seconds
+    against numpy); any other backend cannot be benchmarked yet, which is a user error."""
+    backend = t.prop("backend", "sim")
+    if backend not in ("sim", "llvm"):
+        raise IsamapError(f"benchmarking the {backend} backend is not available yet (the harness times "
+                          f"cpu and simulated targets only)")
+    return backend
+
+
 def select_sets(rows: list[tuple], sets) -> list[tuple]:
     """Keep the rows (whose first field is the DeepBench set) in ``sets``; a typo is an error, not an empty run."""
     if not sets:
