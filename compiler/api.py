@@ -125,6 +125,8 @@ class CompiledKernel:
             raise IsamapError("pass sizes= to build() to get generated code")
         if self.gpu is not None and kind == "cuda":
             return self.gpu.src
+        if self.native is not None and kind == "schedule":
+            return native_schedule(self.native)
         if self.native is not None and kind in ("llvm", "asm"):
             return self.native.optimized if kind == "llvm" else self.native.asm
         if self.native is not None and kind == "mappings":
@@ -151,9 +153,21 @@ class CompiledKernel:
                      for b in self.program.buffers]
             return "\n".join(head + sim.format_listing()) + "\n"
         available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else []) + \
-            (["mappings", "llvm", "asm"] if self.native is not None else []) + \
+            (["mappings", "schedule", "llvm", "asm"] if self.native is not None else []) + \
             (["cuda"] if self.gpu is not None else [])
         raise IsamapError(f"'{kind}' is not available for target '{self.target}' (available: {', '.join(available)})")
+
+
+def native_schedule(native) -> str:
+    """What the cpu backend decided per statement: micro-kernel, blocking, packing, threads."""
+    k = native.k
+    out = [f"# {k.name}: host code, {native.threads} threads"]
+    plans = {p.stmt: p for p in native.plans}
+    for si in range(len(k.stmts)):
+        out.append(plans[si].describe() if si in plans else
+                   f"S{si}: {k.stmts[si].tensor} as scalar loops (output indices outermost, split across threads; "
+                   f"LLVM -O3 vectorises the innermost loop)")
+    return "\n".join(out) + "\n"
 
 
 def emit_ir(k: Kernel, b: Bound | None = None) -> str:
@@ -191,11 +205,17 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     backend = t.prop("backend", "sim")
     b = bind(k, dict(sizes or {}))
     if backend == "llvm":
-        from .backends.llvm import compile_scalar
+        from .backends.llvm import compile_cpu
+        if scheduler not in (None, "vector", "scalar"):
+            raise IsamapError(f"target '{t.name}' takes --scheduler vector (the default: blocking from its "
+                              f"registers and caches) or scalar (plain loop nests), not '{scheduler}'")
         t0 = time.perf_counter()
-        native = compile_scalar(k, b)
-        rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "code": "scalar loops (llvm -O3)",
-               "compile_seconds": time.perf_counter() - t0}
+        native = compile_cpu(k, b, t, vector=scheduler != "scalar")
+        code = "; ".join(f"S{p.stmt}: {p.blocking.mr}x{p.blocking.nr} {p.instr} micro-kernel" for p in native.plans)
+        rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes),
+               "code": code + ("; other statements: " if code and len(native.plans) < len(k.stmts) else "")
+               + ("scalar loops (llvm -O3)" if len(native.plans) < len(k.stmts) else ""),
+               "compile_seconds": time.perf_counter() - t0, "cached": native.cached}
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.native = native
         return ck

@@ -25,6 +25,9 @@ from ir.errors import IsamapError
 from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var
 from ir.kernel import Kernel
 
+from .contraction import Contraction, recognise
+from .contraction import emit as emit_contraction
+
 I64 = L.IntType(64)
 
 _LIBM = {  # builtin -> libm name (float variant gets an 'f' suffix)
@@ -273,24 +276,31 @@ class _Gen:
         b.branch(head)
         b.position_at_end(done)
 
+    def init_function(self, si: int):
+        """``s{i}_init``: the identity of the statement's reduction over the whole tensor (``!``)."""
+        s = self.k.stmts[si]
+        if not s.init:
+            return
+        from ir.interp import identity
+        dt = self.k.tensor(s.tensor).dtype
+        self.begin(f"s{si}_init", False)
+        n = prod(self.b.shapes[s.tensor])
+        ident = self.const(identity(s.op, dt), dt)
+
+        def fill():
+            self.bld.store(ident if dt != BOOL else self.bld.zext(ident, L.IntType(8)),
+                           self.bld.gep(self.ptr[s.tensor], [self.bld.sext(self.vars["_f"], I64)]))
+        self.loop("_f", 0, n, fill)
+        self.end()
+        self.functions.append((f"s{si}_init", si, None, (0, 0)))
+
     def statement(self, si: int):
         """Functions for one statement: ``s{i}_init`` (identity fill, if any) and ``s{i}`` over a
         range of its outermost index, so threads can split the outermost loop."""
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
-        if s.init:  # identity over the whole tensor
-            from ir.interp import identity
-            self.begin(f"s{si}_init", False)
-            n = prod(self.b.shapes[s.tensor])
-            ident = self.const(identity(s.op, dt), dt)
-
-            def fill():
-                self.bld.store(ident if dt != BOOL else self.bld.zext(ident, L.IntType(8)),
-                               self.bld.gep(self.ptr[s.tensor], [self.bld.sext(self.vars["_f"], I64)]))
-            self.loop("_f", 0, n, fill)
-            self.end()
-            self.functions.append((f"s{si}_init", si, None, (0, 0)))
+        self.init_function(si)
         lhs = list(s.indices)
         red = list(s.reduction_vars)
         # row-major output: the last output index innermost (unit stride, vectorisable), reductions
@@ -349,6 +359,7 @@ def _pool():
 
 
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
+PARALLEL_MIN_FLOPS = 8 << 20  # contractions below this (~60 us on one core) run on one thread
 
 
 class NativeKernel:
@@ -377,9 +388,14 @@ class NativeKernel:
         self.engine.finalize_object()
         P = ctypes.POINTER(ctypes.c_void_p)
         self.calls = []
+        self.workspace = 0
         for name, si, outer, (lo, hi) in functions:
             addr = self.engine.get_function_address(name)
-            if outer is None and name.endswith("_init"):
+            if isinstance(outer, Contraction):
+                f = ctypes.CFUNCTYPE(None, P, ctypes.c_void_p, *[ctypes.c_int64] * 6)(addr)
+                self.calls.append((f, outer, lo, hi, -1))
+                self.workspace = max(self.workspace, hi)
+            elif outer is None and name.endswith("_init"):
                 f = ctypes.CFUNCTYPE(None, P)(addr)
                 self.calls.append((f, None, 0, 0, 0))
             else:
@@ -412,6 +428,9 @@ class NativeKernel:
         bufs += outs
         ptrs = (ctypes.c_void_p * len(bufs))(*[x.ctypes.data for x in bufs])
         for f, outer, lo, hi, work in self.calls:
+            if work == -1:
+                self._contract(f, outer, ptrs)
+                continue
             if outer is None and work == 0:
                 f(ptrs)
                 continue
@@ -428,6 +447,50 @@ class NativeKernel:
         for t, o in zip(self.k.outputs, outs):
             res[t.name] = o.astype(bool) if t.dtype == BOOL else o
         return res
+
+
+    def _work(self, i: int) -> int:
+        """The address of thread i's scratch (64-byte aligned, allocated once per kernel)."""
+        if not hasattr(self, "_scratch"):
+            self._scratch = {}
+        buf = self._scratch.get(i)
+        if buf is None:
+            buf = self._scratch[i] = np.zeros(self.workspace + 16, dtype=np.float32)
+        return (buf.ctypes.data + 63) // 64 * 64
+
+    def _contract(self, f, p: Contraction, ptrs):
+        """Split a contraction across threads: over batches when there are enough, else over the
+        longer of rows and columns, in whole micro-tiles."""
+        parts = split_contraction(p, self.threads)
+        if len(parts) == 1:
+            f(ptrs, self._work(0), *parts[0])
+            return
+        futs = [_pool().submit(f, ptrs, self._work(i), *r) for i, r in enumerate(parts) if i]
+        f(ptrs, self._work(0), *parts[0])  # the calling thread takes the first part
+        for fu in futs:
+            fu.result()
+
+
+def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
+    """(q_lo, q_hi, m_lo, m_hi, n_lo, n_hi) per thread."""
+    nb = prod(p.extent(v) for v in p.batch)
+    (mlo, mhi), (nlo, nhi) = p.dom[p.row], p.dom[p.vec]
+    bl = p.blocking
+    if p.flops() < PARALLEL_MIN_FLOPS or threads <= 1:
+        return [(0, nb, mlo, mhi, nlo, nhi)]
+    if nb >= threads:
+        step = -(-nb // threads)
+        return [(q, min(nb, q + step), mlo, mhi, nlo, nhi) for q in range(0, nb, step)]
+    mt, nt = -(-(mhi - mlo) // bl.mr), -(-(nhi - nlo) // bl.nr)
+    out = []
+    for q in range(nb):
+        if mt >= nt or mt >= threads:
+            per = -(-mt // threads) * bl.mr
+            out += [(q, q + 1, a, min(mhi, a + per), nlo, nhi) for a in range(mlo, mhi, per)]
+        else:
+            per = -(-nt // threads) * bl.nr
+            out += [(q, q + 1, mlo, mhi, a, min(nhi, a + per)) for a in range(nlo, nhi, per)]
+    return out
 
 
 def _cache_path(llvm_ir: str):
@@ -460,3 +523,32 @@ def compile_scalar(k: Kernel, b: Bound, threads: int | None = None) -> NativeKer
     for si in range(len(k.stmts)):
         g.statement(si)
     return NativeKernel(k, b, g.finish(), g.functions, threads)
+
+
+def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool = True,
+                blocking: dict | None = None) -> NativeKernel:
+    """Host code for the kernel on target ``t``: statements whose mapping is the target's
+    broadcast-FMA instruction become packed, register-blocked contractions
+    (`contraction.py`); everything else the scalar loop nests above."""
+    import os
+
+    from ...mapping import mappings_for_kernel
+    threads = threads or os.cpu_count() or 1
+    g = _Gen(k, b)
+    ms = mappings_for_kernel(k, t, bound=b) if vector else []
+    plans = []
+    for si in range(len(k.stmts)):
+        p = recognise(k, b, t, si, ms, threads) if vector else None
+        if p is None:
+            g.statement(si)
+            continue
+        if blocking:
+            from dataclasses import replace
+            p = replace(p, blocking=replace(p.blocking, **blocking))
+        g.init_function(si)
+        ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)})
+        g.functions.append((f"s{si}", si, p, (0, ws)))
+        plans.append(p)
+    nk = NativeKernel(k, b, g.finish(), g.functions, threads)
+    nk.plans = plans
+    return nk

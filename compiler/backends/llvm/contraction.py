@@ -1,0 +1,534 @@
+"""Register-blocked, packed, cache-tiled contractions for the host CPU (BLIS-style).
+
+A statement ``C(.., n) +=(!) A(..) * B(.., n)`` whose chosen mapping is the target's
+broadcast-FMA instruction (``C(j) += A * B(j)``: one scalar, one vector of ``VL``
+lanes) is generated as the classic five-loop GEMM around a micro-kernel:
+
+    for jc in N step NC          B block (KC x NC) lives in the outer cache
+      for pc in K step KC        pack B[pc:pc+KC, jc:jc+NC] into NR-wide panels
+        for ic in M step MC      pack A[ic:ic+MC, pc:pc+KC] into MR-tall panels (A block in L2)
+          for jr in NC step NR   one B panel (KC x NR) in L1
+            for ir in MC step MR micro-kernel: MR x NV accumulator vectors in registers
+
+Everything chip-specific comes from the target IR: the vector length is the
+instruction's extent, the register count is the register memory's capacity over
+its row, KC/MC/NC follow the capacities of the cache levels (`Blocking.for_target`).
+The instruction's body fixes the roles: the kernel variable bound to the
+instruction's ``j`` is vectorised (unit stride in C), the variables in C and the
+broadcast operand are the register-blocked rows, the reduction variable is the
+packed K, variables in all three are batch loops.  Packing makes every layout of A
+and B (gemm, gemm_tn, gemm_nt, ...) look the same to the micro-kernel, zero-padded
+to whole panels, so tails cost only a masked copy-out of the edge tiles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from math import prod
+
+from llvmlite import ir as L
+
+from ir.bind import Bound
+from ir.dtypes import FLOAT32
+from ir.expr import Access, Binary, Var
+from ir.kernel import Kernel
+from ir.target import Instruction, Target
+
+I64 = L.IntType(64)
+I32 = L.IntType(32)
+F32 = L.FloatType()
+
+
+def _c(v: int):
+    return L.Constant(I64, v)
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Register and cache blocking: MR rows x NV vectors of VL lanes per micro-kernel call."""
+    vl: int = 16
+    mr: int = 14
+    nv: int = 2
+    kc: int = 256
+    mc: int = 504
+    nc: int = 4096
+    pack_a: bool = True
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.vl
+
+    @staticmethod
+    def for_target(t: Target, vl: int, regmem: str, m: int, n: int, k: int, threads: int) -> "Blocking":
+        """Default blocking from the target's register file and cache capacities."""
+        mem = t.memory(regmem)
+        regs = mem.capacity // (mem.row_bytes or vl * 4)
+        nv = max(1, min(2, -(-n // vl)))
+        mr = max(1, min(14, (regs - nv - 1) // nv))
+        caches = sorted((x for x in t.memories if x.name not in (regmem, t.main)), key=lambda x: x.capacity)
+        l1 = caches[0].capacity if caches else 32 << 10
+        l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
+        l3 = caches[2].capacity if len(caches) > 2 else 8 * l2
+        nr = nv * vl
+        kc = max(16, min(k, (l1 // 2) // (nr * 4)))
+        kc = -(-k // -(-k // kc))  # balanced K blocks
+        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
+        mc = min(mc, -(-m // mr) * mr)
+        share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
+        nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
+        # packing A costs one pass over it per NC block: only worth it when each element is reused
+        pack_a = n > nr
+        return Blocking(vl, mr, nv, kc, mc, nc, pack_a)
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """A statement recognised as a (batched) GEMM on the broadcast-FMA instruction."""
+    stmt: int
+    instr: str
+    c: str  # output
+    a: str  # broadcast (scalar) operand
+    b: str  # vector operand
+    batch: tuple[str, ...]
+    row: str
+    red: str
+    vec: str
+    dom: dict = field(default_factory=dict)  # var -> (lo, hi)
+    strides: dict = field(default_factory=dict)  # tensor -> {var: stride}
+    base: dict = field(default_factory=dict)  # tensor -> constant element offset
+    init: bool = False
+    blocking: Blocking = Blocking()
+
+    def extent(self, v: str) -> int:
+        lo, hi = self.dom[v]
+        return hi - lo
+
+    def describe(self) -> str:
+        bl = self.blocking
+        return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes): "
+                f"micro-kernel {bl.mr} x {bl.nr} ({self.row} x {self.vec}) with {bl.mr * bl.nv} accumulator "
+                f"registers; blocks KC={bl.kc} ({self.red}), MC={bl.mc} ({self.row}), NC={bl.nc} ({self.vec}); "
+                f"{self.b} packed into {bl.nr}-wide panels; "
+                + (f"{self.a} packed into {bl.mr}-tall panels" if bl.pack_a else f"{self.a} read in place")
+                + (f"; batch loops {', '.join(self.batch)}" if self.batch else ""))
+
+    def flops(self) -> int:
+        return 2 * prod(self.extent(v) for v in self.dom)
+
+
+def broadcast_fma(instr: Instruction) -> tuple[str, str, str, int] | None:
+    """(scalar operand, vector operand, output, lanes) if the instruction's body is
+    ``C(j) += A * B(j)`` in either operand order; None otherwise."""
+    body = instr.body
+    if len(body.stmts) != 1 or len(instr.outputs) != 1:
+        return None
+    s = body.stmts[0]
+    if s.op != "+" or len(s.indices) != 1 or not isinstance(s.rhs, Binary) or s.rhs.op != "*":
+        return None
+    j = s.indices[0]
+    x, y = s.rhs.a, s.rhs.b
+    if not (isinstance(x, Access) and isinstance(y, Access)):
+        return None
+    for sc, ve in ((x, y), (y, x)):
+        if not sc.indices and len(ve.indices) == 1 and isinstance(ve.indices[0], Var) and ve.indices[0].name == j:
+            out = instr.outputs[0]
+            if out.dtype != FLOAT32 or len(out.shape) != 1:
+                return None
+            return sc.tensor, ve.tensor, s.tensor, out.shape[0]
+    return None
+
+
+def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -> Contraction | None:
+    """The statement as a Contraction when a legal broadcast-FMA mapping covers it and every
+    operand is a float32 tensor indexed by plain variables; None sends it to the scalar path."""
+    s = k.stmts[si]
+    if s.op != "+" or not isinstance(s.rhs, Binary) or s.rhs.op != "*" or s.exists:
+        return None
+    for m in mappings:
+        if m.statement != si or not m.legal or len(m.steps) != 1:
+            continue
+        step = m.steps[0]
+        instr = t.instr(step.instruction)
+        roles = broadcast_fma(instr)
+        if roles is None:
+            continue
+        sa, sb, sc, vl = roles
+        ops = dict(step.operands)
+        f = step.fused()
+        jv = f.get(s_j(instr), ())
+        if len(jv) != 1:
+            continue
+        vec = jv[0]
+        names = {ops.get(sa), ops.get(sb), ops.get(sc)}
+        if None in names:
+            continue
+        plan = _classify(k, b, si, ops[sa], ops[sb], ops[sc], vec)
+        if plan is None:
+            continue
+        rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
+        bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads)
+        return replace(plan, instr=instr.name, blocking=bl)
+    return None
+
+
+def s_j(instr: Instruction) -> str:
+    return instr.body.stmts[0].indices[0]
+
+
+def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -> Contraction | None:
+    s = k.stmts[si]
+    if s.tensor != c:
+        return None
+    acc = {c: [Var(v) for v in s.indices]}
+    for e in (s.rhs.a, s.rhs.b):
+        if not isinstance(e, Access) or e.tensor not in (a, bt) or e.tensor in acc:
+            return None
+        acc[e.tensor] = list(e.indices)
+    if set(acc) != {a, bt, c}:
+        return None
+    for name in acc:
+        if k.tensor(name).dtype != FLOAT32:
+            return None
+    strides, base, uses = {}, {}, {}
+    for name, idx in acc.items():
+        shape, mins = b.shapes[name], b.mins[name]
+        st = [prod(shape[d + 1:]) for d in range(len(shape))]
+        vs = {}
+        off = 0
+        for d, x in enumerate(idx):
+            if not isinstance(x, Var) or x.name in vs:
+                return None
+            vs[x.name] = st[d]
+            off -= mins[d] * st[d]
+        strides[name], base[name] = vs, off
+        uses[name] = set(vs)
+    dom = b.domain(si)
+    allv = set(dom)
+    if uses[c] | uses[a] | uses[bt] != allv:
+        return None
+    rows = [v for v in s.indices if v in uses[a] and v not in uses[bt]]
+    reds = [v for v in uses[a] & uses[bt] if v not in uses[c]]
+    if vec not in uses[c] or vec not in uses[bt] or vec in uses[a]:
+        return None
+    if not rows or len(reds) != 1 or strides[c][vec] != 1 or (allv - uses[c]) != set(reds):
+        return None
+    row = max(rows, key=lambda v: dom[v][1] - dom[v][0])  # the longest row variable is blocked
+    # every other output variable is a batch loop (a tensor it does not index has stride 0 along it)
+    batch = tuple(v for v in s.indices if v not in (row, vec))
+    for name in acc:
+        strides[name] = {v: strides[name].get(v, 0) for v in allv}
+    return Contraction(si, "", c, a, bt, batch, row, reds[0], vec, dict(dom), strides, base, s.init)
+
+
+# ------------------------------------------------------------------------------ code generation
+
+class _Emit:
+    """LLVM IR for one Contraction: pack_a, pack_b, micro-kernels and the driver ``s{i}``."""
+
+    def __init__(self, mod: L.Module, p: Contraction):
+        self.mod, self.p, self.bl = mod, p, p.blocking
+        self.vt = L.VectorType(F32, self.bl.vl)
+        fma = mod.globals.get(f"llvm.fma.v{self.bl.vl}f32")
+        self.fma = fma or L.Function(mod, L.FunctionType(self.vt, [self.vt] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
+        self.pre = f"s{p.stmt}"
+
+    # ---- helpers
+    def func(self, name: str, args, internal: bool = True):
+        fn = L.Function(self.mod, L.FunctionType(L.VoidType(), args), name=f"{self.pre}_{name}")
+        if internal:
+            fn.linkage = "internal"
+        for a in fn.args:
+            if isinstance(a.type, L.PointerType):
+                a.add_attribute("noalias")
+        self.fn = fn
+        self.bld = L.IRBuilder(fn.append_basic_block("entry"))
+        return fn
+
+    def loop(self, lo, hi, step: int, body, name="i"):
+        """for (v = lo; v < hi; v += step) body(v); lo/hi are i64 values or ints."""
+        b = self.bld
+        lo = _c(lo) if isinstance(lo, int) else lo
+        hi = _c(hi) if isinstance(hi, int) else hi
+        pre = b.block
+        head = self.fn.append_basic_block(f"{name}.head")
+        blk = self.fn.append_basic_block(f"{name}.body")
+        done = self.fn.append_basic_block(f"{name}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        phi = b.phi(I64, name=name)
+        phi.add_incoming(lo, pre)
+        b.cbranch(b.icmp_signed("<", phi, hi), blk, done)
+        b.position_at_end(blk)
+        body(phi)
+        phi.add_incoming(b.add(phi, _c(step)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def if_(self, cond, then, other=None):
+        b = self.bld
+        if other is None:
+            with b.if_then(cond):
+                then()
+        else:
+            with b.if_else(cond) as (t, o):
+                with t:
+                    then()
+                with o:
+                    other()
+
+    def min(self, x, y):
+        return self.bld.select(self.bld.icmp_signed("<", x, y), x, y)
+
+    def at(self, ptr, off):
+        return self.bld.gep(ptr, [off if not isinstance(off, int) else _c(off)])
+
+    def vload(self, ptr):
+        return self.bld.load(self.bld.bitcast(ptr, self.vt.as_pointer()), align=4)
+
+    def vstore(self, v, ptr):
+        self.bld.store(v, self.bld.bitcast(ptr, self.vt.as_pointer()), align=4)
+
+    # ---- packing
+    def pack_b(self):
+        """pack_b(Bp, B, jc, nc, pc, kc): Bp[p][kk][j] = B[pc+kk, jc+p*NR+j] (0 past nc)."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        fn = self.func("pack_b", [fp, fp, I64, I64, I64, I64])
+        bp, src, jc, nc, pc, kc = fn.args
+        sk, sn = p.strides[p.b][p.red], p.strides[p.b][p.vec]
+        b = self.bld
+
+        def panel(q):
+            nv = self.min(_c(bl.nr), b.sub(nc, q))
+            dst0 = b.mul(q, kc)  # panel q/NR starts at (q/NR)*kc*NR = q*kc
+
+            def krow(kk):
+                srow = b.add(b.mul(b.add(pc, kk), _c(sk)), b.mul(b.add(jc, q), _c(sn)))
+                drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
+
+                def copy(j):
+                    v = b.load(self.at(src, b.add(srow, b.mul(j, _c(sn)))))
+                    b.store(v, self.at(bp, b.add(drow, j)))
+
+                def zero(j):
+                    b.store(L.Constant(F32, 0.0), self.at(bp, b.add(drow, j)))
+                self.loop(0, nv, 1, copy, "j")
+                self.loop(nv, bl.nr, 1, zero, "jz")
+            self.loop(0, kc, 1, krow, "kk")
+        self.loop(0, nc, bl.nr, panel, "q")
+        b.ret_void()
+
+    def pack_a(self):
+        """pack_a(Ap, A, ic, mc, pc, kc): Ap[p][kk][i] = A[ic+p*MR+i, pc+kk] (0 past mc)."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        fn = self.func("pack_a", [fp, fp, I64, I64, I64, I64])
+        ap, src, ic, mc, pc, kc = fn.args
+        sm, sk = p.strides[p.a][p.row], p.strides[p.a][p.red]
+        b = self.bld
+
+        def panel(q):
+            mv = self.min(_c(bl.mr), b.sub(mc, q))
+            dst0 = b.mul(q, kc)
+            if sk == 1:  # rows of A are contiguous in k: read along k
+                def row(i):
+                    srow = b.add(b.mul(b.add(ic, b.add(q, i)), _c(sm)), b.mul(pc, _c(sk)))
+
+                    def copy(kk):
+                        v = b.load(self.at(src, b.add(srow, kk)))
+                        b.store(v, self.at(ap, b.add(dst0, b.add(b.mul(kk, _c(bl.mr)), i))))
+                    self.loop(0, kc, 1, copy, "kk")
+
+                def zrow(i):
+                    def zero(kk):
+                        b.store(L.Constant(F32, 0.0), self.at(ap, b.add(dst0, b.add(b.mul(kk, _c(bl.mr)), i))))
+                    self.loop(0, kc, 1, zero, "kz")
+                self.loop(0, mv, 1, row, "i")
+                self.loop(mv, bl.mr, 1, zrow, "iz")
+            else:
+                def krow(kk):
+                    scol = b.add(b.mul(b.add(ic, q), _c(sm)), b.mul(b.add(pc, kk), _c(sk)))
+                    drow = b.add(dst0, b.mul(kk, _c(bl.mr)))
+
+                    def copy(i):
+                        b.store(b.load(self.at(src, b.add(scol, b.mul(i, _c(sm))))), self.at(ap, b.add(drow, i)))
+
+                    def zero(i):
+                        b.store(L.Constant(F32, 0.0), self.at(ap, b.add(drow, i)))
+                    self.loop(0, mv, 1, copy, "i")
+                    self.loop(mv, bl.mr, 1, zero, "iz")
+                self.loop(0, kc, 1, krow, "kk")
+        self.loop(0, mc, bl.mr, panel, "q")
+        b.ret_void()
+
+    # ---- micro-kernel
+    def micro(self, name: str, a_rs: int, a_ks: int):
+        """micro(a, bp, c, kc, mv, nv, accumulate): C[0:mv, 0:nv] (+)= A-panel x B-panel, with
+        MR x NV accumulators carried in registers through the k loop (a do-while: kc >= 1)."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)])
+        fn.attributes.add("alwaysinline")
+        a, bp, c, kc, mv, nv, accum = fn.args
+        b = self.bld
+        zero = L.Constant(self.vt, [0.0] * bl.vl)
+        tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
+        entry = b.block
+        body = fn.append_basic_block("k.body")
+        out = fn.append_basic_block("k.done")
+        b.branch(body)
+        b.position_at_end(body)
+        k = b.phi(I64, name="k")
+        ap = b.phi(fp, name="ap")
+        bpp = b.phi(fp, name="bp")
+        accs = [[b.phi(self.vt, name=f"acc{i}_{v}") for v in range(bl.nv)] for i in range(bl.mr)]
+        k.add_incoming(_c(0), entry)
+        ap.add_incoming(a, entry)
+        bpp.add_incoming(bp, entry)
+        for row in accs:
+            for x in row:
+                x.add_incoming(zero, entry)
+        bv = [self.vload(self.at(bpp, v * bl.vl)) for v in range(bl.nv)]
+        new = []
+        for i in range(bl.mr):
+            s = b.load(self.at(ap, i * a_rs))
+            sv = b.insert_element(L.Constant(self.vt, L.Undefined), s, L.Constant(I32, 0))
+            sv = b.shuffle_vector(sv, L.Constant(self.vt, L.Undefined), L.Constant(L.VectorType(I32, bl.vl), [0] * bl.vl))
+            new.append([b.call(self.fma, [sv, bv[v], accs[i][v]]) for v in range(bl.nv)])
+        k2 = b.add(k, _c(1))
+        ap2 = self.at(ap, a_ks)
+        bp2 = self.at(bpp, bl.nr)
+        k.add_incoming(k2, body)
+        ap.add_incoming(ap2, body)
+        bpp.add_incoming(bp2, body)
+        for i in range(bl.mr):
+            for v in range(bl.nv):
+                accs[i][v].add_incoming(new[i][v], body)
+        b.cbranch(b.icmp_signed("<", k2, kc), body, out)
+        b.position_at_end(out)
+        crs = p.strides[p.c][p.row]
+        full = b.and_(b.icmp_signed("==", mv, _c(bl.mr)), b.icmp_signed("==", nv, _c(bl.nr)))
+
+        def store_full():
+            for i in range(bl.mr):
+                for v in range(bl.nv):
+                    ptr = self.at(c, i * crs + v * bl.vl)
+                    val = new[i][v]
+                    cur = self.vload(ptr)
+                    val = b.select(accum, b.fadd(val, cur), val)
+                    self.vstore(val, ptr)
+
+        def store_edge():
+            for i in range(bl.mr):
+                for v in range(bl.nv):
+                    self.vstore(new[i][v], self.at(tmp, i * bl.nr + v * bl.vl))
+
+            def row(i):
+                def col(j):
+                    ptr = self.at(c, b.add(b.mul(i, _c(crs)), j))
+                    t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
+                    cur = b.load(ptr)
+                    b.store(b.select(accum, b.fadd(t, cur), t), ptr)
+                self.loop(0, nv, 1, col, "ej")
+            self.loop(0, mv, 1, row, "ei")
+        self.if_(full, store_full, store_edge)
+        b.ret_void()
+        return fn
+
+    # ---- driver
+    def driver(self, ptrs_of):
+        """``void s{i}(i8** bufs, float* work, i64 q_lo, q_hi, m_lo, m_hi, n_lo, n_hi)``: the
+        rows [m_lo, m_hi) x columns [n_lo, n_hi) of batches [q_lo, q_hi) (flattened)."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        self.pack_b()
+        self.pack_a()
+        mk_packed = self.micro("micro_packed", 1, bl.mr)
+        mk_direct = None
+        if not bl.pack_a:
+            mk_direct = self.micro("micro_direct", p.strides[p.a][p.row], p.strides[p.a][p.red])
+        pa, pb = self.mod.get_global(f"{self.pre}_pack_a"), self.mod.get_global(f"{self.pre}_pack_b")
+        fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [L.PointerType(L.IntType(8)).as_pointer(), fp]
+                                                  + [I64] * 6), name=self.pre)
+        self.fn = fn
+        self.bld = b = L.IRBuilder(fn.append_basic_block("entry"))
+        bufs, work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi = fn.args
+        ptr = {}
+        for name in (p.a, p.b, p.c):
+            raw = b.load(b.gep(bufs, [L.Constant(I32, ptrs_of[name])]))
+            ptr[name] = b.bitcast(raw, fp)
+        kc_max = bl.kc
+        ncp = -(-bl.nc // bl.nr) * bl.nr
+        mcp = -(-bl.mc // bl.mr) * bl.mr
+        bpack = work
+        apack = self.at(work, kc_max * ncp)
+        edge = self.at(work, kc_max * ncp + mcp * kc_max)
+        klo, khi = p.dom[p.red]
+        ext = [p.extent(v) for v in p.batch]
+
+        def batch(q):
+            base = {n: _c(p.base[n]) for n in (p.a, p.b, p.c)}
+            rest = q
+            for d, v in enumerate(p.batch):
+                inner = prod(ext[d + 1:])
+                idx = b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0]))
+                rest = b.srem(rest, _c(inner))
+                for n in base:
+                    base[n] = b.add(base[n], b.mul(idx, _c(p.strides[n][v])))
+            A = self.at(ptr[p.a], base[p.a])
+            B = self.at(ptr[p.b], base[p.b])
+            C = self.at(ptr[p.c], base[p.c])
+
+            def jblock(jc):
+                nc = self.min(_c(bl.nc), b.sub(n_hi, jc))
+
+                def kblock(pc):
+                    kc = self.min(_c(bl.kc), b.sub(_c(khi), pc))
+                    accum = b.icmp_signed("!=", pc, _c(klo)) if p.init else L.Constant(L.IntType(1), 1)
+                    b.call(pb, [bpack, B, jc, nc, pc, kc])
+
+                    def iblock(ic):
+                        mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
+                        if bl.pack_a:
+                            b.call(pa, [apack, A, ic, mc, pc, kc])
+
+                        def jtile(jr):
+                            nv = self.min(_c(bl.nr), b.sub(nc, jr))
+                            btile = self.at(bpack, b.mul(jr, kc))
+
+                            def itile(ir):
+                                mv = self.min(_c(bl.mr), b.sub(mc, ir))
+                                m0 = b.add(ic, ir)
+                                ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
+                                                         b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
+                                if bl.pack_a:
+                                    b.call(mk_packed, [self.at(apack, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
+                                    return
+                                sm, sk = p.strides[p.a][p.row], p.strides[p.a][p.red]
+
+                                def whole():
+                                    at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
+                                    b.call(mk_direct, [at, btile, ctile, kc, mv, nv, accum])
+
+                                def part():
+                                    b.call(pa, [edge, A, m0, mv, pc, kc])
+                                    b.call(mk_packed, [edge, btile, ctile, kc, mv, nv, accum])
+                                self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
+                            self.loop(0, mc, bl.mr, itile, "ir")
+                        self.loop(0, nc, bl.nr, jtile, "jr")
+                    self.loop(m_lo, m_hi, bl.mc, iblock, "ic")
+                self.loop(klo, khi, bl.kc, kblock, "pc")
+            self.loop(n_lo, n_hi, bl.nc, jblock, "jc")
+        self.loop(q_lo, q_hi, 1, batch, "q")
+        b.ret_void()
+
+    def workspace(self) -> int:
+        """Floats of per-thread scratch the driver needs (packed B block, A block, edge panel)."""
+        bl = self.bl
+        return bl.kc * (-(-bl.nc // bl.nr) * bl.nr) + (-(-bl.mc // bl.mr) * bl.mr) * bl.kc + bl.mr * bl.kc
+
+
+def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int]) -> int:
+    """Add the contraction's functions to ``mod``; returns the per-thread workspace in floats."""
+    e = _Emit(mod, p)
+    e.driver(ptrs_of)
+    return e.workspace()

@@ -1,0 +1,106 @@
+"""The cpu backend's packed, register-blocked contractions (compiler/backends/llvm/contraction.py)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import compiler
+import hw_models
+import ir.interp
+import kernels
+from compiler.backends.llvm import compile_cpu
+from compiler.backends.llvm.contraction import Blocking
+from compiler.backends.llvm.scalar import split_contraction
+from compiler.checking import compare, random_inputs
+from ir.bind import bind
+
+from helpers import rnd
+
+CPU = hw_models.load("cpu")
+LAYOUTS = {"gemm": lambda A, B: A @ B, "gemm_tn": lambda A, B: A.T @ B, "gemm_nt": lambda A, B: A @ B.T}
+
+
+def _gemm(name, M, N, K, threads=1, blocking=None, target=CPU):
+    k = compiler.parse(kernels.path(name)).kernel()
+    b = bind(k, dict(M=M, N=N, K=K))
+    nk = compile_cpu(k, b, target, threads=threads, blocking=blocking)
+    A, B = rnd(*b.shapes["A"], seed=1), rnd(*b.shapes["B"], seed=2)
+    return nk, nk({"A": A, "B": B})["C"], LAYOUTS[name](A.astype(np.float64), B.astype(np.float64))
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (13, 17, 19), (64, 64, 64), (29, 100, 3), (200, 8, 31)])
+def test_every_layout_is_a_contraction_and_correct(name, M, N, K):
+    nk, out, ref = _gemm(name, M, N, K)
+    assert [p.stmt for p in nk.plans] == [0]
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)
+
+
+def test_blocking_follows_the_target():
+    """Lanes, registers and cache blocks come from the .hw file: AVX2's 16 ymm registers give
+    a 6 x 16 micro-kernel, AVX-512's 32 zmm registers a 14 x 32 one."""
+    nk, out, ref = _gemm("gemm", 100, 100, 100)
+    bl = nk.plans[0].blocking
+    assert (bl.vl, bl.mr, bl.nr) == (16, 14, 32)
+    avx2 = hw_models.load("cpu-avx2")
+    nk2, out2, _ = _gemm("gemm", 100, 100, 100, target=avx2)
+    bl2 = nk2.plans[0].blocking
+    assert (bl2.vl, bl2.mr, bl2.nr) == (8, 6, 16)
+    assert np.allclose(out2, ref, atol=1e-3)
+    assert "14 x 32" in nk.plans[0].describe()
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(list(LAYOUTS)), M=st.integers(1, 60), N=st.integers(1, 70), K=st.integers(1, 50),
+       mr=st.integers(1, 14), nv=st.integers(1, 2), kc=st.integers(1, 50), mcs=st.integers(1, 4),
+       ncs=st.integers(1, 3), pack_a=st.booleans(), threads=st.integers(1, 3))
+def test_any_blocking_and_thread_split_is_correct(name, M, N, K, mr, nv, kc, mcs, ncs, pack_a, threads):
+    """Tiles that do not divide the sizes, several K/M/N blocks, edge tiles, direct and packed A."""
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a)
+    nk, out, ref = _gemm(name, M, N, K, threads=threads, blocking=bl)
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4), bl
+
+
+def test_thread_split_covers_every_output_once():
+    k = compiler.parse(kernels.path("batch_matmul")).kernel()
+    for sizes, threads in [(dict(Bt=1, M=1000, N=16, K=300), 2), (dict(Bt=1, M=20, N=3000, K=300), 3),
+                           (dict(Bt=5, M=40, N=40, K=800), 2)]:
+        b = bind(k, sizes)
+        nk = compile_cpu(k, b, CPU, threads=threads)
+        p = nk.plans[0]
+        parts = split_contraction(p, threads)
+        assert len(parts) == threads
+        cover = np.zeros((sizes["Bt"], sizes["M"], sizes["N"]), int)
+        for q0, q1, m0, m1, n0, n1 in parts:
+            cover[q0:q1, m0:m1, n0:n1] += 1
+        assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("name,count", [("batch_matmul", 1), ("mlp", 1), ("pointwise_conv2d", 1), ("gru_step", 3),
+                                        ("lstm_cell", 0)])
+def test_kernels_with_contractions(name, count):
+    """GEMM-shaped statements of library kernels take the fast path; the rest stays scalar,
+    and the whole kernel still matches the interpreter."""
+    k = compiler.parse(kernels.path(name)).kernel()
+    sizes = {s: 37 for s in k.sizes}
+    ck = compiler.build(k, target="cpu", sizes=sizes)
+    assert len(ck.native.plans) >= count
+    ins = random_inputs(ck.kernel, ck.bound, seed=3)
+    ok, err, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes))
+    assert ok, per
+
+
+def test_scalar_scheduler_and_schedule_listing():
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=50, N=40, K=30))
+    text = ck.source("schedule")
+    assert "micro-kernel 14 x 32 (m x n)" in text and "packed" in text
+    sc = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=50, N=40, K=30), scheduler="scalar")
+    assert sc.native.plans == [] and "scalar loops" in sc.source("schedule")
+    with pytest.raises(compiler.IsamapError, match="takes --scheduler vector"):
+        compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=5, N=4, K=3), scheduler="cpsat")
+
+
+def test_default_blocking_is_balanced():
+    bl = Blocking.for_target(CPU, 16, "zmm", 1760, 128, 1760, 2)
+    assert bl.kc * -(-1760 // bl.kc) - 1760 < -(-1760 // bl.kc)  # K blocks differ by at most one
+    assert bl.mc % bl.mr == 0 and bl.nc % bl.nr == 0
