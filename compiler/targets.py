@@ -170,6 +170,9 @@ class _TargetChecker:
         banks = self.take(props, "banks", "int", 1)
         row = self.take(props, "row", "bytes")
         holds = self.take(props, "holds", "names", [])
+        level = self.take(props, "host_cache", "int")
+        if level is not None:  # the capacity is a fallback: the host's own cache of that level wins
+            cap = host_cache_bytes(level) or cap
         for h, sp in holds:
             if h not in dtypes.BY_NAME:
                 raise IsamapError(f"unknown type '{h}'", sp)
@@ -289,3 +292,19 @@ def check_targets(pf, src: Source) -> list[Target]:
     for t in pf.targets:
         out.append(ch.target(t))
     return out
+
+
+def host_cache_bytes(level: int) -> int | None:
+    """Size of the host's level-``level`` data (or unified) cache, from Linux sysfs; None
+    where that is not readable (other systems), so the .hw file's figure stands."""
+    from pathlib import Path
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for d in sorted(root.glob("index*")):
+            if int((d / "level").read_text()) == level and (d / "type").read_text().strip() in ("Data", "Unified"):
+                text = (d / "size").read_text().strip()
+                mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                return int(text.rstrip("KMG")) * mult
+    except (OSError, ValueError):
+        return None
+    return None

@@ -46,7 +46,8 @@ def gemm_source(in_t: str, acc_t: str, a_t: bool, b_t: bool) -> str:
     a = "A(k, m)" if a_t else "A(m, k)"
     b = "B(n, k)" if b_t else "B(k, n)"
     out = f"{acc_t}(M, N) C" if acc_t != "float" else "C"
-    return f"def gemm({A}, {B}) -> ({out}) {{\n    C(m, n) +=! {acc_t}({a}) * {acc_t}({b})\n}}\n"
+    rhs = f"{a} * {b}" if acc_t == in_t else f"{acc_t}({a}) * {acc_t}({b})"
+    return f"def gemm({A}, {B}) -> ({out}) {{\n    C(m, n) +=! {rhs}\n}}\n"
 
 
 def gemm_suite(suite: str, sets: list[str] | None) -> list[tuple]:
@@ -110,12 +111,21 @@ def _cycles(ck, budget: int) -> tuple[float, bool, dict]:
     return float(cycles), False, {"instructions": len(sim.insts)}
 
 
-def _median_seconds(fn, repeats: int) -> tuple[float, float, float, object]:
-    """(median, min, max) seconds of ``fn`` over ``repeats`` after a warm-up, and its last result
-    (so the caller checks what it timed instead of running it again)."""
+QUIET_SECONDS = 0.2  # OpenBLAS worker threads spin about 0.1 s after each call before sleeping
+MIN_SECONDS = 0.25  # repeat short problems until this much time is measured
+
+
+def _median_seconds(fn, repeats: int, quiet: bool = False) -> tuple[float, float, float, object]:
+    """(median, min, max) seconds of ``fn`` over at least ``repeats`` runs (more for short
+    problems) after a warm-up, and its last result (so the caller checks what it timed
+    instead of running it again).  Each side is timed in its own block; ``quiet`` first waits
+    for the previous numpy call's spinning OpenBLAS threads to sleep, so they do not compete
+    with ours for the cores."""
+    if quiet:
+        time.sleep(QUIET_SECONDS)
     out = fn()  # warm-up, excluded
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < MIN_SECONDS and len(times) < 50 * repeats):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
@@ -136,7 +146,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
         A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(np.float32)
         B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(np.float32)
         arrays = {"A": A, "B": B}
-        ours, omin, omax, out = _median_seconds(lambda: ck.native(arrays), repeats)
+        ours, omin, omax, out = _median_seconds(lambda: ck.native(arrays), repeats, quiet=True)
         At, Bt = (A.T if a_t else A), (B.T if b_t else B)
         base, bmin, bmax, ref = _median_seconds(lambda: At @ Bt, repeats)
         err = float(np.abs(out["C"] - ref).max())

@@ -136,7 +136,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
                 h = step.native(dict(fixed, XR=xp[s, :, :H], XZ=xp[s, :, H:2 * H], XN=xp[s, :, 2 * H:],
                                      Hp=h))["Ho"]
             return h
-        sec, smin, smax, h = _median_seconds(ours, repeats)
+        sec, smin, smax, h = _median_seconds(ours, repeats, quiet=True)
         base, bmin, bmax, ref = _median_seconds(lambda: gru_reference(x, w, h0), repeats)
         row.cycles, row.baseline_cycles = sec, base  # seconds on host targets
         row.ratio = base / sec

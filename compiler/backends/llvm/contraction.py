@@ -29,7 +29,7 @@ from llvmlite import ir as L
 
 from ir.bind import Bound
 from ir.dtypes import FLOAT32
-from ir.expr import Access, Binary, Var
+from ir.expr import Access, Binary, Cast, Var
 from ir.kernel import Kernel
 from ir.target import Instruction, Target
 
@@ -52,14 +52,19 @@ class Blocking:
     mc: int = 504
     nc: int = 4096
     pack_a: bool = True
+    prefetch: int = 8  # k steps ahead that a strided A is prefetched (0: off)
 
     @property
     def nr(self) -> int:
         return self.nv * self.vl
 
     @staticmethod
-    def for_target(t: Target, vl: int, regmem: str, m: int, n: int, k: int, threads: int) -> "Blocking":
-        """Default blocking from the target's register file and cache capacities."""
+    def for_target(t: Target, vl: int, regmem: str, m: int, n: int, k: int, threads: int,
+                   a_contiguous: bool = True) -> "Blocking":
+        """Default blocking from the target's register file and cache capacities: as many
+        accumulators as the registers hold beside NV vector loads and a broadcast; one B
+        micro-panel (KC x NR) fills L1, the A block (MC x KC) half of L2, the B block
+        (KC x NC) half of this thread's share of L3."""
         mem = t.memory(regmem)
         regs = mem.capacity // (mem.row_bytes or vl * 4)
         nv = max(1, min(2, -(-n // vl)))
@@ -69,15 +74,18 @@ class Blocking:
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
         l3 = caches[2].capacity if len(caches) > 2 else 8 * l2
         nr = nv * vl
-        kc = max(16, min(k, (l1 // 2) // (nr * 4)))
+        kc = max(16, min(k, l1 // (nr * 4)))
         kc = -(-k // -(-k // kc))  # balanced K blocks
         mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
         mc = min(mc, -(-m // mr) * mr)
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
         nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
-        # packing A costs one pass over it per NC block: only worth it when each element is reused
-        pack_a = n > nr
-        return Blocking(vl, mr, nv, kc, mc, nc, pack_a)
+        # A with a unit stride is read in place: A(m, k) as MR sequential streams, A(k, m) with
+        # software prefetch (each k step is a new line, soon a new page, where the hardware
+        # prefetcher stops).  Packing costs a pass over A per NC block and measured slower on
+        # DeepBench shapes; only an A with no unit stride (a gathered one) is packed
+        pack_a = not a_contiguous
+        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, 8)
 
 
 @dataclass(frozen=True)
@@ -165,7 +173,8 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         if plan is None:
             continue
         rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
-        bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads)
+        a_contig = 1 in (plan.strides[plan.a][plan.red], plan.strides[plan.a][plan.row])
+        bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig)
         return replace(plan, instr=instr.name, blocking=bl)
     return None
 
@@ -180,6 +189,8 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
         return None
     acc = {c: [Var(v) for v in s.indices]}
     for e in (s.rhs.a, s.rhs.b):
+        while isinstance(e, Cast) and e.to == e.x.dtype:  # float(A(m, k)) on a float A
+            e = e.x
         if not isinstance(e, Access) or e.tensor not in (a, bt) or e.tensor in acc:
             return None
         acc[e.tensor] = list(e.indices)
@@ -346,6 +357,37 @@ class _Emit:
                 self.loop(mv, bl.mr, 1, zrow, "iz")
             else:
                 def krow(kk):
+                    drow = b.add(dst0, b.mul(kk, _c(bl.mr)))
+
+                    def zero(i):
+                        b.store(L.Constant(F32, 0.0), self.at(ap, b.add(drow, i)))
+                    self.loop(mv, bl.mr, 1, zero, "iz")
+                self.loop(0, kc, 1, krow, "kk")
+
+        if sm == 1:
+            # columns of A are contiguous in m (A(k, m)): one pass along each k row of the whole
+            # block, so the reads stream through pages instead of jumping a row of A per element
+            def krow_block(kk):
+                srow = b.add(b.mul(b.add(pc, kk), _c(sk)), ic)
+
+                def chunk(q):
+                    mv = self.min(_c(bl.mr), b.sub(mc, q))
+                    s0, d0 = b.add(srow, q), b.add(b.mul(q, kc), b.mul(kk, _c(bl.mr)))
+
+                    def copy(i):
+                        b.store(b.load(self.at(src, b.add(s0, i))), self.at(ap, b.add(d0, i)))
+                    self.loop(0, mv, 1, copy, "i")
+                self.loop(0, mc, bl.mr, chunk, "q")
+            self.loop(0, kc, 1, krow_block, "kk")
+            self.loop(0, mc, bl.mr, panel, "q")  # zero the padding of the last panel
+        elif sk == 1:
+            self.loop(0, mc, bl.mr, panel, "q")
+        else:
+            def gathered(q):  # neither stride is 1: element by element
+                mv = self.min(_c(bl.mr), b.sub(mc, q))
+                dst0 = b.mul(q, kc)
+
+                def krow(kk):
                     scol = b.add(b.mul(b.add(ic, q), _c(sm)), b.mul(b.add(pc, kk), _c(sk)))
                     drow = b.add(dst0, b.mul(kk, _c(bl.mr)))
 
@@ -357,8 +399,13 @@ class _Emit:
                     self.loop(0, mv, 1, copy, "i")
                     self.loop(mv, bl.mr, 1, zero, "iz")
                 self.loop(0, kc, 1, krow, "kk")
-        self.loop(0, mc, bl.mr, panel, "q")
+            self.loop(0, mc, bl.mr, gathered, "q")
         b.ret_void()
+
+    def prefetch_fn(self):
+        f = self.mod.globals.get("llvm.prefetch.p0")
+        return f or L.Function(self.mod, L.FunctionType(L.VoidType(), [L.IntType(8).as_pointer(), I32, I32, I32]),
+                               name="llvm.prefetch.p0")
 
     # ---- micro-kernel
     def micro(self, name: str, a_rs: int, a_ks: int):
@@ -388,6 +435,14 @@ class _Emit:
             for x in row:
                 x.add_incoming(zero, entry)
         bv = [self.vload(self.at(bpp, v * bl.vl)) for v in range(bl.nv)]
+        if a_ks * 4 >= 64 and bl.prefetch:
+            # each k step of A starts a new cache line (and soon a new page, where the hardware
+            # prefetcher stops): fetch the A elements of step k + prefetch ahead of time
+            pf = self.prefetch_fn()
+            ends = sorted({0, (bl.mr - 1) * a_rs})
+            for off in ends:
+                addr = b.bitcast(self.at(ap, bl.prefetch * a_ks + off), L.IntType(8).as_pointer())
+                b.call(pf, [addr, L.Constant(I32, 0), L.Constant(I32, 3), L.Constant(I32, 1)])
         new = []
         for i in range(bl.mr):
             s = b.load(self.at(ap, i * a_rs))
