@@ -52,11 +52,11 @@ def test_blocking_follows_the_target():
 
 @settings(max_examples=25, deadline=None)
 @given(name=st.sampled_from(list(LAYOUTS)), M=st.integers(1, 60), N=st.integers(1, 70), K=st.integers(1, 50),
-       mr=st.integers(1, 14), nv=st.integers(1, 2), kc=st.integers(1, 50), mcs=st.integers(1, 4),
-       ncs=st.integers(1, 3), pack_a=st.booleans(), threads=st.integers(1, 3))
-def test_any_blocking_and_thread_split_is_correct(name, M, N, K, mr, nv, kc, mcs, ncs, pack_a, threads):
-    """Tiles that do not divide the sizes, several K/M/N blocks, edge tiles, direct and packed A."""
-    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a)
+       mr=st.integers(1, 14), nv=st.integers(1, 3), kc=st.integers(1, 50), mcs=st.integers(1, 4),
+       ncs=st.integers(1, 3), pack_a=st.booleans(), pack_b=st.booleans(), threads=st.integers(1, 3))
+def test_any_blocking_and_thread_split_is_correct(name, M, N, K, mr, nv, kc, mcs, ncs, pack_a, pack_b, threads):
+    """Tiles that do not divide the sizes, several K/M/N blocks, edge tiles, A and B packed or in place."""
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
     nk, out, ref = _gemm(name, M, N, K, threads=threads, blocking=bl)
     assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4), bl
 
@@ -91,9 +91,11 @@ def test_kernels_with_contractions(name, count):
 
 
 def test_scalar_scheduler_and_schedule_listing():
-    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=50, N=40, K=30))
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=200, N=40, K=30))
     text = ck.source("schedule")
-    assert "micro-kernel 14 x 32 (m x n)" in text and "packed" in text
+    assert "micro-kernel 14 x 32 (m x n)" in text and "B packed" in text
+    short = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=1, N=300, K=30))
+    assert "micro-kernel 1 x 128" in short.source("schedule") and "B read in place" in short.source("schedule")
     sc = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=50, N=40, K=30), scheduler="scalar")
     assert sc.native.plans == [] and "scalar loops" in sc.source("schedule")
     with pytest.raises(compiler.IsamapError, match="takes --scheduler vector"):

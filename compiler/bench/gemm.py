@@ -111,7 +111,7 @@ def _cycles(ck, budget: int) -> tuple[float, bool, dict]:
     return float(cycles), False, {"instructions": len(sim.insts)}
 
 
-QUIET_SECONDS = 0.2  # OpenBLAS worker threads spin about 0.1 s after each call before sleeping
+QUIET_SECONDS = 0.2  # OpenBLAS's and our worker threads spin (0.1 s, ~25 ms) after each call before sleeping
 MIN_SECONDS = 0.25  # repeat short problems until this much time is measured
 
 
@@ -119,8 +119,8 @@ def _median_seconds(fn, repeats: int, quiet: bool = False) -> tuple[float, float
     """(median, min, max) seconds of ``fn`` over at least ``repeats`` runs (more for short
     problems) after a warm-up, and its last result (so the caller checks what it timed
     instead of running it again).  Each side is timed in its own block; ``quiet`` first waits
-    for the previous numpy call's spinning OpenBLAS threads to sleep, so they do not compete
-    with ours for the cores."""
+    for the other side's spinning worker threads to sleep, so they do not compete for the
+    cores."""
     if quiet:
         time.sleep(QUIET_SECONDS)
     out = fn()  # warm-up, excluded
@@ -148,7 +148,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
         arrays = {"A": A, "B": B}
         ours, omin, omax, out = _median_seconds(lambda: ck.native(arrays), repeats, quiet=True)
         At, Bt = (A.T if a_t else A), (B.T if b_t else B)
-        base, bmin, bmax, ref = _median_seconds(lambda: At @ Bt, repeats)
+        base, bmin, bmax, ref = _median_seconds(lambda: At @ Bt, repeats, quiet=True)
         err = float(np.abs(out["C"] - ref).max())
         row.cycles, row.baseline_cycles = ours, base  # seconds on host targets
         row.ratio = base / ours

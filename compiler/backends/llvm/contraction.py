@@ -51,8 +51,9 @@ class Blocking:
     kc: int = 256
     mc: int = 504
     nc: int = 4096
-    pack_a: bool = True
+    pack_a: bool = False
     prefetch: int = 8  # k steps ahead that a strided A is prefetched (0: off)
+    pack_b: bool = True
 
     @property
     def nr(self) -> int:
@@ -60,15 +61,22 @@ class Blocking:
 
     @staticmethod
     def for_target(t: Target, vl: int, regmem: str, m: int, n: int, k: int, threads: int,
-                   a_contiguous: bool = True) -> "Blocking":
-        """Default blocking from the target's register file and cache capacities: as many
-        accumulators as the registers hold beside NV vector loads and a broadcast; one B
-        micro-panel (KC x NR) fills L1, the A block (MC x KC) half of L2, the B block
-        (KC x NC) half of this thread's share of L3."""
+                   a_contiguous: bool = True, b_contiguous: bool = True) -> "Blocking":
+        """Default blocking from the target's register file and cache capacities.
+
+        Registers: MR x NV accumulators beside NV vector loads and a broadcast; 2 vectors
+        wide and 14 rows on 32 registers (6 x 2 on 16), fewer rows and more vectors when M
+        is small (down to 1 x 8 for a GEMV-like M = 1).  Caches: one B micro-panel (KC x NR)
+        fills L1, the A block (MC x KC) half of L2, the B block (KC x NC) half of this
+        thread's share of L3."""
         mem = t.memory(regmem)
         regs = mem.capacity // (mem.row_bytes or vl * 4)
-        nv = max(1, min(2, -(-n // vl)))
+        vecs = -(-n // vl)
+        nv = max(1, min(2, vecs))
         mr = max(1, min(14, (regs - nv - 1) // nv))
+        if m < mr:  # short M: fewer rows, wider tiles
+            mr = m
+            nv = max(1, min(vecs, 8, (regs - 1) // (mr + 1)))
         caches = sorted((x for x in t.memories if x.name not in (regmem, t.main)), key=lambda x: x.capacity)
         l1 = caches[0].capacity if caches else 32 << 10
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
@@ -80,12 +88,17 @@ class Blocking:
         mc = min(mc, -(-m // mr) * mr)
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
         nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
-        # A with a unit stride is read in place: A(m, k) as MR sequential streams, A(k, m) with
-        # software prefetch (each k step is a new line, soon a new page, where the hardware
-        # prefetcher stops).  Packing costs a pass over A per NC block and measured slower on
-        # DeepBench shapes; only an A with no unit stride (a gathered one) is packed
-        pack_a = not a_contiguous
-        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, 8)
+        # A with a unit stride is read in place when few NR tiles reuse it: A(m, k) as MR
+        # sequential streams, A(k, m) with software prefetch (each k step is a new line, soon a
+        # new page, where the hardware prefetcher stops).  Packing costs a pass over A per NC
+        # block: it pays off for wide B, and for an A with no unit stride (a gathered one)
+        pack_a = not a_contiguous or n > 4 * nr  # wide B: each A panel serves many NR tiles
+        # B is packed into NR-wide panels when many row tiles reuse them; for a short M
+        # (GEMV-like recurrent steps, M = 35 DeepBench rows) packing would cost more than the
+        # FMAs and double the traffic of a B streamed from DRAM, so B is read in place with
+        # software prefetch (only a ragged last panel is packed)
+        pack_b = not b_contiguous or m > 4 * mr
+        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, 8, pack_b)
 
 
 @dataclass(frozen=True)
@@ -115,9 +128,18 @@ class Contraction:
         return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes): "
                 f"micro-kernel {bl.mr} x {bl.nr} ({self.row} x {self.vec}) with {bl.mr * bl.nv} accumulator "
                 f"registers; blocks KC={bl.kc} ({self.red}), MC={bl.mc} ({self.row}), NC={bl.nc} ({self.vec}); "
-                f"{self.b} packed into {bl.nr}-wide panels; "
+                + (f"{self.b} packed into {bl.nr}-wide panels; " if bl.pack_b else "")
                 + (f"{self.a} packed into {bl.mr}-tall panels" if bl.pack_a else f"{self.a} read in place")
+                + ("" if bl.pack_b else f"; {self.b} read in place")
                 + (f"; batch loops {', '.join(self.batch)}" if self.batch else ""))
+
+    def with_blocking(self, **changes) -> "Contraction":
+        """This contraction with some blocking parameters changed (tuning, tests); a B without
+        unit stride along the vector variable stays packed, as vector loads need one."""
+        bl = replace(self.blocking, **changes)
+        if self.strides[self.b][self.vec] != 1:
+            bl = replace(bl, pack_b=True)
+        return replace(self, blocking=bl)
 
     def flops(self) -> int:
         return 2 * prod(self.extent(v) for v in self.dom)
@@ -173,8 +195,9 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         if plan is None:
             continue
         rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
-        a_contig = 1 in (plan.strides[plan.a][plan.red], plan.strides[plan.a][plan.row])
-        bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig)
+        a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red])
+        b_contig = plan.strides[plan.b][plan.vec] == 1
+        bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig)
         return replace(plan, instr=instr.name, blocking=bl)
     return None
 
@@ -241,6 +264,7 @@ class _Emit:
         fma = mod.globals.get(f"llvm.fma.v{self.bl.vl}f32")
         self.fma = fma or L.Function(mod, L.FunctionType(self.vt, [self.vt] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
         self.pre = f"s{p.stmt}"
+        self.micros: dict[tuple, L.Function] = {}
 
     # ---- helpers
     def func(self, name: str, args, internal: bool = True):
@@ -312,6 +336,26 @@ class _Emit:
             nv = self.min(_c(bl.nr), b.sub(nc, q))
             dst0 = b.mul(q, kc)  # panel q/NR starts at (q/NR)*kc*NR = q*kc
 
+            def zero_row(kk):
+                drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
+
+                def zero(j):
+                    b.store(L.Constant(F32, 0.0), self.at(bp, b.add(drow, j)))
+                self.loop(nv, bl.nr, 1, zero, "jz")
+
+            if sk == 1 and sn != 1:
+                # B(n, k) (an NT GEMM): read along k, one column of the panel at a time
+                def column(j):
+                    scol = b.add(b.mul(pc, _c(sk)), b.mul(b.add(jc, b.add(q, j)), _c(sn)))
+
+                    def copy(kk):
+                        v = b.load(self.at(src, b.add(scol, kk)))
+                        b.store(v, self.at(bp, b.add(dst0, b.add(b.mul(kk, _c(bl.nr)), j))))
+                    self.loop(0, kc, 1, copy, "kk")
+                self.loop(0, nv, 1, column, "j")
+                self.loop(0, kc, 1, zero_row, "kz")
+                return
+
             def krow(kk):
                 srow = b.add(b.mul(b.add(pc, kk), _c(sk)), b.mul(b.add(jc, q), _c(sn)))
                 drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
@@ -319,12 +363,9 @@ class _Emit:
                 def copy(j):
                     v = b.load(self.at(src, b.add(srow, b.mul(j, _c(sn)))))
                     b.store(v, self.at(bp, b.add(drow, j)))
-
-                def zero(j):
-                    b.store(L.Constant(F32, 0.0), self.at(bp, b.add(drow, j)))
                 self.loop(0, nv, 1, copy, "j")
-                self.loop(nv, bl.nr, 1, zero, "jz")
             self.loop(0, kc, 1, krow, "kk")
+            self.loop(0, kc, 1, zero_row, "kz")
         self.loop(0, nc, bl.nr, panel, "q")
         b.ret_void()
 
@@ -408,9 +449,19 @@ class _Emit:
                                name="llvm.prefetch.p0")
 
     # ---- micro-kernel
-    def micro(self, name: str, a_rs: int, a_ks: int):
-        """micro(a, bp, c, kc, mv, nv, accumulate): C[0:mv, 0:nv] (+)= A-panel x B-panel, with
-        MR x NV accumulators carried in registers through the k loop (a do-while: kc >= 1)."""
+    def micro(self, a_rs: int, a_ks: int, b_ks: int):
+        """micro(a, b, c, kc, mv, nv, accumulate): C[0:mv, 0:nv] (+)= A-panel x B-panel, with
+        MR x NV accumulators carried in registers through the k loop (a do-while: kc >= 1).
+        A element (i, k) is at a + i*a_rs + k*a_ks, B lanes of step k at b + k*b_ks: one
+        variant per layout (packed panels or the tensors in place), generated on demand."""
+        key = (a_rs, a_ks, b_ks)
+        if key not in self.micros:
+            outer = self.fn, self.bld  # generated on demand, in the middle of the driver
+            self.micros[key] = self._micro(f"micro_{len(self.micros)}", a_rs, a_ks, b_ks)
+            self.fn, self.bld = outer
+        return self.micros[key]
+
+    def _micro(self, name: str, a_rs: int, a_ks: int, b_ks: int):
         p, bl = self.p, self.bl
         fp = F32.as_pointer()
         fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)])
@@ -435,6 +486,12 @@ class _Emit:
             for x in row:
                 x.add_incoming(zero, entry)
         bv = [self.vload(self.at(bpp, v * bl.vl)) for v in range(bl.nv)]
+        if b_ks != bl.nr and b_ks * 4 >= 64 and bl.prefetch:
+            # B read in place: each k step is another row of B (another page for wide B)
+            pf = self.prefetch_fn()
+            for line in range(0, bl.nr * 4, 64):
+                addr = b.bitcast(self.at(bpp, bl.prefetch * b_ks + line // 4), L.IntType(8).as_pointer())
+                b.call(pf, [addr, L.Constant(I32, 0), L.Constant(I32, 3), L.Constant(I32, 1)])
         if a_ks * 4 >= 64 and bl.prefetch:
             # each k step of A starts a new cache line (and soon a new page, where the hardware
             # prefetcher stops): fetch the A elements of step k + prefetch ahead of time
@@ -451,7 +508,7 @@ class _Emit:
             new.append([b.call(self.fma, [sv, bv[v], accs[i][v]]) for v in range(bl.nv)])
         k2 = b.add(k, _c(1))
         ap2 = self.at(ap, a_ks)
-        bp2 = self.at(bpp, bl.nr)
+        bp2 = self.at(bpp, b_ks)
         k.add_incoming(k2, body)
         ap.add_incoming(ap2, body)
         bpp.add_incoming(bp2, body)
@@ -497,10 +554,8 @@ class _Emit:
         fp = F32.as_pointer()
         self.pack_b()
         self.pack_a()
-        mk_packed = self.micro("micro_packed", 1, bl.mr)
-        mk_direct = None
-        if not bl.pack_a:
-            mk_direct = self.micro("micro_direct", p.strides[p.a][p.row], p.strides[p.a][p.red])
+        sm, sk = p.strides[p.a][p.row], p.strides[p.a][p.red]
+        bk, bn = p.strides[p.b][p.red], p.strides[p.b][p.vec]
         pa, pb = self.mod.get_global(f"{self.pre}_pack_a"), self.mod.get_global(f"{self.pre}_pack_b")
         fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [L.PointerType(L.IntType(8)).as_pointer(), fp]
                                                   + [I64] * 6), name=self.pre)
@@ -511,12 +566,7 @@ class _Emit:
         for name in (p.a, p.b, p.c):
             raw = b.load(b.gep(bufs, [L.Constant(I32, ptrs_of[name])]))
             ptr[name] = b.bitcast(raw, fp)
-        kc_max = bl.kc
-        ncp = -(-bl.nc // bl.nr) * bl.nr
-        mcp = -(-bl.mc // bl.mr) * bl.mr
-        bpack = work
-        apack = self.at(work, kc_max * ncp)
-        edge = self.at(work, kc_max * ncp + mcp * kc_max)
+        bpack, apack, aedge, bedge = (self.at(work, off) for off in self.offsets()[:4])
         klo, khi = p.dom[p.red]
         ext = [p.extent(v) for v in p.batch]
 
@@ -539,7 +589,8 @@ class _Emit:
                 def kblock(pc):
                     kc = self.min(_c(bl.kc), b.sub(_c(khi), pc))
                     accum = b.icmp_signed("!=", pc, _c(klo)) if p.init else L.Constant(L.IntType(1), 1)
-                    b.call(pb, [bpack, B, jc, nc, pc, kc])
+                    if bl.pack_b:
+                        b.call(pb, [bpack, B, jc, nc, pc, kc])
 
                     def iblock(ic):
                         mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
@@ -548,27 +599,40 @@ class _Emit:
 
                         def jtile(jr):
                             nv = self.min(_c(bl.nr), b.sub(nc, jr))
-                            btile = self.at(bpack, b.mul(jr, kc))
 
-                            def itile(ir):
-                                mv = self.min(_c(bl.mr), b.sub(mc, ir))
-                                m0 = b.add(ic, ir)
-                                ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
-                                                         b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
-                                if bl.pack_a:
-                                    b.call(mk_packed, [self.at(apack, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
-                                    return
-                                sm, sk = p.strides[p.a][p.row], p.strides[p.a][p.red]
+                            def tiles(btile, b_ks):
+                                def itile(ir):
+                                    mv = self.min(_c(bl.mr), b.sub(mc, ir))
+                                    m0 = b.add(ic, ir)
+                                    ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
+                                                             b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
+                                    if bl.pack_a:
+                                        b.call(self.micro(1, bl.mr, b_ks),
+                                               [self.at(apack, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
+                                        return
 
-                                def whole():
-                                    at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
-                                    b.call(mk_direct, [at, btile, ctile, kc, mv, nv, accum])
+                                    def whole():
+                                        at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
+                                        b.call(self.micro(sm, sk, b_ks), [at, btile, ctile, kc, mv, nv, accum])
 
-                                def part():
-                                    b.call(pa, [edge, A, m0, mv, pc, kc])
-                                    b.call(mk_packed, [edge, btile, ctile, kc, mv, nv, accum])
-                                self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
-                            self.loop(0, mc, bl.mr, itile, "ir")
+                                    def part():  # the last rows: a zero-padded panel
+                                        b.call(pa, [aedge, A, m0, mv, pc, kc])
+                                        b.call(self.micro(1, bl.mr, b_ks), [aedge, btile, ctile, kc, mv, nv, accum])
+                                    self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
+                                self.loop(0, mc, bl.mr, itile, "ir")
+
+                            if bl.pack_b:
+                                tiles(self.at(bpack, b.mul(jr, kc)), bl.nr)
+                                return
+
+                            def direct():
+                                n0 = b.add(jc, jr)
+                                tiles(self.at(B, b.add(b.mul(pc, _c(bk)), b.mul(n0, _c(bn)))), bk)
+
+                            def edge():  # the last columns: a zero-padded panel
+                                b.call(pb, [bedge, B, b.add(jc, jr), nv, pc, kc])
+                                tiles(bedge, bl.nr)
+                            self.if_(b.icmp_signed("==", nv, _c(bl.nr)), direct, edge)
                         self.loop(0, nc, bl.nr, jtile, "jr")
                     self.loop(m_lo, m_hi, bl.mc, iblock, "ic")
                 self.loop(klo, khi, bl.kc, kblock, "pc")
@@ -576,10 +640,20 @@ class _Emit:
         self.loop(q_lo, q_hi, 1, batch, "q")
         b.ret_void()
 
-    def workspace(self) -> int:
-        """Floats of per-thread scratch the driver needs (packed B block, A block, edge panel)."""
+    def offsets(self) -> list[int]:
+        """Float offsets in the per-thread scratch: packed B block, packed A block, A edge
+        panel, B edge panel, and the end."""
         bl = self.bl
-        return bl.kc * (-(-bl.nc // bl.nr) * bl.nr) + (-(-bl.mc // bl.mr) * bl.mr) * bl.kc + bl.mr * bl.kc
+        sizes = [bl.kc * (-(-bl.nc // bl.nr) * bl.nr) if bl.pack_b else 0,
+                 (-(-bl.mc // bl.mr) * bl.mr) * bl.kc if bl.pack_a else 0, bl.mr * bl.kc, bl.nr * bl.kc]
+        out = [0]
+        for x in sizes:
+            out.append(out[-1] + -(-x // 16) * 16)  # 64-byte aligned parts
+        return out
+
+    def workspace(self) -> int:
+        """Floats of per-thread scratch the driver needs."""
+        return self.offsets()[-1]
 
 
 def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from dataclasses import dataclass
 from math import prod
 
 import numpy as np
@@ -343,23 +344,36 @@ class _Gen:
         self.loop(var, self.fn.args[1], self.fn.args[2], body)
 
     def finish(self) -> str:
+        """The module, with a ``{name}_task(ctx, part)`` entry for every splittable function: the
+        native thread pool calls it with a context of 8 x i64 records per part (buffers,
+        workspace, then the function's range arguments)."""
+        i8p = L.IntType(8).as_pointer()
+        for name, si, outer, _ in self.functions:
+            if outer is None and name.endswith("_init"):
+                continue
+            fn = self.mod.get_global(name)
+            task = L.Function(self.mod, L.FunctionType(L.VoidType(), [i8p, I64]), name=f"{name}_task")
+            b = L.IRBuilder(task.append_basic_block("entry"))
+            rec = b.bitcast(task.args[0], I64.as_pointer())
+            base = b.mul(task.args[1], L.Constant(I64, 8))
+
+            def field(i):
+                return b.load(b.gep(rec, [b.add(base, L.Constant(I64, i))]))
+            args = [b.inttoptr(field(0), fn.args[0].type)]
+            for i, a in enumerate(fn.args[1:]):
+                v = field(i + 1) if isinstance(outer, Contraction) else field(i + 2)
+                if isinstance(a.type, L.PointerType):
+                    v = b.inttoptr(v, a.type)
+                elif a.type != I64:
+                    v = b.trunc(v, a.type)
+                args.append(v)
+            b.call(fn, args)
+            b.ret_void()
         return str(self.mod)
 
 
-_POOL = None
-
-
-def _pool():
-    global _POOL
-    if _POOL is None:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    return _POOL
-
-
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
-PARALLEL_MIN_FLOPS = 8 << 20  # contractions below this (~60 us on one core) run on one thread
+PARALLEL_MIN_FLOPS = 1 << 20  # contractions below this (~8 us on one core) run on one thread
 
 
 class NativeKernel:
@@ -393,15 +407,15 @@ class NativeKernel:
             addr = self.engine.get_function_address(name)
             if isinstance(outer, Contraction):
                 f = ctypes.CFUNCTYPE(None, P, ctypes.c_void_p, *[ctypes.c_int64] * 6)(addr)
-                self.calls.append((f, outer, lo, hi, -1))
+                self.calls.append(_Call(f, self.engine.get_function_address(f"{name}_task"), outer))
                 self.workspace = max(self.workspace, hi)
             elif outer is None and name.endswith("_init"):
                 f = ctypes.CFUNCTYPE(None, P)(addr)
-                self.calls.append((f, None, 0, 0, 0))
+                self.calls.append(_Call(f))
             else:
                 f = ctypes.CFUNCTYPE(None, P, ctypes.c_int32, ctypes.c_int32)(addr)
                 work = prod(h - l for l, h in b.domain(si).values())
-                self.calls.append((f, outer, lo, hi, work))
+                self.calls.append(_Call(f, self.engine.get_function_address(f"{name}_task"), None, lo, hi, work))
     def _optimize(self):
         mod = llvm.parse_assembly(self.llvm_ir)
         mod.verify()
@@ -427,22 +441,20 @@ class NativeKernel:
         outs = [np.zeros(self.b.shapes[t.name], dtype=_holding(t.dtype)) for t in self.k.outputs]
         bufs += outs
         ptrs = (ctypes.c_void_p * len(bufs))(*[x.ctypes.data for x in bufs])
-        for f, outer, lo, hi, work in self.calls:
-            if work == -1:
-                self._contract(f, outer, ptrs)
-                continue
-            if outer is None and work == 0:
-                f(ptrs)
-                continue
-            n = hi - lo
-            parts = min(self.threads, n) if work >= PARALLEL_MIN_WORK else 1
-            if parts <= 1:
-                f(ptrs, lo, hi)
-                continue
-            step = -(-n // parts)
-            futs = [_pool().submit(f, ptrs, a, min(hi, a + step)) for a in range(lo, hi, step)]
-            for fu in futs:
-                fu.result()
+        for c in self.calls:
+            if c.plan is not None:
+                self._contract(c, ptrs)
+            elif c.task is None:
+                c.f(ptrs)
+            else:
+                n = c.hi - c.lo
+                parts = min(self.threads, n) if c.work >= PARALLEL_MIN_WORK else 1
+                if parts <= 1:
+                    c.f(ptrs, c.lo, c.hi)
+                    continue
+                step = -(-n // parts)
+                self._parallel(c.task, ptrs, [(0, a, min(c.hi, a + step)) for a in range(c.lo, c.hi, step)],
+                               c.work / 1e9)
         res = {}
         for t, o in zip(self.k.outputs, outs):
             res[t.name] = o.astype(bool) if t.dtype == BOOL else o
@@ -458,17 +470,37 @@ class NativeKernel:
             buf = self._scratch[i] = np.zeros(self.workspace + 16, dtype=np.float32)
         return (buf.ctypes.data + 63) // 64 * 64
 
-    def _contract(self, f, p: Contraction, ptrs):
+    def _contract(self, c: "_Call", ptrs):
         """Split a contraction across threads: over batches when there are enough, else over the
         longer of rows and columns, in whole micro-tiles."""
-        parts = split_contraction(p, self.threads)
+        parts = split_contraction(c.plan, self.threads)
         if len(parts) == 1:
-            f(ptrs, self._work(0), *parts[0])
+            c.f(ptrs, self._work(0), *parts[0])
             return
-        futs = [_pool().submit(f, ptrs, self._work(i), *r) for i, r in enumerate(parts) if i]
-        f(ptrs, self._work(0), *parts[0])  # the calling thread takes the first part
-        for fu in futs:
-            fu.result()
+        self._parallel(c.task, ptrs, [(self._work(i),) + r for i, r in enumerate(parts)], c.plan.flops() / 1e11)
+
+    def _parallel(self, task: int, ptrs, records, seconds: float = 1.0) -> None:
+        """Run ``task`` over ``records`` (workspace address, then range arguments) on the
+        native pool; ``seconds`` estimates the work on one thread."""
+        from .pool import native_pool
+        ctx = (ctypes.c_int64 * (8 * len(records)))()
+        for i, r in enumerate(records):
+            ctx[8 * i] = ctypes.addressof(ptrs)
+            for j, v in enumerate(r):
+                ctx[8 * i + 1 + j] = v
+        native_pool().run(task, ctypes.addressof(ctx), len(records), seconds)
+
+
+@dataclass
+class _Call:
+    """One native entry point: ``f`` runs it on this thread; ``task`` is its pool entry
+    (None: not splittable); ``plan`` marks a contraction; lo/hi/work describe a range call."""
+    f: object
+    task: int | None = None
+    plan: Contraction | None = None
+    lo: int = 0
+    hi: int = 0
+    work: int = 0
 
 
 def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
@@ -484,7 +516,9 @@ def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
     mt, nt = -(-(mhi - mlo) // bl.mr), -(-(nhi - nlo) // bl.nr)
     out = []
     for q in range(nb):
-        if mt >= nt or mt >= threads:
+        # each thread packs the B block of its columns and reads the A rows of its rows: split
+        # the longer side, so the part every thread touches whole is the smaller operand
+        if (mhi - mlo >= nhi - nlo or nt < threads) and mt >= threads:
             per = -(-mt // threads) * bl.mr
             out += [(q, q + 1, a, min(mhi, a + per), nlo, nhi) for a in range(mlo, mhi, per)]
         else:
@@ -543,8 +577,7 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             g.statement(si)
             continue
         if blocking:
-            from dataclasses import replace
-            p = replace(p, blocking=replace(p.blocking, **blocking))
+            p = p.with_blocking(**blocking)
         g.init_function(si)
         ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)})
         g.functions.append((f"s{si}", si, p, (0, ws)))

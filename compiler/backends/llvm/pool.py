@@ -1,0 +1,220 @@
+"""A native thread pool for the JIT-compiled host code: spinning workers, ~1 us dispatch.
+
+A Python ThreadPoolExecutor round trip costs 60-90 us on the project's VMs (two futex
+wake-ups and the interpreter), more than a whole DeepBench GEMV or GRU step is worth
+splitting.  These workers are native threads (pthread_create from JIT-compiled LLVM IR),
+created once per process.  Each waits for the next job by spinning on a generation counter
+for about 10 ms (so back-to-back kernel calls dispatch in about a microsecond) and
+then blocks on a futex (so an idle process burns no core and wakes nobody: periodic naps
+were measured to halve the speed of OpenBLAS running beside them).  A job is a task function
+``void task(ptr ctx, i64 part)`` and a part count; the caller runs part 0 itself, worker w
+runs parts w, w + workers + 1, ..., and the caller spins until all parts are done.  The
+call goes through ctypes, which releases the GIL.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from llvmlite import binding as llvm
+
+SPIN = 1 << 19  # pause loops (~17 ns each on current Xeons: ~10 ms) before an idle worker blocks on a futex
+WAKE_WORTH = 2e-3  # jobs shorter than this (seconds, one thread) do not wait for sleeping workers
+
+_IR = r"""
+@job_fn = internal global ptr null
+@job_ctx = internal global ptr null
+@job_parts = internal global i64 0
+@gen = internal global i64 0
+@pending = internal global i64 0
+@workers = internal global i64 0
+@fw = internal global i32 0
+@sleepers = internal global i64 0
+
+declare i32 @pthread_create(ptr, ptr, ptr, ptr)
+declare i64 @syscall(i64, ...)
+declare void @llvm.x86.sse2.pause()
+
+define internal ptr @worker(ptr %arg) {
+entry:
+  %id = ptrtoint ptr %arg to i64
+  br label %wait
+wait:
+  %seen = phi i64 [ 0, %entry ], [ %g, %done ]
+  br label %spin
+spin:
+  %n = phi i64 [ 0, %wait ], [ %n1, %pause ], [ 0, %woke ]
+  %cur = load atomic i64, ptr @gen seq_cst, align 8
+  %new = icmp ne i64 %cur, %seen
+  br i1 %new, label %run, label %idle
+idle:
+  %n1 = add i64 %n, 1
+  %long = icmp ugt i64 %n1, SPIN
+  br i1 %long, label %sleep, label %pause
+pause:
+  call void @llvm.x86.sse2.pause()
+  br label %spin
+sleep:
+  %s0 = atomicrmw add ptr @sleepers, i64 1 seq_cst
+  %f = load atomic i32, ptr @fw seq_cst, align 4
+  %cur2 = load atomic i64, ptr @gen seq_cst, align 8
+  %new2 = icmp ne i64 %cur2, %seen
+  br i1 %new2, label %woke, label %block
+block:
+  %f64 = zext i32 %f to i64
+  %rc = call i64 (i64, ...) @syscall(i64 202, ptr @fw, i64 128, i64 %f64, ptr null)
+  br label %woke
+woke:
+  %s1 = atomicrmw sub ptr @sleepers, i64 1 seq_cst
+  br label %spin
+run:
+  %g = phi i64 [ %cur, %spin ]
+  %fn = load ptr, ptr @job_fn
+  %ctx = load ptr, ptr @job_ctx
+  %parts = load i64, ptr @job_parts
+  %stride = load i64, ptr @workers
+  %stride1 = add i64 %stride, 1
+  br label %part
+part:
+  %p = phi i64 [ %id, %run ], [ %p2, %body ]
+  %more = icmp slt i64 %p, %parts
+  br i1 %more, label %body, label %done
+body:
+  call void %fn(ptr %ctx, i64 %p)
+  %p2 = add i64 %p, %stride1
+  br label %part
+done:
+  %old = atomicrmw sub ptr @pending, i64 1 acq_rel
+  br label %wait
+}
+
+define i32 @pool_start(i64 %n) {
+entry:
+  store i64 %n, ptr @workers
+  %tid = alloca i64
+  br label %loop
+loop:
+  %i = phi i64 [ 1, %entry ], [ %i1, %ok ]
+  %more = icmp sle i64 %i, %n
+  br i1 %more, label %make, label %end
+make:
+  %arg = inttoptr i64 %i to ptr
+  %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @worker, ptr %arg)
+  %bad = icmp ne i32 %rc, 0
+  %i1 = add i64 %i, 1
+  br i1 %bad, label %fail, label %ok
+ok:
+  br label %loop
+fail:
+  ret i32 %rc
+end:
+  ret i32 0
+}
+
+define i64 @pool_sleepers() {
+  %sl = load atomic i64, ptr @sleepers seq_cst, align 8
+  ret i64 %sl
+}
+
+define void @pool_wake() {
+  %oldf = atomicrmw add ptr @fw, i32 1 seq_cst
+  %rw = call i64 (i64, ...) @syscall(i64 202, ptr @fw, i64 129, i64 2147483647)
+  ret void
+}
+
+define void @pool_run(ptr %fn, ptr %ctx, i64 %parts) {
+entry:
+  store ptr %fn, ptr @job_fn
+  store ptr %ctx, ptr @job_ctx
+  store i64 %parts, ptr @job_parts
+  %w = load i64, ptr @workers
+  store atomic i64 %w, ptr @pending release, align 8
+  %old = atomicrmw add ptr @gen, i64 1 seq_cst
+  %oldf = atomicrmw add ptr @fw, i32 1 seq_cst
+  %sl = load atomic i64, ptr @sleepers seq_cst, align 8
+  %stride1 = add i64 %w, 1
+  %asleep = icmp ne i64 %sl, 0
+  br i1 %asleep, label %wake, label %part
+wake:
+  %rw = call i64 (i64, ...) @syscall(i64 202, ptr @fw, i64 129, i64 2147483647)
+  br label %part
+part:
+  %p = phi i64 [ 0, %entry ], [ 0, %wake ], [ %p2, %body ]
+  %more = icmp slt i64 %p, %parts
+  br i1 %more, label %body, label %wait
+body:
+  call void %fn(ptr %ctx, i64 %p)
+  %p2 = add i64 %p, %stride1
+  br label %part
+wait:
+  %left = load atomic i64, ptr @pending acquire, align 8
+  %busy = icmp ne i64 %left, 0
+  br i1 %busy, label %pause, label %end
+pause:
+  call void @llvm.x86.sse2.pause()
+  br label %wait
+end:
+  ret void
+}
+"""
+
+
+class NativePool:
+    """The process's native workers (``threads - 1`` of them beside the calling thread).  They
+    start before the first job, waiting for generation 1: a worker that is slow to start still
+    sees every job."""
+
+    def __init__(self, threads: int):
+        from .scalar import _init, _target_machine
+        _init()
+        ir = _IR.replace("SPIN", str(SPIN))
+        mod = llvm.parse_assembly(ir)
+        mod.triple = llvm.get_process_triple()
+        mod.verify()
+        self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
+        self.engine.finalize_object()
+        start = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)(self.engine.get_function_address("pool_start"))
+        self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            self.engine.get_function_address("pool_run"))
+        self._sleepers = ctypes.CFUNCTYPE(ctypes.c_int64)(self.engine.get_function_address("pool_sleepers"))
+        self._wake = ctypes.CFUNCTYPE(None)(self.engine.get_function_address("pool_wake"))
+        self.threads = threads
+        self._tasks: dict[int, object] = {}
+        self.lock = threading.Lock()  # one job at a time (kernels called from several Python threads)
+        if threads > 1 and start(threads - 1) != 0:
+            raise OSError("could not start the native worker threads")
+
+    def run(self, task_addr: int, ctx: int, parts: int, seconds: float = 1.0) -> None:
+        """Run ``task(ctx, p)`` for p in [0, parts) across the workers and the caller; returns
+        when every part is done.  ``seconds`` estimates the job on one thread: when the
+        workers are asleep (waking one costs 0.1-0.3 ms on a VM) and the job is shorter than
+        ``WAKE_WORTH``, the caller runs every part itself and wakes the workers for the calls
+        that follow."""
+        with self.lock:
+            if seconds < WAKE_WORTH and self._sleepers() > 0:
+                self._wake()
+                self._alone(task_addr, ctx, parts)
+                return
+            self._run(task_addr, ctx, parts)
+
+    def _alone(self, task_addr: int, ctx: int, parts: int) -> None:
+        f = self._tasks.get(task_addr)
+        if f is None:
+            f = self._tasks[task_addr] = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(task_addr)
+        for p in range(parts):
+            f(ctx, p)
+
+
+_POOL: NativePool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def native_pool() -> NativePool:
+    """The process-wide pool, started on first use with one thread per core in all (a kernel
+    asking for fewer threads simply makes fewer parts)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            import os
+            _POOL = NativePool(os.cpu_count() or 1)
+        return _POOL
