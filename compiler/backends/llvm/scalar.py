@@ -211,6 +211,8 @@ class _Gen:
         if isinstance(e, Call):
             args = [self.convert(self.ev(x), x.dtype, e.dtype) for x in e.args]
             t = lltype(e.dtype)
+            if t == L.FloatType() and e.fn in ("exp", "sigmoid", "tanh"):
+                return self.round_if_bf16(self.fast_f32(e.fn, args[0]), e.dtype)
             if e.fn == "sigmoid":
                 ex = b.call(self.libm("exp", e.dtype, 1), [b.fneg(args[0])])
                 return self.round_if_bf16(b.fdiv(L.Constant(t, 1.0), b.fadd(L.Constant(t, 1.0), ex)), e.dtype)
@@ -224,6 +226,54 @@ class _Gen:
                 raise IsamapError(f"built-in '{e.fn}' is not supported by the cpu backend yet", e.span)
             return self.round_if_bf16(b.call(self.libm(e.fn, e.dtype, len(args)), args), e.dtype)
         raise IsamapError(f"cannot generate code for {type(e).__name__}", e.span)
+
+    def exp_f32(self, x):
+        """exp for float32 as straight-line arithmetic (Cephes expf: range reduction by ln 2,
+        degree-6 polynomial, exponent bits built directly; ~1 ulp), so LLVM vectorises loops
+        around it; a libm call per element would stay scalar."""
+        b, f, i32 = self.bld, L.FloatType(), L.IntType(32)
+
+        def c(v):
+            return L.Constant(f, v)
+        # beyond these exp is inf / 0 anyway; the clamp keeps n within two normal exponents
+        x = b.select(b.fcmp_ordered(">", x, c(89.0)), c(89.0), x)
+        x = b.select(b.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)  # NaN passes through
+        n = b.call(self.intrinsic("llvm.rint.f32", f, [f]), [b.fmul(x, c(1.44269504088896341))])
+        r = b.fsub(b.fsub(x, b.fmul(n, c(0.693359375))), b.fmul(n, c(-2.12194440e-4)))
+        p = c(1.9875691500e-4)
+        for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = b.fadd(b.fmul(p, r), c(k))
+        p = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
+        # 2^n as 2^n1 * 2^n2 (n in [-150, 129]: overflow to inf and gradual underflow come out right)
+        ni = b.fptosi(n, i32)
+        n1 = b.ashr(ni, L.Constant(i32, 1))
+        n2 = b.sub(ni, n1)
+
+        def pow2(k):
+            return b.bitcast(b.shl(b.add(k, L.Constant(i32, 127)), L.Constant(i32, 23)), f)
+        return b.fmul(b.fmul(p, pow2(n1)), pow2(n2))
+
+    def fast_f32(self, fn: str, x):
+        """exp, sigmoid and tanh on float32 from exp_f32 (vectorisable)."""
+        b, f = self.bld, L.FloatType()
+        one = L.Constant(f, 1.0)
+        if fn == "exp":
+            return self.exp_f32(x)
+        if fn == "sigmoid":
+            return b.fdiv(one, b.fadd(one, self.exp_f32(b.fneg(x))))
+        # tanh: 1 - 2 / (exp(2x) + 1), and its odd Taylor series near 0 (no cancellation)
+        big = b.fsub(one, b.fdiv(L.Constant(f, 2.0), b.fadd(self.exp_f32(b.fadd(x, x)), one)))
+        x2 = b.fmul(x, x)
+        small = L.Constant(f, -17.0 / 315.0)
+        for k in (2.0 / 15.0, -1.0 / 3.0, 1.0):
+            small = b.fadd(b.fmul(small, x2), L.Constant(f, k))
+        small = b.fmul(small, x)
+        ax = b.call(self.intrinsic("llvm.fabs.f32", f, [f]), [x])
+        return b.select(b.fcmp_ordered("<", ax, L.Constant(f, 0.125)), small, big)
+
+    def intrinsic(self, name: str, ret, args):
+        fn = self.mod.globals.get(name)
+        return fn or L.Function(self.mod, L.FunctionType(ret, args), name=name)
 
     def arith(self, op: str, a, c, d: DType):
         b = self.bld
@@ -401,6 +451,14 @@ class NativeKernel:
             self.cached = False
         self.engine.finalize_object()
         P = ctypes.POINTER(ctypes.c_void_p)
+        import threading
+        self._lock = threading.Lock()
+        self._ptrs = (ctypes.c_void_p * len(k.inputs + k.outputs))()
+        self._steps = None
+        self._in_specs = [(t.name, _holding(t.dtype)) for t in k.inputs]
+        self._out_specs = [(b.shapes[t.name], _holding(t.dtype)) for t in k.outputs]
+        self._scratch: dict[int, np.ndarray] = {}
+        self._contexts: list = []
         self.calls = []
         self.workspace = 0
         for name, si, outer, (lo, hi) in functions:
@@ -435,60 +493,62 @@ class NativeKernel:
         return _target_machine().emit_assembly(self._optimized or self._optimize())
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        bufs = []
-        for t in self.k.inputs:
-            bufs.append(np.ascontiguousarray(arrays[t.name], dtype=_holding(t.dtype)))
-        outs = [np.zeros(self.b.shapes[t.name], dtype=_holding(t.dtype)) for t in self.k.outputs]
+        bufs = [np.ascontiguousarray(arrays[name], dtype=dt) for name, dt in self._in_specs]
+        outs = [np.zeros(shape, dtype=dt) for shape, dt in self._out_specs]
         bufs += outs
-        ptrs = (ctypes.c_void_p * len(bufs))(*[x.ctypes.data for x in bufs])
-        for c in self.calls:
-            if c.plan is not None:
-                self._contract(c, ptrs)
-            elif c.task is None:
-                c.f(ptrs)
-            else:
-                n = c.hi - c.lo
-                parts = min(self.threads, n) if c.work >= PARALLEL_MIN_WORK else 1
-                if parts <= 1:
-                    c.f(ptrs, c.lo, c.hi)
-                    continue
-                step = -(-n // parts)
-                self._parallel(c.task, ptrs, [(0, a, min(c.hi, a + step)) for a in range(c.lo, c.hi, step)],
-                               c.work / 1e9)
+        with self._lock:  # one call at a time: the buffer table and scratch are shared
+            if self._steps is None:
+                self._steps = self._plan_steps()
+            for i, x in enumerate(bufs):
+                self._ptrs[i] = x.ctypes.data
+            for step in self._steps:
+                step()
         res = {}
         for t, o in zip(self.k.outputs, outs):
             res[t.name] = o.astype(bool) if t.dtype == BOOL else o
         return res
 
+    def _plan_steps(self) -> list:
+        """Every native call of one run, decided once: how each statement splits across threads,
+        with its pool context (records of buffer table, scratch, ranges) built ahead, so a run
+        costs a ctypes call per statement and nothing more in Python."""
+        from functools import partial
+
+        from .pool import native_pool
+        steps = []
+        for c in self.calls:
+            if c.task is None:
+                steps.append(partial(c.f, self._ptrs))
+                continue
+            if c.plan is not None:
+                parts = split_contraction(c.plan, self.threads)
+                records = [(self._work(i),) + r for i, r in enumerate(parts)]
+                seconds = c.plan.flops() / 1e11
+            else:
+                n = c.hi - c.lo
+                k = min(self.threads, n) if c.work >= PARALLEL_MIN_WORK else 1
+                step = -(-n // max(k, 1))
+                records = [(0, a, min(c.hi, a + step)) for a in range(c.lo, c.hi, step)]
+                seconds = c.work / 1e9
+            if len(records) == 1:
+                r = records[0]
+                steps.append(partial(c.f, self._ptrs, *(r if c.plan is not None else r[1:])))
+                continue
+            ctx = (ctypes.c_int64 * (8 * len(records)))()
+            for i, r in enumerate(records):
+                ctx[8 * i] = ctypes.addressof(self._ptrs)
+                for j, v in enumerate(r):
+                    ctx[8 * i + 1 + j] = v
+            self._contexts.append(ctx)
+            steps.append(partial(native_pool().run, c.task, ctypes.addressof(ctx), len(records), seconds))
+        return steps
 
     def _work(self, i: int) -> int:
-        """The address of thread i's scratch (64-byte aligned, allocated once per kernel)."""
-        if not hasattr(self, "_scratch"):
-            self._scratch = {}
+        """The address of part i's scratch (64-byte aligned, allocated once per kernel)."""
         buf = self._scratch.get(i)
         if buf is None:
             buf = self._scratch[i] = np.zeros(self.workspace + 16, dtype=np.float32)
         return (buf.ctypes.data + 63) // 64 * 64
-
-    def _contract(self, c: "_Call", ptrs):
-        """Split a contraction across threads: over batches when there are enough, else over the
-        longer of rows and columns, in whole micro-tiles."""
-        parts = split_contraction(c.plan, self.threads)
-        if len(parts) == 1:
-            c.f(ptrs, self._work(0), *parts[0])
-            return
-        self._parallel(c.task, ptrs, [(self._work(i),) + r for i, r in enumerate(parts)], c.plan.flops() / 1e11)
-
-    def _parallel(self, task: int, ptrs, records, seconds: float = 1.0) -> None:
-        """Run ``task`` over ``records`` (workspace address, then range arguments) on the
-        native pool; ``seconds`` estimates the work on one thread."""
-        from .pool import native_pool
-        ctx = (ctypes.c_int64 * (8 * len(records)))()
-        for i, r in enumerate(records):
-            ctx[8 * i] = ctypes.addressof(ptrs)
-            for j, v in enumerate(r):
-                ctx[8 * i + 1 + j] = v
-        native_pool().run(task, ctypes.addressof(ctx), len(records), seconds)
 
 
 @dataclass
