@@ -127,3 +127,16 @@ def test_vectorisable_exp_sigmoid_tanh_are_accurate():
         ok = np.isfinite(r) & (np.abs(r) > 1e-37)
         a, r = a[ok], r[ok]
         assert (np.abs(a - r) <= ulps * 1.2e-7 * np.abs(r) + 1.2e-7 * (name != "E")).all(), name
+
+
+@pytest.mark.parametrize("name", ["gemm", "gemm_nt"])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 16), (9, 1, 17), (37, 3, 45), (300, 2, 1000), (64, 7, 100), (5, 4, 2000)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_short_rows_use_the_dot_product_form(name, M, N, K, threads):
+    """N much narrower than a vector: products along K in registers, summed across lanes
+    (GEMV-like DeepBench rows), split across threads by rows."""
+    nk, out, ref = _gemm(name, M, N, K, threads=threads, blocking=None)
+    assert nk.plans[0].form == "dot" and "dot products along k" in nk.plans[0].describe()
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)
+    nk, out, ref = _gemm(name, M, N, K, threads=threads, blocking=dict(kc=16))  # several K blocks
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)

@@ -118,6 +118,7 @@ class Contraction:
     base: dict = field(default_factory=dict)  # tensor -> constant element offset
     init: bool = False
     blocking: Blocking = Blocking()
+    form: str = "bcast"  # "bcast": broadcast-FMA micro-kernel; "dot": vectorised along the reduction
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
@@ -125,6 +126,12 @@ class Contraction:
 
     def describe(self) -> str:
         bl = self.blocking
+        if self.form == "dot":
+            return (f"S{self.stmt}: {self.c} on {self.instr} (dot products along {self.red}, {bl.vl} lanes, summed "
+                    f"across lanes at the end): {bl.mr} rows x all {self.extent(self.vec)} columns of {self.vec} per "
+                    f"tile with {bl.mr * self.extent(self.vec)} accumulator registers; K blocks of {bl.kc}; "
+                    f"{self.b} packed transposed per K block; {self.a} read in place"
+                    + (f"; batch loops {', '.join(self.batch)}" if self.batch else ""))
         return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes): "
                 f"micro-kernel {bl.mr} x {bl.nr} ({self.row} x {self.vec}) with {bl.mr * bl.nv} accumulator "
                 f"registers; blocks KC={bl.kc} ({self.red}), MC={bl.mc} ({self.row}), NC={bl.nc} ({self.vec}); "
@@ -198,7 +205,50 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red])
         b_contig = plan.strides[plan.b][plan.vec] == 1
         bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig)
-        return replace(plan, instr=instr.name, blocking=bl)
+        plan = replace(plan, instr=instr.name, blocking=bl)
+        return _as_dot(plan, t, mappings) or plan
+    return None
+
+
+def dot_product(instr: Instruction) -> int | None:
+    """Lanes of an instruction whose body is ``C +=! A(j) * B(j)`` (a scalar C): products along
+    j accumulated, the form the backend keeps in vector registers and sums across lanes once."""
+    body = instr.body
+    if len(body.stmts) != 1 or len(instr.outputs) != 1 or instr.outputs[0].dtype != FLOAT32:
+        return None
+    s = body.stmts[0]
+    if s.op != "+" or s.indices or not isinstance(s.rhs, Binary) or s.rhs.op != "*":
+        return None
+    x, y = s.rhs.a, s.rhs.b
+    if not all(isinstance(e, Access) and len(e.indices) == 1 and isinstance(e.indices[0], Var) for e in (x, y)):
+        return None
+    if x.indices[0].name != y.indices[0].name:
+        return None
+    return instr.inputs[0].shape[0]
+
+
+def _as_dot(p: Contraction, t: Target, mappings) -> Contraction | None:
+    """The dot-product form when the broadcast form would waste most lanes (fewer output columns
+    than half a vector) and A is contiguous along the reduction, if the target has a legal
+    dot-product mapping of the statement along that reduction variable."""
+    bl = p.blocking
+    cols, red = p.extent(p.vec), p.extent(p.red)
+    if cols * 2 > bl.vl or p.strides[p.a][p.red] != 1 or red < bl.vl:
+        return None
+    for m in mappings:
+        if m.statement != p.stmt or not m.legal or len(m.steps) != 1:
+            continue
+        instr = t.instr(m.steps[0].instruction)
+        lanes = dot_product(instr)
+        if lanes is None or m.steps[0].fused().get(instr.body.stmts[0].rhs.a.indices[0].name) != (p.red,):
+            continue
+        mr = max(1, min(8, 24 // cols, p.extent(p.row)))
+        caches = sorted((x for x in t.memories if x.row_bytes is None and x.name != t.main), key=lambda x: x.capacity)
+        l2 = caches[1].capacity if len(caches) > 1 else 1 << 20
+        kc = max(lanes, min(red, (l2 // 2) // (4 * cols)) // lanes * lanes)
+        kc = -(-red // -(-red // kc))
+        return replace(p, instr=instr.name, form="dot",
+                       blocking=Blocking(lanes, mr, 1, kc, mr, cols, False, 0, True))
     return None
 
 
@@ -656,8 +706,170 @@ class _Emit:
         return self.offsets()[-1]
 
 
+class _EmitDot(_Emit):
+    """The dot-product form: for each tile of MR rows, MR x N vector accumulators along k
+    (A rows read in place, B packed transposed per K block), summed across lanes at the end,
+    a scalar loop for the last K % VL steps."""
+
+    def pack_bt(self):
+        """pack_bt(Bt, B, n_lo, n_hi, pc, kc): Bt[n - n_lo][kk] = B[pc + kk, n]."""
+        p = self.p
+        fp = F32.as_pointer()
+        fn = self.func("pack_bt", [fp, fp, I64, I64, I64, I64])
+        bt, src, nlo, nhi, pc, kc = fn.args
+        sk, sn = p.strides[p.b][p.red], p.strides[p.b][p.vec]
+        b = self.bld
+
+        def col(n):
+            d0 = b.mul(b.sub(n, nlo), kc)
+            s0 = b.add(b.mul(pc, _c(sk)), b.mul(n, _c(sn)))
+
+            def copy(kk):
+                b.store(b.load(self.at(src, b.add(s0, b.mul(kk, _c(sk))))), self.at(bt, b.add(d0, kk)))
+            self.loop(0, kc, 1, copy, "kk")
+        self.loop(nlo, nhi, 1, col, "n")
+        b.ret_void()
+        return fn
+
+    def hsum(self, v):
+        """Sum of a vector's lanes by halving shuffles."""
+        b, n = self.bld, self.bl.vl
+        while n > 1:
+            h = n // 2
+            lo = b.shuffle_vector(v, v, L.Constant(L.VectorType(I32, h), list(range(h))))
+            hi = b.shuffle_vector(v, v, L.Constant(L.VectorType(I32, h), list(range(h, n))))
+            v = b.fadd(lo, hi)
+            n = h
+        return b.extract_element(v, L.Constant(I32, 0)) if isinstance(v.type, L.VectorType) else v
+
+    def micro_dot(self, rows: int, cols: int):
+        """micro(a, bt, c, kc, ncols, accumulate): C[0:rows, 0:cols] (+)= A[0:rows, 0:kc] . Bt[0:cols, 0:kc]."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        fn = self.func(f"dot_{rows}", [fp, fp, fp, I64, L.IntType(1)])
+        fn.attributes.add("alwaysinline")
+        a, bt, c, kc, accum = fn.args
+        b = self.bld
+        sm = p.strides[p.a][p.row]
+        crs, cns = p.strides[p.c][p.row], p.strides[p.c][p.vec]
+        vl = bl.vl
+        kv = b.mul(b.sdiv(kc, _c(vl)), _c(vl))
+        zero = L.Constant(self.vt, [0.0] * vl)
+        entry = b.block
+        head = fn.append_basic_block("k.head")
+        body = fn.append_basic_block("k.body")
+        done = fn.append_basic_block("k.done")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(I64, name="k")
+        accs = [[b.phi(self.vt) for _ in range(cols)] for _ in range(rows)]
+        k.add_incoming(_c(0), entry)
+        for r in accs:
+            for x in r:
+                x.add_incoming(zero, entry)
+        b.cbranch(b.icmp_signed("<", k, kv), body, done)
+        b.position_at_end(body)
+        av = [self.vload(self.at(a, b.add(_c(i * sm), k))) for i in range(rows)]
+        bv = [self.vload(self.at(bt, b.add(b.mul(_c(n), kc), k))) for n in range(cols)]
+        new = [[b.call(self.fma, [av[i], bv[n], accs[i][n]]) for n in range(cols)] for i in range(rows)]
+        k.add_incoming(b.add(k, _c(vl)), body)
+        for i in range(rows):
+            for n in range(cols):
+                accs[i][n].add_incoming(new[i][n], body)
+        b.branch(head)
+        b.position_at_end(done)
+        sums = [[self.hsum(accs[i][n]) for n in range(cols)] for i in range(rows)]
+        # the last kc % VL steps
+        pre = b.block
+        thead = fn.append_basic_block("t.head")
+        tbody = fn.append_basic_block("t.body")
+        tdone = fn.append_basic_block("t.done")
+        b.branch(thead)
+        b.position_at_end(thead)
+        t = b.phi(I64)
+        t.add_incoming(kv, pre)
+        ss = [[b.phi(F32) for _ in range(cols)] for _ in range(rows)]
+        for i in range(rows):
+            for n in range(cols):
+                ss[i][n].add_incoming(sums[i][n], pre)
+        b.cbranch(b.icmp_signed("<", t, kc), tbody, tdone)
+        b.position_at_end(tbody)
+        ax = [b.load(self.at(a, b.add(_c(i * sm), t))) for i in range(rows)]
+        bx = [b.load(self.at(bt, b.add(b.mul(_c(n), kc), t))) for n in range(cols)]
+        for i in range(rows):
+            for n in range(cols):
+                ss[i][n].add_incoming(b.fadd(ss[i][n], b.fmul(ax[i], bx[n])), tbody)
+        t.add_incoming(b.add(t, _c(1)), tbody)
+        b.branch(thead)
+        b.position_at_end(tdone)
+        for i in range(rows):
+            for n in range(cols):
+                ptr = self.at(c, i * crs + n * cns)
+                v = ss[i][n]
+                b.store(b.select(accum, b.fadd(v, b.load(ptr)), v), ptr)
+        b.ret_void()
+        return fn
+
+    def driver(self, ptrs_of):
+        """Same signature as the broadcast form's driver; the column range is always whole."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        packer = self.pack_bt()
+        cols = p.extent(p.vec)
+        mlo_all, mhi_all = p.dom[p.row]
+        edge_rows = (mhi_all - mlo_all) % bl.mr
+        full = self.micro_dot(bl.mr, cols)
+        edge = self.micro_dot(edge_rows, cols) if edge_rows else None
+        fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [L.PointerType(L.IntType(8)).as_pointer(), fp]
+                                                  + [I64] * 6), name=self.pre)
+        self.fn = fn
+        self.bld = b = L.IRBuilder(fn.append_basic_block("entry"))
+        bufs, work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi = fn.args
+        ptr = {}
+        for name in (p.a, p.b, p.c):
+            raw = b.load(b.gep(bufs, [L.Constant(I32, ptrs_of[name])]))
+            ptr[name] = b.bitcast(raw, fp)
+        klo, khi = p.dom[p.red]
+        ext = [p.extent(v) for v in p.batch]
+        sm, crs, cns = p.strides[p.a][p.row], p.strides[p.c][p.row], p.strides[p.c][p.vec]
+
+        def batch(q):
+            base = {n: _c(p.base[n]) for n in (p.a, p.b, p.c)}
+            rest = q
+            for d, v in enumerate(p.batch):
+                inner = prod(ext[d + 1:])
+                idx = b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0]))
+                rest = b.srem(rest, _c(inner))
+                for n in base:
+                    base[n] = b.add(base[n], b.mul(idx, _c(p.strides[n][v])))
+            A = self.at(ptr[p.a], base[p.a])
+            B = self.at(ptr[p.b], base[p.b])
+            C = self.at(ptr[p.c], b.add(base[p.c], b.mul(n_lo, _c(cns))))
+
+            def kblock(pc):
+                kc = self.min(_c(bl.kc), b.sub(_c(khi), pc))
+                accum = b.icmp_signed("!=", pc, _c(klo)) if p.init else L.Constant(L.IntType(1), 1)
+                b.call(packer, [work, B, n_lo, n_hi, pc, kc])
+                a0 = b.mul(pc, _c(p.strides[p.a][p.red]))
+
+                def tile(m0):
+                    args = [self.at(A, b.add(a0, b.mul(m0, _c(sm)))), work, self.at(C, b.mul(m0, _c(crs))), kc, accum]
+                    if edge is None:
+                        b.call(full, args)
+                        return
+                    self.if_(b.icmp_signed("<=", b.add(m0, _c(bl.mr)), m_hi),
+                             lambda: b.call(full, args), lambda: b.call(edge, args))
+                self.loop(m_lo, m_hi, bl.mr, tile, "m")
+            self.loop(klo, khi, bl.kc, kblock, "pc")
+        self.loop(q_lo, q_hi, 1, batch, "q")
+        b.ret_void()
+
+    def workspace(self) -> int:
+        return self.bl.kc * self.p.extent(self.p.vec) + 16
+
+
 def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int]) -> int:
     """Add the contraction's functions to ``mod``; returns the per-thread workspace in floats."""
-    e = _Emit(mod, p)
+    e = _EmitDot(mod, p) if p.form == "dot" else _Emit(mod, p)
     e.driver(ptrs_of)
     return e.workspace()

@@ -578,7 +578,7 @@ def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
     for q in range(nb):
         # each thread packs the B block of its columns and reads the A rows of its rows: split
         # the longer side, so the part every thread touches whole is the smaller operand
-        if (mhi - mlo >= nhi - nlo or nt < threads) and mt >= threads:
+        if p.form == "dot" or ((mhi - mlo >= nhi - nlo or nt < threads) and mt >= threads):  # dot: whole rows
             per = -(-mt // threads) * bl.mr
             out += [(q, q + 1, a, min(mhi, a + per), nlo, nhi) for a in range(mlo, mhi, per)]
         else:
