@@ -66,6 +66,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="our strategy (default: analytical); the baseline is vendor")
     p.add_argument("--json", action="store_true", help="print a JSON object with a results list")
     p.add_argument("--out", help="also write CSV, JSON (and PNG plots when matplotlib exists) here")
+    p.add_argument("--repeats", type=int, help="timed runs per side on host targets (median; default 5 for "
+                   "gemm, 3 for gru; short problems repeat until 0.25 s is measured)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
@@ -254,12 +256,14 @@ def cmd_bench(a) -> int:
     from compiler.bench.progress import bench_backend
     sets = a.sets.split(",") if a.sets else None
     if a.what == "gru":
-        rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
+        more = {"repeats": a.repeats} if a.repeats else {}
+        rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)
         convention = ("ratio = baseline (vendor schedules, weights reloaded every step) cycles / our cycles "
                       "(persistent weights); FLOPs = 6*T*N*H^2 (+T*N*H inference)")
         text = gru_bench.table(rows, a.target)
     else:
-        rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json)
+        more = {"repeats": a.repeats} if a.repeats else {}
+        rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)
         convention = "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K"
         text = table(rows, a.target)
     if bench_backend(hw_models.load(a.target)) == "llvm":  # host targets: timed against numpy

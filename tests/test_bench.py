@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import compiler
 import ir.interp
@@ -71,3 +72,27 @@ def test_bench_gru_on_cpu_against_numpy(monkeypatch, capsys):
     for row in r["results"]:
         assert row["correct"] is True and row["max_abs_error"] < 1e-4
         assert row["ratio"] > 0 and row["extra"]["numpy_seconds"] > 0
+
+
+def test_torch_gru_baseline_computes_our_gru():
+    """The optional torch.nn.GRU baseline is loaded with our weights: same hidden state."""
+    pytest.importorskip("torch")
+    from compiler.bench.gru import torch_baseline
+    from compiler.rnn import gru_reference, random_gru
+    w = random_gru(24, 24, seed=3)
+    x = np.random.default_rng(0).uniform(-1, 1, (6, 3, 24)).astype(np.float32)
+    h0 = np.random.default_rng(1).uniform(-1, 1, (3, 24)).astype(np.float32)
+    assert np.allclose(torch_baseline(x, w, h0)(), gru_reference(x, w, h0), atol=1e-5)
+
+
+def test_host_tables_show_torch_columns_when_measured():
+    from compiler.bench import gru
+    row = bg.Row("training", 64, 16, 48, False, False, precision="float32", ratio=1.5, scheduler="llvm")
+    row.extra = dict(seconds=1e-3, numpy_seconds=1.5e-3, gflops=1.0, numpy_gflops=0.7, threads=2,
+                     torch_seconds=2e-3, torch_ratio=2.0, torch_version="9.9")
+    text = bg.table([row], "cpu")
+    assert "torch.matmul 9.9: 2.00" in text and "lowest 1.50 (64x16x48)" in text
+    g = gru.GruRow("training", 64, 4, 2, ratio=1.2, correct=True)
+    g.extra = dict(seconds=1e-3, numpy_seconds=1.2e-3, gflops=1.0, numpy_gflops=0.8, torch_seconds=3e-3,
+                   torch_ratio=3.0, torch_version="9.9")
+    assert "vs torch.nn.GRU 9.9: 3.00" in gru.table([g], "cpu")

@@ -156,6 +156,14 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
         row.extra.update(seconds=ours, min=omin, max=omax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / ours / 1e9, numpy_gflops=row.flops / base / 1e9, max_abs_error=err,
                          threads=os.cpu_count(), code=ck.report.get("code"))
+        from .gru import torch_version
+        if torch_version() is not None:  # optional second baseline: torch.matmul (MKL/oneDNN) on the same data
+            import torch
+            torch.set_num_threads(os.cpu_count() or 1)
+            ta, tb = torch.from_numpy(At), torch.from_numpy(Bt)
+            tsec, tmin, tmax, _ = _median_seconds(lambda: torch.matmul(ta, tb), repeats, quiet=True)
+            row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / ours,
+                             torch_version=torch_version())
         row.scheduler = "llvm"
         rows.append(row)
         bar.step()
@@ -216,19 +224,26 @@ def geomean(xs) -> float | None:
 
 
 def host_table(rows: list[Row], target: str) -> str:
+    torch = next((r.extra.get("torch_version") for r in rows if r.extra.get("torch_version")), None)
     lines = [f"# DeepBench GEMM on {target} (float32): median seconds over repeats, warm-up excluded; baseline = "
-             f"numpy (OpenBLAS) in the same run; ratio = numpy time / ours; GFLOP/s with FLOPs = 2*M*N*K",
+             f"numpy (OpenBLAS) in the same run; ratio = numpy time / ours (second ratio: torch.matmul's, where torch "
+             f"is installed); GFLOP/s with FLOPs = 2*M*N*K",
              f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'ours ms':>9} {'numpy ms':>9} "
-             f"{'ratio':>6} {'GFLOP/s':>8} {'numpy':>8}"]
+             f"{'ratio':>6} {'GFLOP/s':>8} {'numpy':>8}" + (f" {'torch ms':>9} {'ratio':>6}" if torch else "")]
     for r in rows:
         x = r.extra
         lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} {'T' if r.b_t else 'N':>2} "
                      f"{1e3 * x['seconds']:>9.2f} {1e3 * x['numpy_seconds']:>9.2f} {r.ratio:>6.2f} "
-                     f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f}")
+                     f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f}"
+                     + (f" {1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x else ""))
     g = geomean([r.ratio for r in rows if not r.error])
     if g:
-        lines.append(f"geometric-mean ratio vs numpy: {g:.2f}  (threads: {rows[0].extra.get('threads')}; "
-                     f"code: {rows[0].extra.get('code')})")
+        worst = min((r for r in rows if not r.error), key=lambda r: r.ratio)
+        lines.append(f"geometric-mean ratio vs numpy: {g:.2f}, lowest {worst.ratio:.2f} ({worst.m}x{worst.n}x{worst.k}); "
+                     f"threads: {rows[0].extra.get('threads')}")
+    if torch:
+        lines.append(f"geometric-mean ratio vs torch.matmul {torch}: "
+                     f"{geomean([r.extra.get('torch_ratio') for r in rows if not r.error]):.2f}")
     return "\n".join(lines) + "\n"
 
 

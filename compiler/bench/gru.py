@@ -145,8 +145,49 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
         row.extra = dict(seconds=sec, min=smin, max=smax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
                          threads=os.cpu_count(), code=step.report.get("code"))
+        torch_gru = torch_baseline(x, w, h0)
+        if torch_gru is not None:  # optional: PyTorch's nn.GRU with the same weights, same run
+            tsec, tmin, tmax, th = _median_seconds(torch_gru, repeats, quiet=True)
+            terr = float(np.abs(th - ref).max())
+            row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / sec,
+                             torch_max_abs_error=terr, torch_version=torch_version())
+            row.correct = row.correct and bool(terr <= 1e-3 * max(1.0, float(np.abs(ref).max())))
 
     return _each_problem(t, problems, progress, measure)
+
+
+def torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+def torch_baseline(x: np.ndarray, w, h0: np.ndarray):
+    """``torch.nn.GRU`` loaded with our weights (cuDNN's formulation, as ours: the input
+    projection without bias, br/bz/bhn as the recurrent biases), as a function returning the
+    last hidden state; None where torch is not installed (it is an optional extra)."""
+    if torch_version() is None:
+        return None
+    import os
+
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    T, N, I = x.shape
+    H = h0.shape[1]
+    gru = torch.nn.GRU(I, H)
+    with torch.no_grad():
+        gru.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(w.Wx.T)))
+        gru.weight_hh_l0.copy_(torch.from_numpy(np.concatenate([w.Ur.T, w.Uz.T, w.Un.T])))
+        gru.bias_ih_l0.zero_()
+        gru.bias_hh_l0.copy_(torch.from_numpy(np.concatenate([w.br, w.bz, w.bhn])))
+    xt, ht = torch.from_numpy(x), torch.from_numpy(h0[None])
+
+    def run():
+        with torch.inference_mode():
+            return gru(xt, ht)[1][0].numpy()
+    return run
 
 
 def _each_problem(t, problems, progress: bool, measure) -> list[GruRow]:
@@ -173,9 +214,10 @@ def table(rows: list[GruRow], target: str) -> str:
     if host:
         head = [f"# DeepBench GRU on {target} (float32): whole sequence (projection GEMM + T steps), median "
                 f"seconds over repeats, warm-up excluded; baseline = numpy GRU (OpenBLAS GEMMs) in the same run; "
-                f"ratio = numpy time / ours; FLOPs = 6*T*N*H^2 (+T*N*H inference)",
+                f"ratio = numpy time / ours (second ratio: torch.nn.GRU's, where torch is installed); FLOPs = "
+                f"6*T*N*H^2 (+T*N*H inference)",
                 f"{'set':<17} {'H':>5} {'N':>4} {'T':>5} {'ours ms':>10} {'numpy ms':>10} {'ratio':>6} "
-                f"{'GFLOP/s':>8} {'numpy':>8} {'check':>6}"]
+                f"{'GFLOP/s':>8} {'numpy':>8} {'torch ms':>9} {'ratio':>6} {'check':>6}"]
     else:
         head = [f"# DeepBench GRU on {target}: simulated cycles; ours = persistent recurrent weights, baseline = "
                 f"vendor schedules reloading them each step, same run; ratio = baseline / ours; FLOPs = "
@@ -191,8 +233,10 @@ def table(rows: list[GruRow], target: str) -> str:
             lines.append(f"{key}error: {r.error[:70]}")
         elif host:
             x = r.extra
+            torch = (f"{1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x
+                     else f"{'-':>9} {'-':>6}")
             lines.append(f"{key}{1e3 * x['seconds']:>10.2f} {1e3 * x['numpy_seconds']:>10.2f} {r.ratio:>6.2f} "
-                         f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {check}")
+                         f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {torch} {check}")
         else:
             mark = "*" if r.extrapolated else " "
             lines.append(f"{key}{r.cycles:>11.0f}{mark}{r.baseline_cycles:>12.0f} {r.ratio:>6.2f} "
@@ -202,4 +246,7 @@ def table(rows: list[GruRow], target: str) -> str:
         code = next((r.extra.get("code") for r in rows if r.extra), None)
         lines.append(f"geometric-mean ratio vs {'numpy' if host else 'baseline'}: {g:.2f}"
                      + (f"  (code: {code})" if code else ""))
+        tr = geomean([r.extra.get("torch_ratio") for r in rows if not r.error])
+        if host and tr:
+            lines.append(f"geometric-mean ratio vs torch.nn.GRU {rows[0].extra.get('torch_version')}: {tr:.2f}")
     return "\n".join(lines) + "\n"

@@ -619,6 +619,16 @@ def compile_scalar(k: Kernel, b: Bound, threads: int | None = None) -> NativeKer
     return NativeKernel(k, b, g.finish(), g.functions, threads)
 
 
+def covers_output(p: Contraction, b: Bound) -> bool:
+    """Whether an initialising contraction writes every element of its output in its first K
+    block, so the separate identity fill (a whole pass over C) can be skipped."""
+    if not p.init:
+        return False
+    shape, mins = b.shapes[p.c], b.mins[p.c]
+    idx = b.kernel.stmts[p.stmt].indices
+    return all(p.dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))
+
+
 def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool = True,
                 blocking: dict | None = None) -> NativeKernel:
     """Host code for the kernel on target ``t``: statements whose mapping is the target's
@@ -638,7 +648,8 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             continue
         if blocking:
             p = p.with_blocking(**blocking)
-        g.init_function(si)
+        if not covers_output(p, b):  # otherwise its first K block stores without reading
+            g.init_function(si)
         ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)})
         g.functions.append((f"s{si}", si, p, (0, ws)))
         plans.append(p)
