@@ -140,3 +140,22 @@ def test_short_rows_use_the_dot_product_form(name, M, N, K, threads):
     assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)
     nk, out, ref = _gemm(name, M, N, K, threads=threads, blocking=dict(kc=16))  # several K blocks
     assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)
+
+
+def test_build_key_is_stable_across_processes():
+    """The on-disk cache key must not depend on set/dict order (string hashing differs per process)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import compiler, kernels, hw_models, hashlib\n"
+            "from ir.bind import bind\n"
+            "from compiler.backends.llvm.contraction import recognise\n"
+            "from compiler.backends.llvm.scalar import build_key\n"
+            "from compiler.mapping import mappings_for_kernel\n"
+            "k = compiler.parse(kernels.path('lstm_cell')).kernel(); b = bind(k, {s: 37 for s in k.sizes})\n"
+            "t = hw_models.load('cpu'); ms = mappings_for_kernel(k, t, bound=b)\n"
+            "ps = [p for p in (recognise(k, b, t, i, ms, 2) for i in range(len(k.stmts))) if p]\n"
+            "print(hashlib.sha256(build_key(k, b, ps, True).encode()).hexdigest())\n")
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout for seed in (1, 2, 3)}
+    assert len(keys) == 1

@@ -299,7 +299,7 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
     # every other output variable is a batch loop (a tensor it does not index has stride 0 along it)
     batch = tuple(v for v in s.indices if v not in (row, vec))
     for name in acc:
-        strides[name] = {v: strides[name].get(v, 0) for v in allv}
+        strides[name] = {v: strides[name].get(v, 0) for v in sorted(allv)}  # sorted: cache keys stay stable
     return Contraction(si, "", c, a, bt, batch, row, reds[0], vec, dict(dom), strides, base, s.init)
 
 

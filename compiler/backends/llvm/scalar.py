@@ -430,23 +430,39 @@ class NativeKernel:
     """The JIT-compiled statement functions; calls split each statement's outermost loop across
     threads (ctypes releases the GIL), statements one after another."""
 
-    def __init__(self, k: Kernel, b: Bound, llvm_ir: str, functions, threads: int | None = None):
+    def __init__(self, k: Kernel, b: Bound, source, functions=None, threads: int | None = None,
+                 key: str | None = None, plans=()):
+        """``source`` is the LLVM IR (with its ``functions`` table) or a function generating both;
+        ``key`` identifies the build without generating it (kernel, sizes, plans, generator
+        version), so a cached build skips code generation entirely."""
+        import json
         import os
-        self.k, self.b, self.llvm_ir = k, b, llvm_ir
+        self.k, self.b = k, b
+        self.plans = list(plans)
+        self._source = source
+        self._ir = source if isinstance(source, str) else None
         self.threads = threads or os.cpu_count() or 1
         self._optimized = None
-        path = _cache_path(llvm_ir)
-        if path is not None and path.exists():  # object code from an earlier build
+        path = _cache_path(key or self._ir)
+        meta = path.with_suffix(".json") if path is not None else None
+        if path is not None and path.exists() and meta.exists():  # object code from an earlier build
+            table = json.loads(meta.read_text())
+            functions = [(n, si, self.plans[o] if isinstance(o, int) else o, tuple(r)) for n, si, o, r in table]
             self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(path.read_bytes()))
             self.cached = True
         else:
+            if self._ir is None:
+                self._ir, functions = source()
             mod = self._optimize()
             if path is not None:
                 obj = _target_machine().emit_object(mod)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(obj)
-                os.replace(tmp, path)  # atomic: readers never see a partial object
+                index = {id(p): i for i, p in enumerate(self.plans)}
+                table = [(n, si, index[id(o)] if isinstance(o, Contraction) else o, list(r)) for n, si, o, r in functions]
+                for dst, data in ((path, obj), (meta, json.dumps(table).encode())):
+                    tmp = dst.with_suffix(f"{dst.suffix}.{os.getpid()}.tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, dst)  # atomic: readers never see a partial file
             self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
             self.cached = False
         self.engine.finalize_object()
@@ -474,6 +490,13 @@ class NativeKernel:
                 f = ctypes.CFUNCTYPE(None, P, ctypes.c_int32, ctypes.c_int32)(addr)
                 work = prod(h - l for l, h in b.domain(si).values())
                 self.calls.append(_Call(f, self.engine.get_function_address(f"{name}_task"), None, lo, hi, work))
+    @property
+    def llvm_ir(self) -> str:
+        """The unoptimised module (generated on demand after a cached build)."""
+        if self._ir is None:
+            self._ir, _ = self._source()
+        return self._ir
+
     def _optimize(self):
         mod = llvm.parse_assembly(self.llvm_ir)
         mod.verify()
@@ -588,8 +611,9 @@ def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
 
 
 def _cache_path(llvm_ir: str):
-    """Where the object code of this module lives on disk: keyed by the IR, the host CPU and
-    its features, and the llvmlite version.  ``ISAMAP_CACHE=off`` disables the cache."""
+    """Where the object code of this module lives on disk (its function table beside it, .json):
+    keyed by the IR or a build key, the host CPU and its features, and the llvmlite version.
+    ``ISAMAP_CACHE=off`` disables the cache."""
     import hashlib
     import os
     from pathlib import Path
@@ -632,27 +656,42 @@ def covers_output(p: Contraction, b: Bound) -> bool:
 def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool = True,
                 blocking: dict | None = None) -> NativeKernel:
     """Host code for the kernel on target ``t``: statements whose mapping is the target's
-    broadcast-FMA instruction become packed, register-blocked contractions
-    (`contraction.py`); everything else the scalar loop nests above."""
+    broadcast-FMA (or dot-product) instruction become packed, register-blocked contractions
+    (`contraction.py`); everything else the scalar loop nests above.  The plans are decided
+    first; code is generated only when the on-disk cache does not hold this build."""
     import os
 
     from ...mapping import mappings_for_kernel
     threads = threads or os.cpu_count() or 1
-    g = _Gen(k, b)
     ms = mappings_for_kernel(k, t, bound=b) if vector else []
-    plans = []
+    plans = {}
     for si in range(len(k.stmts)):
         p = recognise(k, b, t, si, ms, threads) if vector else None
-        if p is None:
-            g.statement(si)
-            continue
-        if blocking:
-            p = p.with_blocking(**blocking)
-        if not covers_output(p, b):  # otherwise its first K block stores without reading
-            g.init_function(si)
-        ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)})
-        g.functions.append((f"s{si}", si, p, (0, ws)))
-        plans.append(p)
-    nk = NativeKernel(k, b, g.finish(), g.functions, threads)
-    nk.plans = plans
-    return nk
+        if p is not None:
+            plans[si] = p.with_blocking(**blocking) if blocking else p
+
+    def generate():
+        g = _Gen(k, b)
+        for si in range(len(k.stmts)):
+            p = plans.get(si)
+            if p is None:
+                g.statement(si)
+                continue
+            if not covers_output(p, b):  # otherwise its first K block stores without reading
+                g.init_function(si)
+            ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)})
+            g.functions.append((f"s{si}", si, p, (0, ws)))
+        return g.finish(), g.functions
+    return NativeKernel(k, b, generate, None, threads, build_key(k, b, list(plans.values()), vector),
+                        list(plans.values()))
+
+
+def build_key(k: Kernel, b: Bound, plans, vector: bool) -> str:
+    """What determines a cpu build: the kernel, its sizes, the plans (blocking included) and
+    the code generators' own source (so changing the backend invalidates cached objects)."""
+    from pathlib import Path
+
+    from ir import printer
+    here = Path(__file__).parent
+    gen = "".join((here / f).read_text() for f in ("scalar.py", "contraction.py"))
+    return "\0".join(["cpu-build-v1", printer.kernel(k), repr(sorted(b.sizes.items())), repr(plans), str(vector), gen])
