@@ -163,7 +163,12 @@ def native_schedule(native) -> str:
     k = native.k
     out = [f"# {k.name}: host code, {native.threads} threads"]
     plans = {p.stmt: p for p in native.plans}
+    fused = {j: p.stmt for p in native.plans for j in p.epilogue}
     for si in range(len(k.stmts)):
+        if si in fused:
+            out.append(f"S{si}: {k.stmts[si].tensor} fused into S{fused[si]}: run on each output tile as soon as "
+                       f"its last K block is stored")
+            continue
         out.append(plans[si].describe() if si in plans else
                    f"S{si}: {k.stmts[si].tensor} as scalar loops (output indices outermost, split across threads; "
                    f"LLVM -O3 vectorises the innermost loop)")

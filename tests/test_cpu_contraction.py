@@ -159,3 +159,24 @@ def test_build_key_is_stable_across_processes():
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout for seed in (1, 2, 3)}
     assert len(keys) == 1
+
+
+def test_elementwise_statements_fuse_as_epilogues_only_when_tile_local():
+    """Bias + activation (mlp) and the GRU gate math run on each finished output tile; a
+    statement that reads the result at another element (a shift) stays a separate pass, and
+    both give the interpreter's numbers."""
+    mlp = compiler.build(kernels.path("mlp"), target="cpu", sizes=dict(B=40, K=30, N=50))
+    assert mlp.native.plans[0].epilogue == (1,) and "S1: O fused into S0" in mlp.source("schedule")
+    gru = compiler.build(kernels.path("gru_step"), target="cpu", sizes=dict(B=3, Hd=40))
+    assert [p.epilogue for p in gru.native.plans] == [(1,), (3,), (5, 6)]
+    src = """def f(float(M, K) A, float(K, N) B, float(N) Bias) -> (C, D) {
+        C(m, n) +=! A(m, k) * B(k, n)
+        D(m, n) = C(m, n) + Bias(n)
+        C(m, n) = D(m, (n + 1) % N) * 2
+    }"""
+    ck = compiler.build(src, target="cpu", sizes=dict(M=33, K=20, N=40))
+    assert ck.native.plans[0].epilogue == (1,)  # the shifted read of D ends the group
+    for k in (mlp, gru, ck):
+        ins = random_inputs(k.kernel, k.bound, seed=5)
+        ok, err, per = compare(k.run_all(**ins), ir.interp.run(k.kernel, ins, k.sizes))
+        assert ok, per

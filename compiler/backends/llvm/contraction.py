@@ -119,6 +119,7 @@ class Contraction:
     init: bool = False
     blocking: Blocking = Blocking()
     form: str = "bcast"  # "bcast": broadcast-FMA micro-kernel; "dot": vectorised along the reduction
+    epilogue: tuple[int, ...] = ()  # elementwise statements fused onto each finished output tile
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
@@ -131,14 +132,17 @@ class Contraction:
                     f"across lanes at the end): {bl.mr} rows x all {self.extent(self.vec)} columns of {self.vec} per "
                     f"tile with {bl.mr * self.extent(self.vec)} accumulator registers; K blocks of {bl.kc}; "
                     f"{self.b} packed transposed per K block; {self.a} read in place"
-                    + (f"; batch loops {', '.join(self.batch)}" if self.batch else ""))
+                    + (f"; batch loops {', '.join(self.batch)}" if self.batch else "") + self._fused())
         return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes): "
                 f"micro-kernel {bl.mr} x {bl.nr} ({self.row} x {self.vec}) with {bl.mr * bl.nv} accumulator "
                 f"registers; blocks KC={bl.kc} ({self.red}), MC={bl.mc} ({self.row}), NC={bl.nc} ({self.vec}); "
                 + (f"{self.b} packed into {bl.nr}-wide panels; " if bl.pack_b else "")
                 + (f"{self.a} packed into {bl.mr}-tall panels" if bl.pack_a else f"{self.a} read in place")
                 + ("" if bl.pack_b else f"; {self.b} read in place")
-                + (f"; batch loops {', '.join(self.batch)}" if self.batch else ""))
+                + (f"; batch loops {', '.join(self.batch)}" if self.batch else "") + self._fused())
+
+    def _fused(self) -> str:
+        return f"; fused epilogue: {', '.join(f'S{j}' for j in self.epilogue)}" if self.epilogue else ""
 
     def with_blocking(self, **changes) -> "Contraction":
         """This contraction with some blocking parameters changed (tuning, tests); a B without
@@ -315,6 +319,7 @@ class _Emit:
         self.fma = fma or L.Function(mod, L.FunctionType(self.vt, [self.vt] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
         self.pre = f"s{p.stmt}"
         self.micros: dict[tuple, L.Function] = {}
+        self.epilogue = None
 
     # ---- helpers
     def func(self, name: str, args, internal: bool = True):
@@ -382,11 +387,20 @@ class _Emit:
                                                   + [I64] * 6), name=self.pre)
         self.fn = fn
         self.bld = b = L.IRBuilder(fn.append_basic_block("entry"))
+        self.bufs = fn.args[0]
         self.ptr = {}
         for name in (p.a, p.b, p.c):
             raw = b.load(b.gep(fn.args[0], [L.Constant(I32, ptrs_of[name])]))
             self.ptr[name] = b.bitcast(raw, fp)
         return fn.args[1:]
+
+    def finish_tile(self, pc, kc, khi: int, m0, mv, n0, nv):
+        """After the last K block of a tile: its fused epilogue, while the tile is in L1."""
+        if self.epilogue is None:
+            return
+        b = self.bld
+        last = b.icmp_signed("==", b.add(pc, kc), _c(khi))
+        self.if_(last, lambda: b.call(self.epilogue, [self.bufs, m0, mv, n0, nv]))
 
     def operands(self, q):
         """A, B and C at flattened batch index q (batch variables decoded, their strides applied)."""
@@ -670,16 +684,16 @@ class _Emit:
                                     if bl.pack_a:
                                         b.call(self.micro(1, bl.mr, b_ks),
                                                [self.at(apack, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
-                                        return
+                                    else:
+                                        def whole():
+                                            at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
+                                            b.call(self.micro(sm, sk, b_ks), [at, btile, ctile, kc, mv, nv, accum])
 
-                                    def whole():
-                                        at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
-                                        b.call(self.micro(sm, sk, b_ks), [at, btile, ctile, kc, mv, nv, accum])
-
-                                    def part():  # the last rows: a zero-padded panel
-                                        b.call(pa, [aedge, A, m0, mv, pc, kc])
-                                        b.call(self.micro(1, bl.mr, b_ks), [aedge, btile, ctile, kc, mv, nv, accum])
-                                    self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
+                                        def part():  # the last rows: a zero-padded panel
+                                            b.call(pa, [aedge, A, m0, mv, pc, kc])
+                                            b.call(self.micro(1, bl.mr, b_ks), [aedge, btile, ctile, kc, mv, nv, accum])
+                                        self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
+                                    self.finish_tile(pc, kc, khi, m0, mv, b.add(jc, jr), nv)
                                 self.loop(0, mc, bl.mr, itile, "ir")
 
                             if bl.pack_b:
@@ -849,9 +863,10 @@ class _EmitDot(_Emit):
                     args = [self.at(A, b.add(a0, b.mul(m0, _c(sm)))), work, self.at(C, b.mul(m0, _c(crs))), kc, accum]
                     if edge is None:
                         b.call(full, args)
-                        return
-                    self.if_(b.icmp_signed("<=", b.add(m0, _c(bl.mr)), m_hi),
-                             lambda: b.call(full, args), lambda: b.call(edge, args))
+                    else:
+                        self.if_(b.icmp_signed("<=", b.add(m0, _c(bl.mr)), m_hi),
+                                 lambda: b.call(full, args), lambda: b.call(edge, args))
+                    self.finish_tile(pc, kc, khi, m0, self.min(_c(bl.mr), b.sub(m_hi, m0)), n_lo, b.sub(n_hi, n_lo))
                 self.loop(m_lo, m_hi, bl.mr, tile, "m")
             self.loop(klo, khi, bl.kc, kblock, "pc")
         self.loop(q_lo, q_hi, 1, batch, "q")
@@ -861,8 +876,11 @@ class _EmitDot(_Emit):
         return self.bl.kc * self.p.extent(self.p.vec) + 16
 
 
-def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int]) -> int:
-    """Add the contraction's functions to ``mod``; returns the per-thread workspace in floats."""
+def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int], epilogue=None) -> int:
+    """Add the contraction's functions to ``mod`` (``epilogue``: a ``void(i8**, m0, mv, n0, nv)``
+    function run on every output tile once its last K block is stored); returns the per-thread
+    workspace in floats."""
     e = _EmitDot(mod, p) if p.form == "dot" else _Emit(mod, p)
+    e.epilogue = epilogue
     e.driver(ptrs_of)
     return e.workspace()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 import numpy as np
@@ -23,7 +23,7 @@ from ir import dtypes
 from ir.bind import Bound
 from ir.dtypes import BFLOAT16, BOOL, DType
 from ir.errors import IsamapError
-from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var
+from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var, walk
 from ir.kernel import Kernel
 
 from .contraction import Contraction, recognise
@@ -389,6 +389,30 @@ class _Gen:
         self.end()
         self.functions.append((f"s{si}", si, outer, dom[outer] if outer else (0, 1)))
 
+    def tile_function(self, name: str, stmts: list[int], row: str, vec: str):
+        """``void name(i8** bufs, i64 m0, i64 mv, i64 n0, i64 nv)``: the elementwise statements
+        ``stmts`` over one output tile (row in [m0, m0+mv), vec in [n0, n0+nv)), element by
+        element in order - a contraction's fused epilogue, run on the tile it just stored."""
+        i8pp = L.PointerType(L.IntType(8)).as_pointer()
+        self.fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [i8pp] + [I64] * 4), name=name)
+        self.fn.linkage = "internal"
+        self.bld = L.IRBuilder(self.fn.append_basic_block("entry"))
+        self.ptr = {}
+        for i, n in enumerate(self.names):
+            raw = self.bld.load(self.bld.gep(self.fn.args[0], [L.Constant(L.IntType(32), i)]))
+            self.ptr[n] = self.bld.bitcast(raw, storage_type(self.k.tensor(n).dtype).as_pointer(), name=n)
+        m0, mv, n0, nv = (self.bld.trunc(a, L.IntType(32)) for a in self.fn.args[1:])
+
+        def body():
+            for si in stmts:
+                st = self.k.stmts[si]
+                dt = self.k.tensor(st.tensor).dtype
+                v = self.convert(self.ev(st.rhs), st.rhs.dtype, dt)
+                self.store(st.tensor, [self.bld.sext(self.vars[x], I64) for x in st.indices], v)
+        self.loop(row, m0, self.bld.add(m0, mv), lambda: self.loop(vec, n0, self.bld.add(n0, nv), body))
+        self.bld.ret_void()
+        return self.fn
+
     def loop_range(self, var: str, body):
         """The outermost loop, over [lo, hi) given by the function's arguments."""
         self.loop(var, self.fn.args[1], self.fn.args[2], body)
@@ -670,20 +694,60 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
         if p is not None:
             plans[si] = p.with_blocking(**blocking) if blocking else p
 
+    fused = {si: epilogue(k, b, p) for si, p in plans.items()}
+    skip = {j for js in fused.values() for j in js}
+    plans = {si: (replace(p, epilogue=tuple(fused[si])) if fused[si] else p) for si, p in plans.items()}
+
     def generate():
         g = _Gen(k, b)
         for si in range(len(k.stmts)):
             p = plans.get(si)
+            if si in skip:
+                continue
             if p is None:
                 g.statement(si)
                 continue
             if not covers_output(p, b):  # otherwise its first K block stores without reading
                 g.init_function(si)
-            ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)})
+            epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), p.row, p.vec) if p.epilogue else None
+            ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)}, epi)
             g.functions.append((f"s{si}", si, p, (0, ws)))
         return g.finish(), g.functions
     return NativeKernel(k, b, generate, None, threads, build_key(k, b, list(plans.values()), vector),
                         list(plans.values()))
+
+
+def epilogue(k: Kernel, b: Bound, p: Contraction) -> list[int]:
+    """The statements right after contraction ``p`` that can run on each output tile as soon as
+    it is final (a fused epilogue: bias, activation, gate math): assignments over exactly the
+    contraction's output domain, indexed like its output, that read the contraction's result
+    and each other's results only at the element they write (so a tile needs nothing from
+    other tiles), and that the scalar path would otherwise run as separate passes."""
+    if p.batch:
+        return []
+    s0 = k.stmts[p.stmt]
+    out_idx = tuple(s0.indices)
+    dom0 = {v: p.dom[v] for v in out_idx}
+    written = {p.c}
+    read_elsewhere: set[str] = set()  # tensors the group reads away from the element it writes
+    group: list[int] = []
+    for j in range(p.stmt + 1, len(k.stmts)):
+        s = k.stmts[j]
+        if s.op != "=" or s.reduction_vars or s.exists or tuple(s.indices) != out_idx or b.domain(j) != dom0:
+            break
+        if k.tensor(s.tensor).dtype.name not in ("float32", "float64") or s.tensor in (p.a, p.b):
+            break
+        reads = [e for e in walk(s.rhs) if isinstance(e, Access)]
+        here = {e.tensor for e in reads if tuple(getattr(x, "name", None) for x in e.indices) == out_idx}
+        away = {e.tensor for e in reads} - here
+        if away & written or s.tensor in read_elsewhere | away:
+            break  # would need another tile's element, or overwrite one that is still to be read
+        if s.tensor in here and s.tensor not in written:
+            break  # reads the old value of a tensor that the unfused program overwrites in a later pass
+        group.append(j)
+        written.add(s.tensor)
+        read_elsewhere |= away
+    return group
 
 
 def build_key(k: Kernel, b: Bound, plans, vector: bool) -> str:
