@@ -216,10 +216,13 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
                               f"registers and caches) or scalar (plain loop nests), not '{scheduler}'")
         t0 = time.perf_counter()
         native = compile_cpu(k, b, t, vector=scheduler != "scalar")
-        code = "; ".join(f"S{p.stmt}: {p.blocking.mr}x{p.blocking.nr} {p.instr} micro-kernel" for p in native.plans)
+        code = "; ".join(f"S{p.stmt}: {p.blocking.mr}x{p.blocking.nr if p.form == 'bcast' else p.extent(p.vec)} "
+                         f"{p.instr}" + (f" + epilogue {','.join(f'S{j}' for j in p.epilogue)}" if p.epilogue else "")
+                         for p in native.plans)
+        covered = len(native.plans) + sum(len(p.epilogue) for p in native.plans)
         rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes),
-               "code": code + ("; other statements: " if code and len(native.plans) < len(k.stmts) else "")
-               + ("scalar loops (llvm -O3)" if len(native.plans) < len(k.stmts) else ""),
+               "code": code + ("; other statements: " if code and covered < len(k.stmts) else "")
+               + ("scalar loops (llvm -O3)" if covered < len(k.stmts) else ""),
                "compile_seconds": time.perf_counter() - t0, "cached": native.cached}
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.native = native
