@@ -77,6 +77,8 @@ class Blocking:
         if m < mr:  # short M: fewer rows, wider tiles
             mr = m
             nv = max(1, min(vecs, 8, (regs - 1) // (mr + 1)))
+        else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
+            mr, nv = _row_tiles(m, vecs, regs, mr, nv)
         caches = sorted((x for x in t.memories if x.name not in (regmem, t.main)), key=lambda x: x.capacity)
         l1 = caches[0].capacity if caches else 32 << 10
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
@@ -99,6 +101,23 @@ class Blocking:
         # prefetch (only a ragged last panel is packed)
         pack_b = not b_contiguous or m > mr
         return Blocking(vl, mr, nv, kc, mc, nc, pack_a, 8, pack_b)
+
+
+def _row_tiles(m: int, vecs: int, regs: int, mr0: int, nv0: int) -> tuple[int, int]:
+    """(MR, NV) for M rows: the least padding of the last row tile (within 2% of the best),
+    then the most accumulators (at least 12, to cover the FMA latency), then the tallest."""
+    options = []
+    for mr in range(4, mr0 + 1):
+        nv = max(1, min(vecs, 4, (regs - 1) // (mr + 1)))
+        if mr * nv < 12 or mr * nv + nv + 1 > regs:
+            continue
+        waste = (-(-m // mr) * mr - m) / m
+        options.append((waste, mr * nv, mr, nv))
+    if not options:
+        return mr0, nv0
+    best = min(o[0] for o in options)
+    _, _, mr, nv = max((o for o in options if o[0] <= best + 0.02), key=lambda o: (o[1], o[2]))
+    return mr, nv
 
 
 @dataclass(frozen=True)
