@@ -39,11 +39,11 @@ def test_every_layout_is_a_contraction_and_correct(name, M, N, K):
 def test_blocking_follows_the_target():
     """Lanes, registers and cache blocks come from the .hw file: AVX2's 16 ymm registers give
     a 6 x 16 micro-kernel, AVX-512's 32 zmm registers a 14 x 32 one."""
-    nk, out, ref = _gemm("gemm", 100, 100, 100)
+    nk, out, ref = _gemm("gemm", 140, 100, 100)
     bl = nk.plans[0].blocking
     assert (bl.vl, bl.mr, bl.nr) == (16, 14, 32)
     avx2 = hw_models.load("cpu-avx2")
-    nk2, out2, _ = _gemm("gemm", 100, 100, 100, target=avx2)
+    nk2, out2, _ = _gemm("gemm", 140, 100, 100, target=avx2)
     bl2 = nk2.plans[0].blocking
     assert (bl2.vl, bl2.mr, bl2.nr) == (8, 6, 16)
     assert np.allclose(out2, ref, atol=1e-3)
@@ -100,6 +100,13 @@ def test_scalar_scheduler_and_schedule_listing():
     assert sc.native.plans == [] and "scalar loops" in sc.source("schedule")
     with pytest.raises(compiler.IsamapError, match="takes --scheduler vector"):
         compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=5, N=4, K=3), scheduler="cpsat")
+
+
+def test_row_tiles_leave_little_padding():
+    """M = 32 rows: 8-row tiles (4 of them, 24 accumulators) rather than 14 + 14 + 4."""
+    bl = Blocking.for_target(CPU, 16, "zmm", 32, 2816, 2816, 2)
+    assert (bl.mr, bl.nv) == (8, 3)
+    assert Blocking.for_target(CPU, 16, "zmm", 1760, 128, 1760, 2).mr == 14
 
 
 def test_default_blocking_is_balanced():
