@@ -42,6 +42,27 @@ def _c(v: int):
     return L.Constant(I64, v)
 
 
+def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, name: str):
+    """``for (v = lo; v < hi; v += step) body(v)`` in ``fn`` at the builder's position; lo/hi are
+    values of type ``ty`` or ints.  Shared by the contraction and scalar generators."""
+    lo = L.Constant(ty, lo) if isinstance(lo, int) else lo
+    hi = L.Constant(ty, hi) if isinstance(hi, int) else hi
+    pre = b.block
+    head = fn.append_basic_block(f"{name}.head")
+    blk = fn.append_basic_block(f"{name}.body")
+    done = fn.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    phi = b.phi(ty, name=name)
+    phi.add_incoming(lo, pre)
+    b.cbranch(b.icmp_signed("<", phi, hi), blk, done)
+    b.position_at_end(blk)
+    body(phi)
+    phi.add_incoming(b.add(phi, L.Constant(ty, step)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
 @dataclass(frozen=True)
 class Blocking:
     """Register and cache blocking: MR rows x NV vectors of VL lanes per micro-kernel call."""
@@ -354,23 +375,7 @@ class _Emit:
 
     def loop(self, lo, hi, step: int, body, name="i"):
         """for (v = lo; v < hi; v += step) body(v); lo/hi are i64 values or ints."""
-        b = self.bld
-        lo = _c(lo) if isinstance(lo, int) else lo
-        hi = _c(hi) if isinstance(hi, int) else hi
-        pre = b.block
-        head = self.fn.append_basic_block(f"{name}.head")
-        blk = self.fn.append_basic_block(f"{name}.body")
-        done = self.fn.append_basic_block(f"{name}.done")
-        b.branch(head)
-        b.position_at_end(head)
-        phi = b.phi(I64, name=name)
-        phi.add_incoming(lo, pre)
-        b.cbranch(b.icmp_signed("<", phi, hi), blk, done)
-        b.position_at_end(blk)
-        body(phi)
-        phi.add_incoming(b.add(phi, _c(step)), b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        counted_loop(self.fn, self.bld, I64, lo, hi, step, body, name)
 
     def if_(self, cond, then, other=None):
         b = self.bld
