@@ -187,3 +187,15 @@ def test_elementwise_statements_fuse_as_epilogues_only_when_tile_local():
         ins = random_inputs(k.kernel, k.bound, seed=5)
         ok, err, per = compare(k.run_all(**ins), ir.interp.run(k.kernel, ins, k.sizes))
         assert ok, per
+
+
+def test_an_a_with_no_unit_stride_is_packed_and_correct():
+    """A(k, m, p) read with m and k both strided: the gathered packing path."""
+    src = """def f(float(K, M, P) A, float(K, N) B) -> (C) {
+        C(p, m, n) +=! A(k, m, p) * B(k, n)
+    }"""
+    ck = compiler.build(src, target="cpu", sizes=dict(K=19, M=23, P=3, N=37))
+    assert ck.native.plans and ck.native.plans[0].blocking.pack_a
+    ins = random_inputs(ck.kernel, ck.bound, seed=7)
+    ok, err, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes))
+    assert ok, per

@@ -441,6 +441,16 @@ class _Emit:
         return tuple(self.at(self.ptr[n], base[n]) for n in (p.a, p.b, p.c))
 
     # ---- packing
+    def pad_panel(self, dst, start, rows, width: int, filled):
+        """Zero elements [filled, width) of each of ``rows`` rows of a panel at dst + start (the
+        padding of a ragged last panel, so the micro-kernel always computes whole tiles)."""
+        b = self.bld
+
+        def row(r):
+            base = b.add(start, b.mul(r, _c(width)))
+            self.loop(filled, width, 1, lambda j: b.store(L.Constant(F32, 0.0), self.at(dst, b.add(base, j))), "pad")
+        self.loop(0, rows, 1, row, "padrow")
+
     def pack_b(self):
         """pack_b(Bp, B, jc, nc, pc, kc): Bp[p][kk][j] = B[pc+kk, jc+p*NR+j] (0 past nc)."""
         p, bl = self.p, self.bl
@@ -453,14 +463,7 @@ class _Emit:
         def panel(q):
             nv = self.min(_c(bl.nr), b.sub(nc, q))
             dst0 = b.mul(q, kc)  # panel q/NR starts at (q/NR)*kc*NR = q*kc
-
-            def zero_row(kk):
-                drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
-
-                def zero(j):
-                    b.store(L.Constant(F32, 0.0), self.at(bp, b.add(drow, j)))
-                self.loop(nv, bl.nr, 1, zero, "jz")
-
+            self.pad_panel(bp, dst0, kc, bl.nr, nv)
             if sk == 1 and sn != 1:
                 # B(n, k) (an NT GEMM): read along k, one column of the panel at a time
                 def column(j):
@@ -471,7 +474,6 @@ class _Emit:
                         b.store(v, self.at(bp, b.add(dst0, b.add(b.mul(kk, _c(bl.nr)), j))))
                     self.loop(0, kc, 1, copy, "kk")
                 self.loop(0, nv, 1, column, "j")
-                self.loop(0, kc, 1, zero_row, "kz")
                 return
 
             def krow(kk):
@@ -483,7 +485,6 @@ class _Emit:
                     b.store(v, self.at(bp, b.add(drow, j)))
                 self.loop(0, nv, 1, copy, "j")
             self.loop(0, kc, 1, krow, "kk")
-            self.loop(0, kc, 1, zero_row, "kz")
         self.loop(0, nc, bl.nr, panel, "q")
         b.ret_void()
 
@@ -499,29 +500,18 @@ class _Emit:
         def panel(q):
             mv = self.min(_c(bl.mr), b.sub(mc, q))
             dst0 = b.mul(q, kc)
-            if sk == 1:  # rows of A are contiguous in k: read along k
-                def row(i):
-                    srow = b.add(b.mul(b.add(ic, b.add(q, i)), _c(sm)), b.mul(pc, _c(sk)))
+            self.pad_panel(ap, dst0, kc, bl.mr, mv)
+            if sm == 1:
+                return  # copied by the block pass below
 
-                    def copy(kk):
-                        v = b.load(self.at(src, b.add(srow, kk)))
-                        b.store(v, self.at(ap, b.add(dst0, b.add(b.mul(kk, _c(bl.mr)), i))))
-                    self.loop(0, kc, 1, copy, "kk")
+            def row(i):  # one row of the panel, along k (contiguous when sk == 1)
+                srow = b.add(b.mul(b.add(ic, b.add(q, i)), _c(sm)), b.mul(pc, _c(sk)))
 
-                def zrow(i):
-                    def zero(kk):
-                        b.store(L.Constant(F32, 0.0), self.at(ap, b.add(dst0, b.add(b.mul(kk, _c(bl.mr)), i))))
-                    self.loop(0, kc, 1, zero, "kz")
-                self.loop(0, mv, 1, row, "i")
-                self.loop(mv, bl.mr, 1, zrow, "iz")
-            else:
-                def krow(kk):
-                    drow = b.add(dst0, b.mul(kk, _c(bl.mr)))
-
-                    def zero(i):
-                        b.store(L.Constant(F32, 0.0), self.at(ap, b.add(drow, i)))
-                    self.loop(mv, bl.mr, 1, zero, "iz")
-                self.loop(0, kc, 1, krow, "kk")
+                def copy(kk):
+                    v = b.load(self.at(src, b.add(srow, b.mul(kk, _c(sk)))))
+                    b.store(v, self.at(ap, b.add(dst0, b.add(b.mul(kk, _c(bl.mr)), i))))
+                self.loop(0, kc, 1, copy, "kk")
+            self.loop(0, mv, 1, row, "i")
 
         if sm == 1:
             # columns of A are contiguous in m (A(k, m)): one pass along each k row of the whole
@@ -538,27 +528,7 @@ class _Emit:
                     self.loop(0, mv, 1, copy, "i")
                 self.loop(0, mc, bl.mr, chunk, "q")
             self.loop(0, kc, 1, krow_block, "kk")
-            self.loop(0, mc, bl.mr, panel, "q")  # zero the padding of the last panel
-        elif sk == 1:
-            self.loop(0, mc, bl.mr, panel, "q")
-        else:
-            def gathered(q):  # neither stride is 1: element by element
-                mv = self.min(_c(bl.mr), b.sub(mc, q))
-                dst0 = b.mul(q, kc)
-
-                def krow(kk):
-                    scol = b.add(b.mul(b.add(ic, q), _c(sm)), b.mul(b.add(pc, kk), _c(sk)))
-                    drow = b.add(dst0, b.mul(kk, _c(bl.mr)))
-
-                    def copy(i):
-                        b.store(b.load(self.at(src, b.add(scol, b.mul(i, _c(sm))))), self.at(ap, b.add(drow, i)))
-
-                    def zero(i):
-                        b.store(L.Constant(F32, 0.0), self.at(ap, b.add(drow, i)))
-                    self.loop(0, mv, 1, copy, "i")
-                    self.loop(mv, bl.mr, 1, zero, "iz")
-                self.loop(0, kc, 1, krow, "kk")
-            self.loop(0, mc, bl.mr, gathered, "q")
+        self.loop(0, mc, bl.mr, panel, "q")
         b.ret_void()
 
     def prefetch_fn(self):
