@@ -9,19 +9,16 @@ budget are reported from the analytical model and marked so.
 """
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ir.errors import IsamapError
 
-from .progress import Progress, bench_backend, select_sets
+from .progress import Progress, bench_backend, load_suite
 
-DATA = Path(__file__).resolve().parent / "data"
 
 QUICK = [  # (set, m, n, k, a_t, b_t): small-N training rows, a TN row, square-ish, inference int8
     ("training", 1760, 16, 1760, False, False),
@@ -51,17 +48,9 @@ def gemm_source(in_t: str, acc_t: str, a_t: bool, b_t: bool) -> str:
 
 
 def gemm_suite(suite: str, sets: list[str] | None) -> list[tuple]:
-    if suite == "quick":
-        rows = QUICK
-    elif suite == "deepbench":
-        rows = []
-        with open(DATA / "deepbench_gemm.csv") as f:
-            for r in csv.DictReader(f):
-                rows.append((r["set"], int(r["m"]), int(r["n"]), int(r["k"]), r["a_transposed"] == "true",
-                             r["b_transposed"] == "true"))
-    else:
-        raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
-    return select_sets(rows, sets)
+    return load_suite(suite, QUICK, "deepbench_gemm.csv",
+                      lambda r: (r["set"], int(r["m"]), int(r["n"]), int(r["k"]), r["a_transposed"] == "true",
+                                 r["b_transposed"] == "true"), sets)
 
 
 @dataclass

@@ -10,30 +10,23 @@ workbooks: 6*T*N*H^2 (training), + T*N*H for inference.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ir.errors import IsamapError
 
-from .gemm import DATA, _cycles
-from .progress import Progress, bench_backend, select_sets
+from .gemm import _cycles
+from .progress import Progress, bench_backend, load_suite
 
 SIMULATED_STEPS = 3
 QUICK = [("training", 512, 32, 1), ("inference_server", 512, 4, 1), ("inference_server", 1024, 1, 1500)]
 
 
 def gru_suite(suite: str, sets) -> list[tuple]:
-    if suite == "quick":
-        rows = QUICK
-    elif suite == "deepbench":
-        with open(DATA / "deepbench_rnn.csv") as f:
-            rows = [(r["set"], int(r["hidden"]), int(r["batch"]), int(r["timesteps"]))
-                    for r in csv.DictReader(f) if r["cell"] == "gru"]
-    else:
-        raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
-    return select_sets(rows, sets)
+    return load_suite(suite, QUICK, "deepbench_rnn.csv",
+                      lambda r: (r["set"], int(r["hidden"]), int(r["batch"]), int(r["timesteps"])), sets,
+                      keep=lambda r: r["cell"] == "gru")
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Shared harness plumbing: DeepBench set selection and a progress display for long runs."""
+"""Shared harness plumbing: DeepBench suites and set selection, and a progress display for long runs."""
 from __future__ import annotations
 
+import csv
 import sys
 import time
+from pathlib import Path
 
 from ir.errors import IsamapError
 
@@ -17,6 +19,22 @@ def bench_backend(t) -> str:
         raise IsamapError(f"benchmarking the {backend} backend is not available yet (the harness times "
                           f"cpu and simulated targets only)")
     return backend
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def load_suite(suite: str, quick: list[tuple], csv_name: str, row, sets, keep=lambda r: True) -> list[tuple]:
+    """The problems of a suite: ``quick``, or every row of a shipped DeepBench CSV that ``keep``
+    accepts, each made a tuple by ``row``; then restricted to ``sets``."""
+    if suite == "quick":
+        rows = list(quick)
+    elif suite == "deepbench":
+        with open(DATA / csv_name) as f:
+            rows = [row(r) for r in csv.DictReader(f) if keep(r)]
+    else:
+        raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
+    return select_sets(rows, sets)
 
 
 def select_sets(rows: list[tuple], sets) -> list[tuple]:
