@@ -738,9 +738,15 @@ def epilogue(k: Kernel, b: Bound, p: Contraction) -> list[int]:
 def build_key(k: Kernel, b: Bound, plans, vector: bool) -> str:
     """What determines a cpu build: the kernel, its sizes, the plans (blocking included) and
     the code generators' own source (so changing the backend invalidates cached objects)."""
-    from pathlib import Path
-
     from ir import printer
+    return "\0".join(["cpu-build-v1", printer.kernel(k), repr(sorted(b.sizes.items())), repr(plans), str(vector),
+                      _generator_version()])
+
+
+@functools.lru_cache(maxsize=1)
+def _generator_version() -> str:
+    """A digest of the code generators' source, read once per process (not on every build)."""
+    import hashlib
+    from pathlib import Path
     here = Path(__file__).parent
-    gen = "".join((here / f).read_text() for f in ("scalar.py", "contraction.py"))
-    return "\0".join(["cpu-build-v1", printer.kernel(k), repr(sorted(b.sizes.items())), repr(plans), str(vector), gen])
+    return hashlib.sha256("".join((here / f).read_text() for f in ("scalar.py", "contraction.py")).encode()).hexdigest()
