@@ -1,4 +1,4 @@
 """The LLVM backend for the host CPU (llvmlite JIT)."""
-from .scalar import compile_cpu, compile_scalar
+from .scalar import compile_cpu
 
-__all__ = ["compile_cpu", "compile_scalar"]
+__all__ = ["compile_cpu"]

@@ -439,20 +439,19 @@ class NativeKernel:
     """The JIT-compiled statement functions; calls split each statement's outermost loop across
     threads (ctypes releases the GIL), statements one after another."""
 
-    def __init__(self, k: Kernel, b: Bound, source, functions=None, threads: int | None = None,
-                 key: str | None = None, plans=()):
-        """``source`` is the LLVM IR (with its ``functions`` table) or a function generating both;
-        ``key`` identifies the build without generating it (kernel, sizes, plans, generator
-        version), so a cached build skips code generation entirely."""
+    def __init__(self, k: Kernel, b: Bound, source, key: str, threads: int | None = None, plans=()):
+        """``source()`` generates the LLVM IR and its function table; ``key`` identifies the build
+        without generating it (kernel, sizes, plans, generator version), so a cached build
+        skips code generation entirely."""
         import json
         import os
         self.k, self.b = k, b
         self.plans = list(plans)
         self._source = source
-        self._ir = source if isinstance(source, str) else None
+        self._ir = None
         self.threads = threads or os.cpu_count() or 1
         self._optimized = None
-        path = _cache_path(key or self._ir)
+        path = _cache_path(key)
         meta = path.with_suffix(".json") if path is not None else None
         if path is not None and path.exists() and meta.exists():  # object code from an earlier build
             table = json.loads(meta.read_text())
@@ -461,8 +460,7 @@ class NativeKernel:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(path.read_bytes()))
             self.cached = True
         else:
-            if self._ir is None:
-                self._ir, functions = source()
+            self._ir, functions = source()
             mod = self._optimize()
             if path is not None:
                 obj = _target_machine().emit_object(mod)
@@ -619,9 +617,9 @@ def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
     return out
 
 
-def _cache_path(llvm_ir: str):
-    """Where the object code of this module lives on disk (its function table beside it, .json):
-    keyed by the IR or a build key, the host CPU and its features, and the llvmlite version.
+def _cache_path(build: str):
+    """Where the object code of a build lives on disk (its function table beside it, .json):
+    keyed by the build key, the host CPU and its features, and the llvmlite version.
     ``ISAMAP_CACHE=off`` disables the cache."""
     import hashlib
     import os
@@ -632,7 +630,7 @@ def _cache_path(llvm_ir: str):
     if root == "off":
         return None
     _init()
-    key = hashlib.sha256("\0".join([llvm_ir, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
+    key = hashlib.sha256("\0".join([build, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
                                      llvmlite.__version__]).encode()).hexdigest()[:32]
     d = Path(root) / "llvm"
     d.mkdir(parents=True, exist_ok=True)
@@ -643,13 +641,6 @@ def _holding(d: DType):
     if d == BOOL:
         return np.uint8
     return d.np
-
-
-def compile_scalar(k: Kernel, b: Bound, threads: int | None = None) -> NativeKernel:
-    g = _Gen(k, b)
-    for si in range(len(k.stmts)):
-        g.statement(si)
-    return NativeKernel(k, b, g.finish(), g.functions, threads)
 
 
 def covers_output(p: Contraction, b: Bound) -> bool:
@@ -698,7 +689,7 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)}, epi)
             g.functions.append((f"s{si}", si, p, (0, ws)))
         return g.finish(), g.functions
-    return NativeKernel(k, b, generate, None, threads, build_key(k, b, list(plans.values()), vector),
+    return NativeKernel(k, b, generate, build_key(k, b, list(plans.values()), vector), threads,
                         list(plans.values()))
 
 
