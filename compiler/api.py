@@ -74,6 +74,23 @@ class CompiledKernel:
             inputs[k] = v
         return inputs
 
+    def _exact(self, inputs: dict) -> dict[str, np.ndarray] | None:
+        """``inputs`` as they are when each is an array of exactly the built shape and dtype
+        (nothing to infer, bind or convert: ~70 us saved per call, more than a small GEMM
+        takes); None sends the call through the full checks."""
+        expect = self.__dict__.get("_expect")
+        if expect is None:
+            from ir.dtypes import BFLOAT16
+            expect = self._expect = {t.name: (tuple(self.bound.shapes[t.name]), t.dtype.np)
+                                     for t in self.kernel.inputs if t.dtype != BFLOAT16}
+        if len(inputs) != len(self.kernel.inputs):
+            return None
+        for name, x in inputs.items():
+            e = expect.get(name)
+            if e is None or type(x) is not np.ndarray or x.shape != e[0] or x.dtype != e[1]:
+                return None
+        return inputs
+
     def run_all(self, *args, trace: bool = False, **kwargs) -> dict[str, np.ndarray]:
         """Every output by name."""
         inputs = self._inputs(args, kwargs)
@@ -87,7 +104,9 @@ class CompiledKernel:
                 self.report["gflops"] = flops / sec / 1e9
             return out
         if self.native is not None:
-            _, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
+            arrays = self._exact(inputs)
+            if arrays is None:
+                _, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
             t0 = time.perf_counter()
             out = self.native(arrays)
             self.report["seconds"] = sec = time.perf_counter() - t0

@@ -27,6 +27,9 @@ class Bound:
 
     def macs(self) -> int:
         """Multiply-accumulates of the kernel's +-reductions of products (FLOPs = 2 x this)."""
+        cached = self.__dict__.get("_macs")
+        if cached is not None:  # asked on every call of a compiled kernel
+            return cached
         from math import prod
 
         from .expr import Binary
@@ -34,6 +37,7 @@ class Bound:
         for si, s in enumerate(self.kernel.stmts):
             if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
                 total += prod(hi - lo for lo, hi in self.domains[si].values())
+        self.__dict__["_macs"] = total  # frozen: bypass __setattr__ for the cache
         return total
 
 

@@ -84,3 +84,46 @@ def test_object_cache_reuses_compiled_code(tmp_path, monkeypatch):
     assert len(list((tmp_path / "llvm").glob("*.o"))) == 1
     monkeypatch.setenv("ISAMAP_CACHE", "off")
     assert not compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30)).native.cached
+
+
+def test_outputs_start_as_zeros_unless_written_first():
+    """Output buffers skip the zero fill only when the code writes every element before
+    anything reads it; partial writes and plain accumulation keep the reference's zeros."""
+    from compiler.backends.llvm.scalar import _written_first
+    src = """def f(float(N) X, float(M, N) A) -> (Y, S, P, Q) {
+        Y(i) +=! A(i, j) * X(j)
+        S(i) += X(i)
+        P(i) = X(i) where i in 0:3
+        Q(i) = Y(i) + 1.0
+    }"""
+    k = compiler.parse(src).kernel()
+    b = bind(k, dict(N=5, M=4))
+    assert [_written_first(k, b, n) for n in ("Y", "S", "Q")] == [True, False, True]
+    ck = compiler.build(k, target="cpu", sizes=dict(N=5, M=4))
+    ins = random_inputs(k, b, seed=3)
+    for _ in range(3):  # fresh buffers often reuse freed memory: garbage must never show
+        junk = [np.full((64, 64), 7.0, np.float32) for _ in range(4)]
+        del junk
+        ok, _, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes))
+        assert ok, per
+
+
+def test_exact_inputs_take_the_fast_path_and_others_are_still_checked():
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=9, N=5, K=7))
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((9, 7)).astype(np.float32)
+    B = rng.standard_normal((7, 5)).astype(np.float32)
+    want = A @ B
+    assert ck._exact({"A": A, "B": B}) is not None
+    np.testing.assert_allclose(ck(A, B), want, rtol=1e-5, atol=1e-5)
+    At = np.asfortranarray(A)  # right shape and dtype, not contiguous: copied by the call
+    assert ck._exact({"A": At, "B": B}) is not None
+    np.testing.assert_allclose(ck(At, B), want, rtol=1e-5, atol=1e-5)
+    A64 = A.astype(np.float64)  # another dtype: converted by the full path
+    assert ck._exact({"A": A64, "B": B}) is None
+    np.testing.assert_allclose(ck(A64, B), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(compiler.IsamapError, match="built for"):
+        ck(A[:8], B)
+    ro = A.copy()
+    ro.flags.writeable = False  # read-only buffers take the slow address path
+    np.testing.assert_allclose(ck(ro, B), want, rtol=1e-5, atol=1e-5)

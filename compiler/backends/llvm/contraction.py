@@ -289,8 +289,9 @@ def _as_dot(p: Contraction, t: Target, mappings) -> Contraction | None:
         mr = max(1, min(8, 24 // cols, p.extent(p.row)))
         caches = sorted((x for x in t.memories if x.row_bytes is None and x.name != t.main), key=lambda x: x.capacity)
         l2 = caches[1].capacity if len(caches) > 1 else 1 << 20
-        kc = max(lanes, min(red, (l2 // 2) // (4 * cols)) // lanes * lanes)
-        kc = -(-red // -(-red // kc))
+        fit = (l2 // 2) // (4 * cols)  # the packed B^T block keeps to half of L2
+        kc = red if red <= fit else max(lanes, fit // lanes * lanes)
+        kc = -(-red // -(-red // kc))  # balanced K blocks (one when the whole reduction fits)
         return replace(p, instr=instr.name, form="dot",
                        blocking=Blocking(lanes, mr, 1, kc, mr, cols, False, 0, True))
     return None
