@@ -234,7 +234,14 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
             raise IsamapError(f"target '{t.name}' takes --scheduler vector (the default: blocking from its "
                               f"registers and caches) or scalar (plain loop nests), not '{scheduler}'")
         t0 = time.perf_counter()
-        native = compile_cpu(k, b, t, vector=scheduler != "scalar")
+        tuned = None
+        if scheduler is None:  # the blocking measured best on this machine, if it was tuned
+            from schedulers.db import TuningDB, default_path, workload_key
+            path = db or default_path()
+            rec = TuningDB(path).best(workload_key(k, b.sizes, t)) if path else None
+            tuned = rec.schedule if rec is not None and rec.schedule.host else None
+        native = compile_cpu(k, b, t, vector=scheduler != "scalar", threads=(tuned.threads or None) if tuned else None,
+                             blockings=tuned.blockings() if tuned else None)
         code = "; ".join(f"S{p.stmt}: {p.blocking.mr}x{p.blocking.nr if p.form == 'bcast' else p.extent(p.vec)} "
                          f"{p.instr}" + (f" + epilogue {','.join(f'S{j}' for j in p.epilogue)}" if p.epilogue else "")
                          for p in native.plans)
@@ -242,6 +249,7 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
         rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes),
                "code": code + ("; other statements: " if code and covered < len(k.stmts) else "")
                + ("scalar loops (llvm -O3)" if covered < len(k.stmts) else ""),
+               "scheduler": f"database ({tuned.strategy})" if tuned else (scheduler or "vector"),
                "compile_seconds": time.perf_counter() - t0, "cached": native.cached}
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.native = native

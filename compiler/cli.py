@@ -221,12 +221,18 @@ def cmd_tune(a) -> int:
     k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
     b = bind(k, sizes, spans)
     t = hw_models.load(a.target)
-    if t.prop("backend", "sim") != "sim":
-        raise IsamapError(f"tuning measures on the backend; the {t.prop('backend')} backend is not built yet")
+    backend = t.prop("backend", "sim")
+    if backend not in ("sim", "llvm"):
+        raise IsamapError(f"tuning measures on the backend; tuning for the {backend} backend is not built yet")
     if a.trials < 1:
         raise IsamapError("--trials must be at least 1")
+    if backend == "llvm" and a.workers != "1":
+        raise IsamapError(f"--workers does not apply to {t.name}: its candidates are timed one at a time on "
+                          f"this machine, as concurrent timings would disturb each other")
     path = a.db or default_path() or "isamap-tuning.db"
     db = TuningDB(path)
+    if backend == "llvm":
+        return _tune_host(a, k, b, t, db, path)
     workers = a.workers if a.workers.startswith("ray://") else int(a.workers) if a.workers.isdigit() else None
     if workers is None:
         raise IsamapError(f"--workers takes a number or ray://ADDRESS, not {a.workers!r}")
@@ -242,6 +248,25 @@ def cmd_tune(a) -> int:
               + (f"; analytical {an:.0f}" if an else "")
               + (f"; learned-model Spearman {st['spearman']:.2f}" if st.get("spearman") is not None else "")
               + f"; database {path} ({st['records']} records)")
+    return 0
+
+
+def _tune_host(a, k, b, t, db, path) -> int:
+    """Host targets: blockings timed on this machine (one at a time: parallel timings would
+    disturb each other)."""
+    import os
+
+    from schedulers.host_tune import tune_host
+    best, st = tune_host(k, b, t, a.trials, db, progress=not a.json, seed=a.seed)
+    st.update(db=os.path.abspath(path), records=db.count())
+    if a.json:
+        print(json.dumps({**st, "schedule": json.loads(best.to_json())}, indent=2, default=float))
+        return 0
+    print(best.describe(), end="")
+    d = st["default_seconds"]
+    print(f"best {st['best_seconds'] * 1e3:.3f} ms after {st['trials']} measurements"
+          + (f"; default blocking {d * 1e3:.3f} ms ({d / st['best_seconds']:.2f}x)" if d else "")
+          + f"; database {path} ({st['records']} records)")
     return 0
 
 

@@ -52,6 +52,13 @@ class Schedule:
     mappings: tuple[int, ...]  # per statement: index into its lowerable legal mappings
     nests: tuple[NestSchedule, ...]
     predicted: dict = field(default_factory=dict, compare=False, hash=False)
+    # host targets (llvm backend): per statement, the register/cache blocking of its contraction
+    # as sorted (parameter, value) pairs, and the thread count (0: one per core)
+    host: tuple[tuple[int, tuple[tuple[str, object], ...]], ...] = ()
+    threads: int = 0
+
+    def blockings(self) -> dict[int, dict]:
+        return {si: dict(items) for si, items in self.host}
 
     def nest(self, statement: int, step: int) -> NestSchedule:
         for n in self.nests:
@@ -69,8 +76,9 @@ class Schedule:
         nests = tuple(NestSchedule(n["statement"], n["step"], tuple(tuple(t) for t in n["tiles"]),
                                    tuple(n["order"]), tuple(tuple(x) for x in n["split"]), n["prefetch"])
                       for n in d["nests"])
+        host = tuple((int(si), tuple(tuple(kv) for kv in items)) for si, items in d.get("host", ()))
         return Schedule(d["kernel"], d["target"], tuple(tuple(s) for s in d["sizes"]), d["strategy"],
-                        tuple(d["mappings"]), nests, d.get("predicted", {}))
+                        tuple(d["mappings"]), nests, d.get("predicted", {}), host, d.get("threads", 0))
 
     def describe(self) -> str:
         lines = [f"# schedule of {self.kernel} on {self.target} ({self.strategy})"]
@@ -80,6 +88,10 @@ class Schedule:
                          f"order {' > '.join(n.order)}"
                          + (f" cores {' x '.join(f'{a}/{p}' for a, p in n.split)}" if n.split else "")
                          + f" prefetch {n.prefetch}")
+        for si, items in self.host:
+            lines.append(f"S{si}: blocking " + " ".join(f"{k}={v}" for k, v in items))
+        if self.threads:
+            lines.append(f"threads {self.threads}")
         for k, v in self.predicted.items():
             lines.append(f"# predicted {k}: {v}")
         return "\n".join(lines) + "\n"

@@ -89,9 +89,13 @@ class TuningDB:
         return [Record(r[0], Schedule.from_json(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def best(self, workload: str) -> Record | None:
+        """The fastest record; a tuning run's confirmed choice (re-timed head to head against the
+        default, strategy ``confirmed``) outranks single timings, which on a shared machine
+        can be lucky."""
         row = self.conn.execute(
             "SELECT id, schedule, cycles, seconds, error FROM records WHERE workload = ? AND error IS NULL "
-            "ORDER BY COALESCE(cycles, seconds) ASC, id ASC LIMIT 1", (workload,)).fetchone()
+            "ORDER BY (strategy = 'confirmed') DESC, COALESCE(cycles, seconds) ASC, id ASC LIMIT 1",
+            (workload,)).fetchone()
         return None if row is None else Record(row[0], Schedule.from_json(row[1]), row[2], row[3], row[4])
 
     def count(self, workload: str | None = None) -> int:

@@ -147,3 +147,62 @@ def test_an_impossible_request_is_a_clear_error(tmp_path):
     chip = _small_chip(tmp_path, "spad", "1 KiB")  # A and B blocks cannot both be in the scratchpad
     with pytest.raises(compiler.IsamapError, match=r"nothing fits on .*spad needs 2048 bytes but holds 1024"):
         compiler.build(kernels.path("gemm"), target=chip, sizes=dict(M=32, N=32, K=32))
+
+
+def test_host_tuning_records_confirms_and_build_reuses(tmp_path, capsys):
+    import numpy as np
+    path = str(tmp_path / "h.db")
+    code = cli.main(["tune", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=20,N=24,K=16",
+                     "--trials", "4", "--db", path, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["trials"] == 4 and out["best_seconds"] > 0 and out["schedule"]["host"]
+    k = compiler.parse(kernels.path("gemm")).kernel()
+    t = hw_models.load("cpu")
+    wl = workload_key(k, dict(M=20, N=24, K=16), t)
+    recs = TuningDB(path).records(wl)
+    assert len(recs) >= 5 and all(r.error is None and r.seconds > 0 for r in recs)
+    best = TuningDB(path).best(wl)
+    assert best.schedule.strategy == "confirmed"  # the head-to-head outcome, not a lucky timing
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=20, N=24, K=16), db=path)
+    assert ck.report["scheduler"] == "database (confirmed)"
+    chosen = best.schedule.blockings()[0]
+    assert all(getattr(ck.native.plans[0].blocking, f) == v for f, v in chosen.items()
+               if not (f == "pack_b" and ck.native.plans[0].strides["B"]["n"] != 1))
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((20, 16), dtype=np.float32), rng.standard_normal((16, 24), dtype=np.float32)
+    np.testing.assert_allclose(ck(A, B), A @ B, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,sizes", [("gemm", dict(M=13, N=40, K=9)), ("gemm_nt", dict(M=5, N=3, K=37))])
+def test_host_mutations_are_valid_and_replay(kernel, sizes):
+    """Every mutated blocking builds code that matches the reference, and the schedule
+    survives a JSON round trip."""
+    import random
+
+    import ir.interp
+    from compiler.backends.llvm import compile_cpu
+    from compiler.checking import compare, random_inputs
+    from schedulers.host_tune import host_schedule, mutate
+    k = compiler.parse(kernels.path(kernel)).kernel()
+    b = bind(k, sizes)
+    t = hw_models.load("cpu")
+    nk = compile_cpu(k, b, t)
+    plans = {p.stmt: p for p in nk.plans}
+    s = host_schedule(k, b, t, nk.plans)
+    ins = random_inputs(k, b, seed=2)
+    want = ir.interp.execute(b, ins)
+    rng = random.Random(7)
+    for _ in range(6):
+        s = mutate(rng, t, plans, s)
+        assert base.Schedule.from_json(s.to_json()) == s
+        got = compile_cpu(k, b, t, threads=s.threads or None, blockings=s.blockings())(ins)
+        ok, _, per = compare(got, want)
+        assert ok, (s.describe(), per)
+
+
+def test_host_tuning_refuses_parallel_workers(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["tune", "gemm", "--target", "cpu", "--sizes", "M=8,N=8,K=8", "--workers", "2"])
+    assert not list(tmp_path.iterdir())  # refused before any database is created
+    err = capsys.readouterr().err
+    assert code == 1 and "timed one at a time" in err and "Traceback" not in err

@@ -681,11 +681,13 @@ def covers_output(p: Contraction, b: Bound) -> bool:
 
 
 def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool = True,
-                blocking: dict | None = None) -> NativeKernel:
+                blocking: dict | None = None, blockings: dict[int, dict] | None = None) -> NativeKernel:
     """Host code for the kernel on target ``t``: statements whose mapping is the target's
     broadcast-FMA (or dot-product) instruction become packed, register-blocked contractions
     (`contraction.py`); everything else the scalar loop nests above.  The plans are decided
-    first; code is generated only when the on-disk cache does not hold this build."""
+    first; code is generated only when the on-disk cache does not hold this build.
+    ``blocking`` overrides blocking parameters of every contraction, ``blockings`` those of
+    single statements (a tuned schedule)."""
     import os
 
     from ...mapping import mappings_for_kernel
@@ -695,7 +697,8 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
     for si in range(len(k.stmts)):
         p = recognise(k, b, t, si, ms, threads) if vector else None
         if p is not None:
-            plans[si] = p.with_blocking(**blocking) if blocking else p
+            changes = {**(blocking or {}), **((blockings or {}).get(si) or {})}
+            plans[si] = p.with_blocking(**changes) if changes else p
 
     fused = {si: epilogue(k, b, p) for si, p in plans.items()}
     skip = {j for js in fused.values() for j in js}
