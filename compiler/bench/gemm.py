@@ -104,21 +104,38 @@ QUIET_SECONDS = 0.2  # OpenBLAS's and our worker threads spin (0.1 s, ~25 ms) af
 MIN_SECONDS = 0.25  # repeat short problems until this much time is measured
 
 
+ROUNDS = 3  # each side is timed in this many alternating rounds
+
+
 def _median_seconds(fn, repeats: int, quiet: bool = False) -> tuple[float, float, float, object]:
     """(median, min, max) seconds of ``fn`` over at least ``repeats`` runs (more for short
     problems) after a warm-up, and its last result (so the caller checks what it timed
-    instead of running it again).  Each side is timed in its own block; ``quiet`` first waits
-    for the other side's spinning worker threads to sleep, so they do not compete for the
-    cores."""
-    if quiet:
-        time.sleep(QUIET_SECONDS)
-    out = fn()  # warm-up, excluded
-    times = []
-    while len(times) < repeats or (sum(times) < MIN_SECONDS and len(times) < 50 * repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times), out
+    instead of running it again).  ``quiet`` first waits for spinning worker threads of
+    whatever ran before to sleep, so they do not compete for the cores."""
+    return _timed_sides({"fn": fn}, repeats, rounds=1, quiet=quiet)["fn"]
+
+
+def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = True) -> dict:
+    """name -> (median, min, max seconds, last result) for each side, timed in alternating
+    rounds (ours, baseline, ours, baseline, ...) so that a drift of this shared machine's
+    speed over seconds, which reaches tens of percent, falls on every side alike instead of
+    on whichever was timed in the slow moment.  Each round of a side: a quiet pause (the
+    other side's threads spin after their calls), then at least ``repeats / rounds`` calls,
+    more for short problems.  One warm-up call per side is excluded."""
+    times: dict = {name: [] for name in sides}
+    outs = {name: fn() for name, fn in sides.items()}  # warm-ups
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            if quiet:
+                time.sleep(QUIET_SECONDS)
+            block: list[float] = []
+            while len(block) < per_round or (sum(block) < MIN_SECONDS / rounds and len(block) < 50 * per_round):
+                t0 = time.perf_counter()
+                outs[name] = fn()
+                block.append(time.perf_counter() - t0)
+            times[name] += block
+    return {name: (statistics.median(ts), min(ts), max(ts), outs[name]) for name, ts in times.items()}
 
 
 def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
@@ -135,10 +152,18 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
         A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(np.float32)
         B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(np.float32)
         arrays = {"A": A, "B": B}
-        # the public call (input checks, output allocation) against numpy's `@`: what a user pays
-        ours, omin, omax, out = _median_seconds(lambda: ck.run_all(**arrays), repeats, quiet=True)
         At, Bt = (A.T if a_t else A), (B.T if b_t else B)
-        base, bmin, bmax, ref = _median_seconds(lambda: At @ Bt, repeats, quiet=True)
+        # the public call (input checks, output allocation) against numpy's `@`: what a user pays
+        sides = {"ours": lambda: ck.run_all(**arrays), "numpy": lambda: At @ Bt}
+        from .gru import torch_version
+        if torch_version() is not None:  # optional second baseline: torch.matmul (MKL/oneDNN) on the same data
+            import torch
+            torch.set_num_threads(os.cpu_count() or 1)
+            ta, tb = torch.from_numpy(At), torch.from_numpy(Bt)
+            sides["torch"] = lambda: torch.matmul(ta, tb)
+        timed = _timed_sides(sides, repeats)
+        ours, omin, omax, out = timed["ours"]
+        base, bmin, bmax, ref = timed["numpy"]
         err = float(np.abs(out["C"] - ref).max())
         row.cycles, row.baseline_cycles = ours, base  # seconds on host targets
         row.ratio = base / ours
@@ -146,12 +171,8 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
         row.extra.update(seconds=ours, min=omin, max=omax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / ours / 1e9, numpy_gflops=row.flops / base / 1e9, max_abs_error=err,
                          threads=os.cpu_count(), code=ck.report.get("code"))
-        from .gru import torch_version
-        if torch_version() is not None:  # optional second baseline: torch.matmul (MKL/oneDNN) on the same data
-            import torch
-            torch.set_num_threads(os.cpu_count() or 1)
-            ta, tb = torch.from_numpy(At), torch.from_numpy(Bt)
-            tsec, tmin, tmax, _ = _median_seconds(lambda: torch.matmul(ta, tb), repeats, quiet=True)
+        if "torch" in timed:
+            tsec, tmin, tmax, _ = timed["torch"]
             row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / ours,
                              torch_version=torch_version())
         row.scheduler = "llvm"
@@ -215,7 +236,7 @@ def geomean(xs) -> float | None:
 
 def host_table(rows: list[Row], target: str) -> str:
     torch = next((r.extra.get("torch_version") for r in rows if r.extra.get("torch_version")), None)
-    lines = [f"# DeepBench GEMM on {target} (float32): median seconds over repeats, warm-up excluded; baseline = "
+    lines = [f"# DeepBench GEMM on {target} (float32): median seconds over repeats in alternating rounds, warm-up excluded; baseline = "
              f"numpy (OpenBLAS) in the same run; ratio = numpy time / ours (second ratio: torch.matmul's, where torch "
              f"is installed); GFLOP/s with FLOPs = 2*M*N*K",
              f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'ours ms':>9} {'numpy ms':>9} "

@@ -113,7 +113,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
     from compiler.api import build
     from compiler.rnn import gru_reference
 
-    from .gemm import _median_seconds, gemm_source
+    from .gemm import _timed_sides, gemm_source
 
     def measure(i, row, w, h0):
         H, N, T = row.hidden, row.batch, row.timesteps
@@ -129,8 +129,13 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
                 h = step.native(dict(fixed, XR=xp[s, :, :H], XZ=xp[s, :, H:2 * H], XN=xp[s, :, 2 * H:],
                                      Hp=h))["Ho"]
             return h
-        sec, smin, smax, h = _median_seconds(ours, repeats, quiet=True)
-        base, bmin, bmax, ref = _median_seconds(lambda: gru_reference(x, w, h0), repeats, quiet=True)
+        sides = {"ours": ours, "numpy": lambda: gru_reference(x, w, h0)}
+        torch_gru = torch_baseline(x, w, h0)
+        if torch_gru is not None:  # optional: PyTorch's nn.GRU with the same weights, same run
+            sides["torch"] = torch_gru
+        timed = _timed_sides(sides, repeats)
+        sec, smin, smax, h = timed["ours"]
+        base, bmin, bmax, ref = timed["numpy"]
         row.cycles, row.baseline_cycles = sec, base  # seconds on host targets
         row.ratio = base / sec
         row.max_abs_error = float(np.abs(h - ref).max())
@@ -138,9 +143,8 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
         row.extra = dict(seconds=sec, min=smin, max=smax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
                          threads=os.cpu_count(), code=step.report.get("code"))
-        torch_gru = torch_baseline(x, w, h0)
-        if torch_gru is not None:  # optional: PyTorch's nn.GRU with the same weights, same run
-            tsec, tmin, tmax, th = _median_seconds(torch_gru, repeats, quiet=True)
+        if "torch" in timed:
+            tsec, tmin, tmax, th = timed["torch"]
             terr = float(np.abs(th - ref).max())
             row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / sec,
                              torch_max_abs_error=terr, torch_version=torch_version())
@@ -206,7 +210,7 @@ def table(rows: list[GruRow], target: str) -> str:
     host = any(r.extra for r in rows)
     if host:
         head = [f"# DeepBench GRU on {target} (float32): whole sequence (projection GEMM + T steps), median "
-                f"seconds over repeats, warm-up excluded; baseline = numpy GRU (OpenBLAS GEMMs) in the same run; "
+                f"seconds over repeats in alternating rounds, warm-up excluded; baseline = numpy GRU (OpenBLAS GEMMs) in the same run; "
                 f"ratio = numpy time / ours (second ratio: torch.nn.GRU's, where torch is installed); FLOPs = "
                 f"6*T*N*H^2 (+T*N*H inference)",
                 f"{'set':<17} {'H':>5} {'N':>4} {'T':>5} {'ours ms':>10} {'numpy ms':>10} {'ratio':>6} "
