@@ -127,3 +127,22 @@ def test_exact_inputs_take_the_fast_path_and_others_are_still_checked():
     ro = A.copy()
     ro.flags.writeable = False  # read-only buffers take the slow address path
     np.testing.assert_allclose(ck(ro, B), want, rtol=1e-5, atol=1e-5)
+
+
+def test_buffer_addresses_match_numpy():
+    from compiler.backends.llvm.scalar import _address, _address_slow
+    base = np.arange(60, dtype=np.float32).reshape(6, 10)
+    for x in (base, base[2:], np.ascontiguousarray(base[:, 3:]), np.zeros(7, np.float64)):
+        assert _address(x) == _address_slow(x) == x.ctypes.data
+
+
+def test_lean_call_matches_run_all_for_every_output():
+    ck = compiler.build(kernels.path("mlp"), target="cpu", sizes=sizes_for(compiler.parse(kernels.path("mlp")).kernel(), 7))
+    ins = random_inputs(ck.kernel, ck.bound, seed=5)
+    args = [ins[n] for n in ck.input_names]
+    assert ck._exact_args(tuple(args))
+    lean = ck(*args)
+    full = ck.run_all(**ins)
+    lean = lean if isinstance(lean, tuple) else (lean,)
+    for name, got in zip(ck.output_names, lean):
+        np.testing.assert_array_equal(got, full[name])
