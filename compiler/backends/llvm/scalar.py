@@ -432,7 +432,16 @@ class _Gen:
 
 
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
-PARALLEL_MIN_FLOPS = 1 << 20  # contractions below this (~8 us on one core) run on one thread
+PARALLEL_MIN_SECONDS = 8e-6  # contractions estimated below this on one core run on one thread (a pool
+                             # dispatch costs ~2-3 us; measured: 3072x1x128 55 -> 25 us on 2 threads)
+
+
+def one_core_seconds(p: Contraction) -> float:
+    """A rough single-core time: the FMAs at ~100 GFLOP/s, or for GEMV-like shapes the operands
+    streamed at ~60 GB/s, whichever is longer."""
+    nb = prod(p.extent(v) for v in p.batch)
+    m, n, k = p.extent(p.row), p.extent(p.vec), p.extent(p.red)
+    return max(p.flops() / 1e11, 4 * nb * (m * k + k * n + m * n) / 6e10)
 
 
 class NativeKernel:
@@ -557,7 +566,7 @@ class NativeKernel:
             if c.plan is not None:
                 parts = split_contraction(c.plan, self.threads)
                 records = [(self._work(i),) + r for i, r in enumerate(parts)]
-                seconds = c.plan.flops() / 1e11
+                seconds = one_core_seconds(c.plan)
             else:
                 n = c.hi - c.lo
                 k = min(self.threads, n) if c.work >= PARALLEL_MIN_WORK else 1
@@ -603,7 +612,7 @@ def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
     nb = prod(p.extent(v) for v in p.batch)
     (mlo, mhi), (nlo, nhi) = p.dom[p.row], p.dom[p.vec]
     bl = p.blocking
-    if p.flops() < PARALLEL_MIN_FLOPS or threads <= 1:
+    if one_core_seconds(p) < PARALLEL_MIN_SECONDS or threads <= 1:
         return [(0, nb, mlo, mhi, nlo, nhi)]
     if nb >= threads:
         step = -(-nb // threads)
