@@ -1,9 +1,13 @@
-"""A learned cost model: ridge regression from schedule features to log(measured cycles).
+"""A learned cost model: schedule features -> log(measured cycles).
 
 Features are the analytical model's components (per-step engine time, fill,
 drain, main-memory time, window bound) and the schedule's knobs (log tile
-sizes, cores used, prefetch).  numpy only; trained on the tuning database's
-records, it corrects the analytical model where the simulator disagrees.
+sizes, cores used, prefetch).  Trained on the tuning database's records, the
+model corrects the analytical model where the simulator disagrees.  With
+scikit-learn installed (the optional ``learn`` extra) it is a small gradient-
+boosted tree ensemble, which can follow the model's non-linear errors (a
+prefetch distance that stops helping, a core grid that leaves units idle);
+without it, ridge regression in numpy.  ``ISAMAP_LEARNED=ridge|gbt`` forces one.
 """
 from __future__ import annotations
 
@@ -50,6 +54,32 @@ class Ridge:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, float) @ self.w
+
+
+def make_model(kind: str | None = None):
+    """A fresh regressor with ``fit(X, y)`` / ``predict(X)``: gradient-boosted trees when
+    scikit-learn is installed, else ridge regression."""
+    import os
+    kind = kind or os.environ.get("ISAMAP_LEARNED") or ("gbt" if _has_sklearn() else "ridge")
+    if kind == "ridge":
+        return Ridge()
+    if kind != "gbt":
+        from ir.errors import IsamapError
+        raise IsamapError(f"ISAMAP_LEARNED takes 'ridge' or 'gbt', not {kind!r}")
+    if not _has_sklearn():
+        from ir.errors import IsamapError
+        raise IsamapError("the gradient-boosted model needs scikit-learn: pip install 'isamap[learn]'")
+    from sklearn.ensemble import GradientBoostingRegressor
+    return GradientBoostingRegressor(n_estimators=150, max_depth=2, learning_rate=0.1, subsample=1.0,
+                                     random_state=0)
+
+
+def _has_sklearn() -> bool:
+    try:
+        import sklearn  # noqa: F401 - optional extra
+    except ImportError:
+        return False
+    return True
 
 
 def spearman(a, b) -> float:

@@ -25,7 +25,7 @@ from ir.target import Target
 
 from .base import NestSchedule, Schedule, get, register
 from .cost import auto_prefetch, schedule_cost
-from .learned import Ridge, features, spearman
+from .learned import features, make_model, spearman
 from .space import candidates, fits
 
 
@@ -156,6 +156,7 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
     pool = _Pool(workers)
     batch = max(1, getattr(pool, "n", 4))
     preds, actual = [], []
+    history: list = []  # best measured cycles after each measurement
     done = 0
     t0 = time.time()
 
@@ -168,6 +169,8 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
                 db.add(wl, k, t, dict(b.sizes), s, cycles=cyc, error=err)
             if err is None:
                 measured[s.to_json()] = (s, cyc)
+            history.append(min((c for _, c in measured.values()), default=None))
+            if err is None:
                 if predicted is not None:
                     preds.append(predicted[i])
                     actual.append(cyc)
@@ -195,7 +198,7 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
             if len(measured) >= 6:
                 hist = list(measured.values())
                 Xh = np.array([features(t, _nests(cands, s), s) for s, _ in hist])
-                model = Ridge().fit(Xh, np.log([c for _, c in hist]))
+                model = make_model().fit(Xh, np.log([c for _, c in hist]))
                 score = np.exp(model.predict(X))
             else:
                 score = np.array([schedule_cost(t, _nests(cands, s), list(s.nests))["cycles"] for s in cand_list])
@@ -209,7 +212,7 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
     stats = {"trials": done, "best_cycles": best_c, "seconds": time.time() - t0,
              "vendor_cycles": measured.get(seeds[0].to_json(), (None, None))[1],
              "analytical_cycles": measured.get(seeds[1].to_json(), (None, None))[1],
-             "spearman": spearman(preds, actual) if len(preds) >= 3 else None}
+             "spearman": spearman(preds, actual) if len(preds) >= 3 else None, "history": history}
     return replace(best_s, predicted={"cycles": best_c}), stats
 
 

@@ -206,3 +206,25 @@ def test_host_tuning_refuses_parallel_workers(capsys, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # refused before any database is created
     err = capsys.readouterr().err
     assert code == 1 and "timed one at a time" in err and "Traceback" not in err
+
+
+def test_learned_model_choice_and_fallback(monkeypatch):
+    import numpy as np
+
+    from schedulers import learned
+    monkeypatch.delenv("ISAMAP_LEARNED", raising=False)
+    monkeypatch.setattr(learned, "_has_sklearn", lambda: False)
+    assert isinstance(learned.make_model(), learned.Ridge)  # numpy only: the fallback
+    with pytest.raises(compiler.IsamapError, match="scikit-learn"):
+        learned.make_model("gbt")
+    monkeypatch.setenv("ISAMAP_LEARNED", "forest")
+    with pytest.raises(compiler.IsamapError, match="ridge"):
+        learned.make_model()
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+    X = np.c_[np.ones(60), rng.uniform(0, 4, (60, 3))]
+    y = np.exp(np.where(X[:, 1] > 2, 3.0, 1.0) + 0.3 * X[:, 2])  # a step the ridge cannot follow
+    kinds = ["ridge"] + (["gbt"] if learned._has_sklearn() else [])
+    for kind in kinds:
+        m = learned.make_model(kind).fit(X[:40], np.log(y[:40]))
+        assert learned.spearman(m.predict(X[40:]), y[40:]) > 0.6, kind
