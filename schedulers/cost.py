@@ -61,6 +61,12 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
             continue
         tile_blocks = prod(ns.tile(a) for a in o.axes)
         loads = S // pl.inner[o.name]
+        # main memory serves every core's share, not the busiest core's times the cores: along a
+        # split axis of this operand the cores' chunks add up to the axis, not parts x chunk
+        spread = prod(nest.axis(a).blocks / (min(p, nest.axis(a).blocks) * ceil(nest.axis(a).blocks / p))
+                      for a, p in ns.split if a in o.axes)
+        # a copy that moves partial blocks moves only the tensor's part of the padded block grid
+        valid = prod(nest.axis(a).total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes)
         if o.is_output:
             routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
         else:
@@ -73,15 +79,17 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
             for c in route:
                 nbytes = block_bytes(target, o, c)
                 occ = c.cycles(nbytes * batch) if c.occupancy is None else c.occupancy * batch
+                frac = valid if c.partial else 1.0
                 eng = target.engine(c.engine).count
-                busy[c.engine] = busy.get(c.engine, 0.0) + loads * per_tile_instrs * occ / eng
+                moved = c.cycles(nbytes * batch * frac) if c.occupancy is None else occ
+                busy[c.engine] = busy.get(c.engine, 0.0) + loads * per_tile_instrs * moved / eng
                 instrs += loads * per_tile_instrs
                 chain_lat += c.latency + occ
                 if target.main in (c.inputs[0].memory, c.outputs[0].memory):
                     share = 1
                     if not o.is_output and multicast_variant(target, c) is not None:
                         share = prod(min(p, nest.axis(a).blocks) for a, p in ns.split if a not in o.axes)
-                    main_bytes += loads * tile_blocks * nbytes * active / share
+                    main_bytes += loads * tile_blocks * nbytes * frac * active * spread / share
             if o.is_output and route is routes[0]:
                 drain += chain_lat + per_tile_instrs * max(
                     (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
@@ -96,8 +104,10 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0
     # per step: engines, main memory, latency hidden by prefetching, latency the window can cover
     step = max([v / S for v in busy.values()] + [hbm / S])
-    if d == 0:
-        step = max(step, compute_step + load_lat)
+    if d == 0:  # one slot per operand: a step's loads wait for the previous step's compute, and its
+        # compute for all of its loads (latency plus the whole transfer), one after the other
+        moving = max((v / S for e, v in busy.items() if e != nest.instr.engine), default=0.0)
+        step = max(step, compute_step + load_lat + moving)
     else:
         step = max(step, (load_lat + compute_step) / (d + 1))
     # in-order window: the instruction W places after a load waits for it; with loads spread
