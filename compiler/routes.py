@@ -82,8 +82,10 @@ def _cached(t, src, dst, gather):
 
 
 def multicast_variant(t: Target, c: Instruction) -> Instruction | None:
+    """A copy with ``c``'s operands that delivers to several cores at once; it must gather
+    wherever ``c`` gathers (an im2col window is no job for a plain tile DMA)."""
     for m in t.copy_instrs:
-        if m.multicast > 1 and [(o.memory, o.dtype, o.shape) for o in m.operands] == \
+        if m.multicast > 1 and (m.gather or not c.gather) and [(o.memory, o.dtype, o.shape) for o in m.operands] == \
                 [(o.memory, o.dtype, o.shape) for o in c.operands]:
             return m
     return None

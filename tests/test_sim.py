@@ -214,3 +214,17 @@ def test_persistent_weights_take_fewer_cycles_than_reloading():
     b = gru_sequence("sim-nnp", x, w, h0, persistent=True)
     np.testing.assert_array_equal(a.h, b.h)
     assert b.step_cycles < a.step_cycles
+
+
+def test_a_gathering_copy_never_becomes_a_plain_multicast():
+    """im2col windows need a descriptor DMA: the multicast form of a load is used only where it
+    can perform the same access pattern (conv2d on sim-nnp read its windows with ld_mc once)."""
+    import hw_models
+    from compiler.routes import multicast_variant
+    for name in ("sim-nnp", "sim-gemmini"):
+        t = hw_models.load(name)
+        for c in t.copy_instrs:
+            m = multicast_variant(t, c)
+            assert m is None or m.gather or not c.gather, (name, c.name, m.name)
+    ck = compiler.build(kernels.path("conv2d"), target="sim-nnp", sizes=dict(N=1, C=32, H=10, W=10, F=64, R=3, S=3))
+    assert "ld_mc " not in ck.source("asm").replace("ld_mc_", "")  # windows come through ld_gather
