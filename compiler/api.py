@@ -250,6 +250,9 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     t = hw_models.load(target)
     backend = t.prop("backend", "sim")
     b = bind(k, dict(sizes or {}))
+    if persist and backend != "sim":
+        raise IsamapError(f"persist= keeps inputs in the on-chip memories of simulated targets; {t.name} "
+                          f"(the {backend} backend) has none to pin them in: leave it out")
     if backend == "llvm":
         from .backends.llvm import compile_cpu
         if scheduler not in (None, "vector", "scalar"):

@@ -146,3 +146,8 @@ def test_lean_call_matches_run_all_for_every_output():
     lean = lean if isinstance(lean, tuple) else (lean,)
     for name, got in zip(ck.output_names, lean):
         np.testing.assert_array_equal(got, full[name])
+
+
+def test_persist_is_refused_on_host_targets():
+    with pytest.raises(compiler.IsamapError, match="persist"):
+        compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=4, N=4, K=4), persist=("A",))
