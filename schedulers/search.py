@@ -21,6 +21,7 @@ def _tile_choices(n: int, full: bool) -> list[int]:
         return list(range(1, n + 1))
     vals = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, n}
     vals |= {ceil(n / d) for d in (2, 3, 4, 5, 6, 8)}
+    vals |= {d for d in range(1, min(n, 64) + 1) if n % d == 0}  # even tiles: no ragged last one
     return sorted(v for v in vals if 1 <= v <= n)
 
 
@@ -146,7 +147,8 @@ class _Search:
         finalists, seen, families = [], set(), set()
         red = [a.name for a in nest.axes if a.reduction and a.instr_var is not None]
         for _, ns in sorted(keep, key=lambda x: x[0]):
-            fam = (ns.split, tuple(min(ns.tile(a), 16) // 4 for a in red))
+            # the same core grid written in another axis order is the same family
+            fam = (tuple(sorted(ns.split)), tuple(min(ns.tile(a), 16) // 4 for a in red))
             if ns in seen or fam in families:
                 continue
             seen.add(ns)
@@ -164,7 +166,32 @@ class _Search:
         if not timed:
             return sched
         cyc, best = min(timed, key=lambda x: x[0])
+        # the model's window term is least reliable for the reduction tile (how many loads a step
+        # issues): time the winner with shorter reduction tiles too
+        ns = best.nests[0]
+        for alt in _shorter_reductions(target, nest, ns, red):
+            cand = replace(sched, nests=(alt,))
+            c = measure(kernel, bound, target, per_stmt, cand)
+            timed.append((c, cand))
+            if c < cyc:
+                cyc, best = c, cand
         return replace(best, predicted={**sched.predicted, "simulated": cyc, "verified": len(timed)})
+
+
+def _shorter_reductions(target: Target, nest: Nest, ns: NestSchedule, red: list[str]) -> list[NestSchedule]:
+    """Up to two variants of ``ns`` with a shorter reduction tile: about half, and the next
+    tile below that divides the axis evenly (no ragged last step)."""
+    out: list[NestSchedule] = []
+    for a in red[:1]:
+        t, blocks = ns.tile(a), nest.axis(a).blocks
+        for v in (ceil(t / 2), next((d for d in range(t - 1, 0, -1) if blocks % d == 0), None)):
+            if not v or v >= t:
+                continue
+            tiles = tuple((x, v if x == a else n) for x, n in ns.tiles)
+            alt = fitted(target, nest, dict(tiles), ns.order, ns.split)
+            if alt is not None and alt != ns and alt not in out:
+                out.append(alt)
+    return out
 
 
 @register("analytical")
