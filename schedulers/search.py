@@ -108,10 +108,14 @@ class _Search:
     full = False
 
     def nest(self, target: Target, nest: Nest):
-        return best_nest(target, nest, self.full)
+        keep: list = []
+        out = best_nest(target, nest, self.full, keep=keep)
+        self._kept[id(nest)] = keep  # every fitting schedule with its cost: verify picks finalists here
+        return out
 
     def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
         per_stmt = candidates(kernel, bound, target)
+        self._kept: dict[int, list] = {}
         mappings, chosen, total = [], [], 0.0
         for cands in per_stmt:
             options = []
@@ -140,8 +144,10 @@ class _Search:
 
         from .tune import measure
         nest = nests[0]
-        keep: list = []
-        best_nest(target, nest, self.full, keep=keep)
+        keep = self._kept.get(id(nest))
+        if keep is None:
+            keep = []
+            best_nest(target, nest, self.full, keep=keep)
         # finalists: the model's best of each family (core grid, reduction tiling regime), so one
         # systematic model error cannot hide every good schedule
         finalists, seen, families = [], set(), set()
