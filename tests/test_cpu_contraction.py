@@ -91,9 +91,11 @@ def test_kernels_with_contractions(name, count):
 
 
 def test_scalar_scheduler_and_schedule_listing():
-    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=196, N=40, K=30))
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=280, N=40, K=30))
     text = ck.source("schedule")
-    assert "micro-kernel 14 x 32 (m x n)" in text and "B packed" in text
+    assert "micro-kernel 14 x 32 (m x n)" in text and "B packed" in text  # 20 row tiles share B
+    batch = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=32, N=300, K=30))
+    assert "B read in place" in batch.source("schedule")  # 4 row tiles: packing B would not pay
     short = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=1, N=300, K=30))
     assert "micro-kernel 1 x 128" in short.source("schedule") and "B read in place" in short.source("schedule")
     sc = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=50, N=40, K=30), scheduler="scalar")
