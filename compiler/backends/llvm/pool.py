@@ -35,6 +35,22 @@ declare i32 @pthread_create(ptr, ptr, ptr, ptr)
 declare i64 @syscall(i64, ...)
 declare void @llvm.x86.sse2.pause()
 
+; parts first, first + stride, ... of a job: a worker's share (first = its id) or the caller's (0)
+define internal void @run_parts(ptr %fn, ptr %ctx, i64 %parts, i64 %first, i64 %stride) {
+entry:
+  br label %part
+part:
+  %p = phi i64 [ %first, %entry ], [ %p2, %body ]
+  %more = icmp slt i64 %p, %parts
+  br i1 %more, label %body, label %done
+body:
+  call void %fn(ptr %ctx, i64 %p)
+  %p2 = add i64 %p, %stride
+  br label %part
+done:
+  ret void
+}
+
 define internal ptr @worker(ptr %arg) {
 entry:
   %id = ptrtoint ptr %arg to i64
@@ -74,15 +90,8 @@ run:
   %parts = load i64, ptr @job_parts
   %stride = load i64, ptr @workers
   %stride1 = add i64 %stride, 1
-  br label %part
-part:
-  %p = phi i64 [ %id, %run ], [ %p2, %body ]
-  %more = icmp slt i64 %p, %parts
-  br i1 %more, label %body, label %done
-body:
-  call void %fn(ptr %ctx, i64 %p)
-  %p2 = add i64 %p, %stride1
-  br label %part
+  call void @run_parts(ptr %fn, ptr %ctx, i64 %parts, i64 %id, i64 %stride1)
+  br label %done
 done:
   %old = atomicrmw sub ptr @pending, i64 1 acq_rel
   br label %wait
@@ -134,18 +143,13 @@ entry:
   %sl = load atomic i64, ptr @sleepers seq_cst, align 8
   %stride1 = add i64 %w, 1
   %asleep = icmp ne i64 %sl, 0
-  br i1 %asleep, label %wake, label %part
+  br i1 %asleep, label %wake, label %mine
 wake:
   %rw = call i64 (i64, ...) @syscall(i64 202, ptr @fw, i64 129, i64 2147483647)
-  br label %part
-part:
-  %p = phi i64 [ 0, %entry ], [ 0, %wake ], [ %p2, %body ]
-  %more = icmp slt i64 %p, %parts
-  br i1 %more, label %body, label %wait
-body:
-  call void %fn(ptr %ctx, i64 %p)
-  %p2 = add i64 %p, %stride1
-  br label %part
+  br label %mine
+mine:
+  call void @run_parts(ptr %fn, ptr %ctx, i64 %parts, i64 0, i64 %stride1)
+  br label %wait
 wait:
   %left = load atomic i64, ptr @pending acquire, align 8
   %busy = icmp ne i64 %left, 0
