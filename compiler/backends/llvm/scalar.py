@@ -498,18 +498,16 @@ class NativeKernel:
         self.calls = []
         self.workspace = 0
         for name, si, outer, (lo, hi) in functions:
-            addr = self.engine.get_function_address(name)
+            if outer is None and name.endswith("_init"):  # not splittable: called directly
+                self.calls.append(_Call(ctypes.CFUNCTYPE(None, P)(self.engine.get_function_address(name))))
+                continue
+            task = self.engine.get_function_address(f"{name}_task")  # every other call goes through it
             if isinstance(outer, Contraction):
-                f = ctypes.CFUNCTYPE(None, P, ctypes.c_void_p, *[ctypes.c_int64] * 6)(addr)
-                self.calls.append(_Call(f, self.engine.get_function_address(f"{name}_task"), outer))
+                self.calls.append(_Call(None, task, outer))
                 self.workspace = max(self.workspace, hi)
-            elif outer is None and name.endswith("_init"):
-                f = ctypes.CFUNCTYPE(None, P)(addr)
-                self.calls.append(_Call(f))
             else:
-                f = ctypes.CFUNCTYPE(None, P, ctypes.c_int32, ctypes.c_int32)(addr)
                 work = prod(h - l for l, h in b.domain(si).values())
-                self.calls.append(_Call(f, self.engine.get_function_address(f"{name}_task"), None, lo, hi, work))
+                self.calls.append(_Call(None, task, None, lo, hi, work))
     @property
     def llvm_ir(self) -> str:
         """The unoptimised module (generated on demand after a cached build)."""
@@ -597,8 +595,9 @@ class NativeKernel:
 
 @dataclass
 class _Call:
-    """One native entry point: ``f`` runs it on this thread; ``task`` is its pool entry
-    (None: not splittable); ``plan`` marks a contraction; lo/hi/work describe a range call."""
+    """One native entry point: ``f`` for an unsplittable one (an identity fill), else ``task``,
+    its ``(ctx, part)`` entry, run on this thread or the pool; ``plan`` marks a contraction;
+    lo/hi/work describe a range call."""
     f: object
     task: int | None = None
     plan: Contraction | None = None
