@@ -63,6 +63,12 @@ def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, na
     b.position_at_end(done)
 
 
+def cache_levels(t: Target) -> list:
+    """The target's caches, smallest first: memories other than main memory and the register
+    file (the one memory with a row size)."""
+    return sorted((x for x in t.memories if x.row_bytes is None and x.name != t.main), key=lambda x: x.capacity)
+
+
 PACK_B_ROW_TILES = 16  # row tiles sharing each B panel from which packing B pays off
 
 
@@ -103,7 +109,7 @@ class Blocking:
             nv = max(1, min(vecs, 8, (regs - 1) // (mr + 1)))
         else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
             mr, nv = _row_tiles(m, vecs, regs, mr, nv)
-        caches = sorted((x for x in t.memories if x.name not in (regmem, t.main)), key=lambda x: x.capacity)
+        caches = cache_levels(t)
         l1 = caches[0].capacity if caches else 32 << 10
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
         l3 = caches[2].capacity if len(caches) > 2 else 8 * l2
@@ -291,7 +297,7 @@ def _as_dot(p: Contraction, t: Target, mappings) -> Contraction | None:
         if lanes is None or m.steps[0].fused().get(instr.body.stmts[0].rhs.a.indices[0].name) != (p.red,):
             continue
         mr = max(1, min(8, 24 // cols, p.extent(p.row)))
-        caches = sorted((x for x in t.memories if x.row_bytes is None and x.name != t.main), key=lambda x: x.capacity)
+        caches = cache_levels(t)
         l2 = caches[1].capacity if len(caches) > 1 else 1 << 20
         fit = (l2 // 2) // (4 * cols)  # the packed B^T block keeps to half of L2
         kc = red if red <= fit else max(lanes, fit // lanes * lanes)
