@@ -23,6 +23,8 @@ from ir.target import Target
 
 from .base import Schedule
 
+CONFIRMED = "confirmed"  # strategy of a tuning run's re-timed final choice: ranked first by best()
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -94,8 +96,8 @@ class TuningDB:
         can be lucky."""
         row = self.conn.execute(
             "SELECT id, schedule, cycles, seconds, error FROM records WHERE workload = ? AND error IS NULL "
-            "ORDER BY (strategy = 'confirmed') DESC, COALESCE(cycles, seconds) ASC, id ASC LIMIT 1",
-            (workload,)).fetchone()
+            "ORDER BY (strategy = ?) DESC, COALESCE(cycles, seconds) ASC, id ASC LIMIT 1",
+            (workload, CONFIRMED)).fetchone()
         return None if row is None else Record(row[0], Schedule.from_json(row[1]), row[2], row[3], row[4])
 
     def count(self, workload: str | None = None) -> int:

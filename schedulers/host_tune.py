@@ -22,22 +22,19 @@ from ir.bind import Bound
 from ir.kernel import Kernel
 from ir.target import Target
 
-from .base import Schedule
+from compiler.backends.llvm.contraction import registers
 
-CONFIRMED = "confirmed"  # strategy of a tuning run's final choice (see TuningDB.best)
+from .base import Schedule
+from .db import CONFIRMED
+
 TUNABLE = ("mr", "nv", "kc", "mc", "nc", "pack_a", "pack_b", "prefetch")
 
 
-def host_schedule(k: Kernel, b: Bound, t: Target, plans, threads: int = 0, strategy: str = "vector") -> Schedule:
+def host_schedule(k: Kernel, b: Bound, t: Target, plans) -> Schedule:
+    """The default build of ``plans`` as a Schedule (the search's starting point)."""
     host = tuple((p.stmt, tuple(sorted((f, v) for f, v in asdict(p.blocking).items() if f in TUNABLE)))
                  for p in plans)
-    return Schedule(k.name, t.name, tuple(b.sizes.items()), strategy, (), (), {}, host, threads)
-
-
-def registers(t: Target, p) -> int:
-    """Vector registers of the contraction's instruction's register file."""
-    mem = t.memory(t.instr(p.instr).outputs[0].memory)
-    return mem.capacity // (mem.row_bytes or p.blocking.vl * 4)
+    return Schedule(k.name, t.name, tuple(b.sizes.items()), "vector", (), (), {}, host)
 
 
 def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Schedule:
@@ -51,7 +48,7 @@ def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Sched
     p, bl = plans[si], dict(blocks[si])
     vl = p.blocking.vl
     m, n, kk = p.extent(p.row), p.extent(p.vec), p.extent(p.red)
-    regs = registers(t, p)
+    regs = registers(t, t.instr(p.instr).outputs[0].memory, vl)
     if p.form == "dot":
         kind = rng.choice(["mr", "kc"])
     else:

@@ -107,15 +107,18 @@ class _Search:
     name = "analytical"
     full = False
 
+    def __init__(self):
+        self._kept: dict[int, list] = {}  # id(nest) -> every fitting schedule with its cost
+
     def nest(self, target: Target, nest: Nest):
         keep: list = []
         out = best_nest(target, nest, self.full, keep=keep)
-        self._kept[id(nest)] = keep  # every fitting schedule with its cost: verify picks finalists here
+        self._kept[id(nest)] = keep  # verify picks its finalists here
         return out
 
     def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
         per_stmt = candidates(kernel, bound, target)
-        self._kept: dict[int, list] = {}
+        self._kept.clear()
         mappings, chosen, total = [], [], 0.0
         for cands in per_stmt:
             options = []

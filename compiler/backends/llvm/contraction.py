@@ -63,6 +63,12 @@ def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, na
     b.position_at_end(done)
 
 
+def registers(t: Target, regmem: str, vl: int) -> int:
+    """Vector registers in the register file ``regmem`` (its capacity over its row size)."""
+    mem = t.memory(regmem)
+    return mem.capacity // (mem.row_bytes or vl * 4)
+
+
 def cache_levels(t: Target) -> list:
     """The target's caches, smallest first: memories other than main memory and the register
     file (the one memory with a row size)."""
@@ -99,8 +105,7 @@ class Blocking:
         is small (down to 1 x 8 for a GEMV-like M = 1).  Caches: one B micro-panel (KC x NR)
         fills L1, the A block (MC x KC) half of L2, the B block (KC x NC) half of this
         thread's share of L3."""
-        mem = t.memory(regmem)
-        regs = mem.capacity // (mem.row_bytes or vl * 4)
+        regs = registers(t, regmem, vl)
         vecs = -(-n // vl)
         nv = max(1, min(2, vecs))
         mr = max(1, min(14, (regs - nv - 1) // nv))
