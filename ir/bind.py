@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import IsamapError, Span
 from .expr import Access, evaluate_int, linear, walk
-from .kernel import Kernel, Stmt
+from .kernel import Kernel, Stmt, memo
 from .printer import expr as show
 
 
@@ -27,9 +27,9 @@ class Bound:
 
     def macs(self) -> int:
         """Multiply-accumulates of the kernel's +-reductions of products (FLOPs = 2 x this)."""
-        cached = self.__dict__.get("_macs")
-        if cached is not None:  # asked on every call of a compiled kernel
-            return cached
+        return memo(self, "_macs", self._count_macs)
+
+    def _count_macs(self) -> int:
         from math import prod
 
         from .expr import Binary
@@ -37,7 +37,6 @@ class Bound:
         for si, s in enumerate(self.kernel.stmts):
             if s.op == "+" and s.reduction_vars and any(isinstance(x, Binary) and x.op == "*" for x in walk(s.rhs)):
                 total += prod(hi - lo for lo, hi in self.domains[si].values())
-        self.__dict__["_macs"] = total  # frozen: bypass __setattr__ for the cache
         return total
 
 

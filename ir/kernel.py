@@ -17,6 +17,17 @@ from .expr import Expr, Size, evaluate_int
 _META = dict(compare=False, repr=False, hash=False)
 
 
+def memo(obj, key: str, compute):
+    """A derived value of an immutable IR node, computed once (the scheduler asks for
+    ``copy_instrs`` in its innermost loops, a compiled kernel for ``macs`` on every call).
+    Stored in the instance dict directly, as the dataclasses are frozen; not a field, so
+    equality and hashing are unaffected."""
+    d = obj.__dict__
+    if key not in d:
+        d[key] = compute()
+    return d[key]
+
+
 def by_name(items, name: str):
     """The item whose ``.name`` is ``name`` (KeyError if none)."""
     for it in items:

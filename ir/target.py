@@ -13,20 +13,9 @@ from math import prod
 from .dtypes import DType
 from .errors import Span
 from .expr import Binary, walk
-from .kernel import Kernel, by_name
+from .kernel import Kernel, by_name, memo
 
 _META = dict(compare=False, repr=False, hash=False)
-
-
-def _memo(obj, key: str, compute):
-    """A derived value of an immutable IR node, computed once: the scheduler asks for these in
-    its innermost loops (``copy_instrs`` alone was a fifth of a DeepBench GEMM's compile time).
-    Stored in the instance dict directly, as the dataclass is frozen; not a field, so equality
-    and hashing are unaffected."""
-    d = obj.__dict__
-    if key not in d:
-        d[key] = compute()
-    return d[key]
 
 
 @dataclass(frozen=True)
@@ -85,11 +74,11 @@ class Instruction:
 
     @property
     def inputs(self) -> tuple[Operand, ...]:
-        return _memo(self, "_inputs", lambda: tuple(o for o in self.operands if not o.is_output))
+        return memo(self, "_inputs", lambda: tuple(o for o in self.operands if not o.is_output))
 
     @property
     def outputs(self) -> tuple[Operand, ...]:
-        return _memo(self, "_outputs", lambda: tuple(o for o in self.operands if o.is_output))
+        return memo(self, "_outputs", lambda: tuple(o for o in self.operands if o.is_output))
 
     def operand(self, name: str) -> Operand:
         return by_name(self.operands, name)
@@ -97,9 +86,9 @@ class Instruction:
     @property
     def is_copy(self) -> bool:
         """Data movement: one elementwise statement from one memory into another (copies, conversions)."""
-        return _memo(self, "_is_copy", self._is_copy)
+        return memo(self, "_is_copy", self._copy_test)
 
-    def _is_copy(self) -> bool:
+    def _copy_test(self) -> bool:
         if len(self.body.stmts) != 1 or len(self.inputs) != 1 or len(self.outputs) != 1:
             return False
         s = self.body.stmts[0]
@@ -157,11 +146,11 @@ class Target:
 
     @property
     def compute_instrs(self) -> tuple[Instruction, ...]:
-        return _memo(self, "_compute_instrs", lambda: tuple(i for i in self.instrs if not i.is_copy))
+        return memo(self, "_compute_instrs", lambda: tuple(i for i in self.instrs if not i.is_copy))
 
     @property
     def copy_instrs(self) -> tuple[Instruction, ...]:
-        return _memo(self, "_copy_instrs", lambda: tuple(i for i in self.instrs if i.is_copy))
+        return memo(self, "_copy_instrs", lambda: tuple(i for i in self.instrs if i.is_copy))
 
     def links(self) -> set[tuple[str, str]]:
         """(from memory, to memory) pairs some data-movement instruction provides."""

@@ -82,13 +82,13 @@ def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Sched
 def measure(k: Kernel, b: Bound, t: Target, sched: Schedule, arrays, want, repeats: int = 5) -> float:
     """Median seconds of one call of the build ``sched`` describes; raises if its result is wrong."""
     from compiler.backends.llvm import compile_cpu
-    from compiler.bench.gemm import _median_seconds
+    from compiler.bench.gemm import _timed_sides
     from compiler.checking import compare
     nk = compile_cpu(k, b, t, threads=sched.threads or None, blockings=sched.blockings())
     ok, err, per = compare(nk(arrays), want)
     if not ok:
         raise AssertionError(f"wrong result (max abs error {err:.3g}): {per}")
-    return _median_seconds(lambda: nk(arrays), repeats, quiet=True)[0]
+    return _timed_sides({"ours": lambda: nk(arrays)}, repeats, rounds=1)["ours"][0]
 
 
 def tune_host(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, progress: bool = True,

@@ -102,17 +102,7 @@ def _cycles(ck, budget: int) -> tuple[float, bool, dict]:
 
 QUIET_SECONDS = 0.2  # OpenBLAS's and our worker threads spin (0.1 s, ~25 ms) after each call before sleeping
 MIN_SECONDS = 0.25  # repeat short problems until this much time is measured
-
-
 ROUNDS = 3  # each side is timed in this many alternating rounds
-
-
-def _median_seconds(fn, repeats: int, quiet: bool = False) -> tuple[float, float, float, object]:
-    """(median, min, max) seconds of ``fn`` over at least ``repeats`` runs (more for short
-    problems) after a warm-up, and its last result (so the caller checks what it timed
-    instead of running it again).  ``quiet`` first waits for spinning worker threads of
-    whatever ran before to sleep, so they do not compete for the cores."""
-    return _timed_sides({"fn": fn}, repeats, rounds=1, quiet=quiet)["fn"]
 
 
 def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = True) -> dict:
