@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, replace
 
@@ -23,6 +22,7 @@ from ir.kernel import Kernel
 from ir.target import Target
 
 from compiler.backends.llvm.contraction import registers
+from compiler.bench.progress import Progress
 
 from .base import Schedule
 from .db import CONFIRMED
@@ -111,6 +111,7 @@ def tune_host(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, progres
             if r.error is None and r.seconds is not None and r.schedule.host:
                 measured[r.schedule.to_json()] = (r.schedule, r.seconds)
     done, t0 = 0, time.time()
+    bar = Progress(f"tune {k.name} on {t.name}", trials, progress)
 
     def run(s: Schedule):
         nonlocal done
@@ -123,11 +124,8 @@ def tune_host(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, progres
             db.add(wl, k, t, dict(b.sizes), s, seconds=sec, error=err)
         if err is None:
             measured[s.to_json()] = (s, sec)
-        if progress:
-            best = min((c for _, c in measured.values()), default=float("nan"))
-            bar = "#" * int(20 * done / max(1, trials))
-            print(f"\rtune {k.name} on {t.name}: [{bar:<20}] {done}/{trials} best {best * 1e3:.3f} ms",
-                  end="", file=sys.stderr, flush=True)
+        best = min((c for _, c in measured.values()), default=float("nan"))
+        bar.step(f"best {best * 1e3:.3f} ms")
 
     try:
         measure(k, b, t, default, arrays, want, 1)  # warm-up: pool threads started, code paged in
@@ -144,8 +142,7 @@ def tune_host(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, progres
             tried.add(cand.to_json())
             run(cand)
     finally:
-        if progress:
-            print(file=sys.stderr)
+        bar.close()
     if not measured:
         from ir.errors import IsamapError
         raise IsamapError(f"no candidate build of {k.name} ran correctly on {t.name}")

@@ -11,7 +11,6 @@ on the simulator (timing only) in a local process pool -- or on Ray workers
 from __future__ import annotations
 
 import random
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -22,6 +21,8 @@ from ir.bind import Bound, bind
 from ir.errors import IsamapError
 from ir.kernel import Kernel
 from ir.target import Target
+
+from compiler.bench.progress import Progress
 
 from .base import NestSchedule, Schedule, get, register
 from .cost import auto_prefetch, schedule_cost
@@ -159,6 +160,7 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
     history: list = []  # best measured cycles after each measurement
     done = 0
     t0 = time.time()
+    bar = Progress(f"tune {k.name} on {t.name}", trials, progress)
 
     def run(scheds: list[Schedule], predicted: list[float] | None):
         nonlocal done
@@ -174,11 +176,8 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
                 if predicted is not None:
                     preds.append(predicted[i])
                     actual.append(cyc)
-            if progress:
-                best = min((c for _, c in measured.values()), default=float("nan"))
-                bar = "#" * int(20 * done / max(1, trials))
-                print(f"\rtune {k.name} on {t.name}: [{bar:<20}] {done}/{trials} best {best:.0f} cycles",
-                      end="", file=sys.stderr, flush=True)
+            best = min((c for _, c in measured.values()), default=float("nan"))
+            bar.step(f"best {best:.0f} cycles")
 
     try:
         todo = [s for s in seeds if s.to_json() not in measured][:max(0, trials)]
@@ -206,8 +205,7 @@ def tune(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, workers=1, p
             run([cand_list[i] for i in order], [float(score[i]) for i in order])
     finally:
         pool.close()
-        if progress:
-            print(file=sys.stderr)
+        bar.close()
     best_s, best_c = min(measured.values(), key=lambda x: x[1])
     stats = {"trials": done, "best_cycles": best_c, "seconds": time.time() - t0,
              "vendor_cycles": measured.get(seeds[0].to_json(), (None, None))[1],

@@ -53,12 +53,13 @@ class Progress:
         self.t0 = time.time()
         self.done = 0
 
-    def step(self):
+    def step(self, note: str = ""):
+        """One more done; ``note`` (e.g. the best so far) follows the count."""
         self.done += 1
         if self.enabled:
             bar = "#" * int(20 * self.done / max(1, self.total))
-            print(f"\r{self.what}: [{bar:<20}] {self.done}/{self.total} ({time.time() - self.t0:.0f}s)",
-                  end="", file=sys.stderr, flush=True)
+            print(f"\r{self.what}: [{bar:<20}] {self.done}/{self.total} ({time.time() - self.t0:.0f}s)"
+                  + (f" {note}" if note else ""), end="", file=sys.stderr, flush=True)
 
     def close(self):
         if self.enabled:
