@@ -278,8 +278,20 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     if backend == "cuda":
         from .backends.cuda import cuda_source
         from .backends.cuda.runtime import CudaKernel
-        src = cuda_source(k, b)
-        rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "code": "one thread per output element"}
+        from .backends.cuda.scalar import plans
+        if scheduler not in (None, "tiled", "scalar"):
+            raise IsamapError(f"target '{t.name}' takes --scheduler tiled (the default: thread-block tiles "
+                              f"from its memories and matrix instructions) or scalar (one thread per element), "
+                              f"not '{scheduler}'")
+        t0 = time.perf_counter()
+        gemm = plans(k, b, t) if scheduler != "scalar" else {}
+        src = cuda_source(k, b, t=t, gemm=gemm)
+        code = "; ".join(p.describe() for p in gemm.values())
+        covered = len(gemm) + sum(len(p.epilogue) for p in gemm.values())
+        if covered < len(k.stmts):
+            code += ("; other statements: " if code else "") + "one thread per output element"
+        rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "code": code,
+               "scheduler": scheduler or "tiled", "compile_seconds": time.perf_counter() - t0}
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.gpu = CudaKernel(k, b, src)
         return ck

@@ -291,9 +291,16 @@ def cmd_bench(a) -> int:
         rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)
         convention = "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K"
         text = table(rows, a.target)
-    if bench_backend(hw_models.load(a.target)) == "llvm":  # host targets: timed against numpy
+    how = bench_backend(hw_models.load(a.target))
+    if how == "llvm":  # host targets: timed against numpy
         convention = ("ratio = numpy seconds / our seconds (medians, same run); " +
                       ("FLOPs = 6*T*N*H^2 (+T*N*H inference)" if a.what == "gru" else "FLOPs = 2*M*N*K"))
+    elif how == "cuda" and a.what == "gru":
+        convention = ("ratio = cuDNN (torch.nn.GRU, float32, TF32 off) device seconds / ours (medians of "
+                      "CUDA-event-timed sequences, same run); FLOPs = 6*T*N*H^2 (+T*N*H inference)")
+    elif how == "cuda":
+        convention = ("ratio = cuBLAS (torch.matmul) device seconds / ours (medians of CUDA-event-timed blocks, "
+                      "same run); fp16 inputs, fp32 accumulation; FLOPs = 2*M*N*K")
     results = []
     for r in rows:
         d = dataclasses.asdict(r)

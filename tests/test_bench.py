@@ -7,6 +7,7 @@ import pytest
 import compiler
 import ir.interp
 from compiler import cli
+from compiler.backends.cuda.runtime import gpu_present
 from compiler.bench import gemm as bg
 
 
@@ -31,10 +32,12 @@ def test_bench_json_rows_carry_ratios(monkeypatch, capsys, tmp_path):
     assert r["results"][0]["precision"] == "bfloat16->float"
 
 
-def test_bench_reports_unsupported_backends_clearly(capsys):
+@pytest.mark.skipif(gpu_present(), reason="a GPU is present")
+def test_bench_on_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert cli.main(["bench", "gemm", "--target", "cuda"]) == 1
-    assert "not available yet" in capsys.readouterr().err
+    assert "no NVIDIA GPU" in capsys.readouterr().err
     assert cli.main(["bench", "gru", "--target", "cuda"]) == 1
+    assert "no NVIDIA GPU" in capsys.readouterr().err
 
 
 def test_bench_gemm_on_cpu_against_numpy(monkeypatch, capsys):
@@ -96,3 +99,24 @@ def test_host_tables_show_torch_columns_when_measured():
     g.extra = dict(seconds=1e-3, numpy_seconds=1.2e-3, gflops=1.0, numpy_gflops=0.8, torch_seconds=3e-3,
                    torch_ratio=3.0, torch_version="9.9")
     assert "vs torch.nn.GRU 9.9: 3.00" in gru.table([g], "cpu")
+
+
+@pytest.mark.gpu
+def test_bench_gemm_on_cuda_against_cublas(monkeypatch, capsys):
+    monkeypatch.setattr(bg, "QUICK", [("training", 64, 16, 48, False, False), ("training", 33, 8, 17, True, False),
+                                      ("training", 257, 131, 300, False, True)])
+    assert cli.main(["bench", "gemm", "--target", "cuda", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "cuBLAS" in r["convention"]
+    for row in r["results"]:
+        assert row["error"] is None and row["extra"]["rel_error"] < 1e-3 and row["extra"]["seconds"] > 0
+
+
+@pytest.mark.gpu
+def test_bench_gru_on_cuda_against_cudnn(monkeypatch, capsys):
+    from compiler.bench import gru
+    monkeypatch.setattr(gru, "QUICK", [("training", 16, 3, 4), ("inference_server", 40, 1, 5)])
+    assert cli.main(["bench", "gru", "--target", "cuda", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for row in r["results"]:
+        assert row["error"] is None and row["correct"] is True and row["extra"]["seconds"] > 0

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 import compiler
+import hw_models
 import ir.interp
 import kernels
 from compiler import cli
 from compiler.backends.cuda import cuda_source
 from compiler.backends.cuda.runtime import compile_source, gpu_present
+from compiler.backends.cuda.gemm import tiles_header
 from compiler.backends.cuda.scalar import PRELUDE
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
@@ -22,10 +24,11 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not i
 
 @needs_nvcc
 def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
-    parts = [PRELUDE]
+    parts = [PRELUDE, tiles_header()]
+    t = hw_models.load("cuda")
     for name in kernels.names():
         k = compiler.parse(kernels.path(name)).kernel()
-        parts.append(cuda_source(k, bind(k, sizes_for(k, 7)), prefix=f"{name}_", prelude=False))
+        parts.append(cuda_source(k, bind(k, sizes_for(k, 7)), prefix=f"{name}_", prelude=False, t=t))
     cu = tmp_path / "all.cu"
     cu.write_text("\n".join(parts))
     r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "all.o"), "-gencode", "arch=compute_80,code=sm_80",
@@ -45,7 +48,7 @@ def test_emit_cuda_anywhere(capsys):
     assert cli.main(["compile", "kernels/gemm.tc", "--target", "cuda", "--sizes", "M=4,N=4,K=4",
                      "--emit", "cuda"]) == 0
     out = capsys.readouterr().out
-    assert "__global__ void s0(" in out and 'extern "C" int isamap_run' in out
+    assert "isamap::FmaTile<" in out and " s0(" in out and 'extern "C" int isamap_run' in out
 
 
 @pytest.mark.skipif(gpu_present(), reason="a GPU is present")

@@ -171,12 +171,128 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
     return rows
 
 
+CUDA_SECONDS = 2e-3  # each timed block of back-to-back launches lasts about this long
+
+
+def _torch_cuda():
+    """torch, when it is installed and sees a CUDA device (the cuBLAS baseline); else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _event_times(torch, fn, reps: int, inner: int) -> list[float]:
+    """Seconds per call of ``fn``: ``reps`` blocks of ``inner`` calls between CUDA events (the
+    same method as the cuda backend's ``isamap_time``), one warm-up call excluded."""
+    fn()
+    a, z = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    out = []
+    for _ in range(reps):
+        a.record()
+        for _ in range(inner):
+            fn()
+        z.record()
+        z.synchronize()
+        out.append(a.elapsed_time(z) / inner / 1e3)
+    return out
+
+
+def run_cuda_gemm(t, problems, repeats: int, progress: bool, scheduler: str | None = None) -> list[Row]:
+    """The cuda target: our generated kernels (fp16 inputs, fp32 accumulation and output) against
+    cuBLAS through torch.matmul on the same fp16 data (fp16 output), both timed with CUDA events
+    on device-resident buffers in the same run; no baseline (ratio None) where torch cannot reach
+    the GPU."""
+    import compiler
+    from compiler.backends.cuda.runtime import gpu_present
+    if not gpu_present():
+        raise IsamapError(f"no NVIDIA GPU on this machine: `isamap bench --target {t.name}` times generated "
+                          f"code on one (use `isamap compile --emit cuda` to see the code here)")
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from compiler.backends.cuda.runtime import compile_source
+    torch = _torch_cuda()
+    reps = max(5, 2 * repeats)
+    rows = []
+
+    def build(p):  # generate and nvcc every problem's kernel up front, in parallel (nvcc runs outside the GIL)
+        st, m, n, k, a_t, b_t = p
+        c0 = time.time()
+        ck = compiler.build(gemm_source("half", "float", a_t, b_t), target=t.path, sizes=dict(M=m, N=n, K=k),
+                            scheduler=scheduler)
+        compile_source(ck.gpu.src)
+        return ck, time.time() - c0
+    with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as ex:
+        built = list(ex.map(build, problems))
+    bar = Progress(f"bench gemm on {t.name}", len(problems), progress)
+    for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
+        row = Row(st, m, n, k, a_t, b_t, precision="half->float")
+        ck, row.compile_seconds = built[i]
+        row.scheduler = ck.report.get("scheduler", "")
+        rng = np.random.default_rng(i)
+        A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(np.float16)
+        B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(np.float16)
+        _, one = ck.gpu({"A": A, "B": B})  # builds, and sizes the timed blocks
+        inner = int(min(1000, max(1, CUDA_SECONDS / max(one, 1e-7))))
+        out, ts = ck.gpu.time({"A": A, "B": B}, reps=reps, inner=inner)
+        At, Bt = (A.T if a_t else A).astype(np.float64), (B.T if b_t else B).astype(np.float64)
+        ref = At @ Bt
+        err = float(np.linalg.norm(out["C"] - ref) / max(np.linalg.norm(ref), 1e-30))
+        ours = statistics.median(ts)
+        row.cycles = ours
+        row.utilization = row.flops / ours / 1e12  # TFLOP/s
+        row.extra.update(seconds=ours, min=min(ts), max=max(ts), tflops=row.utilization, rel_error=err,
+                         inner=inner, code=ck.report.get("code"))
+        if torch is not None:
+            ta, tb = torch.from_numpy(A).cuda(), torch.from_numpy(B).cuda()
+            ta, tb = (ta.t() if a_t else ta), (tb.t() if b_t else tb)
+            bs = _event_times(torch, lambda: torch.matmul(ta, tb), reps, inner)
+            base = statistics.median(bs)
+            row.baseline_cycles = base
+            row.ratio = base / ours
+            row.extra.update(cublas_seconds=base, cublas_min=min(bs), cublas_max=max(bs),
+                             cublas_tflops=row.flops / base / 1e12, torch_version=torch.__version__,
+                             device=torch.cuda.get_device_name())
+        if err > 1e-2:
+            row.error = f"result differs from the float64 reference: relative error {err:.2e}"
+        rows.append(row)
+        bar.step()
+    bar.close()
+    return rows
+
+
+def cuda_table(rows: list[Row], target: str) -> str:
+    dev = next((r.extra.get("device") for r in rows if r.extra.get("device")), "GPU")
+    lines = [f"# DeepBench GEMM on {target} ({dev}): fp16 inputs, fp32 accumulation; median device seconds of "
+             f"blocks of back-to-back launches between CUDA events, warm-up excluded; baseline = cuBLAS "
+             f"(torch.matmul, fp16 output) in the same run; ratio = cuBLAS time / ours; TFLOP/s with FLOPs = 2*M*N*K",
+             f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'ours us':>9} {'cuBLAS us':>9} "
+             f"{'ratio':>6} {'TFLOP/s':>8} {'cuBLAS':>8} {'rel.err':>8}"]
+    for r in rows:
+        x = r.extra
+        base = x.get("cublas_seconds")
+        lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} {'T' if r.b_t else 'N':>2} "
+                     f"{1e6 * x['seconds']:>9.1f} " + (f"{1e6 * base:>9.1f} {r.ratio:>6.2f} " if base else
+                                                       f"{'-':>9} {'-':>6} ")
+                     + f"{x['tflops']:>8.1f} " + (f"{x['cublas_tflops']:>8.1f}" if base else f"{'-':>8}")
+                     + f" {x['rel_error']:>8.1e}" + (f"  {r.error}" if r.error else ""))
+    g = geomean([r.ratio for r in rows if not r.error])
+    if g:
+        lines.append(f"geometric-mean ratio vs cuBLAS: {g:.2f}")
+    return "\n".join(lines) + "\n"
+
+
 def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
                    budget: int = 400_000, progress: bool = True, repeats: int = 5) -> list[Row]:
     import hw_models
     t = hw_models.load(target)
-    if bench_backend(t) == "llvm":
+    how = bench_backend(t)
+    if how == "llvm":
         return run_host_gemm(t, gemm_suite(suite, sets), repeats, progress)
+    if how == "cuda":
+        return run_cuda_gemm(t, gemm_suite(suite, sets), repeats, progress, scheduler)
     rows = []
     problems = gemm_suite(suite, sets)
     bar = Progress(f"bench gemm on {t.name}", len(problems), progress)
@@ -250,6 +366,8 @@ def host_table(rows: list[Row], target: str) -> str:
 def table(rows: list[Row], target: str) -> str:
     if rows and rows[0].scheduler == "llvm":
         return host_table(rows, target)
+    if rows and "tflops" in rows[0].extra:
+        return cuda_table(rows, target)
     head = (f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'precision':<15} "
             f"{'cycles':>10} {'vendor':>10} {'ratio':>6} {'%roof':>6}")
     lines = [f"# DeepBench GEMM on {target}: simulated cycles (timing model), vendor schedule simulated in the "

@@ -12,12 +12,12 @@ SETS = ("training", "inference_server", "inference_device")
 
 
 def bench_backend(t) -> str:
-    """How a target is benchmarked: 'sim' (cycles against the vendor schedule) or 'llvm' (seconds
-    against numpy); any other backend cannot be benchmarked yet, which is a user error."""
+    """How a target is benchmarked: 'sim' (cycles against the vendor schedule), 'llvm' (seconds
+    against numpy) or 'cuda' (device seconds against cuBLAS); any other backend is a user error."""
     backend = t.prop("backend", "sim")
-    if backend not in ("sim", "llvm"):
+    if backend not in ("sim", "llvm", "cuda"):
         raise IsamapError(f"benchmarking the {backend} backend is not available yet (the harness times "
-                          f"cpu and simulated targets only)")
+                          f"cpu, cuda and simulated targets)")
     return backend
 
 

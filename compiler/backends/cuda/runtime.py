@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -26,8 +27,23 @@ def cache_dir() -> Path:
     return d
 
 
-def compile_source(src: str, shared: bool = True, archs=ARCHS) -> Path:
-    """nvcc the source (cached by its hash); returns the .so (or .o) path."""
+@functools.lru_cache(maxsize=1)
+def device_archs() -> tuple[str, ...]:
+    """The compute capability of this machine's GPU ('90' on an H100), read with nvidia-smi, so a
+    library built to run here is compiled once rather than for every architecture; ARCHS if unknown."""
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=30)
+        caps = sorted({line.strip().replace(".", "") for line in r.stdout.splitlines() if line.strip()})
+        return tuple(caps) if r.returncode == 0 and caps and all(c.isdigit() for c in caps) else ARCHS
+    except (OSError, subprocess.SubprocessError):
+        return ARCHS
+
+
+def compile_source(src: str, shared: bool = True, archs=None) -> Path:
+    """nvcc the source (cached by its hash); returns the .so (or .o) path.  ``archs`` defaults
+    to this machine's GPU (every supported architecture where none is found)."""
+    archs = archs or (device_archs() if gpu_present() else ARCHS)
     exe = nvcc()
     if exe is None:
         raise IsamapError("nvcc is not installed: the cuda backend can emit code (--emit cuda) but not build it")
@@ -39,7 +55,7 @@ def compile_source(src: str, shared: bool = True, archs=ARCHS) -> Path:
         cu = Path(tmp) / "k.cu"
         cu.write_text(src)
         target = Path(tmp) / out.name
-        cmd = [exe, "-O3", "-o", str(target)]
+        cmd = [exe, "-O3", "-lineinfo", "-o", str(target)]
         cmd += ["--shared", "-Xcompiler", "-fPIC"] if shared else ["-c"]
         for a in archs:
             cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
@@ -59,27 +75,80 @@ class CudaKernel:
         self.k, self.b, self.src = k, b, src
         self.lib = None
 
-    def __call__(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def _load(self):
         if not gpu_present():
             raise IsamapError("no NVIDIA GPU on this machine: the cuda target can be compiled "
                               "(--emit cuda) but not run here")
         if self.lib is None:
             self.lib = ctypes.CDLL(str(compile_source(self.src)))
             self.lib.isamap_run.restype = ctypes.c_int
-        bufs = [np.ascontiguousarray(arrays[t.name], dtype=_holding(t.dtype)) for t in self.k.inputs]
+            self.lib.isamap_time.restype = ctypes.c_int
+        return self.lib
+
+    def _buffers(self, arrays):
+        bufs = [to_device_layout(arrays[t.name], t.dtype) for t in self.k.inputs]
         outs = [np.zeros(self.b.shapes[t.name], dtype=_holding(t.dtype)) for t in self.k.outputs]
         allb = bufs + outs
         ptrs = (ctypes.c_void_p * len(allb))(*[x.ctypes.data for x in allb])
         sizes = (ctypes.c_longlong * len(allb))(*[x.nbytes for x in allb])
+        return outs, ptrs, sizes, allb  # allb: keeps converted inputs alive while the pointers are used
+
+    def _results(self, outs):
+        return {t.name: from_device_layout(o, t.dtype) for t, o in zip(self.k.outputs, outs)}
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """Outputs and the device time of one launch sequence (copies excluded)."""
+        lib = self._load()
+        outs, ptrs, sizes, _keep = self._buffers(arrays)
         ms = ctypes.c_float(0)
-        err = self.lib.isamap_run(ptrs, sizes, ctypes.byref(ms))
+        err = lib.isamap_run(ptrs, sizes, ctypes.byref(ms))
         if err:
-            raise IsamapError(f"CUDA error {err} while running {self.k.name}")
-        res = {t.name: (o.astype(bool) if t.dtype.kind == "b" else o) for t, o in zip(self.k.outputs, outs)}
-        return res, ms.value / 1e3
+            raise IsamapError(f"CUDA error {err} ({_error_name(err)}) while running {self.k.name}")
+        return self._results(outs), ms.value / 1e3
+
+    def time(self, arrays: dict[str, np.ndarray], reps: int = 20, inner: int = 10) -> tuple[dict, list[float]]:
+        """Outputs and ``reps`` device times in seconds, each the mean of ``inner`` back-to-back
+        launch sequences on device-resident buffers (CUDA events; one warm-up excluded)."""
+        lib = self._load()
+        outs, ptrs, sizes, _keep = self._buffers(arrays)
+        ms = (ctypes.c_float * reps)()
+        err = lib.isamap_time(ptrs, sizes, reps, inner, ms)
+        if err:
+            raise IsamapError(f"CUDA error {err} ({_error_name(err)}) while timing {self.k.name}")
+        return self._results(outs), [x / 1e3 for x in ms]
+
+
+def _error_name(code: int) -> str:
+    if code in (2, 3):
+        return {2: "device allocation failed", 3: "host-to-device copy failed"}[code]
+    try:
+        rt = ctypes.CDLL("libcudart.so")
+        rt.cudaGetErrorString.restype = ctypes.c_char_p
+        return rt.cudaGetErrorString(code).decode()
+    except OSError:
+        return "see cudaError_t"
 
 
 def _holding(d):
+    """The numpy type of the device's storage: bool as bytes, bfloat16 as its 16 bits."""
     if d.kind == "b":
         return np.uint8
+    if d.name == "bfloat16":
+        return np.uint16
     return d.np
+
+
+def to_device_layout(x, d) -> np.ndarray:
+    if d.name == "bfloat16":  # float32 holding -> bfloat16 bits, rounded to nearest even
+        u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+        return np.where(np.isnan(x), np.uint16(0x7FC0), r) if np.isnan(x).any() else r
+    return np.ascontiguousarray(x, dtype=_holding(d))
+
+
+def from_device_layout(o: np.ndarray, d) -> np.ndarray:
+    if d.kind == "b":
+        return o.astype(bool)
+    if d.name == "bfloat16":
+        return (o.astype(np.uint32) << 16).view(np.float32)
+    return o

@@ -10,6 +10,7 @@ the cuda target's mappings are the next step.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 
 from ir import dtypes
@@ -30,6 +31,7 @@ _MATH2 = set("atan2 copysign fdim fdivide fmax fmin fmod hypot nextafter pow rem
 
 PRELUDE = r"""#include <stdint.h>
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 __device__ __forceinline__ float isamap_bf16(float x) {
     if (isnan(x)) return x;
@@ -51,7 +53,13 @@ template <typename T> __device__ __forceinline__ T isamap_mod(T a, T b) {
 
 
 def ctype(d: DType) -> str:
+    """The C type a value of ``d`` is computed in (16-bit floats: float)."""
     return _CT[d.name]
+
+
+def storage(d: DType) -> str:
+    """The C type an element of a tensor of ``d`` is stored as in device memory."""
+    return {"float16": "__half", "bfloat16": "__nv_bfloat16", "bool": "uint8_t"}.get(d.name) or ctype(d)
 
 
 class _Gen:
@@ -61,9 +69,8 @@ class _Gen:
 
     def param(self, name: str) -> str:
         d = self.k.tensor(name).dtype
-        st = "__half" if d.name == "float16" else ("uint8_t" if d == BOOL else ctype(d))
         const = "const " if self.k.is_input(name) else ""
-        return f"{const}{st}* __restrict__ t_{name}"
+        return f"{const}{storage(d)}* __restrict__ t_{name}"
 
     def addr(self, name: str, idx: list[str]) -> str:
         shape, mins = self.b.shapes[name], self.b.mins[name]
@@ -77,6 +84,8 @@ class _Gen:
         a = self.addr(name, idx)
         if d.name == "float16":
             return f"__half2float({a})"
+        if d == BFLOAT16:
+            return f"__bfloat162float({a})"
         if d == BOOL:
             return f"(bool)({a})"
         return a
@@ -86,6 +95,8 @@ class _Gen:
         a = self.addr(name, idx)
         if d.name == "float16":
             return f"{a} = __float2half({v});"
+        if d == BFLOAT16:
+            return f"{a} = __float2bfloat16({v});"
         if d == BOOL:
             return f"{a} = (uint8_t)({v});"
         return f"{a} = {v};"
@@ -152,26 +163,39 @@ class _Gen:
             return f"isamap_bf16({out})" if e.dtype == BFLOAT16 else out
         raise IsamapError(f"cannot generate CUDA for {type(e).__name__}", e.span)
 
+    def dargs(self) -> str:
+        """The launch arguments: the device buffers ``d[i]`` cast to the parameters' types."""
+        return ", ".join(f"({self.param(n).split('*')[0].strip()}*)d[{i}]" for i, n in enumerate(self.names))
+
+    def init_kernel(self, si: int) -> tuple[str, list[str]]:
+        """The identity fill of a ``!`` statement's whole output, and its launch line."""
+        from ir.interp import identity
+        s = self.k.stmts[si]
+        dt = self.k.tensor(s.tensor).dtype
+        params = ", ".join(self.param(n) for n in self.names)
+        n = prod(self.b.shapes[s.tensor])
+        ident = identity(s.op, dt)
+        lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
+               repr(float(ident)) if dt.is_float else str(int(ident)))
+        st = storage(dt)
+        val = (f"__float2half({lit})" if dt.name == "float16" else f"__float2bfloat16({lit})" if dt == BFLOAT16
+               else f"({st})({lit})")
+        src = (f"__global__ void {self.prefix}s{si}_init({params}) {{\n"
+               f"    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+               f"    if (t < {n}LL) t_{s.tensor}[t] = {val};\n}}\n")
+        return src, [f"    {self.prefix}s{si}_init<<<{-(-n // 256)}, 256>>>({self.dargs()});"]
+
     def statement(self, si: int) -> tuple[str, list[str]]:
-        """The kernels of statement ``si`` and their launch lines."""
+        """The kernels of statement ``si`` (one thread per output element) and their launch lines."""
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
         params = ", ".join(self.param(n) for n in self.names)
-        args = ", ".join(f"({self.param(n).split('*')[0].strip()}*)d[{i}]" for i, n in enumerate(self.names))
         src, launch = [], []
         if s.init:
-            from ir.interp import identity
-            n = prod(self.b.shapes[s.tensor])
-            ident = identity(s.op, dt)
-            lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
-                   repr(float(ident)) if dt.is_float else str(int(ident)))
-            st = "__half" if dt.name == "float16" else ("uint8_t" if dt == BOOL else ctype(dt))
-            val = f"__float2half({lit})" if dt.name == "float16" else f"({st})({lit})"
-            src.append(f"__global__ void {self.prefix}s{si}_init({params}) {{\n"
-                       f"    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
-                       f"    if (t < {n}LL) t_{s.tensor}[t] = {val};\n}}\n")
-            launch.append(f"    {self.prefix}s{si}_init<<<{-(-n // 256)}, 256>>>({args});")
+            isrc, ilaunch = self.init_kernel(si)
+            src.append(isrc)
+            launch += ilaunch
         lhs, red = list(s.indices), list(s.reduction_vars)
         exts = [dom[v][1] - dom[v][0] for v in lhs]
         total = prod(exts)
@@ -199,17 +223,46 @@ class _Gen:
                 body.append(f"{ind}}}")
             body.append("    " + self.write(s.tensor, lhs, self.conv("acc", common, dt)))
         src.append(f"__global__ void {self.prefix}s{si}({params}) {{\n" + "\n".join(body) + "\n}\n")
-        launch.append(f"    {self.prefix}s{si}<<<{max(1, -(-total // 256))}, 256>>>({args});")
+        launch.append(f"    {self.prefix}s{si}<<<{max(1, -(-total // 256))}, 256>>>({self.dargs()});")
         return "".join(src), launch
 
 
-def cuda_source(k: Kernel, b: Bound, prefix: str = "", prelude: bool = True) -> str:
+def plans(k: Kernel, b: Bound, t=None) -> dict:
+    """Statement -> GemmPlan for the statements the target maps onto a matrix instruction
+    (with their block tiling and fused epilogues); the rest run one thread per element."""
+    if t is None:
+        return {}
+    from ...mapping import mappings_for_kernel
+    from ..fusion import epilogue
+    from .gemm import recognise, with_tiling
+    ms = mappings_for_kernel(k, t, bound=b)
+    out = {}
+    for si in range(len(k.stmts)):
+        p = recognise(k, b, t, si, ms)
+        if p is not None:
+            out[si] = with_tiling(replace(p, epilogue=tuple(epilogue(k, b, p))), t)
+    return out
+
+
+def cuda_source(k: Kernel, b: Bound, prefix: str = "", prelude: bool = True, t=None, gemm: dict | None = None) -> str:
     """CUDA C for the kernel, with ``extern "C"`` entry points ``<prefix>isamap_launch`` (device
-    buffers) and ``<prefix>isamap_run`` (host buffers: copies, launches, times, copies back)."""
+    buffers), ``<prefix>isamap_run`` (host buffers: copies, launches, times, copies back) and
+    ``<prefix>isamap_time`` (the same, timing ``reps`` x ``inner`` launches).  With a target
+    ``t``, statements it maps onto a matrix instruction become tiled kernels (``gemm.py``);
+    ``gemm`` gives those plans directly instead."""
+    from .gemm import emit as emit_gemm
+    from .gemm import tiles_header
     g = _Gen(k, b, prefix)
+    found = plans(k, b, t) if gemm is None else gemm
+    skip = {j for p in found.values() for j in p.epilogue}
     parts, launches = [], []
     for si in range(len(k.stmts)):
-        src, ln = g.statement(si)
+        if si in skip:
+            continue
+        if si in found:
+            src, ln, _ = emit_gemm(g, found[si])
+        else:
+            src, ln = g.statement(si)
         parts.append(src)
         launches += ln
     n_in, n_all = len(k.inputs), len(g.names)
@@ -219,24 +272,59 @@ extern "C" int {prefix}isamap_launch(void** d) {{
     return (int)cudaGetLastError();
 }}
 
-extern "C" int {prefix}isamap_run(void** h, const long long* bytes, float* ms) {{
-    void* d[{n_all}];
+static int {prefix}isamap_setup(void** h, const long long* bytes, void** d) {{
     for (int i = 0; i < {n_all}; ++i) {{
-        if (cudaMalloc(&d[i], bytes[i] ? bytes[i] : 1) != cudaSuccess) return 1;
-        if (i < {n_in}) cudaMemcpy(d[i], h[i], bytes[i], cudaMemcpyHostToDevice);
+        if (cudaMalloc(&d[i], bytes[i] ? bytes[i] : 1) != cudaSuccess) return 2;
+        if (i < {n_in}) {{ if (cudaMemcpy(d[i], h[i], bytes[i], cudaMemcpyHostToDevice) != cudaSuccess) return 3; }}
         else cudaMemset(d[i], 0, bytes[i]);
     }}
+    return 0;
+}}
+
+static int {prefix}isamap_finish(void** h, const long long* bytes, void** d, int err) {{
+    if (!err) err = (int)cudaDeviceSynchronize();
+    for (int i = {n_in}; i < {n_all} && !err; ++i)
+        err = (int)cudaMemcpy(h[i], d[i], bytes[i], cudaMemcpyDeviceToHost);
+    for (int i = 0; i < {n_all}; ++i) cudaFree(d[i]);
+    return err;
+}}
+
+extern "C" int {prefix}isamap_run(void** h, const long long* bytes, float* ms) {{
+    void* d[{n_all}];
+    int err = {prefix}isamap_setup(h, bytes, d);
+    if (err) return err;
     cudaEvent_t a, z;
     cudaEventCreate(&a); cudaEventCreate(&z);
     cudaEventRecord(a);
-    int err = {prefix}isamap_launch(d);
+    err = {prefix}isamap_launch(d);
     cudaEventRecord(z);
     cudaEventSynchronize(z);
     cudaEventElapsedTime(ms, a, z);
-    for (int i = {n_in}; i < {n_all}; ++i) cudaMemcpy(h[i], d[i], bytes[i], cudaMemcpyDeviceToHost);
-    for (int i = 0; i < {n_all}; ++i) cudaFree(d[i]);
-    return err ? err : (int)cudaGetLastError();
+    cudaEventDestroy(a); cudaEventDestroy(z);
+    return {prefix}isamap_finish(h, bytes, d, err);
+}}
+
+// One warm-up launch, then reps timed blocks of inner launches each: ms[r] = block time / inner.
+extern "C" int {prefix}isamap_time(void** h, const long long* bytes, int reps, int inner, float* ms) {{
+    void* d[{n_all}];
+    int err = {prefix}isamap_setup(h, bytes, d);
+    if (err) return err;
+    err = {prefix}isamap_launch(d);
+    cudaEvent_t a, z;
+    cudaEventCreate(&a); cudaEventCreate(&z);
+    for (int r = 0; r < reps && !err; ++r) {{
+        cudaEventRecord(a);
+        for (int i = 0; i < inner && !err; ++i) err = {prefix}isamap_launch(d);
+        cudaEventRecord(z);
+        cudaEventSynchronize(z);
+        cudaEventElapsedTime(&ms[r], a, z);
+        ms[r] /= inner;
+    }}
+    cudaEventDestroy(a); cudaEventDestroy(z);
+    return {prefix}isamap_finish(h, bytes, d, err);
 }}
 """
-    head = f"// {k.name}: generated by isamap (one thread per output element)\n"
-    return head + (PRELUDE if prelude else "") + "\n".join(parts) + host
+    how = "tiled contractions + one thread per element elsewhere" if found else "one thread per output element"
+    head = f"// {k.name}: generated by isamap ({how})\n"
+    hdr = tiles_header() if (prelude and found) else ""
+    return head + (PRELUDE if prelude else "") + hdr + "\n".join(parts) + host

@@ -28,6 +28,7 @@ from ir.kernel import Kernel
 
 from .contraction import Contraction, counted_loop, recognise
 from .contraction import emit as emit_contraction
+from ..fusion import epilogue
 
 I64 = L.IntType(64)
 
@@ -751,39 +752,6 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
         return g.finish(), g.functions
     return NativeKernel(k, b, generate, build_key(k, b, list(plans.values()), vector), threads,
                         list(plans.values()))
-
-
-def epilogue(k: Kernel, b: Bound, p: Contraction) -> list[int]:
-    """The statements right after contraction ``p`` that can run on each output tile as soon as
-    it is final (a fused epilogue: bias, activation, gate math): assignments over exactly the
-    contraction's output domain, indexed like its output, that read the contraction's result
-    and each other's results only at the element they write (so a tile needs nothing from
-    other tiles), and that the scalar path would otherwise run as separate passes."""
-    if p.batch:
-        return []
-    s0 = k.stmts[p.stmt]
-    out_idx = tuple(s0.indices)
-    dom0 = {v: p.dom[v] for v in out_idx}
-    written = {p.c}
-    read_elsewhere: set[str] = set()  # tensors the group reads away from the element it writes
-    group: list[int] = []
-    for j in range(p.stmt + 1, len(k.stmts)):
-        s = k.stmts[j]
-        if s.op != "=" or s.reduction_vars or s.exists or tuple(s.indices) != out_idx or b.domain(j) != dom0:
-            break
-        if k.tensor(s.tensor).dtype.name not in ("float32", "float64") or s.tensor in (p.a, p.b):
-            break
-        reads = [e for e in walk(s.rhs) if isinstance(e, Access)]
-        here = {e.tensor for e in reads if tuple(getattr(x, "name", None) for x in e.indices) == out_idx}
-        away = {e.tensor for e in reads} - here
-        if away & written or s.tensor in read_elsewhere | away:
-            break  # would need another tile's element, or overwrite one that is still to be read
-        if s.tensor in here and s.tensor not in written:
-            break  # reads the old value of a tensor that the unfused program overwrites in a later pass
-        group.append(j)
-        written.add(s.tensor)
-        read_elsewhere |= away
-    return group
 
 
 def build_key(k: Kernel, b: Bound, plans, vector: bool) -> str:

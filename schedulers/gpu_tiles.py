@@ -1,0 +1,111 @@
+"""Thread-block tiling of a contraction on a GPU-style target (the cuda backend's schedule).
+
+The levels come from the target: its compute instruction's shape (mma 16x8x16, or a warp of
+FFMA lanes), the scratchpad (`smem`: capacity bounds tile x stages), the cores (SMs: how many
+blocks run at once) and the per-core load port.  Among a small family of block/warp tiles and
+split-K factors, the model below picks the fewest predicted cycles:
+
+    cycles = waves * (resident * max(compute, load) + fill)
+
+per block: compute = BM*BN*Kc / MACs-per-cycle-per-core, load = (BM+BN)*Kc*bytes / port,
+fragments = BM*BN*(1/WM + 1/WN)*Kc*bytes / smem bandwidth (every warp reads its A and B
+fragments from shared memory: what makes 64x64 warp tiles win on large shapes);
+``resident`` blocks share a core, ``waves`` = blocks / (cores * resident) rounded up, ``fill``
+the pipeline's start and the epilogue.  Split-K (several blocks per output tile, adding their
+partial sums atomically) exists for the small-N shapes whose few tiles would leave most cores
+idle.  Measured on a GPU it is a heuristic, not a promise; `tiling=` overrides it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FILL_CYCLES = 1500  # pipeline fill, epilogue and launch share per wave (order of magnitude: DRAM latency x 2-3)
+MAX_SPLITS = 16
+
+
+@dataclass(frozen=True)
+class GpuTiling:
+    bm: int
+    bn: int
+    bk: int
+    wm: int  # warp tile (tensor cores) or thread tile (tm) for FFMA
+    wn: int
+    stages: int
+    splits: int = 1
+    predicted: float = 0.0
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.wm) * (self.bn // self.wn) * (32 if self.tensor_cores else 1)
+
+    @property
+    def tensor_cores(self) -> bool:
+        return self.wm % 16 == 0 and self.wn % 8 == 0 and self.bk % 16 == 0
+
+    def smem_bytes(self, itemsize: int, a_kmajor: bool | None = None, b_kmajor: bool | None = None) -> int:
+        """Shared memory of the block: a ring of padded A and B slabs (tiles.cuh's layout: rows
+        along the operand's contiguous dimension, plus 8 elements); unknown layouts: the larger."""
+        if not self.tensor_cores:
+            return 2 * self.bk * (self.bm + self.bn) * 4
+
+        def slab(rows: int, kmajor: bool | None) -> int:
+            km, other = rows * (self.bk + 8), self.bk * (rows + 8)
+            return km if kmajor else other if kmajor is not None else max(km, other)
+        return self.stages * (slab(self.bm, a_kmajor) + slab(self.bn, b_kmajor)) * itemsize
+
+    def describe(self) -> str:
+        kind = (f"warp tiles {self.wm}x{self.wn} of mma 16x8x16, {self.stages}-stage cp.async ring"
+                if self.tensor_cores else f"thread tiles {self.wm}x{self.wn} FFMA, double-buffered")
+        split = f", split-K x{self.splits} (atomic float adds)" if self.splits > 1 else ""
+        return f"blocks {self.bm}x{self.bn}x{self.bk} ({self.threads} threads), {kind}{split}"
+
+
+TC_SHAPES = [  # (bm, bn, wm, wn)
+    (128, 128, 64, 64), (128, 64, 64, 32), (64, 128, 32, 64),
+    (64, 64, 32, 32), (128, 32, 32, 32), (64, 32, 32, 16), (128, 16, 32, 16), (64, 16, 16, 16),
+    (32, 32, 16, 16), (32, 16, 16, 16), (16, 16, 16, 16), (16, 8, 16, 8), (64, 8, 16, 8), (128, 8, 32, 8),
+]
+FMA_SHAPES = [(128, 128, 8, 8), (64, 64, 4, 4), (64, 32, 4, 4), (32, 64, 4, 4), (32, 32, 2, 2), (64, 16, 4, 2),
+              (16, 64, 2, 4)]
+
+
+def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: bool, can_split: bool,
+           macs_per_cycle: float) -> GpuTiling:
+    """The predicted-fastest tiling of an (m x k) by (k x n) product, ``batch`` times."""
+    cores = max(1, t.cores)
+    smem = next((x for x in t.memories if x.name == "smem"), None)
+    cap = smem.capacity if smem is not None else 48 * 1024
+    port = max((i.port or 0) for i in t.copy_instrs) or 64.0
+    mems = {x.name: x for x in t.memories}
+    smem_bw = smem.bandwidth if smem is not None and smem.bandwidth else 128.0
+    l2_bw = mems["l2"].bandwidth if "l2" in mems and mems["l2"].bandwidth else cores * port
+    main_bw = mems[t.main].bandwidth if t.main in mems and mems[t.main].bandwidth else l2_bw
+    best = None
+    shapes = TC_SHAPES if tensor_cores else FMA_SHAPES
+    for bm, bn, wm, wn in shapes:
+        for stages in ((3, 4) if tensor_cores else (2,)):
+            bk = 32 if tensor_cores else 16
+            tl = GpuTiling(bm, bn, bk, wm, wn, stages)
+            need = tl.smem_bytes(itemsize)
+            if need > cap or tl.threads > 1024:
+                continue
+            resident = max(1, min(cap // need, 2048 // tl.threads, 16))
+            tiles = -(-m // bm) * -(-n // bn) * batch
+            for splits in range(1, (MAX_SPLITS if can_split else 1) + 1):
+                kc = -(-k // splits)
+                kc = -(-kc // bk) * bk
+                if splits > 1 and (kc < 4 * bk or (splits - 1) * kc >= k):
+                    break
+                blocks = tiles * splits
+                waves = -(-blocks // (cores * resident))
+                per = max(bm * bn * kc / macs_per_cycle, (bm + bn) * kc * itemsize / port)  # padded tiles cost whole
+                if tensor_cores:
+                    per = max(per, bm * bn * (1 / wm + 1 / wn) * kc * itemsize / smem_bw)
+                # split-K: every split adds its partial tile into C in L2 (read + write), after a zero fill
+                atomics = (splits * m * n * batch * 8 / l2_bw + m * n * batch * 4 / main_bw) if splits > 1 else 0
+                cycles = waves * (min(resident, -(-blocks // cores)) * per + FILL_CYCLES) + atomics
+                key = (cycles, -bm * bn, stages)
+                if best is None or key < best[0]:
+                    best = (key, GpuTiling(bm, bn, bk, wm, wn, stages, splits, cycles))
+    assert best is not None
+    return best[1]
