@@ -72,7 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
     _add_kernel_args(p)
-    p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
+    p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned; cpu: vector, "
+                   "scalar; cuda: tiled, scalar)")
     p.add_argument("--db", help="reuse the best schedule recorded in this tuning database")
     p.add_argument("--emit", default="ir", help="what to print: ir (default), mappings, schedule, loops, asm, llvm, "
                                                 "cuda")
@@ -81,7 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a kernel on random inputs")
     _add_kernel_args(p)
-    p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned)")
+    p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned; cpu: vector, "
+                   "scalar; cuda: tiled, scalar)")
     p.add_argument("--db", help="reuse the best schedule recorded in this tuning database")
     p.add_argument("--check", action="store_true", help="compare with the reference interpreter")
     p.add_argument("--seed", type=int, default=0, help="random input seed")

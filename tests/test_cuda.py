@@ -67,3 +67,72 @@ def test_every_kernel_on_the_gpu(name):
         ins = random_inputs(ck.kernel, ck.bound, seed=base)
         ok, err, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes))
         assert ok, (name, base, per)
+
+
+def _plans(src_or_name, sizes):
+    from compiler.backends.cuda.scalar import plans
+    k = compiler.parse(kernels.path(src_or_name) if src_or_name in kernels.names() else src_or_name).kernel()
+    return plans(k, bind(k, sizes), hw_models.load("cuda"))
+
+
+@pytest.mark.parametrize("it,instr", [("half", "mma_16816"), ("bfloat16", "mma_16816_bf16"), ("float", "ffma_bcast")])
+@pytest.mark.parametrize("a_t,b_t", [(False, False), (True, False), (False, True), (True, True)])
+def test_contractions_map_to_the_matrix_instruction_in_every_layout(it, instr, a_t, b_t):
+    from compiler.bench.gemm import gemm_source
+    (p,) = _plans(gemm_source(it, "float", a_t, b_t), dict(M=100, N=37, K=24)).values()
+    assert p.instr == instr and (p.row, p.col, p.red) == ("m", "n", "k")
+    assert p.a_kmajor == (not a_t) and p.b_kmajor == b_t
+    assert p.tiling.tensor_cores == (it != "float")
+
+
+def test_integer_gemms_and_reductions_without_products_stay_scalar():
+    assert _plans("gemm_i8", dict(M=16, N=16, K=16)) == {}
+    assert _plans("softmax", {s: 9 for s in compiler.parse(kernels.path("softmax")).kernel().sizes}) == {}
+
+
+def test_gate_math_rides_on_the_recurrent_gemms_unless_split():
+    ps = _plans("gru_step", dict(B=64, Hd=256))
+    assert sorted(ps) == [0, 2, 4]
+    for si, p in ps.items():
+        assert p.epilogue == (() if p.tiling.splits > 1 else {0: (1,), 2: (3,), 4: (5, 6)}[si])
+
+
+def test_copy_width_follows_the_alignment_of_each_operand():
+    from compiler.backends.cuda.gemm import _vector_width
+    from compiler.bench.gemm import gemm_source
+    src = gemm_source("half", "float", False, False)
+    for n, width in ((2048, 8), (9124, 4), (5482, 2), (7133, 1)):
+        (p,) = _plans(src, dict(M=64, N=n, K=64)).values()
+        assert _vector_width(p, p.b, 2) == width  # B(k, n): its row stride is N
+
+
+def test_tiling_model_splits_the_reduction_only_where_cores_would_idle():
+    from compiler.bench.gemm import gemm_source
+    src = gemm_source("half", "float", False, False)
+    (small,) = _plans(src, dict(M=1760, N=16, K=1760)).values()
+    (big,) = _plans(src, dict(M=4096, N=4096, K=4096)).values()
+    assert small.tiling.splits > 1 and big.tiling.splits == 1
+    assert (big.tiling.wm, big.tiling.wn) == (64, 64)
+    smem = hw_models.load("cuda").memory("smem").capacity
+    assert big.tiling.smem_bytes(2, True, False) <= smem
+
+
+@needs_nvcc
+def test_tiled_variants_compile(tmp_path):
+    """Every dtype x layout with awkward sizes (remainders, unaligned rows, split-K), one nvcc run."""
+    from compiler.bench.gemm import gemm_source
+    t = hw_models.load("cuda")
+    parts = [PRELUDE, tiles_header()]
+    i = 0
+    for it in ("half", "bfloat16", "float"):
+        for a_t in (False, True):
+            for b_t in (False, True):
+                for m, n, k in ((7, 5, 3), (1760, 16, 1760), (129, 131, 257)):
+                    kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
+                    parts.append(cuda_source(kern, bind(kern, dict(M=m, N=n, K=k)), prefix=f"v{i}_", prelude=False, t=t))
+                    i += 1
+    cu = tmp_path / "variants.cu"
+    cu.write_text("\n".join(parts))
+    r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "v.o"), "-gencode", "arch=compute_90,code=sm_90", str(cu)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
