@@ -22,6 +22,8 @@ from ir.kernel import Kernel
 
 from schedulers.gpu_tiles import GpuTiling, choose
 
+from ..access import element_strides
+
 TILES_CUH = Path(__file__).with_name("tiles.cuh")
 _STORAGE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 
@@ -111,18 +113,11 @@ def recognise(k: Kernel, b: Bound, t, si: int, mappings) -> GemmPlan | None:
     if kind not in kinds or (kind[0] == "ffma" and cdt != "float32"):
         return None
     acc = {s.tensor: [Var(v) for v in s.indices], xa.tensor: list(xa.indices), xb.tensor: list(xb.indices)}
-    strides, base, uses = {}, {}, {}
-    for name, idx in acc.items():
-        shape, mins = b.shapes[name], b.mins[name]
-        st = [prod(shape[d + 1:]) for d in range(len(shape))]
-        vs: dict[str, int] = {}
-        off = 0
-        for d, x in enumerate(idx):
-            if not isinstance(x, Var) or x.name in vs:
-                return None
-            vs[x.name] = st[d]
-            off -= mins[d] * st[d]
-        strides[name], base[name], uses[name] = vs, off, set(vs)
+    found = element_strides(b, acc)
+    if found is None:
+        return None
+    strides, base = found
+    uses = {name: set(vs) for name, vs in strides.items()}
     dom = b.domain(si)
     c, a, bt = s.tensor, xa.tensor, xb.tensor
     rows = [v for v in s.indices if v in uses[a] and v not in uses[bt]]

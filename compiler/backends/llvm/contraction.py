@@ -33,6 +33,8 @@ from ir.expr import Access, Binary, Cast, Var
 from ir.kernel import Kernel
 from ir.target import Instruction, Target
 
+from ..access import element_strides
+
 I64 = L.IntType(64)
 I32 = L.IntType(32)
 F32 = L.FloatType()
@@ -332,19 +334,11 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
     for name in acc:
         if k.tensor(name).dtype != FLOAT32:
             return None
-    strides, base, uses = {}, {}, {}
-    for name, idx in acc.items():
-        shape, mins = b.shapes[name], b.mins[name]
-        st = [prod(shape[d + 1:]) for d in range(len(shape))]
-        vs = {}
-        off = 0
-        for d, x in enumerate(idx):
-            if not isinstance(x, Var) or x.name in vs:
-                return None
-            vs[x.name] = st[d]
-            off -= mins[d] * st[d]
-        strides[name], base[name] = vs, off
-        uses[name] = set(vs)
+    found = element_strides(b, acc)
+    if found is None:
+        return None
+    strides, base = found
+    uses = {name: set(vs) for name, vs in strides.items()}
     dom = b.domain(si)
     allv = set(dom)
     if uses[c] | uses[a] | uses[bt] != allv:
