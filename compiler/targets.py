@@ -5,6 +5,8 @@ instruction's semantics is an ordinary checked ``ir.Kernel``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from lark import Token, Tree
 
 from ir import dtypes
@@ -110,17 +112,21 @@ class _TargetChecker:
 
     # ------------------------------------------------------------------ declarations
     def target(self, tree: Tree) -> Target:
+        """A target; ``target "B" : "A" { ... }`` starts from target A (a built-in name or a .hw
+        path relative to this file) and replaces or adds the settings, memories, engines and
+        instructions it declares (each by name): a chip variant in a few lines."""
         name = str(tree.children[0]).strip('"')
+        base = self.base(tree.children[1]) if tree.children[1] is not None else None
         mems, engines, instrs, settings = [], [], [], []
-        for c in tree.children[1:]:
+        for c in tree.children[2:]:
             {"memory": mems, "engine": engines, "instr": instrs, "prop": settings}[c.data].append(c)
         props = self.props(settings)
         if "cores" in props and props["cores"][0].kind == "name" and props["cores"][0].value == "host":
             import os
             props.pop("cores")
             props["cores"] = (_Value("number", os.cpu_count() or 1, None, None), None)
-        cores = self.take(props, "cores", "int", 1)
-        window = self.take(props, "window", "int", 16)
+        cores = self.take(props, "cores", "int", base.cores if base else 1)
+        window = self.take(props, "window", "int", base.window if base else 16)
         main = self.take(props, "main", "name")
         fallback = self.take(props, "fallback", "name")
         backend = self.take(props, "backend", "name")
@@ -129,25 +135,54 @@ class _TargetChecker:
         if fallback is not None and fallback[0] != "scalar":
             raise IsamapError("'fallback' must be 'scalar'", fallback[1])
         memories = self.unique([self.memory(m) for m in mems], "memory")
+        if base is not None:
+            memories = _merged(base.memories, memories)
         if not memories:
             raise IsamapError(f"target '{name}' declares no memory", self.sp(tree))
         mem_names = {m.name: m for m in memories}
         if main is None:
-            main_name = memories[0].name
+            main_name = base.main if base is not None else memories[0].name
         else:
             main_name, sp = main
             if main_name not in mem_names:
                 raise IsamapError(f"unknown memory '{main_name}'", sp)
         engs = self.unique([self.engine(e) for e in engines], "engine")
+        if base is not None:
+            engs = _merged(base.engines, engs)
         eng_names = {e.name for e in engs}
         ins = self.unique([self.instr(i, mem_names, eng_names) for i in instrs], "instruction")
+        if base is not None:
+            ins = _merged(base.instrs, ins)
         self.no_leftovers(props, f"target '{name}'")
-        extra = (("fallback", fallback[0]),) if fallback else ()
-        extra += (("backend", backend[0] if backend else "sim"),)
+        fallback_name = fallback[0] if fallback else (base.prop("fallback") if base else None)
+        extra = (("fallback", fallback_name),) if fallback_name else ()
+        extra += (("backend", backend[0] if backend else (base.prop("backend", "sim") if base else "sim")),)
         t = Target(name, tuple(memories), tuple(engs), tuple(ins), cores, window, main_name, extra,
                    span=self.sp(tree))
         self.reachability(t)
         return t
+
+    def base(self, tok) -> Target:
+        """The target a derived one starts from."""
+        import hw_models
+        ref = str(tok).strip('"')
+        here = Path(self.src.name).parent
+        path = here / ref if (ref.endswith(".hw") or "/" in ref) else None
+        try:
+            resolved = hw_models.resolve_path(str(path) if path is not None else ref).resolve()
+        except IsamapError as e:
+            raise IsamapError(f"cannot derive from '{ref}': {e.message}", self.sp(tok)) from None
+        if resolved in _DERIVING or resolved == Path(self.src.name).resolve():
+            raise IsamapError(f"target '{ref}' derives from itself", self.sp(tok))
+        _DERIVING.add(resolved)
+        try:
+            return hw_models.load(str(resolved))
+        except IsamapError as e:
+            if "derives from itself" in e.message:
+                raise
+            raise IsamapError(f"cannot derive from '{ref}': {e.message}", self.sp(tok)) from None
+        finally:
+            _DERIVING.discard(resolved)
 
     def unique(self, items, what):
         seen = set()
@@ -279,6 +314,15 @@ class _TargetChecker:
             if m.name not in seen:
                 raise IsamapError(f"memory '{m.name}' cannot be reached from main memory '{t.main}': no "
                                   f"instruction moves data into it", m.span)
+
+
+_DERIVING: set = set()  # .hw files whose base targets are being loaded (catches cycles)
+
+
+def _merged(base: tuple, own: list) -> list:
+    """The base's declarations with same-named ones replaced by this target's, new ones after."""
+    mine = {x.name: x for x in own}
+    return [mine.pop(x.name, x) for x in base] + list(mine.values())
 
 
 def _const_extent(d) -> int:

@@ -105,3 +105,30 @@ def test_target_paths_are_accepted_where_names_are(capsys, tmp_path):
     assert code == 0 and "PASS" in out, err
     code = cli.main(["run", "kernels/gemm.tc", "--target", str(tmp_path / "nope.hw"), "--sizes", "M=4,N=4,K=4"])
     assert code == 1 and "no such target file" in capsys.readouterr().err
+
+
+def test_a_target_derived_from_another_replaces_only_what_it_declares(tmp_path):
+    base = hw_models.load("cuda")
+    t = hw_models.load("cuda-h100")
+    assert t.cores == 132 and t.memory("smem").capacity == 227 * 1024 and t.memory("reg") == base.memory("reg")
+    assert [i.name for i in t.instrs] == [i.name for i in base.instrs] and t.prop("backend") == "cuda"
+    f = tmp_path / "variant.hw"
+    f.write_text('target "variant" : "sim-nnp" {\n  cores = 4\n  engine mpu { count = 1 }\n'
+                 '  instr extra(float(8) X @sram) -> (float(8) Y @acc) engine = vpu occupancy = 1 latency = 1'
+                 ' { Y(i) = X(i) }\n}\n')
+    v = hw_models.load(str(f))
+    nnp = hw_models.load("sim-nnp")
+    assert v.cores == 4 and v.engine("mpu").count == 1 and v.window == nnp.window and v.main == nnp.main
+    assert [i.name for i in v.instrs] == [i.name for i in nnp.instrs] + ["extra"]
+
+
+def test_deriving_from_an_unknown_or_own_target_is_a_located_error(tmp_path):
+    f = tmp_path / "bad.hw"
+    f.write_text('target "bad" : "no-such-chip" {\n  cores = 2\n}\n')
+    with pytest.raises(IsamapError, match="cannot derive from 'no-such-chip'") as e:
+        hw_models.load(str(f))
+    assert e.value.span is not None and e.value.span.line == 1
+    g = tmp_path / "loop.hw"
+    g.write_text('target "loop" : "loop.hw" {\n  cores = 2\n}\n')
+    with pytest.raises(IsamapError, match="derives from itself"):
+        hw_models.load(str(g))
