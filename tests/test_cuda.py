@@ -136,3 +136,24 @@ def test_tiled_variants_compile(tmp_path):
     r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "v.o"), "-gencode", "arch=compute_90,code=sm_90", str(cu)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 9000), n=st.integers(1, 9000), k=st.integers(1, 600000), batch=st.integers(1, 8),
+       tc=st.booleans(), target=st.sampled_from(["cuda", "cuda-h100"]))
+def test_every_tiling_the_model_picks_is_launchable(m, n, k, batch, tc, target):
+    """Whatever the shape: the blocks tile the output, the splits cover the reduction in
+    BK-aligned chunks (so 16-byte copies stay aligned), and the block fits the SM."""
+    from schedulers.gpu_tiles import choose
+    t = hw_models.load(target)
+    tl = choose(t, m, n, k, batch, 2 if tc else 4, tc, True, 1024.0 if tc else 128.0)
+    assert tl.tensor_cores == tc and tl.bm % tl.wm == 0 and tl.bn % tl.wn == 0
+    assert 1 <= tl.threads <= 1024
+    assert tl.smem_bytes(2 if tc else 4) <= t.memory("smem").capacity
+    kc = -(-(-(-k // tl.splits)) // tl.bk) * tl.bk
+    assert kc % tl.bk == 0 and kc * tl.splits >= k and (tl.splits - 1) * kc < k  # no split is empty
+    assert batch * tl.splits <= 65535  # gridDim.z

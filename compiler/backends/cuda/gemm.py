@@ -52,6 +52,12 @@ class GemmPlan:
         lo, hi = self.dom[v]
         return hi - lo
 
+    def grid(self) -> tuple[int, int, int]:
+        """Blocks along m, n and (batch x splits)."""
+        tl = self.tiling
+        return (-(-self.extent(self.row) // tl.bm), -(-self.extent(self.col) // tl.bn),
+                prod(self.extent(v) for v in self.batch) * tl.splits)
+
     @property
     def a_kmajor(self) -> bool:
         return self.strides[self.a][self.red] == 1
@@ -250,7 +256,7 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         int r = m0 + tm + i, c = n0 + tn + j;
         if (r < {M} && c < {N}) {g.prefix}s{si}_store({args}, r, c, zb, acc[i][j]);
     }}"""
-    mt, ntl = -(-M // tl.bm), -(-N // tl.bn)
+    mt, ntl, _ = p.grid()
     src = store + f"""__global__ void __launch_bounds__({tl.threads}) {g.prefix}s{si}({params}) {{
     extern __shared__ __align__(16) unsigned char isamap_smem[];
     using Tile = {tile};

@@ -199,7 +199,7 @@ class _Gen:
         lhs, red = list(s.indices), list(s.reduction_vars)
         exts = [dom[v][1] - dom[v][0] for v in lhs]
         total = prod(exts)
-        body = [f"    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+        body = ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
                 f"    if (t >= {total}LL) return;"]
         for v, e in reversed(list(zip(lhs, exts))):
             body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
@@ -240,7 +240,9 @@ def plans(k: Kernel, b: Bound, t=None) -> dict:
     for si in range(len(k.stmts)):
         p = recognise(k, b, t, si, ms)
         if p is not None:
-            out[si] = with_tiling(replace(p, epilogue=tuple(epilogue(k, b, p))), t)
+            p = with_tiling(replace(p, epilogue=tuple(epilogue(k, b, p))), t)
+            if p.grid()[1] <= 65535 and p.grid()[2] <= 65535:  # CUDA's limits on gridDim.y and .z
+                out[si] = p
     return out
 
 
