@@ -1,5 +1,4 @@
 """TC's own kernels (../shared/data/tc_corpus): accepted, run, or rejected as TC rejects them."""
-import re
 
 import numpy as np
 import pytest
