@@ -8,9 +8,10 @@ from ir.bind import Bound
 from ir.expr import Var
 
 
-def element_strides(b: Bound, acc: dict) -> tuple[dict, dict] | None:
+def element_strides(b: Bound, acc: dict) -> tuple[dict, dict, dict] | None:
     """For ``{tensor: [index expressions]}``: ({tensor: {var: element stride}}, {tensor: constant
-    element offset}) of row-major storage, or None unless every index is a distinct plain variable."""
+    element offset}, {tensor: set of vars it is indexed by}) of row-major storage, or None unless
+    every index is a distinct plain variable."""
     strides, base = {}, {}
     for name, idx in acc.items():
         shape, mins = b.shapes[name], b.mins[name]
@@ -23,4 +24,4 @@ def element_strides(b: Bound, acc: dict) -> tuple[dict, dict] | None:
             vs[x.name] = st[d]
             off -= mins[d] * st[d]
         strides[name], base[name] = vs, off
-    return strides, base
+    return strides, base, {name: set(vs) for name, vs in strides.items()}

@@ -122,8 +122,7 @@ def recognise(k: Kernel, b: Bound, t, si: int, mappings) -> GemmPlan | None:
     found = element_strides(b, acc)
     if found is None:
         return None
-    strides, base = found
-    uses = {name: set(vs) for name, vs in strides.items()}
+    strides, base, uses = found
     dom = b.domain(si)
     c, a, bt = s.tensor, xa.tensor, xb.tensor
     rows = [v for v in s.indices if v in uses[a] and v not in uses[bt]]

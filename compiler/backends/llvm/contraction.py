@@ -337,8 +337,7 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
     found = element_strides(b, acc)
     if found is None:
         return None
-    strides, base = found
-    uses = {name: set(vs) for name, vs in strides.items()}
+    strides, base, uses = found
     dom = b.domain(si)
     allv = set(dom)
     if uses[c] | uses[a] | uses[bt] != allv:
