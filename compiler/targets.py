@@ -177,9 +177,7 @@ class _TargetChecker:
         _DERIVING.add(resolved)
         try:
             return hw_models.load(str(resolved))
-        except IsamapError as e:
-            if "derives from itself" in e.message:
-                raise
+        except IsamapError as e:  # an error in the base (a cycle through it too), located at this reference
             raise IsamapError(f"cannot derive from '{ref}': {e.message}", self.sp(tok)) from None
         finally:
             _DERIVING.discard(resolved)

@@ -73,10 +73,10 @@ def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: b
            macs_per_cycle: float) -> GpuTiling:
     """The predicted-fastest tiling of an (m x k) by (k x n) product, ``batch`` times."""
     cores = max(1, t.cores)
-    smem = next((x for x in t.memories if x.name == "smem"), None)
+    mems = {x.name: x for x in t.memories}
+    smem = mems.get("smem")
     cap = smem.capacity if smem is not None else 48 * 1024
     port = max((i.port or 0) for i in t.copy_instrs) or 64.0
-    mems = {x.name: x for x in t.memories}
     smem_bw = smem.bandwidth if smem is not None and smem.bandwidth else 128.0
     l2_bw = mems["l2"].bandwidth if "l2" in mems and mems["l2"].bandwidth else cores * port
     main_bw = mems[t.main].bandwidth if t.main in mems and mems[t.main].bandwidth else l2_bw

@@ -15,8 +15,6 @@ import random
 import time
 from dataclasses import asdict, replace
 
-import numpy as np
-
 from ir.bind import Bound
 from ir.kernel import Kernel
 from ir.target import Target
@@ -79,16 +77,22 @@ def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Sched
     return replace(sched, host=host, strategy="tuned")
 
 
-def measure(k: Kernel, b: Bound, t: Target, sched: Schedule, arrays, want, repeats: int = 5) -> float:
-    """Median seconds of one call of the build ``sched`` describes; raises if its result is wrong."""
+def checked_build(k: Kernel, b: Bound, t: Target, sched: Schedule, arrays, want):
+    """The build ``sched`` describes, as a function of no arguments running it on ``arrays``;
+    raises if its result is wrong."""
     from compiler.backends.llvm import compile_cpu
-    from compiler.bench.gemm import _timed_sides
     from compiler.checking import compare
     nk = compile_cpu(k, b, t, threads=sched.threads or None, blockings=sched.blockings())
     ok, err, per = compare(nk(arrays), want)
     if not ok:
         raise AssertionError(f"wrong result (max abs error {err:.3g}): {per}")
-    return _timed_sides({"ours": lambda: nk(arrays)}, repeats, rounds=1)["ours"][0]
+    return lambda: nk(arrays)
+
+
+def measure(k: Kernel, b: Bound, t: Target, sched: Schedule, arrays, want, repeats: int = 5) -> float:
+    """Median seconds of one call of the build ``sched`` describes; raises if its result is wrong."""
+    from compiler.bench.gemm import _timed_sides
+    return _timed_sides({"ours": checked_build(k, b, t, sched, arrays, want)}, repeats, rounds=1)["ours"][0]
 
 
 def tune_host(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, progress: bool = True,
@@ -150,13 +154,11 @@ def tune_host(k: Kernel, b: Bound, t: Target, trials: int = 16, db=None, progres
     default_c = None
     if best_s.to_json() != default.to_json():
         # timings drift on a shared machine: the winner and the default meet again head to
-        # head, alternating, and the ratio reported is of those medians
-        rounds = {best_s.to_json(): [], default.to_json(): []}
-        for _ in range(3):
-            for s_ in (best_s, default):
-                sec = measure(k, b, t, s_, arrays, want, repeats)
-                rounds[s_.to_json()].append(sec)
-        best_c, default_c = (float(np.median(rounds[x.to_json()])) for x in (best_s, default))
+        # head in alternating rounds, and the ratio reported is of those medians
+        from compiler.bench.gemm import ROUNDS, _timed_sides
+        timed = _timed_sides({"best": checked_build(k, b, t, best_s, arrays, want),
+                              "default": checked_build(k, b, t, default, arrays, want)}, ROUNDS * repeats)
+        best_c, default_c = timed["best"][0], timed["default"][0]
         if default_c <= best_c:
             best_s, best_c = default, default_c
     if db is not None:  # the outcome, which the database ranks above single search timings

@@ -29,7 +29,7 @@ from compiler.backends.cuda import cuda_source  # noqa: E402
 from compiler.backends.cuda.gemm import with_tiling  # noqa: E402
 from compiler.backends.cuda.runtime import CudaKernel, compile_source  # noqa: E402
 from compiler.backends.cuda.scalar import plans  # noqa: E402
-from compiler.bench.gemm import gemm_source  # noqa: E402
+from compiler.bench.gemm import gemm_operands, gemm_source  # noqa: E402
 from ir.bind import bind  # noqa: E402
 from schedulers.gpu_tiles import TC_SHAPES, GpuTiling  # noqa: E402
 
@@ -39,8 +39,7 @@ NP = {"half": np.float16, "bfloat16": np.float32, "float": np.float32}
 
 
 def operands(rng, it, m, n, k, a_t, b_t):
-    A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(NP[it])
-    B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(NP[it])
+    A, B = gemm_operands(rng, m, n, k, a_t, b_t, NP[it])
     if it == "bfloat16":  # values exactly representable in bfloat16
         A = (A.view(np.uint32) & 0xFFFF0000).view(np.float32)
         B = (B.view(np.uint32) & 0xFFFF0000).view(np.float32)

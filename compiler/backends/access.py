@@ -1,5 +1,6 @@
-"""Element strides of plain-variable tensor accesses (shared by the backends' contraction
-recognisers: both need each operand's stride along every loop variable)."""
+"""What a contraction statement's accesses touch, shared by the backends' contraction
+recognisers and code generators: each operand's element stride along every loop variable,
+and whether the statement writes all of its output."""
 from __future__ import annotations
 
 from math import prod
@@ -25,3 +26,14 @@ def element_strides(b: Bound, acc: dict) -> tuple[dict, dict, dict] | None:
             off -= mins[d] * st[d]
         strides[name], base[name] = vs, off
     return strides, base, {name: set(vs) for name, vs in strides.items()}
+
+
+def covers_output(p, b: Bound) -> bool:
+    """Whether an initialising contraction ``p`` (``stmt``, ``c``, ``init``, ``dom``) writes every
+    element of its output, so the separate identity fill (a whole pass over C) can be skipped:
+    the first write of each element stores instead of accumulating."""
+    if not p.init:
+        return False
+    shape, mins = b.shapes[p.c], b.mins[p.c]
+    idx = b.kernel.stmts[p.stmt].indices
+    return all(p.dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))

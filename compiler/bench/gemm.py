@@ -47,6 +47,13 @@ def gemm_source(in_t: str, acc_t: str, a_t: bool, b_t: bool) -> str:
     return f"def gemm({A}, {B}) -> ({out}) {{\n    C(m, n) +=! {rhs}\n}}\n"
 
 
+def gemm_operands(rng, m: int, n: int, k: int, a_t: bool, b_t: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Random A and B in [-1, 1) for an MxNxK product, stored as the transposition flags say."""
+    A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(dtype)
+    B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(dtype)
+    return A, B
+
+
 def gemm_suite(suite: str, sets: list[str] | None) -> list[tuple]:
     return load_suite(suite, QUICK, "deepbench_gemm.csv",
                       lambda r: (r["set"], int(r["m"]), int(r["n"]), int(r["k"]), r["a_transposed"] == "true",
@@ -138,9 +145,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool) -> list[Row]:
     for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
         row = Row(st, m, n, k, a_t, b_t, precision="float32")
         ck = compiler.build(gemm_source("float", "float", a_t, b_t), target=t.path, sizes=dict(M=m, N=n, K=k))
-        rng = np.random.default_rng(i)
-        A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(np.float32)
-        B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(np.float32)
+        A, B = gemm_operands(np.random.default_rng(i), m, n, k, a_t, b_t, np.float32)
         At, Bt = (A.T if a_t else A), (B.T if b_t else B)
         # the public call `ck(A, B)` (input checks, output allocation) against numpy's `@`: what a user pays
         sides = {"ours": lambda: ck(A, B), "numpy": lambda: At @ Bt}
@@ -233,8 +238,7 @@ def run_cuda_gemm(t, problems, repeats: int, progress: bool, scheduler: str | No
         ck, row.compile_seconds = built[i]
         row.scheduler = ck.report.get("scheduler", "")
         rng = np.random.default_rng(i)
-        A = rng.uniform(-1, 1, (k, m) if a_t else (m, k)).astype(np.float16)
-        B = rng.uniform(-1, 1, (n, k) if b_t else (k, n)).astype(np.float16)
+        A, B = gemm_operands(rng, m, n, k, a_t, b_t, np.float16)
         _, one = ck.gpu({"A": A, "B": B})  # builds, and sizes the timed blocks
         inner = int(min(1000, max(1, CUDA_SECONDS / max(one, 1e-7))))
         out, ts = ck.gpu.time({"A": A, "B": B}, reps=reps, inner=inner)

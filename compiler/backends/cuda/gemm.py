@@ -22,7 +22,7 @@ from ir.kernel import Kernel
 
 from schedulers.gpu_tiles import GpuTiling, choose
 
-from ..access import element_strides
+from ..access import covers_output, element_strides
 
 TILES_CUH = Path(__file__).with_name("tiles.cuh")
 _STORAGE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
@@ -176,14 +176,13 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     si = p.stmt
     T = _STORAGE[p.dtype]
     cdt = k.tensor(p.c).dtype
-    params = ", ".join(g.param(n) for n in g.names)
+    params = g.params()
     args = ", ".join(f"t_{n}" for n in g.names)
     M, N, K = p.extent(p.row), p.extent(p.col), p.extent(p.red)
-    nb = prod(p.extent(v) for v in p.batch)
     splits = tl.splits
     kc = -(-K // splits)
     kc = -(-kc // tl.bk) * tl.bk
-    mode = "atomic" if splits > 1 else ("set" if p.init and _covers(p, b) else "add")
+    mode = "atomic" if splits > 1 else ("set" if covers_output(p, b) else "add")
     lines = [f"__device__ __forceinline__ void {g.prefix}s{si}_store({params}, int row, int col, long long z, float v) {{",
              f"    int {p.row} = row + ({p.dom[p.row][0]}); int {p.col} = col + ({p.dom[p.col][0]});"]
     for v in reversed(p.batch):
@@ -255,11 +254,11 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         int r = m0 + tm + i, c = n0 + tn + j;
         if (r < {M} && c < {N}) {g.prefix}s{si}_store({args}, r, c, zb, acc[i][j]);
     }}"""
-    mt, ntl, _ = p.grid()
+    mt, ntl, nz = p.grid()
     src = store + f"""__global__ void __launch_bounds__({tl.threads}) {g.prefix}s{si}({params}) {{
     extern __shared__ __align__(16) unsigned char isamap_smem[];
     using Tile = {tile};
-    static_assert({"Tile::SMEM" if tc else "Tile::SMEM"} == {smem}, "shared-memory size of the launch");
+    static_assert(Tile::SMEM == {smem}, "shared-memory size of the launch");
     const long long zb = blockIdx.z / {splits};
     const int split = blockIdx.z % {splits};
 {chr(10).join(batch_code)}
@@ -282,22 +281,13 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         launch += ilaunch
     launch.append(f"    {{ static bool attr = false; if (!attr) {{ cudaFuncSetAttribute({g.prefix}s{si}, "
                   f"cudaFuncAttributeMaxDynamicSharedMemorySize, {smem}); attr = true; }} }}")
-    launch.append(f"    {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nb * splits}), {tl.threads}, {smem}>>>({g.dargs()});")
+    launch.append(f"    {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nz}), {tl.threads}, {smem}>>>({g.dargs()});")
     return src, launch, smem
-
-
 
 def _ld(p: GemmPlan, name: str, own: str) -> int:
     """Element distance between consecutive rows of the operand's (own x red) matrix as stored."""
     st = p.strides[name]
     return st[own] if st[p.red] == 1 else st[p.red]
-
-
-def _covers(p: GemmPlan, b: Bound) -> bool:
-    """Whether the statement's domain covers every element of C (no separate identity fill)."""
-    s = b.kernel.stmts[p.stmt]
-    shape, mins = b.shapes[p.c], b.mins[p.c]
-    return all(p.dom[v] == (m, m + e) for v, m, e in zip(s.indices, mins, shape))
 
 
 def _b(x: bool) -> str:

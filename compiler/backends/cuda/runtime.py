@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ir.dtypes import round_bf16
 from ir.errors import IsamapError
 
 ARCHS = ("80", "90")
@@ -140,9 +141,7 @@ def _holding(d):
 
 def to_device_layout(x, d) -> np.ndarray:
     if d.name == "bfloat16":  # float32 holding -> bfloat16 bits, rounded to nearest even
-        u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-        r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-        return np.where(np.isnan(x), np.uint16(0x7FC0), r) if np.isnan(x).any() else r
+        return (round_bf16(x).view(np.uint32) >> 16).astype(np.uint16)
     return np.ascontiguousarray(x, dtype=_holding(d))
 
 

@@ -163,6 +163,10 @@ class _Gen:
             return f"isamap_bf16({out})" if e.dtype == BFLOAT16 else out
         raise IsamapError(f"cannot generate CUDA for {type(e).__name__}", e.span)
 
+    def params(self) -> str:
+        """The kernel parameter list: every tensor, inputs first."""
+        return ", ".join(self.param(n) for n in self.names)
+
     def dargs(self) -> str:
         """The launch arguments: the device buffers ``d[i]`` cast to the parameters' types."""
         return ", ".join(f"({self.param(n).split('*')[0].strip()}*)d[{i}]" for i, n in enumerate(self.names))
@@ -172,7 +176,7 @@ class _Gen:
         from ir.interp import identity
         s = self.k.stmts[si]
         dt = self.k.tensor(s.tensor).dtype
-        params = ", ".join(self.param(n) for n in self.names)
+        params = self.params()
         n = prod(self.b.shapes[s.tensor])
         ident = identity(s.op, dt)
         lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
@@ -190,7 +194,7 @@ class _Gen:
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
-        params = ", ".join(self.param(n) for n in self.names)
+        params = self.params()
         src, launch = [], []
         if s.init:
             isrc, ilaunch = self.init_kernel(si)

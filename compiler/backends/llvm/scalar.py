@@ -28,6 +28,7 @@ from ir.kernel import Kernel
 
 from .contraction import Contraction, counted_loop, recognise
 from .contraction import emit as emit_contraction
+from ..access import covers_output
 from ..fusion import epilogue
 
 I64 = L.IntType(64)
@@ -699,16 +700,6 @@ def _holding(d: DType):
     if d == BOOL:
         return np.uint8
     return d.np
-
-
-def covers_output(p: Contraction, b: Bound) -> bool:
-    """Whether an initialising contraction writes every element of its output in its first K
-    block, so the separate identity fill (a whole pass over C) can be skipped."""
-    if not p.init:
-        return False
-    shape, mins = b.shapes[p.c], b.mins[p.c]
-    idx = b.kernel.stmts[p.stmt].indices
-    return all(p.dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))
 
 
 def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool = True,
