@@ -110,15 +110,30 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
         step = max(step, compute_step + load_lat + moving)
     else:
         step = max(step, (load_lat + compute_step) / (d + 1))
-    # in-order window: the instruction W places after a load waits for it; with loads spread
-    # among the compute of a step, each costs about its latency / W of stall (fitted on the
-    # simulator: additive to the compute time)
+    # in-order window: an instruction cannot issue before the one W places earlier has
+    # completed, so the W instructions after a load must span its latency.  Loads farther
+    # apart than W stall independently (latency minus the time W instructions take at the
+    # unconstrained pace); denser ones chain, each W (plus part of the gap to the next load)
+    # instructions costing a load latency.  The 3/4 is fitted on the simulator (quick GEMM
+    # suite on sim-gemmini and sim-nnp: chosen schedules within 6%)
     load_instrs = (instrs - step_blocks * S) / S
-    window_step = compute_step + load_instrs * load_lat / target.window
+    n_step = instrs / S
+    free = max([v / S for v in busy.values()] + [hbm / S])
+    W = target.window
+    if load_instrs <= 0:
+        window_step = compute_step
+    elif n_step / load_instrs >= W:
+        window_step = free + load_instrs * max(0.0, load_lat - W * free / n_step)
+    else:
+        window_step = max(free, n_step * load_lat / (W + 0.75 * n_step / load_instrs))
     step = max(step, window_step)
     cycles = S * step + fill + drain
+    # what the window would cost if every load stalled it for its latency / W: loads issued in
+    # bursts (all of a tile at its first use) come closer to this than the even spacing above
+    pressure = S * load_instrs * load_lat / W
     return {"cycles": cycles, "step": step, "steps": S, "busy": busy, "main_bytes": main_bytes,
-            "hbm_cycles": hbm, "fill": fill, "drain": drain, "window_step": window_step}
+            "hbm_cycles": hbm, "fill": fill, "drain": drain, "window_step": window_step,
+            "pressure": pressure}
 
 
 def schedule_cost(target: Target, nests: list[Nest], schedules: list[NestSchedule]) -> dict:

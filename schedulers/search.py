@@ -67,6 +67,9 @@ def core_grids(target: Target, nest: Nest) -> list[tuple]:
     return grids
 
 
+TIE = 0.01  # modeled cycles this close count as a tie
+
+
 def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
               keep: list | None = None) -> tuple[NestSchedule, dict]:
     """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of all fitting ones."""
@@ -76,6 +79,7 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
     evaluated = 0
+    costed: list = []
     for split in splits:
         caps = {a.name: -(-a.blocks // dict(split).get(a.name, 1)) for a in nest.axes}
         choices = [_tile_choices(caps[a.name], full) for a in tunable]
@@ -90,12 +94,17 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                 if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)
+                costed.append((c, ns))
                 if keep is not None:
                     keep.append((c["cycles"], ns))
                 if best_cost is None or c["cycles"] < best_cost["cycles"]:
                     best, best_cost = ns, c
     if best_cost is None:
         nothing_fits(target, nest)
+    # near-ties (within the model's error) go to the schedule that stresses the window least
+    near = [(c, ns) for c, ns in costed if c["cycles"] <= best_cost["cycles"] * (1 + TIE)]
+    if near:
+        best_cost, best = min(near, key=lambda x: (x[0]["pressure"], x[0]["cycles"]))
     return best, best_cost
 
 

@@ -245,17 +245,15 @@ def _model_error(target, shape):
 @pytest.mark.parametrize("shape", [(1760, 16, 1760), (2048, 32, 2048), (512, 8, 500)])
 def test_analytical_model_within_10_percent_of_the_simulator_on_deepbench_gemms(shape):
     """The raw model (not the verified finalists' simulated cycles) of the chosen schedule; the
-    rest of the quick suite is in the slow test below (measured: -1.2% .. +2.1% on sim-nnp)."""
+    rest of the quick suite is in the slow test below."""
     assert abs(_model_error("sim-nnp", shape)) <= 0.10
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target,shape,bound", [
-    ("sim-nnp", (1760, 128, 1760), 0.10), ("sim-nnp", (2560, 64, 2560), 0.10), ("sim-nnp", (5124, 16, 2048), 0.10),
-    # sim-gemmini: within 10% but for the DMA-bound N <= 16 shapes, where the model's window term
-    # overestimates (+10..+22% measured; 512x8x500's chosen schedule issues the most loads per step)
-    ("sim-gemmini", (1760, 128, 1760), 0.10), ("sim-gemmini", (2048, 32, 2048), 0.10),
-    ("sim-gemmini", (2560, 64, 2560), 0.10), ("sim-gemmini", (5124, 16, 2048), 0.15),
-    ("sim-gemmini", (1760, 16, 1760), 0.15), ("sim-gemmini", (512, 8, 500), 0.25)])
-def test_analytical_model_on_the_quick_gemm_suite(target, shape, bound):
-    assert abs(_model_error(target, shape)) <= bound
+@pytest.mark.parametrize("target,shape", [
+    ("sim-nnp", (1760, 128, 1760)), ("sim-nnp", (2560, 64, 2560)), ("sim-nnp", (5124, 16, 2048)),
+    ("sim-gemmini", (1760, 128, 1760)), ("sim-gemmini", (2048, 32, 2048)), ("sim-gemmini", (2560, 64, 2560)),
+    ("sim-gemmini", (5124, 16, 2048)), ("sim-gemmini", (1760, 16, 1760)), ("sim-gemmini", (512, 8, 500))])
+def test_analytical_model_on_the_quick_gemm_suite(target, shape):
+    """Measured: sim-nnp -1.2% .. +5.7%, sim-gemmini -3.3% .. +3.6%."""
+    assert abs(_model_error(target, shape)) <= 0.10
