@@ -21,8 +21,9 @@ from ir.loops import Barrier, Buffer, Exec, Imm, Loop, Move, Program, Scratch, S
 from ir.target import Target
 
 from schedulers.base import NestSchedule, Schedule
-from schedulers.space import Candidate, fits, pipeline
+from schedulers.space import Candidate, fits, footprint, pipeline
 
+from .epilogue import Epilogue, plan
 from .nest import Nest
 from .routes import multicast_variant, route_in, route_load_output, route_out
 
@@ -52,8 +53,11 @@ def _ident(name: str) -> str:
 
 
 class _NestLowering:
-    def __init__(self, target: Target, nest: Nest, ns: NestSchedule, tag: str, resident=()):
+    def __init__(self, target: Target, nest: Nest, ns: NestSchedule, tag: str, resident=(),
+                 epilogue: Epilogue | None = None):
         self.t, self.n, self.ns, self.tag = target, nest, ns, tag
+        self.epi = epilogue
+        self.epi_helpers: dict[int, _NestLowering] = {}
         self.resident = set(resident)
         self.buffers: list[Buffer] = []
         self.bufname: dict[str, str] = {}
@@ -178,7 +182,65 @@ class _NestLowering:
             out.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else "",
                             self.pad if incoming else 0.0))
             cur = dst
+            if direction == "out" and self.epi is not None and j == self.epi.hop:
+                ops, cur = self.epilogue_ops(blocks, guards, cur, stage_idx)
+                out += ops
         return out
+
+    # ---------------------------------------------------------------- fused epilogue
+    def epilogue_buffer(self, key: str, op) -> str:
+        """Slots for an epilogue operand (a temporary, a bias block), indexed like the stage."""
+        name = f"epi.{key}"
+        if name not in self.bufname:
+            tile_blocks = prod(self.ns.tile(a) for a in self.n.output.axes)
+            b = Buffer(f"S{self.tag}.{name}", op.memory, op.dtype, op.shape or (1,), 2 * tile_blocks, True, False,
+                       f"S{self.tag}")
+            self.buffers.append(b)
+            self.bufname[name] = b.name
+        return self.bufname[name]
+
+    def epilogue_bytes(self) -> int:
+        """On-chip bytes the epilogue's own slots take (in the epilogue's memory)."""
+        tile_blocks = prod(self.ns.tile(a) for a in self.n.output.axes)
+        keys = {}
+        for cn in self.epi.nests:
+            for o in cn.operands:
+                if o.tensor is not None and o.tensor != self.epi.tensor:
+                    keys[f"{o.tensor}.{o.name}" if not o.tensor.startswith("_S") else o.tensor] = o.op.bytes
+        return 2 * tile_blocks * sum(keys.values())
+
+    def epilogue_ops(self, blocks: dict[str, Expr], guards, slot: Slot, idx: Expr) -> tuple[list, Slot]:
+        """The fused statements' instructions on one output block held in ``slot``."""
+        e = self.epi
+        cur: dict[str, Slot] = {e.tensor: slot}
+        ops = []
+        for cn in e.nests:
+            m = e.axis_map[id(cn)]
+            cblocks = {a.name: blocks[m[a.name]] for a in cn.axes}
+            helper = self.epi_helpers.get(id(cn))
+            if helper is None:
+                ones = NestSchedule(cn.statement, cn.step_index, tuple((a.name, 1) for a in cn.axes),
+                                    tuple(a.name for a in cn.axes), (), 0)
+                helper = self.epi_helpers[id(cn)] = _NestLowering(self.t, cn, ones, f"{self.tag}e")
+            operands, result = [], None
+            for o in cn.operands:
+                if o.tensor is None:
+                    operands.append((o.name, Imm(o.imm)))
+                elif o.is_output:
+                    dst = cur[e.tensor] if o.tensor == e.tensor else Slot(self.epilogue_buffer(o.tensor, o.op), idx)
+                    result = (o.tensor, dst)
+                    operands.append((o.name, dst))
+                elif o.tensor in cur:
+                    operands.append((o.name, cur[o.tensor]))
+                else:  # from main memory, next to the block
+                    dst = Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)
+                    c = route_in(self.t, cn, o)[0]
+                    ops.append(Move(c.name, helper.tile_ref(o, {a: cblocks[a] for a in o.axes}), dst, guards, False,
+                                    cn.statement))
+                    operands.append((o.name, dst))
+            ops.append(Exec(cn.instr.name, tuple(operands), guards, None, (), cn.statement))
+            cur[result[0]] = result[1]
+        return ops, cur[e.tensor]
 
     def transfer(self, o, step: Expr, direction: str, extra_guards=()) -> list:
         """Loops over one tile's blocks with the chain of moves in or out."""
@@ -291,6 +353,22 @@ class _NestLowering:
         return list(body)
 
 
+def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list, resident) -> _NestLowering | None:
+    """The lowering of ``nl``'s nest with the statements after it fused in, when they can be
+    (``compiler.epilogue``) and their on-chip slots fit beside the nest's own."""
+    epi, count = plan(k, target, nl.n, following)
+    if epi is None:
+        return None
+    fused = _NestLowering(target, nl.n, nl.ns, nl.tag, resident, epi)
+    out = nl.n.output
+    if fused.batch(out, fused.route_of(out, "out")) > 1:
+        return None  # blocks stored in batches: the epilogue would need a loop inside the batch
+    need = footprint(target, nl.n, nl.ns).get(epi.memory, 0) + fused.epilogue_bytes()
+    if need > target.memory(epi.memory).capacity:
+        return None
+    return fused
+
+
 def _accesses(ist):
     from ir.expr import Access, walk
     out = [x for x in walk(ist.rhs) if isinstance(x, Access)]
@@ -302,8 +380,13 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
           resident=()) -> Program:
     body, buffers, scratch, notes = [], [], [], []
     seen_scratch = set()
+    fused_into: dict[int, int] = {}
     for si, cs in enumerate(cands):
         c = cs[schedule.mappings[si]]
+        if si in fused_into:
+            notes.append(f"S{si}: {c.mapping.describe()}; fused into S{fused_into[si]}: runs on each of its output "
+                         f"blocks on chip")
+            continue
         notes.append(f"S{si}: {c.mapping.describe()}")
         for nest in c.nests:
             for t in nest.temps:
@@ -315,6 +398,12 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             if why:
                 raise IsamapError(f"schedule does not fit {target.name}: {why}", k.stmts[si].span)
             nl = _NestLowering(target, nest, ns, f"{si}_{nest.step_index}", resident)
+            if schedule.fuse and nest is c.nests[-1]:
+                nl = _with_epilogue(k, target, nl, [cs2[schedule.mappings[sj]].nests for sj, cs2 in
+                                                    enumerate(cands) if sj > si], resident) or nl
+                if nl.epi is not None:
+                    n_fused = len({n.statement for n in nl.epi.nests})
+                    fused_into.update({sj: si for sj in range(si + 1, si + 1 + n_fused)})
             body += nl.lower()
             body.append(Barrier(si))
             buffers += nl.buffers

@@ -56,6 +56,9 @@ class Schedule:
     # as sorted (parameter, value) pairs, and the thread count (0: one per core)
     host: tuple[tuple[int, tuple[tuple[str, object], ...]], ...] = ()
     threads: int = 0
+    # accelerator targets: run elementwise statements that update a producer's output in place
+    # on its output blocks while they are on chip (compiler.epilogue), wherever that is legal
+    fuse: bool = True
 
     def blockings(self) -> dict[int, dict]:
         return {si: dict(items) for si, items in self.host}
@@ -78,7 +81,8 @@ class Schedule:
                       for n in d["nests"])
         host = tuple((int(si), tuple(tuple(kv) for kv in items)) for si, items in d.get("host", ()))
         return Schedule(d["kernel"], d["target"], tuple(tuple(s) for s in d["sizes"]), d["strategy"],
-                        tuple(d["mappings"]), nests, d.get("predicted", {}), host, d.get("threads", 0))
+                        tuple(d["mappings"]), nests, d.get("predicted", {}), host, d.get("threads", 0),
+                        d.get("fuse", True))
 
     def describe(self) -> str:
         lines = [f"# schedule of {self.kernel} on {self.target} ({self.strategy})"]
@@ -92,6 +96,8 @@ class Schedule:
             lines.append(f"S{si}: blocking " + " ".join(f"{k}={v}" for k, v in items))
         if self.threads:
             lines.append(f"threads {self.threads}")
+        if not self.fuse:
+            lines.append("no fusion")
         for k, v in self.predicted.items():
             lines.append(f"# predicted {k}: {v}")
         return "\n".join(lines) + "\n"

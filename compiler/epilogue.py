@@ -1,0 +1,129 @@
+"""Fusion of elementwise statements into their producer's loop nest (accelerator targets).
+
+TC writes a layer's epilogue as statements that update the producer's tensor in place::
+
+    O(b, n) +=! I(b, k) * W(k, n)
+    O(b, n) = fmax(O(b, n) + Bias(n), 0)
+
+Run separately, the second statement reads every block of O back from main memory
+and writes it again (through a scratch tensor for each intermediate).  Fused, its
+instructions run on each output block of the first while the block is on chip: after
+the hop of the output route that lands in the memory the epilogue's instructions read
+(e.g. accumulator -> SRAM), before the store to main memory.  Other operands of the
+epilogue (the bias) are loaded next to the block.
+
+A statement is fused when everything about it is per output block: it assigns (`=`)
+the producer's tensor at the producer's indices, reads that tensor only at the same
+indices, its instructions take the tensor's block in the memory, element type and
+shape (same orientation) of an intermediate hop of the producer's output route, and
+its other operands come from main memory in one copy each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ir.expr import Var
+from ir.kernel import Kernel
+from ir.target import Target
+
+from .nest import Nest
+from .routes import route_in, route_out
+
+
+@dataclass
+class Epilogue:
+    """The consumer nests run on each output block of a producer nest."""
+
+    tensor: str  # the producer's output, updated in place
+    nests: list[Nest]
+    axis_map: dict[int, dict[str, str]]  # id(consumer nest) -> consumer axis -> producer axis
+    hop: int  # the epilogue runs after this hop of the producer's output route
+    memory: str
+
+
+def _operand_dims(nest: Nest, opname: str) -> list[str | None]:
+    """The nest axis bound to each index of an instruction operand (None: not bound)."""
+    from ir.expr import Access, walk
+    ist = nest.instr.body.stmts[0]
+    acc = [x for x in walk(ist.rhs) if isinstance(x, Access)] + [Access(ist.tensor, tuple(Var(v) for v in ist.indices))]
+    inner = {x.tensor: x for x in acc}[opname]
+    out = []
+    for x in inner.indices:
+        ax = next((a for a in nest.axes if isinstance(x, Var) and a.instr_var == x.name), None)
+        out.append(ax.name if ax is not None else None)
+    return out
+
+
+def _identity_reads(k: Kernel, si: int, tensor: str) -> bool:
+    from ir.expr import Access, walk
+    s = k.stmts[si]
+    want = list(s.indices)
+    return all([i.name if isinstance(i, Var) else None for i in x.indices] == want
+               for x in walk(s.rhs) if isinstance(x, Access) and x.tensor == tensor)
+
+
+def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]]) -> tuple[Epilogue | None, int]:
+    """The longest run of the given following statements (each as its nests) that fuses into
+    ``producer``, the root nest of its statement; returns the epilogue and how many fused."""
+    s = k.stmts[producer.statement]
+    out = producer.output
+    if out.tensor != s.tensor or any(a.reduction for a in producer.axes if a.name in out.axes) or out.gather:
+        return None, 0
+    route = route_out(target, producer, out)
+    prod_dims = _operand_dims(producer, out.name)
+    hops = [(j, c.outputs[0]) for j, c in enumerate(route[:-1])]
+    if not hops:
+        return None, 0
+    var_axis = {a.vars[0]: a for a in producer.axes if len(a.vars) == 1}
+    fused: list[Nest] = []
+    amap: dict[int, dict[str, str]] = {}
+    chosen = None
+    count = 0
+    for nests in consumers:
+        si = nests[0].statement
+        c = k.stmts[si]
+        if c.tensor != s.tensor or c.op != "=" or c.init or len(c.indices) != len(s.indices) \
+                or c.where or c.exists or not _identity_reads(k, si, s.tensor):
+            break
+        pos = {v: s.indices[p] for p, v in enumerate(c.indices)}  # consumer var -> producer var
+        ok = True
+        maps = {}
+        for n in nests:
+            m = {}
+            for a in n.axes:
+                pa = var_axis.get(pos.get(a.vars[0], ""), None) if len(a.vars) == 1 else None
+                if a.reduction or pa is None or (pa.unit, pa.blocks, pa.lows, pa.extents) != \
+                        (a.unit, a.blocks, a.lows, a.extents) or (pa.instr_var is None) != (a.instr_var is None):
+                    ok = False
+                    break
+                m[a.name] = pa.name
+            if not ok:
+                break
+            for o in n.operands:
+                if o.tensor is None:
+                    continue
+                on_chip = o.tensor == s.tensor or o.tensor.startswith(f"_S{si}_")
+                if on_chip:
+                    hop = next((j for j, op in hops if (op.memory, op.dtype, tuple(op.shape)) ==
+                                (o.op.memory, o.op.dtype, tuple(o.op.shape))), None)
+                    if hop is None or (chosen is not None and hop != chosen[0]):
+                        ok = False
+                        break
+                    if o.tensor == s.tensor and [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims:
+                        ok = False  # another orientation of the block
+                        break
+                    chosen = (hop, o.op.memory)
+                elif o.is_output or o.gather or len(route_in(target, n, o)) != 1 or o.op.memory == target.main:
+                    ok = False
+                    break
+            if not ok:
+                break
+            maps[id(n)] = m
+        if not ok or chosen is None:
+            break
+        fused += nests
+        amap.update(maps)
+        count += 1
+    if not count:
+        return None, 0
+    return Epilogue(s.tensor, fused, amap, chosen[0], chosen[1]), count
