@@ -127,3 +127,15 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     if not count:
         return None, 0
     return Epilogue(s.tensor, fused, amap, chosen[0], chosen[1]), count
+
+
+def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, int]:
+    """Statement -> the producer it runs inside, given each statement's nests (the lowering
+    also checks that the epilogue's slots fit; the cost models assume they do)."""
+    out: dict[int, int] = {}
+    for si, nests in enumerate(chosen):
+        if si in out or not nests:
+            continue
+        _, count = plan(k, target, nests[-1], chosen[si + 1:])
+        out.update({sj: si for sj in range(si + 1, si + 1 + count)})
+    return out

@@ -209,19 +209,49 @@ class _NestLowering:
                     keys[f"{o.tensor}.{o.name}" if not o.tensor.startswith("_S") else o.tensor] = o.op.bytes
         return 2 * tile_blocks * sum(keys.values())
 
+    def epilogue_loads(self, step: Expr, extra_guards) -> list:
+        """The epilogue's operands from main memory (a bias) for every block of the step's output
+        tile, issued before the step's compute so their latency hides behind it rather than
+        queueing behind the stores of the blocks before."""
+        e, out = self.epi, self.n.output
+        inner = {a: Var(f"{_ident(a)}_epi{self.tag}") for a in out.axes}
+        blocks = {a: add(self.start(a, step), inner[a]) for a in out.axes}
+        guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in out.axes)
+        lin: Expr = C(0)
+        for a in out.axes:
+            lin = add(mul(lin, C(self.ns.tile(a))), inner[a])
+        idx = add(mul(mod(step, 2), C(prod(self.ns.tile(a) for a in out.axes))), lin)
+        moves = []
+        for cn in e.nests:
+            m = e.axis_map[id(cn)]
+            for o in cn.operands:
+                if o.is_output or o.tensor is None or o.tensor == e.tensor or o.tensor.startswith("_S"):
+                    continue
+                helper = self.epi_helper(cn)
+                dst = Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)
+                c = route_in(self.t, cn, o)[0]
+                moves.append(Move(c.name, helper.tile_ref(o, {a: blocks[m[a]] for a in o.axes}), dst, guards, False,
+                                  cn.statement))
+        body = tuple(moves)
+        for a in reversed(out.axes):
+            body = (Loop(inner[a].name, C(self.ns.tile(a)), body),)
+        return list(body) if moves else []
+
+    def epi_helper(self, cn: Nest) -> "_NestLowering":
+        """A lowering of a fused nest with unit tiles: for the tile references of its operands."""
+        helper = self.epi_helpers.get(id(cn))
+        if helper is None:
+            ones = NestSchedule(cn.statement, cn.step_index, tuple((a.name, 1) for a in cn.axes),
+                                tuple(a.name for a in cn.axes), (), 0)
+            helper = self.epi_helpers[id(cn)] = _NestLowering(self.t, cn, ones, f"{self.tag}e")
+        return helper
+
     def epilogue_ops(self, blocks: dict[str, Expr], guards, slot: Slot, idx: Expr) -> tuple[list, Slot]:
         """The fused statements' instructions on one output block held in ``slot``."""
         e = self.epi
         cur: dict[str, Slot] = {e.tensor: slot}
         ops = []
         for cn in e.nests:
-            m = e.axis_map[id(cn)]
-            cblocks = {a.name: blocks[m[a.name]] for a in cn.axes}
-            helper = self.epi_helpers.get(id(cn))
-            if helper is None:
-                ones = NestSchedule(cn.statement, cn.step_index, tuple((a.name, 1) for a in cn.axes),
-                                    tuple(a.name for a in cn.axes), (), 0)
-                helper = self.epi_helpers[id(cn)] = _NestLowering(self.t, cn, ones, f"{self.tag}e")
             operands, result = [], None
             for o in cn.operands:
                 if o.tensor is None:
@@ -232,12 +262,8 @@ class _NestLowering:
                     operands.append((o.name, dst))
                 elif o.tensor in cur:
                     operands.append((o.name, cur[o.tensor]))
-                else:  # from main memory, next to the block
-                    dst = Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)
-                    c = route_in(self.t, cn, o)[0]
-                    ops.append(Move(c.name, helper.tile_ref(o, {a: cblocks[a] for a in o.axes}), dst, guards, False,
-                                    cn.statement))
-                    operands.append((o.name, dst))
+                else:  # from main memory: loaded at the start of the step (epilogue_loads)
+                    operands.append((o.name, Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)))
             ops.append(Exec(cn.instr.name, tuple(operands), guards, None, (), cn.statement))
             cur[result[0]] = result[1]
         return ops, cur[e.tensor]
@@ -303,6 +329,8 @@ class _NestLowering:
         every_out = pl.inner[out.name]
         if n.load_output:
             body += self.transfer(out, s, "load_out", when_step(s, every_out))
+        if self.epi is not None:
+            body += self.epilogue_loads(s, when_step(s, every_out, every_out - 1))
         body += self.compute(s, prefetch)
         body += self.transfer(out, s, "out", when_step(s, every_out, every_out - 1))
         top = pro + [Loop(s.name, C(S), tuple(body))]

@@ -8,6 +8,7 @@ from ir.bind import Bound
 from ir.kernel import Kernel
 from ir.target import Target
 
+from compiler.epilogue import fused_statements
 from compiler.nest import Nest
 
 from .base import NestSchedule, Schedule, register
@@ -128,7 +129,7 @@ class _Search:
     def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
         per_stmt = candidates(kernel, bound, target)
         self._kept.clear()
-        mappings, chosen, total = [], [], 0.0
+        mappings, chosen, cycles = [], [], []
         for cands in per_stmt:
             options = []
             for i, c in enumerate(cands):
@@ -138,7 +139,11 @@ class _Search:
             cyc, i, scheds = min(options, key=lambda o: (o[0], o[1]))
             mappings.append(i)
             chosen += scheds
-            total += cyc
+            cycles.append(cyc)
+        # statements fused into their producer run on its blocks on chip: their own nests' main-memory
+        # round trips are gone (their vector work overlaps the producer's pipeline)
+        fused = fused_statements(kernel, target, [cs[m].nests for cs, m in zip(per_stmt, mappings)])
+        total = sum(c for si, c in enumerate(cycles) if si not in fused)
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
                          tuple(chosen), {"cycles": round(total)})
         return [self.verify(kernel, bound, target, per_stmt, sched)]
@@ -148,14 +153,21 @@ class _Search:
 
         The analytical model ranks thousands of schedules in milliseconds but can be off by
         tens of percent; timing the few best on the backend makes the choice never worse than
-        the library heuristic in measured cycles."""
-        nests = [n for si, cs in enumerate(per_stmt) for n in cs[sched.mappings[si]].nests]
+        the library heuristic in measured cycles.  Statements fused into their producer (an
+        mlp's bias and activation) do not count as nests of their own."""
+        chosen = [cs[sched.mappings[si]].nests for si, cs in enumerate(per_stmt)]
+        fused = fused_statements(kernel, target, chosen) if sched.fuse else {}
+        nests = [n for si, ns in enumerate(chosen) if si not in fused for n in ns]
         if len(nests) != 1 or nests[0].executions > VERIFY_INSTRUCTIONS:
             return sched
         from dataclasses import replace
 
         from .tune import measure
         nest = nests[0]
+        others = [n for n in sched.nests if (n.statement, n.step) != (nest.statement, nest.step_index)]
+
+        def with_nest(ns: NestSchedule) -> Schedule:
+            return replace(sched, nests=tuple(sorted(others + [ns], key=lambda n: (n.statement, n.step))))
         keep = self._kept.get(id(nest))
         if keep is None:
             keep = []
@@ -179,7 +191,7 @@ class _Search:
             finalists.append(v)
         timed = []
         for ns in finalists:
-            cand = replace(sched, nests=(ns,))
+            cand = with_nest(ns)
             timed.append((measure(kernel, bound, target, per_stmt, cand), cand))
         if not timed:
             return sched
@@ -188,7 +200,7 @@ class _Search:
         # issues): time the winner with shorter reduction tiles too
         ns = best.nests[0]
         for alt in _shorter_reductions(target, nest, ns, red):
-            cand = replace(sched, nests=(alt,))
+            cand = with_nest(alt)
             c = measure(kernel, bound, target, per_stmt, cand)
             timed.append((c, cand))
             if c < cyc:

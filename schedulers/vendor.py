@@ -15,6 +15,7 @@ from ir.bind import Bound
 from ir.kernel import Kernel
 from ir.target import Target
 
+from compiler.epilogue import fused_statements
 from compiler.nest import Nest
 
 from .base import NestSchedule, Schedule, register
@@ -92,6 +93,8 @@ class Vendor:
             c = cands[0]
             mappings.append(0)
             nests += [(n, vendor_nest(target, n)) for n in c.nests]
-        cost = schedule_cost(target, [n for n, _ in nests], [s for _, s in nests])
+        fused = fused_statements(kernel, target, [cs[0].nests for cs in per_stmt])
+        costed = [(n, s) for n, s in nests if n.statement not in fused]  # run inside their producer
+        cost = schedule_cost(target, [n for n, _ in costed], [s for _, s in costed])
         return [Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
                          tuple(s for _, s in nests), {"cycles": round(cost["cycles"])})]
