@@ -63,6 +63,38 @@ class CompiledKernel:
                 return p
         return None
 
+    def converted_inputs(self) -> dict[str, str]:
+        """Inputs the program reads through a narrowing conversion (fp32 -> bf16 on the way to a
+        bf16 matrix unit, say): tensor -> the type it is rounded to."""
+        from ir.loops import Loop, Move, Tile
+        out: dict[str, str] = {}
+        if self.program is None:
+            return out
+        t = self.target_ir
+
+        def visit(nodes):
+            for n in nodes:
+                if isinstance(n, Loop):
+                    visit(n.body)
+                elif isinstance(n, Move) and isinstance(n.src, Tile) and self.kernel.is_input(n.src.tensor):
+                    dst = t.instr(n.instr).outputs[0].dtype
+                    src = self.kernel.tensor(n.src.tensor).dtype
+                    if dst.kind == "f" and src.kind == "f" and dst.itemsize < src.itemsize:
+                        out[n.src.tensor] = dst.name
+        visit(self.program.body)
+        return out
+
+    def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The reference interpreter's result on the inputs as the program sees them: tensors it
+        converts to a narrower float (``converted_inputs``) rounded to that type first.  What is
+        left between this and the program is accumulation order, not the chosen precision."""
+        from ir.dtypes import round_bf16
+        rounded = dict(inputs)
+        for name, dt in self.converted_inputs().items():
+            x = np.asarray(inputs[name], dtype=np.float32)
+            rounded[name] = round_bf16(x) if dt == "bfloat16" else x.astype(np.float16).astype(np.float32)
+        return ir.interp.run(self.kernel, rounded, self.sizes)
+
     def _inputs(self, args, kwargs) -> dict[str, np.ndarray]:
         names = self.input_names
         if len(args) > len(names):

@@ -365,6 +365,15 @@ def cmd_run(a) -> int:
     if a.check:
         ref = ir.interp.run(ck.kernel, inputs, ck.sizes)
         ok, err, per = compare(out, ref, ck.precision)
+        conv = ck.converted_inputs()
+        if not ok and conv:
+            # the program rounds these inputs to a narrower type by design (its mapping converts
+            # them): judge it against the reference on the rounded inputs, and say so
+            ok, _, per2 = compare(out, ck.reference(inputs), ck.precision)
+            for name, d in per.items():
+                d["correct"] = per2[name]["correct"]
+                d["max_abs_error_rounded_inputs"] = per2[name]["max_abs_error"]
+            result["rounded_inputs"] = conv
         result.update(correct=ok, max_abs_error=err, outputs=per)
     if a.trace:
         if ck.last is None:
@@ -383,7 +392,13 @@ def cmd_run(a) -> int:
                   f"(roofline {result['roofline_cycles']}, {100 * result['of_roofline']:.1f}% of roofline, "
                   f"utilization {100 * result['utilization']:.1f}%), {result['instructions']} instructions")
         if a.check:
-            print(f"max abs error {result['max_abs_error']:.3g}: {'PASS' if result['correct'] else 'FAIL'}")
+            line = f"max abs error {result['max_abs_error']:.3g}"
+            if "rounded_inputs" in result:
+                worst = max(d.get("max_abs_error_rounded_inputs") or 0.0 for d in result["outputs"].values())
+                line += (f" ({worst:.3g} against the reference on the inputs the program rounds to "
+                         f"{'/'.join(sorted(set(result['rounded_inputs'].values())))}: "
+                         f"{', '.join(result['rounded_inputs'])})")
+            print(f"{line}: {'PASS' if result['correct'] else 'FAIL'}")
     if a.check and not result["correct"]:
         return EXIT_USER
     return 0

@@ -78,3 +78,16 @@ def test_help_and_version(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main([sub, "--help"])
         assert e.value.code == 0
+
+
+def test_check_judges_bf16_programs_on_the_inputs_they_round(capsys):
+    """lstm_cell at B=16, Hd=256 on sim-nnp: the bf16 matrix units' input rounding moves tanh's
+    output by ~0.05 (over the 2% tolerance); against the reference on the rounded inputs the
+    program is exact to fp32 accumulation order, and --check says which inputs it rounded."""
+    code = cli.main(["run", "kernels/lstm_cell.tc", "--target", "sim-nnp", "--sizes", "B=16,I=256,Hd=256",
+                     "--check", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert code == 0 and d["correct"]
+    assert d["rounded_inputs"]["Wg"] == "bfloat16" and "bi" not in d["rounded_inputs"]
+    assert d["outputs"]["GG"]["max_abs_error"] > d["outputs"]["GG"]["tolerance"]  # the exact view, kept
+    assert all(o["max_abs_error_rounded_inputs"] < 1e-4 for o in d["outputs"].values())
