@@ -13,10 +13,14 @@ the hop of the output route that lands in the memory the epilogue's instructions
 epilogue (the bias) are loaded next to the block.
 
 A statement is fused when everything about it is per output block: it assigns (`=`)
-the producer's tensor at the producer's indices, reads that tensor only at the same
-indices, its instructions take the tensor's block in the memory, element type and
-shape (same orientation) of an intermediate hop of the producer's output route, and
-its other operands come from main memory in one copy each.
+the producer's tensor, or another output of the same type, at the producer's indices;
+it reads the tensors the chain holds on chip only at those indices; its instructions
+take those blocks in the memory, element type and shape (same orientation) of an
+intermediate hop of the producer's output route; its other operands come from main
+memory in one copy each (outputs of earlier statements included: a barrier separated
+them).  Every tensor the chain writes is stored once per block, after the epilogue.
+(GRU: `Nc = tanh(XN + R * (HN + bhn))` and `Ho = (1 - Z) * Nc + Z * Hp` both run
+on the blocks of `HN`.)
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class Epilogue:
     axis_map: dict[int, dict[str, str]]  # id(consumer nest) -> consumer axis -> producer axis
     hop: int  # the epilogue runs after this hop of the producer's output route
     memory: str
+    written: list[str]  # the producer's tensor and the fused statements' outputs, each stored once
 
 
 def _operand_dims(nest: Nest, opname: str) -> list[str | None]:
@@ -65,29 +70,36 @@ def _identity_reads(k: Kernel, si: int, tensor: str) -> bool:
 def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]]) -> tuple[Epilogue | None, int]:
     """The longest run of the given following statements (each as its nests) that fuses into
     ``producer``, the root nest of its statement; returns the epilogue and how many fused."""
+    from ir.expr import Access, walk
     s = k.stmts[producer.statement]
     out = producer.output
     if out.tensor != s.tensor or any(a.reduction for a in producer.axes if a.name in out.axes) or out.gather:
         return None, 0
     route = route_out(target, producer, out)
     prod_dims = _operand_dims(producer, out.name)
-    hops = [(j, c.outputs[0]) for j, c in enumerate(route[:-1])]
-    if not hops:
+    if len(route) < 2:
         return None, 0
+    hops = [(len(route) - 2, route[-2].outputs[0])]  # held where the last hop, a store, starts
     var_axis = {a.vars[0]: a for a in producer.axes if len(a.vars) == 1}
+    producer_reads = {x.tensor for x in walk(s.rhs) if isinstance(x, Access)}
     fused: list[Nest] = []
     amap: dict[int, dict[str, str]] = {}
+    written = [s.tensor]  # tensors the chain holds on chip, block by block
+    loaded: set[str] = set()  # tensors the chain reads from main memory
     chosen = None
     count = 0
     for nests in consumers:
         si = nests[0].statement
         c = k.stmts[si]
-        if c.tensor != s.tensor or c.op != "=" or c.init or len(c.indices) != len(s.indices) \
-                or c.where or c.exists or not _identity_reads(k, si, s.tensor):
+        if c.op != "=" or c.init or len(c.indices) != len(s.indices) or c.where or c.exists \
+                or k.is_input(c.tensor) or k.tensor(c.tensor).dtype != k.tensor(s.tensor).dtype \
+                or c.tensor in producer_reads or c.tensor in loaded \
+                or not all(_identity_reads(k, si, w) for w in written):
             break
         pos = {v: s.indices[p] for p, v in enumerate(c.indices)}  # consumer var -> producer var
         ok = True
         maps = {}
+        reads: set[str] = set()
         for n in nests:
             m = {}
             for a in n.axes:
@@ -102,20 +114,20 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             for o in n.operands:
                 if o.tensor is None:
                     continue
-                on_chip = o.tensor == s.tensor or o.tensor.startswith(f"_S{si}_")
+                on_chip = o.tensor in written or o.tensor == c.tensor or o.tensor.startswith(f"_S{si}_")
                 if on_chip:
                     hop = next((j for j, op in hops if (op.memory, op.dtype, tuple(op.shape)) ==
                                 (o.op.memory, o.op.dtype, tuple(o.op.shape))), None)
-                    if hop is None or (chosen is not None and hop != chosen[0]):
-                        ok = False
-                        break
-                    if o.tensor == s.tensor and [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims:
-                        ok = False  # another orientation of the block
+                    if hop is None or (chosen is not None and hop != chosen[0]) or \
+                            [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims:
+                        ok = False  # another memory, type, shape or orientation than the held block
                         break
                     chosen = (hop, o.op.memory)
                 elif o.is_output or o.gather or len(route_in(target, n, o)) != 1 or o.op.memory == target.main:
                     ok = False
                     break
+                else:
+                    reads.add(o.tensor)
             if not ok:
                 break
             maps[id(n)] = m
@@ -123,10 +135,13 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             break
         fused += nests
         amap.update(maps)
+        loaded |= reads
+        if c.tensor not in written:
+            written.append(c.tensor)
         count += 1
     if not count:
         return None, 0
-    return Epilogue(s.tensor, fused, amap, chosen[0], chosen[1]), count
+    return Epilogue(s.tensor, fused, amap, chosen[0], chosen[1], written), count
 
 
 def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, int]:

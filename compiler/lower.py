@@ -183,8 +183,12 @@ class _NestLowering:
                             self.pad if incoming else 0.0))
             cur = dst
             if direction == "out" and self.epi is not None and j == self.epi.hop:
-                ops, cur = self.epilogue_ops(blocks, guards, cur, stage_idx)
+                ops, finals = self.epilogue_ops(blocks, guards, cur, stage_idx)
                 out += ops
+                for held, dst_tile in finals:  # every tensor the chain wrote: the route's last hop, a store
+                    out.append(Move(route[-1].name, held, dst_tile if dst_tile is not None else tile, guards,
+                                    False, n.statement))
+                break
         return out
 
     # ---------------------------------------------------------------- fused epilogue
@@ -205,8 +209,10 @@ class _NestLowering:
         keys = {}
         for cn in self.epi.nests:
             for o in cn.operands:
-                if o.tensor is not None and o.tensor != self.epi.tensor:
-                    keys[f"{o.tensor}.{o.name}" if not o.tensor.startswith("_S") else o.tensor] = o.op.bytes
+                if o.tensor is None or o.tensor == self.epi.tensor:
+                    continue
+                on_chip = o.tensor in self.epi.written or o.tensor.startswith("_S")
+                keys[o.tensor if on_chip else f"{o.tensor}.{o.name}"] = o.op.bytes  # as epilogue_buffer names them
         return 2 * tile_blocks * sum(keys.values())
 
     def epilogue_loads(self, step: Expr, extra_guards) -> list:
@@ -225,7 +231,7 @@ class _NestLowering:
         for cn in e.nests:
             m = e.axis_map[id(cn)]
             for o in cn.operands:
-                if o.is_output or o.tensor is None or o.tensor == e.tensor or o.tensor.startswith("_S"):
+                if o.is_output or o.tensor is None or o.tensor in e.written or o.tensor.startswith("_S"):
                     continue
                 helper = self.epi_helper(cn)
                 dst = Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)
@@ -246,27 +252,33 @@ class _NestLowering:
             helper = self.epi_helpers[id(cn)] = _NestLowering(self.t, cn, ones, f"{self.tag}e")
         return helper
 
-    def epilogue_ops(self, blocks: dict[str, Expr], guards, slot: Slot, idx: Expr) -> tuple[list, Slot]:
-        """The fused statements' instructions on one output block held in ``slot``."""
+    def epilogue_ops(self, blocks: dict[str, Expr], guards, slot: Slot, idx: Expr) -> tuple[list, list]:
+        """The fused statements' instructions on one output block held in ``slot``; returns them
+        and, per tensor the chain writes, the slot holding its block and where it is stored
+        (None: the producer's own tile)."""
         e = self.epi
         cur: dict[str, Slot] = {e.tensor: slot}
+        tiles: dict[str, Tile | None] = {e.tensor: None}
         ops = []
         for cn in e.nests:
             operands, result = [], None
+            m = e.axis_map[id(cn)]
             for o in cn.operands:
                 if o.tensor is None:
                     operands.append((o.name, Imm(o.imm)))
                 elif o.is_output:
-                    dst = cur[e.tensor] if o.tensor == e.tensor else Slot(self.epilogue_buffer(o.tensor, o.op), idx)
+                    dst = cur.get(o.tensor) or Slot(self.epilogue_buffer(o.tensor, o.op), idx)
                     result = (o.tensor, dst)
                     operands.append((o.name, dst))
+                    if o.tensor in e.written and o.tensor not in tiles:
+                        tiles[o.tensor] = self.epi_helper(cn).tile_ref(o, {a: blocks[m[a]] for a in o.axes})
                 elif o.tensor in cur:
                     operands.append((o.name, cur[o.tensor]))
                 else:  # from main memory: loaded at the start of the step (epilogue_loads)
                     operands.append((o.name, Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)))
             ops.append(Exec(cn.instr.name, tuple(operands), guards, None, (), cn.statement))
             cur[result[0]] = result[1]
-        return ops, cur[e.tensor]
+        return ops, [(cur[x], tiles[x]) for x in e.written]
 
     def transfer(self, o, step: Expr, direction: str, extra_guards=()) -> list:
         """Loops over one tile's blocks with the chain of moves in or out."""

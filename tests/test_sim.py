@@ -231,7 +231,7 @@ def test_a_gathering_copy_never_becomes_a_plain_multicast():
 
 
 @pytest.mark.parametrize("name,sizes", [("mlp", dict(B=64, K=96, N=100)), ("mlp", dict(B=1, K=1, N=1)),
-                                        ("gru_cell", dict(B=3, I=37, Hd=41))])
+                                        ("gru_cell", dict(B=3, I=37, Hd=41)), ("gru_step", dict(B=3, Hd=37))])
 def test_elementwise_epilogues_run_on_chip(name, sizes):
     """A statement that updates the producer's output in place (TC's epilogue style) runs on
     each output block before it is stored: one store of the output, no scratch tensor, fewer
@@ -259,6 +259,8 @@ def test_elementwise_epilogues_run_on_chip(name, sizes):
     assert runs["fused"].link_bytes["sram->hbm"] < runs["plain"].link_bytes["sram->hbm"]
     if name == "mlp":  # the output is stored once
         assert runs["fused"].link_bytes["sram->hbm"] == 4 * sizes["B"] * sizes["N"]
+    if name == "gru_step":  # Nc and Ho run on HN's blocks: three GEMM nests, three barriers
+        assert sum(1 for n in ck.program.body if type(n).__name__ == "Barrier") == 3
 
 
 @settings(max_examples=6, deadline=None)
@@ -266,3 +268,22 @@ def test_elementwise_epilogues_run_on_chip(name, sizes):
 def test_fused_epilogue_on_random_sizes(b, k, n, scheduler):
     ck = check("mlp", "sim-nnp", dict(B=b, K=k, N=n), scheduler, seed=b * k + n)
     assert any("fused into S0" in note for note in ck.program.notes)
+
+
+FIRST = ["C(m, n) + b(n)", "fmax(C(m, n), 0)", "C(m, n) * D(m, n)", "sigmoid(C(m, n))", "C(m, n) - D(m, n) * 2"]
+SECOND = ["tanh(C(m, n))", "C(m, n) * D(m, n) + b(n)", "(1 - C(m, n)) * D(m, n)", "C(m, n) / 4"]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(FIRST), st.sampled_from(SECOND), st.integers(1, 70), st.integers(1, 50), st.integers(1, 40))
+def test_random_epilogue_chains_fuse_and_match_the_reference(first, second, m, n, k):
+    """GEMM + an in-place update + a statement writing another output: fused on sim-nnp (the
+    chain runs on the GEMM's blocks on chip) and equal to the reference interpreter."""
+    src = ("def chain(float(M, K) A, float(K, N) B, float(N) b, float(M, N) D) -> (C, E) {\n"
+           f"    C(m, n) +=! A(m, k) * B(k, n)\n    C(m, n) = {first}\n    E(m, n) = {second}\n}}\n")
+    ck = compiler.build(src, target="sim-nnp", sizes=dict(M=m, N=n, K=k))
+    ins = random_inputs(ck.kernel, ck.bound, m + n + k)
+    ok, err, _ = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+    assert ok, (first, second, err)
+    notes = " ".join(ck.program.notes)
+    assert "S1" in notes and notes.count("fused into S0") == 2, notes
