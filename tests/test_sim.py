@@ -266,8 +266,9 @@ def test_elementwise_epilogues_run_on_chip(name, sizes):
 @settings(max_examples=6, deadline=None)
 @given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 70), st.sampled_from(["vendor", "analytical"]))
 def test_fused_epilogue_on_random_sizes(b, k, n, scheduler):
+    """Ours fuses; the vendor baseline runs each statement as its own kernel, like a library."""
     ck = check("mlp", "sim-nnp", dict(B=b, K=k, N=n), scheduler, seed=b * k + n)
-    assert any("fused into S0" in note for note in ck.program.notes)
+    assert any("fused into S0" in note for note in ck.program.notes) == (scheduler == "analytical")
 
 
 FIRST = ["C(m, n) + b(n)", "fmax(C(m, n), 0)", "C(m, n) * D(m, n)", "sigmoid(C(m, n))", "C(m, n) - D(m, n) * 2"]
