@@ -8,6 +8,8 @@ output tile once its reduction is complete.  An operand is (re)loaded only at
 steps where its tile changes, into one of the few slots it keeps in flight.
 Every data movement is a chain of the target's copy instructions
 (``compiler.routes``); an axis split across cores becomes a parallel loop.
+Elementwise statements after a nest that work on its output blocks run inside
+it, on each block before it is stored (``compiler.epilogue``).
 """
 from __future__ import annotations
 
