@@ -365,8 +365,8 @@ def cmd_run(a) -> int:
     if a.check:
         ref = ir.interp.run(ck.kernel, inputs, ck.sizes)
         ok, err, per = compare(out, ref, ck.precision)
-        conv = ck.converted_inputs()
-        if not ok and conv:
+        conv = {} if ok else ck.converted_inputs()
+        if conv:
             # the program rounds these inputs to a narrower type by design (its mapping converts
             # them): judge it against the reference on the rounded inputs, and say so
             ok, _, per2 = compare(out, ck.reference(inputs), ck.precision)

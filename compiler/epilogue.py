@@ -30,6 +30,7 @@ from ir.expr import Var
 from ir.kernel import Kernel
 from ir.target import Target
 
+from .mapping.bind import instr_accesses
 from .nest import Nest
 from .routes import route_in, route_out
 
@@ -45,13 +46,14 @@ class Epilogue:
     memory: str
     written: list[str]  # the producer's tensor and the fused statements' outputs, each stored once
 
+    @property
+    def statements(self) -> list[int]:
+        return sorted({n.statement for n in self.nests})
+
 
 def _operand_dims(nest: Nest, opname: str) -> list[str | None]:
     """The nest axis bound to each index of an instruction operand (None: not bound)."""
-    from ir.expr import Access, walk
-    ist = nest.instr.body.stmts[0]
-    acc = [x for x in walk(ist.rhs) if isinstance(x, Access)] + [Access(ist.tensor, tuple(Var(v) for v in ist.indices))]
-    inner = {x.tensor: x for x in acc}[opname]
+    inner = instr_accesses(nest.instr.body.stmts[0])[opname]
     out = []
     for x in inner.indices:
         ax = next((a for a in nest.axes if isinstance(x, Var) and a.instr_var == x.name), None)
@@ -67,27 +69,25 @@ def _identity_reads(k: Kernel, si: int, tensor: str) -> bool:
                for x in walk(s.rhs) if isinstance(x, Access) and x.tensor == tensor)
 
 
-def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]]) -> tuple[Epilogue | None, int]:
+def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]]) -> Epilogue | None:
     """The longest run of the given following statements (each as its nests) that fuses into
-    ``producer``, the root nest of its statement; returns the epilogue and how many fused."""
+    ``producer``, the root nest of its statement."""
     from ir.expr import Access, walk
     s = k.stmts[producer.statement]
     out = producer.output
     if out.tensor != s.tensor or any(a.reduction for a in producer.axes if a.name in out.axes) or out.gather:
-        return None, 0
+        return None
     route = route_out(target, producer, out)
-    prod_dims = _operand_dims(producer, out.name)
     if len(route) < 2:
-        return None, 0
-    hops = [(len(route) - 2, route[-2].outputs[0])]  # held where the last hop, a store, starts
+        return None
+    held = route[-2].outputs[0]  # where a block is held before the route's last hop, a store
+    prod_dims = _operand_dims(producer, out.name)
     var_axis = {a.vars[0]: a for a in producer.axes if len(a.vars) == 1}
     producer_reads = {x.tensor for x in walk(s.rhs) if isinstance(x, Access)}
     fused: list[Nest] = []
     amap: dict[int, dict[str, str]] = {}
     written = [s.tensor]  # tensors the chain holds on chip, block by block
     loaded: set[str] = set()  # tensors the chain reads from main memory
-    chosen = None
-    count = 0
     for nests in consumers:
         si = nests[0].statement
         c = k.stmts[si]
@@ -116,13 +116,10 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
                     continue
                 on_chip = o.tensor in written or o.tensor == c.tensor or o.tensor.startswith(f"_S{si}_")
                 if on_chip:
-                    hop = next((j for j, op in hops if (op.memory, op.dtype, tuple(op.shape)) ==
-                                (o.op.memory, o.op.dtype, tuple(o.op.shape))), None)
-                    if hop is None or (chosen is not None and hop != chosen[0]) or \
-                            [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims:
+                    if (o.op.memory, o.op.dtype, tuple(o.op.shape)) != (held.memory, held.dtype, tuple(held.shape)) \
+                            or [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims:
                         ok = False  # another memory, type, shape or orientation than the held block
                         break
-                    chosen = (hop, o.op.memory)
                 elif o.is_output or o.gather or len(route_in(target, n, o)) != 1 or o.op.memory == target.main:
                     ok = False
                     break
@@ -131,17 +128,16 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             if not ok:
                 break
             maps[id(n)] = m
-        if not ok or chosen is None:
+        if not ok:
             break
         fused += nests
         amap.update(maps)
         loaded |= reads
         if c.tensor not in written:
             written.append(c.tensor)
-        count += 1
-    if not count:
-        return None, 0
-    return Epilogue(s.tensor, fused, amap, chosen[0], chosen[1], written), count
+    if not fused:
+        return None
+    return Epilogue(s.tensor, fused, amap, len(route) - 2, held.memory, written)
 
 
 def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, int]:
@@ -151,6 +147,6 @@ def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dic
     for si, nests in enumerate(chosen):
         if si in out or not nests:
             continue
-        _, count = plan(k, target, nests[-1], chosen[si + 1:])
-        out.update({sj: si for sj in range(si + 1, si + 1 + count)})
+        epi = plan(k, target, nests[-1], chosen[si + 1:])
+        out.update({sj: si for sj in (epi.statements if epi else ())})
     return out

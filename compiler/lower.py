@@ -26,6 +26,7 @@ from schedulers.base import NestSchedule, Schedule
 from schedulers.space import Candidate, fits, footprint, pipeline
 
 from .epilogue import Epilogue, plan
+from .mapping.bind import instr_accesses
 from .nest import Nest
 from .routes import multicast_variant, route_in, route_load_output, route_out
 
@@ -119,7 +120,7 @@ class _NestLowering:
         return b.name
 
     def tile_ref(self, o, blocks: dict[str, Expr]) -> Tile:
-        inner = {x.tensor: x for x in _accesses(self.n.instr.body.stmts[0])}[o.name]
+        inner = instr_accesses(self.n.instr.body.stmts[0])[o.name]
         dims = []
         for x in inner.indices:
             ax = next((a for a in self.n.axes if a.instr_var == x.name), None)
@@ -150,6 +151,13 @@ class _NestLowering:
             return 1
         return min([c.batch for c in route] + [self.ns.tile(o.axes[-1])])
 
+    def stage_index(self, axes, inner: dict[str, Expr], step: Expr) -> Expr:
+        """A block's slot among staging slots that hold two tiles in flight (by step parity)."""
+        lin: Expr = C(0)
+        for a in axes:
+            lin = add(mul(lin, C(self.ns.tile(a))), inner[a])
+        return add(mul(mod(step, 2), C(prod(self.ns.tile(a) for a in axes))), lin)
+
     def moves(self, o, step: Expr, direction: str, inner: dict[str, Expr], count: int, sub: Var,
               extra_guards=()) -> list:
         """The chain of moves for one block (or ``count`` consecutive blocks) of a tile."""
@@ -162,11 +170,7 @@ class _NestLowering:
             guards += ((inner[last], C(self.ns.tile(last))),)
         slot = Slot(self.bufname[o.name], self.slot_index(o, inner, step))
         tile = self.tile_ref(o, blocks)
-        lin: Expr = C(0)
-        for a in o.axes:
-            lin = add(mul(lin, C(self.ns.tile(a))), inner[a])
-        tile_blocks = prod(self.ns.tile(a) for a in o.axes)
-        stage_idx = add(mul(mod(step, 2), C(tile_blocks)), lin)  # two tiles in flight
+        stage_idx = self.stage_index(o.axes, inner, step)
         incoming = direction in ("in", "load_out")
         cur = tile if incoming else slot
         out = []
@@ -225,10 +229,7 @@ class _NestLowering:
         inner = {a: Var(f"{_ident(a)}_epi{self.tag}") for a in out.axes}
         blocks = {a: add(self.start(a, step), inner[a]) for a in out.axes}
         guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in out.axes)
-        lin: Expr = C(0)
-        for a in out.axes:
-            lin = add(mul(lin, C(self.ns.tile(a))), inner[a])
-        idx = add(mul(mod(step, 2), C(prod(self.ns.tile(a) for a in out.axes))), lin)
+        idx = self.stage_index(out.axes, inner, step)
         moves = []
         for cn in e.nests:
             m = e.axis_map[id(cn)]
@@ -398,7 +399,7 @@ class _NestLowering:
 def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list, resident) -> _NestLowering | None:
     """The lowering of ``nl``'s nest with the statements after it fused in, when they can be
     (``compiler.epilogue``) and their on-chip slots fit beside the nest's own."""
-    epi, count = plan(k, target, nl.n, following)
+    epi = plan(k, target, nl.n, following)
     if epi is None:
         return None
     fused = _NestLowering(target, nl.n, nl.ns, nl.tag, resident, epi)
@@ -409,13 +410,6 @@ def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list
     if need > target.memory(epi.memory).capacity:
         return None
     return fused
-
-
-def _accesses(ist):
-    from ir.expr import Access, walk
-    out = [x for x in walk(ist.rhs) if isinstance(x, Access)]
-    out.append(Access(ist.tensor, tuple(Var(v) for v in ist.indices)))
-    return out
 
 
 def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[list[Candidate]],
@@ -444,8 +438,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                 nl = _with_epilogue(k, target, nl, [cs2[schedule.mappings[sj]].nests for sj, cs2 in
                                                     enumerate(cands) if sj > si], resident) or nl
                 if nl.epi is not None:
-                    n_fused = len({n.statement for n in nl.epi.nests})
-                    fused_into.update({sj: si for sj in range(si + 1, si + 1 + n_fused)})
+                    fused_into.update({sj: si for sj in nl.epi.statements})
             body += nl.lower()
             body.append(Barrier(si))
             buffers += nl.buffers

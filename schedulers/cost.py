@@ -103,7 +103,8 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     mem = target.memory(target.main)
     hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0
     # per step: engines, main memory, latency hidden by prefetching, latency the window can cover
-    step = max([v / S for v in busy.values()] + [hbm / S])
+    free = max([v / S for v in busy.values()] + [hbm / S])  # the step at its busiest resource's pace
+    step = free
     if d == 0:  # one slot per operand: a step's loads wait for the previous step's compute, and its
         # compute for all of its loads (latency plus the whole transfer), one after the other
         moving = max((v / S for e, v in busy.items() if e != nest.instr.engine), default=0.0)
@@ -118,7 +119,6 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     # suite on sim-gemmini and sim-nnp: chosen schedules within 6%)
     load_instrs = (instrs - step_blocks * S) / S
     n_step = instrs / S
-    free = max([v / S for v in busy.values()] + [hbm / S])
     W = target.window
     if load_instrs <= 0:
         window_step = compute_step

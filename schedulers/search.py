@@ -146,18 +146,17 @@ class _Search:
         total = sum(c for si, c in enumerate(cycles) if si not in fused)
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
                          tuple(chosen), {"cycles": round(total)})
-        return [self.verify(kernel, bound, target, per_stmt, sched)]
+        return [self.verify(kernel, bound, target, per_stmt, sched, fused)]
 
-    def verify(self, kernel, bound, target, per_stmt, sched: Schedule) -> Schedule:
+    def verify(self, kernel, bound, target, per_stmt, sched: Schedule, fused: dict[int, int]) -> Schedule:
         """For small single-nest kernels, let the simulator pick among the model's finalists and vendor.
 
         The analytical model ranks thousands of schedules in milliseconds but can be off by
         tens of percent; timing the few best on the backend makes the choice never worse than
         the library heuristic in measured cycles.  Statements fused into their producer (an
-        mlp's bias and activation) do not count as nests of their own."""
-        chosen = [cs[sched.mappings[si]].nests for si, cs in enumerate(per_stmt)]
-        fused = fused_statements(kernel, target, chosen) if sched.fuse else {}
-        nests = [n for si, ns in enumerate(chosen) if si not in fused for n in ns]
+        mlp's bias and activation; ``fused``: statement -> its producer) do not count as nests
+        of their own."""
+        nests = [n for si, cs in enumerate(per_stmt) if si not in fused for n in cs[sched.mappings[si]].nests]
         if len(nests) != 1 or nests[0].executions > VERIFY_INSTRUCTIONS:
             return sched
         from dataclasses import replace

@@ -59,7 +59,7 @@ def _runs(acc: Access) -> list[tuple[str, ...]]:
 
 def candidates(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_expr: Expr):
     """instr var -> list of candidate kernel-var tuples (roles respected)."""
-    inner = _instr_accesses(ist)
+    inner = instr_accesses(ist)
     red_i = set(ist.reduction_vars)
     red_k = set(ctx.stmt.reduction_vars)
     bound = dict(ops)
@@ -95,7 +95,7 @@ def _signature(bound: dict[str, Expr], t: tuple[str, ...]) -> set[str]:
 def explain_empty(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_expr: Expr,
                   cands, budget) -> str | None:
     """Why some instruction var cannot be bound at all (the summary rejection), or None."""
-    inner = _instr_accesses(ist)
+    inner = instr_accesses(ist)
     bound = dict(ops)
     bound[instr.outputs[0].name] = out_expr
     red_i = set(ist.reduction_vars)
@@ -123,7 +123,8 @@ def _name(e: Expr) -> str:
     return e.tensor if isinstance(e, Access) else _show(e)
 
 
-def _instr_accesses(ist: Stmt) -> dict[str, Access]:
+def instr_accesses(ist: Stmt) -> dict[str, Access]:
+    """An instruction body's access of each operand, its output included."""
     from ir.expr import walk
     out = {}
     for n in walk(ist.rhs):
@@ -180,7 +181,7 @@ def assignments(cands: dict[str, list[tuple[str, ...]]], order: list[str], budge
 def check(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_expr: Expr,
           f: dict[str, tuple[str, ...]], temp_dtypes: dict) -> tuple[list[str], list[str]]:
     """Raise Reject, or return (transforms, kernel vars used by the instruction)."""
-    inner = _instr_accesses(ist)
+    inner = instr_accesses(ist)
     bound = dict(ops)
     outname = instr.outputs[0].name
     bound[outname] = out_expr
