@@ -180,9 +180,10 @@ class CompiledKernel:
         with positional arrays of exactly the built shapes and dtypes goes straight to the
         native code (a few microseconds of Python) and does not update ``report``; use
         ``run_all`` for the timed, recorded call."""
-        if self.native is not None and not kwargs and self._exact_args(args):
-            outs = self.native.run(args)
-            return outs[0] if len(outs) == 1 else tuple(outs)
+        if self.native is not None and not kwargs:
+            outs = self.native.exact(args)
+            if outs is not None:
+                return outs[0] if len(outs) == 1 else tuple(outs)
         out = self.run_all(*args, **kwargs)
         vals = [out[n] for n in self.output_names]
         return vals[0] if len(vals) == 1 else tuple(vals)

@@ -115,10 +115,20 @@ def test_exact_inputs_take_the_fast_path_and_others_are_still_checked():
     B = rng.standard_normal((7, 5)).astype(np.float32)
     want = A @ B
     assert ck._exact({"A": A, "B": B}) is not None
+    assert ck.native.exact((A, B)) is not None  # positional, C-contiguous: no copy, no checks beyond these
     np.testing.assert_allclose(ck(A, B), want, rtol=1e-5, atol=1e-5)
     At = np.asfortranarray(A)  # right shape and dtype, not contiguous: copied by the call
     assert ck._exact({"A": At, "B": B}) is not None
+    assert ck.native.exact((At, B)) is None
     np.testing.assert_allclose(ck(At, B), want, rtol=1e-5, atol=1e-5)
+    wide = np.zeros((9, 11), np.float32)
+    wide[:, :7] = A  # a strided view of the right shape
+    assert ck.native.exact((wide[:, :7], B)) is None
+    np.testing.assert_allclose(ck(wide[:, :7], B), want, rtol=1e-5, atol=1e-5)
+    assert ck.native.exact((A,)) is None and ck.native.exact((A, B, B)) is None
+    bf = compiler.build(kernels.path("gemm_bf16"), target="cpu", sizes=dict(M=9, N=5, K=7))
+    assert bf.native.exact((A, B)) is None  # bfloat16 inputs are always rounded by the checked path
+    np.testing.assert_allclose(bf(A, B), want, rtol=2e-2, atol=5e-2)
     A64 = A.astype(np.float64)  # another dtype: converted by the full path
     assert ck._exact({"A": A64, "B": B}) is None
     np.testing.assert_allclose(ck(A64, B), want, rtol=1e-5, atol=1e-5)
@@ -140,7 +150,7 @@ def test_lean_call_matches_run_all_for_every_output():
     ck = compiler.build(kernels.path("mlp"), target="cpu", sizes=sizes_for(compiler.parse(kernels.path("mlp")).kernel(), 7))
     ins = random_inputs(ck.kernel, ck.bound, seed=5)
     args = [ins[n] for n in ck.input_names]
-    assert ck._exact_args(tuple(args))
+    assert ck._exact_args(tuple(args)) and ck.native.exact(tuple(args)) is not None
     lean = ck(*args)
     full = ck.run_all(**ins)
     lean = lean if isinstance(lean, tuple) else (lean,)
