@@ -562,7 +562,7 @@ class NativeKernel:
         env = dict(ndarray=np.ndarray, addr=_address, ptrs=self._ptrs, lock=self._lock)
         nin = len(self.k.inputs)
         xs = [f"x{i}" for i in range(nin)]
-        lines = [f"def fast(args):", f"    if len(args) != {nin}:", "        return None",
+        lines = ["def fast(args):", f"    if len(args) != {nin}:", "        return None",
                  f"    {', '.join(xs)}{',' if nin == 1 else ''} = args"]
         for i, (t, (_, dt)) in enumerate(zip(self.k.inputs, self._in_specs)):
             shape = tuple(self.b.shapes[t.name])
