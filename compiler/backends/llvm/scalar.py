@@ -434,9 +434,11 @@ class _Gen:
 
 
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
-PARALLEL_MIN_SECONDS = 4e-6  # contractions estimated below this on one core run on one thread (a pool
-                             # dispatch costs 1-3 us; measured: 3072x1x128 55 -> 25 us on 2 threads,
-                             # on a Zen 4 VM 64x64x64 8.1 -> 5.9 us and 64x1x1216 5.8 -> 4.8 us at 4e-6 vs 8e-6)
+PARALLEL_MIN_SECONDS = 8e-6  # contractions estimated below this on one core run on one thread (a pool
+                             # dispatch costs ~2-3 us; measured: 3072x1x128 55 -> 25 us on 2 threads).
+                             # 4e-6 made 64x64x64 8.1 -> 5.9 us in a tight loop on a Zen 4 VM but lost in
+                             # the bench harness's medians (0.71/0.62 -> 0.57/0.49 of numpy): a 5 us job
+                             # split across both vCPUs of a shared VM waits on the slower one
 
 
 def one_core_seconds(p: Contraction) -> float:
