@@ -201,3 +201,16 @@ def test_an_a_with_no_unit_stride_is_packed_and_correct():
     ins = random_inputs(ck.kernel, ck.bound, seed=7)
     ok, err, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes))
     assert ok, per
+
+
+def test_a_rows_4k_apart_are_packed_with_the_register_transpose():
+    """K = 1024 floats: A's rows 4 KiB apart would share L1 sets read in place, so A is packed
+    from four NR tiles up; the packing transposes 16 k steps at a time in registers (full
+    panels) and copies the K tail and a short last panel element by element."""
+    nk, out, ref = _gemm("gemm", 56, 128, 1024)
+    assert nk.plans[0].blocking.pack_a
+    assert np.allclose(out, ref, atol=1e-3, rtol=1e-4)
+    assert not _gemm("gemm", 56, 64, 1024)[0].plans[0].blocking.pack_a  # two NR tiles: read in place
+    for kc, mr in ((40, 14), (16, 16), (33, 5)):
+        nk, out, ref = _gemm("gemm", 37, 70, 90, blocking=dict(pack_a=True, kc=kc, mr=mr, nv=1, mc=2 * mr))
+        assert np.allclose(out, ref, atol=1e-3, rtol=1e-4), (kc, mr)
