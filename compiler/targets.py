@@ -203,15 +203,17 @@ class _TargetChecker:
         banks = self.take(props, "banks", "int", 1)
         row = self.take(props, "row", "bytes")
         holds = self.take(props, "holds", "names", [])
+        ways = self.take(props, "ways", "int", 0)
         level = self.take(props, "host_cache", "int")
-        if level is not None:  # the capacity is a fallback: the host's own cache of that level wins
+        if level is not None:  # the figures are fallbacks: the host's own cache of that level wins
             cap = host_cache_bytes(level) or cap
+            ways = host_cache_ways(level) or ways
         for h, sp in holds:
             if h not in dtypes.BY_NAME:
                 raise IsamapError(f"unknown type '{h}'", sp)
         self.no_leftovers(props, what)
         return Memory(name, cap, bw, lat, shared, banks, row,
-                      tuple(dtypes.BY_NAME[h].name for h, _ in holds), span=self.sp(tree.children[0]))
+                      tuple(dtypes.BY_NAME[h].name for h, _ in holds), ways, span=self.sp(tree.children[0]))
 
     def engine(self, tree: Tree) -> Engine:
         name = str(tree.children[0])
@@ -339,14 +341,29 @@ def check_targets(pf, src: Source) -> list[Target]:
 def host_cache_bytes(level: int) -> int | None:
     """Size of the host's level-``level`` data (or unified) cache, from Linux sysfs; None
     where that is not readable (other systems), so the .hw file's figure stands."""
+    text = _host_cache_field(level, "size")
+    if text is None:
+        return None
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    try:
+        return int(text.rstrip("KMG")) * mult
+    except ValueError:
+        return None
+
+
+def host_cache_ways(level: int) -> int | None:
+    """Set associativity of the host's level-``level`` data (or unified) cache (sysfs)."""
+    text = _host_cache_field(level, "ways_of_associativity")
+    return int(text) if text is not None and text.isdigit() and int(text) > 0 else None
+
+
+def _host_cache_field(level: int, name: str) -> str | None:
     from pathlib import Path
     root = Path("/sys/devices/system/cpu/cpu0/cache")
     try:
         for d in sorted(root.glob("index*")):
             if int((d / "level").read_text()) == level and (d / "type").read_text().strip() in ("Data", "Unified"):
-                text = (d / "size").read_text().strip()
-                mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-                return int(text.rstrip("KMG")) * mult
+                return (d / name).read_text().strip()
     except (OSError, ValueError):
         return None
     return None

@@ -28,6 +28,7 @@ class Memory:
     banks: int = 1
     row_bytes: int | None = None
     holds: tuple[str, ...] = ()  # dtype names it may hold; empty: any
+    ways: int = 0  # set associativity of a cache (0: not given); addresses capacity / ways apart share a set
     span: Span | None = field(default=None, **_META)
 
     def instances(self, cores: int) -> int:

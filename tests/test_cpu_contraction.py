@@ -214,3 +214,16 @@ def test_a_rows_4k_apart_are_packed_with_the_register_transpose():
     for kc, mr in ((40, 14), (16, 16), (33, 5)):
         nk, out, ref = _gemm("gemm", 37, 70, 90, blocking=dict(pack_a=True, kc=kc, mr=mr, nv=1, mc=2 * mr))
         assert np.allclose(out, ref, atol=1e-3, rtol=1e-4), (kc, mr)
+
+
+def test_a_rows_in_one_l1_set_read_in_place_use_fewer_rows_than_ways():
+    """K = 1024 floats with two NR tiles (N = 64): A stays in place, and the micro-kernel's
+    rows, one stream each, number fewer than the L1's ways (from the .hw file, or the host's)."""
+    l1 = next(m for m in CPU.memories if m.name == "l1")
+    nk, out, ref = _gemm("gemm", 112, 64, 1024)
+    bl = nk.plans[0].blocking
+    assert np.allclose(out, ref, atol=1e-3, rtol=1e-4)
+    assert not bl.pack_a
+    if l1.ways and (1024 * 4) % (l1.capacity // l1.ways) == 0 and l1.ways - 1 < 14:
+        assert bl.mr == l1.ways - 1
+    assert _gemm("gemm", 112, 64, 1000)[0].plans[0].blocking.mr == 14  # rows in different sets

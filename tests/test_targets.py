@@ -132,3 +132,15 @@ def test_deriving_from_an_unknown_or_own_target_is_a_located_error(tmp_path):
     g.write_text('target "loop" : "loop.hw" {\n  cores = 2\n}\n')
     with pytest.raises(IsamapError, match="derives from itself"):
         hw_models.load(str(g))
+
+
+def test_cache_ways_come_from_the_hw_file_or_the_host(tmp_path, monkeypatch):
+    f = tmp_path / "ways.hw"
+    f.write_text('target "ways" : "cpu" {\n  memory l1 { capacity = 48 KiB  ways = 12 }\n}\n')
+    t = hw_models.load(str(f))
+    assert (t.memory("l1").capacity, t.memory("l1").ways) == (48 << 10, 12)
+    import compiler.targets as targets
+    monkeypatch.setattr(targets, "_host_cache_field", lambda level, name: {"size": "64K", "ways_of_associativity": "16"}[name])
+    g = tmp_path / "host.hw"
+    g.write_text('target "host" : "cpu" {\n  memory l1 { capacity = 32 KiB  host_cache = 1  ways = 8 }\n}\n')
+    assert (hw_models.load(str(g)).memory("l1").capacity, hw_models.load(str(g)).memory("l1").ways) == (64 << 10, 16)

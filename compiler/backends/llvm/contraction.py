@@ -125,6 +125,11 @@ class Blocking:
         else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
             mr, nv = _row_tiles(m, vecs, regs, mr, nv)
         caches = cache_levels(t)
+        # A rows read in place a multiple of capacity / ways apart in L1 (4 KiB on an 8-way 32 KiB
+        # L1: K = 1024, 2048, 4096 floats) all fall into one set: with more MR streams than the
+        # set has ways they evict each other every k step
+        way = caches[0].capacity // caches[0].ways if caches and caches[0].ways else 0
+        aliased = bool(way and a_row_stride and (a_row_stride * 4) % way == 0)
         l1 = caches[0].capacity if caches else 32 << 10
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
         l3 = caches[2].capacity if len(caches) > 2 else 8 * l2
@@ -140,13 +145,19 @@ class Blocking:
         # new page, where the hardware prefetcher stops).  Packing costs a pass over A per NC
         # block: it pays off for wide B, and for an A with no unit stride (a gathered one)
         pack_a = not a_contiguous or n > 4 * nr  # wide B: each A panel serves many NR tiles
-        # A rows a multiple of 4 KiB apart (K = 1024, 2048, 4096 floats) read in place put the MR
-        # streams in the same L1 set, more of them than it has ways: packed from four NR tiles
-        # up. Bench harness on a Zen 4 VM, 2 threads, ratio to numpy in the same run: 4096x128x4096
-        # 0.83 -> 0.99, 3072x128x1024 0.66 -> 0.96, but 2048x128x2048 0.93 -> 0.89 (its 16 MB A
-        # stays in L3); N = 64 even, N = 32 slower packed
-        if a_row_stride and (a_row_stride * 4) % 4096 == 0 and n >= 4 * nr:
+        # aliased A rows are packed from four NR tiles up (a packed panel is one stream). Bench
+        # harness on a Zen 4 VM, 2 threads, ratio to numpy in the same run: 4096x128x4096 0.83 ->
+        # 0.99, 3072x128x1024 0.66 -> 0.96, but 2048x128x2048 0.93 -> 0.89 (its 16 MB A stays in
+        # L3); with fewer NR tiles packing does not pay (N = 64 even, N = 32 slower)
+        if aliased and n >= 4 * nr:
             pack_a = True
+        if aliased and not pack_a and m >= mr > caches[0].ways - 1:
+            # read in place: one stream fewer than the ways (B's panel keeps one). Measured, same
+            # VM: 7 x 2 instead of 14 x 2 took 4096x64x4096 111 -> 195 GFLOP/s, 2048x64x2048
+            # 105 -> 162, 4096x32x4096 135 -> 178; 7 x 1 for N = 16 4096^2 90 -> 120-144
+            mr = caches[0].ways - 1
+            mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
+            mc = min(mc, -(-m // mr) * mr)
         # B is packed into NR-wide panels when many row tiles share them; with few (batch-sized
         # M: GRU/LSTM steps, M = 32..128) the pass over B costs more than the packed panels
         # save, and B is read in place with software prefetch (only a ragged last panel is
