@@ -114,6 +114,22 @@ def test_simulator_refuses_a_program_that_reads_unwritten_data():
         sim.run()
 
 
+def test_a_dependency_on_another_cores_later_instruction_waits_for_it():
+    """Cores are timed in step: an instruction that needs another core's instruction that is
+    not timed yet (partial sums handed over through main memory) waits for its finish."""
+    from compiler.backends.sim.simulate import Inst
+    ck = compiler.build(kernels.path("gemm"), target="sim-nnp", sizes=dict(M=32, N=32, K=32))
+    sim = Simulator(ck.target_ir, ck.program, ck.kernel, ck.bound, random_inputs(ck.kernel, ck.bound))
+    sim.insts = [Inst(0, 0, "ld", "dma_in", 1000, 500, 0, None, [], 0, []),  # core 0 busy first ...
+                 Inst(1, 0, "st", "dma_in", 10, 500, 0, None, [0], 0, []),  # ... then stores
+                 Inst(2, 1, "ld", "dma_in", 10, 500, 0, None, [1], 0, [])]  # core 1 reads what it stored
+    total, _, events = sim.timing(trace=True)
+    st = next(e for e in events if e["pid"] == 0 and e["name"] == "st")
+    ld = next(e for e in events if e["pid"] == 1)
+    assert ld["ts"] >= st["args"]["done"] == 2010
+    assert total == ld["args"]["done"] == 2520
+
+
 def test_run_cli_sim_json_and_trace(capsys, tmp_path):
     trace = tmp_path / "t.json"
     code = cli.main(["run", "kernels/gemm.tc", "--target", "sim-nnp", "--sizes", "M=64,N=48,K=32", "--check",

@@ -503,8 +503,21 @@ class Simulator:
                 terms = (dep_t, min(units), last_issue.get(ek, 0.0), win_t)
                 return max(terms), ek, units, w, terms
 
-            for c, q in queues.items():
-                heapq.heappush(heap, (tentative(q[0])[0], c))
+            waiting: dict[int, list[int]] = {}  # instruction -> cores whose next instruction needs it
+
+            def push(c):
+                """Queue core c by its next instruction's issue time, or park it until a
+                dependency on another core's instruction that is not timed yet is: cores are
+                timed in step, so an instruction may depend on one whose time is unknown."""
+                head = queues[c][0]
+                pending = next((d for d in head.deps if not processed[d]), None)
+                if pending is not None:
+                    waiting.setdefault(pending, []).append(c)
+                else:
+                    heapq.heappush(heap, (tentative(head)[0], c))
+
+            for c in queues:
+                push(c)
             while heap:
                 _, c = heapq.heappop(heap)
                 q = queues[c]
@@ -541,7 +554,11 @@ class Simulator:
                                    "pid": max(inst.core, 0), "tid": f"{inst.engine}{u}",
                                    "args": {"S": inst.statement, "done": fin}})
                 if q:
-                    heapq.heappush(heap, (tentative(q[0])[0], c))
+                    push(c)
+                for c2 in waiting.pop(inst.id, ()):
+                    push(c2)
+            if any(queues.values()):
+                raise SimError("internal: instructions of different cores wait on each other")
             if bar is not None:
                 done[bar.id] = max((done[d] for d in bar.deps), default=0)
                 processed[bar.id] = True
