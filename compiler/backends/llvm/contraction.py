@@ -136,10 +136,6 @@ class Blocking:
         nr = nv * vl
         kc = max(16, min(k, l1 // (nr * 4)))
         kc = -(-k // -(-k // kc))  # balanced K blocks
-        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
-        mc = min(mc, -(-m // mr) * mr)
-        share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
-        nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
         # A with a unit stride is read in place when few NR tiles reuse it: A(m, k) as MR
         # sequential streams, A(k, m) with software prefetch (each k step is a new line, soon a
         # new page, where the hardware prefetcher stops).  Packing costs a pass over A per NC
@@ -156,8 +152,10 @@ class Blocking:
             # VM: 7 x 2 instead of 14 x 2 took 4096x64x4096 111 -> 195 GFLOP/s, 2048x64x2048
             # 105 -> 162, 4096x32x4096 135 -> 178; 7 x 1 for N = 16 4096^2 90 -> 120-144
             mr = caches[0].ways - 1
-            mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
-            mc = min(mc, -(-m // mr) * mr)
+        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
+        mc = min(mc, -(-m // mr) * mr)
+        share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
+        nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
         # B is packed into NR-wide panels when many row tiles share them; with few (batch-sized
         # M: GRU/LSTM steps, M = 32..128) the pass over B costs more than the packed panels
         # save, and B is read in place with software prefetch (only a ragged last panel is

@@ -558,9 +558,7 @@ class NativeKernel:
         the arguments cost a microsecond more than the checks themselves)."""
         if any(t.dtype in (BFLOAT16, BOOL) for t in self.k.inputs):
             return lambda args: None  # inputs the checked path converts (rounding, truth values)
-        with self._lock:
-            if self._steps is None:
-                self._steps = self._plan_steps()
+        steps = self._planned_steps()
         env = dict(ndarray=np.ndarray, addr=_address, ptrs=self._ptrs, lock=self._lock)
         nin = len(self.k.inputs)
         xs = [f"x{i}" for i in range(nin)]
@@ -579,7 +577,7 @@ class NativeKernel:
         lines.append("    with lock:")
         lines += [f"        ptrs[{i}] = addr(x{i})" for i in range(nin)]
         lines += [f"        ptrs[{nin + j}] = addr(o{j})" for j in range(len(outs))]
-        for i, step in enumerate(self._steps):
+        for i, step in enumerate(steps):
             env[f"step{i}"] = step
             lines.append(f"        step{i}()")
         lines.append(f"    return [{', '.join(outs)}]")
@@ -590,13 +588,19 @@ class NativeKernel:
         """Inputs in the kernel's order -> its outputs in order (the lean entry: no dicts)."""
         bufs = [np.ascontiguousarray(x, dtype=dt) for x, (_, dt) in zip(inputs, self._in_specs)]
         outs = [alloc(shape, dtype=dt) for shape, dt, alloc in self._out_specs]
+        steps = self._planned_steps()
         with self._lock:  # one call at a time: the buffer table and scratch are shared
-            if self._steps is None:
-                self._steps = self._plan_steps()
             self._ptrs[:] = [_address(x) for x in bufs + outs]
-            for step in self._steps:
+            for step in steps:
                 step()
         return [o.astype(bool) if is_bool else o for (_, is_bool), o in zip(self._out_names, outs)]
+
+    def _planned_steps(self) -> list:
+        """The native calls of a run, planned on first use (planning starts the thread pool)."""
+        with self._lock:
+            if self._steps is None:
+                self._steps = self._plan_steps()
+            return self._steps
 
     def _plan_steps(self) -> list:
         """Every native call of one run, decided once: how each statement splits across threads,
