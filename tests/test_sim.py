@@ -221,8 +221,11 @@ def test_gru_sequence_matches_a_numpy_gru(persistent):
 
 
 def test_persistent_weights_take_fewer_cycles_than_reloading():
+    """The first step loads the weights either way; from the second on they stay on chip.
+    (At T = 3 the two came within 1.2% once the main-memory server stopped queueing a
+    core's early prefetches behind other cores' later loads: reloading overlaps well.)"""
     from compiler.rnn import gru_sequence, random_gru
-    H, N, T = 256, 8, 3
+    H, N, T = 256, 8, 6
     w = random_gru(H, H)
     x = np.random.default_rng(0).uniform(-1, 1, (T, N, H)).astype(np.float32)
     h0 = np.zeros((N, H), np.float32)

@@ -11,6 +11,7 @@ server served in issue order, multicast transfers charged once.
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -472,7 +473,7 @@ class Simulator:
         last_issue: dict[tuple, float] = {}
         window: dict[int, deque] = {}
         hbm = t.memory(t.main)
-        hbm_free = 0.0
+        server = SharedServer()
         mc_done: dict = {}
         busy: dict[str, float] = {}
         events = []
@@ -534,11 +535,10 @@ class Simulator:
                     if inst.mc_key is not None and inst.mc_key in mc_done:
                         end = max(end, mc_done[inst.mc_key])
                     else:
-                        start = max(issue, hbm_free)
-                        hbm_free = start + inst.main_bytes / hbm.bandwidth
-                        end = max(end, hbm_free)
+                        served = server.reserve(issue, inst.main_bytes / hbm.bandwidth)
+                        end = max(end, served)
                         if inst.mc_key is not None:
-                            mc_done[inst.mc_key] = hbm_free
+                            mc_done[inst.mc_key] = served
                 units[u] = issue + occ
                 last_issue[ek] = issue
                 issued[inst.id] = issue
@@ -595,6 +595,55 @@ class Simulator:
             dep = f"   ; #{inst.id}" + (f" after {', '.join(f'#{d}' for d in waits[-4:])}" if waits else "")
             lines.append(f"c{inst.core:<3d} {inst.instr:<12s} {', '.join(ops)}{dep}")
         return lines
+
+
+class SharedServer:
+    """The chip-wide main-memory server: bandwidth booked in busy intervals.
+
+    Cores are timed in step, one instruction at a time, so a core can book a transfer
+    issued *earlier* than one another core booked already (its loads run ahead of its
+    compute).  Served in issue order, such a transfer must not queue behind the later
+    one: it takes the idle time the server had from its issue on, and only where that
+    runs out waits for the booked intervals.  Bandwidth is never exceeded."""
+
+    HORIZON = 50000.0  # bookings this far behind the newest are forgotten
+
+    def __init__(self):
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def reserve(self, t: float, need: float) -> float:
+        """Book ``need`` cycles of service from ``t`` on; returns when the last is served."""
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(ends, t)
+        cur, pieces = t, []
+        while need > 1e-12:
+            if i < len(starts) and starts[i] <= cur:
+                cur = max(cur, ends[i])
+                i += 1
+                continue
+            gap = (starts[i] if i < len(starts) else float("inf")) - cur
+            take = min(need, gap)
+            pieces.append((cur, cur + take))
+            cur += take
+            need -= take
+        for s, e in pieces:
+            j = bisect.bisect_left(starts, s)
+            # merge with the neighbours it touches
+            if j > 0 and ends[j - 1] >= s - 1e-9:
+                j -= 1
+                s = starts[j]
+                e = max(e, ends[j])
+                del starts[j], ends[j]
+            while j < len(starts) and starts[j] <= e + 1e-9:
+                e = max(e, ends[j])
+                del starts[j], ends[j]
+            starts.insert(j, s)
+            ends.insert(j, e)
+        if len(starts) > 4096:
+            keep = bisect.bisect_left(ends, ends[-1] - self.HORIZON)
+            del starts[:keep], ends[:keep]
+        return cur
 
 
 def _run_padded(ex: _Executor, src_op, block: np.ndarray, shape) -> np.ndarray:
