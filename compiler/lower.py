@@ -439,7 +439,13 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                                                     enumerate(cands) if sj > si], resident) or nl
                 if nl.epi is not None:
                     fused_into.update({sj: si for sj in nl.epi.statements})
-            body += nl.lower()
+            if ns.stream:
+                from .streamk import Knobs, lower_stream
+                sb, sc = lower_stream(nl, k, b, Knobs.of(ns.stream))
+                body += sb
+                scratch += sc
+            else:
+                body += nl.lower()
             body.append(Barrier(si))
             buffers += nl.buffers
     return Program(k.name, target.name, tuple(buffers), tuple(scratch), tuple(body), target.cores, tuple(notes))

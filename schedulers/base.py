@@ -28,6 +28,9 @@ class NestSchedule:
     order: tuple[str, ...]
     split: tuple[tuple[str, int], ...] = ()  # (axis, parts): the core grid, row-major
     prefetch: int = 1  # loads run this many steps ahead of compute (1: double buffering)
+    # stream-K (compiler.streamk): whole output rows per core plus an equal share of the
+    # leftover rows' reduction steps; its layout knobs as (name, value) pairs, () when off
+    stream: tuple[tuple[str, int], ...] = ()
 
     def tile(self, axis: str) -> int:
         return dict(self.tiles)[axis]
@@ -77,7 +80,8 @@ class Schedule:
     def from_json(text: str) -> "Schedule":
         d = json.loads(text)
         nests = tuple(NestSchedule(n["statement"], n["step"], tuple(tuple(t) for t in n["tiles"]),
-                                   tuple(n["order"]), tuple(tuple(x) for x in n["split"]), n["prefetch"])
+                                   tuple(n["order"]), tuple(tuple(x) for x in n["split"]), n["prefetch"],
+                                   tuple(tuple(kv) for kv in n.get("stream", ())))
                       for n in d["nests"])
         host = tuple((int(si), tuple(tuple(kv) for kv in items)) for si, items in d.get("host", ()))
         return Schedule(d["kernel"], d["target"], tuple(tuple(s) for s in d["sizes"]), d["strategy"],
@@ -91,7 +95,7 @@ class Schedule:
             lines.append(f"S{n.statement}.{n.step}: mapping #{self.mappings[n.statement]} tiles [{tiles}] "
                          f"order {' > '.join(n.order)}"
                          + (f" cores {' x '.join(f'{a}/{p}' for a, p in n.split)}" if n.split else "")
-                         + f" prefetch {n.prefetch}")
+                         + f" prefetch {n.prefetch}" + (" stream-K " + " ".join(f"{k}={v}" for k, v in n.stream) if n.stream else ""))
         for si, items in self.host:
             lines.append(f"S{si}: blocking " + " ".join(f"{k}={v}" for k, v in items))
         if self.threads:

@@ -140,7 +140,11 @@ def schedule_cost(target: Target, nests: list[Nest], schedules: list[NestSchedul
     total = 0.0
     parts = []
     for n, ns in zip(nests, schedules):
-        c = nest_cost(target, n, ns)
+        if ns.stream:
+            from compiler.streamk import Knobs, cost
+            c = cost(target, n, Knobs.of(ns.stream))
+        else:
+            c = nest_cost(target, n, ns)
         parts.append(c)
         total += c["cycles"]
     return {"cycles": total, "nests": parts}

@@ -188,6 +188,13 @@ class _Search:
         v = vendor_nest(target, nest)
         if v not in seen and fits(target, nest, v) is None:
             finalists.append(v)
+        # stream-K (whole rows per core plus an even share of the leftover rows' reduction)
+        # where the rows do not divide over the cores: a few layouts, timed like the rest
+        from compiler import streamk
+        for kn in streamk.VARIANTS:
+            if streamk.applicable(target, nest, kn) is None:
+                finalists.append(NestSchedule(nest.statement, nest.step_index, tuple((a.name, 1) for a in nest.axes),
+                                              tuple(a.name for a in nest.axes), (), 1, kn.items()))
         timed = []
         for ns in finalists:
             cand = with_nest(ns)
@@ -198,7 +205,7 @@ class _Search:
         # the model's window term is least reliable for the reduction tile (how many loads a step
         # issues): time the winner with shorter reduction tiles too
         ns = best.nests[0]
-        for alt in _shorter_reductions(target, nest, ns, red):
+        for alt in (_shorter_reductions(target, nest, ns, red) if not ns.stream else ()):
             cand = with_nest(alt)
             c = measure(kernel, bound, target, per_stmt, cand)
             timed.append((c, cand))
