@@ -1,27 +1,28 @@
 """Stream-K: a contraction whose output rows do not divide over the cores.
 
-With whole output blocks per core, 1760x128x1760 on 24 cores leaves some cores 10
-of 32x32 blocks and others 8: the busiest core sets the time at 81% of the
-roofline at best.  Here every core takes ``D = rows // cores`` whole output rows
-(a row: one block of the long output axis times every block of the short one)
-and an equal share of the remaining rows' *reduction steps*.  A leftover row is
-then summed by several cores: each stores its partial sums to main memory, and
-the core holding the row's last reduction steps adds them and stores the result.
+With whole output blocks per core, 1760x128x1760 on sim-nnp's 24 cores leaves some
+cores 10 of 32x32 blocks where the average is 9.2: the busiest core sets the time.
+Here every core takes ``D = rows // cores`` whole output rows (a row: one block of
+the long output axis times every block of the short one) and an equal share of
+the leftover rows' *reduction steps*.  A leftover row is summed by several cores:
+each ends in a *final* piece (its last steps) on a core of its own; the other
+cores store partial sums to main memory, which the final core reads, sums and adds.
 
 The order on a core is chosen so none of that waits:
 
 * phase 1 walks the reduction axis once, in the order the resident operand (B of
   a GEMM, needed whole by every core) streams in; every core fetches it in the
   same chunks, so one multicast read serves them all.  At each step the core runs
-  its first ``D - 1`` rows plus a second stream: its leftover pieces at their own
-  steps, its last row at the others;
+  its first ``D - 1`` rows plus its pieces at their own steps and its last row at
+  the others.  Pieces that feed a final piece end early (before the final steps
+  begin), so their partial sums are in main memory long before they are needed;
 * phase 2 runs the last row's remaining steps from the resident operand, while the
   other rows' results leave and the leftover rows are finished.
 
-So partial sums are stored during phase 1 and read long after; only one row's
-blocks are stored after the last product.  Everything here is plain loop-program
-IR (moves, executions, guards), one straight-line section per core, so every
-backend reading that IR runs it unchanged.
+Only one row's blocks are stored after the last product.  Everything here is
+plain loop-program IR (moves, executions), one straight-line section per core.
+The layout's knobs (``Knobs``) live in the schedule; ``docs/scheduling.md`` has
+the measurements.
 """
 from __future__ import annotations
 
@@ -148,6 +149,8 @@ def applicable(t: Target, n, kn: Knobs | None = None) -> str | None:
         return "needs a multi-core target and a 2-D output with one reduction axis"
     if not n.identity_first or n.load_output or n.temp_out is not None:
         return "the output must start from the reduction's identity"
+    if n.instr.body.stmts[0].op != "+":
+        return "only sums are split across cores (partial results are added)"
     if any(o.tensor is None or o.op.memory == t.main for o in n.operands):
         return "every operand must be staged on chip"
     ma, na = _axes(n)
@@ -208,8 +211,11 @@ def cost(t: Target, n, kn: Knobs | None = None) -> dict:
     hbm = main / t.memory(t.main).bandwidth if t.memory(t.main).bandwidth else 0.0
     fill = mc_b.latency + (b_bytes / mc_b.port) + a_bytes / ld_a.port
     drain = n.instr.latency + st_c[0].cycles(c_bytes) + st_c[0].latency + st_c[1].cycles(c_bytes) + st_c[1].latency
-    return {"cycles": fill + max(compute, port, hbm) + drain, "compute": compute, "port": port, "hbm_cycles": hbm,
-            "fill": fill, "drain": drain, "main_bytes": main}
+    steps = max(units)  # row-steps of the busiest core
+    body = max(compute, port, hbm)
+    return {"cycles": fill + body + drain, "step": body / steps, "steps": steps,
+            "busy": {n.instr.engine: compute, ld_a.engine: port}, "main_bytes": main, "hbm_cycles": hbm,
+            "fill": fill, "drain": drain, "window_step": 0.0, "pressure": 0.0}
 
 
 def _buffers(t: Target, n, cores: list[CorePlan], kn: Knobs) -> dict[str, tuple]:

@@ -136,15 +136,19 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
             "pressure": pressure}
 
 
+def any_nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
+    """``nest_cost``, or the stream-K model for stream-K nests (same keys)."""
+    if ns.stream:
+        from compiler.streamk import Knobs, cost
+        return cost(target, nest, Knobs.of(ns.stream))
+    return nest_cost(target, nest, ns)
+
+
 def schedule_cost(target: Target, nests: list[Nest], schedules: list[NestSchedule]) -> dict:
     total = 0.0
     parts = []
     for n, ns in zip(nests, schedules):
-        if ns.stream:
-            from compiler.streamk import Knobs, cost
-            c = cost(target, n, Knobs.of(ns.stream))
-        else:
-            c = nest_cost(target, n, ns)
+        c = any_nest_cost(target, n, ns)
         parts.append(c)
         total += c["cycles"]
     return {"cycles": total, "nests": parts}

@@ -18,7 +18,7 @@ import numpy as np
 from ir.target import Target
 
 from .base import Schedule
-from .cost import nest_cost
+from .cost import any_nest_cost
 
 
 def features(target: Target, nests, schedule: Schedule) -> np.ndarray:
@@ -29,7 +29,7 @@ def features(target: Target, nests, schedule: Schedule) -> np.ndarray:
     cores = 0.0
     pref = 0.0
     for n, ns in zip(nests, schedule.nests):
-        c = nest_cost(target, n, ns)
+        c = any_nest_cost(target, n, ns)
         for key in tot:
             tot[key] += c[key]
         tiles += sum(math.log2(t) for _, t in ns.tiles)

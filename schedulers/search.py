@@ -211,7 +211,14 @@ class _Search:
             timed.append((c, cand))
             if c < cyc:
                 cyc, best = c, cand
-        return replace(best, predicted={**sched.predicted, "simulated": cyc, "verified": len(timed)})
+        # the model's cycles of what was picked (it may not be the model's own first choice)
+        from .cost import any_nest_cost
+        old = next(n for n in sched.nests if (n.statement, n.step) == (nest.statement, nest.step_index))
+        picked = best.nests[[(n.statement, n.step) for n in best.nests].index((nest.statement, nest.step_index))]
+        model = sched.predicted["cycles"] - any_nest_cost(target, nest, old)["cycles"] + \
+            any_nest_cost(target, nest, picked)["cycles"]
+        return replace(best, predicted={**sched.predicted, "cycles": round(model), "simulated": cyc,
+                                        "verified": len(timed)})
 
 
 def _shorter_reductions(target: Target, nest: Nest, ns: NestSchedule, red: list[str]) -> list[NestSchedule]:
