@@ -185,18 +185,36 @@ def _axes(n) -> tuple[str, str]:
     return (a, b) if n.axis(a).blocks >= n.axis(b).blocks else (b, a)
 
 
+@dataclass
+class _Shape:
+    """A stream-K nest's axes, extents in blocks and operands."""
+    ma: str  # rows
+    na: str  # columns
+    ra: str  # reduction
+    Mb: int
+    Nb: int
+    Kb: int
+    A: object  # along (rows, reduction)
+    B: object  # along (reduction, columns): resident on every core
+
+
+def _shape(n) -> _Shape:
+    ma, na = _axes(n)
+    (red,) = [a for a in n.axes if a.reduction]
+    A = next(o for o in n.inputs if set(o.axes) == {ma, red.name})
+    B = next(o for o in n.inputs if set(o.axes) == {red.name, na})
+    return _Shape(ma, na, red.name, n.axis(ma).blocks, n.axis(na).blocks, red.blocks, A, B)
+
+
 def cost(t: Target, n, kn: Knobs | None = None) -> dict:
     """Modelled cycles of the stream-K program (the analytical model's view): the first
     operands' latency, then the busiest of the busiest core's matrix units, its load port
     and the shared main memory, then the last block out."""
     from .routes import route_in, route_out
-    ma, na = _axes(n)
-    (red,) = [a for a in n.axes if a.reduction]
-    Mb, Nb, Kb = n.axis(ma).blocks, n.axis(na).blocks, red.blocks
+    sh = _shape(n)
+    Mb, Nb, Kb, A, B = sh.Mb, sh.Nb, sh.Kb, sh.A, sh.B
     cores = plan(Mb, Kb, t.cores)
     out = n.output
-    A = next(o for o in n.inputs if set(o.axes) == {ma, red.name})
-    B = next(o for o in n.inputs if set(o.axes) == {red.name, na})
     ld_a, ld_b, st_c = route_in(t, n, A)[0], route_in(t, n, B)[0], route_out(t, n, out)
     mc_b = multicast_variant(t, ld_b) or ld_b
     a_bytes = A.op.bytes * ld_a.inputs[0].dtype.itemsize // A.op.dtype.itemsize
@@ -221,13 +239,10 @@ def cost(t: Target, n, kn: Knobs | None = None) -> dict:
 def _buffers(t: Target, n, cores: list[CorePlan], kn: Knobs) -> dict[str, tuple]:
     """The on-chip buffers of a stream-K program: name -> (operand, slots)."""
     from .routes import route_in, route_out
-    ma, na = _axes(n)
-    (red,) = [a for a in n.axes if a.reduction]
-    Nb, Kb = n.axis(na).blocks, red.blocks
+    sh = _shape(n)
+    Nb, Kb, A, B = sh.Nb, sh.Kb, sh.A, sh.B
     D = len(cores[0].rows)
     out = n.output
-    A = next(o for o in n.inputs if set(o.axes) == {ma, red.name})
-    B = next(o for o in n.inputs if set(o.axes) == {red.name, na})
     stage = route_out(t, n, out)[0].outputs[0]
     cnt_a = max(1, min(kn.batch_a, route_in(t, n, A)[0].batch))
     acc = (D + max(len(cp.pieces) for cp in cores)) * Nb
@@ -246,15 +261,11 @@ def lower_stream(nl, k, b, kn: Knobs) -> tuple[list, list[Scratch]]:
     from .lower import C
     t, n = nl.t, nl.n
     out = n.output
-    ma, na = _axes(n)
-    (red,) = [a for a in n.axes if a.reduction]
-    ra = red.name
-    Mb, Nb, Kb = n.axis(ma).blocks, n.axis(na).blocks, red.blocks
+    sh = _shape(n)
+    ma, na, ra, Mb, Nb, Kb, A, B = sh.ma, sh.na, sh.ra, sh.Mb, sh.Nb, sh.Kb, sh.A, sh.B
     P = t.cores
     cores = plan(Mb, Kb, P)
     D = Mb // P
-    A = next(o for o in n.inputs if set(o.axes) == {ma, ra})
-    B = next(o for o in n.inputs if set(o.axes) == {ra, na})
     ld_a = nl.route_of(A, "in")
     ld_b = nl.route_of(B, "in")
     st_c = nl.route_of(out, "out")
