@@ -221,18 +221,19 @@ def test_gru_sequence_matches_a_numpy_gru(persistent):
 
 
 def test_persistent_weights_take_fewer_cycles_than_reloading():
-    """The first step loads the weights either way; from the second on they stay on chip.
-    (At T = 3 the two came within 1.2% once the main-memory server stopped queueing a
-    core's early prefetches behind other cores' later loads: reloading overlaps well.)"""
+    """Where the recurrent weights' traffic matters (H=512: 3 x 512 x 512 weights a step):
+    measured 20738 persistent vs 26116 reloading over 3 steps.  At H=256 the reloads hide
+    behind compute since the main-memory server serves early-issued loads in issue order
+    (33098 vs 33306 over 6 steps)."""
     from compiler.rnn import gru_sequence, random_gru
-    H, N, T = 256, 8, 6
+    H, N, T = 512, 8, 3
     w = random_gru(H, H)
     x = np.random.default_rng(0).uniform(-1, 1, (T, N, H)).astype(np.float32)
     h0 = np.zeros((N, H), np.float32)
     a = gru_sequence("sim-nnp", x, w, h0, persistent=False)
     b = gru_sequence("sim-nnp", x, w, h0, persistent=True)
     np.testing.assert_array_equal(a.h, b.h)
-    assert b.step_cycles < a.step_cycles
+    assert b.step_cycles < 0.9 * a.step_cycles
 
 
 def test_a_gathering_copy_never_becomes_a_plain_multicast():
