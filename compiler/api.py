@@ -134,8 +134,9 @@ class CompiledKernel:
                 return False
         return True
 
-    def run_all(self, *args, trace: bool = False, **kwargs) -> dict[str, np.ndarray]:
-        """Every output by name."""
+    def run_all(self, *args, trace: bool = False, stalls: bool = False, **kwargs) -> dict[str, np.ndarray]:
+        """Every output by name.  On simulated targets ``trace`` keeps the timeline and
+        ``stalls`` where the compute engine's time went (``report["stalls"]``)."""
         inputs = self._inputs(args, kwargs)
         t0 = time.perf_counter()
         if self.gpu is not None:
@@ -163,9 +164,11 @@ class CompiledKernel:
             return out
         from .backends.sim import simulate
         b, arrays = ir.interp.prepare_inputs(self.kernel, inputs, self.sizes)
-        res = simulate(self.target_ir, self.program, self.kernel, b, arrays, trace=trace)
+        res = simulate(self.target_ir, self.program, self.kernel, b, arrays, trace=trace, stalls=stalls)
         self.last = res
         self.report.update(res.report())
+        if res.stalls is not None:
+            self.report["stalls"] = res.stalls
         self.report["simulation_seconds"] = time.perf_counter() - t0
         return res.outputs
 

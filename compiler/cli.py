@@ -89,6 +89,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random input seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of the simulated timeline")
+    p.add_argument("--stalls", action="store_true",
+                   help="where the compute engine's time went (fill, waits by instruction, window, drain)")
     p.set_defaults(fn=cmd_run)
     return ap
 
@@ -350,13 +352,32 @@ def cmd_compile(a) -> int:
     return 0
 
 
+def _stall_table(st: dict) -> str:
+    """The slowest core's compute-engine time and the mean over cores, one row per cause."""
+    per = st["per_core"]
+    if not per:
+        return "no compute instructions"
+    slow = st["slowest_core"]
+    keys = ["busy", "fill"] + sorted({k for d in per.values() for k in d} - {"busy", "fill", "drain", "engine"},
+                                     key=lambda k: -per[slow].get(k, 0)) + ["drain"]
+    engine = per[slow]["engine"]
+    lines = [f"where {engine} time went (cycles): core {slow} (the slowest) and the mean over {len(per)} cores"]
+    for k in keys:
+        mean = sum(d.get(k, 0) for d in per.values()) / len(per)
+        lines.append(f"  {k:<36s} {per[slow].get(k, 0):>9d} {mean:>9.0f}")
+    return "\n".join(lines)
+
+
 def cmd_run(a) -> int:
     from compiler.checking import compare, random_inputs
     import ir.interp
     ck = _build(a)
     inputs = random_inputs(ck.kernel, ck.bound, a.seed)
     t0 = time.perf_counter()
-    out = ck.run_all(trace=bool(a.trace), **inputs) if ck.program is not None else ck.run_all(**inputs)
+    if a.stalls and ck.program is None:
+        raise IsamapError("--stalls needs a simulated target")
+    out = ck.run_all(trace=bool(a.trace), stalls=a.stalls, **inputs) if ck.program is not None else \
+        ck.run_all(**inputs)
     seconds = time.perf_counter() - t0
     result = {"kernel": ck.kernel.name, "target": ck.target, "sizes": ck.sizes}
     if ck.program is None:
@@ -391,6 +412,8 @@ def cmd_run(a) -> int:
             print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result['cycles']} cycles "
                   f"(roofline {result['roofline_cycles']}, {100 * result['of_roofline']:.1f}% of roofline, "
                   f"utilization {100 * result['utilization']:.1f}%), {result['instructions']} instructions")
+        if a.stalls:
+            print(_stall_table(result["stalls"]))
         if a.check:
             line = f"max abs error {result['max_abs_error']:.3g}"
             if "rounded_inputs" in result:

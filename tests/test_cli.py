@@ -91,3 +91,21 @@ def test_check_judges_bf16_programs_on_the_inputs_they_round(capsys):
     assert d["rounded_inputs"]["Wg"] == "bfloat16" and "bi" not in d["rounded_inputs"]
     assert d["outputs"]["GG"]["max_abs_error"] > d["outputs"]["GG"]["tolerance"]  # the exact view, kept
     assert all(o["max_abs_error_rounded_inputs"] < 1e-4 for o in d["outputs"].values())
+
+
+def test_run_stalls_accounts_for_every_cycle_of_the_compute_engine(capsys):
+    code, out, err = run(capsys, "run", "kernels/gemm_bf16.tc", "--target", "sim-nnp", "--sizes",
+                         "M=800,N=64,K=96", "--stalls", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    per = r["stalls"]["per_core"]
+    assert per and r["stalls"]["slowest_core"] is not None
+    for d in per.values():  # busy + every cause = the whole run, per core (rounded per cause)
+        assert d["engine"] == "mpu" and d["busy"] > 0 and d["fill"] > 0
+        parts = sum(v for k, v in d.items() if k != "engine")
+        assert abs(parts - r["cycles"]) <= len(d)
+    code, out, _ = run(capsys, "run", "kernels/gemm_bf16.tc", "--target", "sim-nnp", "--sizes",
+                       "M=800,N=64,K=96", "--stalls")
+    assert code == 0 and "where mpu time went" in out and "drain" in out
+    code, out, err = run(capsys, "run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=8,N=8,K=8", "--stalls")
+    assert code == 1 and "simulated target" in err and "Traceback" not in err

@@ -63,6 +63,7 @@ class SimResult:
     utilization: float
     trace_events: list = field(default_factory=list)
     listing: list = field(default_factory=list)
+    stalls: dict | None = None  # ``stall_breakdown``, when asked for
 
     def report(self) -> dict:
         return {"cycles": self.cycles, "utilization": self.utilization, "roofline_cycles": self.roofline_cycles,
@@ -136,6 +137,9 @@ class Simulator:
         self.barrier_id: int | None = None
         self.env: dict = dict(bound.sizes)
         self.stalls: dict | None = None  # core 0: what bounded each issue (for tuning)
+        # per timed instruction, when a list: (id, unit, issue, occupancy, bound, culprit):
+        # what its issue waited for and on which instruction (``stall_breakdown``)
+        self.record: list | None = None
         self.mc_seen: dict = {}
         self._fns: dict[int, object] = {}
         # persistence across runs: which tensor block each slot holds (tensor, block, version)
@@ -500,7 +504,7 @@ class Simulator:
                 ek = (inst.core if not t.engine(inst.engine).shared else -1, inst.engine)
                 units = unit_free.setdefault(ek, [0.0] * t.engine(inst.engine).count)
                 w = window.setdefault(inst.core, deque())
-                win_t = w[0] if len(w) >= t.window else 0.0
+                win_t = w[0][0] if len(w) >= t.window else 0.0
                 terms = (dep_t, min(units), last_issue.get(ek, 0.0), win_t)
                 return max(terms), ek, units, w, terms
 
@@ -539,6 +543,15 @@ class Simulator:
                         end = max(end, served)
                         if inst.mc_key is not None:
                             mc_done[inst.mc_key] = served
+                if self.record is not None:
+                    bound = ("deps", "engine", "in-order", "window")[terms.index(max(terms))]
+                    culprit = None
+                    if bound == "deps":
+                        culprit = max(list(inst.deps) + list(inst.chained or ()), default=None,
+                                      key=lambda d: done[d] if d in inst.deps else issued[d] + 1)
+                    elif bound == "window":
+                        culprit = w[0][1]
+                    self.record.append((inst.id, u, issue, occ, bound, culprit))
                 units[u] = issue + occ
                 last_issue[ek] = issue
                 issued[inst.id] = issue
@@ -546,7 +559,7 @@ class Simulator:
                 done[inst.id] = fin
                 processed[inst.id] = True
                 busy[inst.engine] = busy.get(inst.engine, 0.0) + occ
-                w.append(fin)
+                w.append((fin, inst.id))
                 if len(w) > t.window:
                     w.popleft()
                 if trace:
@@ -595,6 +608,46 @@ class Simulator:
             dep = f"   ; #{inst.id}" + (f" after {', '.join(f'#{d}' for d in waits[-4:])}" if waits else "")
             lines.append(f"c{inst.core:<3d} {inst.instr:<12s} {', '.join(ops)}{dep}")
         return lines
+
+
+def stall_breakdown(sim: "Simulator", cycles: int) -> dict:
+    """Where the compute engine's time went, per core: busy, fill (before its first
+    instruction), waiting for an operand (by the producing instruction), the window full
+    behind an instruction, issue order, and drain (after its last).  Needs ``sim.record``
+    filled by ``timing``; units of a multi-unit engine count as fractions of it."""
+    t = sim.t
+    insts = sim.insts
+    compute = {i.instr for i in insts if i.kind != "barrier" and t.instr(i.instr).macs > 0}
+    per_core: dict[int, dict] = {}
+    by_unit: dict[tuple, list] = {}
+    for iid, u, issue, occ, bound, culprit in sim.record:
+        inst = insts[iid]
+        if inst.instr in compute:
+            by_unit.setdefault((inst.core, inst.engine, u), []).append((issue, occ, bound, culprit))
+    for (core, engine, _), xs in by_unit.items():
+        n = t.engine(engine).count
+        d = per_core.setdefault(core, {"engine": engine})
+        xs.sort()
+        at = 0.0
+        for k, (issue, occ, bound, culprit) in enumerate(xs):
+            gap = issue - at
+            if gap > 0:
+                if k == 0:
+                    why = "fill"
+                elif bound == "deps" and culprit is not None:
+                    why = f"waiting for {insts[culprit].instr}"
+                elif bound == "window" and culprit is not None:
+                    why = f"window full behind {insts[culprit].instr}"
+                else:
+                    why = "issue order"
+                d[why] = d.get(why, 0.0) + gap / n
+            d["busy"] = d.get("busy", 0.0) + occ / n
+            at = max(at, issue + occ)
+        d["drain"] = d.get("drain", 0.0) + max(0.0, cycles - at) / n
+    out = {c: {k: (round(v) if isinstance(v, float) else v) for k, v in d.items()} for c, d in sorted(per_core.items())}
+    slowest = max(out, key=lambda c: out[c]["busy"] + sum(v for k, v in out[c].items()
+                                                             if k not in ("busy", "engine", "drain")), default=None)
+    return {"per_core": out, "slowest_core": slowest}
 
 
 class SharedServer:
@@ -683,10 +736,13 @@ def _scalar(e: Expr, sizes):
 
 
 def simulate(target: Target, program: Program, kernel, bound, inputs: dict[str, np.ndarray],
-             listing: bool = False, trace: bool = False, functional: bool = True) -> SimResult:
+             listing: bool = False, trace: bool = False, functional: bool = True,
+             stalls: bool = False) -> SimResult:
     sim = Simulator(target, program, kernel, bound, inputs, listing, functional)
     with np.errstate(all="ignore"):
         sim.run()
+    if stalls:
+        sim.record = []
     cycles, busy, events = sim.timing(trace)
     macs = bound.macs()
     peak = target.peak_macs_per_cycle()
@@ -697,4 +753,5 @@ def simulate(target: Target, program: Program, kernel, bound, inputs: dict[str, 
     outs = {o.name: sim.tensors[o.name] for o in kernel.outputs}
     util = macs / (peak * cycles) if peak and cycles else 0.0
     return SimResult(outs, cycles, busy, sim.link_bytes, sum(1 for i in sim.insts if i.kind != "barrier"), macs,
-                     peak, roof, util, events, sim.format_listing() if listing else [])
+                     peak, roof, util, events, sim.format_listing() if listing else [],
+                     stall_breakdown(sim, cycles) if stalls else None)
