@@ -107,5 +107,8 @@ def test_run_stalls_accounts_for_every_cycle_of_the_compute_engine(capsys):
     code, out, _ = run(capsys, "run", "kernels/gemm_bf16.tc", "--target", "sim-nnp", "--sizes",
                        "M=800,N=64,K=96", "--stalls")
     assert code == 0 and "where mpu time went" in out and "drain" in out
+    code, out, _ = run(capsys, "run", "kernels/softmax.tc", "--target", "sim-nnp", "--sizes", "N=8,D=40",
+                       "--stalls", "--json")
+    assert code == 0 and {d["engine"] for d in json.loads(out)["stalls"]["per_core"].values()} == {"vpu"}
     code, out, err = run(capsys, "run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=8,N=8,K=8", "--stalls")
     assert code == 1 and "simulated target" in err and "Traceback" not in err

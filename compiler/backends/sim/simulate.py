@@ -611,13 +611,22 @@ class Simulator:
 
 
 def stall_breakdown(sim: "Simulator", cycles: int) -> dict:
-    """Where the compute engine's time went, per core: busy, fill (before its first
+    """Where the compute engine's time went (the one running multiply-accumulates, else the
+    busiest non-copy engine), per core: busy, fill (before its first
     instruction), waiting for an operand (by the producing instruction), the window full
     behind an instruction, issue order, and drain (after its last).  Needs ``sim.record``
     filled by ``timing``; units of a multi-unit engine count as fractions of it."""
     t = sim.t
     insts = sim.insts
-    compute = {i.instr for i in insts if i.kind != "barrier" and t.instr(i.instr).macs > 0}
+    names = {i.instr for i in insts if i.kind != "barrier"}
+    compute = {x for x in names if t.instr(x).macs > 0}
+    if not compute:  # no multiply-accumulates (softmax, elementwise): the busiest compute engine
+        occ: dict[str, float] = {}
+        for i in insts:
+            if i.kind != "barrier" and not t.instr(i.instr).is_copy:
+                occ[i.engine] = occ.get(i.engine, 0.0) + i.occupancy
+        top = max(occ, key=occ.get, default=None)
+        compute = {x for x in names if not t.instr(x).is_copy and t.instr(x).engine == top}
     per_core: dict[int, dict] = {}
     by_unit: dict[tuple, list] = {}
     for iid, u, issue, occ, bound, culprit in sim.record:
