@@ -434,7 +434,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             if why:
                 raise IsamapError(f"schedule does not fit {target.name}: {why}", k.stmts[si].span)
             nl = _NestLowering(target, nest, ns, f"{si}_{nest.step_index}", resident)
-            if schedule.fuse and nest is c.nests[-1]:
+            if schedule.fuse and nest is c.nests[-1] and not ns.stream:  # stream-K keeps no epilogue
                 nl = _with_epilogue(k, target, nl, [cs2[schedule.mappings[sj]].nests for sj, cs2 in
                                                     enumerate(cands) if sj > si], resident) or nl
                 if nl.epi is not None:

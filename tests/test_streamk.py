@@ -141,3 +141,23 @@ def test_stream_k_is_exact_for_random_sizes(M, N, K, kn):
     sim, ref, _ = _run(M, N, K, kn)
     np.testing.assert_array_equal(sim.tensors["C"], ref)
     sim.timing()
+
+
+def test_statements_after_a_stream_k_nest_run_as_their_own_nests():
+    """mlp's bias + ReLU are fused into the GEMM's nest when it is tiled; stream-K has no
+    epilogue, so they must run after it (they were silently dropped: max error 311)."""
+    from dataclasses import replace
+    from compiler.backends.sim.simulate import simulate
+    t = hw_models.load("sim-nnp")
+    src = open(compiler.__file__.rsplit("/", 2)[0] + "/kernels/mlp.tc").read()
+    ck = compiler.build(src, target="sim-nnp", sizes=dict(B=1760, K=96, N=64))
+    nest = ck.candidates[0][ck.schedule.mappings[0]].nests[0]
+    assert streamk.applicable(t, nest) is None
+    ns = NestSchedule(0, 0, tuple((a.name, 1) for a in nest.axes), tuple(a.name for a in nest.axes), (), 1,
+                      streamk.Knobs().items())
+    prog = lower(ck.kernel, ck.bound, t, replace(ck.schedule, nests=(ns,) + ck.schedule.nests[1:]), ck.candidates)
+    rng = np.random.default_rng(0)
+    inp = {"I": rng.integers(-3, 4, (1760, 96)).astype(np.float32), "W": rng.integers(-3, 4, (96, 64)).astype(np.float32),
+           "Bias": rng.integers(-3, 4, (64,)).astype(np.float32)}
+    res = simulate(t, prog, ck.kernel, ck.bound, inp)
+    np.testing.assert_array_equal(res.outputs["O"], ck.reference(inp)["O"])
