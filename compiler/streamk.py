@@ -65,6 +65,20 @@ class Knobs:
 VARIANTS = (Knobs(), Knobs(batch_a=4), Knobs(late_finals=1))
 
 
+def nest_schedule(nest, kn: Knobs):
+    """The schedule of ``nest`` as stream-K laid out as ``kn`` (tiles, order and split are the
+    lowering's own business)."""
+    from schedulers.base import NestSchedule
+    return NestSchedule(nest.statement, nest.step_index, tuple((a.name, 1) for a in nest.axes),
+                        tuple(a.name for a in nest.axes), (), 1, kn.items())
+
+
+def _partials(cores: list["CorePlan"]) -> int:
+    """Pieces of the most-split leftover row: its partial sums need that many less one
+    scratch tensors."""
+    return max(p.index for cp in cores for p in cp.pieces) + 1
+
+
 def _b(op: str, a: Expr, b: Expr) -> Expr:
     return simplify(Binary(op, a, b))
 
@@ -246,7 +260,7 @@ def _buffers(t: Target, n, cores: list[CorePlan], kn: Knobs) -> dict[str, tuple]
     stage = route_out(t, n, out)[0].outputs[0]
     cnt_a = max(1, min(kn.batch_a, route_in(t, n, A)[0].batch))
     acc = (D + max(len(cp.pieces) for cp in cores)) * Nb
-    nparts = max(p.index for cp in cores for p in cp.pieces) + 1
+    nparts = _partials(cores)
     return {A.name: (A.op, 4 * (D + 1) * max(cnt_a, kn.ahead + 1)),
             f"{A.name}.late": (A.op, max(1, max(sum(p.k1 - p.k0 for p in cp.pieces) for cp in cores))),
             B.name: (B.op, Kb * Nb),
@@ -281,7 +295,7 @@ def lower_stream(nl, k, b, kn: Knobs) -> tuple[list, list[Scratch]]:
     abuf, a2buf, bbuf = bufs[A.name], bufs[f"{A.name}.late"], bufs[B.name]
     cbuf, sbuf, pbuf = bufs[out.name], bufs[f"{out.name}.stage"], bufs[f"{out.name}.partial"]
     ring_a, acc_slots = sizes[A.name][1], sizes[out.name][1]
-    nparts = max(p.index for cp in cores for p in cp.pieces) + 1
+    nparts = _partials(cores)
     ct = k.tensor(out.tensor)
     scratch = [Scratch(f"_SP{nl.tag}_{i}", ct.dtype, tuple(b.shapes[out.tensor]), tuple(b.mins[out.tensor]))
                for i in range(nparts - 1)]
@@ -292,7 +306,7 @@ def lower_stream(nl, k, b, kn: Knobs) -> tuple[list, list[Scratch]]:
 
     # ---- pass 1: every core's steps, and when each is expected to run (to place the
     # partial-sum hand-overs where they will not wait)
-    mm_t = n.instr.occupancy / t.engine(n.instr.engine).count
+    mm_t = n.instr.cycles() / t.engine(n.instr.engine).count
     lat = max(c.latency for c in ld_a)
     steps_of, est_of, last_of_core = [], [], []
     for cp in cores:

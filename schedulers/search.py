@@ -193,8 +193,7 @@ class _Search:
         from compiler import streamk
         for kn in streamk.VARIANTS:
             if streamk.applicable(target, nest, kn) is None:
-                finalists.append(NestSchedule(nest.statement, nest.step_index, tuple((a.name, 1) for a in nest.axes),
-                                              tuple(a.name for a in nest.axes), (), 1, kn.items()))
+                finalists.append(streamk.nest_schedule(nest, kn))
         timed = []
         for ns in finalists:
             cand = with_nest(ns)
@@ -213,8 +212,7 @@ class _Search:
                 cyc, best = c, cand
         # the model's cycles of what was picked (it may not be the model's own first choice)
         from .cost import any_nest_cost
-        old = next(n for n in sched.nests if (n.statement, n.step) == (nest.statement, nest.step_index))
-        picked = best.nests[[(n.statement, n.step) for n in best.nests].index((nest.statement, nest.step_index))]
+        old, picked = (s.nest(nest.statement, nest.step_index) for s in (sched, best))
         model = sched.predicted["cycles"] - any_nest_cost(target, nest, old)["cycles"] + \
             any_nest_cost(target, nest, picked)["cycles"]
         return replace(best, predicted={**sched.predicted, "cycles": round(model), "simulated": cyc,

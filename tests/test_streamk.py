@@ -12,7 +12,7 @@ from compiler.backends.sim.simulate import SharedServer, Simulator
 from compiler.frontend import parse
 from compiler.lower import lower
 from ir.bind import bind
-from schedulers.base import NestSchedule, Schedule
+from schedulers.base import Schedule
 from schedulers.space import candidates
 
 GEMM = open(compiler.__file__.rsplit("/", 2)[0] + "/kernels/gemm_bf16.tc").read()
@@ -58,8 +58,7 @@ def _run(M, N, K, kn, functional=True):
     cands = candidates(k, b, t)
     nest = cands[0][0].nests[0]
     assert streamk.applicable(t, nest, kn) is None
-    ns = NestSchedule(0, 0, tuple((a.name, 1) for a in nest.axes), tuple(a.name for a in nest.axes), (), 1,
-                      kn.items())
+    ns = streamk.nest_schedule(nest, kn)
     sched = Schedule(k.name, t.name, tuple(b.sizes.items()), "test", (0,), (ns,))
     prog = lower(k, b, t, sched, cands)
     rng = np.random.default_rng(M + N + K)
@@ -153,8 +152,7 @@ def test_statements_after_a_stream_k_nest_run_as_their_own_nests():
     ck = compiler.build(src, target="sim-nnp", sizes=dict(B=1760, K=96, N=64))
     nest = ck.candidates[0][ck.schedule.mappings[0]].nests[0]
     assert streamk.applicable(t, nest) is None
-    ns = NestSchedule(0, 0, tuple((a.name, 1) for a in nest.axes), tuple(a.name for a in nest.axes), (), 1,
-                      streamk.Knobs().items())
+    ns = streamk.nest_schedule(nest, streamk.Knobs())
     prog = lower(ck.kernel, ck.bound, t, replace(ck.schedule, nests=(ns,) + ck.schedule.nests[1:]), ck.candidates)
     rng = np.random.default_rng(0)
     inp = {"I": rng.integers(-3, 4, (1760, 96)).astype(np.float32), "W": rng.integers(-3, 4, (96, 64)).astype(np.float32),

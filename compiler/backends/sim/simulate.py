@@ -136,7 +136,6 @@ class Simulator:
         self.readers: dict = {}
         self.barrier_id: int | None = None
         self.env: dict = dict(bound.sizes)
-        self.stalls: dict | None = None  # core 0: what bounded each issue (for tuning)
         # per timed instruction, when a list: (id, unit, issue, occupancy, bound, culprit):
         # what its issue waited for and on which instruction (``stall_breakdown``)
         self.record: list | None = None
@@ -528,10 +527,6 @@ class Simulator:
                 q = queues[c]
                 inst = q.popleft()
                 issue, ek, units, w, terms = tentative(inst)
-                if self.stalls is not None and inst.core == 0:
-                    why = ("deps", "engine", "in-order", "window")[terms.index(max(terms))]
-                    self.stalls.setdefault(inst.instr, {}).setdefault(why, 0)
-                    self.stalls[inst.instr][why] += 1
                 u = units.index(min(units))
                 occ = inst.occupancy
                 end = issue + occ
@@ -654,8 +649,8 @@ def stall_breakdown(sim: "Simulator", cycles: int) -> dict:
             at = max(at, issue + occ)
         d["drain"] = d.get("drain", 0.0) + max(0.0, cycles - at) / n
     out = {c: {k: (round(v) if isinstance(v, float) else v) for k, v in d.items()} for c, d in sorted(per_core.items())}
-    slowest = max(out, key=lambda c: out[c]["busy"] + sum(v for k, v in out[c].items()
-                                                             if k not in ("busy", "engine", "drain")), default=None)
+    # every core's causes add up to the run: the slowest is the one its compute ends latest on
+    slowest = min(per_core, key=lambda c: per_core[c]["drain"], default=None)
     return {"per_core": out, "slowest_core": slowest}
 
 
