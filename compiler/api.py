@@ -39,6 +39,7 @@ class CompiledKernel:
     resident: tuple = ()  # inputs kept on chip across runs of a session
     native: object = None  # host code (llvm backend)
     gpu: object = None  # CUDA code (cuda backend)
+    _call: object = field(default=None, repr=False, compare=False)  # host targets: what __call__ runs
 
     @property
     def sizes(self) -> dict[str, int] | None:
@@ -181,8 +182,18 @@ class CompiledKernel:
     def __call__(self, *args, **kwargs):
         """The outputs (one array, or a tuple in the kernel's order).  On host targets a call
         with positional arrays of exactly the built shapes and dtypes goes straight to the
-        native code (a few microseconds of Python) and does not update ``report``; use
-        ``run_all`` for the timed, recorded call."""
+        native code (from a native entry for short kernels, ``backends/llvm/entry.py``;
+        else a few microseconds of Python) and does not update ``report``; use ``run_all``
+        for the timed, recorded call."""
+        call = self._call
+        if call is None:
+            call = self._call = self._host_call() if self.native is not None else self._checked_call
+        return call(*args, **kwargs)
+
+    def _host_call(self):
+        return self.native.entry(self._checked_call) or self._checked_call
+
+    def _checked_call(self, *args, **kwargs):
         if self.native is not None and not kwargs:
             outs = self.native.exact(args)
             if outs is not None:

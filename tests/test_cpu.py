@@ -1,5 +1,6 @@
 """The cpu target (llvm backend, scalar path) against the reference interpreter."""
 import json
+import types
 
 import numpy as np
 import pytest
@@ -161,3 +162,87 @@ def test_lean_call_matches_run_all_for_every_output():
 def test_persist_is_refused_on_host_targets():
     with pytest.raises(compiler.IsamapError, match="persist"):
         compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=4, N=4, K=4), persist=("A",))
+
+
+def _entry_of(ck):
+    ck._call = None
+    ck(*[np.zeros(ck.bound.shapes[t.name], t.dtype.np) for t in ck.kernel.inputs])  # makes the entry
+    return ck._call
+
+
+@pytest.mark.parametrize("name", kernels.names())
+def test_native_entry_matches_the_checked_call_on_every_kernel(name):
+    k = compiler.parse(kernels.path(name)).kernel()
+    ck = compiler.build(k, target="cpu", sizes=sizes_for(k, 5))
+    call = _entry_of(ck)
+    if any(t.dtype.name == "bfloat16" for t in k.inputs):
+        assert call == ck._checked_call  # inputs the checked path rounds: no entry
+    else:
+        assert isinstance(call, types.BuiltinFunctionType), call
+    ins = random_inputs(k, ck.bound, seed=11)
+    args = [ins[n] for n in ck.input_names]
+    got = ck(*args)
+    got = got if isinstance(got, tuple) else (got,)
+    full = ck.run_all(**ins)
+    assert len(got) == len(ck.output_names)
+    for n, g in zip(ck.output_names, got):
+        np.testing.assert_array_equal(g, full[n])
+
+
+def test_native_entry_hands_everything_else_to_the_checked_path():
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=9, N=5, K=7))
+    assert isinstance(_entry_of(ck), types.BuiltinFunctionType)
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((9, 7)).astype(np.float32)
+    B = rng.standard_normal((7, 5)).astype(np.float32)
+    want = ck._checked_call(A, B)
+    np.testing.assert_allclose(want, A @ B, rtol=1e-5, atol=1e-5)
+    wide = np.zeros((9, 11), np.float32)
+    wide[:, :7] = A
+    for args, kw in [((A, B), {}), ((np.asfortranarray(A), B), {}), ((wide[:, :7], B), {}),
+                     ((A.astype(np.float64), B), {}), ((A.tolist(), B), {}), ((), dict(A=A, B=B)),
+                     ((A,), dict(B=B)), ((A.byteswap().view(A.dtype.newbyteorder()), B), {})]:
+        np.testing.assert_allclose(ck(*args, **kw), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(compiler.IsamapError, match="built for"):
+        ck(A[:8], B)
+    with pytest.raises(compiler.IsamapError):
+        ck(A)
+    with pytest.raises(compiler.IsamapError):
+        ck(A, B, B)
+
+
+def test_native_entry_keeps_reference_counts():
+    import sys
+    ck = compiler.build(kernels.path("layernorm"), target="cpu", sizes=dict(N=6, D=10))
+    assert isinstance(_entry_of(ck), types.BuiltinFunctionType)
+    ins = [np.ones(ck.bound.shapes[n], np.float32) for n in ck.input_names]
+    before = [sys.getrefcount(x) for x in ins]
+    for _ in range(1000):
+        outs = ck(*ins)
+    assert [sys.getrefcount(x) for x in ins] == before
+    assert isinstance(outs, tuple) and len(outs) == 3
+    fresh = (np.zeros(3, np.float32), np.zeros(3, np.float32))
+    assert [sys.getrefcount(outs[i]) for i in range(3)] == [sys.getrefcount(fresh[0])] * 3  # held by the tuple only
+
+
+def test_long_or_threaded_kernels_take_the_python_path():
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=512, N=512, K=512))
+    assert _entry_of(ck) == ck._checked_call
+
+
+def test_native_entry_and_checked_path_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=33, N=17, K=29))
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((33, 29)).astype(np.float32)
+    B = rng.standard_normal((29, 17)).astype(np.float32)
+    want = A @ B
+    At = np.asfortranarray(A)  # checked path (copies) interleaved with entry calls
+
+    def work(i):
+        return [ck(A if (i + j) % 2 else At, B) for j in range(200)]
+
+    with ThreadPoolExecutor(4) as ex:
+        for outs in ex.map(work, range(8)):
+            for o in outs:
+                np.testing.assert_allclose(o, want, rtol=1e-4, atol=1e-4)

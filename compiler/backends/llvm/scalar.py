@@ -4,9 +4,12 @@ This is the cpu target's fallback path (``fallback = scalar`` in cpu.hw): every
 statement becomes loops over its inferred domain (output indices outside,
 reduction indices inside) around the statement's expression, exactly the
 reference semantics (TC initialisation, floor division, bf16 rounding on store).
-LLVM's -O3 pipeline for the host CPU vectorises what it can.  Vectorised,
-cache-tiled, multi-threaded code from the cpu target's instruction mappings is
-the next step and will replace this path where it applies.
+LLVM's -O3 pipeline for the host CPU vectorises what it can.  Statements the
+cpu target's FMA instructions map to become packed, register-blocked contractions
+instead (``contraction.py``), with elementwise statements after them fused in.
+``NativeKernel`` holds the compiled module: its disk cache, how each call splits
+across the native pool's threads (``pool.py``), and the call paths from Python
+(``exact``, and the native ``entry.py`` for short kernels).
 """
 from __future__ import annotations
 
@@ -584,6 +587,32 @@ class NativeKernel:
         exec("\n".join(lines), env)
         return env["fast"]
 
+    def entry(self, fallback):
+        """A Python builtin that runs this kernel from native code (``entry.py``) for calls of
+        exactly the built inputs, handing every other call to ``fallback``; None where the
+        kernel splits across threads or runs long (a call holds the GIL throughout), has
+        inputs the checked path converts, or the interpreter's layout is not the expected one."""
+        if any(t.dtype in (BFLOAT16, BOOL) for t in self.k.inputs) or any(b for _, b in self._out_names):
+            return None
+        if len(self._out_specs) > 16:  # the entry keeps its outputs in 16 stack slots
+            return None
+        from .entry import ENTRY_MAX_SECONDS, Entry
+        table = (ctypes.c_void_p * len(self.k.inputs + self.k.outputs))()
+        scratch: dict[int, np.ndarray] = {}
+        with self._lock:
+            planned = self._calls_planned(table, scratch)
+            self._contexts.append(scratch)
+        if any(parts != 1 for _, _, _, parts, _ in planned) or sum(p[4] for p in planned) > ENTRY_MAX_SECONDS:
+            return None
+        ins = [(tuple(self.b.shapes[t.name]), dt) for t, (_, dt) in zip(self.k.inputs, self._in_specs)]
+        outs = [(alloc, shape, dt) for shape, dt, alloc in self._out_specs]
+        try:
+            e = Entry(self.k.name, ins, outs, [(kind, fn, arg) for kind, fn, arg, _, _ in planned], table, fallback)
+        except OSError:
+            return None
+        self._contexts.append(e)
+        return e.call
+
     def run(self, inputs) -> list[np.ndarray]:
         """Inputs in the kernel's order -> its outputs in order (the lean entry: no dicts)."""
         bufs = [np.ascontiguousarray(x, dtype=dt) for x, (_, dt) in zip(inputs, self._in_specs)]
@@ -610,13 +639,28 @@ class NativeKernel:
 
         from .pool import native_pool
         steps = []
+        for kind, fn, ctx, parts, seconds in self._calls_planned(self._ptrs, self._scratch):
+            if kind == 0:
+                steps.append(partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fn), ctx))
+            elif parts == 1:  # on this thread, through the task entry: two arguments to convert, not eight
+                steps.append(partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(fn), ctx, 0))
+            else:
+                steps.append(partial(native_pool().run, fn, ctx, parts, seconds))
+        return steps
+
+    def _calls_planned(self, table, scratch: dict) -> list[tuple[int, int, int, int, float]]:
+        """(kind, function address, argument address, parts, one-thread seconds) per native call:
+        kind 0 is ``fn(table)``, kind 1 ``task(ctx, part)`` for each part.  ``table`` (the
+        buffer table) and ``scratch`` (part -> packing buffer) are the caller's, so that the
+        native entry's calls (``entry``) share nothing with the Python path's."""
+        out = []
         for c in self.calls:
             if c.task is None:
-                steps.append(partial(c.f, self._ptrs))
+                out.append((0, ctypes.cast(c.f, ctypes.c_void_p).value, ctypes.addressof(table), 1, 0.0))
                 continue
             if c.plan is not None:
                 parts = split_contraction(c.plan, self.threads)
-                records = [(self._work(i),) + r for i, r in enumerate(parts)]
+                records = [(self._work(i, scratch),) + r for i, r in enumerate(parts)]
                 seconds = one_core_seconds(c.plan)
             else:
                 n = c.hi - c.lo
@@ -626,23 +670,18 @@ class NativeKernel:
                 seconds = c.work / 1e9
             ctx = (ctypes.c_int64 * (8 * len(records)))()
             for i, r in enumerate(records):
-                ctx[8 * i] = ctypes.addressof(self._ptrs)
+                ctx[8 * i] = ctypes.addressof(table)
                 for j, v in enumerate(r):
                     ctx[8 * i + 1 + j] = v
             self._contexts.append(ctx)
-            if len(records) == 1:  # on this thread, through the task entry: two arguments to convert, not eight
-                task = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(c.task)
-                self._contexts.append(task)
-                steps.append(partial(task, ctypes.addressof(ctx), 0))
-                continue
-            steps.append(partial(native_pool().run, c.task, ctypes.addressof(ctx), len(records), seconds))
-        return steps
+            out.append((1, c.task, ctypes.addressof(ctx), len(records), seconds))
+        return out
 
-    def _work(self, i: int) -> int:
+    def _work(self, i: int, scratch: dict) -> int:
         """The address of part i's scratch (64-byte aligned, allocated once per kernel)."""
-        buf = self._scratch.get(i)
+        buf = scratch.get(i)
         if buf is None:
-            buf = self._scratch[i] = np.zeros(self.workspace + 16, dtype=np.float32)
+            buf = scratch[i] = np.zeros(self.workspace + 16, dtype=np.float32)
         return (buf.ctypes.data + 63) // 64 * 64
 
 
