@@ -117,6 +117,19 @@ def test_default_blocking_is_balanced():
     assert bl.mc % bl.mr == 0 and bl.nc % bl.nr == 0
 
 
+def test_large_packed_gemms_take_longer_k_blocks_and_stay_correct():
+    """Both operands packed: K blocks of a B micro-panel twice the L1 (the C tiles are read and
+    written half as often); narrow GEMMs keep the L1-sized block."""
+    wide = Blocking.for_target(CPU, 16, "zmm", 2048, 2048, 2048, 2)
+    narrow = Blocking.for_target(CPU, 16, "zmm", 1760, 128, 1760, 2)
+    assert wide.pack_a and wide.pack_b and not narrow.pack_a
+    assert wide.kc * wide.nr * 4 == 2 * 32768 and narrow.kc * narrow.nr * 4 <= 32768
+    nk, out, ref = _gemm("gemm", 233, 161, 1031, threads=2)  # ragged row, column and K blocks
+    bl = nk.plans[0].blocking
+    assert bl.pack_a and bl.pack_b and bl.kc > 256 and 1031 % bl.kc
+    assert np.allclose(out, ref, atol=1e-4 * 1031, rtol=1e-4)
+
+
 def test_vectorisable_exp_sigmoid_tanh_are_accurate():
     """float32 exp/sigmoid/tanh are inline polynomials (so loops around them vectorise): within
     a few ulp of numpy over the whole range, with inf, NaN, overflow and underflow right."""

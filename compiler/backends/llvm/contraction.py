@@ -152,16 +152,25 @@ class Blocking:
             # VM: 7 x 2 instead of 14 x 2 took 4096x64x4096 111 -> 195 GFLOP/s, 2048x64x2048
             # 105 -> 162, 4096x32x4096 135 -> 178; 7 x 1 for N = 16 4096^2 90 -> 120-144
             mr = caches[0].ways - 1
-        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
-        mc = min(mc, -(-m // mr) * mr)
-        share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
-        nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
         # B is packed into NR-wide panels when many row tiles share them; with few (batch-sized
         # M: GRU/LSTM steps, M = 32..128) the pass over B costs more than the packed panels
         # save, and B is read in place with software prefetch (only a ragged last panel is
         # packed). Measured in one run, 2 threads: unpacked is 7-67% faster for M = 32, 35, 64
         # and 128 (N = 512..8457), packed 5-20% faster for M = 256, 512 and 1760 (N = 1500)
         pack_b = not b_contiguous or -(-m // mr) >= PACK_B_ROW_TILES
+        if pack_a and pack_b and k > kc:
+            # both operands packed (the large, compute-bound GEMMs): K blocks of twice that, the
+            # B micro-panel streaming from L2.  What each K block costs beyond its FMAs (every C
+            # tile read, added and written back once more, the micro-kernel's set-up) halves;
+            # measured on a Zen 4 VM, ratio to OpenBLAS in the same run, 1 thread: 1024x6000x2560
+            # 0.92-0.94 -> 0.97-1.00, 2048^3 0.99 -> 1.04 (kc 1024: 1.06); 2 threads 7680x1500x2560
+            # 0.93 -> 1.00.  Narrow GEMMs (A read in place, or B unpacked) were slower with it
+            kc = max(16, min(k, 2 * l1 // (nr * 4)))
+            kc = -(-k // -(-k // kc))
+        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
+        mc = min(mc, -(-m // mr) * mr)
+        share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
+        nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
         return Blocking(vl, mr, nv, kc, mc, nc, pack_a, prefetch, pack_b)
 
 
