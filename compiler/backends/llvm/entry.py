@@ -160,7 +160,7 @@ out_ok:
   %o1 = add i64 %o, 1
   br label %outs
 unwind:   ; an allocation raised: drop the outputs made so far, return null (the error is set)
-  %u = phi i64 [ %o, %out ], [ %u1, %drop ]
+  %u = phi i64 [ %o, %out ], [ %nout, %tuple ], [ %u1, %drop ]
   %umore = icmp sgt i64 %u, 0
   br i1 %umore, label %drop, label %error
 drop:
@@ -237,20 +237,7 @@ tuple:
   %new_f = call ptr @word(ptr %d, i64 7)
   %tup = call ptr %new_f(i64 %nout)
   %tupnull = icmp eq ptr %tup, null
-  br i1 %tupnull, label %unwind_all, label %fill
-unwind_all:
-  br label %unwind2
-unwind2:
-  %v = phi i64 [ %nout, %unwind_all ], [ %v1, %drop2 ]
-  %vmore = icmp sgt i64 %v, 0
-  br i1 %vmore, label %drop2, label %error
-drop2:
-  %v1 = sub i64 %v, 1
-  %vslot = getelementptr i64, ptr %sp, i64 %v1
-  %vo = load ptr, ptr %vslot
-  %dec_f2 = call ptr @word(ptr %d, i64 9)
-  call void %dec_f2(ptr %vo)
-  br label %unwind2
+  br i1 %tupnull, label %unwind, label %fill
 fill:
   %f = phi i64 [ 0, %tuple ], [ %f1, %filled ]
   %fmore = icmp slt i64 %f, %nout
