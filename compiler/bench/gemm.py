@@ -110,6 +110,11 @@ def _cycles(ck, budget: int) -> tuple[float, bool, dict]:
 QUIET_SECONDS = 0.2  # OpenBLAS's and our worker threads spin (0.1 s, ~25 ms) after each call before sleeping
 MIN_SECONDS = 0.25  # repeat short problems until this much time is measured
 ROUNDS = 3  # each side is timed in this many alternating rounds
+# a short problem's round runs until MIN_SECONDS / ROUNDS is measured (at most this many calls):
+# its first calls after the quiet pause wait for sleeping worker threads -- ours and OpenBLAS's
+# -- whose wake-up took 0.1-8 ms on the project's VMs, so a round of 50 GEMV calls (1.5 ms)
+# measured mostly that: 1024x1x512 at median 32 us against 16 us once the workers are up
+MAX_CALLS = 20000
 
 
 def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = True) -> dict:
@@ -118,7 +123,8 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
     speed over seconds, which reaches tens of percent, falls on every side alike instead of
     on whichever was timed in the slow moment.  Each round of a side: a quiet pause (the
     other side's threads spin after their calls), then at least ``repeats / rounds`` calls,
-    more for short problems.  One warm-up call per side is excluded."""
+    more for short problems (until ``MIN_SECONDS / rounds`` is measured).  One warm-up call
+    per side is excluded."""
     times: dict = {name: [] for name in sides}
     outs = {name: fn() for name, fn in sides.items()}  # warm-ups
     per_round = max(1, -(-repeats // rounds))
@@ -127,7 +133,7 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
             if quiet:
                 time.sleep(QUIET_SECONDS)
             block: list[float] = []
-            while len(block) < per_round or (sum(block) < MIN_SECONDS / rounds and len(block) < 50 * per_round):
+            while len(block) < per_round or (sum(block) < MIN_SECONDS / rounds and len(block) < MAX_CALLS):
                 t0 = time.perf_counter()
                 outs[name] = fn()
                 block.append(time.perf_counter() - t0)
