@@ -128,8 +128,12 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
     times: dict = {name: [] for name in sides}
     outs = {name: fn() for name, fn in sides.items()}  # warm-ups
     per_round = max(1, -(-repeats // rounds))
-    for _ in range(rounds):
-        for name, fn in sides.items():
+    names = list(sides)
+    for r in range(rounds):
+        # each round starts one side later: no side always follows the same other side (a run
+        # right after torch's was measured 5-15% slower on large GEMMs, whichever side it was)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = sides[name]
             if quiet:
                 time.sleep(QUIET_SECONDS)
             block: list[float] = []
