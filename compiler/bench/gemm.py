@@ -118,13 +118,18 @@ MAX_CALLS = 20000
 
 
 def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = True) -> dict:
-    """name -> (median, min, max seconds, last result) for each side, timed in alternating
+    """name -> (median, min, max seconds, warm-up result) for each side, timed in alternating
     rounds (ours, baseline, ours, baseline, ...) so that a drift of this shared machine's
     speed over seconds, which reaches tens of percent, falls on every side alike instead of
     on whichever was timed in the slow moment.  Each round of a side: a quiet pause (the
     other side's threads spin after their calls), then at least ``repeats / rounds`` calls,
     more for short problems (until ``MIN_SECONDS / rounds`` is measured).  One warm-up call
-    per side is excluded."""
+    per side is excluded; its result is the one returned (for the checks).  A timed call's
+    result is dropped at once: on the project's VMs a large output (442 MB for
+    4608x24000x1536) was measured costing ~1 s of kernel page clearing on every other
+    allocation (numpy alone: 1.66 s and 2.1-2.7 s in turn; ~0.07 s otherwise), so which side
+    paid it followed the order of the calls; holding the results kept that pattern (a guess:
+    memory freed seconds before had gone back to the hypervisor)."""
     times: dict = {name: [] for name in sides}
     outs = {name: fn() for name, fn in sides.items()}  # warm-ups
     per_round = max(1, -(-repeats // rounds))
@@ -139,7 +144,7 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
             block: list[float] = []
             while len(block) < per_round or (sum(block) < MIN_SECONDS / rounds and len(block) < MAX_CALLS):
                 t0 = time.perf_counter()
-                outs[name] = fn()
+                fn()
                 block.append(time.perf_counter() - t0)
             times[name] += block
     return {name: (statistics.median(ts), min(ts), max(ts), outs[name]) for name, ts in times.items()}
