@@ -437,11 +437,14 @@ class _Gen:
 
 
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
-PARALLEL_MIN_SECONDS = 8e-6  # contractions estimated below this on one core run on one thread (a pool
-                             # dispatch costs ~2-3 us; measured: 3072x1x128 55 -> 25 us on 2 threads).
-                             # 4e-6 made 64x64x64 8.1 -> 5.9 us in a tight loop on a Zen 4 VM but lost in
-                             # the bench harness's medians (0.71/0.62 -> 0.57/0.49 of numpy): a 5 us job
-                             # split across both vCPUs of a shared VM waits on the slower one
+PARALLEL_MIN_SECONDS = 1.3e-5  # contractions estimated below this on one core run on one thread (a pool
+                               # dispatch costs ~2-3 us; measured: 3072x1x128 55 -> 25 us on 2 threads).
+                               # 4e-6 made 64x64x64 8.1 -> 5.9 us in a tight loop on a Zen 4 VM but lost in
+                               # the bench harness's medians (0.71/0.62 -> 0.57/0.49 of numpy): a 5 us job
+                               # split across both vCPUs of a shared VM waits on the slower one.  Raised
+                               # from 8e-6 with the native entry (entry.py), which only one-thread kernels
+                               # get: 128x1x1024 (8.8 us estimated) 6.4 us alone vs 7.9 split, 128x1x1408
+                               # (12.1) 8.1 vs 8.9; 128x4x1408 (14.4) 14.6 vs 12.0, 256x1x1024 (17.6) 13.4 vs 12.4
 
 
 def one_core_seconds(p: Contraction) -> float:
