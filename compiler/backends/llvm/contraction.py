@@ -105,7 +105,7 @@ class Blocking:
         Registers: MR x NV accumulators beside NV vector loads and a broadcast; 2 vectors
         wide and 14 rows on 32 registers (6 x 2 on 16), fewer rows and more vectors when M
         is small (down to 1 x 16 for a GEMV-like M = 1).  Caches: one B micro-panel (KC x NR)
-        fills L1, the A block (MC x KC) half of L2, the B block (KC x NC) half of this
+        fills L1 (two L1s when both operands are packed), the A block (MC x KC) half of L2, the B block (KC x NC) half of this
         thread's share of L3."""
         regs = registers(t, regmem, vl)
         vecs = -(-n // vl)
@@ -134,8 +134,6 @@ class Blocking:
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
         l3 = caches[2].capacity if len(caches) > 2 else 8 * l2
         nr = nv * vl
-        kc = max(16, min(k, l1 // (nr * 4)))
-        kc = -(-k // -(-k // kc))  # balanced K blocks
         # A with a unit stride is read in place when few NR tiles reuse it: A(m, k) as MR
         # sequential streams, A(k, m) with software prefetch (each k step is a new line, soon a
         # new page, where the hardware prefetcher stops).  Packing costs a pass over A per NC
@@ -158,15 +156,16 @@ class Blocking:
         # packed). Measured in one run, 2 threads: unpacked is 7-67% faster for M = 32, 35, 64
         # and 128 (N = 512..8457), packed 5-20% faster for M = 256, 512 and 1760 (N = 1500)
         pack_b = not b_contiguous or -(-m // mr) >= PACK_B_ROW_TILES
-        if pack_a and pack_b and k > kc:
-            # both operands packed (the large, compute-bound GEMMs): K blocks of twice that, the
-            # B micro-panel streaming from L2.  What each K block costs beyond its FMAs (every C
-            # tile read, added and written back once more, the micro-kernel's set-up) halves;
-            # measured on a Zen 4 VM, ratio to OpenBLAS in the same run, 1 thread: 1024x6000x2560
-            # 0.92-0.94 -> 0.97-1.00, 2048^3 0.99 -> 1.04 (kc 1024: 1.06); 2 threads 7680x1500x2560
-            # 0.93 -> 1.00.  Narrow GEMMs (A read in place, or B unpacked) were slower with it
-            kc = max(16, min(k, 2 * l1 // (nr * 4)))
-            kc = -(-k // -(-k // kc))
+        # K blocks: a B micro-panel (KC x NR) fills L1; when both operands are packed (the
+        # large, compute-bound GEMMs) twice that, streaming from L2.  What each K block costs
+        # beyond its FMAs (every C tile read, added and written back once more, the
+        # micro-kernel's set-up) halves; measured on a Zen 4 VM, ratio to OpenBLAS in the same
+        # run, 1 thread: 1024x6000x2560 0.92-0.94 -> 0.97-1.00, 2048^3 0.99 -> 1.04 (kc 1024:
+        # 1.06); 2 threads 7680x1500x2560 0.93 -> 1.00.  Narrow GEMMs (A read in place, or B
+        # unpacked) were slower with it
+        panel = 2 * l1 if pack_a and pack_b else l1
+        kc = max(16, min(k, panel // (nr * 4)))
+        kc = -(-k // -(-k // kc))  # balanced K blocks
         mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
         mc = min(mc, -(-m // mr) * mr)
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
