@@ -124,12 +124,13 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
     on whichever was timed in the slow moment.  Each round of a side: a quiet pause (the
     other side's threads spin after their calls), then at least ``repeats / rounds`` calls,
     more for short problems (until ``MIN_SECONDS / rounds`` is measured).  One warm-up call
-    per side is excluded; its result is the one returned (for the checks).  A timed call's
-    result is dropped at once: on the project's VMs a large output (442 MB for
-    4608x24000x1536) was measured costing ~1 s of kernel page clearing on every other
-    allocation (numpy alone: 1.66 s and 2.1-2.7 s in turn; ~0.07 s otherwise), so which side
-    paid it followed the order of the calls; holding the results kept that pattern (a guess:
-    memory freed seconds before had gone back to the hypervisor)."""
+    per side is excluded; its result is the one returned (for the checks), and a timed
+    call's result is dropped at once rather than held until the side's next call (a 442 MB
+    output each for 4608x24000x1536).  On the project's VMs such large outputs cost ~1 s of
+    kernel page clearing on every other allocation (numpy alone: 1.66 s and 2.1-2.7 s in
+    turn; ~0.07 s otherwise), held or dropped alike; the rotating side order below spreads
+    the calls over both kinds of allocation rather than giving one side the same kind each
+    round (not a cure: a whole-set run still shows rows whose best call matches numpy)."""
     times: dict = {name: [] for name in sides}
     outs = {name: fn() for name, fn in sides.items()}  # warm-ups
     per_round = max(1, -(-repeats // rounds))

@@ -562,8 +562,8 @@ class NativeKernel:
     def _exact_entry(self):
         """``exact``'s function, written out for this kernel's arity and steps (generic loops over
         the arguments cost a microsecond more than the checks themselves)."""
-        if any(t.dtype in (BFLOAT16, BOOL) for t in self.k.inputs):
-            return lambda args: None  # inputs the checked path converts (rounding, truth values)
+        if self._converts_inputs():
+            return lambda args: None
         steps = self._planned_steps()
         env = dict(ndarray=np.ndarray, addr=_address, ptrs=self._ptrs, lock=self._lock)
         nin = len(self.k.inputs)
@@ -590,23 +590,29 @@ class NativeKernel:
         exec("\n".join(lines), env)
         return env["fast"]
 
+    def _converts_inputs(self) -> bool:
+        """Whether the checked path converts some input (bfloat16 rounding, truth values), so
+        that no lean path may pass the caller's arrays through as they are."""
+        return any(t.dtype in (BFLOAT16, BOOL) for t in self.k.inputs)
+
     def entry(self, fallback):
         """A Python builtin that runs this kernel from native code (``entry.py``) for calls of
         exactly the built inputs, handing every other call to ``fallback``; None where the
         kernel splits across threads or runs long (a call holds the GIL throughout), has
         inputs the checked path converts, or the interpreter's layout is not the expected one."""
-        if any(t.dtype in (BFLOAT16, BOOL) for t in self.k.inputs) or any(b for _, b in self._out_names):
+        if self._converts_inputs() or any(b for _, b in self._out_names):
             return None
         if len(self._out_specs) > 16:  # the entry keeps its outputs in 16 stack slots
             return None
         from .entry import ENTRY_MAX_SECONDS, Entry
+        splits = self._splits()
+        if any(len(parts) > 1 for _, parts, _ in splits) or sum(sec for _, _, sec in splits) > ENTRY_MAX_SECONDS:
+            return None
         table = (ctypes.c_void_p * len(self.k.inputs + self.k.outputs))()
         scratch: dict[int, np.ndarray] = {}
         with self._lock:
-            planned = self._calls_planned(table, scratch)
+            planned = self._calls_planned(table, scratch, splits)
             self._contexts.append(scratch)
-        if any(parts != 1 for _, _, _, parts, _ in planned) or sum(p[4] for p in planned) > ENTRY_MAX_SECONDS:
-            return None
         ins = [(tuple(self.b.shapes[t.name]), dt) for t, (_, dt) in zip(self.k.inputs, self._in_specs)]
         outs = [(alloc, shape, dt) for shape, dt, alloc in self._out_specs]
         try:
@@ -642,7 +648,7 @@ class NativeKernel:
 
         from .pool import native_pool
         steps = []
-        for kind, fn, ctx, parts, seconds in self._calls_planned(self._ptrs, self._scratch):
+        for kind, fn, ctx, parts, seconds in self._calls_planned(self._ptrs, self._scratch, self._splits()):
             if kind == 0:
                 steps.append(partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fn), ctx))
             elif parts == 1:  # on this thread, through the task entry: two arguments to convert, not eight
@@ -651,26 +657,35 @@ class NativeKernel:
                 steps.append(partial(native_pool().run, fn, ctx, parts, seconds))
         return steps
 
-    def _calls_planned(self, table, scratch: dict) -> list[tuple[int, int, int, int, float]]:
-        """(kind, function address, argument address, parts, one-thread seconds) per native call:
-        kind 0 is ``fn(table)``, kind 1 ``task(ctx, part)`` for each part.  ``table`` (the
-        buffer table) and ``scratch`` (part -> packing buffer) are the caller's, so that the
-        native entry's calls (``entry``) share nothing with the Python path's."""
+    def _splits(self) -> list[tuple[_Call, list[tuple[int, ...]], float]]:
+        """Per native call: the ranges of its parts (one per thread it runs on; none for an
+        identity fill) and its estimated one-thread seconds -- decided without allocating
+        anything, so ``entry`` can refuse a kernel before any scratch exists."""
         out = []
         for c in self.calls:
             if c.task is None:
-                out.append((0, ctypes.cast(c.f, ctypes.c_void_p).value, ctypes.addressof(table), 1, 0.0))
-                continue
-            if c.plan is not None:
-                parts = split_contraction(c.plan, self.threads)
-                records = [(self._work(i, scratch),) + r for i, r in enumerate(parts)]
-                seconds = one_core_seconds(c.plan)
+                out.append((c, [], 0.0))
+            elif c.plan is not None:
+                out.append((c, split_contraction(c.plan, self.threads), one_core_seconds(c.plan)))
             else:
                 n = c.hi - c.lo
                 k = min(self.threads, n) if c.work >= PARALLEL_MIN_WORK else 1
                 step = -(-n // max(k, 1))
-                records = [(0, a, min(c.hi, a + step)) for a in range(c.lo, c.hi, step)]
-                seconds = c.work / 1e9
+                out.append((c, [(a, min(c.hi, a + step)) for a in range(c.lo, c.hi, step)], c.work / 1e9))
+        return out
+
+    def _calls_planned(self, table, scratch: dict, splits) -> list[tuple[int, int, int, int, float]]:
+        """(kind, function address, argument address, parts, one-thread seconds) per native call
+        of ``splits``: kind 0 is ``fn(table)``, kind 1 ``task(ctx, part)`` for each part.
+        ``table`` (the buffer table) and ``scratch`` (part -> packing buffer) are the caller's,
+        so that the native entry's calls (``entry``) share nothing with the Python path's."""
+        out = []
+        for c, parts, seconds in splits:
+            if c.task is None:
+                out.append((0, ctypes.cast(c.f, ctypes.c_void_p).value, ctypes.addressof(table), 1, 0.0))
+                continue
+            # a record: buffer table, then the part's scratch (contractions) or 0, then its ranges
+            records = [(self._work(i, scratch) if c.plan is not None else 0,) + r for i, r in enumerate(parts)]
             ctx = (ctypes.c_int64 * (8 * len(records)))()
             for i, r in enumerate(records):
                 ctx[8 * i] = ctypes.addressof(table)
