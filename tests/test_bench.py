@@ -33,6 +33,21 @@ def test_bench_json_rows_carry_ratios(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.skipif(gpu_present(), reason="a GPU is present")
+def test_timed_sides_let_neither_compared_side_always_follow_the_extra_baseline(monkeypatch):
+    """A call right after torch's is slower whichever side makes it: torch goes last in each
+    round (first among the warm-ups), and ours and numpy take turns after it."""
+    calls = []
+    monkeypatch.setattr(bg, "QUIET_SECONDS", 0)
+    monkeypatch.setattr(bg, "MIN_SECONDS", 0)
+    sides = {name: (lambda name=name: calls.append(name) or name) for name in ("ours", "numpy", "torch")}
+    timed = bg._timed_sides(sides, repeats=3)
+    assert calls[:3] == ["torch", "ours", "numpy"]  # warm-ups
+    after_torch = [b for a, b in zip(calls[3:], calls[4:]) if a == "torch"]
+    assert after_torch == ["numpy", "ours"] and calls[-1] == "torch"
+    assert {name: calls.count(name) for name in sides} == {"ours": 4, "numpy": 4, "torch": 4}
+    assert all(timed[name][3] == name for name in sides)  # each side's warm-up result
+
+
 def test_bench_on_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert cli.main(["bench", "gemm", "--target", "cuda"]) == 1
     assert "no NVIDIA GPU" in capsys.readouterr().err
