@@ -47,13 +47,96 @@ def resolve_path(name_or_path: str) -> Path:
 def _load(path: str, mtime: float) -> Target:
     from dataclasses import replace
 
+    text = Path(path).read_bytes()
+    cached = _cached(path, text)
+    if cached is not None:
+        return replace(cached, path=path)
     from compiler.frontend import parse
-    m = parse(path)
+    _LOADING.append({})
+    try:
+        m = parse(path)
+    finally:
+        deps = _LOADING.pop()
     if len(m.targets) != 1:
         raise IsamapError(f"'{path}' must define exactly one target (found {len(m.targets)})", m.span)
+    _DEPS[path] = deps
+    _store(path, text, m.targets[0], deps)
     return replace(m.targets[0], path=path)
+
+
+# A checked target is kept on disk, pickled (~1 ms to load, where parsing and checking cpu.hw
+# took ~40 ms in a fresh process, most of a cached build's time there).  The key covers what
+# the result depends on: the file's bytes, the code that parses and checks it, and the host
+# facts that `cores = host` and `host_cache = N` read; an entry also lists the files it was
+# derived from (`target x : base`) with their digests, and counts only while they match.
+_CODE = ("ir", "compiler/frontend", "compiler/targets.py")
+_LOADING: list[dict] = []  # the dependencies of each target being parsed (derivations nest)
+_DEPS: dict[str, dict] = {}  # path -> the files its target was derived from, with their digests
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _fingerprint() -> bytes:
+    import os
+
+    from compiler.targets import host_cache_bytes, host_cache_ways
+    return _code_fingerprint() + repr((os.cpu_count(), [(host_cache_bytes(level), host_cache_ways(level))
+                                                         for level in (1, 2, 3)])).encode()
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> bytes:
+    root = DIR.parent
+    parts = []
+    for name in _CODE:
+        p = root / name
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.suffix in (".py", ".lark"):
+                parts.append(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return _digest(b"\0".join(parts)).encode()
+
+
+def _cache_file(path: str, text: bytes) -> Path | None:
+    """The entry of a file's text at its place (a relative base reference depends on it)."""
+    from compiler.cache import cache_dir
+    d = cache_dir("targets")
+    key = _fingerprint() + str(Path(path).resolve()).encode() + b"\0" + text
+    return d / f"{_digest(key)}.pickle" if d is not None else None
+
+
+def _cached(path: str, text: bytes) -> Target | None:
+    import pickle
+    try:
+        f = _cache_file(path, text)
+        if f is None or not f.exists():
+            return None
+        deps, t = pickle.loads(f.read_bytes())
+        if not isinstance(t, Target) or any(_digest(Path(p).read_bytes()) != d for p, d in deps.items()):
+            return None
+    except Exception:  # noqa: BLE001 - an unreadable entry (another version, a torn disk, a base gone): parse
+        return None
+    _DEPS[path] = deps
+    return t
+
+
+def _store(path: str, text: bytes, t: Target, deps: dict) -> None:
+    import pickle
+    try:
+        f = _cache_file(path, text)
+        if f is not None:
+            from compiler.cache import write_atomic
+            write_atomic(f, pickle.dumps((deps, t)))
+    except OSError:  # a read-only cache: every load parses
+        pass
 
 
 def load(name_or_path: str) -> Target:
     p = resolve_path(name_or_path)
-    return _load(str(p), p.stat().st_mtime)
+    t = _load(str(p), p.stat().st_mtime)
+    for deps in _LOADING:  # a target being derived from this one depends on it and on its bases
+        deps[str(p)] = _digest(p.read_bytes())
+        deps.update(_DEPS.get(str(p), {}))
+    return t

@@ -144,3 +144,45 @@ def test_cache_ways_come_from_the_hw_file_or_the_host(tmp_path, monkeypatch):
     g = tmp_path / "host.hw"
     g.write_text('target "host" : "cpu" {\n  memory l1 { capacity = 32 KiB  host_cache = 1  ways = 8 }\n}\n')
     assert (hw_models.load(str(g)).memory("l1").capacity, hw_models.load(str(g)).memory("l1").ways) == (64 << 10, 16)
+
+
+def _fresh_loads(monkeypatch, cache):
+    """Loads that start from the disk cache in ``cache`` (the in-process one emptied)."""
+    monkeypatch.setenv("ISAMAP_CACHE", str(cache))
+    hw_models._load.cache_clear()
+    hw_models._DEPS.clear()
+
+
+def test_checked_targets_are_cached_on_disk_and_equal_to_parsed_ones(tmp_path, monkeypatch):
+    _fresh_loads(monkeypatch, tmp_path)
+    parsed = hw_models.load("sim-nnp")
+    assert len(list((tmp_path / "targets").glob("*.pickle"))) == 1
+    import compiler.frontend
+    monkeypatch.setattr(compiler.frontend, "parse", lambda *a, **k: pytest.fail("parsed again"))
+    hw_models._load.cache_clear()
+    assert hw_models.load("sim-nnp") == parsed
+    monkeypatch.undo()
+    for entry in (tmp_path / "targets").glob("*.pickle"):  # a damaged entry: parsed again, and replaced
+        entry.write_bytes(b"not a pickle")
+    _fresh_loads(monkeypatch, tmp_path)
+    assert hw_models.load("sim-nnp") == parsed
+    _fresh_loads(monkeypatch, "off")
+    assert hw_models.load("sim-nnp") == parsed
+
+
+def test_a_cached_derived_target_follows_changes_of_its_base(tmp_path, monkeypatch):
+    _fresh_loads(monkeypatch, tmp_path / "cache")
+    base, derived = tmp_path / "base.hw", tmp_path / "derived.hw"
+    base.write_text('target "base" : "cpu" {\n  cores = 3\n}\n')
+    derived.write_text(f'target "derived" : "{base}" {{\n  memory l1 {{ capacity = 48 KiB  ways = 12 }}\n}}\n')
+    assert hw_models.load(str(derived)).cores == 3
+    base.write_text('target "base" : "cpu" {\n  cores = 5\n}\n')
+    _fresh_loads(monkeypatch, tmp_path / "cache")
+    assert hw_models.load(str(derived)).cores == 5  # not the entry made from the old base
+
+
+def test_cuda_libraries_go_to_a_private_folder_when_caching_is_off(monkeypatch):
+    from compiler.backends.cuda import runtime
+    monkeypatch.setenv("ISAMAP_CACHE", "off")
+    d = runtime.cache_dir()
+    assert d.is_dir() and d.name.startswith("isamap-cuda-") and not (d.parent / "off").exists()

@@ -23,8 +23,20 @@ def nvcc() -> str | None:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("ISAMAP_CACHE", Path.home() / ".cache" / "isamap")) / "cuda"
-    d.mkdir(parents=True, exist_ok=True)
+    """Where built libraries go: the shared cache's ``cuda`` folder, or (``ISAMAP_CACHE=off``)
+    a folder of this process's own, removed at exit."""
+    from compiler.cache import cache_dir as shared
+    d = shared("cuda")
+    if d is None:
+        d = _private_dir()
+    return d
+
+
+@functools.lru_cache(maxsize=1)
+def _private_dir() -> Path:
+    import atexit
+    d = Path(tempfile.mkdtemp(prefix="isamap-cuda-"))
+    atexit.register(shutil.rmtree, d, True)
     return d
 
 

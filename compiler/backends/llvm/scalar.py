@@ -486,10 +486,9 @@ class NativeKernel:
                 obj = _target_machine().emit_object(mod)
                 index = {id(p): i for i, p in enumerate(self.plans)}
                 table = [(n, si, index[id(o)] if isinstance(o, Contraction) else o, list(r)) for n, si, o, r in functions]
-                for dst, data in ((path, obj), (meta, json.dumps(table).encode())):
-                    tmp = dst.with_suffix(f"{dst.suffix}.{os.getpid()}.tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, dst)  # atomic: readers never see a partial file
+                from compiler.cache import write_atomic
+                write_atomic(path, obj)  # the table last: an entry counts once both exist
+                write_atomic(meta, json.dumps(table).encode())
             self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
             self.cached = False
         self.engine.finalize_object()
@@ -745,18 +744,16 @@ def _cache_path(build: str):
     keyed by the build key, the host CPU and its features, and the llvmlite version.
     ``ISAMAP_CACHE=off`` disables the cache."""
     import hashlib
-    import os
-    from pathlib import Path
 
     import llvmlite
-    root = os.environ.get("ISAMAP_CACHE", str(Path.home() / ".cache" / "isamap"))
-    if root == "off":
+
+    from compiler.cache import cache_dir
+    d = cache_dir("llvm")
+    if d is None:
         return None
     _init()
     key = hashlib.sha256("\0".join([build, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
                                      llvmlite.__version__]).encode()).hexdigest()[:32]
-    d = Path(root) / "llvm"
-    d.mkdir(parents=True, exist_ok=True)
     return d / f"{key}.o"
 
 
