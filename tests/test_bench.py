@@ -48,6 +48,25 @@ def test_timed_sides_let_neither_compared_side_always_follow_the_extra_baseline(
     assert all(timed[name][3] == name for name in sides)  # each side's warm-up result
 
 
+def test_timed_sides_settle_memory_before_each_block_of_large_outputs(monkeypatch):
+    """Large outputs: an allocation of the output's size precedes every timed block (it
+    absorbs the kernel's memory compaction after torch's frees); small ones: none."""
+    calls = []
+    monkeypatch.setattr(bg, "QUIET_SECONDS", 0)
+    monkeypatch.setattr(bg, "MIN_SECONDS", 0)
+    monkeypatch.setattr(bg, "SETTLE_BYTES", 4096)
+    real_ones = np.ones
+    monkeypatch.setattr(bg.np, "ones", lambda n, dt: calls.append(("settle", n)) or real_ones(n, dt))
+    big = {name: (lambda name=name: calls.append(name) or np.zeros(2048, np.float32)) for name in ("ours", "numpy")}
+    bg._timed_sides(big, repeats=3)
+    assert calls[2:] == [("settle", 2048), "ours", ("settle", 2048), "numpy", ("settle", 2048), "numpy",
+                         ("settle", 2048), "ours", ("settle", 2048), "ours", ("settle", 2048), "numpy"]
+    calls.clear()
+    small = {name: (lambda name=name: calls.append(name) or np.zeros(8, np.float32)) for name in ("ours", "numpy")}
+    bg._timed_sides(small, repeats=3)
+    assert ("settle", 8) not in calls and len(calls) == 8
+
+
 def test_bench_on_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert cli.main(["bench", "gemm", "--target", "cuda"]) == 1
     assert "no NVIDIA GPU" in capsys.readouterr().err

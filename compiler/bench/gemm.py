@@ -117,6 +117,24 @@ ROUNDS = 3  # each side is timed in this many alternating rounds
 MAX_CALLS = 20000
 
 
+# Before each timed block of a problem with outputs this large, the harness allocates and
+# fills an array of that size and frees it.  On the project's VMs a large output's first
+# touch sometimes spends far longer in the kernel than usual: after torch's calls (whose
+# outputs are 4 KiB pages; numpy's are huge pages) the next large allocation spent 0.2-0.5 s
+# of system time (getrusage) on a 187 MB output (5124x9124x1760), where 15-40 ms is usual,
+# paid by whichever side allocated next, ours or numpy, and sometimes by the one after: a
+# 0.8 s call measured 1.0-1.1 s.  With this allocation first, those calls measured
+# 0.80-0.85 s (an occasional one still pays: not a cure, a mitigation).
+SETTLE_BYTES = 32 << 20
+
+
+def _nbytes(out) -> int:
+    """The bytes of a side's result (an array, or a tuple or list of them)."""
+    if isinstance(out, (tuple, list)):
+        return sum(_nbytes(x) for x in out)
+    return int(getattr(out, "nbytes", 0) or 0)
+
+
 def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = True) -> dict:
     """name -> (median, min, max seconds, warm-up result) for each side, timed in alternating
     rounds (ours, baseline, ours, baseline, ...) so that a drift of this shared machine's
@@ -144,9 +162,12 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
     pair, extra = names[:2], names[2:]
     outs = {name: sides[name]() for name in extra + pair}  # warm-ups, the extra sides first
     per_round = max(1, -(-repeats // rounds))
+    settle = max((_nbytes(out) for out in outs.values()), default=0) if quiet else 0
     for r in range(rounds):
         for name in pair[r % len(pair):] + pair[:r % len(pair)] + extra:
             fn = sides[name]
+            if settle >= SETTLE_BYTES:
+                np.ones(settle // 4, np.float32)  # (see SETTLE_BYTES)
             if quiet:
                 time.sleep(QUIET_SECONDS)
             block: list[float] = []
