@@ -64,8 +64,8 @@ def _load(path: str, mtime: float) -> Target:
     return replace(m.targets[0], path=path)
 
 
-# A checked target is kept on disk, pickled (~1 ms to load, where parsing and checking cpu.hw
-# took ~40 ms in a fresh process, most of a cached build's time there).  The key covers what
+# A checked target is kept on disk, pickled (~1 ms to load; parsing and checking cpu.hw takes
+# 10-40 ms in a fresh process, the more when it is the process's first parse).  The key covers what
 # the result depends on: the file's bytes, the code that parses and checks it, and the host
 # facts that `cores = host` and `host_cache = N` read; an entry also lists the files it was
 # derived from (`target x : base`) with their digests, and counts only while they match.
