@@ -20,7 +20,8 @@ def cache_dir(kind: str) -> Path | None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """``path`` holds ``data`` whole or keeps what it held: concurrent builds of the same
-    entry (processes or threads) each write a file of their own and rename it (the last rename wins, both whole)."""
+    entry (processes or threads) each write a file of their own and rename it over ``path``
+    (the last rename wins; either file is whole)."""
     import threading
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_bytes(data)

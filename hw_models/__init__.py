@@ -48,20 +48,23 @@ def _load(path: str, mtime: float) -> Target:
     from dataclasses import replace
 
     text = Path(path).read_bytes()
-    cached = _cached(path, text)
-    if cached is not None:
-        return replace(cached, path=path)
-    from compiler.frontend import parse
-    _LOADING.append({})
-    try:
-        m = parse(path)
-    finally:
-        deps = _LOADING.pop()
-    if len(m.targets) != 1:
-        raise IsamapError(f"'{path}' must define exactly one target (found {len(m.targets)})", m.span)
-    _DEPS[path] = deps
-    _store(path, text, m.targets[0], deps)
-    return replace(m.targets[0], path=path)
+    entry = _cache_file(path, text)
+    hit = _cached(entry)
+    if hit is not None:
+        deps, t = hit
+    else:
+        from compiler.frontend import parse
+        _LOADING.append({})
+        try:
+            m = parse(path)
+        finally:
+            deps = _LOADING.pop()
+        if len(m.targets) != 1:
+            raise IsamapError(f"'{path}' must define exactly one target (found {len(m.targets)})", m.span)
+        t = m.targets[0]
+        _store(entry, t, deps)
+    _DEPS[path] = {path: _digest(text), **deps}
+    return replace(t, path=path)
 
 
 # A checked target is kept on disk, pickled (~1 ms to load; parsing and checking cpu.hw takes
@@ -71,7 +74,7 @@ def _load(path: str, mtime: float) -> Target:
 # derived from (`target x : base`) with their digests, and counts only while they match.
 _CODE = ("ir", "compiler/frontend", "compiler/targets.py")
 _LOADING: list[dict] = []  # the dependencies of each target being parsed (derivations nest)
-_DEPS: dict[str, dict] = {}  # path -> the files its target was derived from, with their digests
+_DEPS: dict[str, dict] = {}  # path -> its own and its bases' digests, for targets derived from it
 
 
 def _digest(data: bytes) -> str:
@@ -100,35 +103,38 @@ def _code_fingerprint() -> bytes:
 
 
 def _cache_file(path: str, text: bytes) -> Path | None:
-    """The entry of a file's text at its place (a relative base reference depends on it)."""
+    """The entry of a file's text at its place (a relative base reference depends on it);
+    None when caching is off or the cache folder cannot be made."""
     from compiler.cache import cache_dir
-    d = cache_dir("targets")
-    key = _fingerprint() + str(Path(path).resolve()).encode() + b"\0" + text
+    try:
+        d = cache_dir("targets")
+        key = _fingerprint() + str(Path(path).resolve()).encode() + b"\0" + text
+    except OSError:
+        return None
     return d / f"{_digest(key)}.pickle" if d is not None else None
 
 
-def _cached(path: str, text: bytes) -> Target | None:
+def _cached(entry: Path | None) -> tuple[dict, Target] | None:
+    """(bases' digests, target) of a cache entry that is readable and whose bases are unchanged."""
     import pickle
     try:
-        f = _cache_file(path, text)
-        if f is None or not f.exists():
+        if entry is None or not entry.exists():
             return None
-        deps, t = pickle.loads(f.read_bytes())
+        deps, t = pickle.loads(entry.read_bytes())
         if not isinstance(t, Target) or any(_digest(Path(p).read_bytes()) != d for p, d in deps.items()):
             return None
     except Exception:  # noqa: BLE001 - an unreadable entry (another version, a torn disk, a base gone): parse
         return None
-    _DEPS[path] = deps
-    return t
+    return deps, t
 
 
-def _store(path: str, text: bytes, t: Target, deps: dict) -> None:
+def _store(entry: Path | None, t: Target, deps: dict) -> None:
     import pickle
+    if entry is None:
+        return
     try:
-        f = _cache_file(path, text)
-        if f is not None:
-            from compiler.cache import write_atomic
-            write_atomic(f, pickle.dumps((deps, t)))
+        from compiler.cache import write_atomic
+        write_atomic(entry, pickle.dumps((deps, t)))
     except OSError:  # a read-only cache: every load parses
         pass
 
@@ -137,6 +143,5 @@ def load(name_or_path: str) -> Target:
     p = resolve_path(name_or_path)
     t = _load(str(p), p.stat().st_mtime)
     for deps in _LOADING:  # a target being derived from this one depends on it and on its bases
-        deps[str(p)] = _digest(p.read_bytes())
-        deps.update(_DEPS.get(str(p), {}))
+        deps.update(_DEPS[str(p)])
     return t

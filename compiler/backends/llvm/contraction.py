@@ -105,8 +105,8 @@ class Blocking:
         Registers: MR x NV accumulators beside NV vector loads and a broadcast; 2 vectors
         wide and 14 rows on 32 registers (6 x 2 on 16), fewer rows and more vectors when M
         is small (down to 1 x 16 for a GEMV-like M = 1).  Caches: one B micro-panel (KC x NR)
-        fills L1 (two L1s when both operands are packed), the A block (MC x KC) half of L2, the B block (KC x NC) half of this
-        thread's share of L3."""
+        fills L1 (two L1s when both operands are packed), the A block (MC x KC) half of L2,
+        the B block (KC x NC) half of this thread's share of L3."""
         regs = registers(t, regmem, vl)
         vecs = -(-n // vl)
         nv = max(1, min(2, vecs))
