@@ -240,3 +240,18 @@ def test_a_rows_in_one_l1_set_read_in_place_use_fewer_rows_than_ways():
     if l1.ways and (1024 * 4) % (l1.capacity // l1.ways) == 0 and l1.ways - 1 < 14:
         assert bl.mr == l1.ways - 1
     assert _gemm("gemm", 112, 64, 1000)[0].plans[0].blocking.mr == 14  # rows in different sets
+
+
+def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
+    """M = 1 with a B beyond a quarter of the outer cache: 8-row K blocks of 2-vector tiles
+    (a few sequential streams per thread); a B that stays in cache keeps the 16-vector,
+    L1-sized blocks.  Ragged K blocks and column tiles stay correct."""
+    l3 = max(m.capacity for m in CPU.memories if m.row_bytes is None and m.name != CPU.main)
+    small = Blocking.for_target(CPU, 16, "zmm", 1, 1024, 1024, 2)
+    assert (small.mr, small.nv) == (1, 16) and small.kc >= 16
+    n = k = int((l3 / 4 / 4) ** 0.5) + 53  # just past a quarter of it, odd
+    big = Blocking.for_target(CPU, 16, "zmm", 1, n, k, 2)
+    assert (big.mr, big.nv) == (1, 2) and big.kc <= 8 and -(-k // big.kc) * big.kc - k < -(-k // big.kc)
+    nk, out, ref = _gemm("gemm", 1, n, k, threads=2)
+    assert nk.plans[0].blocking == big
+    assert np.allclose(out, ref, atol=1e-4 * k, rtol=1e-4)

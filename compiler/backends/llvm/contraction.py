@@ -112,6 +112,9 @@ class Blocking:
         nv = max(1, min(2, vecs))
         mr = max(1, min(14, (regs - nv - 1) // nv))
         prefetch = 8
+        caches = cache_levels(t)
+        l3 = caches[2].capacity if len(caches) > 2 else 0
+        stream_kc = 0  # K block of a GEMV streaming B from main memory (0: K blocks fill L1)
         if m < mr:  # short M: fewer rows, wider tiles
             mr = m
             nv = max(1, min(vecs, 8, (regs - 1) // (mr + 1)))
@@ -122,9 +125,19 @@ class Blocking:
                 # instruction per line loaded.  Measured on a Zen 4 VM, 2 threads: the
                 # 1024-hidden gru_step 181 -> ~145 us (8 vectors with prefetch -> 16 without)
                 nv, prefetch = max(1, min(vecs, 16, regs // 2)), 0
+                if l3 and k * n * 4 > l3 // 4:
+                    # a B that comes from main memory (a quarter of the outer cache: the GRU
+                    # step's three recurrent matrices and the rest of the working set share
+                    # it): 8 rows of B at a time, 2 vectors of each per tile, so each thread
+                    # reads 8 sequential streams in short bursts (OpenBLAS's sgemv order); 32
+                    # rows of 1 KiB bursts were more streams than the prefetchers follow.
+                    # Measured on a Zen 4 VM, 2 threads, the batch-1 gru_step against numpy's
+                    # in the same run: hidden 2816 5069 -> 3116 us (numpy 3054), 2048 3308 ->
+                    # 1775 (1644), 1536 1904 -> 903 (928); with the weights in cache (hidden
+                    # 1024, 512) the 16 x 32 tiles stay faster (152 vs 205 us, 44 vs 56)
+                    nv, stream_kc = min(vecs, 2), 8
         else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
             mr, nv = _row_tiles(m, vecs, regs, mr, nv)
-        caches = cache_levels(t)
         # A rows read in place a multiple of capacity / ways apart in L1 (4 KiB on an 8-way 32 KiB
         # L1: K = 1024, 2048, 4096 floats) all fall into one set: with more MR streams than the
         # set has ways they evict each other every k step
@@ -132,7 +145,7 @@ class Blocking:
         aliased = bool(way and a_row_stride and (a_row_stride * 4) % way == 0)
         l1 = caches[0].capacity if caches else 32 << 10
         l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
-        l3 = caches[2].capacity if len(caches) > 2 else 8 * l2
+        l3 = l3 or 8 * l2
         nr = nv * vl
         # A with a unit stride is read in place when few NR tiles reuse it: A(m, k) as MR
         # sequential streams, A(k, m) with software prefetch (each k step is a new line, soon a
@@ -164,7 +177,7 @@ class Blocking:
         # 1.06); 2 threads 7680x1500x2560 0.93 -> 1.00.  Narrow GEMMs (A read in place, or B
         # unpacked) were slower with it
         panel = 2 * l1 if pack_a and pack_b else l1
-        kc = max(16, min(k, panel // (nr * 4)))
+        kc = min(k, stream_kc) if stream_kc else max(16, min(k, panel // (nr * 4)))
         kc = -(-k // -(-k // kc))  # balanced K blocks
         mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
         mc = min(mc, -(-m // mr) * mr)
