@@ -10,6 +10,7 @@ import ir.interp
 import kernels
 from compiler.backends.llvm import compile_cpu
 from compiler.backends.llvm.contraction import Blocking
+from compiler.backends.llvm import scalar
 from compiler.backends.llvm.scalar import split_contraction
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
@@ -71,7 +72,8 @@ def test_thread_split_covers_every_output_once():
         parts = split_contraction(p, threads)
         assert len(parts) == threads
         cover = np.zeros((sizes["Bt"], sizes["M"], sizes["N"]), int)
-        for q0, q1, m0, m1, n0, n1 in parts:
+        for q0, q1, m0, m1, n0, n1, k0, k1, _ in parts:
+            assert (k0, k1) == p.dom[p.red]
             cover[q0:q1, m0:m1, n0:n1] += 1
         assert (cover == 1).all()
 
@@ -255,3 +257,39 @@ def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
     nk, out, ref = _gemm("gemm", 1, n, k, threads=2)
     assert nk.plans[0].blocking == big
     assert np.allclose(out, ref, atol=1e-4 * k, rtol=1e-4)
+
+
+def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
+    """Threads split K (whole K blocks each, the last ragged), parts past the first sum into
+    their scratch, and s{i}_reduce adds them and runs the fused epilogue: the batch-1 GRU step
+    at an odd hidden size on 2 and 3 threads, a plain ``+=`` (C zero-filled first, part 0 adds
+    to it) and forced split K blockings on small sizes."""
+    l3 = max(m.capacity for m in CPU.memories if m.row_bytes is None and m.name != CPU.main)
+    h = int((l3 / 4 / 4) ** 0.5) + 3
+    k = compiler.parse(kernels.path("gru_step")).kernel()
+    b = bind(k, dict(B=1, Hd=h))
+    ins = random_inputs(k, b, seed=3)
+    ref = ir.interp.run(k, ins, b.sizes)
+    for threads in (2, 3):
+        nk = compile_cpu(k, b, CPU, threads=threads)
+        assert all(p.blocking.split_k and p.epilogue is not None or not p.epilogue for p in nk.plans)
+        parts = split_contraction(nk.plans[0], threads)
+        assert len(parts) == threads and parts[0][6] == 0 and parts[-1][7] == h
+        assert all(a[7] == c[6] and (a[7] - a[6]) % nk.plans[0].blocking.kc == 0 for a, c in zip(parts, parts[1:]))
+        ok, err, per = compare(nk(ins), ref)
+        assert ok, (threads, per)
+    src = """def f(float(M, K) A, float(K, N) B) -> (C) {
+        C(m, n) += A(m, k) * B(k, n)
+    }"""
+    plain = compiler.parse(src).kernel()
+    monkeypatch.setattr(scalar, "PARALLEL_MIN_SECONDS", 0.0)  # split even these small ones
+    for M, N, K, bl in ((1, 37, 301, dict(split_k=True, kc=8, nv=2)), (3, 50, 64, dict(split_k=True, kc=5, nv=1)),
+                        (1, 5, 3, dict(split_k=True, kc=1))):
+        bb = bind(plain, dict(M=M, N=N, K=K))
+        ins = random_inputs(plain, bb, seed=4)
+        for threads in (1, 2, 3):
+            nk = compile_cpu(plain, bb, CPU, threads=threads, blocking=bl)
+            assert nk.plans[0].blocking.split_k
+            assert len(split_contraction(nk.plans[0], threads)) == min(threads, -(-K // bl["kc"]))
+            ok, err, per = compare(nk(ins), ir.interp.run(plain, ins, bb.sizes))
+            assert ok, (M, N, K, threads, per)

@@ -409,7 +409,7 @@ class _Gen:
 
     def finish(self) -> str:
         """The module, with a ``{name}_task(ctx, part)`` entry for every splittable function: the
-        native thread pool calls it with a context of 8 x i64 records per part (buffers,
+        native thread pool calls it with a context of ``RECORD`` x i64 records per part (buffers,
         workspace, then the function's range arguments)."""
         i8p = L.IntType(8).as_pointer()
         for name, si, outer, _ in self.functions:
@@ -419,7 +419,7 @@ class _Gen:
             task = L.Function(self.mod, L.FunctionType(L.VoidType(), [i8p, I64]), name=f"{name}_task")
             b = L.IRBuilder(task.append_basic_block("entry"))
             rec = b.bitcast(task.args[0], I64.as_pointer())
-            base = b.mul(task.args[1], L.Constant(I64, 8))
+            base = b.mul(task.args[1], L.Constant(I64, RECORD))
 
             def field(i):
                 return b.load(b.gep(rec, [b.add(base, L.Constant(I64, i))]))
@@ -436,6 +436,7 @@ class _Gen:
         return str(self.mod)
 
 
+RECORD = 12  # i64 fields of a part's record in a pool context (a contraction's uses 11)
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
 PARALLEL_MIN_SECONDS = 1.3e-5  # contractions estimated below this on one core run on one thread (a pool
                                # dispatch costs ~2-3 us; measured: 3072x1x128 55 -> 25 us on 2 threads).
@@ -514,7 +515,7 @@ class NativeKernel:
                 continue
             task = self.engine.get_function_address(f"{name}_task")  # every other call goes through it
             if isinstance(outer, Contraction):
-                self.calls.append(_Call(None, task, outer))
+                self.calls.append(_Call(None, task, outer, reduce=name.endswith("_reduce")))
                 self.workspace = max(self.workspace, hi)
             else:
                 work = prod(h - l for l, h in b.domain(si).values())
@@ -664,6 +665,11 @@ class NativeKernel:
         for c in self.calls:
             if c.task is None:
                 out.append((c, [], 0.0))
+            elif c.reduce:
+                k_parts = len(out[-1][1])
+                if k_parts > 1:
+                    out.append((c, [(k_parts,) + r for r in split_reduce(c.plan, self.threads)],
+                                k_parts * c.plan.c_span() * 4 / 1e10))
             elif c.plan is not None:
                 out.append((c, split_contraction(c.plan, self.threads), one_core_seconds(c.plan)))
             else:
@@ -683,13 +689,19 @@ class NativeKernel:
             if c.task is None:
                 out.append((0, ctypes.cast(c.f, ctypes.c_void_p).value, ctypes.addressof(table), 1, 0.0))
                 continue
-            # a record: buffer table, then the part's scratch (contractions) or 0, then its ranges
-            records = [(self._work(i, scratch) if c.plan is not None else 0,) + r for i, r in enumerate(parts)]
-            ctx = (ctypes.c_int64 * (8 * len(records)))()
+            # a record: buffer table, then the part's scratch (contractions) or 0, then its ranges;
+            # a reduce's: the table, the scratch of every part of the split K before it, ranges
+            if c.reduce:
+                works = (ctypes.c_int64 * parts[0][0])(*(self._work(i, scratch) for i in range(parts[0][0])))
+                self._contexts.append(works)
+                records = [(ctypes.addressof(works),) + r for r in parts]
+            else:
+                records = [(self._work(i, scratch) if c.plan is not None else 0,) + r for i, r in enumerate(parts)]
+            ctx = (ctypes.c_int64 * (RECORD * len(records)))()
             for i, r in enumerate(records):
-                ctx[8 * i] = ctypes.addressof(table)
+                ctx[RECORD * i] = ctypes.addressof(table)
                 for j, v in enumerate(r):
-                    ctx[8 * i + 1 + j] = v
+                    ctx[RECORD * i + 1 + j] = v
             self._contexts.append(ctx)
             out.append((1, c.task, ctypes.addressof(ctx), len(records), seconds))
         return out
@@ -713,18 +725,36 @@ class _Call:
     lo: int = 0
     hi: int = 0
     work: int = 0
+    reduce: bool = False  # a split K's sums: follows its contraction's call, only when that split K
 
 
 def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
-    """(q_lo, q_hi, m_lo, m_hi, n_lo, n_hi) per thread."""
+    """(q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part) per thread: batches, rows or
+    columns split, K whole; or with ``split_k``, K split in whole K blocks."""
+    return [r[:6] + (klo, khi, i) for i, (r, (klo, khi)) in enumerate(_split_ranges(p, threads))]
+
+
+def split_reduce(p: Contraction, threads: int) -> list[tuple[int, int, int, int]]:
+    """(m_lo, m_hi, n_lo, n_hi) per thread for the sums after a split K: columns in whole vectors."""
+    (mlo, mhi), (nlo, nhi) = p.dom[p.row], p.dom[p.vec]
+    vl = p.blocking.vl
+    per = -(-(-(-(nhi - nlo) // vl)) // threads) * vl
+    return [(mlo, mhi, a, min(nhi, a + per)) for a in range(nlo, nhi, per)]
+
+
+def _split_ranges(p: Contraction, threads: int) -> list[tuple[tuple[int, ...], tuple[int, int]]]:
     nb = prod(p.extent(v) for v in p.batch)
     (mlo, mhi), (nlo, nhi) = p.dom[p.row], p.dom[p.vec]
+    klo, khi = p.dom[p.red]
     bl = p.blocking
     if one_core_seconds(p) < PARALLEL_MIN_SECONDS or threads <= 1:
-        return [(0, nb, mlo, mhi, nlo, nhi)]
+        return [((0, nb, mlo, mhi, nlo, nhi), (klo, khi))]
+    if bl.split_k:
+        per = -(-(-(-(khi - klo) // bl.kc)) // threads) * bl.kc
+        return [((0, nb, mlo, mhi, nlo, nhi), (a, min(khi, a + per))) for a in range(klo, khi, per)]
     if nb >= threads:
         step = -(-nb // threads)
-        return [(q, min(nb, q + step), mlo, mhi, nlo, nhi) for q in range(0, nb, step)]
+        return [((q, min(nb, q + step), mlo, mhi, nlo, nhi), (klo, khi)) for q in range(0, nb, step)]
     mt, nt = -(-(mhi - mlo) // bl.mr), -(-(nhi - nlo) // bl.nr)
     out = []
     for q in range(nb):
@@ -732,10 +762,10 @@ def split_contraction(p: Contraction, threads: int) -> list[tuple[int, ...]]:
         # the longer side, so the part every thread touches whole is the smaller operand
         if p.form == "dot" or ((mhi - mlo >= nhi - nlo or nt < threads) and mt >= threads):  # dot: whole rows
             per = -(-mt // threads) * bl.mr
-            out += [(q, q + 1, a, min(mhi, a + per), nlo, nhi) for a in range(mlo, mhi, per)]
+            out += [((q, q + 1, a, min(mhi, a + per), nlo, nhi), (klo, khi)) for a in range(mlo, mhi, per)]
         else:
             per = -(-nt // threads) * bl.nr
-            out += [(q, q + 1, mlo, mhi, a, min(nhi, a + per)) for a in range(nlo, nhi, per)]
+            out += [((q, q + 1, mlo, mhi, a, min(nhi, a + per)), (klo, khi)) for a in range(nlo, nhi, per)]
     return out
 
 
@@ -845,6 +875,8 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), p.row, p.vec) if p.epilogue else None
             ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)}, epi)
             g.functions.append((f"s{si}", si, p, (0, ws)))
+            if p.blocking.split_k:
+                g.functions.append((f"s{si}_reduce", si, p, (0, 0)))
         return g.finish(), g.functions
     return NativeKernel(k, b, generate, build_key(k, b, list(plans.values()), vector), threads,
                         list(plans.values()))
