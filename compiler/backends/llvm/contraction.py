@@ -23,7 +23,7 @@ to whole panels, so tails cost only a masked copy-out of the edge tiles.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from math import prod
+from math import gcd, prod
 
 from llvmlite import ir as L
 
@@ -130,14 +130,15 @@ class Blocking:
                 if l3 and k * n * 4 > l3 // 4:
                     # a B that comes from main memory (a quarter of the outer cache: the GRU
                     # step's three recurrent matrices and the rest of the working set share
-                    # it): 8 rows of B at a time, 2 vectors of each per tile, so each thread
-                    # reads 8 sequential streams in short bursts (OpenBLAS's sgemv order); 32
-                    # rows of 1 KiB bursts were more streams than the prefetchers follow.
+                    # it): 8-16 rows of B at a time (`_stream_rows`), 2 vectors of each per
+                    # tile, so each thread reads that many sequential streams in short bursts
+                    # (OpenBLAS's sgemv order); 32 rows of 1 KiB bursts were more streams than
+                    # the prefetchers follow.  With 8 rows:
                     # Measured on a Zen 4 VM, 2 threads, the batch-1 gru_step against numpy's
                     # in the same run: hidden 2816 5069 -> 3116 us (numpy 3054), 2048 3308 ->
                     # 1775 (1644), 1536 1904 -> 903 (928); with the weights in cache (hidden
                     # 1024, 512) the 16 x 32 tiles stay faster (152 vs 205 us, 44 vs 56)
-                    nv, stream_kc = min(vecs, 2), 8
+                    nv, stream_kc = min(vecs, 2), _stream_rows(caches[0] if caches else None, n * 4)
                     # and threads split K, not N: each streams one contiguous half of B rather
                     # than both reading half of every row; the partial sums (one C each, N floats)
                     # are added afterwards.  Measured in C on the same VM, 2 threads, three
@@ -192,6 +193,20 @@ class Blocking:
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
         nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
         return Blocking(vl, mr, nv, kc, mc, nc, pack_a, prefetch, pack_b, split_k)
+
+
+def _stream_rows(l1, row_bytes: int) -> int:
+    """Rows of B a streaming GEMV reads at a time: 16, fewer where rows fall into the same L1
+    set (rows ``period`` apart share one: a row a multiple of the way size long puts every row
+    in one set), so no set holds more streams than it has ways.  Measured on a Zen 4 VM, 2
+    threads, batch-1 GRU steps against numpy in the same run (8 -> 16 rows): hidden 1536 97
+    -> 86 ms (numpy 105), 2816 231 -> 216 (262), 2560 241 -> 245 (249); hidden 2048 (8 KiB
+    rows, one set, 8 ways) 111 -> 154 with 16 rows, 131 with 7, 8 best"""
+    if l1 is None or not l1.ways:
+        return 8
+    way = l1.capacity // l1.ways
+    period = way // gcd(row_bytes, way)
+    return max(1, min(16, l1.ways * period))
 
 
 def _row_tiles(m: int, vecs: int, regs: int, mr0: int, nv0: int) -> tuple[int, int]:
