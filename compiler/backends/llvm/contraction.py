@@ -127,24 +127,29 @@ class Blocking:
                 # instruction per line loaded.  Measured on a Zen 4 VM, 2 threads: the
                 # 1024-hidden gru_step 181 -> ~145 us (8 vectors with prefetch -> 16 without)
                 nv, prefetch = max(1, min(vecs, 16, regs // 2)), 0
-                if l3 and k * n * 4 > l3 // 4:
-                    # a B that comes from main memory (a quarter of the outer cache: the GRU
-                    # step's three recurrent matrices and the rest of the working set share
-                    # it): 8-16 rows of B at a time (`_stream_rows`), 2 vectors of each per
-                    # tile, so each thread reads that many sequential streams in short bursts
-                    # (OpenBLAS's sgemv order); 32 rows of 1 KiB bursts were more streams than
-                    # the prefetchers follow.  With 8 rows:
-                    # Measured on a Zen 4 VM, 2 threads, the batch-1 gru_step against numpy's
-                    # in the same run: hidden 2816 5069 -> 3116 us (numpy 3054), 2048 3308 ->
-                    # 1775 (1644), 1536 1904 -> 903 (928); with the weights in cache (hidden
-                    # 1024, 512) the 16 x 32 tiles stay faster (152 vs 205 us, 44 vs 56)
-                    nv, stream_kc = min(vecs, 2), _stream_rows(caches[0] if caches else None, n * 4)
-                    # and threads split K, not N: each streams one contiguous half of B rather
-                    # than both reading half of every row; the partial sums (one C each, N floats)
-                    # are added afterwards.  Measured in C on the same VM, 2 threads, three
-                    # matrices in turn, both splits interleaved over 300 calls: 2816^2 29.9 ->
-                    # 39.9 GB/s and 25.9 -> 28.2, 2048^2 30.3 -> 32.1, 1536^2 46.9 -> 54.8
-                    split_k = threads > 1
+            if l3 and k * n * 4 > l3 // 4:
+                # a B that comes from main memory (a quarter of the outer cache: the GRU
+                # step's three recurrent matrices and the rest of the working set share it):
+                # 8-16 rows of B at a time (`_stream_rows`), 2 vectors of each per tile (4
+                # from 3 rows of A up), so each thread reads that many sequential streams in
+                # short bursts (OpenBLAS's sgemv order); 32-64 rows of 0.5-1 KiB bursts were
+                # more streams than the prefetchers follow.  Measured on a Zen 4 VM, 2
+                # threads, the batch-1 gru_step against numpy's in the same run, 8 rows: hidden
+                # 2816 5069 -> 3116 us (numpy 3054), 2048 3308 -> 1775 (1644), 1536 1904 ->
+                # 903 (928); with the weights in cache (hidden 1024, 512) the 16 x 32 tiles
+                # stay faster (152 vs 205 us, 44 vs 56).  Batch 2 and 4 (60 steps, with the
+                # split K below): hidden 2816 260 -> 180 ms and 269 -> 167, 2048 x 4 146 -> 102
+                # (numpy 426 for 2816 x 4).  The software prefetch stays for 2 rows up (2816 x
+                # 4: 182 ms with it, 269 without); for one row it costs (268 -> 292)
+                nv = max(1, min(vecs, 2 if mr <= 2 else 4, (regs - 1) // (mr + 1)))
+                stream_kc = _stream_rows(caches[0] if caches else None, n * 4)
+                # and threads split K, not N: each streams one contiguous half of B rather
+                # than both reading half of every row; the partial sums (one C each) are
+                # added afterwards.  Measured in C on the same VM, 2 threads, three matrices
+                # in turn, both splits interleaved over 300 calls: 2816^2 29.9 -> 39.9 GB/s
+                # and 25.9 -> 28.2, 2048^2 30.3 -> 32.1, 1536^2 46.9 -> 54.8; batch-1 GRU
+                # steps 314 -> 284 ms (2816), 112 -> 85 (2048)
+                split_k = threads > 1
         else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
             mr, nv = _row_tiles(m, vecs, regs, mr, nv)
         # A rows read in place a multiple of capacity / ways apart in L1 (4 KiB on an 8-way 32 KiB
