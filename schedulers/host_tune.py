@@ -25,7 +25,7 @@ from compiler.bench.progress import Progress
 from .base import Schedule
 from .db import CONFIRMED
 
-TUNABLE = ("mr", "nv", "kc", "mc", "nc", "pack_a", "pack_b", "prefetch")
+TUNABLE = ("mr", "nv", "kc", "mc", "nc", "pack_a", "pack_b", "prefetch", "split_k")
 
 
 def host_schedule(k: Kernel, b: Bound, t: Target, plans) -> Schedule:
@@ -50,7 +50,8 @@ def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Sched
     if p.form == "dot":
         kind = rng.choice(["mr", "kc"])
     else:
-        kind = rng.choice(["tile", "tile", "kc", "kc", "mc", "nc", "pack_a", "pack_b", "prefetch"])
+        kind = rng.choice(["tile", "tile", "kc", "kc", "mc", "nc", "pack_a", "pack_b", "prefetch"]
+                          + (["split_k"] if p.splits_k() and cpus > 1 else []))
     if kind == "mr":
         bl["mr"] = rng.randint(1, max(1, min(8, 24 // max(1, n), m)))
     elif kind == "tile":
@@ -66,8 +67,8 @@ def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Sched
     elif kind == "nc":
         nr = bl["nv"] * vl
         bl["nc"] = max(nr, int(bl["nc"] * rng.choice([0.5, 0.75, 1.5, 2.0])) // nr * nr)
-    elif kind in ("pack_a", "pack_b"):
-        bl[kind] = not bl[kind]
+    elif kind in ("pack_a", "pack_b", "split_k"):
+        bl[kind] = not bl.get(kind, False)
     else:
         bl["prefetch"] = rng.choice([0, 2, 4, 8, 16])
     if p.form != "dot":  # keep the cache blocks whole multiples of the register tile
