@@ -1,11 +1,16 @@
 """The on-disk cache every stage shares: one root, ``$ISAMAP_CACHE`` (default
 ``~/.cache/isamap``; ``off`` disables caching), a folder per kind of entry (``llvm``
-object code, ``cuda`` libraries, parsed ``targets``), and writes that readers never see
-half done (a file is written beside its name and renamed over it)."""
+object code, ``cuda`` libraries, parsed ``targets`` and ``kernels``), and writes that readers
+never see half done (a file is written beside its name and renamed over it)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the project: what code fingerprints are relative to
+FRONT_END = ("ir", "compiler/frontend", "compiler/targets.py")  # the code that parses and checks sources
 
 
 def cache_dir(kind: str) -> Path | None:
@@ -26,3 +31,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(names: tuple[str, ...]) -> bytes:
+    """A digest of the project's source under ``names`` (folders or files, relative to the
+    project): an entry derived by that code is keyed by it, so changing the code invalidates it.
+    Read once per process."""
+    parts = []
+    for name in names:
+        p = ROOT / name
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.suffix in (".py", ".lark"):
+                parts.append(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest(b"\0".join(parts)).encode()

@@ -72,34 +72,22 @@ def _load(path: str, mtime: float) -> Target:
 # the result depends on: the file's bytes, the code that parses and checks it, and the host
 # facts that `cores = host` and `host_cache = N` read; an entry also lists the files it was
 # derived from (`target x : base`) with their digests, and counts only while they match.
-_CODE = ("ir", "compiler/frontend", "compiler/targets.py")
 _LOADING: list[dict] = []  # the dependencies of each target being parsed (derivations nest)
 _DEPS: dict[str, dict] = {}  # path -> its own and its bases' digests, for targets derived from it
 
 
 def _digest(data: bytes) -> str:
-    import hashlib
-    return hashlib.sha256(data).hexdigest()[:32]
+    from compiler.cache import digest
+    return digest(data)
 
 
 def _fingerprint() -> bytes:
     import os
 
-    from compiler.targets import host_cache_bytes, host_cache_ways
-    return _code_fingerprint() + repr((os.cpu_count(), [(host_cache_bytes(level), host_cache_ways(level))
-                                                         for level in (1, 2, 3)])).encode()
-
-
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> bytes:
-    root = DIR.parent
-    parts = []
-    for name in _CODE:
-        p = root / name
-        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
-            if f.suffix in (".py", ".lark"):
-                parts.append(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return _digest(b"\0".join(parts)).encode()
+    from compiler.cache import FRONT_END, code_fingerprint
+    from compiler.host import host_cache_bytes, host_cache_ways
+    return code_fingerprint(FRONT_END) + repr((os.cpu_count(), [(host_cache_bytes(level), host_cache_ways(level))
+                                                             for level in (1, 2, 3)])).encode()
 
 
 def _cache_file(path: str, text: bytes) -> Path | None:

@@ -138,3 +138,40 @@ def test_bad_sizes_are_located():
     conv = compiler.parse(kernels.path("conv2d")).kernel()
     with pytest.raises(IsamapError, match="empty range for 'h'"):
         bind(conv, dict(N=1, C=1, H=2, W=5, F=1, R=3, S=3))
+
+
+def test_checked_kernels_are_cached_on_disk_and_reparsed_when_damaged(tmp_path, monkeypatch):
+    """A kernel file's checked module comes back from the disk cache equal to a parsed one
+    (warnings included); a damaged entry is parsed again; a source with an error is never
+    cached; ``ISAMAP_CACHE=off`` parses every time."""
+    import compiler.frontend.parser as parser
+    monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    src = "def f(float(N) A) -> (B) {\n  B(i) = A(i) + A(i)\n  B(i) = A(i)\n}\n"
+    first = compiler.parse(src, name="w.tc")
+    entries = list((tmp_path / "kernels").glob("*.pickle"))
+    assert len(entries) == 1
+    real = parser.parse_file
+    monkeypatch.setattr(parser, "parse_file", lambda *a: pytest.fail("parsed again"))
+    again = compiler.parse(src, name="w.tc")
+    assert printer.module(again) == printer.module(first) and again.kernel().warnings == first.kernel().warnings
+    monkeypatch.setattr(parser, "parse_file", real)
+    entries[0].write_bytes(b"not a pickle")
+    assert printer.module(compiler.parse(src, name="w.tc")) == printer.module(first)
+    for _ in range(2):  # an error: reported each time, nothing stored
+        with pytest.raises(IsamapError):
+            compiler.parse("def g(float(N) A) -> (B) {\n  B(i) = A(j\n}\n", name="bad.tc")
+    assert len(list((tmp_path / "kernels").glob("*.pickle"))) == 1
+    monkeypatch.setenv("ISAMAP_CACHE", "off")
+    assert printer.module(compiler.parse(src, name="w.tc")) == printer.module(first)
+
+
+def test_a_cached_parse_in_a_fresh_process_does_not_import_the_parser(tmp_path):
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, compiler, kernels; compiler.parse(kernels.path('gemm')); "
+            "print('lark' in sys.modules)")
+    env = dict(os.environ, ISAMAP_CACHE=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                           cwd=str(kernels.path("gemm").parent.parent)).stdout.split() for _ in range(2)]
+    assert runs == [["True"], ["False"]]

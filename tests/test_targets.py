@@ -139,8 +139,8 @@ def test_cache_ways_come_from_the_hw_file_or_the_host(tmp_path, monkeypatch):
     f.write_text('target "ways" : "cpu" {\n  memory l1 { capacity = 48 KiB  ways = 12 }\n}\n')
     t = hw_models.load(str(f))
     assert (t.memory("l1").capacity, t.memory("l1").ways) == (48 << 10, 12)
-    import compiler.targets as targets
-    monkeypatch.setattr(targets, "_host_cache_field", lambda level, name: {"size": "64K", "ways_of_associativity": "16"}[name])
+    import compiler.host as host
+    monkeypatch.setattr(host, "_host_cache_field", lambda level, name: {"size": "64K", "ways_of_associativity": "16"}[name])
     g = tmp_path / "host.hw"
     g.write_text('target "host" : "cpu" {\n  memory l1 { capacity = 32 KiB  host_cache = 1  ways = 8 }\n}\n')
     assert (hw_models.load(str(g)).memory("l1").capacity, hw_models.load(str(g)).memory("l1").ways) == (64 << 10, 16)
