@@ -127,6 +127,11 @@ def test_exact_inputs_take_the_fast_path_and_others_are_still_checked():
     assert ck.native.exact((wide[:, :7], B)) is None
     np.testing.assert_allclose(ck(wide[:, :7], B), want, rtol=1e-5, atol=1e-5)
     assert ck.native.exact((A,)) is None and ck.native.exact((A, B, B)) is None
+    row = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=1, N=5, K=7))
+    both = np.zeros((1, 14), np.float32)
+    both[0, 7:] = A[0]  # a row sliced from a wider array: other strides, still contiguous
+    assert both[:, 7:].strides != (28, 4) and row.native.exact((both[:, 7:], B)) is not None
+    np.testing.assert_allclose(row(both[:, 7:], B), want[:1], rtol=1e-5, atol=1e-5)
     bf = compiler.build(kernels.path("gemm_bf16"), target="cpu", sizes=dict(M=9, N=5, K=7))
     assert bf.native.exact((A, B)) is None  # bfloat16 inputs are always rounded by the checked path
     np.testing.assert_allclose(bf(A, B), want, rtol=2e-2, atol=5e-2)

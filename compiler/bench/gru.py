@@ -124,13 +124,15 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
         proj = build(gemm_source("float", "float", False, False), target=t.path, sizes=dict(M=T * N, N=3 * H, K=H))
         step = build(kernels.path("gru_step"), target=t.path, sizes=dict(B=N, Hd=H))
         fixed = dict(Ur=w.Ur, Uz=w.Uz, Un=w.Un, br=w.br, bz=w.bz, bhn=w.bhn)
+        names = [t.name for t in step.kernel.inputs]
+        last = [t.name for t in step.kernel.outputs].index("Ho")
 
-        def ours():
-            xp = proj.native({"A": x.reshape(T * N, H), "B": w.Wx})["C"].reshape(T, N, 3 * H)
+        def ours():  # the public calls (positional arrays: the lean path), as a user would make them
+            xp = proj(x.reshape(T * N, H), w.Wx).reshape(T, N, 3 * H)
             h = h0
             for s in range(T):
-                h = step.native(dict(fixed, XR=xp[s, :, :H], XZ=xp[s, :, H:2 * H], XN=xp[s, :, 2 * H:],
-                                     Hp=h))["Ho"]
+                now = dict(XR=xp[s, :, :H], XZ=xp[s, :, H:2 * H], XN=xp[s, :, 2 * H:], Hp=h)
+                h = step(*[now[n] if n in now else fixed[n] for n in names])[last]
             return h
         sides = {"ours": ours, "numpy": lambda: gru_reference(x, w, h0)}
         torch_gru = torch_baseline(x, w, h0)

@@ -573,7 +573,10 @@ class NativeKernel:
         for i, (t, (_, dt)) in enumerate(zip(self.k.inputs, self._in_specs)):
             shape = tuple(self.b.shapes[t.name])
             env[f"s{i}"], env[f"d{i}"], env[f"t{i}"] = shape, np.dtype(dt), np.empty(shape, dt).strides
-            lines += [f"    if type(x{i}) is not ndarray or x{i}.shape != s{i} or x{i}.strides != t{i} or "
+            # strides other than the built ones: still C-contiguous where they belong to
+            # extent-1 axes (a row sliced from a wider array), which no address uses
+            lines += [f"    if type(x{i}) is not ndarray or x{i}.shape != s{i} or "
+                      f"(x{i}.strides != t{i} and not x{i}.flags.c_contiguous) or "
                       f"(x{i}.dtype is not d{i} and x{i}.dtype != d{i}):", "        return None"]
         outs = []
         for j, ((shape, dt, alloc), (_, is_bool)) in enumerate(zip(self._out_specs, self._out_names)):
