@@ -250,8 +250,9 @@ def native_schedule(native) -> str:
     fused = {j: p.stmt for p in native.plans for j in p.epilogue}
     for si in range(len(k.stmts)):
         if si in fused:
-            out.append(f"S{si}: {k.stmts[si].tensor} fused into S{fused[si]}: run on each output tile as soon as "
-                       f"its last K block is stored")
+            when = ("on each column range once the threads' partial sums are added" if plans[fused[si]].blocking.split_k
+                    else "on each output tile as soon as its last K block is stored")
+            out.append(f"S{si}: {k.stmts[si].tensor} fused into S{fused[si]}: run {when}")
             continue
         out.append(plans[si].describe() if si in plans else
                    f"S{si}: {k.stmts[si].tensor} as scalar loops (output indices outermost, split across threads; "

@@ -284,6 +284,9 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
         assert all(a[7] == c[6] and (a[7] - a[6]) % nk.plans[0].blocking.kc == 0 for a, c in zip(parts, parts[1:]))
         ok, err, per = compare(nk(ins), ref)
         assert ok, (threads, per)
+        from compiler.api import native_schedule
+        text = native_schedule(nk)
+        assert "split across threads, partial sums added after" in text and "once the threads' partial sums" in text
     src = """def f(float(M, K) A, float(K, N) B) -> (C) {
         C(m, n) += A(m, k) * B(k, n)
     }"""
