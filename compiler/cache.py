@@ -33,6 +33,39 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def entry_file(kind: str, key) -> Path | None:
+    """The pickled entry of ``kind`` for the key ``key()`` (bytes, computed only when caching is
+    on); None when caching is off or the folder or the key cannot be made."""
+    try:
+        d = cache_dir(kind)
+        return d / f"{digest(key())}.pickle" if d is not None else None
+    except (OSError, UnicodeError):
+        return None
+
+
+def load_entry(path: Path | None):
+    """The object pickled at ``path``; None when there is none or it cannot be read (torn,
+    written by another version): the caller computes it again."""
+    import pickle
+    if path is None:
+        return None
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 - any unreadable entry is a miss
+        return None
+
+
+def store_entry(path: Path | None, obj) -> None:
+    """Pickle ``obj`` at ``path`` (atomically); a read-only cache stores nothing."""
+    import pickle
+    if path is None:
+        return
+    try:
+        write_atomic(path, pickle.dumps(obj))
+    except OSError:
+        pass
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 

@@ -93,38 +93,26 @@ def _fingerprint() -> bytes:
 def _cache_file(path: str, text: bytes) -> Path | None:
     """The entry of a file's text at its place (a relative base reference depends on it);
     None when caching is off or the cache folder cannot be made."""
-    from compiler.cache import cache_dir
-    try:
-        d = cache_dir("targets")
-        key = _fingerprint() + str(Path(path).resolve()).encode() + b"\0" + text
-    except OSError:
-        return None
-    return d / f"{_digest(key)}.pickle" if d is not None else None
+    from compiler.cache import entry_file
+    return entry_file("targets", lambda: _fingerprint() + str(Path(path).resolve()).encode() + b"\0" + text)
 
 
 def _cached(entry: Path | None) -> tuple[dict, Target] | None:
     """(bases' digests, target) of a cache entry that is readable and whose bases are unchanged."""
-    import pickle
+    from compiler.cache import load_entry
+    hit = load_entry(entry)
     try:
-        if entry is None or not entry.exists():
-            return None
-        deps, t = pickle.loads(entry.read_bytes())
+        deps, t = hit
         if not isinstance(t, Target) or any(_digest(Path(p).read_bytes()) != d for p, d in deps.items()):
             return None
-    except Exception:  # noqa: BLE001 - an unreadable entry (another version, a torn disk, a base gone): parse
+    except (TypeError, ValueError, AttributeError, OSError):  # a miss, another shape, a base gone: parse
         return None
     return deps, t
 
 
 def _store(entry: Path | None, t: Target, deps: dict) -> None:
-    import pickle
-    if entry is None:
-        return
-    try:
-        from compiler.cache import write_atomic
-        write_atomic(entry, pickle.dumps((deps, t)))
-    except OSError:  # a read-only cache: every load parses
-        pass
+    from compiler.cache import store_entry
+    store_entry(entry, (deps, t))
 
 
 def load(name_or_path: str) -> Target:

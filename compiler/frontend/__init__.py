@@ -32,9 +32,10 @@ def read_source(path_or_text: str | os.PathLike, name: str | None = None) -> Sou
 
 
 def parse_source(src: Source) -> Module:
+    from compiler.cache import load_entry, store_entry
     entry = _cache_entry(src)
-    cached = _cached(entry)
-    if cached is not None:
+    cached = load_entry(entry)
+    if isinstance(cached, Module):
         return cached
     from .parser import parse_file
     pf = parse_file(src)
@@ -51,40 +52,13 @@ def parse_source(src: Source) -> Module:
         targets = tuple(check_targets(pf, src))
     m = Module(tuple(kernels), targets, span=_file_span(src))
     if not targets:  # target files have their own cache (hw_models), keyed by host facts too
-        _store(entry, m)
+        store_entry(entry, m)
     return m
 
 
 def _cache_entry(src: Source) -> Path | None:
-    from compiler.cache import FRONT_END, cache_dir, code_fingerprint, digest
-    try:
-        d = cache_dir("kernels")
-        key = code_fingerprint(FRONT_END) + src.name.encode() + b"\0" + src.text.encode()
-    except (OSError, UnicodeEncodeError):
-        return None
-    return d / f"{digest(key)}.pickle" if d is not None else None
-
-
-def _cached(entry: Path | None) -> Module | None:
-    import pickle
-    try:
-        if entry is None or not entry.exists():
-            return None
-        m = pickle.loads(entry.read_bytes())
-    except Exception:  # noqa: BLE001 - an unreadable entry (torn, another version): parse
-        return None
-    return m if isinstance(m, Module) else None
-
-
-def _store(entry: Path | None, m: Module) -> None:
-    import pickle
-    if entry is None:
-        return
-    try:
-        from compiler.cache import write_atomic
-        write_atomic(entry, pickle.dumps(m))
-    except (OSError, pickle.PicklingError, TypeError, AttributeError):  # read-only cache, unpicklable: parse next time
-        pass
+    from compiler.cache import FRONT_END, code_fingerprint, entry_file
+    return entry_file("kernels", lambda: code_fingerprint(FRONT_END) + src.name.encode() + b"\0" + src.text.encode())
 
 
 def parse(path_or_text: str | os.PathLike, name: str | None = None) -> Module:
