@@ -355,10 +355,8 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         a_rows = plan.strides[plan.a][plan.row] if plan.strides[plan.a][plan.red] == 1 else 0
         bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
                                  a_rows)
-        plan = replace(plan, instr=instr.name, blocking=bl)
-        plan = _as_dot(plan, t, mappings) or plan
-        return plan if plan.splits_k() or not plan.blocking.split_k else replace(
-            plan, blocking=replace(plan.blocking, split_k=False))
+        plan = replace(plan, instr=instr.name, blocking=bl).with_blocking()  # (split K only where allowed)
+        return _as_dot(plan, t, mappings) or plan
     return None
 
 
@@ -802,13 +800,16 @@ class _Emit:
         b = self.bld
         bpack, apack, aedge, bedge, partial = (self.at(work, off) for off in self.offsets()[:5])
         klo, khi = p.dom[p.red]
-        # split K: part 0 adds into C, the others into a private copy of C's span (summed by
-        # s{i}_reduce, which runs the epilogue: a part with less than the whole K does not)
-        first = b.icmp_signed("==", part, _c(0))
-        k_whole = b.and_(b.icmp_signed("==", k_lo, _c(klo)), b.icmp_signed("==", k_hi, _c(khi))) if bl.split_k else None
         if bl.split_k:
+            # part 0 adds into C, the others into a private copy of C's span (summed by
+            # s{i}_reduce, which runs the epilogue: a part with less than the whole K does not)
+            first = b.icmp_signed("==", part, _c(0))
             self.ptr[p.c] = b.select(first, self.ptr[p.c], partial)
-        k_from, k_to = (k_lo, k_hi) if bl.split_k else (klo, khi)
+            k_whole = b.and_(b.icmp_signed("==", k_lo, _c(klo)), b.icmp_signed("==", k_hi, _c(khi)))
+            k_from, k_to = k_lo, k_hi
+        else:
+            first = k_whole = None
+            k_from, k_to = _c(klo), _c(khi)
 
         def batch(q):
             A, B, C = self.operands(q)
@@ -817,13 +818,11 @@ class _Emit:
                 nc = self.min(_c(bl.nc), b.sub(n_hi, jc))
 
                 def kblock(pc):
-                    kc = self.min(_c(bl.kc), b.sub(k_to if bl.split_k else _c(khi), pc))
-                    if bl.split_k:  # a part's first block stores, except part 0's onto a C it adds to
-                        accum = b.icmp_signed("!=", pc, k_from)
-                        if not p.init:
-                            accum = b.or_(accum, first)
-                    else:
-                        accum = b.icmp_signed("!=", pc, _c(klo)) if p.init else L.Constant(L.IntType(1), 1)
+                    kc = self.min(_c(bl.kc), b.sub(k_to, pc))
+                    # the first K block stores, except onto a C it adds to (``+=``: part 0's)
+                    accum = b.icmp_signed("!=", pc, k_from) if p.init or bl.split_k else L.Constant(L.IntType(1), 1)
+                    if bl.split_k and not p.init:
+                        accum = b.or_(accum, first)
                     if bl.pack_b:
                         b.call(pb, [bpack, B, jc, nc, pc, kc])
 
