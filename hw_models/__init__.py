@@ -21,9 +21,8 @@ def builtin_names() -> list[str]:
 
 def _host_has_avx512() -> bool:
     try:
-        import llvmlite.binding as llvm
-        llvm.initialize_native_target()
-        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+        from compiler.host import host_has_avx512
+        return host_has_avx512()
     except Exception:  # noqa: BLE001 - no llvmlite / unknown CPU: assume the safe variant
         return False
 

@@ -19,7 +19,7 @@ from ir.bind import Bound
 from ir.kernel import Kernel
 from ir.target import Target
 
-from compiler.backends.llvm.contraction import registers
+from compiler.backends.llvm.plan import registers
 from compiler.bench.progress import Progress
 
 from .base import Schedule

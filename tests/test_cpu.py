@@ -1,4 +1,5 @@
 """The cpu target (llvm backend, scalar path) against the reference interpreter."""
+import gc
 import json
 import types
 
@@ -73,24 +74,66 @@ def test_corpus_on_cpu(corpus):
         assert ok, (path.name, per)
 
 
-def test_object_cache_reuses_compiled_code(tmp_path, monkeypatch):
+@pytest.mark.parametrize("link", ["on", "off"])
+def test_object_cache_reuses_compiled_code(tmp_path, monkeypatch, link):
+    """A second build loads the first one's machine code: a shared library where a C compiler
+    links one, else object code through MCJIT (``ISAMAP_LINK=off``, or no compiler)."""
+    from compiler.backends.llvm import loader
+    if link == "on" and loader.linker() is None:
+        pytest.skip("no C compiler to link shared libraries")
     monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    monkeypatch.setenv("ISAMAP_LINK", link)
     a = np.random.default_rng(0).uniform(size=(40, 30)).astype(np.float32)
     b = np.random.default_rng(1).uniform(size=(30, 20)).astype(np.float32)
     first = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30))
     second = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30))
     assert not first.native.cached and second.native.cached
+    assert second.native.code.how == ("shared library" if link == "on" else "mcjit")
     np.testing.assert_allclose(second(a, b), a @ b, rtol=1e-5)
     assert "define void @s0(" in second.source("llvm")  # regenerated on demand
-    assert len(list((tmp_path / "llvm").glob("*.o"))) == 1
+    tables = list((tmp_path / "llvm").glob("*.json"))
+    assert len(tables) == 1 and tables[0].with_suffix(".so" if link == "on" else ".o").exists()
+    assert not list((tmp_path / "llvm").glob("*.tmp"))
+    if link == "on":  # a damaged library is rebuilt, not loaded (a new file: the old one is still mapped)
+        del first, second
+        gc.collect()  # unloaded: dlopen would hand back a library still loaded under that name
+        so = tables[0].with_suffix(".so")
+        so.unlink()
+        so.write_bytes(b"\x7fELF torn")
+        third = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30))
+        assert not third.native.cached
+        np.testing.assert_allclose(third(a, b), a @ b, rtol=1e-5)
     monkeypatch.setenv("ISAMAP_CACHE", "off")
     assert not compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30)).native.cached
+
+
+def test_a_cached_build_in_a_fresh_process_runs_without_llvm(tmp_path):
+    """Where builds are linked into shared libraries, a cached build and its calls (threaded
+    and on the native entry) load them with dlopen: LLVM's library is never imported."""
+    import os
+    import subprocess
+    import sys
+
+    from compiler.backends.llvm import loader
+    if loader.linker() is None:
+        pytest.skip("no C compiler to link shared libraries")
+    code = ("import sys, numpy as np, compiler, kernels\n"
+            "for m, n, k in ((300, 200, 100), (8, 1, 16)):\n"
+            "    ck = compiler.build(kernels.path('gemm'), target='cpu', sizes=dict(M=m, N=n, K=k))\n"
+            "    a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)\n"
+            "    assert (ck(a, b) == k).all() and (ck(a, b) == k).all()\n"
+            "print(ck.native.cached, 'llvmlite.binding' in sys.modules)")
+    env = dict(os.environ, ISAMAP_CACHE=str(tmp_path))
+    env.pop("ISAMAP_LINK", None)
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                           cwd=str(kernels.path("gemm").parent.parent)).stdout.split() for _ in range(2)]
+    assert runs == [["False", "True"], ["True", "False"]]
 
 
 def test_outputs_start_as_zeros_unless_written_first():
     """Output buffers skip the zero fill only when the code writes every element before
     anything reads it; partial writes and plain accumulation keep the reference's zeros."""
-    from compiler.backends.llvm.scalar import _written_first
+    from compiler.backends.llvm.native import _written_first
     src = """def f(float(N) X, float(M, N) A) -> (Y, S, P, Q) {
         Y(i) +=! A(i, j) * X(j)
         S(i) += X(i)
@@ -146,7 +189,7 @@ def test_exact_inputs_take_the_fast_path_and_others_are_still_checked():
 
 
 def test_buffer_addresses_match_numpy():
-    from compiler.backends.llvm.scalar import _address, _address_slow
+    from compiler.backends.llvm.native import _address, _address_slow
     base = np.arange(60, dtype=np.float32).reshape(6, 10)
     for x in (base, base[2:], np.ascontiguousarray(base[:, 3:]), np.zeros(7, np.float64)):
         assert _address(x) == _address_slow(x) == x.ctypes.data

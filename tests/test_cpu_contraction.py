@@ -9,9 +9,9 @@ import hw_models
 import ir.interp
 import kernels
 from compiler.backends.llvm import compile_cpu
-from compiler.backends.llvm.contraction import Blocking
-from compiler.backends.llvm import scalar
-from compiler.backends.llvm.scalar import split_contraction
+from compiler.backends.llvm.plan import Blocking
+from compiler.backends.llvm import native
+from compiler.backends.llvm.native import split_contraction
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
 
@@ -173,8 +173,8 @@ def test_build_key_is_stable_across_processes():
     import sys
     code = ("import compiler, kernels, hw_models, hashlib\n"
             "from ir.bind import bind\n"
-            "from compiler.backends.llvm.contraction import recognise\n"
-            "from compiler.backends.llvm.scalar import build_key\n"
+            "from compiler.backends.llvm.plan import recognise\n"
+            "from compiler.backends.llvm.native import build_key\n"
             "from compiler.mapping import mappings_for_kernel\n"
             "k = compiler.parse(kernels.path('lstm_cell')).kernel(); b = bind(k, {s: 37 for s in k.sizes})\n"
             "t = hw_models.load('cpu'); ms = mappings_for_kernel(k, t, bound=b)\n"
@@ -291,7 +291,7 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
         C(m, n) += A(m, k) * B(k, n)
     }"""
     plain = compiler.parse(src).kernel()
-    monkeypatch.setattr(scalar, "PARALLEL_MIN_SECONDS", 0.0)  # split even these small ones
+    monkeypatch.setattr(native, "PARALLEL_MIN_SECONDS", 0.0)  # split even these small ones
     for M, N, K, bl in ((1, 37, 301, dict(split_k=True, kc=8, nv=2)), (3, 50, 64, dict(split_k=True, kc=5, nv=1)),
                         (1, 5, 3, dict(split_k=True, kc=1))):
         bb = bind(plain, dict(M=M, N=N, K=K))

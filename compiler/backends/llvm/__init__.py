@@ -1,4 +1,4 @@
-"""The LLVM backend for the host CPU (llvmlite JIT)."""
-from .scalar import compile_cpu
+"""The LLVM backend for the host CPU (llvmlite; code loaded as shared libraries or through MCJIT)."""
+from .native import compile_cpu
 
 __all__ = ["compile_cpu"]

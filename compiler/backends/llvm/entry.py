@@ -27,7 +27,6 @@ import ctypes
 import threading
 
 import numpy as np
-from llvmlite import binding as llvm
 
 # descriptor: i64 words.  Header, then 5 words per input, 2 per output, 3 per step.
 #   0 nin  1 nout  2 nsteps  3 buffer table  4 fallback (PyObject*)  5 ndarray type
@@ -302,24 +301,19 @@ class _Entry:
     """The process's compiled entry function and the CPython functions it calls."""
 
     def __init__(self):
-        from .scalar import _init, _target_machine
-        _init()
-        mod = llvm.parse_assembly(_IR)
-        mod.triple = llvm.get_process_triple()
-        mod.verify()
-        self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
-        self.engine.finalize_object()
+        from .loader import module_code
+        self.code = module_code(_IR, "entry")
         api = ctypes.pythonapi
         addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
         P, O = ctypes.c_void_p, ctypes.py_object
         # private prototypes (setting argtypes on ctypes.pythonapi's would change them for everyone)
         self.capsule_new = ctypes.PYFUNCTYPE(O, P, ctypes.c_char_p, P)(addr(api.PyCapsule_New))
         self.function_new = ctypes.PYFUNCTYPE(O, P, O, O)(addr(api.PyCFunction_NewEx))
-        ctypes.c_void_p.from_address(self.engine.get_global_value_address("capsule_get")).value = \
+        ctypes.c_void_p.from_address(self.code.address("capsule_get")).value = \
             addr(api.PyCapsule_GetPointer)
         self.api = [addr(api.PyObject_Call), addr(api.PyTuple_New), addr(api.PyTuple_SetItem), addr(api.Py_DecRef),
                     addr(api.PyTuple_Size), addr(api.PyTuple_GetItem), addr(api.PyDict_Size)]
-        self.fn = self.engine.get_function_address("isamap_entry")
+        self.fn = self.code.address("isamap_entry")
 
 
 _ENTRY: _Entry | None = None

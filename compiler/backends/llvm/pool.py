@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from llvmlite import binding as llvm
 
 SPIN = 1 << 19  # pause loops (~17 ns each on current Xeons: ~10 ms) before an idle worker blocks on a futex
 WAKE_WORTH = 2e-3  # jobs shorter than this (seconds, one thread) do not wait for sleeping workers
@@ -169,19 +168,13 @@ class NativePool:
     sees every job."""
 
     def __init__(self, threads: int):
-        from .scalar import _init, _target_machine
-        _init()
-        ir = _IR.replace("SPIN", str(SPIN))
-        mod = llvm.parse_assembly(ir)
-        mod.triple = llvm.get_process_triple()
-        mod.verify()
-        self.engine = llvm.create_mcjit_compiler(mod, _target_machine())
-        self.engine.finalize_object()
-        start = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)(self.engine.get_function_address("pool_start"))
+        from .loader import module_code
+        self.code = module_code(_IR.replace("SPIN", str(SPIN)), "pool")
+        start = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)(self.code.address("pool_start"))
         self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
-            self.engine.get_function_address("pool_run"))
-        self._sleepers = ctypes.CFUNCTYPE(ctypes.c_int64)(self.engine.get_function_address("pool_sleepers"))
-        self._wake = ctypes.CFUNCTYPE(None)(self.engine.get_function_address("pool_wake"))
+            self.code.address("pool_run"))
+        self._sleepers = ctypes.CFUNCTYPE(ctypes.c_int64)(self.code.address("pool_sleepers"))
+        self._wake = ctypes.CFUNCTYPE(None)(self.code.address("pool_wake"))
         self.threads = threads
         self._tasks: dict[int, object] = {}
         self.lock = threading.Lock()  # one job at a time (kernels called from several Python threads)

@@ -1,0 +1,396 @@
+"""Plans for the host CPU's contractions: which statements are GEMM-shaped on the target's
+broadcast-FMA (or dot-product) instruction, their roles and strides (`Contraction`,
+`recognise`), and the register and cache blocking chosen from the target's memories
+(`Blocking.for_target`).  Plain data, no LLVM: a cached build decides its plans (they are
+part of the cache key) without importing the code generator (`contraction.py`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from math import gcd, prod
+
+from ir.bind import Bound
+from ir.dtypes import FLOAT32
+from ir.expr import Access, Binary, Cast, Var
+from ir.kernel import Kernel
+from ir.target import Instruction, Target
+
+from ..access import element_strides
+
+def registers(t: Target, regmem: str, vl: int) -> int:
+    """Vector registers in the register file ``regmem`` (its capacity over its row size)."""
+    mem = t.memory(regmem)
+    return mem.capacity // (mem.row_bytes or vl * 4)
+
+
+def cache_levels(t: Target) -> list:
+    """The target's caches, smallest first: memories other than main memory and the register
+    file (the one memory with a row size)."""
+    return sorted((x for x in t.memories if x.row_bytes is None and x.name != t.main), key=lambda x: x.capacity)
+
+
+PACK_B_ROW_TILES = 16  # row tiles sharing each B panel from which packing B pays off
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Register and cache blocking: MR rows x NV vectors of VL lanes per micro-kernel call."""
+    vl: int = 16
+    mr: int = 14
+    nv: int = 2
+    kc: int = 256
+    mc: int = 504
+    nc: int = 4096
+    pack_a: bool = False
+    prefetch: int = 8  # k steps ahead that a strided A is prefetched (0: off)
+    pack_b: bool = True
+    split_k: bool = False  # threads take K ranges (partial sums added after) instead of N ranges
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.vl
+
+    @staticmethod
+    def for_target(t: Target, vl: int, regmem: str, m: int, n: int, k: int, threads: int,
+                   a_contiguous: bool = True, b_contiguous: bool = True, a_row_stride: int = 0) -> "Blocking":
+        """Default blocking from the target's register file and cache capacities.
+
+        Registers: MR x NV accumulators beside NV vector loads and a broadcast; 2 vectors
+        wide and 14 rows on 32 registers (6 x 2 on 16), fewer rows and more vectors when M
+        is small (down to 1 x 16 for a GEMV-like M = 1).  Caches: one B micro-panel (KC x NR)
+        fills L1 (two L1s when both operands are packed), the A block (MC x KC) half of L2,
+        the B block (KC x NC) half of this thread's share of L3."""
+        regs = registers(t, regmem, vl)
+        vecs = -(-n // vl)
+        nv = max(1, min(2, vecs))
+        mr = max(1, min(14, (regs - nv - 1) // nv))
+        prefetch = 8
+        caches = cache_levels(t)
+        l3 = caches[2].capacity if len(caches) > 2 else 0
+        stream_kc = 0  # K block of a GEMV streaming B from main memory (0: K blocks fill L1)
+        split_k = False
+        if m < mr:  # short M: fewer rows, wider tiles
+            mr = m
+            nv = max(1, min(vecs, 8, (regs - 1) // (mr + 1)))
+            if mr == 1:
+                # a GEMV (a GRU step with batch 1): each B vector feeds one FMA, as a memory
+                # operand, so 16 accumulators fit, and each k step reads a 1 KiB burst of a B
+                # row that the hardware prefetcher follows; software prefetches would be one
+                # instruction per line loaded.  Measured on a Zen 4 VM, 2 threads: the
+                # 1024-hidden gru_step 181 -> ~145 us (8 vectors with prefetch -> 16 without)
+                nv, prefetch = max(1, min(vecs, 16, regs // 2)), 0
+            if l3 and k * n * 4 > l3 // 4:
+                # a B that comes from main memory (a quarter of the outer cache: the GRU
+                # step's three recurrent matrices and the rest of the working set share it):
+                # 8-16 rows of B at a time (`_stream_rows`), 2 vectors of each per tile (4
+                # from 3 rows of A up), so each thread reads that many sequential streams in
+                # short bursts (OpenBLAS's sgemv order); 32-64 rows of 0.5-1 KiB bursts were
+                # more streams than the prefetchers follow.  Measured on a Zen 4 VM, 2
+                # threads, the batch-1 gru_step against numpy's in the same run, 8 rows: hidden
+                # 2816 5069 -> 3116 us (numpy 3054), 2048 3308 -> 1775 (1644), 1536 1904 ->
+                # 903 (928); with the weights in cache (hidden 1024, 512) the 16 x 32 tiles
+                # stay faster (152 vs 205 us, 44 vs 56).  Batch 2 and 4 (60 steps, with the
+                # split K below): hidden 2816 260 -> 180 ms and 269 -> 167, 2048 x 4 146 -> 102
+                # (numpy 426 for 2816 x 4).  The software prefetch stays for 2 rows up (2816 x
+                # 4: 182 ms with it, 269 without); for one row it costs (268 -> 292)
+                nv = max(1, min(vecs, 2 if mr <= 2 else 4, (regs - 1) // (mr + 1)))
+                stream_kc = _stream_rows(caches[0] if caches else None, n * 4)
+                # and threads split K, not N: each streams one contiguous half of B rather
+                # than both reading half of every row; the partial sums (one C each) are
+                # added afterwards.  Measured in C on the same VM, 2 threads, three matrices
+                # in turn, both splits interleaved over 300 calls: 2816^2 29.9 -> 39.9 GB/s
+                # and 25.9 -> 28.2, 2048^2 30.3 -> 32.1, 1536^2 46.9 -> 54.8; batch-1 GRU
+                # steps 314 -> 284 ms (2816), 112 -> 85 (2048)
+                split_k = threads > 1
+        else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
+            mr, nv = _row_tiles(m, vecs, regs, mr, nv)
+        # A rows read in place a multiple of capacity / ways apart in L1 (4 KiB on an 8-way 32 KiB
+        # L1: K = 1024, 2048, 4096 floats) all fall into one set: with more MR streams than the
+        # set has ways they evict each other every k step
+        way = caches[0].capacity // caches[0].ways if caches and caches[0].ways else 0
+        aliased = bool(way and a_row_stride and (a_row_stride * 4) % way == 0)
+        l1 = caches[0].capacity if caches else 32 << 10
+        l2 = caches[1].capacity if len(caches) > 1 else 16 * l1
+        l3 = l3 or 8 * l2
+        nr = nv * vl
+        # A with a unit stride is read in place when few NR tiles reuse it: A(m, k) as MR
+        # sequential streams, A(k, m) with software prefetch (each k step is a new line, soon a
+        # new page, where the hardware prefetcher stops).  Packing costs a pass over A per NC
+        # block: it pays off for wide B, and for an A with no unit stride (a gathered one)
+        pack_a = not a_contiguous or n > 4 * nr  # wide B: each A panel serves many NR tiles
+        # aliased A rows are packed from four NR tiles up (a packed panel is one stream). Bench
+        # harness on a Zen 4 VM, 2 threads, ratio to numpy in the same run: 4096x128x4096 0.83 ->
+        # 0.99, 3072x128x1024 0.66 -> 0.96, but 2048x128x2048 0.93 -> 0.89 (its 16 MB A stays in
+        # L3); with fewer NR tiles packing does not pay (N = 64 even, N = 32 slower)
+        if aliased and n >= 4 * nr:
+            pack_a = True
+        if aliased and not pack_a and m >= mr > caches[0].ways - 1:
+            # read in place: one stream fewer than the ways (B's panel keeps one). Measured, same
+            # VM: 7 x 2 instead of 14 x 2 took 4096x64x4096 111 -> 195 GFLOP/s, 2048x64x2048
+            # 105 -> 162, 4096x32x4096 135 -> 178; 7 x 1 for N = 16 4096^2 90 -> 120-144
+            mr = caches[0].ways - 1
+        # B is packed into NR-wide panels when many row tiles share them; with few (batch-sized
+        # M: GRU/LSTM steps, M = 32..128) the pass over B costs more than the packed panels
+        # save, and B is read in place with software prefetch (only a ragged last panel is
+        # packed). Measured in one run, 2 threads: unpacked is 7-67% faster for M = 32, 35, 64
+        # and 128 (N = 512..8457), packed 5-20% faster for M = 256, 512 and 1760 (N = 1500)
+        pack_b = not b_contiguous or -(-m // mr) >= PACK_B_ROW_TILES
+        # K blocks: a B micro-panel (KC x NR) fills L1; when both operands are packed (the
+        # large, compute-bound GEMMs) twice that, streaming from L2.  What each K block costs
+        # beyond its FMAs (every C tile read, added and written back once more, the
+        # micro-kernel's set-up) halves; measured on a Zen 4 VM, ratio to OpenBLAS in the same
+        # run, 1 thread: 1024x6000x2560 0.92-0.94 -> 0.97-1.00, 2048^3 0.99 -> 1.04 (kc 1024:
+        # 1.06); 2 threads 7680x1500x2560 0.93 -> 1.00.  Narrow GEMMs (A read in place, or B
+        # unpacked) were slower with it
+        panel = 2 * l1 if pack_a and pack_b else l1
+        kc = min(k, stream_kc) if stream_kc else max(16, min(k, panel // (nr * 4)))
+        kc = -(-k // -(-k // kc))  # balanced K blocks
+        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
+        mc = min(mc, -(-m // mr) * mr)
+        share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
+        nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
+        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, prefetch, pack_b, split_k)
+
+
+def _stream_rows(l1, row_bytes: int) -> int:
+    """Rows of B a streaming GEMV reads at a time: 16, fewer where rows fall into the same L1
+    set (rows ``period`` apart share one: a row a multiple of the way size long puts every row
+    in one set), so no set holds more streams than it has ways.  Measured on a Zen 4 VM, 2
+    threads, batch-1 GRU steps against numpy in the same run (8 -> 16 rows): hidden 1536 97
+    -> 86 ms (numpy 105), 2816 231 -> 216 (262), 2560 241 -> 245 (249); hidden 2048 (8 KiB
+    rows, one set, 8 ways) 111 -> 154 with 16 rows, 131 with 7, 8 best"""
+    if l1 is None or not l1.ways:
+        return 8
+    way = l1.capacity // l1.ways
+    period = way // gcd(row_bytes, way)
+    return max(1, min(16, l1.ways * period))
+
+
+def _row_tiles(m: int, vecs: int, regs: int, mr0: int, nv0: int) -> tuple[int, int]:
+    """(MR, NV) for M rows: the least padding of the last row tile (within 2% of the best),
+    then the most accumulators (at least 12, to cover the FMA latency), then the tallest."""
+    options = []
+    for mr in range(4, mr0 + 1):
+        nv = max(1, min(vecs, 4, (regs - 1) // (mr + 1)))
+        if mr * nv < 12 or mr * nv + nv + 1 > regs:
+            continue
+        waste = (-(-m // mr) * mr - m) / m
+        options.append((waste, mr * nv, mr, nv))
+    if not options:
+        return mr0, nv0
+    best = min(o[0] for o in options)
+    _, _, mr, nv = max((o for o in options if o[0] <= best + 0.02), key=lambda o: (o[1], o[2]))
+    return mr, nv
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """A statement recognised as a (batched) GEMM on the broadcast-FMA instruction."""
+    stmt: int
+    instr: str
+    c: str  # output
+    a: str  # broadcast (scalar) operand
+    b: str  # vector operand
+    batch: tuple[str, ...]
+    row: str
+    red: str
+    vec: str
+    dom: dict = field(default_factory=dict)  # var -> (lo, hi)
+    strides: dict = field(default_factory=dict)  # tensor -> {var: stride}
+    base: dict = field(default_factory=dict)  # tensor -> constant element offset
+    init: bool = False
+    blocking: Blocking = Blocking()
+    form: str = "bcast"  # "bcast": broadcast-FMA micro-kernel; "dot": vectorised along the reduction
+    epilogue: tuple[int, ...] = ()  # elementwise statements fused onto each finished output tile
+
+    def extent(self, v: str) -> int:
+        lo, hi = self.dom[v]
+        return hi - lo
+
+    def describe(self) -> str:
+        bl = self.blocking
+        if self.form == "dot":
+            return (f"S{self.stmt}: {self.c} on {self.instr} (dot products along {self.red}, {bl.vl} lanes, summed "
+                    f"across lanes at the end): {bl.mr} rows x all {self.extent(self.vec)} columns of {self.vec} per "
+                    f"tile with {bl.mr * self.extent(self.vec)} accumulator registers; K blocks of {bl.kc}; "
+                    f"{self.b} packed transposed per K block; {self.a} read in place"
+                    + (f"; batch loops {', '.join(self.batch)}" if self.batch else "") + self._fused())
+        return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes): "
+                f"micro-kernel {bl.mr} x {bl.nr} ({self.row} x {self.vec}) with {bl.mr * bl.nv} accumulator "
+                f"registers; blocks KC={bl.kc} ({self.red}), MC={bl.mc} ({self.row}), NC={bl.nc} ({self.vec}); "
+                + (f"{self.b} packed into {bl.nr}-wide panels; " if bl.pack_b else "")
+                + (f"{self.a} packed into {bl.mr}-tall panels" if bl.pack_a else f"{self.a} read in place")
+                + ("" if bl.pack_b else f"; {self.b} read in place")
+                + (f"; batch loops {', '.join(self.batch)}" if self.batch else "")
+                + (f"; {self.red} split across threads, partial sums added after" if bl.split_k else "")
+                + self._fused())
+
+    def _fused(self) -> str:
+        return f"; fused epilogue: {', '.join(f'S{j}' for j in self.epilogue)}" if self.epilogue else ""
+
+    def with_blocking(self, **changes) -> "Contraction":
+        """This contraction with some blocking parameters changed (tuning, tests); a B without
+        unit stride along the vector variable stays packed, as vector loads need one."""
+        bl = replace(self.blocking, **changes)
+        if self.strides[self.b][self.vec] != 1:
+            bl = replace(bl, pack_b=True)
+        if bl.split_k and not self.splits_k():
+            bl = replace(bl, split_k=False)
+        return replace(self, blocking=bl)
+
+    def splits_k(self) -> bool:
+        """Whether K may be split across threads: the broadcast form with no batch loops and an
+        output whose offsets over the domain are non-negative (each partial sum is a private copy of C's span)."""
+        return (self.form == "bcast" and not self.batch and self.base[self.c] >= 0
+                and all(self.strides[self.c][v] >= 0 and self.dom[v][0] >= 0 for v in (self.row, self.vec)))
+
+    def c_span(self) -> int:
+        """Elements from C's start to one past the last element the domain writes."""
+        return self.base[self.c] + sum((self.dom[v][1] - 1) * self.strides[self.c][v] for v in (self.row, self.vec)) + 1
+
+    def flops(self) -> int:
+        return 2 * prod(self.extent(v) for v in self.dom)
+
+
+def broadcast_fma(instr: Instruction) -> tuple[str, str, str, int] | None:
+    """(scalar operand, vector operand, output, lanes) if the instruction's body is
+    ``C(j) += A * B(j)`` in either operand order; None otherwise."""
+    body = instr.body
+    if len(body.stmts) != 1 or len(instr.outputs) != 1:
+        return None
+    s = body.stmts[0]
+    if s.op != "+" or len(s.indices) != 1 or not isinstance(s.rhs, Binary) or s.rhs.op != "*":
+        return None
+    j = s.indices[0]
+    x, y = s.rhs.a, s.rhs.b
+    if not (isinstance(x, Access) and isinstance(y, Access)):
+        return None
+    for sc, ve in ((x, y), (y, x)):
+        if not sc.indices and len(ve.indices) == 1 and isinstance(ve.indices[0], Var) and ve.indices[0].name == j:
+            out = instr.outputs[0]
+            if out.dtype != FLOAT32 or len(out.shape) != 1:
+                return None
+            return sc.tensor, ve.tensor, s.tensor, out.shape[0]
+    return None
+
+
+def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -> Contraction | None:
+    """The statement as a Contraction when a legal broadcast-FMA mapping covers it and every
+    operand is a float32 tensor indexed by plain variables; None sends it to the scalar path."""
+    s = k.stmts[si]
+    if s.op != "+" or not isinstance(s.rhs, Binary) or s.rhs.op != "*" or s.exists:
+        return None
+    for m in mappings:
+        if m.statement != si or not m.legal or len(m.steps) != 1:
+            continue
+        step = m.steps[0]
+        instr = t.instr(step.instruction)
+        roles = broadcast_fma(instr)
+        if roles is None:
+            continue
+        sa, sb, sc, vl = roles
+        ops = dict(step.operands)
+        f = step.fused()
+        jv = f.get(s_j(instr), ())
+        if len(jv) != 1:
+            continue
+        vec = jv[0]
+        names = {ops.get(sa), ops.get(sb), ops.get(sc)}
+        if None in names:
+            continue
+        plan = _classify(k, b, si, ops[sa], ops[sb], ops[sc], vec)
+        if plan is None:
+            continue
+        rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
+        a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red])
+        b_contig = plan.strides[plan.b][plan.vec] == 1
+        a_rows = plan.strides[plan.a][plan.row] if plan.strides[plan.a][plan.red] == 1 else 0
+        bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
+                                 a_rows)
+        plan = replace(plan, instr=instr.name, blocking=bl).with_blocking()  # (split K only where allowed)
+        return _as_dot(plan, t, mappings) or plan
+    return None
+
+
+def dot_product(instr: Instruction) -> int | None:
+    """Lanes of an instruction whose body is ``C +=! A(j) * B(j)`` (a scalar C): products along
+    j accumulated, the form the backend keeps in vector registers and sums across lanes once."""
+    body = instr.body
+    if len(body.stmts) != 1 or len(instr.outputs) != 1 or instr.outputs[0].dtype != FLOAT32:
+        return None
+    s = body.stmts[0]
+    if s.op != "+" or s.indices or not isinstance(s.rhs, Binary) or s.rhs.op != "*":
+        return None
+    x, y = s.rhs.a, s.rhs.b
+    if not all(isinstance(e, Access) and len(e.indices) == 1 and isinstance(e.indices[0], Var) for e in (x, y)):
+        return None
+    if x.indices[0].name != y.indices[0].name:
+        return None
+    return instr.inputs[0].shape[0]
+
+
+def _as_dot(p: Contraction, t: Target, mappings) -> Contraction | None:
+    """The dot-product form when the broadcast form would waste most lanes (fewer output columns
+    than half a vector) and A is contiguous along the reduction, if the target has a legal
+    dot-product mapping of the statement along that reduction variable."""
+    bl = p.blocking
+    cols, red = p.extent(p.vec), p.extent(p.red)
+    if cols * 2 > bl.vl or p.strides[p.a][p.red] != 1 or red < bl.vl:
+        return None
+    for m in mappings:
+        if m.statement != p.stmt or not m.legal or len(m.steps) != 1:
+            continue
+        instr = t.instr(m.steps[0].instruction)
+        lanes = dot_product(instr)
+        if lanes is None or m.steps[0].fused().get(instr.body.stmts[0].rhs.a.indices[0].name) != (p.red,):
+            continue
+        mr = max(1, min(8, 24 // cols, p.extent(p.row)))
+        caches = cache_levels(t)
+        l2 = caches[1].capacity if len(caches) > 1 else 1 << 20
+        fit = (l2 // 2) // (4 * cols)  # the packed B^T block keeps to half of L2
+        kc = red if red <= fit else max(lanes, fit // lanes * lanes)
+        kc = -(-red // -(-red // kc))  # balanced K blocks (one when the whole reduction fits)
+        return replace(p, instr=instr.name, form="dot",
+                       blocking=Blocking(lanes, mr, 1, kc, mr, cols, False, 0, True))
+    return None
+
+
+def s_j(instr: Instruction) -> str:
+    return instr.body.stmts[0].indices[0]
+
+
+def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -> Contraction | None:
+    s = k.stmts[si]
+    if s.tensor != c:
+        return None
+    acc = {c: [Var(v) for v in s.indices]}
+    for e in (s.rhs.a, s.rhs.b):
+        while isinstance(e, Cast) and e.to == e.x.dtype:  # float(A(m, k)) on a float A
+            e = e.x
+        if not isinstance(e, Access) or e.tensor not in (a, bt) or e.tensor in acc:
+            return None
+        acc[e.tensor] = list(e.indices)
+    if set(acc) != {a, bt, c}:
+        return None
+    for name in acc:
+        if k.tensor(name).dtype != FLOAT32:
+            return None
+    found = element_strides(b, acc)
+    if found is None:
+        return None
+    strides, base, uses = found
+    dom = b.domain(si)
+    allv = set(dom)
+    if uses[c] | uses[a] | uses[bt] != allv:
+        return None
+    rows = [v for v in s.indices if v in uses[a] and v not in uses[bt]]
+    reds = [v for v in uses[a] & uses[bt] if v not in uses[c]]
+    if vec not in uses[c] or vec not in uses[bt] or vec in uses[a]:
+        return None
+    if not rows or len(reds) != 1 or strides[c][vec] != 1 or (allv - uses[c]) != set(reds):
+        return None
+    row = max(rows, key=lambda v: dom[v][1] - dom[v][0])  # the longest row variable is blocked
+    # every other output variable is a batch loop (a tensor it does not index has stride 0 along it)
+    batch = tuple(v for v in s.indices if v not in (row, vec))
+    for name in acc:
+        strides[name] = {v: strides[name].get(v, 0) for v in sorted(allv)}  # sorted: cache keys stay stable
+    return Contraction(si, "", c, a, bt, batch, row, reds[0], vec, dict(dom), strides, base, s.init)
