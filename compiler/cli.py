@@ -61,8 +61,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="DeepBench suites against a baseline measured in the same run")
     p.add_argument("what", choices=["gemm", "gru"], help="which suite")
     p.add_argument("--target", "-t", default="sim-nnp", help="target name or .hw file")
-    p.add_argument("--suite", default="quick", help="quick (about a minute) or deepbench (every row)")
+    p.add_argument("--suite", help="quick (about a minute; the default) or deepbench (every row; the default "
+                   "with --only)")
     p.add_argument("--sets", help="comma-separated: training, inference_server, inference_device")
+    p.add_argument("--only", help="comma-separated shapes to keep, sizes in the table's column order (GEMM "
+                   "MxNxK[:tn|nt|tt], GRU HxNxT), leading sizes matching any rest: e.g. 2048x1 for every "
+                   "batch-1 GRU row of hidden 2048")
     p.add_argument("--scheduler", help="our strategy (default: analytical); the baseline is vendor")
     p.add_argument("--json", action="store_true", help="print a JSON object with a results list")
     p.add_argument("--out", help="also write CSV, JSON (and PNG plots when matplotlib exists) here")
@@ -284,14 +288,15 @@ def cmd_bench(a) -> int:
     from compiler.bench.gemm import geomean, run_gemm_bench, table
     from compiler.bench.progress import bench_backend
     sets = a.sets.split(",") if a.sets else None
+    a.suite = a.suite or ("deepbench" if a.only else "quick")
+    more = {"repeats": a.repeats} if a.repeats else {}
+    more["only"] = a.only.split(",") if a.only else None
     if a.what == "gru":
-        more = {"repeats": a.repeats} if a.repeats else {}
         rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)
         convention = ("ratio = baseline (vendor schedules, weights reloaded every step) cycles / our cycles "
                       "(persistent weights); FLOPs = 6*T*N*H^2 (+T*N*H inference)")
         text = gru_bench.table(rows, a.target)
     else:
-        more = {"repeats": a.repeats} if a.repeats else {}
         rows = run_gemm_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)
         convention = "ratio = baseline (vendor schedule) cycles / our cycles; FLOPs = 2*M*N*K"
         text = table(rows, a.target)

@@ -154,3 +154,27 @@ def test_bench_gru_on_cuda_against_cudnn(monkeypatch, capsys):
     r = json.loads(capsys.readouterr().out)
     for row in r["results"]:
         assert row["error"] is None and row["correct"] is True and row["extra"]["seconds"] > 0
+
+
+def test_only_keeps_the_rows_of_the_given_shapes():
+    from compiler.bench.gru import gru_suite
+    rows = bg.gemm_suite("deepbench", None, ["1024x8x500000:tn", "6144x3000"])
+    assert rows and {(m, n, k, a_t, b_t) for _, m, n, k, a_t, b_t in rows if m == 1024} == {(1024, 8, 500000, True, False)}
+    assert all((m, n) == (6144, 3000) for _, m, n, *_ in rows if m != 1024)
+    every = bg.gemm_suite("deepbench", None)
+    assert len(rows) == sum(1 for r in every if r[1:4] == (1024, 8, 500000) and r[4:] == (True, False)
+                            or r[1:3] == (6144, 3000))
+    grus = gru_suite("deepbench", ["inference_server"], ["2048x1"])
+    assert len(grus) >= 2 and all(r[:3] == ("inference_server", 2048, 1) for r in grus)
+
+
+def test_only_with_a_shape_of_no_row_or_a_malformed_one_is_an_error(monkeypatch, capsys):
+    monkeypatch.setattr(bg, "QUICK", [("training", 96, 16, 64, False, False), ("training", 40, 8, 48, False, False)])
+    assert cli.main(["bench", "gemm", "--target", "sim-nnp", "--suite", "quick", "--only", "40x8", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [(x["m"], x["n"], x["k"]) for x in r["results"]] == [(40, 8, 48)]
+    for only, msg in (("41x8", "no row of the suite has shape '41x8'"), ("40xeight", "bad shape '40xeight'"),
+                      ("40x8:tx", "bad shape '40x8:tx'")):
+        assert cli.main(["bench", "gemm", "--target", "sim-nnp", "--suite", "quick", "--only", only]) == 1
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err

@@ -54,10 +54,10 @@ def gemm_operands(rng, m: int, n: int, k: int, a_t: bool, b_t: bool, dtype) -> t
     return A, B
 
 
-def gemm_suite(suite: str, sets: list[str] | None) -> list[tuple]:
+def gemm_suite(suite: str, sets: list[str] | None, only=None) -> list[tuple]:
     return load_suite(suite, QUICK, "deepbench_gemm.csv",
                       lambda r: (r["set"], int(r["m"]), int(r["n"]), int(r["k"]), r["a_transposed"] == "true",
-                                 r["b_transposed"] == "true"), sets)
+                                 r["b_transposed"] == "true"), sets, only=only)
 
 
 @dataclass
@@ -337,16 +337,16 @@ def cuda_table(rows: list[Row], target: str) -> str:
 
 
 def run_gemm_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
-                   budget: int = 400_000, progress: bool = True, repeats: int = 5) -> list[Row]:
+                   budget: int = 400_000, progress: bool = True, repeats: int = 5, only=None) -> list[Row]:
     import hw_models
     t = hw_models.load(target)
     how = bench_backend(t)
+    problems = gemm_suite(suite, sets, only)
     if how == "llvm":
-        return run_host_gemm(t, gemm_suite(suite, sets), repeats, progress)
+        return run_host_gemm(t, problems, repeats, progress)
     if how == "cuda":
-        return run_cuda_gemm(t, gemm_suite(suite, sets), repeats, progress, scheduler)
+        return run_cuda_gemm(t, problems, repeats, progress, scheduler)
     rows = []
-    problems = gemm_suite(suite, sets)
     bar = Progress(f"bench gemm on {t.name}", len(problems), progress)
     for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
         row = Row(st, m, n, k, a_t, b_t)

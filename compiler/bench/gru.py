@@ -23,10 +23,10 @@ SIMULATED_STEPS = 3
 QUICK = [("training", 512, 32, 1), ("inference_server", 512, 4, 1), ("inference_server", 1024, 1, 1500)]
 
 
-def gru_suite(suite: str, sets) -> list[tuple]:
+def gru_suite(suite: str, sets, only=None) -> list[tuple]:
     return load_suite(suite, QUICK, "deepbench_rnn.csv",
                       lambda r: (r["set"], int(r["hidden"]), int(r["batch"]), int(r["timesteps"])), sets,
-                      keep=lambda r: r["cell"] == "gru")
+                      keep=lambda r: r["cell"] == "gru", only=only)
 
 
 @dataclass
@@ -81,15 +81,16 @@ def _sequence_cycles(target, H, N, T, persistent, scheduler, x, w, h0, budget):
 
 
 def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
-                  budget: int = 400_000, progress: bool = True, repeats: int = 3) -> list[GruRow]:
+                  budget: int = 400_000, progress: bool = True, repeats: int = 3, only=None) -> list[GruRow]:
     import hw_models
     from compiler.rnn import gru_reference
     t = hw_models.load(target)
     how = bench_backend(t)
+    problems = gru_suite(suite, sets, only)
     if how == "llvm":
-        return run_host_gru(t, gru_suite(suite, sets), repeats, progress)
+        return run_host_gru(t, problems, repeats, progress)
     if how == "cuda":
-        return run_cuda_gru(t, gru_suite(suite, sets), repeats, progress)
+        return run_cuda_gru(t, problems, repeats, progress)
 
     def measure(i, row, w, h0):
         H, N, T = row.hidden, row.batch, row.timesteps
@@ -104,7 +105,7 @@ def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str |
         row.max_abs_error = float(np.abs(h - ref).max())
         row.correct = bool(row.max_abs_error <= 1e-3 * max(1.0, float(np.abs(ref).max())))
 
-    return _each_problem(t, gru_suite(suite, sets), progress, measure)
+    return _each_problem(t, problems, progress, measure)
 
 
 def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:

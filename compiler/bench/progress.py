@@ -24,9 +24,10 @@ def bench_backend(t) -> str:
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def load_suite(suite: str, quick: list[tuple], csv_name: str, row, sets, keep=lambda r: True) -> list[tuple]:
+def load_suite(suite: str, quick: list[tuple], csv_name: str, row, sets, keep=lambda r: True,
+               only=None) -> list[tuple]:
     """The problems of a suite: ``quick``, or every row of a shipped DeepBench CSV that ``keep``
-    accepts, each made a tuple by ``row``; then restricted to ``sets``."""
+    accepts, each made a tuple by ``row``; then restricted to ``sets`` and the ``only`` shapes."""
     if suite == "quick":
         rows = list(quick)
     elif suite == "deepbench":
@@ -34,7 +35,7 @@ def load_suite(suite: str, quick: list[tuple], csv_name: str, row, sets, keep=la
             rows = [row(r) for r in csv.DictReader(f) if keep(r)]
     else:
         raise IsamapError(f"unknown suite '{suite}' (quick or deepbench)")
-    return select_sets(rows, sets)
+    return select_shapes(select_sets(rows, sets), only)
 
 
 def select_sets(rows: list[tuple], sets) -> list[tuple]:
@@ -45,6 +46,39 @@ def select_sets(rows: list[tuple], sets) -> list[tuple]:
         if s not in SETS:
             raise IsamapError(f"unknown set '{s}' ({', '.join(SETS)})")
     return [r for r in rows if r[0] in sets]
+
+
+def _shape_pattern(text: str) -> tuple[list[int], tuple[bool, bool] | None]:
+    """'2048x1' -> ([2048, 1], None); '1024x8x500000:tn' -> ([1024, 8, 500000], (True, False))."""
+    dims, _, layout = text.strip().lower().partition(":")
+    try:
+        sizes = [int(x) for x in dims.split("x")]
+    except ValueError:
+        sizes = []
+    if not sizes or (layout and layout not in ("nn", "nt", "tn", "tt")):
+        raise IsamapError(f"bad shape '{text}' for --only (sizes joined by 'x' in the table's column order, "
+                          f"GEMM M x N x K or GRU hidden x batch x timesteps, a prefix of them matching any "
+                          f"rest, e.g. 2048x1 or 1024x8x500000:tn)")
+    return sizes, ((layout[0] == "t", layout[1] == "t") if layout else None)
+
+
+def select_shapes(rows: list[tuple], only) -> list[tuple]:
+    """Keep the rows matching one of the ``only`` shapes (a row is (set, sizes..., [a_t, b_t])):
+    a shape lists leading sizes, so '2048x1' picks every hidden-2048 batch-1 GRU row. A shape
+    that matches nothing is an error, like an unknown set: a typo should not bench nothing."""
+    if not only:
+        return list(rows)
+    pats = [(text, *_shape_pattern(text)) for text in only]
+    for text, sizes, layout in pats:
+        if not any(_matches(r, sizes, layout) for r in rows):
+            raise IsamapError(f"no row of the suite has shape '{text}'")
+    return [r for r in rows if any(_matches(r, sizes, layout) for _, sizes, layout in pats)]
+
+
+def _matches(row: tuple, sizes: list[int], layout) -> bool:
+    dims = [x for x in row[1:] if isinstance(x, int) and not isinstance(x, bool)]
+    flags = tuple(x for x in row[1:] if isinstance(x, bool))
+    return dims[:len(sizes)] == sizes and (layout is None or flags == layout)
 
 
 class Progress:
