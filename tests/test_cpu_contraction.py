@@ -8,10 +8,9 @@ import compiler
 import hw_models
 import ir.interp
 import kernels
-from compiler.backends.llvm import compile_cpu
-from compiler.backends.llvm.plan import Blocking
-from compiler.backends.llvm import native
+from compiler.backends.llvm import compile_cpu, native
 from compiler.backends.llvm.native import split_contraction
+from compiler.backends.llvm.plan import Blocking
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
 
@@ -263,6 +262,30 @@ def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
     nk, out, ref = _gemm("gemm", 1, n, k, threads=2)
     assert nk.plans[0].blocking == big
     assert np.allclose(out, ref, atol=1e-4 * k, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("split", [False, True])
+def test_the_stream_loop_computes_what_the_tile_loop_does(monkeypatch, rows, split):
+    """Whole K blocks of a short M as one pass along the columns (``Blocking.stream``): bitwise
+    the tile loop's results (the same sums in the same order), with ragged K blocks and
+    columns left to the tile loop, the fused GRU gate math, a plain ``+=`` and split K."""
+    monkeypatch.setattr(native, "PARALLEL_MIN_SECONDS", 0.0)  # split even these small ones
+    force = dict(mr=rows, nv=2, kc=4, pack_b=False, split_k=split)
+    cases = [("gru_step", dict(B=rows, Hd=77)), ("gemm", dict(M=rows, N=70, K=13))]
+    for name, sizes in cases:
+        k = compiler.parse(kernels.path(name)).kernel()
+        b = bind(k, sizes)
+        ins = random_inputs(k, b, seed=rows)
+        on = compile_cpu(k, b, CPU, threads=2, blocking=dict(force, stream=True))
+        off = compile_cpu(k, b, CPU, threads=2, blocking=dict(force, stream=False))
+        assert on.plans[0].streams() and not off.plans[0].streams()
+        assert "B streamed" in on.plans[0].describe()
+        got, tiles = on(ins), off(ins)
+        for out in got:
+            assert np.array_equal(got[out], tiles[out]), (name, out)
+        ok, err, per = compare(got, ir.interp.run(k, ins, b.sizes))
+        assert ok, (name, per)
 
 
 def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):

@@ -439,7 +439,7 @@ class _Emit:
                     if bl.pack_b:
                         b.call(pb, [bpack, B, jc, nc, pc, kc])
 
-                    def iblock(ic):
+                    def iblock(ic, jr0=_c(0)):
                         mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
                         if bl.pack_a:
                             b.call(pa, [apack, A, ic, mc, pc, kc])
@@ -480,12 +480,75 @@ class _Emit:
                                 b.call(pb, [bedge, B, b.add(jc, jr), nv, pc, kc])
                                 tiles(bedge, bl.nr)
                             self.if_(b.icmp_signed("==", nv, _c(bl.nr)), direct, edge)
-                        self.loop(0, nc, bl.nr, jtile, "jr")
-                    self.loop(m_lo, m_hi, bl.mc, iblock, "ic")
+                        self.loop(jr0, nc, bl.nr, jtile, "jr")
+
+                    def blocks():
+                        self.loop(m_lo, m_hi, bl.mc, iblock, "ic")
+                    if not p.streams():
+                        blocks()
+                        return
+
+                    def stream():  # whole tiles in one tight pass; ragged columns as usual
+                        whole = b.mul(b.sdiv(nc, _c(bl.nr)), _c(bl.nr))
+                        self.stream(A, B, C, pc, jc, whole, m_lo, accum, khi, k_whole)
+                        self.if_(b.icmp_signed("<", whole, nc), lambda: iblock(m_lo, whole))
+                    full = b.and_(b.icmp_signed("==", kc, _c(bl.kc)), b.icmp_signed("==", b.sub(m_hi, m_lo), _c(bl.mr)))
+                    self.if_(full, stream, blocks)
                 self.loop(k_from, k_to, bl.kc, kblock, "pc")
             self.loop(n_lo, n_hi, bl.nc, jblock, "jc")
         self.loop(q_lo, q_hi, 1, batch, "q")
         b.ret_void()
+
+    def stream(self, A, B, C, pc, jc, cols, m0, accum, khi: int, k_whole):
+        """One whole K block (KC rows of B) of one whole row tile (MR rows at m0), columns
+        [jc, jc + cols) in NR-wide tiles, as a single loop: the KC x MR scalars of A broadcast
+        once, then per tile KC x NV loads of B, KC x MR x NV FMAs and the C update.  This is
+        the GEMV of a GRU step at batch 1-4 streaming its weights from memory: the general
+        tile loop spent ~100 instructions of set-up per 16 FMAs there (spilled loop state,
+        the micro-kernel's edge checks), more than the out-of-order window hides.  Sums as
+        the micro-kernel does (from zero, then added to C), so results match the general path."""
+        p, bl, b = self.p, self.bl, self.bld
+        sm, sk = p.strides[p.a][p.row], p.strides[p.a][p.red]
+        bk, bn = p.strides[p.b][p.red], p.strides[p.b][p.vec]
+        crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
+        zero = L.Constant(self.vt, [0.0] * bl.vl)
+        lanes = L.Constant(L.VectorType(I32, bl.vl), [0] * bl.vl)
+
+        def splat(x):
+            v = b.insert_element(L.Constant(self.vt, L.Undefined), x, L.Constant(I32, 0))
+            return b.shuffle_vector(v, L.Constant(self.vt, L.Undefined), lanes)
+        a = [[splat(b.load(self.at(A, b.add(b.mul(b.add(m0, _c(i)), _c(sm)), b.mul(b.add(pc, _c(g)), _c(sk))))))
+              for g in range(bl.kc)] for i in range(bl.mr)]
+        brow = self.at(B, b.mul(pc, _c(bk)))
+
+        def tiles(add: bool, epilogue: bool):
+            def tile(j):
+                n0 = b.add(jc, j)
+                acc = [[zero] * bl.nv for _ in range(bl.mr)]
+                for g in range(bl.kc):
+                    row = self.at(brow, b.add(_c(g * bk), b.mul(n0, _c(bn))))
+                    bv = [self.vload(self.at(row, v * bl.vl)) for v in range(bl.nv)]
+                    acc = [[b.call(self.fma, [a[i][g], bv[v], acc[i][v]]) for v in range(bl.nv)] for i in range(bl.mr)]
+                for i in range(bl.mr):
+                    ci = self.at(C, b.add(b.mul(b.add(m0, _c(i)), _c(crs)), b.mul(n0, _c(cvs))))
+                    for v in range(bl.nv):
+                        ptr = self.at(ci, v * bl.vl)
+                        self.vstore(b.fadd(acc[i][v], self.vload(ptr)) if add else acc[i][v], ptr)
+                if epilogue:
+                    b.call(self.epilogue, [self.bufs, m0, _c(bl.mr), n0, _c(bl.nr)])
+            return lambda: self.loop(0, cols, bl.nr, tile, "js")
+
+        # the loop-invariant choices made outside the loop (LLVM kept them in it, with the
+        # epilogue inlined into the tile loop, spilling its state)
+        def adding(epilogue: bool):
+            return lambda: self.if_(accum, tiles(True, epilogue), tiles(False, epilogue))
+        if self.epilogue is None:
+            adding(False)()
+            return
+        last = b.icmp_signed("==", b.add(pc, _c(bl.kc)), _c(khi))
+        if k_whole is not None:
+            last = b.and_(last, k_whole)
+        self.if_(last, adding(True), adding(False))
 
     def reduce(self):
         """``void s{i}_reduce(i8** bufs, i64* works, i64 parts, m_lo, m_hi, n_lo, n_hi)``: after a

@@ -44,6 +44,7 @@ class Blocking:
     prefetch: int = 8  # k steps ahead that a strided A is prefetched (0: off)
     pack_b: bool = True
     split_k: bool = False  # threads take K ranges (partial sums added after) instead of N ranges
+    stream: bool = False  # whole K blocks of a short M run as one loop over columns (B streamed in place)
 
     @property
     def nr(self) -> int:
@@ -148,7 +149,7 @@ class Blocking:
         mc = min(mc, -(-m // mr) * mr)
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
         nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
-        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, prefetch, pack_b, split_k)
+        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, prefetch, pack_b, split_k, bool(stream_kc) and not pack_b)
 
 
 def _stream_rows(l1, row_bytes: int) -> int:
@@ -222,7 +223,14 @@ class Contraction:
                 + ("" if bl.pack_b else f"; {self.b} read in place")
                 + (f"; batch loops {', '.join(self.batch)}" if self.batch else "")
                 + (f"; {self.red} split across threads, partial sums added after" if bl.split_k else "")
+                + (f"; each whole K block one pass along {self.vec} (B streamed)" if self.streams() else "")
                 + self._fused())
+
+    def streams(self) -> bool:
+        """Whether whole K blocks of whole row tiles run as the stream loop (contraction.py,
+        ``_Emit.stream``): B read in place, nothing packed per tile."""
+        bl = self.blocking
+        return bl.stream and not bl.pack_b and self.form != "dot"
 
     def _fused(self) -> str:
         return f"; fused epilogue: {', '.join(f'S{j}' for j in self.epilogue)}" if self.epilogue else ""
