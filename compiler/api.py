@@ -319,7 +319,8 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
                "code": code + ("; other statements: " if code and covered < len(k.stmts) else "")
                + ("scalar loops (llvm -O3)" if covered < len(k.stmts) else ""),
                "scheduler": f"database ({tuned.strategy})" if tuned else (scheduler or "vector"),
-               "compile_seconds": time.perf_counter() - t0, "cached": native.cached}
+               "compile_seconds": time.perf_counter() - t0, "cached": native.cached,
+               "loaded_as": native.code.how}  # "shared library" (dlopen) or "mcjit"
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.native = native
         return ck
