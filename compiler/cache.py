@@ -13,14 +13,60 @@ ROOT = Path(__file__).resolve().parent.parent  # the project: what code fingerpr
 FRONT_END = ("ir", "compiler/frontend", "compiler/targets.py")  # the code that parses and checks sources
 
 
+KINDS = ("llvm", "cuda", "targets", "kernels")  # the folders of the cache root that isamap writes
+
+
+def cache_root() -> Path | None:
+    """The cache root (``$ISAMAP_CACHE``, default ``~/.cache/isamap``); None when caching is off."""
+    root = os.environ.get("ISAMAP_CACHE", str(Path.home() / ".cache" / "isamap"))
+    return None if root == "off" else Path(root)
+
+
 def cache_dir(kind: str) -> Path | None:
     """The folder for entries of ``kind``, created on first use; None when caching is off."""
-    root = os.environ.get("ISAMAP_CACHE", str(Path.home() / ".cache" / "isamap"))
-    if root == "off":
+    root = cache_root()
+    if root is None:
         return None
-    d = Path(root) / kind
+    d = root / kind
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def usage(kinds=KINDS) -> dict[str, tuple[int, int]]:
+    """kind -> (files, bytes) held in the cache (nothing is created)."""
+    root = cache_root()
+    out = {}
+    for kind in kinds:
+        files = [f for f in (root / kind).iterdir() if f.is_file()] if root and (root / kind).is_dir() else []
+        out[kind] = (len(files), sum(_size(f) for f in files))
+    return out
+
+
+def clear(kinds=KINDS) -> tuple[int, int]:
+    """Remove the entries of ``kinds`` (only files isamap's folders hold; a process that has
+    loaded a library keeps its mapping); returns (files, bytes) removed."""
+    root = cache_root()
+    n = b = 0
+    for kind in kinds:
+        d = root / kind if root else None
+        if d is None or not d.is_dir():
+            continue
+        for f in d.iterdir():
+            if f.is_file():
+                size = _size(f)
+                try:
+                    f.unlink()
+                except OSError:
+                    continue
+                n, b = n + 1, b + size
+    return n, b
+
+
+def _size(f: Path) -> int:
+    try:
+        return f.stat().st_size
+    except OSError:
+        return 0
 
 
 def write_atomic(path: Path, data: bytes) -> None:

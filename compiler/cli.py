@@ -84,6 +84,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(fn=cmd_compile)
 
+    p = sub.add_parser("cache", help="where compiled code and parsed files are cached, how much, and clearing it")
+    p.add_argument("--clear", action="store_true", help="remove the cached entries (of --kind only, if given)")
+    p.add_argument("--kind", action="append", help="llvm, cuda, targets or kernels (repeatable; default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_cache)
+
     p = sub.add_parser("run", help="run a kernel on random inputs")
     _add_kernel_args(p)
     p.add_argument("--scheduler", help="scheduling strategy (vendor, analytical, exhaustive, cpsat, tuned; cpu: vector, "
@@ -105,6 +111,35 @@ def _resolve_kernel_path(arg: str) -> str:
         return arg
     import kernels
     return str(kernels.path(arg))
+
+
+def cmd_cache(a) -> int:
+    from compiler import cache
+    kinds = tuple(a.kind or cache.KINDS)
+    for k in kinds:
+        if k not in cache.KINDS:
+            raise IsamapError(f"unknown cache kind '{k}' ({', '.join(cache.KINDS)})")
+    root = cache.cache_root()
+    removed = cache.clear(kinds) if a.clear else None
+    use = cache.usage(kinds)
+    if a.json:
+        print(json.dumps({"root": str(root) if root else None,
+                          "kinds": {k: {"files": n, "bytes": b} for k, (n, b) in use.items()},
+                          **({"removed": {"files": removed[0], "bytes": removed[1]}} if removed else {})}, indent=2))
+        return 0
+    if root is None:
+        print("caching is off (ISAMAP_CACHE=off)")
+        return 0
+    if removed is not None:
+        print(f"removed {removed[0]} files, {_mib(removed[1])}")
+    print(f"cache: {root}")
+    for k, (n, b) in use.items():
+        print(f"  {k:<8} {n:>7} files {_mib(b):>10}")
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def cmd_check(a) -> int:

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+import compiler
 from compiler import cli
 
 
@@ -112,3 +113,21 @@ def test_run_stalls_accounts_for_every_cycle_of_the_compute_engine(capsys):
     assert code == 0 and {d["engine"] for d in json.loads(out)["stalls"]["per_core"].values()} == {"vpu"}
     code, out, err = run(capsys, "run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=8,N=8,K=8", "--stalls")
     assert code == 1 and "simulated target" in err and "Traceback" not in err
+
+
+def test_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, capsys):
+    import kernels
+    monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    compiler.parse(kernels.path("gemm"))  # one kernels entry
+    assert cli.main(["cache", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["root"] == str(tmp_path) and r["kinds"]["kernels"]["files"] == 1 and r["kinds"]["kernels"]["bytes"] > 0
+    (tmp_path / "keep.txt").write_text("not ours")  # only isamap's folders are touched
+    assert cli.main(["cache", "--clear", "--kind", "kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 files" in out and "kernels        0 files" in out
+    assert (tmp_path / "keep.txt").exists()
+    assert cli.main(["cache", "--kind", "objects"]) == 1
+    assert "unknown cache kind 'objects'" in capsys.readouterr().err
+    monkeypatch.setenv("ISAMAP_CACHE", "off")
+    assert cli.main(["cache"]) == 0 and "caching is off" in capsys.readouterr().out
