@@ -53,6 +53,7 @@ def test_cpu_run_cli_and_emit(capsys):
                      "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["correct"] and r["seconds"] > 0 and r["gflops"] > 0
+    assert r["first_call_seconds"] > 0 and r["timed_calls"] >= 1  # seconds: the median of the calls after the first
     assert cli.main(["compile", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=4,N=4,K=4",
                      "--emit", "llvm"]) == 0
     assert "define void @s0(" in capsys.readouterr().out
