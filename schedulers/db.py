@@ -64,16 +64,34 @@ class Record:
     error: str | None
 
 
+def _retrying(fn, seconds: float = 60.0):
+    """``fn()``, tried again while SQLite says the database is locked or busy (up to ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class TuningDB:
     def __init__(self, path: str):
         self.path = path
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self.conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA busy_timeout=60000")
-        with self.conn:
-            self.conn.executescript(SCHEMA)
+        # switching a new file to WAL and creating the schema can answer "database is locked"
+        # at once, without waiting on the busy timeout, while another process does the same
+        # (two tuning workers opening one new database: seen in CI)
+        _retrying(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
+
+        def schema():
+            with self.conn:
+                self.conn.executescript(SCHEMA)
+        _retrying(schema)
 
     def add(self, workload: str, k: Kernel, t: Target, sizes: dict[str, int], schedule: Schedule,
             cycles: float | None = None, seconds: float | None = None, error: str | None = None) -> int:
