@@ -154,11 +154,19 @@ class _Emit:
         where ``whole`` is false: a part of a split K, whose epilogue runs after the sums)."""
         if self.epilogue is None:
             return
+        self.if_(self.last_block(pc, kc, khi, whole), lambda: self.bld.call(self.epilogue, [self.bufs, m0, mv, n0, nv]))
+
+    def last_block(self, pc, kc, khi: int, whole=None):
+        """Whether the K block at pc (kc long) is the last one, and (``whole``) the part holds all of K."""
         b = self.bld
         last = b.icmp_signed("==", b.add(pc, kc), _c(khi))
-        if whole is not None:
-            last = b.and_(last, whole)
-        self.if_(last, lambda: b.call(self.epilogue, [self.bufs, m0, mv, n0, nv]))
+        return b.and_(last, whole) if whole is not None else last
+
+    def splat(self, x):
+        """The scalar x in every lane (a broadcast)."""
+        b = self.bld
+        v = b.insert_element(L.Constant(self.vt, L.Undefined), x, L.Constant(I32, 0))
+        return b.shuffle_vector(v, L.Constant(self.vt, L.Undefined), L.Constant(L.VectorType(I32, self.bl.vl), [0] * self.bl.vl))
 
     def operands(self, q):
         """A, B and C at flattened batch index q (batch variables decoded, their strides applied)."""
@@ -362,9 +370,7 @@ class _Emit:
                 b.call(pf, [addr, L.Constant(I32, 0), L.Constant(I32, 3), L.Constant(I32, 1)])
         new = []
         for i in range(bl.mr):
-            s = b.load(self.at(ap, i * a_rs))
-            sv = b.insert_element(L.Constant(self.vt, L.Undefined), s, L.Constant(I32, 0))
-            sv = b.shuffle_vector(sv, L.Constant(self.vt, L.Undefined), L.Constant(L.VectorType(I32, bl.vl), [0] * bl.vl))
+            sv = self.splat(b.load(self.at(ap, i * a_rs)))
             new.append([b.call(self.fma, [sv, bv[v], accs[i][v]]) for v in range(bl.nv)])
         k2 = b.add(k, _c(1))
         ap2 = self.at(ap, a_ks)
@@ -519,12 +525,7 @@ class _Emit:
         bk, bn = p.strides[p.b][p.red], p.strides[p.b][p.vec]
         crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
         zero = L.Constant(self.vt, [0.0] * bl.vl)
-        lanes = L.Constant(L.VectorType(I32, bl.vl), [0] * bl.vl)
-
-        def splat(x):
-            v = b.insert_element(L.Constant(self.vt, L.Undefined), x, L.Constant(I32, 0))
-            return b.shuffle_vector(v, L.Constant(self.vt, L.Undefined), lanes)
-        a = [[splat(b.load(self.at(A, b.add(b.mul(b.add(m0, _c(i)), _c(sm)), b.mul(b.add(pc, _c(g)), _c(sk))))))
+        a = [[self.splat(b.load(self.at(A, b.add(b.mul(b.add(m0, _c(i)), _c(sm)), b.mul(b.add(pc, _c(g)), _c(sk))))))
               for g in range(bl.kc)] for i in range(bl.mr)]
         brow = self.at(B, b.mul(pc, _c(bk)))
 
@@ -552,10 +553,7 @@ class _Emit:
         if self.epilogue is None:
             adding(False)()
             return
-        last = b.icmp_signed("==", b.add(pc, _c(bl.kc)), _c(khi))
-        if k_whole is not None:
-            last = b.and_(last, k_whole)
-        self.if_(last, adding(True), adding(False))
+        self.if_(self.last_block(pc, _c(bl.kc), khi, k_whole), adding(True), adding(False))
 
     def reduce(self):
         """``void s{i}_reduce(i8** bufs, i64* works, i64 parts, m_lo, m_hi, n_lo, n_hi)``: after a
