@@ -108,6 +108,26 @@ def test_object_cache_reuses_compiled_code(tmp_path, monkeypatch, link):
     assert not compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=40, N=20, K=30)).native.cached
 
 
+def test_an_unusable_cache_folder_builds_in_memory(tmp_path):
+    """A cache root that cannot hold folders (here: under a file) caches nothing and still
+    builds and runs, the thread pool and native entry included (fresh process: both are
+    built once per process)."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "file").write_text("")
+    code = ("import numpy as np, compiler, kernels\n"
+            "for m, n, k in ((300, 200, 100), (8, 1, 16)):\n"
+            "    ck = compiler.build(kernels.path('gemm'), target='cpu', sizes=dict(M=m, N=n, K=k))\n"
+            "    assert (ck(np.ones((m, k), np.float32), np.ones((k, n), np.float32)) == k).all()\n"
+            "print(ck.report['cached'], ck.report['loaded_as'])")
+    env = dict(os.environ, ISAMAP_CACHE=str(tmp_path / "file" / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=str(kernels.path("gemm").parent.parent))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "mcjit"]
+
+
 def test_a_cached_build_in_a_fresh_process_runs_without_llvm(tmp_path):
     """Where builds are linked into shared libraries, a cached build and its calls (threaded
     and on the native entry) load them with dlopen: LLVM's library is never imported."""

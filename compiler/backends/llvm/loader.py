@@ -152,7 +152,7 @@ def _link(obj: bytes, stem: Path) -> Path | None:
 def module_code(ir: str, kind: str) -> Code:
     """The machine code of a fixed LLVM IR module (the thread pool, the native entry): built
     once per host and llvmlite version, then loaded from the cache."""
-    stem = _stem("\0".join([kind, ir]))
+    stem = cache_stem("\0".join([kind, ir]))
     code = cached(stem, unload=False)
     if code is not None:
         return code
@@ -164,21 +164,20 @@ def module_code(ir: str, kind: str) -> Code:
     return compile_module(mod, stem, unload=False)
 
 
-def _stem(build: str) -> Path | None:
+def cache_stem(build: str) -> Path | None:
     """Where the code of a build lives in the cache (``.so`` or ``.o`` appended): keyed by the
     build, the host CPU and its features, the llvmlite version and this module's source (how
-    code is emitted and linked).  None when caching is off (``ISAMAP_CACHE=off``)."""
+    code is emitted and linked).  None when caching is off (``ISAMAP_CACHE=off``) or the cache
+    folder cannot be made (the code is then built in memory every time)."""
     import llvmlite
 
-    from compiler.cache import cache_dir, digest
+    from compiler.cache import cache_dir, code_fingerprint, digest
     from compiler.host import host_cpu
-    d = cache_dir("llvm")
+    try:
+        d = cache_dir("llvm")
+    except OSError:
+        return None
     if d is None:
         return None
-    return d / digest("\0".join([build, host_cpu(), llvmlite.__version__, _own_version()]).encode())
-
-
-@functools.lru_cache(maxsize=1)
-def _own_version() -> str:
-    from compiler.cache import digest
-    return digest(Path(__file__).read_bytes())
+    own = code_fingerprint(("compiler/backends/llvm/loader.py",)).decode()
+    return d / digest("\0".join([build, host_cpu(), llvmlite.__version__, own]).encode())

@@ -8,7 +8,6 @@ LLVM: a cached build loads a shared library and runs without it.
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -23,6 +22,8 @@ from ..access import covers_output
 from ..fusion import epilogue
 from .plan import Contraction, recognise
 
+# the source a build's code depends on: changing it invalidates cached builds (read once per process)
+GENERATORS = tuple(f"compiler/backends/llvm/{f}" for f in ("scalar.py", "contraction.py", "plan.py", "native.py"))
 RECORD = 12  # i64 fields of a part's record in a pool context (a contraction's uses 11)
 PARALLEL_MIN_WORK = 1 << 15  # iterations below which one thread is faster
 PARALLEL_MIN_SECONDS = 1.3e-5  # contractions estimated below this on one core run on one thread (a pool
@@ -60,7 +61,7 @@ class NativeKernel:
         self.threads = threads or os.cpu_count() or 1
         self._optimized = None
         from . import loader
-        stem = _cache_stem(key)
+        stem = loader.cache_stem(key)
         meta = stem.with_suffix(".json") if stem is not None else None
         code = loader.cached(stem) if meta is not None and meta.exists() else None
         if code is not None:  # machine code from an earlier build
@@ -360,17 +361,6 @@ def _split_ranges(p: Contraction, threads: int) -> list[tuple[tuple[int, ...], t
     return out
 
 
-def _cache_stem(build: str):
-    """Where the machine code of a build lives on disk (``loader.cached``: ``.so`` or ``.o``
-    appended; its function table beside it, ``.json``), keyed by the build key, the host CPU
-    and the llvmlite version; None when ``ISAMAP_CACHE=off``."""
-    from .loader import _stem
-    try:
-        return _stem(build)
-    except OSError:
-        return None
-
-
 def _address_slow(x: np.ndarray) -> int:
     try:
         return ctypes.addressof(ctypes.c_char.from_buffer(x))  # ~0.6 us; x.ctypes.data ~2 us
@@ -471,15 +461,7 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
 def build_key(k: Kernel, b: Bound, plans, vector: bool) -> str:
     """What determines a cpu build: the kernel, its sizes, the plans (blocking included) and
     the code generators' own source (so changing the backend invalidates cached objects)."""
+    from compiler.cache import code_fingerprint
     from ir import printer
     return "\0".join(["cpu-build-v1", printer.kernel(k), repr(sorted(b.sizes.items())), repr(plans), str(vector),
-                      _generator_version()])
-
-
-@functools.lru_cache(maxsize=1)
-def _generator_version() -> str:
-    """A digest of the code generators' source, read once per process (not on every build)."""
-    import hashlib
-    from pathlib import Path
-    here = Path(__file__).parent
-    return hashlib.sha256("".join((here / f).read_text() for f in ("scalar.py", "contraction.py", "plan.py", "native.py")).encode()).hexdigest()
+                      code_fingerprint(GENERATORS).decode()])
