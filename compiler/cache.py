@@ -32,33 +32,30 @@ def cache_dir(kind: str) -> Path | None:
     return d
 
 
-def usage(kinds=KINDS) -> dict[str, tuple[int, int]]:
-    """kind -> (files, bytes) held in the cache (nothing is created)."""
+def _entries(kind: str) -> list[Path]:
+    """The files of one kind's folder (nothing is created)."""
     root = cache_root()
-    out = {}
-    for kind in kinds:
-        files = [f for f in (root / kind).iterdir() if f.is_file()] if root and (root / kind).is_dir() else []
-        out[kind] = (len(files), sum(_size(f) for f in files))
-    return out
+    d = root / kind if root is not None else None
+    return [f for f in d.iterdir() if f.is_file()] if d is not None and d.is_dir() else []
+
+
+def usage(kinds=KINDS) -> dict[str, tuple[int, int]]:
+    """kind -> (files, bytes) held in the cache."""
+    return {kind: (len(fs), sum(_size(f) for f in fs)) for kind, fs in ((k, _entries(k)) for k in kinds)}
 
 
 def clear(kinds=KINDS) -> tuple[int, int]:
     """Remove the entries of ``kinds`` (only files isamap's folders hold; a process that has
     loaded a library keeps its mapping); returns (files, bytes) removed."""
-    root = cache_root()
     n = b = 0
     for kind in kinds:
-        d = root / kind if root else None
-        if d is None or not d.is_dir():
-            continue
-        for f in d.iterdir():
-            if f.is_file():
-                size = _size(f)
-                try:
-                    f.unlink()
-                except OSError:
-                    continue
-                n, b = n + 1, b + size
+        for f in _entries(kind):
+            size = _size(f)
+            try:
+                f.unlink()
+            except OSError:
+                continue
+            n, b = n + 1, b + size
     return n, b
 
 

@@ -6,10 +6,9 @@ import functools
 
 
 @functools.lru_cache(maxsize=1)
-def host_cpu() -> str:
-    """The host CPU's identity for cache keys of machine code: vendor, family, model and
-    feature flags of its first processor (Linux /proc/cpuinfo; what LLVM's host CPU name and
-    features derive from), else LLVM's own (other systems: importing LLVM costs ~20-40 ms)."""
+def _cpuinfo() -> dict[str, str]:
+    """Vendor, family, model, name and feature flags of the first processor (Linux
+    /proc/cpuinfo: what LLVM's host CPU name and features derive from); empty elsewhere."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -21,20 +20,30 @@ def host_cpu() -> str:
                     fields[key.strip()] = value.strip()
     except OSError:
         pass
-    if "flags" in fields:
-        return "\n".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    return fields if "flags" in fields else {}
+
+
+def _llvm_host() -> tuple[str, str]:
+    """LLVM's host CPU name and features (other systems: importing LLVM costs ~20-40 ms)."""
     from llvmlite import binding as llvm
     llvm.initialize_native_target()
-    return "llvm\n" + llvm.get_host_cpu_name() + "\n" + llvm.get_host_cpu_features().flatten()
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def host_cpu() -> str:
+    """The host CPU's identity for cache keys of machine code."""
+    info = _cpuinfo()
+    if info:
+        return "\n".join(f"{k}={v}" for k, v in sorted(info.items()))
+    return "llvm\n" + "\n".join(_llvm_host())
 
 
 def host_has_avx512() -> bool:
     """Whether the host runs AVX-512 (foundation) code: the cpu target's default variant."""
-    ident = host_cpu()
-    if not ident.startswith("llvm\n"):
-        flags = next(line for line in ident.splitlines() if line.startswith("flags="))
-        return "avx512f" in flags[len("flags="):].split()
-    return "+avx512f" in ident.split("\n")[2].split(",")
+    info = _cpuinfo()
+    if info:
+        return "avx512f" in info["flags"].split()
+    return "+avx512f" in _llvm_host()[1].split(",")
 
 
 def host_cache_bytes(level: int) -> int | None:
