@@ -72,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write CSV, JSON (and PNG plots when matplotlib exists) here")
     p.add_argument("--repeats", type=int, help="timed runs per side on host targets (median; default 5 for "
                    "gemm, 3 for gru; short problems repeat until 0.25 s is measured)")
+    p.add_argument("--confirm-below", type=float, default=None, metavar="RATIO",
+                   help="host targets: time a row again (more rounds, medians over all calls) when its ratio "
+                   "comes out below RATIO (default 0.9; 0 turns it off); the table marks such rows 'r'")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("compile", help="compile a kernel and print an intermediate form")
@@ -326,6 +329,8 @@ def cmd_bench(a) -> int:
     a.suite = a.suite or ("deepbench" if a.only else "quick")
     more = {"repeats": a.repeats} if a.repeats else {}
     more["only"] = a.only.split(",") if a.only else None
+    if a.confirm_below is not None:
+        more["confirm"] = a.confirm_below or None
     if a.what == "gru":
         rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)
         convention = ("ratio = baseline (vendor schedules, weights reloaded every step) cycles / our cycles "

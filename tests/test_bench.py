@@ -178,3 +178,31 @@ def test_only_with_a_shape_of_no_row_or_a_malformed_one_is_an_error(monkeypatch,
         assert cli.main(["bench", "gemm", "--target", "sim-nnp", "--suite", "quick", "--only", only]) == 1
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("ours_s, retimed", [(2.0, True), (1.0, False)])
+def test_timed_sides_time_a_low_pair_again_and_keep_its_first_ratio(monkeypatch, ours_s, retimed):
+    """A pair whose ratio comes out below ``confirm`` gets CONFIRM_ROUNDS more rounds, medians
+    over both passes; a pair above it is timed once.  (A fake clock: each call takes its side's
+    seconds.)"""
+    clock = [0.0]
+    monkeypatch.setattr(bg, "QUIET_SECONDS", 0)
+    monkeypatch.setattr(bg, "MIN_SECONDS", 0)
+    monkeypatch.setattr(bg.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def side(name, seconds):
+        def call():
+            calls.append(name)
+            clock[0] += seconds
+            return name
+        return call
+    timed = bg._timed_sides({"ours": side("ours", ours_s), "numpy": side("numpy", 1.0)}, repeats=3, confirm=0.9)
+    per_side = 1 + 3 + (bg.CONFIRM_ROUNDS if retimed else 0)
+    assert calls.count("ours") == calls.count("numpy") == per_side
+    assert timed["ours"][0] == ours_s and timed["numpy"][0] == 1.0
+    assert timed.first_ratio == (1.0 / ours_s if retimed else None)
+    rows = [bg.Row("t", 4, 4, 4, False, False, ratio=1.0 / ours_s,
+                   extra={"first_ratio": timed.first_ratio} if retimed else {})]
+    summary = bg.retimed_summary(rows, lambda r: "4x4x4")
+    assert bool(summary) == retimed and (not retimed or "lowest 0.50 (4x4x4)" in summary[0])

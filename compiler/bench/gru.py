@@ -16,7 +16,7 @@ import numpy as np
 
 from ir.errors import IsamapError
 
-from .gemm import _cycles
+from .gemm import CONFIRM_BELOW, _cycles, retimed_summary
 from .progress import Progress, bench_backend, load_suite
 
 SIMULATED_STEPS = 3
@@ -81,14 +81,15 @@ def _sequence_cycles(target, H, N, T, persistent, scheduler, x, w, h0, budget):
 
 
 def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str | None = None,
-                  budget: int = 400_000, progress: bool = True, repeats: int = 3, only=None) -> list[GruRow]:
+                  budget: int = 400_000, progress: bool = True, repeats: int = 3, only=None,
+                  confirm: float | None = CONFIRM_BELOW) -> list[GruRow]:
     import hw_models
     from compiler.rnn import gru_reference
     t = hw_models.load(target)
     how = bench_backend(t)
     problems = gru_suite(suite, sets, only)
     if how == "llvm":
-        return run_host_gru(t, problems, repeats, progress)
+        return run_host_gru(t, problems, repeats, progress, confirm)
     if how == "cuda":
         return run_cuda_gru(t, problems, repeats, progress)
 
@@ -108,7 +109,7 @@ def run_gru_bench(target: str, suite: str = "quick", sets=None, scheduler: str |
     return _each_problem(t, problems, progress, measure)
 
 
-def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
+def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | None = CONFIRM_BELOW) -> list[GruRow]:
     """Host targets: the whole sequence (projection GEMM + T steps) as our JIT code against the
     numpy GRU (OpenBLAS GEMMs) in the same run, float32, median seconds over ``repeats``."""
     import os
@@ -139,7 +140,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
         torch_gru = torch_baseline(x, w, h0)
         if torch_gru is not None:  # optional: PyTorch's nn.GRU with the same weights, same run
             sides["torch"] = torch_gru
-        timed = _timed_sides(sides, repeats)
+        timed = _timed_sides(sides, repeats, confirm=confirm)
         sec, smin, smax, h = timed["ours"]
         base, bmin, bmax, ref = timed["numpy"]
         row.cycles, row.baseline_cycles = sec, base  # seconds on host targets
@@ -149,6 +150,8 @@ def run_host_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
         row.extra = dict(seconds=sec, min=smin, max=smax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
                          threads=os.cpu_count(), code=step.report.get("code"))
+        if timed.first_ratio is not None:
+            row.extra.update(first_ratio=timed.first_ratio, confirm_below=confirm)
         if "torch" in timed:
             tsec, tmin, tmax, th = timed["torch"]
             terr = float(np.abs(th - ref).max())
@@ -397,8 +400,8 @@ def table(rows: list[GruRow], target: str) -> str:
             x = r.extra
             torch = (f"{1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x
                      else f"{'-':>9} {'-':>6}")
-            lines.append(f"{key}{1e3 * x['seconds']:>10.2f} {1e3 * x['numpy_seconds']:>10.2f} {r.ratio:>6.2f} "
-                         f"{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {torch} {check}")
+            lines.append(f"{key}{1e3 * x['seconds']:>10.2f} {1e3 * x['numpy_seconds']:>10.2f} {r.ratio:>6.2f}"
+                         f"{'r' if 'first_ratio' in x else ' '}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {torch} {check}")
         else:
             mark = "*" if r.extrapolated else " "
             lines.append(f"{key}{r.cycles:>11.0f}{mark}{r.baseline_cycles:>12.0f} {r.ratio:>6.2f} "
@@ -408,6 +411,7 @@ def table(rows: list[GruRow], target: str) -> str:
         code = next((r.extra.get("code") for r in rows if r.extra), None)
         lines.append(f"geometric-mean ratio vs {'numpy' if host else 'baseline'}: {g:.2f}"
                      + (f"  (code: {code})" if code else ""))
+        lines += retimed_summary([r for r in rows if not r.error and r.extra], lambda r: f"{r.hidden}x{r.batch}x{r.timesteps}")
         tr = geomean([r.extra.get("torch_ratio") for r in rows if not r.error])
         if host and tr:
             lines.append(f"geometric-mean ratio vs torch.nn.GRU {rows[0].extra.get('torch_version')}: {tr:.2f}")
