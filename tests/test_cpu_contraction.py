@@ -230,6 +230,17 @@ def test_a_rows_4k_apart_are_packed_with_the_register_transpose():
         assert np.allclose(out, ref, atol=1e-3, rtol=1e-4), (kc, mr)
 
 
+def test_an_nt_b_is_packed_with_the_register_transpose():
+    """B(n, k) (gemm_nt): whole panels are packed 16 k steps of 16 columns at a time through
+    the register transpose, the K tail and a short last panel element by element; one to
+    three vectors per panel, K blocks with and without a tail, and the AVX2 target's 8 lanes."""
+    for nv, kc, N, K in ((2, 40, 70, 45), (1, 16, 35, 64), (3, 33, 100, 70), (2, 256, 64, 300)):
+        nk, out, ref = _gemm("gemm_nt", 19, N, K, blocking=dict(nv=nv, kc=kc, nc=2 * 16 * nv, pack_b=True))
+        assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4), (nv, kc, N, K)
+    nk, out, ref = _gemm("gemm_nt", 13, 40, 50, target=hw_models.load("cpu-avx2"), blocking=dict(kc=24, pack_b=True))
+    assert nk.plans[0].blocking.vl == 8 and np.allclose(out, ref, atol=1e-3, rtol=1e-4)
+
+
 def test_a_rows_in_one_l1_set_read_in_place_use_fewer_rows_than_ways():
     """K = 1024 floats with two NR tiles (N = 64): A stays in place, and the micro-kernel's
     rows, one stream each, number fewer than the L1's ways (from the .hw file, or the host's)."""
