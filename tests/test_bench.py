@@ -206,3 +206,26 @@ def test_timed_sides_time_a_low_pair_again_and_keep_its_first_ratio(monkeypatch,
                    extra={"first_ratio": timed.first_ratio} if retimed else {})]
     summary = bg.retimed_summary(rows, lambda r: "4x4x4")
     assert bool(summary) == retimed and (not retimed or "lowest 0.50 (4x4x4)" in summary[0])
+
+
+def test_progress_estimates_the_time_left_from_weighted_rows(monkeypatch, capsys):
+    """The time left scales the finished rows' pace by the weight still to go: a cheap first
+    row done in 10 s with nine times its weight left means ~90 s more, not 10."""
+    from compiler.bench import progress
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    bar = progress.Progress("bench", 3, weights=[1, 4, 5])
+    assert bar.left() is None
+    now[0] += 10
+    bar.step()
+    assert bar.left() == pytest.approx(90.0)
+    now[0] += 40
+    bar.step("best 1.2")
+    assert bar.left() == pytest.approx(50.0)
+    now[0] += 50
+    bar.step()
+    bar.close()
+    lines = capsys.readouterr().err.split("\r")
+    assert "1/3 (10s, ~2 min left)" in lines[1] and "2/3 (50s, ~50s left) best 1.2" in lines[2]
+    assert "3/3 (100s)" in lines[3] and "left" not in lines[3]
+    assert progress.Progress("x", 2, weights=[1]).weights == [1.0, 1.0]  # a wrong-length list: rows count alike

@@ -212,7 +212,10 @@ def run_host_gemm(t, problems, repeats: int, progress: bool, confirm: float | No
 
     import compiler
     rows = []
-    bar = Progress(f"bench gemm on {t.name}", len(problems), progress)
+    # a row's rough cost: ~13 calls (3 sides, warm-ups) at ~200 GFLOP/s, plus ~4 s of pauses and
+    # short-problem repeats (fitted to the whole set's 47 minutes); only the progress line uses it
+    bar = Progress(f"bench gemm on {t.name}", len(problems), progress,
+                   weights=[4 + 13 * 2 * m * n * k / 2e11 for _, m, n, k, _, _ in problems])
     for i, (st, m, n, k, a_t, b_t) in enumerate(problems):
         row = Row(st, m, n, k, a_t, b_t, precision="float32")
         ck = compiler.build(gemm_source("float", "float", a_t, b_t), target=t.path, sizes=dict(M=m, N=n, K=k))

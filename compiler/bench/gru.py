@@ -333,7 +333,9 @@ def _each_problem(t, problems, progress: bool, measure) -> list[GruRow]:
     """One row per problem, with fresh random weights; ``measure`` fills it (a user error becomes the row's error)."""
     from compiler.rnn import random_gru
     rows = []
-    bar = Progress(f"bench gru on {t.name}", len(problems), progress)
+    # rough cost (progress line only): ~13 calls at ~25 GFLOP/s (batch-1 rows run slower), plus pauses
+    bar = Progress(f"bench gru on {t.name}", len(problems), progress,
+                   weights=[4 + 13 * gru_flops(st, H, N, T) / 2.5e10 for st, H, N, T in problems])
     for i, (st, H, N, T) in enumerate(problems):
         row = GruRow(st, H, N, T)
         row.flops = gru_flops(st, H, N, T)

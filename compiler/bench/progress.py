@@ -82,19 +82,41 @@ def _matches(row: tuple, sizes: list[int], layout) -> bool:
 
 
 class Progress:
-    def __init__(self, what: str, total: int, enabled: bool = True):
+    """A one-line progress bar on stderr with the time left.  The rows of a suite differ in
+    cost by orders of magnitude (the whole DeepBench GEMM set: 47 minutes, most of it in a
+    few dozen large rows in the middle), so the estimate weighs each row by ``weights`` (any
+    unit: a rough seconds guess) and scales by how long the finished rows actually took."""
+
+    def __init__(self, what: str, total: int, enabled: bool = True, weights: list[float] | None = None):
         self.what, self.total, self.enabled = what, total, enabled
+        self.weights = list(weights) if weights is not None and len(weights) == total else [1.0] * total
         self.t0 = time.time()
         self.done = 0
+        self._width = 0
+
+    def left(self) -> float | None:
+        """Seconds still to go, from the finished rows' pace (None before the first)."""
+        done = sum(self.weights[:self.done])
+        if self.done == 0 or done <= 0:
+            return None
+        return (time.time() - self.t0) * sum(self.weights[self.done:]) / done
 
     def step(self, note: str = ""):
         """One more done; ``note`` (e.g. the best so far) follows the count."""
         self.done += 1
         if self.enabled:
             bar = "#" * int(20 * self.done / max(1, self.total))
-            print(f"\r{self.what}: [{bar:<20}] {self.done}/{self.total} ({time.time() - self.t0:.0f}s)"
-                  + (f" {note}" if note else ""), end="", file=sys.stderr, flush=True)
+            left = self.left() if self.done < self.total else None
+            eta = f", ~{_duration(left)} left" if left is not None else ""
+            line = (f"{self.what}: [{bar:<20}] {self.done}/{self.total} ({time.time() - self.t0:.0f}s{eta})"
+                    + (f" {note}" if note else ""))
+            pad, self._width = max(0, self._width - len(line)), len(line)  # a shorter line covers the last
+            print("\r" + line + " " * pad, end="", file=sys.stderr, flush=True)
 
     def close(self):
         if self.enabled:
             print(file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.0f} min"
