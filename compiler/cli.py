@@ -330,6 +330,8 @@ def cmd_bench(a) -> int:
     more = {"repeats": a.repeats} if a.repeats else {}
     more["only"] = a.only.split(",") if a.only else None
     if a.confirm_below is not None:
+        if not 0 <= a.confirm_below < float("inf"):
+            raise IsamapError(f"--confirm-below takes a ratio >= 0 (0 turns the re-timing off), not {a.confirm_below}")
         more["confirm"] = a.confirm_below or None
     if a.what == "gru":
         rows = gru_bench.run_gru_bench(a.target, a.suite, sets, a.scheduler, progress=not a.json, **more)

@@ -208,6 +208,13 @@ def test_timed_sides_time_a_low_pair_again_and_keep_its_first_ratio(monkeypatch,
     assert bool(summary) == retimed and (not retimed or "lowest 0.50 (4x4x4)" in summary[0])
 
 
+def test_a_negative_confirm_threshold_is_a_user_error(capsys):
+    for bad in ("-1", "nan"):
+        assert cli.main(["bench", "gemm", "--target", "cpu", "--confirm-below", bad]) == 1
+        err = capsys.readouterr().err
+        assert "--confirm-below takes a ratio >= 0" in err and "Traceback" not in err
+
+
 def test_progress_estimates_the_time_left_from_weighted_rows(monkeypatch, capsys):
     """The time left scales the finished rows' pace by the weight still to go: a cheap first
     row done in 10 s with nine times its weight left means ~90 s more, not 10."""
