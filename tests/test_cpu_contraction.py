@@ -254,6 +254,18 @@ def test_a_rows_in_one_l1_set_read_in_place_use_fewer_rows_than_ways():
     assert _gemm("gemm", 112, 64, 1000)[0].plans[0].blocking.mr == 14  # rows in different sets
 
 
+def test_dot_product_rows_in_one_l1_set_are_fewer_than_ways():
+    """The dot-product form (a GEMV) reads A's rows in place too: rows 4 KiB apart take one
+    row fewer than the L1's ways (with the ragged last tile of 7-row tiles over 100 rows)."""
+    l1 = next(m for m in CPU.memories if m.name == "l1")
+    nk, out, ref = _gemm("gemm", 100, 1, 1024, threads=2)
+    bl = nk.plans[0].blocking
+    assert nk.plans[0].form == "dot" and np.allclose(out, ref, atol=1e-3, rtol=1e-4)
+    if l1.ways and (1024 * 4) % (l1.capacity // l1.ways) == 0 and l1.ways - 1 < 8:
+        assert bl.mr == l1.ways - 1
+    assert _gemm("gemm", 100, 1, 1000)[0].plans[0].blocking.mr == 8  # rows in different sets
+
+
 def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
     """M = 1 with a B beyond a quarter of the outer cache: K blocks of 8-16 rows of 2-vector
     tiles (a few sequential streams per thread), K split across threads; a B that stays in
