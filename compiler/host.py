@@ -23,6 +23,7 @@ def _cpuinfo() -> dict[str, str]:
     return fields if "flags" in fields else {}
 
 
+@functools.lru_cache(maxsize=1)
 def _llvm_host() -> tuple[str, str]:
     """LLVM's host CPU name and features (other systems: importing LLVM costs ~20-40 ms)."""
     from llvmlite import binding as llvm
@@ -30,8 +31,9 @@ def _llvm_host() -> tuple[str, str]:
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
+@functools.lru_cache(maxsize=1)
 def host_cpu() -> str:
-    """The host CPU's identity for cache keys of machine code."""
+    """The host CPU's identity for cache keys of machine code (every build's key asks for it)."""
     info = _cpuinfo()
     if info:
         return "\n".join(f"{k}={v}" for k, v in sorted(info.items()))
