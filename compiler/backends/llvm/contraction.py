@@ -132,6 +132,13 @@ class _Emit:
             rows, h = new, h // 2
         return rows
 
+    def store_transposed(self, rows: list, dst, stride: int):
+        """Store the VL x VL transpose of ``rows`` (zero vectors appended up to VL): column t at
+        dst + t * stride floats (packing: A's panels, stride MR, and an NT B's, stride NR)."""
+        zero = L.Constant(self.vt, [0.0] * self.bl.vl)
+        for t, col in enumerate(self.transpose(rows + [zero] * (self.bl.vl - len(rows)))):
+            self.vstore(col, self.at(dst, t * stride))
+
     # ---- driver pieces
     def entry(self, ptrs_of):
         """Start ``void s{i}(i8** bufs, float* work, i64 q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi,
@@ -208,9 +215,12 @@ class _Emit:
             self.pad_panel(bp, dst0, kc, bl.nr, nv)
             if sk == 1 and sn != 1:
                 # B(n, k) (an NT GEMM): read along k, one column of the panel at a time
+                def start(j):  # column j of the panel, at k = pc
+                    return b.add(b.mul(pc, _c(sk)), b.mul(b.add(jc, b.add(q, j)), _c(sn)))
+
                 def columns(k0, j_hi):
                     def column(j):
-                        scol = b.add(b.mul(pc, _c(sk)), b.mul(b.add(jc, b.add(q, j)), _c(sn)))
+                        scol = start(j)
 
                         def copy(kk):
                             v = b.load(self.at(src, b.add(scol, kk)))
@@ -227,11 +237,9 @@ class _Emit:
                 def vector():
                     def block(kk):
                         for g in range(bl.nv):
-                            rows = [self.vload(self.at(src, b.add(b.mul(pc, _c(sk)), b.add(
-                                b.mul(b.add(jc, b.add(q, _c(g * bl.vl + j))), _c(sn)), kk)))) for j in range(bl.vl)]
-                            for t, col in enumerate(self.transpose(rows)):
-                                self.vstore(col, self.at(bp, b.add(dst0, b.add(b.mul(b.add(kk, _c(t)), _c(bl.nr)),
-                                                                               _c(g * bl.vl)))))
+                            rows = [self.vload(self.at(src, b.add(start(_c(g * bl.vl + j)), kk))) for j in range(bl.vl)]
+                            self.store_transposed(rows, self.at(bp, b.add(dst0, b.add(b.mul(kk, _c(bl.nr)), _c(g * bl.vl)))),
+                                                  bl.nr)
                     self.loop(0, kv, bl.vl, block, "kk")
                     columns(kv, _c(bl.nr))
                 self.if_(b.icmp_signed("==", nv, _c(bl.nr)), vector, lambda: columns(_c(0), nv))
@@ -301,11 +309,9 @@ class _Emit:
                 self.loop(0, bl.mr, 1, stage_row, "i")
 
                 def block(kk):
-                    zero = L.Constant(self.vt, [0.0] * bl.vl)
                     rows = [self.vload(self.at(tmp, b.add(_c(i * ts), kk))) for i in range(bl.mr)]
-                    cols = self.transpose(rows + [zero] * (bl.vl - bl.mr))
-                    for j, col in enumerate(cols):  # MR floats of each column; the rest is overwritten next
-                        self.vstore(col, self.at(ap, b.add(dst0, b.mul(b.add(kk, _c(j)), _c(bl.mr)))))
+                    # MR floats of each column count; the rest is overwritten by the next column
+                    self.store_transposed(rows, self.at(ap, b.add(dst0, b.mul(kk, _c(bl.mr)))), bl.mr)
                 self.loop(0, kv, bl.vl, block, "kk")
                 rows_from(kv, _c(bl.mr))
             self.if_(b.icmp_signed("==", mv, _c(bl.mr)), vector, lambda: rows_from(0, mv))
