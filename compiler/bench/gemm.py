@@ -177,15 +177,21 @@ def _timed_sides(sides: dict, repeats: int, rounds: int = ROUNDS, quiet: bool = 
     timed = Timed()
     if confirm and first is not None and first < confirm:
         _time_rounds(sides, times, pair, extra, repeats, CONFIRM_ROUNDS, quiet, settle)
-        timed.first_ratio = first
+        timed.first_ratio, timed.confirm_below = first, confirm
     timed.update({name: (statistics.median(ts), min(ts), max(ts), outs[name]) for name, ts in times.items()})
     return timed
 
 
 class Timed(dict):
     """name -> (median, min, max seconds, warm-up result); ``first_ratio`` is the pair's ratio
-    before a confirming re-time (None: not re-timed)."""
+    before a confirming re-time below ``confirm_below`` (None: not re-timed)."""
     first_ratio: float | None = None
+    confirm_below: float | None = None
+
+    def retimed(self) -> dict:
+        """A row's extra fields for a re-time (none when there was none): what the table's
+        ``r`` mark and ``retimed_summary`` read."""
+        return {} if self.first_ratio is None else dict(first_ratio=self.first_ratio, confirm_below=self.confirm_below)
 
 
 def _time_rounds(sides: dict, times: dict, pair: list, extra: list, repeats: int, rounds: int, quiet: bool,
@@ -239,8 +245,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool, confirm: float | No
         row.extra.update(seconds=ours, min=omin, max=omax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / ours / 1e9, numpy_gflops=row.flops / base / 1e9, max_abs_error=err,
                          threads=os.cpu_count(), code=ck.report.get("code"))
-        if timed.first_ratio is not None:
-            row.extra.update(first_ratio=timed.first_ratio, confirm_below=confirm)
+        row.extra.update(timed.retimed())
         if "torch" in timed:
             tsec, tmin, tmax, _ = timed["torch"]
             row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / ours,
@@ -435,7 +440,7 @@ def host_table(rows: list[Row], target: str) -> str:
         x = r.extra
         lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} {'T' if r.b_t else 'N':>2} "
                      f"{1e3 * x['seconds']:>9.2f} {1e3 * x['numpy_seconds']:>9.2f} {r.ratio:>6.2f}"
-                     f"{'r' if 'first_ratio' in x else ' '}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f}"
+                     f"{retimed_mark(x)}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f}"
                      + (f" {1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x else ""))
     g = geomean([r.ratio for r in rows if not r.error])
     if g:
@@ -447,6 +452,11 @@ def host_table(rows: list[Row], target: str) -> str:
         lines.append(f"geometric-mean ratio vs torch.matmul {torch}: "
                      f"{geomean([r.extra.get('torch_ratio') for r in rows if not r.error]):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def retimed_mark(extra: dict) -> str:
+    """The character after a row's ratio: ``r`` when it was re-timed."""
+    return "r" if "first_ratio" in extra else " "
 
 
 def retimed_summary(rows: list, label) -> list[str]:

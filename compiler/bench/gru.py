@@ -16,7 +16,7 @@ import numpy as np
 
 from ir.errors import IsamapError
 
-from .gemm import CONFIRM_BELOW, _cycles, retimed_summary
+from .gemm import CONFIRM_BELOW, _cycles, retimed_mark, retimed_summary
 from .progress import Progress, bench_backend, load_suite
 
 SIMULATED_STEPS = 3
@@ -150,8 +150,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | Non
         row.extra = dict(seconds=sec, min=smin, max=smax, numpy_seconds=base, numpy_min=bmin, numpy_max=bmax,
                          gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
                          threads=os.cpu_count(), code=step.report.get("code"))
-        if timed.first_ratio is not None:
-            row.extra.update(first_ratio=timed.first_ratio, confirm_below=confirm)
+        row.extra.update(timed.retimed())
         if "torch" in timed:
             tsec, tmin, tmax, th = timed["torch"]
             terr = float(np.abs(th - ref).max())
@@ -403,7 +402,7 @@ def table(rows: list[GruRow], target: str) -> str:
             torch = (f"{1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x
                      else f"{'-':>9} {'-':>6}")
             lines.append(f"{key}{1e3 * x['seconds']:>10.2f} {1e3 * x['numpy_seconds']:>10.2f} {r.ratio:>6.2f}"
-                         f"{'r' if 'first_ratio' in x else ' '}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {torch} {check}")
+                         f"{retimed_mark(x)}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {torch} {check}")
         else:
             mark = "*" if r.extrapolated else " "
             lines.append(f"{key}{r.cycles:>11.0f}{mark}{r.baseline_cycles:>12.0f} {r.ratio:>6.2f} "
