@@ -80,6 +80,7 @@ def test_bench_gemm_on_cpu_against_numpy(monkeypatch, capsys):
     r = json.loads(capsys.readouterr().out)
     for row in r["results"]:
         assert row["ratio"] > 0 and row["extra"]["numpy_seconds"] > 0 and row["extra"]["max_abs_error"] < 1e-3
+        assert row["extra"]["of_roofline"] > 0 and row["extra"]["memory_bound"] is False  # tiny: in cache
 
 
 def test_bench_gru_json(monkeypatch, capsys):
@@ -109,6 +110,7 @@ def test_bench_gru_on_cpu_against_numpy(monkeypatch, capsys):
     for row in r["results"]:
         assert row["correct"] is True and row["max_abs_error"] < 1e-4
         assert row["ratio"] > 0 and row["extra"]["numpy_seconds"] > 0
+        assert row["extra"]["of_roofline"] > 0 and row["extra"]["peak_gflops"] > 0
 
 
 def test_torch_gru_baseline_computes_our_gru():

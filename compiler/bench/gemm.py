@@ -17,6 +17,7 @@ import numpy as np
 
 from ir.errors import IsamapError
 
+from . import machine
 from .progress import Progress, bench_backend, load_suite
 
 
@@ -235,6 +236,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool, confirm: float | No
             torch.set_num_threads(os.cpu_count() or 1)
             ta, tb = torch.from_numpy(At), torch.from_numpy(Bt)
             sides["torch"] = lambda: torch.matmul(ta, tb)
+        ceil = machine.for_row()
         timed = _timed_sides(sides, repeats, confirm=confirm)
         ours, omin, omax, out = timed["ours"]
         base, bmin, bmax, ref = timed["numpy"]
@@ -246,6 +248,9 @@ def run_host_gemm(t, problems, repeats: int, progress: bool, confirm: float | No
                          gflops=row.flops / ours / 1e9, numpy_gflops=row.flops / base / 1e9, max_abs_error=err,
                          threads=os.cpu_count(), code=ck.report.get("code"))
         row.extra.update(timed.retimed())
+        ws = 4 * (m * k + k * n + m * n)  # operands and result
+        row.extra.update(machine.row_fields(ceil, ceil.floor_seconds(row.flops, ws), ceil.memory_bound(row.flops, ws),
+                                            {side: timed[side][0] for side in timed}))
         if "torch" in timed:
             tsec, tmin, tmax, _ = timed["torch"]
             row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / ours,
@@ -435,12 +440,12 @@ def host_table(rows: list[Row], target: str) -> str:
              f"numpy (OpenBLAS) in the same run; ratio = numpy time / ours (second ratio: torch.matmul's, where torch "
              f"is installed); GFLOP/s with FLOPs = 2*M*N*K",
              f"{'set':<17} {'M':>5} {'N':>5} {'K':>5} {'tA':>2} {'tB':>2} {'ours ms':>9} {'numpy ms':>9} "
-             f"{'ratio':>6} {'GFLOP/s':>8} {'numpy':>8}" + (f" {'torch ms':>9} {'ratio':>6}" if torch else "")]
+             f"{'ratio':>6} {'GFLOP/s':>8} {'numpy':>8} {'%roof':>6}" + (f" {'torch ms':>9} {'ratio':>6}" if torch else "")]
     for r in rows:
         x = r.extra
         lines.append(f"{r.set:<17} {r.m:>5} {r.n:>5} {r.k:>5} {'T' if r.a_t else 'N':>2} {'T' if r.b_t else 'N':>2} "
                      f"{1e3 * x['seconds']:>9.2f} {1e3 * x['numpy_seconds']:>9.2f} {r.ratio:>6.2f}"
-                     f"{retimed_mark(x)}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f}"
+                     f"{retimed_mark(x)}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {roof_cell(x)}"
                      + (f" {1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x else ""))
     g = geomean([r.ratio for r in rows if not r.error])
     if g:
@@ -448,10 +453,18 @@ def host_table(rows: list[Row], target: str) -> str:
         lines.append(f"geometric-mean ratio vs numpy: {g:.2f}, lowest {worst.ratio:.2f} ({worst.m}x{worst.n}x{worst.k}); "
                      f"threads: {rows[0].extra.get('threads')}")
     lines += retimed_summary([r for r in rows if not r.error], lambda r: f"{r.m}x{r.n}x{r.k}")
+    lines += machine.run_summary([r.extra for r in rows if not r.error])
     if torch:
         lines.append(f"geometric-mean ratio vs torch.matmul {torch}: "
                      f"{geomean([r.extra.get('torch_ratio') for r in rows if not r.error]):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def roof_cell(extra: dict) -> str:
+    """A host row's %roof, 6 wide: ``m`` after it for a memory-bound row, ``-`` where unmeasured."""
+    if "of_roofline" not in extra:
+        return f"{'-':>5} "
+    return f"{100 * extra['of_roofline']:>4.0f}%{'m' if extra.get('memory_bound') else ' '}"
 
 
 def retimed_mark(extra: dict) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 
 from ir.errors import IsamapError
 
-from .gemm import CONFIRM_BELOW, _cycles, retimed_mark, retimed_summary
+from . import machine
+from .gemm import CONFIRM_BELOW, _cycles, retimed_mark, retimed_summary, roof_cell
 from .progress import Progress, bench_backend, load_suite
 
 SIMULATED_STEPS = 3
@@ -140,6 +141,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | Non
         torch_gru = torch_baseline(x, w, h0)
         if torch_gru is not None:  # optional: PyTorch's nn.GRU with the same weights, same run
             sides["torch"] = torch_gru
+        ceil = machine.for_row()
         timed = _timed_sides(sides, repeats, confirm=confirm)
         sec, smin, smax, h = timed["ours"]
         base, bmin, bmax, ref = timed["numpy"]
@@ -151,6 +153,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | Non
                          gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
                          threads=os.cpu_count(), code=step.report.get("code"))
         row.extra.update(timed.retimed())
+        row.extra.update(gru_roofline(ceil, H, N, T, {side: timed[side][0] for side in timed}))
         if "torch" in timed:
             tsec, tmin, tmax, th = timed["torch"]
             terr = float(np.abs(th - ref).max())
@@ -159,6 +162,21 @@ def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | Non
             row.correct = row.correct and bool(terr <= 1e-3 * max(1.0, float(np.abs(ref).max())))
 
     return _each_problem(t, problems, progress, measure)
+
+
+def gru_roofline(c, H: int, N: int, T: int, seconds: dict[str, float]) -> dict:
+    """A host GRU row's roofline fields (``machine.row_fields``).  The phases run one after
+    another, so the floor is their sum: the input projection (a (T*N x H) x (H x 3H) GEMM),
+    then T steps, each a (N x H) x (H x 3H) product with the recurrent weights (3*H*H
+    float32s, the step's working set).  At small batches a step does 2*N FLOPs per weight
+    read, so reading them bounds it: from the last-level cache up to hidden 1672 (32 MiB),
+    from memory above, where every step streams them and the floor is the memory read
+    bandwidth, whoever computes.  A row is memory-bound when the steps are."""
+    proj_flops, step_flops = 2.0 * T * N * H * 3 * H, 2.0 * N * H * 3 * H
+    proj_bytes = 4 * (T * N * H + 3 * H * H + T * N * 3 * H)
+    step_bytes = 4 * 3 * H * H
+    floor = c.floor_seconds(proj_flops, proj_bytes) + T * c.floor_seconds(step_flops, step_bytes)
+    return machine.row_fields(c, floor, c.memory_bound(step_flops, step_bytes), seconds)
 
 
 def cuda_sequence_source(t, H: int, N: int, T: int) -> str:
@@ -383,7 +401,7 @@ def table(rows: list[GruRow], target: str) -> str:
                 f"ratio = numpy time / ours (second ratio: torch.nn.GRU's, where torch is installed); FLOPs = "
                 f"6*T*N*H^2 (+T*N*H inference)",
                 f"{'set':<17} {'H':>5} {'N':>4} {'T':>5} {'ours ms':>10} {'numpy ms':>10} {'ratio':>6} "
-                f"{'GFLOP/s':>8} {'numpy':>8} {'torch ms':>9} {'ratio':>6} {'check':>6}"]
+                f"{'GFLOP/s':>8} {'numpy':>8} {'%roof':>6} {'torch ms':>9} {'ratio':>6} {'check':>6}"]
     else:
         head = [f"# DeepBench GRU on {target}: simulated cycles; ours = persistent recurrent weights, baseline = "
                 f"vendor schedules reloading them each step, same run; ratio = baseline / ours; FLOPs = "
@@ -402,7 +420,7 @@ def table(rows: list[GruRow], target: str) -> str:
             torch = (f"{1e3 * x['torch_seconds']:>9.2f} {x['torch_ratio']:>6.2f}" if "torch_seconds" in x
                      else f"{'-':>9} {'-':>6}")
             lines.append(f"{key}{1e3 * x['seconds']:>10.2f} {1e3 * x['numpy_seconds']:>10.2f} {r.ratio:>6.2f}"
-                         f"{retimed_mark(x)}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {torch} {check}")
+                         f"{retimed_mark(x)}{x['gflops']:>8.1f} {x['numpy_gflops']:>8.1f} {roof_cell(x)} {torch} {check}")
         else:
             mark = "*" if r.extrapolated else " "
             lines.append(f"{key}{r.cycles:>11.0f}{mark}{r.baseline_cycles:>12.0f} {r.ratio:>6.2f} "
@@ -413,6 +431,7 @@ def table(rows: list[GruRow], target: str) -> str:
         lines.append(f"geometric-mean ratio vs {'numpy' if host else 'baseline'}: {g:.2f}"
                      + (f"  (code: {code})" if code else ""))
         lines += retimed_summary([r for r in rows if not r.error and r.extra], lambda r: f"{r.hidden}x{r.batch}x{r.timesteps}")
+        lines += machine.run_summary([r.extra for r in rows if not r.error])
         tr = geomean([r.extra.get("torch_ratio") for r in rows if not r.error])
         if host and tr:
             lines.append(f"geometric-mean ratio vs torch.nn.GRU {rows[0].extra.get('torch_version')}: {tr:.2f}")
