@@ -268,11 +268,16 @@ def test_dot_product_rows_in_one_l1_set_are_fewer_than_ways():
 
 def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
     """M = 1 with a B beyond a quarter of the outer cache: K blocks of 8-16 rows of 2-vector
-    tiles (a few sequential streams per thread), K split across threads; a B that stays in
-    cache keeps the 16-vector, L1-sized blocks.  Ragged K blocks and column tiles stay correct."""
+    tiles (a few sequential streams per thread), K split across threads; so too at batch 1-2
+    from a sixteenth of it (batch 4 not); a B well inside the cache keeps the 16-vector,
+    L1-sized blocks.  Ragged K blocks and column tiles stay correct."""
     l3 = max(m.capacity for m in CPU.memories if m.row_bytes is None and m.name != CPU.main)
-    small = Blocking.for_target(CPU, 16, "zmm", 1, 1024, 1024, 2)
-    assert (small.mr, small.nv) == (1, 16) and small.kc >= 16
+    side = int((l3 / 16 / 4) ** 0.5)  # a B of l3 / 16
+    small = Blocking.for_target(CPU, 16, "zmm", 1, side - 64, side - 64, 2)
+    assert (small.mr, small.nv) == (1, 16) and small.kc >= 16 and not small.stream
+    for m, streams in ((1, True), (2, True), (4, False)):
+        mid = Blocking.for_target(CPU, 16, "zmm", m, side + 64, side + 64, 2)
+        assert (mid.stream, mid.split_k) == (streams, streams)
     n = k = int((l3 / 4 / 4) ** 0.5) + 53  # just past a quarter of it, odd
     big = Blocking.for_target(CPU, 16, "zmm", 1, n, k, 2)
     assert (big.mr, big.nv) == (1, 2) and big.kc <= 16 and -(-k // big.kc) * big.kc - k < -(-k // big.kc)

@@ -79,7 +79,13 @@ class Blocking:
                 # instruction per line loaded.  Measured on a Zen 4 VM, 2 threads: the
                 # 1024-hidden gru_step 181 -> ~145 us (8 vectors with prefetch -> 16 without)
                 nv, prefetch = max(1, min(vecs, 16, regs // 2)), 0
-            if l3 and k * n * 4 > l3 // 4:
+            # batch 1-2 stream from a sixteenth of L3 on (2 MiB of B: hidden 725 up), the weights
+            # still in cache: the threads' contiguous K halves outrun the 16 x 32 (or 2 x 128)
+            # tiles' 32-64 row streams there now that the stream loop splits K (below).
+            # Measured on a Zen 4 VM, 2 threads, both builds in one process, alternating
+            # rounds, batch-1 gru_step: hidden 1024 132 -> 117 us, 134 -> 127, 165 -> 150;
+            # 768 131 -> 116; batch 2, 1024: 186 -> 164; batch 4 (not taken) 204 -> 212; 512 even
+            if l3 and (k * n * 4 > l3 // 4 or (mr <= 2 and k * n * 4 > l3 // 16)):
                 # a B that comes from main memory (a quarter of the outer cache: the GRU
                 # step's three recurrent matrices and the rest of the working set share it):
                 # 8-16 rows of B at a time (`_stream_rows`), 2 vectors of each per tile (4
