@@ -76,10 +76,17 @@ def test_host_tables_show_the_roofline_column_and_the_ceilings():
     row.extra = dict(seconds=1e-3, numpy_seconds=1.5e-3, gflops=1.0, numpy_gflops=0.7, threads=2)
     row.extra.update(machine.row_fields(c, 0.5e-3, False, {"ours": 1e-3, "numpy": 1.5e-3}))
     text = bg.table([row], "cpu")
-    assert "%roof" in text and "  50% " in text and "FP32 FMA peak 200 GFLOP/s" in text
+    assert "%roof" in text and "  50% " in text and "FP32 FMA peak 200 GFLOP/s" in text and "around each row" in text
     assert "compute-bound rows (1): median %roof ours 50%, numpy 33%" in text
     g = GruRow("inference_server", 2560, 1, 10, ratio=1.0, correct=True)
     g.extra = dict(seconds=1.0, numpy_seconds=1.0, gflops=1.0, numpy_gflops=1.0)
     g.extra.update(gru_roofline(c, 2560, 1, 10, {"ours": 1.0, "numpy": 1.0}))
     text = gru_table([g], "cpu")
     assert "%m" in text and "memory-bound rows (1)" in text
+
+
+def test_a_row_keeps_the_better_of_the_ceilings_measured_around_it():
+    slow = machine.Ceilings(threads=2, fma_gflops=150.0, fma_gflops_one=0.0, read_gbs=30.0, read_gbs_one=0.0,
+                            llc_gbs=120.0, llc_bytes=32 << 20, l2_bytes=1 << 20, lanes=16)
+    b = ceilings().best(slow)
+    assert (b.fma_gflops, b.read_gbs, b.llc_gbs) == (200.0, 30.0, 120.0) and b.llc_bytes == 32 << 20

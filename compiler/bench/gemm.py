@@ -248,6 +248,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool, confirm: float | No
                          gflops=row.flops / ours / 1e9, numpy_gflops=row.flops / base / 1e9, max_abs_error=err,
                          threads=os.cpu_count(), code=ck.report.get("code"))
         row.extra.update(timed.retimed())
+        ceil = machine.for_row(ceil)
         ws = 4 * (m * k + k * n + m * n)  # operands and result
         row.extra.update(machine.row_fields(ceil, ceil.floor_seconds(row.flops, ws), ceil.memory_bound(row.flops, ws),
                                             {side: timed[side][0] for side in timed}))

@@ -153,6 +153,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | Non
                          gflops=row.flops / sec / 1e9, numpy_gflops=row.flops / base / 1e9,
                          threads=os.cpu_count(), code=step.report.get("code"))
         row.extra.update(timed.retimed())
+        ceil = machine.for_row(ceil)
         row.extra.update(gru_roofline(ceil, H, N, T, {side: timed[side][0] for side in timed}))
         if "torch" in timed:
             tsec, tmin, tmax, th = timed["torch"]

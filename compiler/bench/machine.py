@@ -17,7 +17,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,6 +47,14 @@ class Ceilings:
     def as_dict(self) -> dict:
         return dict(peak_gflops=self.fma_gflops, read_gbs=self.read_gbs, llc_gbs=self.llc_gbs,
                     llc_bytes=self.llc_bytes)
+
+    def best(self, other: "Ceilings") -> "Ceilings":
+        """Each rate the higher of two measurements (before and after a row): a ceiling is
+        what the machine can do, and a sample taken while a neighbour held the cores or the
+        memory bus would otherwise inflate the row's %roof (a 167 GFLOP/s sample put a row
+        at 105% that the 227 measured on either side of it puts at 77%)."""
+        return replace(self, **{f: max(getattr(self, f), getattr(other, f))
+                                for f in ("fma_gflops", "fma_gflops_one", "read_gbs", "read_gbs_one", "llc_gbs")})
 
     def read_seconds(self, working_set: float) -> float:
         """Reading a working set of ``working_set`` bytes once, when it was last used one phase
@@ -205,10 +213,12 @@ def measure(read_bytes: int | None = None, fma_iterations: int = 2_000_000, pass
                     4.0 * cper * n * reps / cached / 1e9, llc, l2, lanes)
 
 
-def for_row() -> Ceilings:
-    """The all-thread ceilings as a benchmark row is timed (~0.2 s): measured again for every
-    row, since this shared machine's bandwidth drifts over a long run."""
-    return measure(passes=5, single=False)
+def for_row(before: Ceilings | None = None) -> Ceilings:
+    """The all-thread ceilings around a benchmark row (~0.2 s each): measured again for every
+    row, since this shared machine's bandwidth drifts over a long run; called before the row
+    and then after it with the first measurement, it returns the better of the two (``best``)."""
+    now = measure(passes=5, single=False)
+    return now if before is None else before.best(now)
 
 
 def row_fields(c: Ceilings, floor: float, memory_bound: bool, seconds: dict[str, float]) -> dict:
@@ -234,7 +244,8 @@ def run_summary(extras: list[dict]) -> list[str]:
         return f"{fmt(med(v))} ({fmt(min(v))}-{fmt(max(v))})" if len(v) > 1 else fmt(v[0])
     llc = extras[0].get("llc_bytes")
     cache = f"{llc / 2**20:.0f} MiB last-level cache" if llc else "last-level cache"
-    lines = [f"ceilings measured before each row (JIT'd loops, every thread; median, range): FP32 FMA peak "
+    lines = [f"ceilings measured around each row (JIT'd loops, every thread, the better of before and after; "
+             f"median, range over rows): FP32 FMA peak "
              f"{span('peak_gflops', lambda v: f'{v:.0f}')} GFLOP/s, read bandwidth from memory "
              f"{span('read_gbs', lambda v: f'{v:.1f}')} GB/s, from the {cache} {span('llc_gbs', lambda v: f'{v:.0f}')} GB/s; "
              f"%roof = roofline time / ours, the roofline being the FLOPs at that peak or reading each phase's "
