@@ -194,6 +194,10 @@ class Timed(dict):
         ``r`` mark and ``retimed_summary`` read."""
         return {} if self.first_ratio is None else dict(first_ratio=self.first_ratio, confirm_below=self.confirm_below)
 
+    def medians(self) -> dict[str, float]:
+        """name -> median seconds (what a row's roofline fraction is taken of, per side)."""
+        return {name: v[0] for name, v in self.items()}
+
 
 def _time_rounds(sides: dict, times: dict, pair: list, extra: list, repeats: int, rounds: int, quiet: bool,
                  settle: int) -> None:
@@ -251,7 +255,7 @@ def run_host_gemm(t, problems, repeats: int, progress: bool, confirm: float | No
         ceil = machine.for_row(ceil)
         ws = 4 * (m * k + k * n + m * n)  # operands and result
         row.extra.update(machine.row_fields(ceil, ceil.floor_seconds(row.flops, ws), ceil.memory_bound(row.flops, ws),
-                                            {side: timed[side][0] for side in timed}))
+                                            timed.medians()))
         if "torch" in timed:
             tsec, tmin, tmax, _ = timed["torch"]
             row.extra.update(torch_seconds=tsec, torch_min=tmin, torch_max=tmax, torch_ratio=tsec / ours,

@@ -154,7 +154,7 @@ def run_host_gru(t, problems, repeats: int, progress: bool, confirm: float | Non
                          threads=os.cpu_count(), code=step.report.get("code"))
         row.extra.update(timed.retimed())
         ceil = machine.for_row(ceil)
-        row.extra.update(gru_roofline(ceil, H, N, T, {side: timed[side][0] for side in timed}))
+        row.extra.update(gru_roofline(ceil, H, N, T, timed.medians()))
         if "torch" in timed:
             tsec, tmin, tmax, th = timed["torch"]
             terr = float(np.abs(th - ref).max())

@@ -78,11 +78,9 @@ class Ceilings:
 
 
 def _lanes() -> int:
-    from llvmlite import binding as llvm
-
+    """The vector width of the cpu target this host gets (hw_models: AVX-512 or AVX2)."""
     from compiler.host import host_has_avx512
-    llvm.initialize_native_target()
-    return 16 if host_has_avx512() else 8 if "+avx2" in llvm.get_host_cpu_features().flatten().split(",") else 4
+    return 16 if host_has_avx512() else 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,6 +160,14 @@ def aligned_ones(floats: int) -> np.ndarray:
     return raw[off:off + floats]
 
 
+@functools.lru_cache(maxsize=2)
+def _read_buffer(floats: int) -> np.ndarray:
+    """``aligned_ones`` kept for the next measurement (the memory and the cache buffer): a
+    benchmark measures before and after every row, and filling 256 MiB afresh each time took
+    ~0.1 s of page faults.  Only ever read."""
+    return aligned_ones(floats)
+
+
 def _median_wall(pool, calls: list, passes: int) -> float:
     """Median wall time of running every call of ``calls`` at once (one per thread)."""
     times = []
@@ -188,11 +194,11 @@ def measure(read_bytes: int | None = None, fma_iterations: int = 2_000_000, pass
     step = UNROLL * lanes
     total = read_bytes or max(256 << 20, 8 * (llc or 0))
     per = max(step, total // 4 // n // step * step)
-    buf = aligned_ones(per * n)
+    buf = _read_buffer(per * n)
     if abs(read_fn(buf.ctypes.data, per) - per) > 1e-6 * per:  # the loop must read what it is timed on
         raise RuntimeError("the read-bandwidth loop summed the wrong value")
     cper = max(step, (llc or 16 << 20) // 2 // 4 // n // step * step)
-    cbuf = aligned_ones(cper * n)
+    cbuf = _read_buffer(cper * n)
     reps = max(1, per // cper)  # the same bytes per pass as the memory read
     fma_fn(1000)
     flops = 2.0 * lanes * CHAINS * fma_iterations
@@ -214,9 +220,10 @@ def measure(read_bytes: int | None = None, fma_iterations: int = 2_000_000, pass
 
 
 def for_row(before: Ceilings | None = None) -> Ceilings:
-    """The all-thread ceilings around a benchmark row (~0.2 s each): measured again for every
-    row, since this shared machine's bandwidth drifts over a long run; called before the row
-    and then after it with the first measurement, it returns the better of the two (``best``)."""
+    """The all-thread ceilings around a benchmark row (~0.1 s each once the buffers exist):
+    measured again for every row, since this shared machine's bandwidth drifts over a long
+    run; called before the row and then after it with the first measurement, it returns the
+    better of the two (``best``)."""
     now = measure(passes=5, single=False)
     return now if before is None else before.best(now)
 
