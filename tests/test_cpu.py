@@ -299,6 +299,29 @@ def test_long_or_threaded_kernels_take_the_python_path():
     assert _entry_of(ck) == ck._checked_call
 
 
+def test_threaded_statements_run_as_one_native_drive_from_several_threads():
+    """A kernel whose statements the pool's workers share (the batch-1 GRU step, K split, three
+    contractions and their sums) runs as one ``pool_drive`` call; two such kernels called from
+    four Python threads at once still each get their own sums (the drive holds the pool)."""
+    from concurrent.futures import ThreadPoolExecutor
+    cks = [compiler.build(kernels.path("gru_step"), target="cpu", sizes=dict(B=1, Hd=h)) for h in (1024, 1100)]
+    cases = []
+    for ck in cks:
+        ins = random_inputs(ck.kernel, ck.bound, seed=5)
+        assert any(len(parts) > 1 for _, parts, _ in ck.native._splits())  # the workers take part
+        assert len(ck.native._planned_steps()) == 1
+        cases.append((ck, [ins[t.name] for t in ck.kernel.inputs], ir.interp.run(ck.kernel, ins, ck.sizes)["Ho"]))
+
+    def work(i):
+        ck, args, want = cases[i % 2]
+        return [(ck(*args)[-1], want) for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as ex:
+        for outs in ex.map(work, range(8)):
+            for got, want in outs:
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_native_entry_and_checked_path_from_several_threads():
     from concurrent.futures import ThreadPoolExecutor
     ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=33, N=17, K=29))

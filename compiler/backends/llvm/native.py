@@ -235,12 +235,16 @@ class NativeKernel:
     def _plan_steps(self) -> list:
         """Every native call of one run, decided once: how each statement splits across threads,
         with its pool context (records of buffer table, scratch, ranges) built ahead, so a run
-        costs a ctypes call per statement and nothing more in Python."""
+        costs one ctypes call where the pool takes part (``NativePool.plan``), else one per
+        statement, and nothing more in Python."""
         from functools import partial
 
         from .pool import native_pool
+        planned = self._calls_planned(self._ptrs, self._scratch, self._splits())
+        if any(kind == 1 and parts > 1 for kind, _, _, parts, _ in planned):
+            return [native_pool().plan(planned)]  # the pool's workers take part: one native call
         steps = []
-        for kind, fn, ctx, parts, seconds in self._calls_planned(self._ptrs, self._scratch, self._splits()):
+        for kind, fn, ctx, parts, seconds in planned:
             if kind == 0:
                 steps.append(partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fn), ctx))
             elif parts == 1:  # on this thread, through the task entry: two arguments to convert, not eight
