@@ -280,6 +280,19 @@ def test_native_entry_hands_everything_else_to_the_checked_path():
         ck(A, B, B)
 
 
+def test_native_entry_takes_rows_of_wider_arrays():
+    """An extent-1 axis's stride is never used, so a row sliced from a wider array (a GRU
+    step's slice of the batched projection) is taken as it is, and computed right."""
+    ck = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=1, N=5, K=7))
+    assert isinstance(_entry_of(ck), types.BuiltinFunctionType)
+    rng = np.random.default_rng(4)
+    big = rng.standard_normal((4, 3, 9)).astype(np.float32)
+    B = rng.standard_normal((7, 5)).astype(np.float32)
+    for row in (big[2, 1:2, :7], big[1:2, 0, :7], big[3, 2:3, 2:]):
+        assert row.shape == (1, 7) and row.strides != (28, 4)
+        np.testing.assert_allclose(ck(row, B), row @ B, rtol=1e-5, atol=1e-5)
+
+
 def test_native_entry_keeps_reference_counts():
     import sys
     ck = compiler.build(kernels.path("layernorm"), target="cpu", sizes=dict(N=6, D=10))

@@ -12,8 +12,9 @@ Only kernels whose every step runs on the calling thread get an entry (``NativeK
 decides; the threaded ones are long enough that Python's share does not matter): the
 entry holds the GIL throughout, which also serialises its calls, so it owns one buffer
 table and scratch for the kernel, separate from the Python path's.  Anything the entry
-does not accept exactly (another type, shape, stride or dtype object, keyword
-arguments) goes to the Python path unchanged, and so do its errors.
+does not accept exactly (another type, shape, stride -- except on extent-1 axes, whose
+stride no address uses -- or dtype object, keyword arguments) goes to the Python path
+unchanged, and so do its errors.
 
 What it relies on: the object header (``ob_refcnt``, ``ob_type``) and numpy's
 ``PyArrayObject`` field order (data, nd, dimensions, strides, base, descr), checked on
@@ -125,7 +126,9 @@ dim_check:
   %s = call i64 @int(ptr %strides_p, i64 %j)
   %t = call i64 @int(ptr %want_strides, i64 %j)
   %oka = icmp eq i64 %a, %b
-  %oks = icmp eq i64 %s, %t
+  %same = icmp eq i64 %s, %t
+  %unit = icmp eq i64 %a, 1   ; an extent-1 axis: its stride is never used (a row of a wider array)
+  %oks = or i1 %same, %unit
   %okd = and i1 %oka, %oks
   %j1 = add i64 %j, 1
   br i1 %okd, label %dim_ok, label %fallback
