@@ -184,12 +184,13 @@ def test_exact_inputs_take_the_fast_path_and_others_are_still_checked():
     np.testing.assert_allclose(ck(A, B), want, rtol=1e-5, atol=1e-5)
     At = np.asfortranarray(A)  # right shape and dtype, not contiguous: copied by the call
     assert ck._exact({"A": At, "B": B}) is not None
-    assert ck.native.exact((At, B)) is None
+    np.testing.assert_allclose(ck.native.exact((At, B))[0], want, rtol=1e-5, atol=1e-5)  # copied there
     np.testing.assert_allclose(ck(At, B), want, rtol=1e-5, atol=1e-5)
     wide = np.zeros((9, 11), np.float32)
     wide[:, :7] = A  # a strided view of the right shape
-    assert ck.native.exact((wide[:, :7], B)) is None
+    np.testing.assert_allclose(ck.native.exact((wide[:, :7], B))[0], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ck(wide[:, :7], B), want, rtol=1e-5, atol=1e-5)
+    assert ck.native.exact((A.astype(np.float64), B)) is None and ck.native.exact((A.tolist(), B)) is None
     assert ck.native.exact((A,)) is None and ck.native.exact((A, B, B)) is None
     row = compiler.build(kernels.path("gemm"), target="cpu", sizes=dict(M=1, N=5, K=7))
     both = np.zeros((1, 14), np.float32)

@@ -139,10 +139,11 @@ class NativeKernel:
         return {name: o for (name, _), o in zip(self._out_names, outs)}
 
     def exact(self, args: tuple) -> list[np.ndarray] | None:
-        """The outputs for ``args`` when every one is a C-contiguous ndarray of exactly the built
-        shape and dtype, else None (the caller takes the checked path).  Nothing is converted
-        or copied: ~0.7 us of Python around the native calls, where ``run`` costs 3-4 us -- as
-        much as a small GEMV itself (64x1x1216: 4 us native, numpy 5 us in all)."""
+        """The outputs for ``args`` when every one is an ndarray of exactly the built shape and
+        dtype, else None (the caller takes the checked path).  Nothing is converted, and only
+        arrays that are not C-contiguous are copied: ~0.7 us of Python around the native calls,
+        where ``run`` costs 3-4 us -- as much as a small GEMV itself (64x1x1216: 4 us native,
+        numpy 5 us in all)."""
         fast = self._fast
         if fast is None:
             fast = self._fast = self._exact_entry()
@@ -154,7 +155,7 @@ class NativeKernel:
         if self._converts_inputs():
             return lambda args: None
         steps = self._planned_steps()
-        env = dict(ndarray=np.ndarray, addr=_address, ptrs=self._ptrs, lock=self._lock)
+        env = dict(ndarray=np.ndarray, addr=_address, ptrs=self._ptrs, lock=self._lock, contiguous=np.ascontiguousarray)
         nin = len(self.k.inputs)
         xs = [f"x{i}" for i in range(nin)]
         lines = ["def fast(args):", f"    if len(args) != {nin}:", "        return None",
@@ -163,10 +164,13 @@ class NativeKernel:
             shape = tuple(self.b.shapes[t.name])
             env[f"s{i}"], env[f"d{i}"], env[f"t{i}"] = shape, np.dtype(dt), np.empty(shape, dt).strides
             # strides other than the built ones: still C-contiguous where they belong to
-            # extent-1 axes (a row sliced from a wider array), which no address uses
+            # extent-1 axes (a row sliced from a wider array), which no address uses; else
+            # copied here (a GRU step's gate slices of the batched projection, batch > 1),
+            # which the checked path would do too after ~10 us more of Python
             lines += [f"    if type(x{i}) is not ndarray or x{i}.shape != s{i} or "
-                      f"(x{i}.strides != t{i} and not x{i}.flags.c_contiguous) or "
-                      f"(x{i}.dtype is not d{i} and x{i}.dtype != d{i}):", "        return None"]
+                      f"(x{i}.dtype is not d{i} and x{i}.dtype != d{i}):", "        return None",
+                      f"    if x{i}.strides != t{i} and not x{i}.flags.c_contiguous:",
+                      f"        x{i} = contiguous(x{i})"]
         outs = []
         for j, ((shape, dt, alloc), (_, is_bool)) in enumerate(zip(self._out_specs, self._out_names)):
             env[f"os{j}"], env[f"od{j}"], env[f"alloc{j}"] = tuple(shape), np.dtype(dt), alloc
