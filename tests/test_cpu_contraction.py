@@ -269,7 +269,7 @@ def test_dot_product_rows_in_one_l1_set_are_fewer_than_ways():
 def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
     """M = 1 with a B beyond a quarter of the outer cache: K blocks of 8-16 rows of 2-vector
     tiles (a few sequential streams per thread), K split across threads; so too at batch 1-2
-    from a sixteenth of it (batch 4 not); a B well inside the cache keeps the 16-vector,
+    from a sixteenth of it (batch 4 not; past a quarter it streams 8 rows of 4-vector tiles); a B well inside the cache keeps the 16-vector,
     L1-sized blocks.  Ragged K blocks and column tiles stay correct."""
     l3 = max(m.capacity for m in CPU.memories if m.row_bytes is None and m.name != CPU.main)
     side = int((l3 / 16 / 4) ** 0.5)  # a B of l3 / 16
@@ -285,8 +285,9 @@ def test_a_gemv_streaming_b_from_memory_reads_few_rows_at_a_time():
     if l1.ways:  # rows a multiple of the way size apart all share one L1 set: no more rows than ways
         assert Blocking.for_target(CPU, 16, "zmm", 1, l1.capacity // l1.ways, k, 2).kc <= l1.ways
     assert big.split_k and not Blocking.for_target(CPU, 16, "zmm", 1, n, k, 1).split_k
-    four = Blocking.for_target(CPU, 16, "zmm", 4, n, k, 2)  # batch 4: 4 vectors a tile, the same K blocks
-    assert (four.mr, four.nv, four.kc) == (4, 4, big.kc) and four.split_k and four.prefetch
+    four = Blocking.for_target(CPU, 16, "zmm", 4, n, k, 2)  # batch 4: 4 vectors a tile, K blocks of at most 8
+    assert (four.mr, four.nv) == (4, 4) and four.kc == -(-k // -(-k // min(8, big.kc)))
+    assert four.split_k and four.prefetch
     nk, out, ref = _gemm("gemm", 1, n, k, threads=2)
     assert nk.plans[0].blocking == big
     assert np.allclose(out, ref, atol=1e-4 * k, rtol=1e-4)

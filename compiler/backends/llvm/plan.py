@@ -101,6 +101,15 @@ class Blocking:
                 # 4: 182 ms with it, 269 without); for one row it costs (268 -> 292)
                 nv = max(1, min(vecs, 2 if mr <= 2 else 4, (regs - 1) // (mr + 1)))
                 stream_kc = _stream_rows(caches[0] if caches else None, n * 4)
+                if mr > 2:
+                    # 3 rows of A up (4-vector tiles, 12-16 accumulators): 8 rows of B at a
+                    # time, not 16.  Measured on a Zen 4 VM, 2 threads, gru_step builds of
+                    # both in one process, 10-16 alternating rounds (a build identical to the
+                    # default within 2%): batch 4, hidden 2816 3364 -> 2758 us, 2560 2736 ->
+                    # 2160, 1536 585 -> 509; batch 3, 2816 2937 -> 2621; batch 8, 2816 5264 ->
+                    # 3329 (4 rows 4185, 6 rows 3433).  Batch 1-2 keep 16 (2816 x 2: 1981 vs
+                    # 2186 with 8; 1536 x 1: 414 vs 491)
+                    stream_kc = min(stream_kc, 8)
                 # and threads split K, not N: each streams one contiguous half of B rather
                 # than both reading half of every row; the partial sums (one C each) are
                 # added afterwards.  Measured in C on the same VM, 2 threads, three matrices
