@@ -160,7 +160,7 @@ end:
   ret void
 }
 
-; A kernel call's native steps in one go (NativePool.drive): n records of DRIVE_FIELDS i64s,
+; A kernel call's native steps in one go (NativePool.plan): n records of 5 i64s,
 ; (kind, fn, ctx, parts, short).  kind 0: fn(ctx); 1: fn(ctx, p) for each part on this thread;
 ; 2: a pool job, run by this thread alone (waking the workers for the next) when it is short
 ; and the workers sleep, as NativePool.run decides for one job.
@@ -211,7 +211,6 @@ end:
   ret void
 }
 """
-DRIVE_FIELDS = 5  # i64s per step of a pool_drive plan
 
 
 class NativePool:
