@@ -247,15 +247,10 @@ class NativeKernel:
         planned = self._calls_planned(self._ptrs, self._scratch, self._splits())
         if any(kind == 1 and parts > 1 for kind, _, _, parts, _ in planned):
             return [native_pool().plan(planned)]  # the pool's workers take part: one native call
-        steps = []
-        for kind, fn, ctx, parts, seconds in planned:
-            if kind == 0:
-                steps.append(partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fn), ctx))
-            elif parts == 1:  # on this thread, through the task entry: two arguments to convert, not eight
-                steps.append(partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(fn), ctx, 0))
-            else:
-                steps.append(partial(native_pool().run, fn, ctx, parts, seconds))
-        return steps
+        # every call on this thread (one part, or none): no pool started, a call through each entry
+        return [partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fn), ctx) if kind == 0
+                else partial(ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(fn), ctx, 0)
+                for kind, fn, ctx, parts, _ in planned if kind == 0 or parts]
 
     def _splits(self) -> list[tuple[_Call, list[tuple[int, ...]], float]]:
         """Per native call: the ranges of its parts (one per thread it runs on; none for an

@@ -8,8 +8,9 @@ for about 10 ms (so back-to-back kernel calls dispatch in about a microsecond) a
 then blocks on a futex (so an idle process burns no core and wakes nobody: periodic naps
 were measured to halve the speed of OpenBLAS running beside them).  A job is a task function
 ``void task(ptr ctx, i64 part)`` and a part count; the caller runs part 0 itself, worker w
-runs parts w, w + workers + 1, ..., and the caller spins until all parts are done.  The
-call goes through ctypes, which releases the GIL.
+runs parts w, w + workers + 1, ..., and the caller spins until all parts are done.  A
+kernel call's jobs run from one native call (``pool_drive``, through ctypes, which releases
+the GIL).
 """
 from __future__ import annotations
 
@@ -119,11 +120,6 @@ end:
   ret i32 0
 }
 
-define i64 @pool_sleepers() {
-  %sl = load atomic i64, ptr @sleepers seq_cst, align 8
-  ret i64 %sl
-}
-
 define void @pool_wake() {
   %oldf = atomicrmw add ptr @fw, i32 1 seq_cst
   %rw = call i64 (i64, ...) @syscall(i64 202, ptr @fw, i64 129, i64 2147483647)
@@ -162,8 +158,9 @@ end:
 
 ; A kernel call's native steps in one go (NativePool.plan): n records of 5 i64s,
 ; (kind, fn, ctx, parts, short).  kind 0: fn(ctx); 1: fn(ctx, p) for each part on this thread;
-; 2: a pool job, run by this thread alone (waking the workers for the next) when it is short
-; and the workers sleep, as NativePool.run decides for one job.
+; 2: a pool job.  Waking a sleeping worker costs 0.1-0.3 ms on a VM, so a short job (under
+; WAKE_WORTH on one thread) that finds the workers asleep runs on this thread alone, while
+; they wake for the jobs that follow.
 define void @pool_drive(ptr %plan, i64 %n) {
 entry:
   br label %loop
@@ -222,29 +219,11 @@ class NativePool:
         from .loader import module_code
         self.code = module_code(_IR.replace("SPIN", str(SPIN)), "pool")
         start = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)(self.code.address("pool_start"))
-        self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
-            self.code.address("pool_run"))
-        self._sleepers = ctypes.CFUNCTYPE(ctypes.c_int64)(self.code.address("pool_sleepers"))
-        self._wake = ctypes.CFUNCTYPE(None)(self.code.address("pool_wake"))
         self._drive = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(self.code.address("pool_drive"))
         self.threads = threads
-        self._tasks: dict[int, object] = {}
-        self.lock = threading.Lock()  # one job at a time (kernels called from several Python threads)
+        self.lock = threading.Lock()  # one drive at a time (kernels called from several Python threads)
         if threads > 1 and start(threads - 1) != 0:
             raise OSError("could not start the native worker threads")
-
-    def run(self, task_addr: int, ctx: int, parts: int, seconds: float = 1.0) -> None:
-        """Run ``task(ctx, p)`` for p in [0, parts) across the workers and the caller; returns
-        when every part is done.  ``seconds`` estimates the job on one thread: when the
-        workers are asleep (waking one costs 0.1-0.3 ms on a VM) and the job is shorter than
-        ``WAKE_WORTH``, the caller runs every part itself and wakes the workers for the calls
-        that follow."""
-        with self.lock:
-            if seconds < WAKE_WORTH and self._sleepers() > 0:
-                self._wake()
-                self._alone(task_addr, ctx, parts)
-                return
-            self._run(task_addr, ctx, parts)
 
     def plan(self, steps: list[tuple[int, int, int, int, float]]):
         """One call running ``steps`` in order, each (kind, function, context, parts, one-thread
@@ -264,13 +243,6 @@ class NativePool:
                 drive(table, n)
         run.table = table  # kept alive with the closure
         return run
-
-    def _alone(self, task_addr: int, ctx: int, parts: int) -> None:
-        f = self._tasks.get(task_addr)
-        if f is None:
-            f = self._tasks[task_addr] = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(task_addr)
-        for p in range(parts):
-            f(ctx, p)
 
 
 _POOL: NativePool | None = None
