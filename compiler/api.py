@@ -145,7 +145,9 @@ class CompiledKernel:
             out, sec = self.gpu(arrays)
             self.report["seconds"] = sec
             flops = 2 * self.bound.macs()
-            if flops and sec > 0:
+            if self.gpu.emulated:
+                self.report["emulated"] = True  # host time of the CPU emulation: no GFLOP/s
+            elif flops and sec > 0:
                 self.report["gflops"] = flops / sec / 1e9
             return out
         if self.native is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -104,6 +105,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of the simulated timeline")
     p.add_argument("--stalls", action="store_true",
                    help="where the compute engine's time went (fill, waits by instruction, window, drain)")
+    p.add_argument("--emulate", action="store_true",
+                   help="cuda targets: run the generated CUDA on the CPU's functional emulator (no GPU needed; "
+                   "checks results and shared-memory / cp.async / warp-collective use; times are not GPU "
+                   "times). The same as ISAMAP_CUDA=emulate")
     p.set_defaults(fn=cmd_run)
     return ap
 
@@ -441,7 +446,11 @@ def _warm_timing(ck, inputs) -> dict:
 def cmd_run(a) -> int:
     from compiler.checking import compare, random_inputs
     import ir.interp
+    if a.emulate:
+        os.environ["ISAMAP_CUDA"] = "emulate"
     ck = _build(a)
+    if a.emulate and ck.gpu is None:
+        raise IsamapError(f"--emulate runs cuda targets on the CPU; '{ck.target}' is not one")
     inputs = random_inputs(ck.kernel, ck.bound, a.seed)
     t0 = time.perf_counter()
     if a.stalls and ck.program is None:
@@ -479,7 +488,11 @@ def cmd_run(a) -> int:
         sizes = ", ".join(f"{k}={v}" for k, v in ck.sizes.items())
         if ck.program is None:
             gf = f" ({result['gflops']:.2f} GFLOP/s)" if result.get("gflops") else ""
-            print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result.get('seconds', seconds) * 1e3:.3f} ms{gf}")
+            if ck.gpu is not None and ck.gpu.emulated:
+                print(f"{ck.kernel.name} on {ck.target} with {sizes}: emulated on the CPU "
+                      f"({result.get('seconds', seconds) * 1e3:.3f} ms of emulation, not GPU time)")
+            else:
+                print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result.get('seconds', seconds) * 1e3:.3f} ms{gf}")
         else:
             print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result['cycles']} cycles "
                   f"(roofline {result['roofline_cycles']}, {100 * result['of_roofline']:.1f}% of roofline, "

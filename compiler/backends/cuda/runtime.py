@@ -83,20 +83,46 @@ def gpu_present() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def emulating() -> bool:
+    """Whether cuda kernels run on the host's functional emulator (``ISAMAP_CUDA=emulate``,
+    or ``isamap run --emulate``) instead of a GPU."""
+    return os.environ.get("ISAMAP_CUDA", "").lower() == "emulate"
+
+
 class CudaKernel:
-    def __init__(self, k, b, src: str):
+    def __init__(self, k, b, src: str, emulate: bool | None = None, prefix: str = ""):
         self.k, self.b, self.src = k, b, src
+        self.emulate = emulate
+        self.prefix = prefix  # of the entry points (several kernels built as one library)
         self.lib = None
+        self._entries = None
+
+    @property
+    def emulated(self) -> bool:
+        return emulating() if self.emulate is None else self.emulate
 
     def _load(self):
-        if not gpu_present():
-            raise IsamapError("no NVIDIA GPU on this machine: the cuda target can be compiled "
-                              "(--emit cuda) but not run here")
         if self.lib is None:
-            self.lib = ctypes.CDLL(str(compile_source(self.src)))
-            self.lib.isamap_run.restype = ctypes.c_int
-            self.lib.isamap_time.restype = ctypes.c_int
-        return self.lib
+            if self.emulated:
+                from .emulate import compile_emulated
+                self.lib = ctypes.CDLL(str(compile_emulated(self.src)))
+                self.lib.isamap_emu_error.restype = ctypes.c_char_p
+            elif not gpu_present():
+                raise IsamapError("no NVIDIA GPU on this machine: the cuda target can be compiled "
+                                  "(--emit cuda) but not run here; ISAMAP_CUDA=emulate (isamap run "
+                                  "--emulate) runs it on the CPU's functional emulator instead")
+            else:
+                self.lib = ctypes.CDLL(str(compile_source(self.src)))
+        if self._entries is None:
+            run, tim = getattr(self.lib, f"{self.prefix}isamap_run"), getattr(self.lib, f"{self.prefix}isamap_time")
+            run.restype = tim.restype = ctypes.c_int
+            self._entries = run, tim
+        return self._entries
+
+    def _error(self, err: int) -> str:
+        if self.emulated:
+            return f"emulator: {self.lib.isamap_emu_error().decode()}"
+        return _error_name(err)
 
     def _buffers(self, arrays):
         bufs = [to_device_layout(arrays[t.name], t.dtype) for t in self.k.inputs]
@@ -111,23 +137,23 @@ class CudaKernel:
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         """Outputs and the device time of one launch sequence (copies excluded)."""
-        lib = self._load()
+        run, _ = self._load()
         outs, ptrs, sizes, _keep = self._buffers(arrays)
         ms = ctypes.c_float(0)
-        err = lib.isamap_run(ptrs, sizes, ctypes.byref(ms))
+        err = run(ptrs, sizes, ctypes.byref(ms))
         if err:
-            raise IsamapError(f"CUDA error {err} ({_error_name(err)}) while running {self.k.name}")
+            raise IsamapError(f"CUDA error {err} ({self._error(err)}) while running {self.k.name}")
         return self._results(outs), ms.value / 1e3
 
     def time(self, arrays: dict[str, np.ndarray], reps: int = 20, inner: int = 10) -> tuple[dict, list[float]]:
         """Outputs and ``reps`` device times in seconds, each the mean of ``inner`` back-to-back
         launch sequences on device-resident buffers (CUDA events; one warm-up excluded)."""
-        lib = self._load()
+        _, tim = self._load()
         outs, ptrs, sizes, _keep = self._buffers(arrays)
         ms = (ctypes.c_float * reps)()
-        err = lib.isamap_time(ptrs, sizes, reps, inner, ms)
+        err = tim(ptrs, sizes, reps, inner, ms)
         if err:
-            raise IsamapError(f"CUDA error {err} ({_error_name(err)}) while timing {self.k.name}")
+            raise IsamapError(f"CUDA error {err} ({self._error(err)}) while timing {self.k.name}")
         return self._results(outs), [x / 1e3 for x in ms]
 
 

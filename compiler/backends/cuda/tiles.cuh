@@ -15,6 +15,7 @@
 
 namespace isamap {
 
+#ifndef ISAMAP_EMU  // emu.h gives these their PTX semantics on the host
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 // BYTES-wide global->shared copy that zero-fills when !full (16 bytes bypass L1: .cg)
@@ -59,6 +60,7 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], 
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 template <typename T> __device__ __forceinline__ T zero() { return T(0.0f); }
 

@@ -1,0 +1,552 @@
+// isamap CUDA emulator: runs the cuda backend's generated CUDA C on the host CPU, so that what
+// the code computes (not only whether nvcc accepts it) is checked on machines without a GPU.
+//
+// The generated source is compiled by the host C++ compiler with this header forced in front
+// (emulate.py rewrites the few CUDA-only spellings: kernel launches, extern __shared__ and the
+// CUDA headers).  Every CUDA thread is a fiber (ucontext) of one OS thread; blocks run one
+// after another; __syncthreads parks a fiber until every live thread of its block arrives; a
+// warp-collective instruction (ldmatrix, mma.sync) completes when all 32 lanes of the warp have
+// arrived, and the last lane to arrive computes every lane's result, following the PTX ISA's
+// fragment layouts.  cp.async copies are queued per thread and land only at cp.async.wait_group,
+// so code that reads a stage before waiting for it reads stale data, as a GPU may.
+//
+// What is checked, beyond the results: shared-memory addresses (in bounds, aligned as ldmatrix
+// and cp.async require), cp.async sources (aligned, inside a cudaMalloc'd buffer), the dynamic
+// shared-memory size of a launch against cudaFuncSetAttribute and the device's limit, threads
+// per block, whole warps at a collective and every lane at the same collective, and deadlock
+// (a __syncthreads some threads never reach).  A fault makes the launch's cudaGetLastError
+// non-zero and isamap_emu_error() says what happened.  Fresh device and shared memory are filled
+// with 0xFF bytes (NaN in every float format) so reads of unwritten memory show in the results.
+// Timing (CUDA events) is host wall-clock time of the emulation: meaningless as GPU time.
+#pragma once
+#define ISAMAP_EMU 1
+#include <ucontext.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+using std::max;
+using std::min;
+using std::isnan;
+using std::isinf;
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+    unsigned x, y, z;
+};
+
+// ---- 16-bit floating point (round to nearest even both ways, as the CUDA intrinsics) ----
+struct __half {
+    _Float16 v;
+    __half() = default;
+    __half(float f) : v((_Float16)f) {}
+    operator float() const { return (float)v; }
+};
+struct __nv_bfloat16 {
+    uint16_t bits;
+    __nv_bfloat16() = default;
+    __nv_bfloat16(float f) {
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        if (std::isnan(f)) bits = (uint16_t)((u >> 16) | 0x40u);
+        else bits = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+    operator float() const {
+        uint32_t u = (uint32_t)bits << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    }
+};
+inline float __half2float(__half h) { return (float)h; }
+inline __half __float2half(float f) { return __half(f); }
+inline float __bfloat162float(__nv_bfloat16 h) { return (float)h; }
+inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
+inline uint32_t __float_as_uint(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float __uint_as_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline float atomicAdd(float* p, float v) {  // fibers of one OS thread: a plain update is atomic
+    float old = *p;
+    *p = old + v;
+    return old;
+}
+// CUDA math functions the host library lacks
+inline float exp10f(float x) { return std::pow(10.0f, x); }
+inline double exp10(double x) { return std::pow(10.0, x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float rcbrtf(float x) { return 1.0f / std::cbrt(x); }
+inline float sinpif(float x) { return std::sin((float)M_PI * x); }
+inline float cospif(float x) { return std::cos((float)M_PI * x); }
+inline float normcdff(float x) { return 0.5f * std::erfc(-x / std::sqrt(2.0f)); }
+inline float fdividef(float a, float b) { return a / b; }
+
+// ---- the runtime API the generated host code uses ----
+typedef int cudaError_t;
+typedef int cudaStream_t;
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorLaunchFailure = 719 };
+enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+namespace isamap_emu {
+
+constexpr int kStack = 256 * 1024;
+constexpr int kMaxThreads = 1024;
+constexpr long kDefaultSmem = 48 * 1024;
+constexpr long kMaxSmem = 227 * 1024;  // sm_90's opt-in limit per block
+
+struct Copy {
+    void* dst;
+    const void* src;
+    int bytes, src_bytes;
+};
+
+struct Fiber {
+    ucontext_t ctx;
+    uint3 tid;
+    int lin = 0;
+    bool done = false;
+    std::vector<Copy> open;               // cp.async not yet committed
+    std::deque<std::vector<Copy>> groups;  // committed, not yet waited for
+};
+
+struct Slot {
+    int op;
+    const void* in;
+    void* out;
+};
+
+struct Warp {
+    Slot slot[32];
+    std::vector<int> waiting;
+};
+
+struct State {
+    std::mutex lock;  // one launch at a time (ctypes callers may be several Python threads)
+    std::vector<Fiber> fibers;
+    std::vector<char*> stacks;
+    std::vector<Warp> warps;
+    std::deque<int> ready;
+    std::vector<int> bar_waiting;
+    ucontext_t sched;
+    Fiber* cur = nullptr;
+    int live = 0, nthreads = 0;
+    uint3 block{0, 0, 0}, bdim{1, 1, 1}, gdim{1, 1, 1};
+    unsigned char* smem = nullptr;
+    long smem_bytes = 0;
+    std::function<void()> body;
+    std::map<uintptr_t, size_t> allocs;
+    std::map<const void*, long> smem_attr;
+    int error = 0;
+    std::string message;
+};
+
+inline State& st() {
+    static State s;
+    return s;
+}
+
+inline void fault(const std::string& what) {
+    State& s = st();
+    if (!s.error) {
+        char where[160];
+        std::snprintf(where, sizeof where, " (block %u,%u,%u thread %u,%u,%u)", s.block.x, s.block.y, s.block.z,
+                      s.cur ? s.cur->tid.x : 0, s.cur ? s.cur->tid.y : 0, s.cur ? s.cur->tid.z : 0);
+        s.message = what + where;
+    }
+    s.error = cudaErrorLaunchFailure;
+}
+
+inline Fiber* cur() { return st().cur; }
+
+inline void park() {
+    State& s = st();
+    swapcontext(&s.cur->ctx, &s.sched);
+}
+
+inline void wake(std::vector<int>& who, int except) {
+    State& s = st();
+    for (int i : who)
+        if (i != except) s.ready.push_back(i);
+    who.clear();
+}
+
+inline void syncthreads() {
+    State& s = st();
+    s.bar_waiting.push_back(s.cur->lin);
+    if ((int)s.bar_waiting.size() == s.live) wake(s.bar_waiting, s.cur->lin);
+    else park();
+}
+
+// A warp-collective operation: `in` and `out` are this lane's operands; the last lane to arrive
+// runs `compute` on every lane's slot.
+template <typename F>
+inline void collective(int op, const void* in, void* out, F&& compute) {
+    State& s = st();
+    int lin = s.cur->lin, w = lin / 32, lane = lin % 32;
+    if ((w + 1) * 32 > s.nthreads) {
+        fault("warp-collective instruction in a partial warp (threads per block not a multiple of 32)");
+        return;
+    }
+    Warp& wp = s.warps[w];
+    wp.slot[lane] = Slot{op, in, out};
+    wp.waiting.push_back(lin);
+    if ((int)wp.waiting.size() < 32) {
+        park();
+        return;
+    }
+    for (int l = 1; l < 32; ++l)
+        if (wp.slot[l].op != wp.slot[0].op) {
+            fault("lanes of one warp at different collective instructions (divergence)");
+            wake(wp.waiting, lin);
+            return;
+        }
+    compute(wp.slot);
+    wake(wp.waiting, lin);
+}
+
+inline bool in_smem(const void* p, int bytes) {
+    State& s = st();
+    const unsigned char* c = (const unsigned char*)p;
+    return c >= s.smem && c + bytes <= s.smem + s.smem_bytes;
+}
+
+inline bool in_global(const void* p, int bytes) {
+    State& s = st();
+    uintptr_t a = (uintptr_t)p;
+    auto it = s.allocs.upper_bound(a);
+    if (it == s.allocs.begin()) return false;
+    --it;
+    return a + bytes <= it->first + it->second;
+}
+
+inline void land(const std::vector<Copy>& g) {
+    for (const Copy& c : g) {
+        if (c.src_bytes) std::memcpy(c.dst, c.src, c.src_bytes);
+        if (c.bytes > c.src_bytes) std::memset((char*)c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    }
+}
+
+inline void fiber_main() {
+    State& s = st();
+    s.body();
+    Fiber* f = s.cur;
+    for (auto& g : f->groups) land(g);
+    land(f->open);
+    f->done = true;
+    s.live--;
+    if (!s.bar_waiting.empty() && (int)s.bar_waiting.size() == s.live) wake(s.bar_waiting, -1);
+    for (Warp& w : s.warps)
+        if (!w.waiting.empty() && (f->lin / 32) == (int)(&w - s.warps.data())) {
+            fault("a thread exited while the rest of its warp waited at a collective instruction");
+            wake(w.waiting, -1);
+        }
+}
+
+inline void run_block() {
+    State& s = st();
+    s.ready.clear();
+    s.bar_waiting.clear();
+    s.live = s.nthreads;
+    for (int i = 0; i < s.nthreads; ++i) {
+        Fiber& f = s.fibers[i];
+        f.lin = i;
+        f.tid = uint3{(unsigned)(i % s.bdim.x), (unsigned)((i / s.bdim.x) % s.bdim.y),
+                      (unsigned)(i / (s.bdim.x * s.bdim.y))};
+        f.done = false;
+        f.open.clear();
+        f.groups.clear();
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = s.stacks[i];
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = &s.sched;
+        makecontext(&f.ctx, (void (*)())fiber_main, 0);
+        s.ready.push_back(i);
+    }
+    for (Warp& w : s.warps) w.waiting.clear();
+    std::memset(s.smem, 0xFF, s.smem_bytes);
+    while (!s.ready.empty()) {
+        int i = s.ready.front();
+        s.ready.pop_front();
+        s.cur = &s.fibers[i];
+        swapcontext(&s.sched, &s.cur->ctx);
+    }
+    s.cur = nullptr;
+    if (s.live > 0) {
+        char m[200];
+        std::snprintf(m, sizeof m, "deadlock: %d of %d threads never finished (%zu waiting at __syncthreads)",
+                      s.live, s.nthreads, s.bar_waiting.size());
+        fault(m);
+    }
+}
+
+template <typename F>
+struct Launch {
+    F* fn;
+    dim3 grid, block;
+    size_t smem;
+    template <typename... A>
+    void operator()(A... args) {
+        State& s = st();
+        std::lock_guard<std::mutex> g(s.lock);
+        int n = (int)(block.x * block.y * block.z);
+        long limit = kDefaultSmem;
+        auto at = s.smem_attr.find((const void*)fn);
+        if (at != s.smem_attr.end()) limit = std::max(limit, at->second);
+        if (n < 1 || n > kMaxThreads) {
+            fault("launch with " + std::to_string(n) + " threads per block (1 to 1024 allowed)");
+            return;
+        }
+        if ((long)smem > limit) {
+            fault("launch with " + std::to_string(smem) + " bytes of dynamic shared memory, more than the " +
+                  std::to_string(limit) + " allowed (cudaFuncSetAttribute raises the limit)");
+            return;
+        }
+        if (grid.y > 65535 || grid.z > 65535 || grid.x < 1 || grid.y < 1 || grid.z < 1) {
+            fault("invalid grid dimensions");
+            return;
+        }
+        s.nthreads = n;
+        s.bdim = uint3{block.x, block.y, block.z};
+        s.gdim = uint3{grid.x, grid.y, grid.z};
+        while ((int)s.stacks.size() < n) s.stacks.push_back((char*)std::malloc(kStack));
+        if ((int)s.fibers.size() < n) s.fibers.resize(n);
+        s.warps.assign((n + 31) / 32, Warp());
+        s.smem_bytes = (long)smem;
+        s.smem = (unsigned char*)std::aligned_alloc(128, ((smem + 127) / 128) * 128 + 128);
+        s.body = [&]() { fn(args...); };
+        for (unsigned z = 0; z < grid.z && !s.error; ++z)
+            for (unsigned y = 0; y < grid.y && !s.error; ++y)
+                for (unsigned x = 0; x < grid.x && !s.error; ++x) {
+                    s.block = uint3{x, y, z};
+                    run_block();
+                }
+        std::free(s.smem);
+        s.smem = nullptr;
+        s.body = nullptr;
+    }
+};
+
+template <typename F>
+Launch<F> launch(F* fn, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = 0) {
+    return Launch<F>{fn, grid, block, smem};
+}
+
+}  // namespace isamap_emu
+
+#define threadIdx (isamap_emu::st().cur->tid)
+#define blockIdx (isamap_emu::st().block)
+#define blockDim (isamap_emu::st().bdim)
+#define gridDim (isamap_emu::st().gdim)
+
+inline void __syncthreads() { isamap_emu::syncthreads(); }
+
+inline cudaError_t cudaMalloc(void** p, size_t n) {
+    size_t r = ((n + 255) / 256) * 256;
+    *p = std::aligned_alloc(256, r ? r : 256);
+    if (!*p) return cudaErrorMemoryAllocation;
+    std::memset(*p, 0xFF, r ? r : 256);
+    isamap_emu::st().allocs[(uintptr_t)*p] = n;
+    return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* p) {
+    isamap_emu::st().allocs.erase((uintptr_t)p);
+    std::free(p);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+    std::memcpy(d, s, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemset(void* p, int v, size_t n) {
+    std::memset(p, v, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { return cudaMemset(p, v, n); }
+inline cudaError_t cudaDeviceSynchronize() { return isamap_emu::st().error; }
+inline cudaError_t cudaGetLastError() {
+    int e = isamap_emu::st().error;
+    isamap_emu::st().error = 0;
+    return e;
+}
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F* fn, cudaFuncAttribute, int value) {
+    if (value > isamap_emu::kMaxSmem) return cudaErrorInvalidValue;
+    isamap_emu::st().smem_attr[(const void*)fn] = value;
+    return cudaSuccess;
+}
+struct isamap_emu_event {
+    std::chrono::steady_clock::time_point t;
+};
+typedef isamap_emu_event* cudaEvent_t;
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
+    *e = new isamap_emu_event;
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = 0) {
+    e->t = std::chrono::steady_clock::now();
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t z) {
+    *ms = std::chrono::duration<float, std::milli>(z->t - a->t).count();
+    return cudaSuccess;
+}
+
+extern "C" const char* isamap_emu_error() { return isamap_emu::st().message.c_str(); }
+
+// ---- the PTX instructions tiles.cuh wraps, by their semantics ----
+namespace isamap {
+
+template <int BYTES>
+inline void cp_async(void* dst, const void* src, bool full) {
+    using namespace isamap_emu;
+    if (!in_smem(dst, BYTES) || (uintptr_t)dst % BYTES) fault("cp.async: destination outside shared memory or misaligned");
+    else if (full && (uintptr_t)src % BYTES) fault("cp.async: source address not aligned to the copy size");
+    else if (full && !in_global(src, BYTES)) fault("cp.async: source outside every device buffer");
+    else cur()->open.push_back(Copy{dst, src, BYTES, full ? BYTES : 0});
+}
+inline void cp_commit() {
+    isamap_emu::Fiber* f = isamap_emu::cur();
+    f->groups.push_back(std::move(f->open));
+    f->open.clear();
+}
+template <int N>
+inline void cp_wait() {
+    isamap_emu::Fiber* f = isamap_emu::cur();
+    while ((int)f->groups.size() > N) {
+        isamap_emu::land(f->groups.front());
+        f->groups.pop_front();
+    }
+}
+
+inline uint16_t emu_b16(const void* row, int col) {
+    uint16_t v;
+    std::memcpy(&v, (const char*)row + 2 * col, 2);
+    return v;
+}
+
+// ldmatrix.m8n8.xN(.trans).b16: lane 8j+r gives the address of row r of matrix j; lane t receives
+// matrix j's elements (t/4, 2(t%4)) and (t/4, 2(t%4)+1) in register j (low half first), or with
+// .trans the elements (2(t%4), t/4) and (2(t%4)+1, t/4).
+template <int NM, bool TRANS>
+inline void emu_ldsm(unsigned* r, const void* p) {
+    using namespace isamap_emu;
+    if (!in_smem(p, 16) || (uintptr_t)p % 16) {
+        fault("ldmatrix: row address outside shared memory or not 16-byte aligned");
+        p = st().smem;
+    }
+    collective(100 + NM * 2 + TRANS, p, r, [](Slot* s) {
+        for (int t = 0; t < 32; ++t) {
+            unsigned* out = (unsigned*)s[t].out;
+            for (int j = 0; j < NM; ++j) {
+                int g = t / 4, c = 2 * (t % 4);
+                uint16_t lo, hi;
+                if (TRANS) {
+                    lo = emu_b16(s[j * 8 + c].in, g);
+                    hi = emu_b16(s[j * 8 + c + 1].in, g);
+                } else {
+                    lo = emu_b16(s[j * 8 + g].in, c);
+                    hi = emu_b16(s[j * 8 + g].in, c + 1);
+                }
+                out[j] = (unsigned)lo | ((unsigned)hi << 16);
+            }
+        }
+    });
+}
+inline void ldsm_x4(unsigned (&r)[4], const void* p) { emu_ldsm<4, false>(r, p); }
+inline void ldsm_x4_t(unsigned (&r)[4], const void* p) { emu_ldsm<4, true>(r, p); }
+inline void ldsm_x2(unsigned (&r)[2], const void* p) { emu_ldsm<2, false>(r, p); }
+inline void ldsm_x2_t(unsigned (&r)[2], const void* p) { emu_ldsm<2, true>(r, p); }
+
+template <typename T>
+inline float emu_unpack(unsigned reg, int half) {
+    T v;
+    uint16_t b = (uint16_t)(reg >> (16 * half));
+    std::memcpy(&v, &b, 2);
+    return (float)v;
+}
+
+struct MmaLane {
+    const unsigned* a;
+    unsigned b0, b1;
+    float* c;
+};
+
+// mma.sync.m16n8k16.row.col, float32 accumulators.  Lane t, g = t/4, q = t%4: a0..a3 hold
+// A(g, 2q..2q+1), A(g+8, 2q..), A(g, 2q+8..), A(g+8, 2q+8..); b0, b1 hold B(2q..2q+1, g),
+// B(2q+8..2q+9, g); c0..c3 are C(g, 2q), C(g, 2q+1), C(g+8, 2q), C(g+8, 2q+1).
+template <typename T>
+inline void emu_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    MmaLane me{a, b0, b1, c};
+    isamap_emu::collective(200 + (int)sizeof(T), &me, nullptr, [](isamap_emu::Slot* s) {
+        float A[16][16], B[16][8], C[16][8];
+        for (int t = 0; t < 32; ++t) {
+            const MmaLane& l = *(const MmaLane*)s[t].in;
+            int g = t / 4, q = 2 * (t % 4);
+            for (int h = 0; h < 2; ++h) {
+                A[g][q + h] = emu_unpack<T>(l.a[0], h);
+                A[g + 8][q + h] = emu_unpack<T>(l.a[1], h);
+                A[g][q + 8 + h] = emu_unpack<T>(l.a[2], h);
+                A[g + 8][q + 8 + h] = emu_unpack<T>(l.a[3], h);
+                B[q + h][g] = emu_unpack<T>(l.b0, h);
+                B[q + 8 + h][g] = emu_unpack<T>(l.b1, h);
+            }
+            C[g][q] = l.c[0];
+            C[g][q + 1] = l.c[1];
+            C[g + 8][q] = l.c[2];
+            C[g + 8][q + 1] = l.c[3];
+        }
+        for (int t = 0; t < 32; ++t) {
+            const MmaLane& l = *(const MmaLane*)s[t].in;
+            int g = t / 4, q = 2 * (t % 4);
+            for (int e = 0; e < 4; ++e) {
+                int row = g + (e >> 1) * 8, col = q + (e & 1);
+                float acc = C[row][col];
+                for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+                l.c[e] = acc;
+            }
+        }
+    });
+}
+inline void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __half) {
+    emu_mma<__half>(c, a, b0, b1);
+}
+inline void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __nv_bfloat16) {
+    emu_mma<__nv_bfloat16>(c, a, b0, b1);
+}
+
+}  // namespace isamap

@@ -1,0 +1,152 @@
+"""The cuda backend's generated code, run on the host CPU's functional emulator (emu.h):
+results against the reference interpreter for every kernel and every block tiling, and the
+emulator itself (it must catch the bugs a GPU would show, and say what went wrong)."""
+import ctypes
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import compiler
+import hw_models
+import ir.interp
+import kernels
+from compiler import cli
+from compiler.backends.cuda import gemm as cuda_gemm
+from compiler.backends.cuda.emulate import build_together, compile_emulated, compiler_exe, host_source
+from compiler.backends.cuda.scalar import plans
+from compiler.bench.gemm import gemm_source
+from compiler.checking import compare, random_inputs
+from ir.bind import bind
+from schedulers.gpu_tiles import FMA_SHAPES, TC_SHAPES, GpuTiling
+
+from helpers import sizes_for
+
+pytestmark = pytest.mark.skipif(compiler_exe() is None, reason="no host C++ compiler")
+
+T = hw_models.load("cuda")
+
+
+def _check(cases):
+    bad = []
+    for (k, b, _, g), ck in zip(cases, build_together(cases)):
+        ins = random_inputs(k, b, seed=sum(b.sizes.values()))
+        out, _ = ck(ins)
+        ok, err, per = compare(out, ir.interp.run(k, ins, b.sizes))
+        if not ok:
+            bad.append((k.name, dict(b.sizes), g[0].tiling.describe() if g else "model's tiling", err))
+    assert not bad, bad
+
+
+def test_every_kernel_matches_the_interpreter():
+    cases = []
+    for name in kernels.names():
+        k = compiler.parse(kernels.path(name)).kernel()
+        for base in (8, 7, 1):
+            cases.append((k, bind(k, sizes_for(k, base)), T, None))
+    _check(cases)
+
+
+def _gemm_case(it, a_t, b_t, m, n, k, tiling=None):
+    kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
+    b = bind(kern, dict(M=m, N=n, K=k))
+    (p,) = plans(kern, b, T).values()
+    return kern, b, T, {0: cuda_gemm.with_tiling(p, T, tiling)}
+
+
+def test_every_block_tiling_in_every_dtype_and_layout():
+    """Each tile shape the model may pick, with 2-4 stages and split-K, on edges that leave
+    remainders in every dimension (rows, columns and the reduction)."""
+    rnd = random.Random(0)
+    cases = []
+    for it in ("half", "bfloat16", "float"):
+        for a_t, b_t in itertools.product((False, True), repeat=2):
+            for i, (bm, bn, wm, wn) in enumerate(TC_SHAPES if it != "float" else FMA_SHAPES):
+                m = max(1, bm + rnd.choice([-3, 1, 5, bm + 1]))
+                n = max(1, bn + rnd.choice([-1, 3, 7]))
+                k = rnd.choice([47, 100, 257])
+                tl = GpuTiling(bm, bn, 32 if it != "float" else 16, wm, wn, (2, 3, 4)[i % 3] if it != "float" else 2,
+                               (1, 2, 3)[i % 3])
+                cases.append(_gemm_case(it, a_t, b_t, m, n, k, tl))
+    _check(cases)
+
+
+@settings(max_examples=6, deadline=None)
+@given(it=st.sampled_from(["half", "bfloat16", "float"]), a_t=st.booleans(), b_t=st.booleans(),
+       m=st.integers(1, 300), n=st.integers(1, 300), k=st.integers(1, 700))
+def test_the_models_tiling_on_random_shapes(it, a_t, b_t, m, n, k):
+    _check([_gemm_case(it, a_t, b_t, m, n, k)])
+
+
+MUTATIONS = {  # a bug the tiled path could have -> it must change the result
+    "stage read before its copies land": ("cp_wait<STAGES - 2>();", ""),
+    "no barrier before a stage is refilled": ("cp_wait<STAGES - 2>();\n            __syncthreads();",
+                                              "cp_wait<STAGES - 2>();"),
+    "A fragment rows and columns swapped": ("(m + r + (j & 1) * 8) * A_C + kk + (j >> 1) * 8",
+                                            "(m + r + (j >> 1) * 8) * A_C + kk + (j & 1) * 8"),
+    "B fragments of two n tiles mixed": ("bf[ni][0] = q[0]; bf[ni][1] = q[1]; bf[ni + 1][0] = q[2]",
+                                         "bf[ni][0] = q[0]; bf[ni][1] = q[2]; bf[ni + 1][0] = q[1]"),
+}
+
+
+@pytest.mark.parametrize("what", MUTATIONS)
+def test_the_emulator_catches_a_broken_tile(what, monkeypatch):
+    old, new = MUTATIONS[what]
+    text = cuda_gemm.tiles_header()
+    assert old in text
+    monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
+    case = _gemm_case("half", False, False, 130, 70, 200, GpuTiling(128, 64, 32, 64, 32, 3))
+    (ck,) = build_together([case])
+    k, b = case[0], case[1]
+    ins = random_inputs(k, b, seed=3)
+    out, _ = ck(ins)
+    ok, _, _ = compare(out, ir.interp.run(k, ins, b.sizes))
+    assert not ok
+
+
+def _fault(body: str) -> str:
+    """Run ``body`` (CUDA C with a kernel launched from ``go``) on the emulator: the error message."""
+    lib = ctypes.CDLL(str(compile_emulated(host_source(body))))
+    lib.isamap_emu_error.restype = ctypes.c_char_p
+    assert lib.go() != 0
+    return lib.isamap_emu_error().decode()
+
+
+def test_lanes_waiting_on_each_other_are_a_deadlock():
+    msg = _fault("""__global__ void k() { float c[4] = {0, 0, 0, 0}; unsigned a[4] = {0, 0, 0, 0};
+    if (threadIdx.x % 32 == 0) __syncthreads(); else isamap::mma16816(c, a, 0u, 0u, __half()); }
+extern "C" int go() { k<<<1, 64>>>(); return cudaGetLastError(); }""")
+    assert "deadlock" in msg
+
+
+def test_misaligned_ldmatrix_and_launch_limits():
+    ld = _fault("""__global__ void k() { extern __shared__ __align__(16) unsigned char sm[]; unsigned r[4];
+    isamap::ldsm_x4(r, sm + 8 * (threadIdx.x % 2)); }
+extern "C" int go() { k<<<1, 32, 1024>>>(); return cudaGetLastError(); }""")
+    assert "ldmatrix" in ld and "aligned" in ld
+    big = _fault("""__global__ void k() {}
+extern "C" int go() { k<<<1, 32, 64 * 1024>>>(); return cudaGetLastError(); }""")
+    assert "cudaFuncSetAttribute" in big
+    part = _fault("""__global__ void k() { float c[4] = {0, 0, 0, 0}; unsigned a[4] = {0, 0, 0, 0};
+    isamap::mma16816(c, a, 0u, 0u, __half()); }
+extern "C" int go() { k<<<1, 48>>>(); return cudaGetLastError(); }""")
+    assert "partial warp" in part
+
+
+def test_cp_async_from_outside_device_memory():
+    msg = _fault("""__global__ void k(const __half* g) { extern __shared__ __align__(16) unsigned char sm[];
+    isamap::cp_async<16>(sm, g + 64, true); isamap::cp_commit(); isamap::cp_wait<0>(); }
+extern "C" int go() { void* d; cudaMalloc(&d, 128); k<<<1, 32, 256>>>((const __half*)d); return cudaGetLastError(); }""")
+    assert "cp.async" in msg and "outside" in msg
+
+
+def test_run_emulate_from_the_command_line(capsys, monkeypatch):
+    monkeypatch.setenv("ISAMAP_CUDA", "")  # --emulate sets it: restored after the test
+    assert cli.main(["run", "kernels/gemm_bf16.tc", "--target", "cuda", "--sizes", "M=100,N=37,K=24", "--check",
+                     "--emulate"]) == 0
+    out = capsys.readouterr().out
+    assert "emulated on the CPU" in out and "PASS" in out
+    assert cli.main(["run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=4,N=4,K=4", "--emulate"]) == 1
+    assert "not one" in capsys.readouterr().err
