@@ -33,9 +33,12 @@ class GpuTiling:
     stages: int
     splits: int = 1
     predicted: float = 0.0
+    wgmma: bool = False  # Hopper warpgroup MMA: wm = 64 rows per warpgroup, wn = bn, bk = 64
 
     @property
     def threads(self) -> int:
+        if self.wgmma:
+            return (self.bm // 64) * 128
         return (self.bm // self.wm) * (self.bn // self.wn) * (32 if self.tensor_cores else 1)
 
     @property
@@ -45,6 +48,8 @@ class GpuTiling:
     def smem_bytes(self, itemsize: int, a_kmajor: bool | None = None, b_kmajor: bool | None = None) -> int:
         """Shared memory of the block: a ring of padded A and B slabs (tiles.cuh's layout: rows
         along the operand's contiguous dimension, plus 8 elements); unknown layouts: the larger."""
+        if self.wgmma:  # swizzled slabs, no padding; + 1 KiB to align the first to the swizzle period
+            return self.stages * (self.bm + self.bn) * self.bk * itemsize + 1024
         if not self.tensor_cores:
             return 2 * self.bk * (self.bm + self.bn) * 4
 
@@ -54,7 +59,9 @@ class GpuTiling:
         return self.stages * (slab(self.bm, a_kmajor) + slab(self.bn, b_kmajor)) * itemsize
 
     def describe(self) -> str:
-        kind = (f"warp tiles {self.wm}x{self.wn} of mma 16x8x16, {self.stages}-stage cp.async ring"
+        kind = (f"warpgroup tiles 64x{self.bn} of wgmma m64n{self.bn}k16 on 128-byte-swizzled slabs, "
+                f"{self.stages}-stage cp.async ring" if self.wgmma else
+                f"warp tiles {self.wm}x{self.wn} of mma 16x8x16, {self.stages}-stage cp.async ring"
                 if self.tensor_cores else f"thread tiles {self.wm}x{self.wn} FFMA, double-buffered")
         split = f", split-K x{self.splits} (atomic float adds)" if self.splits > 1 else ""
         return f"blocks {self.bm}x{self.bn}x{self.bk} ({self.threads} threads), {kind}{split}"
@@ -109,3 +116,20 @@ def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: b
                     best = (key, GpuTiling(bm, bn, bk, wm, wn, stages, splits, cycles))
     assert best is not None
     return best[1]
+
+
+def choose_wgmma(t, m: int, n: int, k: int, batch: int, itemsize: int, instr_n: int) -> GpuTiling | None:
+    """A warpgroup-MMA tiling (BN = the instruction's N, BM = 128 or 64, BK = 64, as many ring
+    stages as fit, up to 5), or None where the output tiles would leave SMs idle or the
+    problem is smaller than one instruction (the mma.sync path, with split-K, does better)."""
+    if m < 64 or n < instr_n // 2 or k < 64:
+        return None
+    bm = 128 if m >= 128 else 64
+    if -(-m // bm) * -(-n // instr_n) * batch < max(1, t.cores) // 2:
+        return None
+    cap = next((x.capacity for x in t.memories if x.name == "smem"), 48 * 1024)
+    for stages in (5, 4, 3):
+        tl = GpuTiling(bm, instr_n, 64, 64, instr_n, stages, 1, 0.0, True)
+        if tl.smem_bytes(itemsize) <= cap:
+            return tl
+    return None

@@ -1,6 +1,6 @@
 """Check and time the cuda backend on a machine with an NVIDIA GPU, in one call.
 
-    python scripts/gpu_check.py [--out DIR] [--sweep] [--quick]
+    python scripts/gpu_check.py [--target cuda-h100-wgmma] [--out DIR] [--sweep]
 
 1. correctness: GEMMs in fp16 / bf16 / fp32, all four transposition forms, divisible and
    awkward sizes (1, primes, remainders, split-K), each against a float64 numpy product;
@@ -35,6 +35,7 @@ from schedulers.gpu_tiles import TC_SHAPES, GpuTiling  # noqa: E402
 
 SIZES = [(1, 1, 1), (7, 5, 3), (16, 8, 16), (100, 37, 24), (129, 17, 257), (64, 64, 64), (1760, 16, 1760),
          (5124, 9, 500), (256, 1024, 72), (33, 300, 1000)]
+WGMMA_SIZES = [(2048, 1024, 512), (2000, 1032, 520)]  # enough tiles for the model to pick wgmma (cuda-h100-wgmma)
 NP = {"half": np.float16, "bfloat16": np.float32, "float": np.float32}
 
 
@@ -53,8 +54,9 @@ def case_name(c) -> str:
 
 def correctness(t, out: list, only: str | None = None) -> int:
     bad = 0
+    sizes = SIZES + (WGMMA_SIZES if any("wgmma" in i.name for i in t.instrs) else [])
     cases = [(it, at, bt, s) for it in ("half", "bfloat16", "float") for at in (False, True) for bt in (False, True)
-             for s in SIZES]
+             for s in sizes]
     if only:
         cases = [c for c in cases if case_name(c) == only]
     built = {}
@@ -94,6 +96,13 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         base = plans(kern, b, t)[0]
         chosen = base.tiling
         options = [chosen]
+        if base.wgmma is not None:  # warpgroup-MMA tilings: 64 or 128 rows, N of 128 or 256, 3-6 ring stages
+            smem = next(x.capacity for x in t.memories if x.name == "smem")
+            for bm, bn in ((128, 128), (64, 128), (128, 256), (64, 256)):
+                for stages in (3, 4, 5, 6):
+                    tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True)
+                    if tl.smem_bytes(2) <= smem and bn <= 2 * n:
+                        options.append(tl)
         for bm, bn, wm, wn in TC_SHAPES:
             for stages in (3, 4):
                 for splits in (1, 2, 4, 8):
@@ -115,19 +124,27 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
             results = list(ex.map(build, options))
         rng = np.random.default_rng(0)
         A, B = operands(rng, "half", m, n, k, a_t, b_t)
+        from compiler.bench.gemm import _event_times, _torch_cuda
+        torch = _torch_cuda()
+        ref = None
+        if torch is not None:  # float32 product on the GPU (no TF32): every option's result is checked
+            fa, fb = torch.from_numpy(A.astype(np.float32)).cuda(), torch.from_numpy(B.astype(np.float32)).cuda()
+            ref = ((fa.t() if a_t else fa) @ (fb.t() if b_t else fb)).cpu().numpy()
         rows = []
         for tl, kc, err in results:
             if kc is None:
                 rows.append((float("inf"), tl, err))
                 continue
-            _, one = kc({"A": A, "B": B})
+            res, one = kc({"A": A, "B": B})
+            if ref is not None:
+                rel = float(np.linalg.norm(res["C"] - ref) / max(np.linalg.norm(ref), 1e-30))
+                if not rel <= 1e-3:
+                    err = f"WRONG RESULT (rel.err {rel:.1e})"
             inner = int(min(200, max(1, 2e-3 / max(one, 1e-7))))
             _, ts = kc.time({"A": A, "B": B}, reps=7, inner=inner)
-            rows.append((statistics.median(ts), tl, None))
+            rows.append((statistics.median(ts), tl, err))
         rows.sort(key=lambda r: r[0])
         flops = 2 * m * n * k
-        from compiler.bench.gemm import _event_times, _torch_cuda
-        torch = _torch_cuda()
         if torch is not None:
             ta, tb = torch.from_numpy(A).cuda(), torch.from_numpy(B).cuda()
             ta, tb = (ta.t() if a_t else ta), (tb.t() if b_t else tb)
@@ -138,9 +155,10 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         head = f"# sweep {m}x{n}x{k}: model's choice {chosen.describe()}"
         print(head)
         out.append(head)
-        for sec, tl, err in rows[:8] + [r for r in rows if r[1] == chosen]:
+        for sec, tl, err in rows[:8] + [r for r in rows[8:] if r[1] == chosen or r[2]]:
             line = (f"  {'*' if tl == chosen else ' '} {sec * 1e6:9.1f} us {flops / sec / 1e12:7.1f} TFLOP/s  "
-                    f"{tl.bm}x{tl.bn} w{tl.wm}x{tl.wn} s{tl.stages} split{tl.splits}" + (f" ERR {err}" if err else ""))
+                    f"{tl.bm}x{tl.bn} w{tl.wm}x{tl.wn} s{tl.stages} split{tl.splits}" + (" wgmma" if tl.wgmma else "")
+                    + (f" ERR {err}" if err else ""))
             print(line, flush=True)
             out.append(line)
 
@@ -176,8 +194,10 @@ def main() -> int:
     ap.add_argument("--shapes", default="1760x128x1760,2048x32x2048,5124x16x2048,4096x4096x4096,2560x64x2560",
                     help="sweep shapes MxNxK[,...]; append :TN etc. for transposed operands")
     ap.add_argument("--only", help="one correctness case, e.g. half,NT,129,17,257")
+    ap.add_argument("--target", default="cuda", help="cuda (A100 figures, mma.sync), cuda-h100 or cuda-h100-wgmma (H100/H200; "
+                    "the latter adds the wgmma path and its cases)")
     a = ap.parse_args()
-    t = hw_models.load("cuda")
+    t = hw_models.load(a.target)
     out: list[str] = []
     t0 = time.time()
     if a.debug:

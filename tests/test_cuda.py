@@ -11,7 +11,7 @@ import ir.interp
 import kernels
 from compiler import cli
 from compiler.backends.cuda import cuda_source
-from compiler.backends.cuda.runtime import compile_source, gpu_present
+from compiler.backends.cuda.runtime import compile_source, gencode, gpu_present
 from compiler.backends.cuda.gemm import tiles_header
 from compiler.backends.cuda.scalar import PRELUDE
 from compiler.checking import compare, random_inputs
@@ -31,8 +31,8 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
         parts.append(cuda_source(k, bind(k, sizes_for(k, 7)), prefix=f"{name}_", prelude=False, t=t))
     cu = tmp_path / "all.cu"
     cu.write_text("\n".join(parts))
-    r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "all.o"), "-gencode", "arch=compute_80,code=sm_80",
-                        "-gencode", "arch=compute_90,code=sm_90", str(cu)], capture_output=True, text=True)
+    r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "all.o")] + gencode("80") + gencode("90") + [str(cu)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -69,10 +69,10 @@ def test_every_kernel_on_the_gpu(name):
         assert ok, (name, base, per)
 
 
-def _plans(src_or_name, sizes):
+def _plans(src_or_name, sizes, target="cuda"):
     from compiler.backends.cuda.scalar import plans
     k = compiler.parse(kernels.path(src_or_name) if src_or_name in kernels.names() else src_or_name).kernel()
-    return plans(k, bind(k, sizes), hw_models.load("cuda"))
+    return plans(k, bind(k, sizes), hw_models.load(target))
 
 
 @pytest.mark.parametrize("it,instr", [("half", "mma_16816"), ("bfloat16", "mma_16816_bf16"), ("float", "ffma_bcast")])
@@ -121,7 +121,7 @@ def test_tiling_model_splits_the_reduction_only_where_cores_would_idle():
 def test_tiled_variants_compile(tmp_path):
     """Every dtype x layout with awkward sizes (remainders, unaligned rows, split-K), one nvcc run."""
     from compiler.bench.gemm import gemm_source
-    t = hw_models.load("cuda")
+    t, h100 = hw_models.load("cuda"), hw_models.load("cuda-h100-wgmma")
     parts = [PRELUDE, tiles_header()]
     i = 0
     for it in ("half", "bfloat16", "float"):
@@ -131,9 +131,17 @@ def test_tiled_variants_compile(tmp_path):
                     kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
                     parts.append(cuda_source(kern, bind(kern, dict(M=m, N=n, K=k)), prefix=f"v{i}_", prelude=False, t=t))
                     i += 1
+                if it != "float":  # Hopper's wgmma path (cuda-h100-wgmma), aligned and ragged
+                    for m, n, k in ((4096, 4096, 4096), (2000, 1032, 520)):
+                        kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
+                        b = bind(kern, dict(M=m, N=n, K=k))
+                        assert _plans(gemm_source(it, "float", a_t, b_t), dict(M=m, N=n, K=k),
+                                      "cuda-h100-wgmma")[0].tiling.wgmma
+                        parts.append(cuda_source(kern, b, prefix=f"v{i}_", prelude=False, t=h100))
+                        i += 1
     cu = tmp_path / "variants.cu"
     cu.write_text("\n".join(parts))
-    r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "v.o"), "-gencode", "arch=compute_90,code=sm_90", str(cu)],
+    r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "v.o")] + gencode("90") + [str(cu)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -144,7 +152,7 @@ from hypothesis import strategies as st
 
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 9000), n=st.integers(1, 9000), k=st.integers(1, 600000), batch=st.integers(1, 8),
-       tc=st.booleans(), target=st.sampled_from(["cuda", "cuda-h100"]))
+       tc=st.booleans(), target=st.sampled_from(["cuda", "cuda-h100", "cuda-h100-wgmma"]))
 def test_every_tiling_the_model_picks_is_launchable(m, n, k, batch, tc, target):
     """Whatever the shape: the blocks tile the output, the splits cover the reduction in
     BK-aligned chunks (so 16-byte copies stay aligned), and the block fits the SM."""
@@ -157,3 +165,17 @@ def test_every_tiling_the_model_picks_is_launchable(m, n, k, batch, tc, target):
     kc = -(-(-(-k // tl.splits)) // tl.bk) * tl.bk
     assert kc % tl.bk == 0 and kc * tl.splits >= k and (tl.splits - 1) * kc < k  # no split is empty
     assert batch * tl.splits <= 65535  # gridDim.z
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 9000), n=st.integers(1, 9000), k=st.integers(1, 60000), batch=st.integers(1, 8),
+       wn=st.sampled_from([64, 128, 256]))
+def test_every_wgmma_tiling_the_model_picks_is_launchable(m, n, k, batch, wn):
+    from schedulers.gpu_tiles import choose_wgmma
+    t = hw_models.load("cuda-h100-wgmma")
+    tl = choose_wgmma(t, m, n, k, batch, 2, wn)
+    if tl is None:
+        return
+    assert tl.wgmma and tl.bm % 64 == 0 and tl.bn == wn and tl.bk == 64 and tl.stages >= 3 and tl.splits == 1
+    assert tl.threads == tl.bm // 64 * 128 <= 1024
+    assert tl.smem_bytes(2) <= t.memory("smem").capacity

@@ -150,3 +150,66 @@ def test_run_emulate_from_the_command_line(capsys, monkeypatch):
     assert "emulated on the CPU" in out and "PASS" in out
     assert cli.main(["run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=4,N=4,K=4", "--emulate"]) == 1
     assert "not one" in capsys.readouterr().err
+
+
+H100 = hw_models.load("cuda-h100-wgmma")
+
+
+def _wg(bm, bn, stages):
+    return GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True)
+
+
+def _wgmma_case(it, a_t, b_t, m, n, k, tiling):
+    kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
+    b = bind(kern, dict(M=m, N=n, K=k))
+    (p,) = plans(kern, b, H100).values()
+    return kern, b, H100, {0: cuda_gemm.with_tiling(p, H100, tiling)}
+
+
+def test_wgmma_tiles_in_every_dtype_and_layout():
+    """Hopper's warpgroup MMA on 128-byte-swizzled slabs (K-major and MN-major operands), with
+    edges in every dimension, 3-5 ring stages and N of 64, 128 and 256."""
+    cases = []
+    for it in ("half", "bfloat16"):
+        for a_t, b_t in itertools.product((False, True), repeat=2):
+            for (m, n, k), tl in (((128, 128, 64), _wg(128, 128, 3)), ((200, 136, 200), _wg(128, 128, 4)),
+                                  ((64, 64, 296), _wg(64, 64, 5)), ((72, 256, 136), _wg(64, 256, 3))):
+                cases.append(_wgmma_case(it, a_t, b_t, m, n, k, tl))
+    assert all(c[3][0].instruction.startswith("wgmma") for c in cases)
+    _check(cases)
+
+
+WGMMA_MUTATIONS = {
+    "a slab refilled while a wgmma group still reads it": ("wg_wait<1>();", "wg_wait<2>();"),
+    "K-major chunks stored unswizzled": ("r * 128 + ((c ^ (r & 7)) << 4)", "r * 128 + (c << 4)"),
+    "copies not waited for before the barrier": ("cp_wait<STAGES - 3>();", "cp_wait<STAGES - 2>();"),
+}
+
+
+@pytest.mark.parametrize("what", WGMMA_MUTATIONS)
+def test_the_emulator_catches_a_broken_wgmma_tile(what, monkeypatch):
+    old, new = WGMMA_MUTATIONS[what]
+    text = cuda_gemm.tiles_header()
+    assert old in text
+    monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
+    case = _wgmma_case("half", False, False, 128, 128, 320, _wg(128, 128, 3))
+    (ck,) = build_together([case])
+    k, b = case[0], case[1]
+    ins = random_inputs(k, b, seed=3)
+    out, _ = ck(ins)
+    ok, _, _ = compare(out, ir.interp.run(k, ins, b.sizes))
+    assert not ok
+
+
+def test_the_model_takes_wgmma_only_where_it_fits():
+    def plan(t, m, n, k, it="half", bt=False):
+        kern = compiler.parse(gemm_source(it, "float", False, bt)).kernel()
+        (p,) = plans(kern, bind(kern, dict(M=m, N=n, K=k)), t).values()
+        return p
+    big = plan(H100, 4096, 4096, 4096)
+    assert big.instruction == "wgmma_64n128" and big.tiling.threads == 256
+    assert big.tiling.smem_bytes(2) <= next(x.capacity for x in H100.memories if x.name == "smem")
+    assert plan(H100, 4096, 4096, 4096, "bfloat16", True).instruction == "wgmma_64n128_bf16"
+    assert not plan(H100, 1760, 16, 1760).tiling.wgmma  # small N: mma.sync with split-K
+    assert not plan(H100, 4096, 4096, 4095, bt=True).tiling.wgmma  # rows not 16-byte aligned
+    assert not plan(T, 4096, 4096, 4096).tiling.wgmma  # the A100 target has no wgmma

@@ -34,6 +34,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -145,16 +146,28 @@ struct Slot {
     void* out;
 };
 
-struct Warp {
-    Slot slot[32];
+struct Warp {  // a warp (32 lanes) or a warpgroup (128: wgmma)
+    Slot slot[128];
     std::vector<int> waiting;
+};
+
+struct WgOp {  // one wgmma.mma_async, run when a wgmma.wait_group retires its group
+    int n, ta, tb, scale, bf16;
+    uint64_t da, db;
+    float* d[128];
+};
+
+struct WgQueue {
+    std::vector<WgOp> open;
+    std::deque<std::vector<WgOp>> groups;
 };
 
 struct State {
     std::mutex lock;  // one launch at a time (ctypes callers may be several Python threads)
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
-    std::vector<Warp> warps;
+    std::vector<Warp> warps, wgroups;
+    std::vector<WgQueue> wgq;
     std::deque<int> ready;
     std::vector<int> bar_waiting;
     ucontext_t sched;
@@ -209,22 +222,23 @@ inline void syncthreads() {
 
 // A warp-collective operation: `in` and `out` are this lane's operands; the last lane to arrive
 // runs `compute` on every lane's slot.
-template <typename F>
+template <int G = 32, typename F>
 inline void collective(int op, const void* in, void* out, F&& compute) {
     State& s = st();
-    int lin = s.cur->lin, w = lin / 32, lane = lin % 32;
-    if ((w + 1) * 32 > s.nthreads) {
-        fault("warp-collective instruction in a partial warp (threads per block not a multiple of 32)");
+    int lin = s.cur->lin, w = lin / G, lane = lin % G;
+    if ((w + 1) * G > s.nthreads) {
+        fault(G == 32 ? "warp-collective instruction in a partial warp (threads per block not a multiple of 32)"
+                      : "warpgroup instruction (wgmma) in a partial warpgroup (threads per block not a multiple of 128)");
         return;
     }
-    Warp& wp = s.warps[w];
+    Warp& wp = (G == 32 ? s.warps : s.wgroups)[w];
     wp.slot[lane] = Slot{op, in, out};
     wp.waiting.push_back(lin);
-    if ((int)wp.waiting.size() < 32) {
+    if ((int)wp.waiting.size() < G) {
         park();
         return;
     }
-    for (int l = 1; l < 32; ++l)
+    for (int l = 1; l < G; ++l)
         if (wp.slot[l].op != wp.slot[0].op) {
             fault("lanes of one warp at different collective instructions (divergence)");
             wake(wp.waiting, lin);
@@ -270,6 +284,15 @@ inline void fiber_main() {
             fault("a thread exited while the rest of its warp waited at a collective instruction");
             wake(w.waiting, -1);
         }
+    for (Warp& w : s.wgroups)
+        if (!w.waiting.empty() && (f->lin / 128) == (int)(&w - s.wgroups.data())) {
+            fault("a thread exited while the rest of its warpgroup waited at a wgmma instruction");
+            wake(w.waiting, -1);
+        }
+    if (f->lin % 128 == 127 && (int)s.wgq.size() > f->lin / 128) {
+        WgQueue& q = s.wgq[f->lin / 128];
+        if (!q.open.empty() || !q.groups.empty()) fault("a warpgroup exited with wgmma operations not waited for");
+    }
 }
 
 inline void run_block() {
@@ -293,6 +316,8 @@ inline void run_block() {
         s.ready.push_back(i);
     }
     for (Warp& w : s.warps) w.waiting.clear();
+    for (Warp& w : s.wgroups) w.waiting.clear();
+    for (WgQueue& q : s.wgq) q = WgQueue();
     std::memset(s.smem, 0xFF, s.smem_bytes);
     while (!s.ready.empty()) {
         int i = s.ready.front();
@@ -341,8 +366,10 @@ struct Launch {
         while ((int)s.stacks.size() < n) s.stacks.push_back((char*)std::malloc(kStack));
         if ((int)s.fibers.size() < n) s.fibers.resize(n);
         s.warps.assign((n + 31) / 32, Warp());
+        s.wgroups.assign((n + 127) / 128, Warp());
+        s.wgq.assign((n + 127) / 128, WgQueue());
         s.smem_bytes = (long)smem;
-        s.smem = (unsigned char*)std::aligned_alloc(128, ((smem + 127) / 128) * 128 + 128);
+        s.smem = (unsigned char*)std::aligned_alloc(1024, ((smem + 1023) / 1024) * 1024 + 1024);
         s.body = [&]() { fn(args...); };
         for (unsigned z = 0; z < grid.z && !s.error; ++z)
             for (unsigned y = 0; y < grid.y && !s.error; ++y)
@@ -547,6 +574,115 @@ inline void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigne
 }
 inline void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __nv_bfloat16) {
     emu_mma<__nv_bfloat16>(c, a, b0, b1);
+}
+
+
+// ---- Hopper warpgroup MMA (wgmma) with 128-byte-swizzled shared-memory operands ----
+// The shared window address of a pointer into the block's shared memory: it starts at 16, not
+// at a multiple of 1024, so a kernel that needs 1024-byte-aligned swizzle atoms must align.
+constexpr unsigned kWindow = 16;
+inline unsigned smem_u32(const void* p) {
+    return (unsigned)((const unsigned char*)p - isamap_emu::st().smem) + kWindow;
+}
+inline void fence_proxy_async() {}
+inline void wg_fence() {}
+template <typename T> inline void fence_operand(T&) {}
+
+// The element at a window address, through the 128-byte swizzle (Swizzle<3,4,3>: address bits
+// 4-6 XOR bits 7-9), the way the hardware reads a swizzled operand.
+inline float emu_wg_elem(bool bf16, unsigned addr) {
+    using namespace isamap_emu;
+    unsigned phys = addr ^ (((addr >> 7) & 7u) << 4);
+    const unsigned char* p = st().smem + (long)phys - kWindow;
+    if (phys < kWindow || !in_smem(p, 2)) {
+        fault("wgmma: an operand descriptor reaches outside shared memory");
+        return 0.0f;
+    }
+    uint16_t b;
+    std::memcpy(&b, p, 2);
+    if (bf16) return (float)*(const __nv_bfloat16*)&b;
+    return (float)*(const __half*)&b;
+}
+
+// Operand element (r, k), r along M (A) or N (B), k < 16, of a descriptor: K-major (no
+// transpose): 8-row groups SBO apart, rows 128 bytes apart, k contiguous; MN-major
+// (transposed): 64-element MN atoms LBO apart, 8-k groups SBO apart, k rows 128 bytes apart.
+inline float emu_wg_operand(uint64_t d, bool mn_major, bool bf16, int r, int k) {
+    unsigned start = (unsigned)(d & 0x3FFF) << 4, lbo = (unsigned)((d >> 16) & 0x3FFF) << 4,
+             sbo = (unsigned)((d >> 32) & 0x3FFF) << 4;
+    unsigned addr = mn_major ? start + (r / 64) * lbo + (k / 8) * sbo + (k % 8) * 128 + (r % 64) * 2
+                             : start + (r / 8) * sbo + (r % 8) * 128 + k * 2;
+    return emu_wg_elem(bf16, addr);
+}
+
+inline void emu_wg_run(const isamap_emu::WgOp& op) {
+    using namespace isamap_emu;
+    if ((op.da >> 62) != 1 || (op.db >> 62) != 1) {
+        fault("wgmma: only the 128-byte swizzle mode is modelled by the emulator");
+        return;
+    }
+    static float A[64][16], B[256][16];
+    for (int r = 0; r < 64; ++r)
+        for (int k = 0; k < 16; ++k) A[r][k] = emu_wg_operand(op.da, op.ta, op.bf16, r, k);
+    for (int r = 0; r < op.n; ++r)
+        for (int k = 0; k < 16; ++k) B[r][k] = emu_wg_operand(op.db, op.tb, op.bf16, r, k);
+    // accumulator fragment: warp w of the group owns rows 16w..16w+15; lane l holds, for every
+    // 8-column slice i, d[4i + e] = D(16w + l/4 + 8(e/2), 8i + 2(l%4) + e%2)
+    for (int t = 0; t < 128; ++t) {
+        int w = t / 32, l = t % 32;
+        for (int i = 0; i < op.n / 8; ++i)
+            for (int e = 0; e < 4; ++e) {
+                int row = 16 * w + l / 4 + 8 * (e >> 1), col = 8 * i + 2 * (l % 4) + (e & 1);
+                float acc = op.scale ? op.d[t][4 * i + e] : 0.0f;
+                for (int k = 0; k < 16; ++k) acc += A[row][k] * B[col][k];
+                op.d[t][4 * i + e] = acc;
+            }
+    }
+}
+
+struct WgIn {
+    float* d;
+    uint64_t da, db;
+    int scale;
+};
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}: recorded now, run when a
+// wgmma.wait_group retires its group (reading shared memory then, as the hardware may).
+template <int N, typename T, int TA, int TB>
+struct Wgmma {
+    static void run(float (&d)[N / 2], uint64_t da, uint64_t db, int scale) {
+        WgIn me{d, da, db, scale};
+        isamap_emu::collective<128>(300 + N * 4 + TA * 2 + TB, &me, nullptr, [](isamap_emu::Slot* s) {
+            using namespace isamap_emu;
+            const WgIn& a = *(const WgIn*)s[0].in;
+            WgOp op{N, TA, TB, a.scale, (int)sizeof(T) == 2 && std::is_same<T, __nv_bfloat16>::value, a.da, a.db, {}};
+            for (int t = 0; t < 128; ++t) {
+                const WgIn& x = *(const WgIn*)s[t].in;
+                if (x.da != a.da || x.db != a.db || x.scale != a.scale) fault("wgmma: threads of a warpgroup disagree on its operands");
+                op.d[t] = x.d;
+            }
+            st().wgq[cur()->lin / 128].open.push_back(op);
+        });
+    }
+};
+
+inline void wg_commit() {
+    isamap_emu::collective<128>(2000, nullptr, nullptr, [](isamap_emu::Slot*) {
+        isamap_emu::WgQueue& q = isamap_emu::st().wgq[isamap_emu::cur()->lin / 128];
+        q.groups.push_back(std::move(q.open));
+        q.open.clear();
+    });
+}
+
+template <int N>
+inline void wg_wait() {
+    isamap_emu::collective<128>(2100 + N, nullptr, nullptr, [](isamap_emu::Slot*) {
+        isamap_emu::WgQueue& q = isamap_emu::st().wgq[isamap_emu::cur()->lin / 128];
+        while ((int)q.groups.size() > N) {
+            for (const isamap_emu::WgOp& op : q.groups.front()) emu_wg_run(op);
+            q.groups.pop_front();
+        }
+    });
 }
 
 }  // namespace isamap

@@ -2,7 +2,9 @@
 
 A statement takes this path when the target maps it onto a matrix instruction: the mapping
 pass's legal mappings name the instruction, and its operand shapes give the fragment (the
-``mma_16816*`` family: 16-bit A and B, float32 accumulators; ``ffma*``: float32 FFMA).  The
+``mma_16816*`` family: 16-bit A and B, float32 accumulators; ``wgmma_64n*`` (a target that
+declares Hopper's warpgroup MMA): 64 x 16 by 16 x N from swizzled shared memory; ``ffma*``:
+float32 FFMA).  The
 operands must be plain-variable accesses with one reduction variable, each contiguous along
 one of its two matrix variables (any batch variables outside).  Tiles come from
 ``schedulers.gpu_tiles``; the code instantiates the building blocks of ``tiles.cuh`` and adds
@@ -20,11 +22,12 @@ from ir.dtypes import FLOAT32
 from ir.expr import Access, Binary, Cast, Var
 from ir.kernel import Kernel
 
-from schedulers.gpu_tiles import GpuTiling, choose
+from schedulers.gpu_tiles import GpuTiling, choose, choose_wgmma
 
 from ..access import covers_output, element_strides
 
 TILES_CUH = Path(__file__).with_name("tiles.cuh")
+WGMMA_N = (64, 128, 256)  # wgmma.m64nNk16 widths the generated code can issue
 _STORAGE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 
 
@@ -47,6 +50,7 @@ class GemmPlan:
     c_dtype: str = "float32"
     tiling: GpuTiling | None = None
     epilogue: tuple[int, ...] = ()
+    wgmma: str | None = None  # the target's warpgroup-MMA instruction for this dtype, if it has one
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
@@ -66,11 +70,16 @@ class GemmPlan:
     def b_kmajor(self) -> bool:
         return self.strides[self.b][self.red] == 1
 
+    @property
+    def instruction(self) -> str:
+        """The matrix instruction the code issues: the warpgroup MMA when the tiling uses it."""
+        return self.wgmma if self.tiling is not None and self.tiling.wgmma else self.instr
+
     def describe(self) -> str:
         tl = self.tiling
         lay = (f"{self.a} {'k' if self.a_kmajor else 'm'}-contiguous, {self.b} "
                f"{'k' if self.b_kmajor else 'n'}-contiguous")
-        return (f"S{self.stmt}: {self.c} on {self.instr} ({self.row} x {self.col} over {self.red}"
+        return (f"S{self.stmt}: {self.c} on {self.instruction} ({self.row} x {self.col} over {self.red}"
                 + (f", batch {', '.join(self.batch)}" if self.batch else "") + f"; {lay}): {tl.describe()}"
                 + (f"; fused epilogue: {', '.join(f'S{j}' for j in self.epilogue)}" if self.epilogue else ""))
 
@@ -82,10 +91,14 @@ def _matrix_instr(t, name: str) -> tuple[str, str] | None:
     if s is None or s.op != "+" or len(ins.outputs) != 1:
         return None
     shapes = sorted(o.shape for o in ins.inputs)
-    if len(s.indices) == 2 and shapes == [(16, 8), (16, 16)] and ins.outputs[0].shape == (16, 8):
-        dts = {o.dtype.name for o in ins.inputs}
-        if len(dts) == 1 and dts <= {"float16", "bfloat16"} and ins.outputs[0].dtype.name == "float32":
-            return "mma", dts.pop()
+    dts = {o.dtype.name for o in ins.inputs}
+    half = len(dts) == 1 and dts <= {"float16", "bfloat16"} and ins.outputs[0].dtype.name == "float32"
+    if len(s.indices) == 2 and shapes == [(16, 8), (16, 16)] and ins.outputs[0].shape == (16, 8) and half:
+        return "mma", dts.pop()
+    n = ins.outputs[0].shape[1] if len(ins.outputs[0].shape) == 2 else 0
+    if (len(s.indices) == 2 and shapes == [(16, n), (64, 16)] and ins.outputs[0].shape == (64, n) and half
+            and n in WGMMA_N):
+        return "wgmma", dts.pop()
     if all(o.dtype.name == "float32" for o in ins.operands) and len(s.indices) == 1:
         return "ffma", "float32"
     return None
@@ -140,11 +153,19 @@ def recognise(k: Kernel, b: Bound, t, si: int, mappings) -> GemmPlan | None:
         return None
     if strides[bt][red] != 1 and strides[bt][col] != 1:
         return None
-    return GemmPlan(si, kinds[kind], c, a, bt, row, col, red, batch, dict(dom), strides, base, s.init, dt_a, cdt)
+    wg = kinds.get(("wgmma", dt_a))
+    return GemmPlan(si, kinds[kind], c, a, bt, row, col, red, batch, dict(dom), strides, base, s.init, dt_a, cdt,
+                    wgmma=wg)
 
 
 def with_tiling(p: GemmPlan, t, tiling: GpuTiling | None = None) -> GemmPlan:
     """The plan with its block tiling: ``tiling`` if given, else the model's choice."""
+    if tiling is None and p.wgmma is not None and _vector_width(p, p.a, 2) == 8 and _vector_width(p, p.b, 2) == 8:
+        wn = t.instr(p.wgmma).outputs[0].shape[1]
+        tiling = choose_wgmma(t, p.extent(p.row), p.extent(p.col), p.extent(p.red),
+                              prod(p.extent(v) for v in p.batch), 2, wn)
+        if tiling is not None and not p.b_kmajor and tiling.bn % 64:
+            tiling = None
     if tiling is None:
         ins = t.instr(p.instr)
         macs = ins.macs / ins.cycles() * t.engine(ins.engine).count
@@ -219,7 +240,21 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     va, vb = _vector_width(p, p.a, 2), _vector_width(p, p.b, 2)
     ak, bkm = p.a_kmajor, p.b_kmajor
     tc = tl.tensor_cores
-    if tc:
+    if tl.wgmma:
+        tile = f"isamap::WgTile<{T}, {tl.bm}, {tl.bn}, {tl.stages}, {_b(ak)}, {_b(bkm)}>"
+        smem = tl.smem_bytes(2)
+        acc_decl = "float acc[Tile::ACC];"
+        acc_zero = "    for (int i = 0; i < Tile::ACC; ++i) acc[i] = 0.0f;"
+        cast = "isamap_smem"
+        epi = f"""    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < {tl.bn // 8}; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {{
+        int r = m0 + wg * 64 + w * 16 + (lane >> 2) + (e >> 1) * 8, c = n0 + i * 8 + (lane & 3) * 2 + (e & 1);
+        if (r < {M} && c < {N}) {g.prefix}s{si}_store({args}, r, c, zb, acc[i * 4 + e]);
+    }}"""
+    elif tc:
         tile = (f"isamap::TcTile<{T}, {tl.bm}, {tl.bn}, {tl.bk}, {tl.wm}, {tl.wn}, {tl.stages}, "
                 f"{_b(ak)}, {_b(bkm)}, {va}, {vb}>")
         smem = tl.smem_bytes(2, ak, bkm)
@@ -294,6 +329,31 @@ def _b(x: bool) -> str:
     return "true" if x else "false"
 
 
+def _wgmma_specialisations() -> str:
+    """``isamap::Wgmma<N, T, TA, TB>::run``: the inline PTX of wgmma.m64nNk16 (N / 2 float
+    accumulators a thread; TA / TB: operand read MN-major), compiled only for sm_90a."""
+    out = ["#ifndef ISAMAP_EMU", "namespace isamap {"]
+    for n in WGMMA_N:
+        regs = n // 2
+        for T, ptx in (("__half", "f16"), ("__nv_bfloat16", "bf16")):
+            dl = ", ".join(f"%{i}" for i in range(regs))
+            outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+            out.append(f"""template <int TA, int TB> struct Wgmma<{n}, {T}, TA, TB> {{
+    __device__ __forceinline__ static void run(float (&d)[{regs}], unsigned long long da, unsigned long long db,
+                                               int scale) {{
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+        asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"
+                     "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{dl}}}, %{regs}, %{regs + 1}, p, 1, 1, "
+                     "%{regs + 3}, %{regs + 4};\\n}}\\n"
+                     : {outs}
+                     : "l"(da), "l"(db), "r"(scale), "n"(TA), "n"(TB));
+#endif
+    }}
+}};""")
+    out += ["}  // namespace isamap", "#endif", ""]
+    return "\n".join(out)
+
+
 def tiles_header() -> str:
-    return TILES_CUH.read_text()
+    return TILES_CUH.read_text() + _wgmma_specialisations()
 

@@ -53,6 +53,13 @@ def device_archs() -> tuple[str, ...]:
         return ARCHS
 
 
+def gencode(arch: str) -> list[str]:
+    """nvcc's flags for one architecture; sm_90 code is built as sm_90a (architecture-specific:
+    what wgmma needs; it runs on H100/H200, the chips sm_90 names)."""
+    a = f"{arch}a" if arch == "90" else arch
+    return ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+
+
 def compile_source(src: str, shared: bool = True, archs=None) -> Path:
     """nvcc the source (cached by its hash); returns the .so (or .o) path.  ``archs`` defaults
     to this machine's GPU (every supported architecture where none is found)."""
@@ -71,7 +78,7 @@ def compile_source(src: str, shared: bool = True, archs=None) -> Path:
         cmd = [exe, "-O3", "-lineinfo", "-o", str(target)]
         cmd += ["--shared", "-Xcompiler", "-fPIC"] if shared else ["-c"]
         for a in archs:
-            cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+            cmd += gencode(a)
         r = subprocess.run(cmd + [str(cu)], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"nvcc failed on generated code:\n{r.stderr[-4000:]}")

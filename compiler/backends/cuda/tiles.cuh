@@ -7,6 +7,8 @@
 //     mma.sync.m16n8k16; every warp owns a WM x WN sub-tile of (WM/16) x (WN/8) mma tiles.
 //   * FFMA: float32, each thread owns a TM x TN register tile, operands read from shared
 //     memory as broadcasts.
+//   * wgmma (sm_90a, WgTile at the end): warpgroups issue wgmma.m64nNk16 on 128-byte-swizzled
+//     shared slabs.
 // Operand layouts: an operand is "k-major" when its elements are contiguous along the
 // reduction (A(m, k) row-major, B(n, k)); otherwise contiguous along m (A) or n (B).  The
 // shared-memory copy keeps the global layout (rows padded by 8 elements: no bank conflicts
@@ -230,6 +232,122 @@ struct FmaTile {
             }
             __syncthreads();
         }
+    }
+};
+
+// ---- Hopper (sm_90a): warpgroup MMA over 128-byte-swizzled shared-memory slabs ----
+// A block computes BM x BN with BM / 64 warpgroups, each owning 64 rows and all BN columns
+// (one wgmma.m64nBNk16 per 16 of k), over BK = 64 slabs: one 128-byte row of 16-bit elements
+// per swizzle-atom row.  A K-major slab (operand contiguous along k: A(m, k), B(n, k)) is R rows
+// of 128 bytes, 16-byte chunk c of row r stored at chunk c ^ (r % 8); an MN-major slab
+// (contiguous along m or n) is R / 64 atoms of BK k-rows x 128 bytes, chunk c of k-row kk at
+// c ^ (kk % 8) (wgmma reads it transposed).  Every slab starts 1024-byte aligned in the shared
+// window (the swizzle's period).  Copies are cp.async (16 bytes; plain stores at a ragged edge),
+// made visible to wgmma's async proxy with fence.proxy.async before the block barrier.  A ring
+// of STAGES slabs keeps STAGES - 2 copies ahead and one wgmma group in flight behind.
+#ifndef ISAMAP_EMU
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL  // wgmma exists only in sm_90a code; other architectures never run these kernels
+#define ISAMAP_SM90A(x) x
+#else
+#define ISAMAP_SM90A(x)
+#endif
+__device__ __forceinline__ void fence_proxy_async() {
+    ISAMAP_SM90A(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"));
+}
+__device__ __forceinline__ void wg_fence() { ISAMAP_SM90A(asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory")); }
+__device__ __forceinline__ void wg_commit() {
+    ISAMAP_SM90A(asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"));
+}
+template <int N> __device__ __forceinline__ void wg_wait() {
+    ISAMAP_SM90A(asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"));
+}
+__device__ __forceinline__ void fence_operand(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+template <int N, typename T, int TA, int TB> struct Wgmma;  // specialisations: generated (gemm.py)
+#endif
+
+__device__ __forceinline__ unsigned long long wg_desc(const void* p, unsigned lbo, unsigned sbo) {
+    unsigned long long a = smem_u32(p);
+    return ((a & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+// Copy a GR x GC tile (GC contiguous elements per row, a multiple of 8) at
+// g[(row0 + r) * ld + col0 + c], zero outside rows x cols, into a swizzled slab (above).
+template <typename T, int GR, int GC, int THREADS, bool KMAJ, int BK>
+__device__ __forceinline__ void load_swizzled(unsigned char* s, const T* __restrict__ g, long long ld, int row0,
+                                              int col0, int rows, int cols, int tid) {
+    constexpr int CH = GC / 8, TOTAL = GR * CH;
+#pragma unroll
+    for (int i0 = 0; i0 < TOTAL; i0 += THREADS) {
+        int i = i0 + tid;
+        if (TOTAL % THREADS != 0 && i >= TOTAL) break;
+        int r = i / CH, c = i % CH;
+        int off = KMAJ ? r * 128 + ((c ^ (r & 7)) << 4) : (c >> 3) * (BK * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+        T* dst = (T*)(s + off);
+        int gr = row0 + r, gc = col0 + c * 8;
+        if (gr < rows && gc + 8 <= cols) {
+            cp_async<16>(dst, g + gr * ld + gc, true);
+        } else if (gr < rows && gc < cols) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dst[e] = gc + e < cols ? g[gr * ld + gc + e] : zero<T>();
+        } else {
+            cp_async<16>(dst, g, false);
+        }
+    }
+}
+
+template <typename T, int BM, int BN, int STAGES, bool AK, bool BKM>
+struct WgTile {
+    static constexpr int BK = 64, THREADS = (BM / 64) * 128, ACC = BN / 2;
+    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE = A_BYTES + B_BYTES;
+    static constexpr int SMEM = STAGES * STAGE + 1024;  // + alignment of the first slab
+    static_assert(BM % 64 == 0 && BN % 8 == 0 && BN <= 256 && (BKM || BN % 64 == 0), "wgmma block shape");
+    static_assert(STAGES >= 3, "a wgmma ring needs a slab being copied, one being read and one in flight");
+
+    __device__ __forceinline__ static void load(unsigned char* st, const T* A, const T* B, long long lda, long long ldb,
+                                                int M, int N, int kend, int m0, int n0, int k, int tid) {
+        if (AK) load_swizzled<T, BM, BK, THREADS, true, BK>(st, A, lda, m0, k, M, kend, tid);
+        else load_swizzled<T, BK, BM, THREADS, false, BK>(st, A, lda, k, m0, kend, M, tid);
+        if (BKM) load_swizzled<T, BN, BK, THREADS, true, BK>(st + A_BYTES, B, ldb, n0, k, N, kend, tid);
+        else load_swizzled<T, BK, BN, THREADS, false, BK>(st + A_BYTES, B, ldb, k, n0, kend, N, tid);
+    }
+
+    __device__ __forceinline__ static void run(float (&acc)[ACC], const T* __restrict__ A, const T* __restrict__ B,
+                                               long long lda, long long ldb, int M, int N, int k0, int k1, int m0,
+                                               int n0, unsigned char* raw) {
+        unsigned char* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
+        const int tid = threadIdx.x, wg = tid / 128;
+        const int tiles = (k1 - k0 + BK - 1) / BK;
+#pragma unroll
+        for (int s = 0; s < STAGES - 2; ++s) {
+            if (s < tiles) load(smem + s * STAGE, A, B, lda, ldb, M, N, k1, m0, n0, k0 + s * BK, tid);
+            cp_commit();
+        }
+        for (int t = 0; t < tiles; ++t) {
+            cp_wait<STAGES - 3>();  // this thread's copies of slab t have landed
+            fence_proxy_async();
+            __syncthreads();  // everyone's have; every warpgroup has retired the group of slab t - 2
+            {
+                int nt = t + STAGES - 2;
+                if (nt < tiles) load(smem + (nt % STAGES) * STAGE, A, B, lda, ldb, M, N, k1, m0, n0, k0 + nt * BK, tid);
+                cp_commit();
+            }
+            unsigned char* a = smem + (t % STAGES) * STAGE + wg * 64 * BK * 2;
+            unsigned char* b = smem + (t % STAGES) * STAGE + A_BYTES;
+            wg_fence();
+#pragma unroll
+            for (int j = 0; j < BK / 16; ++j) {
+                unsigned long long da = AK ? wg_desc(a + 32 * j, 16, 1024) : wg_desc(a + 2048 * j, BK * 128, 1024);
+                unsigned long long db = BKM ? wg_desc(b + 32 * j, 16, 1024) : wg_desc(b + 2048 * j, BK * 128, 1024);
+                Wgmma<BN, T, AK ? 0 : 1, BKM ? 0 : 1>::run(acc, da, db, 1);
+            }
+            wg_commit();
+            wg_wait<1>();
+        }
+        wg_wait<0>();
+        cp_wait<0>();
+#pragma unroll
+        for (int i = 0; i < ACC; ++i) fence_operand(acc[i]);
     }
 };
 
