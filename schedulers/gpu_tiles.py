@@ -34,11 +34,12 @@ class GpuTiling:
     splits: int = 1
     predicted: float = 0.0
     wgmma: bool = False  # Hopper warpgroup MMA: wm = 64 rows per warpgroup, wn = bn, bk = 64
+    tma: bool = False  # with wgmma: warp-specialised, a producer warpgroup feeding the ring with TMA copies
 
     @property
     def threads(self) -> int:
         if self.wgmma:
-            return (self.bm // 64) * 128
+            return (self.bm // 64 + self.tma) * 128
         return (self.bm // self.wm) * (self.bn // self.wn) * (32 if self.tensor_cores else 1)
 
     @property
@@ -49,7 +50,7 @@ class GpuTiling:
         """Shared memory of the block: a ring of padded A and B slabs (tiles.cuh's layout: rows
         along the operand's contiguous dimension, plus 8 elements); unknown layouts: the larger."""
         if self.wgmma:  # swizzled slabs, no padding; + 1 KiB to align the first to the swizzle period
-            return self.stages * (self.bm + self.bn) * self.bk * itemsize + 1024
+            return self.stages * (self.bm + self.bn) * self.bk * itemsize + 1024 + 256 * self.tma  # + mbarriers
         if not self.tensor_cores:
             return 2 * self.bk * (self.bm + self.bn) * 4
 
@@ -59,7 +60,9 @@ class GpuTiling:
         return self.stages * (slab(self.bm, a_kmajor) + slab(self.bn, b_kmajor)) * itemsize
 
     def describe(self) -> str:
-        kind = (f"warpgroup tiles 64x{self.bn} of wgmma m64n{self.bn}k16 on 128-byte-swizzled slabs, "
+        kind = (f"a TMA producer warpgroup and {self.bm // 64} consumer warpgroups of wgmma m64n{self.bn}k16, "
+                f"{self.stages}-stage mbarrier ring of 128-byte-swizzled slabs" if self.tma else
+                f"warpgroup tiles 64x{self.bn} of wgmma m64n{self.bn}k16 on 128-byte-swizzled slabs, "
                 f"{self.stages}-stage cp.async ring" if self.wgmma else
                 f"warp tiles {self.wm}x{self.wn} of mma 16x8x16, {self.stages}-stage cp.async ring"
                 if self.tensor_cores else f"thread tiles {self.wm}x{self.wn} FFMA, double-buffered")
@@ -118,18 +121,26 @@ def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: b
     return best[1]
 
 
-def choose_wgmma(t, m: int, n: int, k: int, batch: int, itemsize: int, instr_n: int) -> GpuTiling | None:
-    """A warpgroup-MMA tiling (BN = the instruction's N, BM = 128 or 64, BK = 64, as many ring
-    stages as fit, up to 5), or None where the output tiles would leave SMs idle or the
-    problem is smaller than one instruction (the mma.sync path, with split-K, does better)."""
-    if m < 64 or n < instr_n // 2 or k < 64:
-        return None
-    bm = 128 if m >= 128 else 64
-    if -(-m // bm) * -(-n // instr_n) * batch < max(1, t.cores) // 2:
+def choose_wgmma(t, m: int, n: int, k: int, batch: int, itemsize: int, widths, tma: bool = True) -> GpuTiling | None:
+    """A warpgroup-MMA tiling, or None where the output tiles would leave SMs idle or the
+    problem is smaller than one instruction (the mma.sync path, with split-K, does better).
+
+    The first of 128 x widest N, 128 x narrower, 64 x ... (N among the target's instruction
+    widths that ``n`` fills) with at least half as many tiles as SMs; BK = 64; as many ring
+    stages as fit (at most 5, at least 3).  With ``tma`` (an unbatched product): the warp-specialised kernel, a producer
+    warpgroup feeding the ring with bulk tensor copies (the structure of the fastest published
+    Hopper GEMMs); otherwise every thread copies with cp.async.  Not yet tuned on a GPU:
+    scripts/gpu_check.py --sweep times the alternatives."""
+    fits = [w for w in sorted(widths) if w % 64 == 0 and w <= max(n, 64)]
+    if not fits or m < 64 or n < 64 or k < 64:
         return None
     cap = next((x.capacity for x in t.memories if x.name == "smem"), 48 * 1024)
-    for stages in (5, 4, 3):
-        tl = GpuTiling(bm, instr_n, 64, 64, instr_n, stages, 1, 0.0, True)
-        if tl.smem_bytes(itemsize) <= cap:
-            return tl
+    shapes = sorted(((bm, bn) for bm in (128, 64) for bn in fits), key=lambda s: (s[0] < 128, -s[1]))
+    for bm, bn in shapes:  # 128 x widest first: two consumer warpgroups, the most reuse per byte
+        if bm > max(m, 64) or -(-m // bm) * -(-n // bn) * batch < max(1, t.cores) // 2:
+            continue
+        for stages in (5, 4, 3):
+            tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma)
+            if tl.smem_bytes(itemsize) <= cap:
+                return tl
     return None

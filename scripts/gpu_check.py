@@ -96,13 +96,14 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         base = plans(kern, b, t)[0]
         chosen = base.tiling
         options = [chosen]
-        if base.wgmma is not None:  # warpgroup-MMA tilings: 64 or 128 rows, N of 128 or 256, 3-6 ring stages
+        if base.wgmma:  # warpgroup-MMA tilings: 64 or 128 rows, N of 128 or 256, 3-6 ring stages
             smem = next(x.capacity for x in t.memories if x.name == "smem")
             for bm, bn in ((128, 128), (64, 128), (128, 256), (64, 256)):
                 for stages in (3, 4, 5, 6):
-                    tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True)
-                    if tl.smem_bytes(2) <= smem and bn <= 2 * n:
-                        options.append(tl)
+                    for tma in (True, False):  # warp-specialised with TMA copies, or every thread copying
+                        tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma)
+                        if tl.smem_bytes(2) <= smem and bn <= 2 * n:
+                            options.append(tl)
         for bm, bn, wm, wn in TC_SHAPES:
             for stages in (3, 4):
                 for splits in (1, 2, 4, 8):
@@ -157,7 +158,7 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         out.append(head)
         for sec, tl, err in rows[:8] + [r for r in rows[8:] if r[1] == chosen or r[2]]:
             line = (f"  {'*' if tl == chosen else ' '} {sec * 1e6:9.1f} us {flops / sec / 1e12:7.1f} TFLOP/s  "
-                    f"{tl.bm}x{tl.bn} w{tl.wm}x{tl.wn} s{tl.stages} split{tl.splits}" + (" wgmma" if tl.wgmma else "")
+                    f"{tl.bm}x{tl.bn} w{tl.wm}x{tl.wn} s{tl.stages} split{tl.splits}" + (" wgmma" if tl.wgmma else "") + (" tma" if tl.tma else "")
                     + (f" ERR {err}" if err else ""))
             print(line, flush=True)
             out.append(line)

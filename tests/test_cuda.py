@@ -120,7 +120,10 @@ def test_tiling_model_splits_the_reduction_only_where_cores_would_idle():
 @needs_nvcc
 def test_tiled_variants_compile(tmp_path):
     """Every dtype x layout with awkward sizes (remainders, unaligned rows, split-K), one nvcc run."""
+    from compiler.backends.cuda.gemm import with_tiling
+    from compiler.backends.cuda.scalar import plans
     from compiler.bench.gemm import gemm_source
+    from schedulers.gpu_tiles import GpuTiling
     t, h100 = hw_models.load("cuda"), hw_models.load("cuda-h100-wgmma")
     parts = [PRELUDE, tiles_header()]
     i = 0
@@ -139,6 +142,10 @@ def test_tiled_variants_compile(tmp_path):
                                       "cuda-h100-wgmma")[0].tiling.wgmma
                         parts.append(cuda_source(kern, b, prefix=f"v{i}_", prelude=False, t=h100))
                         i += 1
+                    (p,) = plans(kern, b, h100).values()  # and the wgmma tile every thread feeds
+                    p = with_tiling(p, h100, GpuTiling(128, 128, 64, 64, 128, 4, 1, 0.0, True, False))
+                    parts.append(cuda_source(kern, b, prefix=f"v{i}_", prelude=False, t=h100, gemm={0: p}))
+                    i += 1
     cu = tmp_path / "variants.cu"
     cu.write_text("\n".join(parts))
     r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "v.o")] + gencode("90") + [str(cu)],
@@ -169,13 +176,15 @@ def test_every_tiling_the_model_picks_is_launchable(m, n, k, batch, tc, target):
 
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 9000), n=st.integers(1, 9000), k=st.integers(1, 60000), batch=st.integers(1, 8),
-       wn=st.sampled_from([64, 128, 256]))
-def test_every_wgmma_tiling_the_model_picks_is_launchable(m, n, k, batch, wn):
+       tma=st.booleans())
+def test_every_wgmma_tiling_the_model_picks_is_launchable(m, n, k, batch, tma):
     from schedulers.gpu_tiles import choose_wgmma
     t = hw_models.load("cuda-h100-wgmma")
-    tl = choose_wgmma(t, m, n, k, batch, 2, wn)
+    tl = choose_wgmma(t, m, n, k, batch, 2, [128, 256], tma)
     if tl is None:
         return
-    assert tl.wgmma and tl.bm % 64 == 0 and tl.bn == wn and tl.bk == 64 and tl.stages >= 3 and tl.splits == 1
-    assert tl.threads == tl.bm // 64 * 128 <= 1024
+    assert tl.wgmma and tl.tma == tma and tl.bm in (64, 128) and tl.bn in (128, 256) and tl.bn <= max(n, 64)
+    assert tl.bk == 64 and tl.stages >= 3 and tl.splits == 1
+    assert tl.threads == (tl.bm // 64 + tma) * 128 <= 1024
     assert tl.smem_bytes(2) <= t.memory("smem").capacity
+    assert -(-m // tl.bm) * -(-n // tl.bn) * batch >= t.cores // 2

@@ -29,14 +29,25 @@ pytestmark = pytest.mark.skipif(compiler_exe() is None, reason="no host C++ comp
 T = hw_models.load("cuda")
 
 
-def _check(cases):
-    bad = []
-    for (k, b, _, g), ck in zip(cases, build_together(cases)):
+def _results(ck, k, b, early: bool):
+    """Whether the emulated kernel matches the interpreter, its asynchronous work (cp.async,
+    wgmma, bulk tensor copies) taking effect as late as allowed or at once."""
+    ck.lib.isamap_emu_early(int(early))
+    try:
         ins = random_inputs(k, b, seed=sum(b.sizes.values()))
         out, _ = ck(ins)
-        ok, err, per = compare(out, ir.interp.run(k, ins, b.sizes))
-        if not ok:
-            bad.append((k.name, dict(b.sizes), g[0].tiling.describe() if g else "model's tiling", err))
+        return compare(out, ir.interp.run(k, ins, b.sizes))[:2]
+    finally:
+        ck.lib.isamap_emu_early(0)
+
+
+def _check(cases, modes=(False, True)):
+    bad = []
+    for (k, b, _, g), ck in zip(cases, build_together(cases)):
+        for early in modes:
+            ok, err = _results(ck, k, b, early)
+            if not ok:
+                bad.append((k.name, dict(b.sizes), g[0].tiling.describe() if g else "model's tiling", early, err))
     assert not bad, bad
 
 
@@ -46,7 +57,7 @@ def test_every_kernel_matches_the_interpreter():
         k = compiler.parse(kernels.path(name)).kernel()
         for base in (8, 7, 1):
             cases.append((k, bind(k, sizes_for(k, base)), T, None))
-    _check(cases)
+    _check(cases, modes=(False,))
 
 
 def _gemm_case(it, a_t, b_t, m, n, k, tiling=None):
@@ -99,11 +110,7 @@ def test_the_emulator_catches_a_broken_tile(what, monkeypatch):
     monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
     case = _gemm_case("half", False, False, 130, 70, 200, GpuTiling(128, 64, 32, 64, 32, 3))
     (ck,) = build_together([case])
-    k, b = case[0], case[1]
-    ins = random_inputs(k, b, seed=3)
-    out, _ = ck(ins)
-    ok, _, _ = compare(out, ir.interp.run(k, ins, b.sizes))
-    assert not ok
+    assert not all(_results(ck, case[0], case[1], early)[0] for early in (False, True))
 
 
 def _fault(body: str) -> str:
@@ -135,6 +142,13 @@ extern "C" int go() { k<<<1, 48>>>(); return cudaGetLastError(); }""")
     assert "partial warp" in part
 
 
+def test_a_tensor_map_of_unaligned_rows_is_refused():
+    case = _wgmma_case("half", False, False, 128, 300, 128, _wg(128, 256, 3, True))  # B's rows: 600 bytes apart
+    (ck,) = build_together([case])
+    with pytest.raises(compiler.IsamapError, match="cuTensorMapEncodeTiled"):
+        _results(ck, case[0], case[1], False)
+
+
 def test_cp_async_from_outside_device_memory():
     msg = _fault("""__global__ void k(const __half* g) { extern __shared__ __align__(16) unsigned char sm[];
     isamap::cp_async<16>(sm, g + 64, true); isamap::cp_commit(); isamap::cp_wait<0>(); }
@@ -155,8 +169,8 @@ def test_run_emulate_from_the_command_line(capsys, monkeypatch):
 H100 = hw_models.load("cuda-h100-wgmma")
 
 
-def _wg(bm, bn, stages):
-    return GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True)
+def _wg(bm, bn, stages, tma=False):
+    return GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma)
 
 
 def _wgmma_case(it, a_t, b_t, m, n, k, tiling):
@@ -173,14 +187,29 @@ def test_wgmma_tiles_in_every_dtype_and_layout():
     for it in ("half", "bfloat16"):
         for a_t, b_t in itertools.product((False, True), repeat=2):
             for (m, n, k), tl in (((128, 128, 64), _wg(128, 128, 3)), ((200, 136, 200), _wg(128, 128, 4)),
-                                  ((64, 64, 296), _wg(64, 64, 5)), ((72, 256, 136), _wg(64, 256, 3))):
+                                  ((64, 64, 296), _wg(64, 64, 5)), ((72, 256, 136), _wg(64, 256, 3)),
+                                  ((128, 128, 64), _wg(128, 128, 2, True)), ((200, 136, 520), _wg(128, 128, 3, True)),
+                                  ((64, 256, 296), _wg(64, 256, 4, True)), ((136, 296, 200), _wg(128, 256, 4, True))):
                 cases.append(_wgmma_case(it, a_t, b_t, m, n, k, tl))
     assert all(c[3][0].instruction.startswith("wgmma") for c in cases)
     _check(cases)
 
 
+def test_batched_wgmma():
+    """The cp.async wgmma tile with a batch index (the warp-specialised one takes no batch)."""
+    cases = []
+    kern = compiler.parse("def bmm(bfloat16(Bt, M, K) X, bfloat16(Bt, N, K) Y) -> (Z) {\n"
+                          "    Z(b, m, n) +=! float(X(b, m, k)) * float(Y(b, n, k))\n}\n").kernel()
+    for sizes, tl in ((dict(Bt=3, M=136, N=128, K=136), _wg(128, 128, 3)),
+                      (dict(Bt=2, M=64, N=200, K=72), _wg(64, 256, 4))):
+        b = bind(kern, sizes)
+        (p,) = plans(kern, b, H100).values()
+        cases.append((kern, b, H100, {0: cuda_gemm.with_tiling(p, H100, tl)}))
+    _check(cases)
+
+
 WGMMA_MUTATIONS = {
-    "a slab refilled while a wgmma group still reads it": ("wg_wait<1>();", "wg_wait<2>();"),
+    "a slab refilled while a wgmma group still reads it": ("wg_wait<1>();\n        }", "wg_wait<2>();\n        }"),
     "K-major chunks stored unswizzled": ("r * 128 + ((c ^ (r & 7)) << 4)", "r * 128 + (c << 4)"),
     "copies not waited for before the barrier": ("cp_wait<STAGES - 3>();", "cp_wait<STAGES - 2>();"),
 }
@@ -194,11 +223,33 @@ def test_the_emulator_catches_a_broken_wgmma_tile(what, monkeypatch):
     monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
     case = _wgmma_case("half", False, False, 128, 128, 320, _wg(128, 128, 3))
     (ck,) = build_together([case])
-    k, b = case[0], case[1]
-    ins = random_inputs(k, b, seed=3)
-    out, _ = ck(ins)
-    ok, _, _ = compare(out, ir.interp.run(k, ins, b.sizes))
-    assert not ok
+    assert not all(_results(ck, case[0], case[1], early)[0] for early in (False, True))
+
+
+WS_MUTATIONS = {  # the warp-specialised TMA tile
+    "a slot released before its wgmma group retires": ("wg_wait<1>();  // the group", "wg_wait<2>();  // the group"),
+    "consumers not waiting for the copies": ("mbar_wait(&full[s], (t / STAGES) & 1);", ""),
+    "the producer not waiting for a free slot": ("if (t >= STAGES) mbar_wait(&empty[s]", "if (t < 0) mbar_wait(&empty[s]"),
+    "the wrong phase awaited": ("mbar_wait(&full[s], (t / STAGES) & 1);", "mbar_wait(&full[s], ((t / STAGES) & 1) ^ 1);"),
+}
+
+
+@pytest.mark.parametrize("what", WS_MUTATIONS)
+def test_the_emulator_catches_a_broken_warp_specialised_tile(what, monkeypatch):
+    old, new = WS_MUTATIONS[what]
+    text = cuda_gemm.tiles_header()
+    assert text.count(old) == 1
+    monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
+    case = _wgmma_case("half", True, False, 128, 256, 640, _wg(128, 256, 3, True))
+    (ck,) = build_together([case])
+    results = []
+    for early in (False, True):
+        try:
+            results.append(_results(ck, case[0], case[1], early)[0])
+        except compiler.IsamapError as e:  # a deadlock, or a barrier misused
+            results.append(False)
+            assert "emulator" in str(e)
+    assert not all(results)
 
 
 def test_the_model_takes_wgmma_only_where_it_fits():
@@ -207,9 +258,14 @@ def test_the_model_takes_wgmma_only_where_it_fits():
         (p,) = plans(kern, bind(kern, dict(M=m, N=n, K=k)), t).values()
         return p
     big = plan(H100, 4096, 4096, 4096)
-    assert big.instruction == "wgmma_64n128" and big.tiling.threads == 256
+    assert big.instruction == "wgmma_64n256" and big.tiling.tma and big.tiling.threads == 384
     assert big.tiling.smem_bytes(2) <= next(x.capacity for x in H100.memories if x.name == "smem")
-    assert plan(H100, 4096, 4096, 4096, "bfloat16", True).instruction == "wgmma_64n128_bf16"
+    assert plan(H100, 4096, 4096, 4096, "bfloat16", True).instruction == "wgmma_64n256_bf16"
+    assert plan(H100, 2048, 1024, 512).instruction == "wgmma_64n128"  # 128 x 256 tiles would idle SMs
+    bmm = compiler.parse("def bmm(half(Bt, M, K) X, half(Bt, K, N) Y) -> (Z) {\n"
+                         "    Z(b, m, n) +=! float(X(b, m, k)) * float(Y(b, k, n))\n}\n").kernel()
+    (p,) = plans(bmm, bind(bmm, dict(Bt=4, M=1024, N=1024, K=1024)), H100).values()
+    assert p.tiling.wgmma and not p.tiling.tma  # batched: every thread copies (no 3-D tensor maps yet)
     assert not plan(H100, 1760, 16, 1760).tiling.wgmma  # small N: mma.sync with split-K
     assert not plan(H100, 4096, 4096, 4095, bt=True).tiling.wgmma  # rows not 16-byte aligned
     assert not plan(T, 4096, 4096, 4096).tiling.wgmma  # the A100 target has no wgmma

@@ -44,11 +44,16 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
+#define __grid_constant__
 
 using std::max;
 using std::min;
 using std::isnan;
 using std::isinf;
+
+struct alignas(64) CUtensorMap {
+    unsigned long long opaque[16];
+};
 
 struct dim3 {
     unsigned x, y, z;
@@ -162,6 +167,26 @@ struct WgQueue {
     std::deque<std::vector<WgOp>> groups;
 };
 
+struct MBar {  // an mbarrier: arrivals and transaction bytes still due in its current phase
+    int count = 0, pending = 0, phase = 0;
+    long tx = 0;
+    std::vector<int> waiters;
+};
+
+struct TmaMap {  // what cuTensorMapEncodeTiled records (a 2-D, 16-bit, 128-byte-swizzled map)
+    const unsigned char* base;
+    int bf16;
+    unsigned long long cols, rows, ld;
+    unsigned box0, box1;
+};
+
+struct Tma {  // a bulk tensor copy in flight: lands when someone waits on its mbarrier
+    void* dst;
+    TmaMap map;
+    const void* bar;
+    int c0, c1;
+};
+
 struct State {
     std::mutex lock;  // one launch at a time (ctypes callers may be several Python threads)
     std::vector<Fiber> fibers;
@@ -177,6 +202,8 @@ struct State {
     unsigned char* smem = nullptr;
     long smem_bytes = 0;
     std::function<void()> body;
+    std::map<const void*, struct MBar> mbars;
+    std::vector<struct Tma> tma;
     std::map<uintptr_t, size_t> allocs;
     std::map<const void*, long> smem_attr;
     int error = 0;
@@ -318,6 +345,8 @@ inline void run_block() {
     for (Warp& w : s.warps) w.waiting.clear();
     for (Warp& w : s.wgroups) w.waiting.clear();
     for (WgQueue& q : s.wgq) q = WgQueue();
+    s.mbars.clear();
+    s.tma.clear();
     std::memset(s.smem, 0xFF, s.smem_bytes);
     while (!s.ready.empty()) {
         int i = s.ready.front();
@@ -455,6 +484,18 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t z)
 
 extern "C" const char* isamap_emu_error() { return isamap_emu::st().message.c_str(); }
 
+// When asynchronous work takes effect: 0 (the default) as late as the program allows (cp.async
+// copies at cp.async.wait_group, wgmma at wgmma.wait_group, bulk tensor copies when their
+// mbarrier is waited on), 1 at once.  A correct program computes the same either way; a
+// missing wait shows in the late mode, a buffer overwritten under work in flight in the early.
+namespace isamap_emu {
+inline int& early() {
+    static int e = 0;
+    return e;
+}
+}  // namespace isamap_emu
+extern "C" void isamap_emu_early(int on) { isamap_emu::early() = on; }
+
 // ---- the PTX instructions tiles.cuh wraps, by their semantics ----
 namespace isamap {
 
@@ -464,6 +505,7 @@ inline void cp_async(void* dst, const void* src, bool full) {
     if (!in_smem(dst, BYTES) || (uintptr_t)dst % BYTES) fault("cp.async: destination outside shared memory or misaligned");
     else if (full && (uintptr_t)src % BYTES) fault("cp.async: source address not aligned to the copy size");
     else if (full && !in_global(src, BYTES)) fault("cp.async: source outside every device buffer");
+    else if (early()) land({Copy{dst, src, BYTES, full ? BYTES : 0}});
     else cur()->open.push_back(Copy{dst, src, BYTES, full ? BYTES : 0});
 }
 inline void cp_commit() {
@@ -661,7 +703,8 @@ struct Wgmma {
                 if (x.da != a.da || x.db != a.db || x.scale != a.scale) fault("wgmma: threads of a warpgroup disagree on its operands");
                 op.d[t] = x.d;
             }
-            st().wgq[cur()->lin / 128].open.push_back(op);
+            if (early()) emu_wg_run(op);
+            else st().wgq[cur()->lin / 128].open.push_back(op);
         });
     }
 };
@@ -683,6 +726,124 @@ inline void wg_wait() {
             q.groups.pop_front();
         }
     });
+}
+
+
+// ---- mbarriers and the bulk tensor copy engine (TMA) ----
+inline isamap_emu::MBar* emu_mbar(const void* bar) {
+    auto& m = isamap_emu::st().mbars;
+    auto it = m.find(bar);
+    if (it == m.end()) {
+        isamap_emu::fault("mbarrier used before mbarrier.init");
+        return nullptr;
+    }
+    return &it->second;
+}
+inline void emu_mbar_done(isamap_emu::MBar* b) {
+    if (b->pending == 0 && b->tx == 0) {
+        b->phase ^= 1;
+        b->pending = b->count;
+        isamap_emu::wake(b->waiters, -1);
+    }
+}
+inline void mbar_init(unsigned long long* bar, unsigned count) {
+    using namespace isamap_emu;
+    if (!in_smem(bar, 8) || (uintptr_t)bar % 8) fault("mbarrier.init: not an aligned 8-byte word of shared memory");
+    else st().mbars[bar] = MBar{(int)count, (int)count, 0, 0, {}};
+}
+inline void mbar_fence_init() {}
+inline void mbar_arrive(unsigned long long* bar) {
+    isamap_emu::MBar* b = emu_mbar(bar);
+    if (!b) return;
+    if (b->pending <= 0) isamap_emu::fault("mbarrier.arrive: more arrivals than the barrier's count");
+    b->pending--;
+    emu_mbar_done(b);
+}
+inline void mbar_expect_tx(unsigned long long* bar, unsigned bytes) {
+    isamap_emu::MBar* b = emu_mbar(bar);
+    if (!b) return;
+    b->tx += bytes;
+    mbar_arrive(bar);
+}
+// the copies in flight on this barrier land: the box, zero outside the matrix, written through
+// the 128-byte swizzle of the destination's shared-window addresses
+inline void emu_tma_land(const void* bar) {
+    using namespace isamap_emu;
+    State& s = st();
+    std::vector<Tma> rest;
+    for (const Tma& c : s.tma) {
+        if (c.bar != bar) {
+            rest.push_back(c);
+            continue;
+        }
+        unsigned base = smem_u32(c.dst);
+        for (unsigned j = 0; j < c.map.box1; ++j)
+            for (unsigned i = 0; i < c.map.box0; ++i) {
+                long long gi = (long long)c.c0 + i, gj = (long long)c.c1 + j;
+                uint16_t v = 0;
+                if (gi >= 0 && gj >= 0 && (unsigned long long)gi < c.map.cols && (unsigned long long)gj < c.map.rows)
+                    std::memcpy(&v, c.map.base + (gj * c.map.ld + gi) * 2, 2);
+                unsigned addr = base + j * c.map.box0 * 2 + i * 2;
+                unsigned phys = addr ^ (((addr >> 7) & 7u) << 4);
+                unsigned char* p = s.smem + (long)phys - kWindow;
+                if (!in_smem(p, 2)) {
+                    fault("cp.async.bulk.tensor: the box reaches outside shared memory");
+                    return;
+                }
+                std::memcpy(p, &v, 2);
+            }
+        MBar* b = emu_mbar(bar);
+        if (b) b->tx -= (long)c.map.box0 * c.map.box1 * 2;
+    }
+    s.tma.swap(rest);
+    MBar* b = emu_mbar(bar);
+    if (b) {
+        if (b->tx < 0) fault("mbarrier: more bytes landed than expect_tx announced");
+        emu_mbar_done(b);
+    }
+}
+// mbarrier.try_wait.parity in a loop: returns once the phase of this parity has completed
+inline void mbar_wait(unsigned long long* bar, unsigned parity) {
+    using namespace isamap_emu;
+    for (;;) {
+        MBar* b = emu_mbar(bar);
+        if (!b || (unsigned)b->phase != (parity & 1)) return;
+        emu_tma_land(bar);
+        if ((unsigned)b->phase != (parity & 1)) return;
+        b->waiters.push_back(cur()->lin);
+        park();
+    }
+}
+inline void tma_load_2d(void* dst, const CUtensorMap* map, unsigned long long* bar, int c0, int c1) {
+    using namespace isamap_emu;
+    TmaMap m;
+    std::memcpy(&m, map, sizeof m);
+    if (!in_smem(dst, (int)(m.box0 * m.box1 * 2)) || smem_u32(dst) % 1024)
+        fault("cp.async.bulk.tensor: destination outside shared memory or not 1024-byte aligned (128-byte swizzle)");
+    else if (!emu_mbar(bar))
+        return;
+    else {
+        st().tma.push_back(Tma{dst, m, bar, c0, c1});
+        if (early()) emu_tma_land(bar);
+    }
+}
+template <int R> inline void reg_dealloc() {}
+template <int R> inline void reg_alloc() {}
+
+// cuTensorMapEncodeTiled for the maps tiles.cuh makes (2-D, 16-bit elements, 128-byte swizzle)
+static int tensor_map(CUtensorMap* m, bool bf16, const void* base, unsigned long long cols, unsigned long long rows,
+                      unsigned long long ld, unsigned box0, unsigned box1) {
+    if ((uintptr_t)base % 16 || (ld * 2) % 16 || box0 * 2 != 128 || box1 < 1 || box1 > 256) {
+        isamap_emu::st().error = 0;
+        isamap_emu::fault("cuTensorMapEncodeTiled: base or row pitch not 16-byte aligned, or a box the 128-byte "
+                          "swizzle cannot take");
+        isamap_emu::st().error = 0;
+        return 1;  // CUDA_ERROR_INVALID_VALUE
+    }
+    isamap_emu::TmaMap t{(const unsigned char*)base, bf16, cols, rows, ld, box0, box1};
+    static_assert(sizeof t <= sizeof(CUtensorMap), "tensor map");
+    std::memcpy(m, &t, sizeof t);
+    return 0;
 }
 
 }  // namespace isamap

@@ -22,7 +22,7 @@ from ir.errors import IsamapError
 
 EMU_H = Path(__file__).with_name("emu.h")
 
-_INCLUDE = re.compile(r"^\s*#include\s*<cuda[\w.]*>\s*$", re.M)
+_INCLUDE = re.compile(r"^\s*#include\s*<cuda[\w.]*>.*$", re.M)
 _EXTERN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;")
 _LAUNCH = re.compile(r"\b(\w+)\s*<<<(.*?)>>>\s*\(")
 

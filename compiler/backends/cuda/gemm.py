@@ -50,7 +50,7 @@ class GemmPlan:
     c_dtype: str = "float32"
     tiling: GpuTiling | None = None
     epilogue: tuple[int, ...] = ()
-    wgmma: str | None = None  # the target's warpgroup-MMA instruction for this dtype, if it has one
+    wgmma: tuple[tuple[int, str], ...] = ()  # the target's warpgroup-MMA instructions for this dtype: (N, name)
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
@@ -73,7 +73,9 @@ class GemmPlan:
     @property
     def instruction(self) -> str:
         """The matrix instruction the code issues: the warpgroup MMA when the tiling uses it."""
-        return self.wgmma if self.tiling is not None and self.tiling.wgmma else self.instr
+        if self.tiling is not None and self.tiling.wgmma:
+            return next((name for n, name in self.wgmma if n == self.tiling.bn), f"wgmma m64n{self.tiling.bn}k16")
+        return self.instr
 
     def describe(self) -> str:
         tl = self.tiling
@@ -115,12 +117,15 @@ def recognise(k: Kernel, b: Bound, t, si: int, mappings) -> GemmPlan | None:
     s = k.stmts[si]
     if s.op != "+" or s.exists or not isinstance(s.rhs, Binary) or s.rhs.op != "*":
         return None
-    kinds = {}
+    kinds, wgs = {}, {}
     for m in mappings:
         if m.statement == si and m.legal and len(m.steps) == 1:
             kind = _matrix_instr(t, m.steps[0].instruction)
             if kind is not None:
                 kinds.setdefault(kind, m.steps[0].instruction)
+                if kind[0] == "wgmma":
+                    ins = t.instr(m.steps[0].instruction)
+                    wgs.setdefault(kind[1], {})[ins.outputs[0].shape[1]] = ins.name
     xa, xb = _operand(s.rhs.a), _operand(s.rhs.b)
     if xa is None or xb is None or xa.tensor == xb.tensor or s.tensor in (xa.tensor, xb.tensor):
         return None
@@ -153,19 +158,15 @@ def recognise(k: Kernel, b: Bound, t, si: int, mappings) -> GemmPlan | None:
         return None
     if strides[bt][red] != 1 and strides[bt][col] != 1:
         return None
-    wg = kinds.get(("wgmma", dt_a))
     return GemmPlan(si, kinds[kind], c, a, bt, row, col, red, batch, dict(dom), strides, base, s.init, dt_a, cdt,
-                    wgmma=wg)
+                    wgmma=tuple(sorted(wgs.get(dt_a, {}).items())))
 
 
 def with_tiling(p: GemmPlan, t, tiling: GpuTiling | None = None) -> GemmPlan:
     """The plan with its block tiling: ``tiling`` if given, else the model's choice."""
-    if tiling is None and p.wgmma is not None and _vector_width(p, p.a, 2) == 8 and _vector_width(p, p.b, 2) == 8:
-        wn = t.instr(p.wgmma).outputs[0].shape[1]
+    if tiling is None and p.wgmma and _vector_width(p, p.a, 2) == 8 and _vector_width(p, p.b, 2) == 8:
         tiling = choose_wgmma(t, p.extent(p.row), p.extent(p.col), p.extent(p.red),
-                              prod(p.extent(v) for v in p.batch), 2, wn)
-        if tiling is not None and not p.b_kmajor and tiling.bn % 64:
-            tiling = None
+                              prod(p.extent(v) for v in p.batch), 2, [n for n, _ in p.wgmma], tma=not p.batch)
     if tiling is None:
         ins = t.instr(p.instr)
         macs = ins.macs / ins.cycles() * t.engine(ins.engine).count
@@ -230,6 +231,8 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         return f"t_{name} + ({off}LL) + off_{name}"
 
     batch_code = [f"    long long off_{p.a} = 0, off_{p.b} = 0;"] + (["    { long long q = zb;"] if p.batch else [])
+    if tl.tma:  # the tensor maps carry the operands' places
+        batch_code = []
     for v in reversed(p.batch):
         e = p.extent(v)
         batch_code.append(f"      long long {v} = q % {e} + ({p.dom[v][0]}); q /= {e};")
@@ -241,12 +244,13 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     ak, bkm = p.a_kmajor, p.b_kmajor
     tc = tl.tensor_cores
     if tl.wgmma:
-        tile = f"isamap::WgTile<{T}, {tl.bm}, {tl.bn}, {tl.stages}, {_b(ak)}, {_b(bkm)}>"
+        tile = (f"isamap::{'WsTile' if tl.tma else 'WgTile'}<{T}, {tl.bm}, {tl.bn}, {tl.stages}, {_b(ak)}, "
+                f"{_b(bkm)}>")
         smem = tl.smem_bytes(2)
         acc_decl = "float acc[Tile::ACC];"
         acc_zero = "    for (int i = 0; i < Tile::ACC; ++i) acc[i] = 0.0f;"
         cast = "isamap_smem"
-        epi = f"""    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        epi = f"""    const int wg = (threadIdx.x >> 7) - {int(tl.tma)}, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
 #pragma unroll
     for (int i = 0; i < {tl.bn // 8}; ++i)
 #pragma unroll
@@ -290,7 +294,15 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         if (r < {M} && c < {N}) {g.prefix}s{si}_store({args}, r, c, zb, acc[i][j]);
     }}"""
     mt, ntl, nz = p.grid()
-    src = store + f"""__global__ void __launch_bounds__({tl.threads}) {g.prefix}s{si}({params}) {{
+    run = (f"""Tile::run(acc, (const {T}*)({ptr(p.a)}), (const {T}*)({ptr(p.b)}), {lda}LL, {ldb}LL, {M}, {N}, k0, k1,
+              m0, n0, {cast});""")
+    bounds = f"{tl.threads}"
+    if tl.tma:  # the operands reach the kernel as tensor maps, made by the host launch below
+        assert splits == 1 and not p.batch, "the TMA path covers one unbatched, unsplit product"
+        params += ", const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b"
+        run = "if (!Tile::run(acc, &tm_a, &tm_b, k0, k1, m0, n0, isamap_smem)) return;  // the producer is done"
+        bounds += ", 1"
+    src = store + f"""__global__ void __launch_bounds__({bounds}) {g.prefix}s{si}({params}) {{
     extern __shared__ __align__(16) unsigned char isamap_smem[];
     using Tile = {tile};
     static_assert(Tile::SMEM == {smem}, "shared-memory size of the launch");
@@ -301,8 +313,7 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     const int k0 = split * {kc}, k1 = min({K}, k0 + {kc});
     {acc_decl}
 {acc_zero}
-    Tile::run(acc, (const {T}*)({ptr(p.a)}), (const {T}*)({ptr(p.b)}), {lda}LL, {ldb}LL, {M}, {N}, k0, k1, m0, n0,
-              {cast});
+    {run}
 {epi}
 }}
 """
@@ -316,7 +327,21 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         launch += ilaunch
     launch.append(f"    {{ static bool attr = false; if (!attr) {{ cudaFuncSetAttribute({g.prefix}s{si}, "
                   f"cudaFuncAttributeMaxDynamicSharedMemorySize, {smem}); attr = true; }} }}")
-    launch.append(f"    {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nz}), {tl.threads}, {smem}>>>({g.dargs()});")
+    if tl.tma:
+        bf16 = _b(p.dtype == "bfloat16")
+        maps = []
+        for name, own, kmaj, box in ((p.a, p.row, ak, tl.bm), (p.b, p.col, bkm, tl.bn)):
+            st = p.strides[name]
+            off = p.base[name] + sum(st[v] * p.dom[v][0] for v in (p.row, p.col, p.red))
+            cols, rows = (K, p.extent(own)) if kmaj else (p.extent(own), K)
+            maps.append(f"isamap::tensor_map(&tm{len(maps)}, {bf16}, (const char*)d[{g.names.index(name)}] + "
+                        f"{2 * off}LL, {cols}, {rows}, {_ld(p, name, own)}, 64, {box if kmaj else 64})")
+        launch.append(f"    {{ CUtensorMap tm0, tm1; int e = {maps[0]};")
+        launch.append(f"      if (!e) e = {maps[1]};")
+        launch.append("      if (e) return e;")
+        launch.append(f"      {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nz}), {tl.threads}, {smem}>>>({g.dargs()}, tm0, tm1); }}")
+    else:
+        launch.append(f"    {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nz}), {tl.threads}, {smem}>>>({g.dargs()});")
     return src, launch, smem
 
 def _ld(p: GemmPlan, name: str, own: str) -> int:

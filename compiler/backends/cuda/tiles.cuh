@@ -13,6 +13,7 @@
 // reduction (A(m, k) row-major, B(n, k)); otherwise contiguous along m (A) or n (B).  The
 // shared-memory copy keeps the global layout (rows padded by 8 elements: no bank conflicts
 // for ldmatrix) so copies stay 16 bytes wide; ldmatrix's .trans picks the right fragments.
+#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 
 namespace isamap {
@@ -348,6 +349,138 @@ struct WgTile {
         cp_wait<0>();
 #pragma unroll
         for (int i = 0; i < ACC; ++i) fence_operand(acc[i]);
+    }
+};
+
+// ---- Hopper (sm_90a), warp-specialised: the copy engine (TMA) feeds, warpgroups multiply ----
+// Warpgroup 0 is the producer: one thread issues cp.async.bulk.tensor copies of each BK = 64
+// slab (the tensor maps lay them out 128-byte-swizzled, exactly as WgTile's slabs, and fill
+// what lies outside the matrix with zeros) into a ring of STAGES slots; warpgroups 1..BM/64
+// consume, each 64 rows x BN with wgmma.  Two mbarriers per slot: `full` completes when the
+// copies' bytes have landed (expect_tx), `empty` when every consumer has retired its wgmma
+// group on the slot.  setmaxnreg moves registers from the producer to the consumers.
+#ifndef ISAMAP_EMU
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+    ISAMAP_SM90A(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count)));
+}
+__device__ __forceinline__ void mbar_fence_init() {
+    ISAMAP_SM90A(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"));
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, unsigned bytes) {
+    ISAMAP_SM90A(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                              : "memory"));
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+    ISAMAP_SM90A(asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory"));
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+    ISAMAP_SM90A(asm volatile("{\n.reg .pred p;\nLAB_WAIT:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                              "@p bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(smem_u32(bar)), "r"(parity)
+                              : "memory"));
+}
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, unsigned long long* bar, int c0, int c1) {
+    ISAMAP_SM90A(asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n"
+        ::"r"(smem_u32(dst)), "l"((unsigned long long)map), "r"(smem_u32(bar)), "r"(c0), "r"(c1) : "memory"));
+}
+template <int R> __device__ __forceinline__ void reg_dealloc() {
+    ISAMAP_SM90A(asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)));
+}
+template <int R> __device__ __forceinline__ void reg_alloc() {
+    ISAMAP_SM90A(asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)));
+}
+
+// A 2-D tensor map of a row-major matrix (rows x cols elements, rows `ld` elements apart) read
+// in box0 x box1 boxes (box0 along the contiguous dimension), 128-byte swizzled.  0 or a CUresult.
+static int tensor_map(CUtensorMap* m, bool bf16, const void* base, unsigned long long cols, unsigned long long rows,
+                      unsigned long long ld, unsigned box0, unsigned box1) {
+    typedef CUresult (*Encode)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                               const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                               CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    static Encode encode = nullptr;
+    if (!encode) {
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void**)&encode, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess || q != cudaDriverEntryPointSuccess)
+            return 999;
+    }
+    cuuint64_t dims[2] = {cols, rows}, strides[1] = {ld * 2};
+    cuuint32_t box[2] = {box0, box1}, es[2] = {1, 1};
+    return (int)encode(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                       const_cast<void*>(base), dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+#endif
+
+template <typename T, int BM, int BN, int STAGES, bool AK, bool BKM>
+struct WsTile {
+    static constexpr int BK = 64, CONSUMERS = BM / 64, THREADS = (CONSUMERS + 1) * 128, ACC = BN / 2;
+    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE = A_BYTES + B_BYTES;
+    static constexpr int SMEM = STAGES * STAGE + 1024 + 256;  // + alignment of the first slab, + the mbarriers
+    static_assert(BM % 64 == 0 && BN % 64 == 0 && BN <= 256 && STAGES >= 2 && 2 * STAGES * 8 <= 256, "shape");
+
+    // the producer: the A and B boxes of slab k into one ring slot
+    __device__ __forceinline__ static void copy(unsigned char* st, const CUtensorMap* ma, const CUtensorMap* mb,
+                                                unsigned long long* bar, int m0, int n0, int k) {
+        mbar_expect_tx(bar, STAGE);
+        if (AK) tma_load_2d(st, ma, bar, k, m0);
+        else
+#pragma unroll
+            for (int a = 0; a < BM / 64; ++a) tma_load_2d(st + a * BK * 128, ma, bar, m0 + 64 * a, k);
+        if (BKM) tma_load_2d(st + A_BYTES, mb, bar, k, n0);
+        else
+#pragma unroll
+            for (int a = 0; a < BN / 64; ++a) tma_load_2d(st + A_BYTES + a * BK * 128, mb, bar, n0 + 64 * a, k);
+    }
+
+    // Consumers return true with their 64 x BN accumulators; the producer warpgroup returns false.
+    __device__ __forceinline__ static bool run(float (&acc)[ACC], const CUtensorMap* ma, const CUtensorMap* mb, int k0,
+                                               int k1, int m0, int n0, unsigned char* raw) {
+        unsigned char* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
+        unsigned long long* full = (unsigned long long*)(smem + STAGES * STAGE);
+        unsigned long long* empty = full + STAGES;
+        const int tid = threadIdx.x, wg = tid / 128;
+        const int tiles = (k1 - k0 + BK - 1) / BK;
+        if (tid == 0) {
+            for (int s = 0; s < STAGES; ++s) {
+                mbar_init(&full[s], 1);
+                mbar_init(&empty[s], CONSUMERS);
+            }
+            mbar_fence_init();
+        }
+        __syncthreads();
+        if (wg == 0) {
+            reg_dealloc<40>();
+            if (tid == 0)
+                for (int t = 0; t < tiles; ++t) {
+                    int s = t % STAGES;
+                    if (t >= STAGES) mbar_wait(&empty[s], ((t / STAGES) - 1) & 1);
+                    copy(smem + s * STAGE, ma, mb, &full[s], m0, n0, k0 + t * BK);
+                }
+            return false;
+        }
+        reg_alloc<232>();
+        for (int t = 0; t < tiles; ++t) {
+            int s = t % STAGES;
+            mbar_wait(&full[s], (t / STAGES) & 1);
+            unsigned char* a = smem + s * STAGE + (wg - 1) * 64 * BK * 2;
+            unsigned char* b = smem + s * STAGE + A_BYTES;
+            wg_fence();
+#pragma unroll
+            for (int j = 0; j < BK / 16; ++j) {
+                unsigned long long da = AK ? wg_desc(a + 32 * j, 16, 1024) : wg_desc(a + 2048 * j, BK * 128, 1024);
+                unsigned long long db = BKM ? wg_desc(b + 32 * j, 16, 1024) : wg_desc(b + 2048 * j, BK * 128, 1024);
+                Wgmma<BN, T, AK ? 0 : 1, BKM ? 0 : 1>::run(acc, da, db, 1);
+            }
+            wg_commit();
+            wg_wait<1>();  // the group of slab t - 1 has retired: its slot may be refilled
+            if (t > 0 && tid % 128 == 0) mbar_arrive(&empty[(t - 1) % STAGES]);
+        }
+        wg_wait<0>();
+#pragma unroll
+        for (int i = 0; i < ACC; ++i) fence_operand(acc[i]);
+        return true;
     }
 };
 
