@@ -188,3 +188,21 @@ def test_every_wgmma_tiling_the_model_picks_is_launchable(m, n, k, batch, tma):
     assert tl.threads == (tl.bm // 64 + tma) * 128 <= 1024
     assert tl.smem_bytes(2) <= t.memory("smem").capacity
     assert -(-m // tl.bm) * -(-n // tl.bn) * batch >= t.cores // 2
+
+
+def test_elementwise_statements_share_a_launch():
+    """A GRU step whose products are split: the gate math waits past the independent products
+    and runs as one kernel; unsplit, it rides on the products; a statement that reads another
+    thread's element starts a new kernel."""
+    from compiler.backends.cuda.scalar import launch_order, plans
+    k = compiler.parse(kernels.path("gru_step")).kernel()
+    t = hw_models.load("cuda-h100")
+    b = bind(k, dict(B=1, Hd=1024))
+    found = plans(k, b, t)
+    assert all(p.tiling.splits > 1 for p in found.values())
+    assert launch_order(k, b, found) == [("gemm", [0]), ("gemm", [2]), ("gemm", [4]), ("pointwise", [1, 3, 5, 6])]
+    b = bind(k, dict(B=512, Hd=1024))
+    assert launch_order(k, b, plans(k, b, hw_models.load("cuda"))) == [("gemm", [0]), ("gemm", [2]), ("gemm", [4])]
+    rev = compiler.parse("def rev(float(N) A) -> (B, C, D) {\n    B(i) = A(i) * 2.0\n    C(i) = B(N - 1 - i) + 1.0\n"
+                         "    D(i) = B(i) + C(i)\n}\n").kernel()
+    assert launch_order(rev, bind(rev, dict(N=10)), {}) == [("scalar", [0]), ("pointwise", [1, 2])]

@@ -60,6 +60,21 @@ def test_every_kernel_matches_the_interpreter():
     _check(cases, modes=(False,))
 
 
+def test_split_products_with_shared_elementwise_launches():
+    """Sizes where the recurrent products split the reduction, so the gate math runs as one
+    separate pointwise kernel; and a statement reading another element after a fused group."""
+    h100 = hw_models.load("cuda-h100")
+    cases = []
+    for name, sizes in (("gru_step", dict(B=1, Hd=1024)), ("lstm_cell", dict(B=4, I=8, Hd=1024)),
+                        ("gru_cell", dict(B=3, I=50, Hd=300))):
+        k = compiler.parse(kernels.path(name)).kernel()
+        cases.append((k, bind(k, sizes), h100, None))
+    rev = compiler.parse("def rev(float(N) A) -> (B, C, D) {\n    B(i) = A(i) * 2.0\n    C(i) = B(N - 1 - i) + 1.0\n"
+                         "    D(i) = B(i) + C(i)\n}\n").kernel()
+    cases.append((rev, bind(rev, dict(N=300)), T, None))
+    _check(cases, modes=(False,))
+
+
 def _gemm_case(it, a_t, b_t, m, n, k, tiling=None):
     kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
     b = bind(kern, dict(M=m, N=n, K=k))

@@ -5,8 +5,8 @@ runs the statement's reduction loops itself, starting from the element's current
 value (after the identity fill of a ``!`` statement), so the result is the
 reference semantics.  A host entry point ``isamap_run`` allocates device buffers,
 copies inputs, launches the statements in order, times them with CUDA events and
-copies the outputs back.  Shared-memory tiling and tensor-core ``mma.sync`` from
-the cuda target's mappings are the next step.
+copies the outputs back.  Contractions the target maps onto a matrix instruction are
+tiled (``gemm.py``); consecutive elementwise statements share a kernel (``launch_order``).
 """
 from __future__ import annotations
 
@@ -189,6 +189,26 @@ class _Gen:
                f"    if (t < {n}LL) t_{s.tensor}[t] = {val};\n}}\n")
         return src, [f"    {self.prefix}s{si}_init<<<{-(-n // 256)}, 256>>>({self.dargs()});"]
 
+    def pointwise(self, sis: list[int]) -> tuple[str, list[str]]:
+        """One kernel running the elementwise assignments ``sis`` (one domain, indexed alike;
+        see ``launch_order``) one after another on each thread's element."""
+        s0 = self.k.stmts[sis[0]]
+        dom = self.b.domain(sis[0])
+        lhs = list(s0.indices)
+        exts = [dom[v][1] - dom[v][0] for v in lhs]
+        total = prod(exts)
+        body = ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+                f"    if (t >= {total}LL) return;"]
+        for v, e in reversed(list(zip(lhs, exts))):
+            body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
+        for si in sis:
+            s = self.k.stmts[si]
+            dt = self.k.tensor(s.tensor).dtype
+            body.append(f"    {self.write(s.tensor, lhs, self.conv(self.ev(s.rhs), s.rhs.dtype, dt))}  // S{si}")
+        name = f"{self.prefix}s{'_'.join(map(str, sis))}"
+        src = f"__global__ void {name}({self.params()}) {{\n" + "\n".join(body) + "\n}\n"
+        return src, [f"    {name}<<<{max(1, -(-total // 256))}, 256>>>({self.dargs()});"]
+
     def statement(self, si: int) -> tuple[str, list[str]]:
         """The kernels of statement ``si`` (one thread per output element) and their launch lines."""
         s = self.k.stmts[si]
@@ -231,6 +251,67 @@ class _Gen:
         return "".join(src), launch
 
 
+def _accesses(e) -> list[Access]:
+    from ir.expr import walk
+    return [x for x in walk(e) if isinstance(x, Access)]
+
+
+def launch_order(k: Kernel, b: Bound, found: dict) -> list[tuple[str, list[int]]]:
+    """The kernels to launch, in order: ("gemm", [si]) for a tiled contraction (its fused
+    epilogue included), ("pointwise", [si, ...]) for elementwise assignments run by one kernel,
+    ("scalar", [si]) for the rest.
+
+    Consecutive assignments over one domain, indexed alike, that read each other's results
+    only at the element they write, share a kernel (one thread runs them all on its element,
+    in program order); such a group waits past a contraction that neither reads what the
+    group writes nor writes what it touches, so e.g. a GRU step's gate math after split-K
+    products is one launch instead of four."""
+    skip = {j for p in found.values() for j in p.epilogue}
+    out: list[tuple[str, list[int]]] = []
+    group: list[int] = []
+    written: set[str] = set()
+    touched: set[str] = set()
+    away: set[str] = set()  # tensors the group reads at other elements than its own
+
+    def flush():
+        nonlocal group, written, touched, away
+        if group:
+            out.append(("pointwise" if len(group) > 1 else "scalar", group))
+        group, written, touched, away = [], set(), set(), set()
+
+    for si in range(len(k.stmts)):
+        if si in skip:
+            continue
+        s = k.stmts[si]
+        if si in found:
+            p = found[si]
+            uses = {p.c} | {x.tensor for x in _accesses(s.rhs)}
+            for j in p.epilogue:
+                uses |= {k.stmts[j].tensor} | {x.tensor for x in _accesses(k.stmts[j].rhs)}
+            if uses & (written | touched):
+                flush()
+            out.append(("gemm", [si]))
+            continue
+        idx = tuple(s.indices)
+        if s.op != "=" or s.reduction_vars or s.exists:
+            flush()
+            out.append(("scalar", [si]))
+            continue
+        reads = _accesses(s.rhs)
+        here = {x.tensor for x in reads if tuple(getattr(i, "name", None) for i in x.indices) == idx}
+        far = {x.tensor for x in reads} - here
+        first = k.stmts[group[0]] if group else None
+        if group and (tuple(first.indices) != idx or b.domain(group[0]) != b.domain(si)
+                      or far & written or s.tensor in away | far):
+            flush()
+        group.append(si)
+        written.add(s.tensor)
+        touched |= {x.tensor for x in reads} | {s.tensor}
+        away |= far
+    flush()
+    return out
+
+
 def plans(k: Kernel, b: Bound, t=None) -> dict:
     """Statement -> GemmPlan for the statements the target maps onto a matrix instruction
     (with their block tiling and fused epilogues); the rest run one thread per element."""
@@ -260,15 +341,14 @@ def cuda_source(k: Kernel, b: Bound, prefix: str = "", prelude: bool = True, t=N
     from .gemm import tiles_header
     g = _Gen(k, b, prefix)
     found = plans(k, b, t) if gemm is None else gemm
-    skip = {j for p in found.values() for j in p.epilogue}
     parts, launches = [], []
-    for si in range(len(k.stmts)):
-        if si in skip:
-            continue
-        if si in found:
-            src, ln, _ = emit_gemm(g, found[si])
+    for kind, sis in launch_order(k, b, found):
+        if kind == "gemm":
+            src, ln, _ = emit_gemm(g, found[sis[0]])
+        elif kind == "pointwise":
+            src, ln = g.pointwise(sis)
         else:
-            src, ln = g.statement(si)
+            src, ln = g.statement(sis[0])
         parts.append(src)
         launches += ln
     n_in, n_all = len(k.inputs), len(g.names)
