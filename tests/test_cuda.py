@@ -206,3 +206,11 @@ def test_elementwise_statements_share_a_launch():
     rev = compiler.parse("def rev(float(N) A) -> (B, C, D) {\n    B(i) = A(i) * 2.0\n    C(i) = B(N - 1 - i) + 1.0\n"
                          "    D(i) = B(i) + C(i)\n}\n").kernel()
     assert launch_order(rev, bind(rev, dict(N=10)), {}) == [("scalar", [0]), ("pointwise", [1, 2])]
+
+
+@needs_nvcc
+def test_the_gru_sequence_library_builds(tmp_path, monkeypatch):
+    from compiler.bench.gru import cuda_sequence_source
+    monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    so = compile_source(cuda_sequence_source(hw_models.load("cuda-h100"), 64, 2, 3), archs=("90",), per_thread=True)
+    assert so.exists()

@@ -5,6 +5,7 @@ import ctypes
 import itertools
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -284,3 +285,25 @@ def test_the_model_takes_wgmma_only_where_it_fits():
     assert not plan(H100, 1760, 16, 1760).tiling.wgmma  # small N: mma.sync with split-K
     assert not plan(H100, 4096, 4096, 4095, bt=True).tiling.wgmma  # rows not 16-byte aligned
     assert not plan(T, 4096, 4096, 4096).tiling.wgmma  # the A100 target has no wgmma
+
+
+def test_the_gru_sequence_driver_with_its_cuda_graph():
+    """The cuda GRU benchmark's library (projection GEMMs, then the steps captured once into a
+    CUDA graph and replayed) against the numpy GRU."""
+    from compiler.bench.gru import cuda_sequence_source
+    from compiler.rnn import gru_reference, random_gru
+    for H, N, T in ((64, 1, 5), (40, 3, 4)):
+        lib = ctypes.CDLL(str(compile_emulated(cuda_sequence_source(hw_models.load("cuda-h100"), H, N, T))))
+        w = random_gru(H, H, seed=1)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-1, 1, (T, N, H)).astype(np.float32)
+        h0 = rng.uniform(-1, 1, (N, H)).astype(np.float32)
+        host = [np.ascontiguousarray(a, dtype=np.float32) for a in
+                (x.reshape(T * N, H), w.Wx[:, :H], w.Wx[:, H:2 * H], w.Wx[:, 2 * H:], w.Ur, w.Uz, w.Un, w.br, w.bz,
+                 w.bhn, h0)]
+        fp = ctypes.POINTER(ctypes.c_float)
+        ptrs = (fp * len(host))(*[a.ctypes.data_as(fp) for a in host])
+        ms = (ctypes.c_float * 3)()
+        h = np.empty((N, H), np.float32)
+        assert lib.gru_time(ptrs, 3, ms, h.ctypes.data_as(fp)) == 0
+        assert np.abs(h - gru_reference(x, w, h0)).max() < 1e-5

@@ -184,8 +184,11 @@ def cuda_sequence_source(t, H: int, N: int, T: int) -> str:
     """One CUDA library for a whole GRU sequence on device-resident buffers: the input projection
     as three generated GEMMs (X times W_r, W_z, W_n, all T timesteps at once, so each step's
     slice is contiguous), then T launches of the generated ``gru_step`` kernels, the hidden
-    state ping-ponging between two buffers.  ``gru_time`` runs it ``reps`` times between CUDA
-    events (one warm-up run excluded) and copies the last hidden state back."""
+    state ping-ponging between two buffers, replayed from a CUDA graph.  ``gru_time`` runs it
+    ``reps`` times between CUDA events (two warm-up runs, the second capturing the graph,
+    excluded) and copies the last hidden state back.  Built with ``--default-stream
+    per-thread`` (``compile_source(per_thread=True)``): the legacy default stream cannot be
+    captured."""
     import compiler
     import kernels
     from compiler.backends.cuda.gemm import tiles_header
@@ -218,7 +221,9 @@ extern "C" int gru_time(float** h, int reps, float* ms, float* hout) {{
     if (err) return err;
     cudaEvent_t a, z;
     cudaEventCreate(&a); cudaEventCreate(&z);
-    for (int r = -1; r < reps && !err; ++r) {{
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t steps = nullptr;
+    for (int r = -2; r < reps && !err; ++r) {{
         cudaMemcpyAsync(hb[0], d[10], {nh}LL * 4, cudaMemcpyDeviceToDevice);
         cudaEventRecord(a);
         float* xs[3] = {{xr, xz, xn}};
@@ -226,13 +231,23 @@ extern "C" int gru_time(float** h, int reps, float* ms, float* hout) {{
             void* p[3] = {{d[0], d[1 + g], xs[g]}};
             err = proj_isamap_launch(p);
         }}
-        for (int s = 0; s < {T} && !err; ++s) {{
-            float* hp = hb[s & 1];
-            float* ho = hb[(s + 1) & 1];
-            void* p[15] = {{xr + (long long)s * {nh}, xz + (long long)s * {nh}, xn + (long long)s * {nh}, hp,
-                           d[4], d[5], d[6], d[7], d[8], d[9], tmp[0], tmp[1], tmp[2], tmp[3], ho}};
-            err = step_isamap_launch(p);
+        // the T steps: launched one by one in the warm-up run (r = -2), captured once into a CUDA
+        // graph after it (their launch overhead, several microseconds a kernel, is most of a
+        // small step's time), replayed by the timed runs
+        if (r == -1 && !err) err = (int)cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal);
+        if (r == -2 || !steps)
+            for (int s = 0; s < {T} && !err; ++s) {{
+                float* hp = hb[s & 1];
+                float* ho = hb[(s + 1) & 1];
+                void* p[15] = {{xr + (long long)s * {nh}, xz + (long long)s * {nh}, xn + (long long)s * {nh}, hp,
+                               d[4], d[5], d[6], d[7], d[8], d[9], tmp[0], tmp[1], tmp[2], tmp[3], ho}};
+                err = step_isamap_launch(p);
+            }}
+        if (r == -1 && !err) {{
+            err = (int)cudaStreamEndCapture(cudaStreamPerThread, &graph);
+            if (!err) err = (int)cudaGraphInstantiate(&steps, graph, 0);
         }}
+        if (r >= -1 && !err) err = (int)cudaGraphLaunch(steps, cudaStreamPerThread);
         cudaEventRecord(z);
         cudaEventSynchronize(z);
         if (r >= 0) cudaEventElapsedTime(&ms[r], a, z);
@@ -244,6 +259,8 @@ extern "C" int gru_time(float** h, int reps, float* ms, float* hout) {{
     for (int i = 0; i < 2; ++i) cudaFree(hb[i]);
     for (int i = 0; i < 4; ++i) cudaFree(tmp[i]);
     cudaEventDestroy(a); cudaEventDestroy(z);
+    if (steps) cudaGraphExecDestroy(steps);
+    if (graph) cudaGraphDestroy(graph);
     return err;
 }}
 """
@@ -271,7 +288,7 @@ def run_cuda_gru(t, problems, repeats: int, progress: bool) -> list[GruRow]:
     def measure(i, row, w, h0):
         H, N, T = row.hidden, row.batch, row.timesteps
         x = np.random.default_rng(i).uniform(-1, 1, (T, N, H)).astype(np.float32)
-        lib = ctypes.CDLL(str(compile_source(cuda_sequence_source(t, H, N, T))))
+        lib = ctypes.CDLL(str(compile_source(cuda_sequence_source(t, H, N, T), per_thread=True)))
         host = [x.reshape(T * N, H), w.Wx[:, :H], w.Wx[:, H:2 * H], w.Wx[:, 2 * H:], w.Ur, w.Uz, w.Un,
                 w.br, w.bz, w.bhn, h0]
         host = [np.ascontiguousarray(a, dtype=np.float32) for a in host]

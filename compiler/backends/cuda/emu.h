@@ -208,6 +208,7 @@ struct State {
     std::map<const void*, long> smem_attr;
     int error = 0;
     std::string message;
+    std::vector<std::function<void()>>* capture = nullptr;  // stream capture in progress: work is recorded
 };
 
 inline State& st() {
@@ -371,6 +372,11 @@ struct Launch {
     template <typename... A>
     void operator()(A... args) {
         State& s = st();
+        if (s.capture) {  // recorded into the graph being captured, run at cudaGraphLaunch
+            Launch me = *this;
+            s.capture->push_back([me, args...]() mutable { me(args...); });
+            return;
+        }
         std::lock_guard<std::mutex> g(s.lock);
         int n = (int)(block.x * block.y * block.z);
         long limit = kDefaultSmem;
@@ -447,7 +453,51 @@ inline cudaError_t cudaMemset(void* p, int v, size_t n) {
     std::memset(p, v, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { return cudaMemset(p, v, n); }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) {
+    if (isamap_emu::st().capture) {
+        isamap_emu::st().capture->push_back([p, v, n]() { cudaMemset(p, v, n); });
+        return cudaSuccess;
+    }
+    return cudaMemset(p, v, n);
+}
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = 0) {
+    if (isamap_emu::st().capture) {
+        isamap_emu::st().capture->push_back([d, s, n, k]() { cudaMemcpy(d, s, n, k); });
+        return cudaSuccess;
+    }
+    return cudaMemcpy(d, s, n, k);
+}
+// CUDA graphs by stream capture: the captured work, replayed in order
+#define cudaStreamPerThread ((cudaStream_t)2)
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeRelaxed };
+typedef std::vector<std::function<void()>>* cudaGraph_t;
+typedef std::vector<std::function<void()>>* cudaGraphExec_t;
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+    if (isamap_emu::st().capture) return cudaErrorInvalidValue;
+    isamap_emu::st().capture = new std::vector<std::function<void()>>();
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+    *g = isamap_emu::st().capture;
+    isamap_emu::st().capture = nullptr;
+    return *g ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long = 0) {
+    *e = new std::vector<std::function<void()>>(*g);
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t = 0) {
+    for (auto& f : *e) f();
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+    delete e;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    delete g;
+    return cudaSuccess;
+}
 inline cudaError_t cudaDeviceSynchronize() { return isamap_emu::st().error; }
 inline cudaError_t cudaGetLastError() {
     int e = isamap_emu::st().error;

@@ -60,14 +60,15 @@ def gencode(arch: str) -> list[str]:
     return ["-gencode", f"arch=compute_{a},code=sm_{a}"]
 
 
-def compile_source(src: str, shared: bool = True, archs=None) -> Path:
+def compile_source(src: str, shared: bool = True, archs=None, per_thread: bool = False) -> Path:
     """nvcc the source (cached by its hash); returns the .so (or .o) path.  ``archs`` defaults
-    to this machine's GPU (every supported architecture where none is found)."""
+    to this machine's GPU (every supported architecture where none is found); ``per_thread``:
+    stream 0 is the calling thread's own stream (capturable into a CUDA graph)."""
     archs = archs or (device_archs() if gpu_present() else ARCHS)
     exe = nvcc()
     if exe is None:
         raise IsamapError("nvcc is not installed: the cuda backend can emit code (--emit cuda) but not build it")
-    key = hashlib.sha256((src + repr(archs) + str(shared)).encode()).hexdigest()[:24]
+    key = hashlib.sha256((src + repr(archs) + str(shared) + ("pt" if per_thread else "")).encode()).hexdigest()[:24]
     out = cache_dir() / (f"{key}.so" if shared else f"{key}.o")
     if out.exists():
         return out
@@ -75,7 +76,7 @@ def compile_source(src: str, shared: bool = True, archs=None) -> Path:
         cu = Path(tmp) / "k.cu"
         cu.write_text(src)
         target = Path(tmp) / out.name
-        cmd = [exe, "-O3", "-lineinfo", "-o", str(target)]
+        cmd = [exe, "-O3", "-lineinfo", "-o", str(target)] + (["--default-stream", "per-thread"] if per_thread else [])
         cmd += ["--shared", "-Xcompiler", "-fPIC"] if shared else ["-c"]
         for a in archs:
             cmd += gencode(a)
