@@ -224,39 +224,28 @@ def test_batched_wgmma():
     _check(cases)
 
 
-WGMMA_MUTATIONS = {
-    "a slab refilled while a wgmma group still reads it": ("wg_wait<1>();\n        }", "wg_wait<2>();\n        }"),
-    "K-major chunks stored unswizzled": ("r * 128 + ((c ^ (r & 7)) << 4)", "r * 128 + (c << 4)"),
-    "copies not waited for before the barrier": ("cp_wait<STAGES - 3>();", "cp_wait<STAGES - 2>();"),
+WGMMA_MUTATIONS = {  # (broken tile, the shape it runs on): every thread copying, then warp-specialised
+    "a slab refilled while a wgmma group still reads it": ("wg_wait<1>();\n        }", "wg_wait<2>();\n        }", False),
+    "K-major chunks stored unswizzled": ("r * 128 + ((c ^ (r & 7)) << 4)", "r * 128 + (c << 4)", False),
+    "copies not waited for before the barrier": ("cp_wait<STAGES - 3>();", "cp_wait<STAGES - 2>();", False),
+    "a slot released before its wgmma group retires": ("wg_wait<1>();  // the group", "wg_wait<2>();  // the group",
+                                                       True),
+    "consumers not waiting for the copies": ("mbar_wait(&full[s], (t / STAGES) & 1);", "", True),
+    "the producer not waiting for a free slot": ("if (t >= STAGES) mbar_wait(&empty[s]",
+                                                 "if (t < 0) mbar_wait(&empty[s]", True),
+    "the wrong phase awaited": ("mbar_wait(&full[s], (t / STAGES) & 1);",
+                                "mbar_wait(&full[s], ((t / STAGES) & 1) ^ 1);", True),
 }
 
 
 @pytest.mark.parametrize("what", WGMMA_MUTATIONS)
 def test_the_emulator_catches_a_broken_wgmma_tile(what, monkeypatch):
-    old, new = WGMMA_MUTATIONS[what]
-    text = cuda_gemm.tiles_header()
-    assert old in text
-    monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
-    case = _wgmma_case("half", False, False, 128, 128, 320, _wg(128, 128, 3))
-    (ck,) = build_together([case])
-    assert not all(_results(ck, case[0], case[1], early)[0] for early in (False, True))
-
-
-WS_MUTATIONS = {  # the warp-specialised TMA tile
-    "a slot released before its wgmma group retires": ("wg_wait<1>();  // the group", "wg_wait<2>();  // the group"),
-    "consumers not waiting for the copies": ("mbar_wait(&full[s], (t / STAGES) & 1);", ""),
-    "the producer not waiting for a free slot": ("if (t >= STAGES) mbar_wait(&empty[s]", "if (t < 0) mbar_wait(&empty[s]"),
-    "the wrong phase awaited": ("mbar_wait(&full[s], (t / STAGES) & 1);", "mbar_wait(&full[s], ((t / STAGES) & 1) ^ 1);"),
-}
-
-
-@pytest.mark.parametrize("what", WS_MUTATIONS)
-def test_the_emulator_catches_a_broken_warp_specialised_tile(what, monkeypatch):
-    old, new = WS_MUTATIONS[what]
+    old, new, ws = WGMMA_MUTATIONS[what]
     text = cuda_gemm.tiles_header()
     assert text.count(old) == 1
     monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
-    case = _wgmma_case("half", True, False, 128, 256, 640, _wg(128, 256, 3, True))
+    case = (_wgmma_case("half", True, False, 128, 256, 640, _wg(128, 256, 3, True)) if ws else
+            _wgmma_case("half", False, False, 128, 128, 320, _wg(128, 128, 3)))
     (ck,) = build_together([case])
     results = []
     for early in (False, True):

@@ -14,8 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 from ir.errors import IsamapError
@@ -40,27 +38,15 @@ def compiler_exe() -> str | None:
 
 def compile_emulated(src: str) -> Path:
     """The emulator's shared library for the generated source (cached by its hash)."""
-    from .runtime import cache_dir
     exe = compiler_exe()
     if exe is None:
         raise IsamapError("the CUDA emulator needs a host C++ compiler (g++ or clang++; or set CXX)")
-    text = host_source(src)
-    header = EMU_H.read_text()
+    from .runtime import cached_build
     extra = os.environ.get("ISAMAP_EMU_FLAGS", "").split()  # e.g. -fsanitize=address (LD_PRELOAD libasan)
-    key = hashlib.sha256((text + header + exe + " ".join(extra)).encode()).hexdigest()[:24]
-    out = cache_dir() / f"emu-{key}.so"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        cc = Path(tmp) / "k.cc"
-        cc.write_text(text)
-        target = Path(tmp) / out.name
-        cmd = [exe, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-include", str(EMU_H), "-o", str(target), str(cc)] + extra
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"the host compiler failed on the emulated CUDA source:\n{r.stderr[-4000:]}")
-        os.replace(target, out)
-    return out
+    flags = ["-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-include", str(EMU_H)] + extra
+    # emu.h's text is part of the key: a changed emulator rebuilds
+    return cached_build(exe, flags, host_source(src) + "\n// " + hashlib.sha256(EMU_H.read_bytes()).hexdigest(),
+                        "k.cc", ".so", "the host compiler failed on the emulated CUDA source", prefix="emu-")
 
 
 def build_together(cases) -> list:

@@ -68,21 +68,27 @@ def compile_source(src: str, shared: bool = True, archs=None, per_thread: bool =
     exe = nvcc()
     if exe is None:
         raise IsamapError("nvcc is not installed: the cuda backend can emit code (--emit cuda) but not build it")
-    key = hashlib.sha256((src + repr(archs) + str(shared) + ("pt" if per_thread else "")).encode()).hexdigest()[:24]
-    out = cache_dir() / (f"{key}.so" if shared else f"{key}.o")
+    flags = ["-O3", "-lineinfo"] + (["--default-stream", "per-thread"] if per_thread else [])
+    flags += ["--shared", "-Xcompiler", "-fPIC"] if shared else ["-c"]
+    for a in archs:
+        flags += gencode(a)
+    return cached_build(exe, flags, src, "k.cu", ".so" if shared else ".o", "nvcc failed on generated code")
+
+
+def cached_build(exe: str, flags: list[str], src: str, name: str, suffix: str, failure: str,
+                 prefix: str = "") -> Path:
+    """``exe flags -o OUT name`` on ``src`` written to a scratch folder, the result kept in the
+    cache under the hash of everything that went in (a later call with the same input reuses it)."""
+    key = hashlib.sha256("\0".join([src, exe] + flags).encode()).hexdigest()[:24]
+    out = cache_dir() / f"{prefix}{key}{suffix}"
     if out.exists():
         return out
     with tempfile.TemporaryDirectory() as tmp:
-        cu = Path(tmp) / "k.cu"
-        cu.write_text(src)
+        (Path(tmp) / name).write_text(src)
         target = Path(tmp) / out.name
-        cmd = [exe, "-O3", "-lineinfo", "-o", str(target)] + (["--default-stream", "per-thread"] if per_thread else [])
-        cmd += ["--shared", "-Xcompiler", "-fPIC"] if shared else ["-c"]
-        for a in archs:
-            cmd += gencode(a)
-        r = subprocess.run(cmd + [str(cu)], capture_output=True, text=True)
+        r = subprocess.run([exe] + flags + ["-o", str(target), str(Path(tmp) / name)], capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"nvcc failed on generated code:\n{r.stderr[-4000:]}")
+            raise RuntimeError(f"{failure}:\n{r.stderr[-4000:]}")
         os.replace(target, out)  # atomic: no partial cache entries
     return out
 

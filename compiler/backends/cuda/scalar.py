@@ -189,18 +189,23 @@ class _Gen:
                f"    if (t < {n}LL) t_{s.tensor}[t] = {val};\n}}\n")
         return src, [f"    {self.prefix}s{si}_init<<<{-(-n // 256)}, 256>>>({self.dargs()});"]
 
-    def pointwise(self, sis: list[int]) -> tuple[str, list[str]]:
-        """One kernel running the elementwise assignments ``sis`` (one domain, indexed alike;
-        see ``launch_order``) one after another on each thread's element."""
-        s0 = self.k.stmts[sis[0]]
-        dom = self.b.domain(sis[0])
-        lhs = list(s0.indices)
+    def _element(self, si: int) -> tuple[list[str], int, list[str]]:
+        """Statement ``si``'s output indices, how many elements it has, and the kernel lines that
+        give a thread its element (one thread per element, 1-D grid; surplus threads return)."""
+        dom = self.b.domain(si)
+        lhs = list(self.k.stmts[si].indices)
         exts = [dom[v][1] - dom[v][0] for v in lhs]
         total = prod(exts)
         body = ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
                 f"    if (t >= {total}LL) return;"]
         for v, e in reversed(list(zip(lhs, exts))):
             body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
+        return lhs, total, body
+
+    def pointwise(self, sis: list[int]) -> tuple[str, list[str]]:
+        """One kernel running the elementwise assignments ``sis`` (one domain, indexed alike;
+        see ``launch_order``) one after another on each thread's element."""
+        lhs, total, body = self._element(sis[0])
         for si in sis:
             s = self.k.stmts[si]
             dt = self.k.tensor(s.tensor).dtype
@@ -220,13 +225,8 @@ class _Gen:
             isrc, ilaunch = self.init_kernel(si)
             src.append(isrc)
             launch += ilaunch
-        lhs, red = list(s.indices), list(s.reduction_vars)
-        exts = [dom[v][1] - dom[v][0] for v in lhs]
-        total = prod(exts)
-        body = ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
-                f"    if (t >= {total}LL) return;"]
-        for v, e in reversed(list(zip(lhs, exts))):
-            body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
+        red = list(s.reduction_vars)
+        lhs, total, body = self._element(si)
         if s.op == "=":
             body.append("    " + self.write(s.tensor, lhs, self.conv(self.ev(s.rhs), s.rhs.dtype, dt)))
         else:

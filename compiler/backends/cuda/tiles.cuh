@@ -297,6 +297,22 @@ __device__ __forceinline__ void load_swizzled(unsigned char* s, const T* __restr
     }
 }
 
+// One BK = 64 slab: four wgmma k16 steps of this warpgroup's 64 rows (at a) by the block's BN
+// columns (at b), committed as one group.  A K-major operand advances 32 bytes a step inside
+// its swizzled rows; an MN-major one two 8-row k groups (2048 bytes).
+template <typename T, int BN, bool AK, bool BKM>
+__device__ __forceinline__ void wg_slab(float (&acc)[BN / 2], unsigned char* a, unsigned char* b) {
+    constexpr int BK = 64;
+    wg_fence();
+#pragma unroll
+    for (int j = 0; j < BK / 16; ++j) {
+        unsigned long long da = AK ? wg_desc(a + 32 * j, 16, 1024) : wg_desc(a + 2048 * j, BK * 128, 1024);
+        unsigned long long db = BKM ? wg_desc(b + 32 * j, 16, 1024) : wg_desc(b + 2048 * j, BK * 128, 1024);
+        Wgmma<BN, T, AK ? 0 : 1, BKM ? 0 : 1>::run(acc, da, db, 1);
+    }
+    wg_commit();
+}
+
 template <typename T, int BM, int BN, int STAGES, bool AK, bool BKM>
 struct WgTile {
     static constexpr int BK = 64, THREADS = (BM / 64) * 128, ACC = BN / 2;
@@ -335,14 +351,7 @@ struct WgTile {
             }
             unsigned char* a = smem + (t % STAGES) * STAGE + wg * 64 * BK * 2;
             unsigned char* b = smem + (t % STAGES) * STAGE + A_BYTES;
-            wg_fence();
-#pragma unroll
-            for (int j = 0; j < BK / 16; ++j) {
-                unsigned long long da = AK ? wg_desc(a + 32 * j, 16, 1024) : wg_desc(a + 2048 * j, BK * 128, 1024);
-                unsigned long long db = BKM ? wg_desc(b + 32 * j, 16, 1024) : wg_desc(b + 2048 * j, BK * 128, 1024);
-                Wgmma<BN, T, AK ? 0 : 1, BKM ? 0 : 1>::run(acc, da, db, 1);
-            }
-            wg_commit();
+            wg_slab<T, BN, AK, BKM>(acc, a, b);
             wg_wait<1>();
         }
         wg_wait<0>();
@@ -466,14 +475,7 @@ struct WsTile {
             mbar_wait(&full[s], (t / STAGES) & 1);
             unsigned char* a = smem + s * STAGE + (wg - 1) * 64 * BK * 2;
             unsigned char* b = smem + s * STAGE + A_BYTES;
-            wg_fence();
-#pragma unroll
-            for (int j = 0; j < BK / 16; ++j) {
-                unsigned long long da = AK ? wg_desc(a + 32 * j, 16, 1024) : wg_desc(a + 2048 * j, BK * 128, 1024);
-                unsigned long long db = BKM ? wg_desc(b + 32 * j, 16, 1024) : wg_desc(b + 2048 * j, BK * 128, 1024);
-                Wgmma<BN, T, AK ? 0 : 1, BKM ? 0 : 1>::run(acc, da, db, 1);
-            }
-            wg_commit();
+            wg_slab<T, BN, AK, BKM>(acc, a, b);
             wg_wait<1>();  // the group of slab t - 1 has retired: its slot may be refilled
             if (t > 0 && tid % 128 == 0) mbar_arrive(&empty[(t - 1) % STAGES]);
         }
