@@ -1,5 +1,6 @@
 """Property tests: random kernels round-trip through print/parse; mutated sources fail cleanly."""
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -122,6 +123,28 @@ def test_random_kernels_compile_and_simulate_correctly_on_nnp(case, m, n, k, sch
         event("refused")
         return
     event("compiled and simulated")
+    ins = random_inputs(ck.kernel, ck.bound)
+    out = ck.run_all(**ins)
+    ref = ir.interp.run(ck.kernel, ins, ck.sizes)
+    ok, err, per = compare(out, ref, ck.precision)
+    finite = all(np.isfinite(r).all() for r in ref.values())
+    assert ok or not finite, (src, sizes, per)
+
+
+@pytest.mark.skipif(__import__("compiler.backends.cuda.emulate", fromlist=["x"]).compiler_exe() is None,
+                    reason="no host C++ compiler")
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kernels_st(), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40))
+def test_random_kernels_run_correctly_as_cuda_on_the_emulator(case, m, n, k):
+    """The cuda backend's code for random kernels (one thread per element, shared elementwise
+    launches, tiled FFMA contractions where a statement is one), run on the CPU emulator."""
+    from compiler.backends.cuda.runtime import CudaKernel
+    from compiler.checking import compare
+    src, _ = case
+    kern = compiler.parse(src).kernel()
+    sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
+    ck = compiler.build(kern, target="cuda", sizes=sizes)
+    ck.gpu = CudaKernel(ck.kernel, ck.bound, ck.gpu.src, emulate=True)
     ins = random_inputs(ck.kernel, ck.bound)
     out = ck.run_all(**ins)
     ref = ir.interp.run(ck.kernel, ins, ck.sizes)
