@@ -451,6 +451,9 @@ def cmd_run(a) -> int:
     ck = _build(a)
     if a.emulate and ck.gpu is None:
         raise IsamapError(f"--emulate runs cuda targets on the CPU; '{ck.target}' is not one")
+    if a.emulate and ck.bound.macs() > 5e9:  # the emulator does ~0.5 G multiply-adds a second
+        print(f"note: emulating {ck.bound.macs() / 1e9:.1f} G multiply-adds on the CPU takes about "
+              f"{ck.bound.macs() / 5e8 / 60:.0f} min; smaller --sizes run the same code paths", file=sys.stderr)
     inputs = random_inputs(ck.kernel, ck.bound, a.seed)
     t0 = time.perf_counter()
     if a.stalls and ck.program is None:

@@ -3,7 +3,9 @@
 //
 // The generated source is compiled by the host C++ compiler with this header forced in front
 // (emulate.py rewrites the few CUDA-only spellings: kernel launches, extern __shared__ and the
-// CUDA headers).  Every CUDA thread is a fiber (ucontext) of one OS thread; blocks run one
+// CUDA headers).  Every CUDA thread is a fiber of one OS thread (a six-register stack switch
+// on x86-64, ucontext elsewhere: swapcontext's signal-mask system calls cost half the time);
+// blocks run one
 // after another; __syncthreads parks a fiber until every live thread of its block arrives; a
 // warp-collective instruction (ldmatrix, mma.sync) completes when all 32 lanes of the warp have
 // arrived, and the last lane to arrive computes every lane's result, following the PTX ISA's
@@ -138,6 +140,7 @@ struct Copy {
 
 struct Fiber {
     ucontext_t ctx;
+    void* sp = nullptr;  // saved stack pointer (x86-64 switch)
     uint3 tid;
     int lin = 0;
     bool done = false;
@@ -196,6 +199,7 @@ struct State {
     std::deque<int> ready;
     std::vector<int> bar_waiting;
     ucontext_t sched;
+    void* sched_sp = nullptr;
     Fiber* cur = nullptr;
     int live = 0, nthreads = 0;
     uint3 block{0, 0, 0}, bdim{1, 1, 1}, gdim{1, 1, 1};
@@ -229,9 +233,26 @@ inline void fault(const std::string& what) {
 
 inline Fiber* cur() { return st().cur; }
 
+#if defined(__x86_64__)
+// Save the callee-saved registers on this stack, store its pointer at *save, load `load` and
+// pop the registers saved there (a fiber's first switch "returns" into fiber_start).
+extern "C" void isamap_emu_switch(void** save, void* load);
+__asm__(".text\n.globl isamap_emu_switch\n.hidden isamap_emu_switch\n.type isamap_emu_switch,@function\n"
+        "isamap_emu_switch:\n"
+        "pushq %rbp\npushq %rbx\npushq %r12\npushq %r13\npushq %r14\npushq %r15\n"
+        "movq %rsp, (%rdi)\nmovq %rsi, %rsp\n"
+        "popq %r15\npopq %r14\npopq %r13\npopq %r12\npopq %rbx\npopq %rbp\nret\n"
+        ".size isamap_emu_switch, .-isamap_emu_switch\n");
+#define ISAMAP_EMU_SWITCH 1
+#endif
+
 inline void park() {
     State& s = st();
+#ifdef ISAMAP_EMU_SWITCH
+    isamap_emu_switch(&s.cur->sp, s.sched_sp);
+#else
     swapcontext(&s.cur->ctx, &s.sched);
+#endif
 }
 
 inline void wake(std::vector<int>& who, int except) {
@@ -323,6 +344,15 @@ inline void fiber_main() {
     }
 }
 
+#ifdef ISAMAP_EMU_SWITCH
+[[noreturn]] inline void fiber_start() {
+    fiber_main();
+    State& s = st();
+    isamap_emu_switch(&s.cur->sp, s.sched_sp);  // never resumed
+    __builtin_unreachable();
+}
+#endif
+
 inline void run_block() {
     State& s = st();
     s.ready.clear();
@@ -336,11 +366,22 @@ inline void run_block() {
         f.done = false;
         f.open.clear();
         f.groups.clear();
+#ifdef ISAMAP_EMU_SWITCH
+        // six zeroed registers, then fiber_start as the return address; after the `ret` the
+        // stack pointer is 8 past a 16-byte boundary, as at any function's entry
+        uintptr_t top = ((uintptr_t)s.stacks[i] + kStack) & ~(uintptr_t)15;
+        void** frame = (void**)(top - 64);
+        for (int r = 0; r < 6; ++r) frame[r] = nullptr;
+        frame[6] = (void*)&fiber_start;
+        frame[7] = nullptr;
+        f.sp = frame;
+#else
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = s.stacks[i];
         f.ctx.uc_stack.ss_size = kStack;
         f.ctx.uc_link = &s.sched;
         makecontext(&f.ctx, (void (*)())fiber_main, 0);
+#endif
         s.ready.push_back(i);
     }
     for (Warp& w : s.warps) w.waiting.clear();
@@ -353,7 +394,11 @@ inline void run_block() {
         int i = s.ready.front();
         s.ready.pop_front();
         s.cur = &s.fibers[i];
+#ifdef ISAMAP_EMU_SWITCH
+        isamap_emu_switch(&s.sched_sp, s.cur->sp);
+#else
         swapcontext(&s.sched, &s.cur->ctx);
+#endif
     }
     s.cur = nullptr;
     if (s.live > 0) {
