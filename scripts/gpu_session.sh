@@ -12,7 +12,8 @@
 # scripts/gpu_check.py on cuda-h100-wgmma (fp16/bf16/fp32 x four layouts x awkward sizes, the
 # wgmma cases included, against float64 numpy); a tiling sweep of 4096^3 (NN and NT: every wgmma
 # and mma.sync tiling, each result checked against a float32 product, next to cuBLAS); the
-# quick GEMM suite on cuda-h100-wgmma against cuBLAS; the gpu-marked tests (as far as time allows).
+# large DeepBench rows 2560x7000x2560 and 7680x24000x2560 (NN and TN: the wgmma path) against
+# cuBLAS; the gpu-marked tests (as far as time allows).
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -50,5 +51,5 @@ EOF
 step check 150 python3 scripts/gpu_check.py --target cuda-h100-wgmma --out "$OUT"
 step sweep 120 python3 scripts/gpu_check.py --target cuda-h100-wgmma --no-check --sweep \
     --shapes 4096x4096x4096,4096x4096x4096:NT
-step bench 120 python3 -m compiler.cli bench gemm --target cuda-h100-wgmma --suite quick
-step pytest 100 python3 -m pytest -q -x -m gpu tests/test_cuda.py -p no:cacheprovider
+step bench 150 python3 -m compiler.cli bench gemm --target cuda-h100-wgmma --only 2560x7000x2560,7680x24000x2560
+step pytest 80 python3 -m pytest -q -x -m gpu tests/test_cuda.py -p no:cacheprovider
