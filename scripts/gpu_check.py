@@ -85,7 +85,28 @@ def correctness(t, out: list, only: str | None = None) -> int:
                 f"rel.err {err:.1e}  {ck.report['code'][:110]}")
         print(line, flush=True)
         out.append(line)
+        if not ok:
+            out.append("    " + error_map(res["C"], ref, tol))
+            print(out[-1], flush=True)
     return bad
+
+
+def error_map(c: np.ndarray, ref: np.ndarray, tol: float) -> str:
+    """Where a wrong product is wrong, in the terms a tile bug shows in: the share of wrong
+    elements, and which residues of rows and columns modulo 8, 16 and 64 hold them (a swizzle,
+    fragment or descriptor mistake repeats with the tile's period; all residues: a whole-tile
+    or pipeline mistake)."""
+    wrong = ~np.isclose(c, ref, rtol=tol * 10, atol=tol * 10 * max(1.0, float(np.abs(ref).max())))
+    if not wrong.any():
+        return "no element off by more than 10x the tolerance"
+    rows, cols = np.nonzero(wrong)
+    parts = [f"{wrong.mean():.1%} of elements wrong, NaN {int(np.isnan(c).sum())}"]
+    for name, idx in (("rows", rows), ("cols", cols)):
+        for period in (8, 16, 64):
+            res = sorted(set((idx % period).tolist()))
+            parts.append(f"{name}%{period}: " + ("all" if len(res) == period else ",".join(map(str, res[:16]))))
+    parts.append(f"first wrong at ({rows[0]}, {cols[0]}): {c[rows[0], cols[0]]:.4g} vs {ref[rows[0], cols[0]]:.4g}")
+    return "; ".join(parts)
 
 
 def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
