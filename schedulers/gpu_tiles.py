@@ -35,6 +35,7 @@ class GpuTiling:
     predicted: float = 0.0
     wgmma: bool = False  # Hopper warpgroup MMA: wm = 64 rows per warpgroup, wn = bn, bk = 64
     tma: bool = False  # with wgmma: warp-specialised, a producer warpgroup feeding the ring with TMA copies
+    persistent: int = 0  # with tma: at most this many blocks, each taking every gridDim-th output tile (0: one each)
 
     @property
     def threads(self) -> int:
@@ -67,6 +68,7 @@ class GpuTiling:
                 f"warp tiles {self.wm}x{self.wn} of mma 16x8x16, {self.stages}-stage cp.async ring"
                 if self.tensor_cores else f"thread tiles {self.wm}x{self.wn} FFMA, double-buffered")
         split = f", split-K x{self.splits} (atomic float adds)" if self.splits > 1 else ""
+        split += f", persistent over at most {self.persistent} blocks" if self.persistent else ""
         return f"blocks {self.bm}x{self.bn}x{self.bk} ({self.threads} threads), {kind}{split}"
 
 
@@ -128,8 +130,9 @@ def choose_wgmma(t, m: int, n: int, k: int, batch: int, itemsize: int, widths, t
     The first of 128 x widest N, 128 x narrower, 64 x ... (N among the target's instruction
     widths that ``n`` fills) with at least half as many tiles as SMs; BK = 64; as many ring
     stages as fit (at most 5, at least 3).  With ``tma`` (an unbatched product): the warp-specialised kernel, a producer
-    warpgroup feeding the ring with bulk tensor copies (the structure of the fastest published
-    Hopper GEMMs); otherwise every thread copies with cp.async.  Not yet tuned on a GPU:
+    warpgroup feeding the ring with bulk tensor copies, one block per SM walking the output
+    tiles (the structure of the fastest published Hopper GEMMs); otherwise every thread copies
+    with cp.async.  Not yet tuned on a GPU:
     scripts/gpu_check.py --sweep times the alternatives."""
     fits = [w for w in sorted(widths) if w % 64 == 0 and w <= max(n, 64)]
     if not fits or m < 64 or n < 64 or k < 64:
@@ -140,7 +143,7 @@ def choose_wgmma(t, m: int, n: int, k: int, batch: int, itemsize: int, widths, t
         if bm > max(m, 64) or -(-m // bm) * -(-n // bn) * batch < max(1, t.cores) // 2:
             continue
         for stages in (5, 4, 3):
-            tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma)
+            tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma, t.cores if tma else 0)
             if tl.smem_bytes(itemsize) <= cap:
                 return tl
     return None

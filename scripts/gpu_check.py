@@ -117,12 +117,13 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         base = plans(kern, b, t)[0]
         chosen = base.tiling
         options = [chosen]
-        if base.wgmma:  # warpgroup-MMA tilings: 64 or 128 rows, N of 128 or 256, 3-6 ring stages
+        if base.wgmma:  # warpgroup-MMA tilings: 128 x 128 or 256, 3-6 ring stages; warp-specialised with
+            # TMA copies (persistent, one block per SM, or a block per tile), or every thread copying
             smem = next(x.capacity for x in t.memories if x.name == "smem")
-            for bm, bn in ((128, 128), (64, 128), (128, 256), (64, 256)):
+            for bm, bn in ((128, 128), (128, 256)):
                 for stages in (3, 4, 5, 6):
-                    for tma in (True, False):  # warp-specialised with TMA copies, or every thread copying
-                        tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma)
+                    for tma, persistent in ((True, t.cores), (True, 0), (False, 0)):
+                        tl = GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma, persistent)
                         if tl.smem_bytes(2) <= smem and bn <= 2 * n:
                             options.append(tl)
         for bm, bn, wm, wn in TC_SHAPES:
@@ -180,6 +181,7 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         for sec, tl, err in rows[:8] + [r for r in rows[8:] if r[1] == chosen or r[2]]:
             line = (f"  {'*' if tl == chosen else ' '} {sec * 1e6:9.1f} us {flops / sec / 1e12:7.1f} TFLOP/s  "
                     f"{tl.bm}x{tl.bn} w{tl.wm}x{tl.wn} s{tl.stages} split{tl.splits}" + (" wgmma" if tl.wgmma else "") + (" tma" if tl.tma else "")
+                    + (f" persistent{tl.persistent}" if tl.persistent else "")
                     + (f" ERR {err}" if err else ""))
             print(line, flush=True)
             out.append(line)

@@ -184,6 +184,7 @@ def test_every_wgmma_tiling_the_model_picks_is_launchable(m, n, k, batch, tma):
     if tl is None:
         return
     assert tl.wgmma and tl.tma == tma and tl.bm in (64, 128) and tl.bn in (128, 256) and tl.bn <= max(n, 64)
+    assert tl.persistent == (t.cores if tma else 0)
     assert tl.bk == 64 and tl.stages >= 3 and tl.splits == 1
     assert tl.threads == (tl.bm // 64 + tma) * 128 <= 1024
     assert tl.smem_bytes(2) <= t.memory("smem").capacity

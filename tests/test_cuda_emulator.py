@@ -185,8 +185,8 @@ def test_run_emulate_from_the_command_line(capsys, monkeypatch):
 H100 = hw_models.load("cuda-h100-wgmma")
 
 
-def _wg(bm, bn, stages, tma=False):
-    return GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma)
+def _wg(bm, bn, stages, tma=False, persistent=0):
+    return GpuTiling(bm, bn, 64, 64, bn, stages, 1, 0.0, True, tma, persistent)
 
 
 def _wgmma_case(it, a_t, b_t, m, n, k, tiling):
@@ -205,7 +205,10 @@ def test_wgmma_tiles_in_every_dtype_and_layout():
             for (m, n, k), tl in (((128, 128, 64), _wg(128, 128, 3)), ((200, 136, 200), _wg(128, 128, 4)),
                                   ((64, 64, 296), _wg(64, 64, 5)), ((72, 256, 136), _wg(64, 256, 3)),
                                   ((128, 128, 64), _wg(128, 128, 2, True)), ((200, 136, 520), _wg(128, 128, 3, True)),
-                                  ((64, 256, 296), _wg(64, 256, 4, True)), ((136, 296, 200), _wg(128, 256, 4, True))):
+                                  ((64, 256, 296), _wg(64, 256, 4, True)), ((136, 296, 200), _wg(128, 256, 4, True)),
+                                  # persistent: blocks walk several tiles, the ring running on across them
+                                  ((296, 520, 200), _wg(128, 128, 3, True, 2)), ((256, 512, 136), _wg(128, 256, 2, True, 3)),
+                                  ((200, 136, 72), _wg(64, 128, 4, True, 5))):
                 cases.append(_wgmma_case(it, a_t, b_t, m, n, k, tl))
     assert all(c[3][0].instruction.startswith("wgmma") for c in cases)
     _check(cases)
@@ -230,11 +233,16 @@ WGMMA_MUTATIONS = {  # (broken tile, the shape it runs on): every thread copying
     "copies not waited for before the barrier": ("cp_wait<STAGES - 3>();", "cp_wait<STAGES - 2>();", False),
     "a slot released before its wgmma group retires": ("wg_wait<1>();  // the group", "wg_wait<2>();  // the group",
                                                        True),
-    "consumers not waiting for the copies": ("mbar_wait(&full[s], (t / STAGES) & 1);", "", True),
-    "the producer not waiting for a free slot": ("if (t >= STAGES) mbar_wait(&empty[s]",
-                                                 "if (t < 0) mbar_wait(&empty[s]", True),
-    "the wrong phase awaited": ("mbar_wait(&full[s], (t / STAGES) & 1);",
-                                "mbar_wait(&full[s], ((t / STAGES) & 1) ^ 1);", True),
+    "consumers not waiting for the copies": ("mbar_wait(&full[s], (g / STAGES) & 1);", "", True),
+    "the producer not waiting for a free slot": ("if (g >= STAGES) mbar_wait(&empty[s]",
+                                                 "if (g < 0) mbar_wait(&empty[s]", True),
+    "the wrong phase awaited": ("mbar_wait(&full[s], (g / STAGES) & 1);",
+                                "mbar_wait(&full[s], ((g / STAGES) & 1) ^ 1);", True),
+    "a tile's last slot never released": ("if (ktiles > 0 && tid % 128 == 0) mbar_arrive", "if (false) mbar_arrive",
+                                          True),
+    "the ring restarting at every tile": ("    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n",
+                                          "    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
+                                          "        g = 0;\n", True),
 }
 
 
@@ -244,7 +252,7 @@ def test_the_emulator_catches_a_broken_wgmma_tile(what, monkeypatch):
     text = cuda_gemm.tiles_header()
     assert text.count(old) == 1
     monkeypatch.setattr(cuda_gemm, "tiles_header", lambda: text.replace(old, new, 1))
-    case = (_wgmma_case("half", True, False, 128, 256, 640, _wg(128, 256, 3, True)) if ws else
+    case = (_wgmma_case("half", True, False, 256, 512, 640, _wg(128, 256, 3, True, 2)) if ws else
             _wgmma_case("half", False, False, 128, 128, 320, _wg(128, 128, 3)))
     (ck,) = build_together([case])
     results = []
@@ -264,6 +272,7 @@ def test_the_model_takes_wgmma_only_where_it_fits():
         return p
     big = plan(H100, 4096, 4096, 4096)
     assert big.instruction == "wgmma_64n256" and big.tiling.tma and big.tiling.threads == 384
+    assert big.tiling.persistent == H100.cores  # one block per SM walks the 512 tiles
     assert big.tiling.smem_bytes(2) <= next(x.capacity for x in H100.memories if x.name == "smem")
     assert plan(H100, 4096, 4096, 4096, "bfloat16", True).instruction == "wgmma_64n256_bf16"
     assert plan(H100, 2048, 1024, 512).instruction == "wgmma_64n128"  # 128 x 256 tiles would idle SMs

@@ -208,6 +208,7 @@ struct State {
     std::function<void()> body;
     std::map<const void*, struct MBar> mbars;
     std::vector<struct Tma> tma;
+    void (*tma_flush)() = nullptr;  // lands every copy in flight (when nothing else can run)
     std::map<uintptr_t, size_t> allocs;
     std::map<const void*, long> smem_attr;
     int error = 0;
@@ -390,7 +391,12 @@ inline void run_block() {
     s.mbars.clear();
     s.tma.clear();
     std::memset(s.smem, 0xFF, s.smem_bytes);
-    while (!s.ready.empty()) {
+    for (;;) {
+        if (s.ready.empty()) {  // every thread waits: copies still in flight land now, as they must
+            if (s.tma.empty() || !s.tma_flush) break;
+            s.tma_flush();
+            continue;
+        }
         int i = s.ready.front();
         s.ready.pop_front();
         s.cur = &s.fibers[i];
@@ -919,6 +925,9 @@ inline void tma_load_2d(void* dst, const CUtensorMap* map, unsigned long long* b
         return;
     else {
         st().tma.push_back(Tma{dst, m, bar, c0, c1});
+        st().tma_flush = [] {
+            while (!st().tma.empty()) emu_tma_land(st().tma.front().bar);
+        };
         if (early()) emu_tma_land(bar);
     }
 }

@@ -231,8 +231,6 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         return f"t_{name} + ({off}LL) + off_{name}"
 
     batch_code = [f"    long long off_{p.a} = 0, off_{p.b} = 0;"] + (["    { long long q = zb;"] if p.batch else [])
-    if tl.tma:  # the tensor maps carry the operands' places
-        batch_code = []
     for v in reversed(p.batch):
         e = p.extent(v)
         batch_code.append(f"      long long {v} = q % {e} + ({p.dom[v][0]}); q /= {e};")
@@ -250,7 +248,9 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         acc_decl = "float acc[Tile::ACC];"
         acc_zero = "    for (int i = 0; i < Tile::ACC; ++i) acc[i] = 0.0f;"
         cast = "isamap_smem"
-        epi = f"""    const int wg = (threadIdx.x >> 7) - {int(tl.tma)}, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        epi = (f"    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;" if not tl.tma
+               else "    const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;  // wg: the consumer")
+        epi += f"""
 #pragma unroll
     for (int i = 0; i < {tl.bn // 8}; ++i)
 #pragma unroll
@@ -296,13 +296,24 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     mt, ntl, nz = p.grid()
     run = (f"""Tile::run(acc, (const {T}*)({ptr(p.a)}), (const {T}*)({ptr(p.b)}), {lda}LL, {ldb}LL, {M}, {N}, k0, k1,
               m0, n0, {cast});""")
-    bounds = f"{tl.threads}"
+    grid = f"dim3({mt}, {ntl}, {nz})"
     if tl.tma:  # the operands reach the kernel as tensor maps, made by the host launch below
         assert splits == 1 and not p.batch, "the TMA path covers one unbatched, unsplit product"
         params += ", const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b"
-        run = "if (!Tile::run(acc, &tm_a, &tm_b, k0, k1, m0, n0, isamap_smem)) return;  // the producer is done"
-        bounds += ", 1"
-    src = store + f"""__global__ void __launch_bounds__({bounds}) {g.prefix}s{si}({params}) {{
+        grid = f"dim3({min(mt * ntl, tl.persistent) if tl.persistent else mt * ntl}, 1, 1)"
+        src = store + f"""__global__ void __launch_bounds__({tl.threads}, 1) {g.prefix}s{si}({params}) {{
+    extern __shared__ __align__(16) unsigned char isamap_smem[];
+    using Tile = {tile};
+    static_assert(Tile::SMEM == {smem}, "shared-memory size of the launch");
+    const long long zb = 0;
+    Tile::run_tiles(&tm_a, &tm_b, 0, {K}, {mt}, {ntl}, isamap_smem,
+                    [&](int m0, int n0, float (&acc)[Tile::ACC], int wg) {{
+{epi}
+    }});
+}}
+"""
+    else:
+        src = store + f"""__global__ void __launch_bounds__({tl.threads}) {g.prefix}s{si}({params}) {{
     extern __shared__ __align__(16) unsigned char isamap_smem[];
     using Tile = {tile};
     static_assert(Tile::SMEM == {smem}, "shared-memory size of the launch");
@@ -339,9 +350,9 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         launch.append(f"    {{ CUtensorMap tm0, tm1; int e = {maps[0]};")
         launch.append(f"      if (!e) e = {maps[1]};")
         launch.append("      if (e) return e;")
-        launch.append(f"      {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nz}), {tl.threads}, {smem}>>>({g.dargs()}, tm0, tm1); }}")
+        launch.append(f"      {g.prefix}s{si}<<<{grid}, {tl.threads}, {smem}>>>({g.dargs()}, tm0, tm1); }}")
     else:
-        launch.append(f"    {g.prefix}s{si}<<<dim3({mt}, {ntl}, {nz}), {tl.threads}, {smem}>>>({g.dargs()});")
+        launch.append(f"    {g.prefix}s{si}<<<{grid}, {tl.threads}, {smem}>>>({g.dargs()});")
     return src, launch, smem
 
 def _ld(p: GemmPlan, name: str, own: str) -> int:

@@ -367,7 +367,8 @@ struct WgTile {
 // what lies outside the matrix with zeros) into a ring of STAGES slots; warpgroups 1..BM/64
 // consume, each 64 rows x BN with wgmma.  Two mbarriers per slot: `full` completes when the
 // copies' bytes have landed (expect_tx), `empty` when every consumer has retired its wgmma
-// group on the slot.  setmaxnreg moves registers from the producer to the consumers.
+// group on the slot.  setmaxnreg moves registers from the producer to the consumers.  A block
+// takes one output tile, or (persistent) every gridDim.x-th.
 #ifndef ISAMAP_EMU
 __device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
     ISAMAP_SM90A(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count)));
@@ -443,14 +444,18 @@ struct WsTile {
             for (int a = 0; a < BN / 64; ++a) tma_load_2d(st + A_BYTES + a * BK * 128, mb, bar, n0 + 64 * a, k);
     }
 
-    // Consumers return true with their 64 x BN accumulators; the producer warpgroup returns false.
-    __device__ __forceinline__ static bool run(float (&acc)[ACC], const CUtensorMap* ma, const CUtensorMap* mb, int k0,
-                                               int k1, int m0, int n0, unsigned char* raw) {
+    // The output tiles blockIdx.x, + gridDim.x, ... of a tiles_m x tiles_n grid (m fastest): one
+    // per block, or several (a persistent grid, while the consumers store one tile the producer
+    // already fills the ring for the next).  The ring's slot and phase run on across tiles.
+    // Consumers call epi(m0, n0, acc, consumer) with each tile's 64 x BN accumulators.
+    template <typename Epi>
+    __device__ __forceinline__ static void run_tiles(const CUtensorMap* ma, const CUtensorMap* mb, int k0, int k1,
+                                                     int tiles_m, int tiles_n, unsigned char* raw, Epi&& epi) {
         unsigned char* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
         unsigned long long* full = (unsigned long long*)(smem + STAGES * STAGE);
         unsigned long long* empty = full + STAGES;
         const int tid = threadIdx.x, wg = tid / 128;
-        const int tiles = (k1 - k0 + BK - 1) / BK;
+        const int ktiles = (k1 - k0 + BK - 1) / BK, tiles = tiles_m * tiles_n;
         if (tid == 0) {
             for (int s = 0; s < STAGES; ++s) {
                 mbar_init(&full[s], 1);
@@ -459,30 +464,39 @@ struct WsTile {
             mbar_fence_init();
         }
         __syncthreads();
+        int g = 0;  // slabs this block has passed through the ring
         if (wg == 0) {
             reg_dealloc<40>();
             if (tid == 0)
-                for (int t = 0; t < tiles; ++t) {
-                    int s = t % STAGES;
-                    if (t >= STAGES) mbar_wait(&empty[s], ((t / STAGES) - 1) & 1);
-                    copy(smem + s * STAGE, ma, mb, &full[s], m0, n0, k0 + t * BK);
-                }
-            return false;
+                for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x)
+                    for (int t = 0; t < ktiles; ++t, ++g) {
+                        int s = g % STAGES;
+                        if (g >= STAGES) mbar_wait(&empty[s], ((g / STAGES) - 1) & 1);
+                        copy(smem + s * STAGE, ma, mb, &full[s], (tile % tiles_m) * BM, (tile / tiles_m) * BN,
+                             k0 + t * BK);
+                    }
+            return;
         }
         reg_alloc<232>();
-        for (int t = 0; t < tiles; ++t) {
-            int s = t % STAGES;
-            mbar_wait(&full[s], (t / STAGES) & 1);
-            unsigned char* a = smem + s * STAGE + (wg - 1) * 64 * BK * 2;
-            unsigned char* b = smem + s * STAGE + A_BYTES;
-            wg_slab<T, BN, AK, BKM>(acc, a, b);
-            wg_wait<1>();  // the group of slab t - 1 has retired: its slot may be refilled
-            if (t > 0 && tid % 128 == 0) mbar_arrive(&empty[(t - 1) % STAGES]);
-        }
-        wg_wait<0>();
+        float acc[ACC];
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
 #pragma unroll
-        for (int i = 0; i < ACC; ++i) fence_operand(acc[i]);
-        return true;
+            for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
+            for (int t = 0; t < ktiles; ++t, ++g) {
+                int s = g % STAGES;
+                mbar_wait(&full[s], (g / STAGES) & 1);
+                unsigned char* a = smem + s * STAGE + (wg - 1) * 64 * BK * 2;
+                unsigned char* b = smem + s * STAGE + A_BYTES;
+                wg_slab<T, BN, AK, BKM>(acc, a, b);
+                wg_wait<1>();  // the group of the slab before has retired: its slot may be refilled
+                if (t > 0 && tid % 128 == 0) mbar_arrive(&empty[(g - 1) % STAGES]);
+            }
+            wg_wait<0>();
+#pragma unroll
+            for (int i = 0; i < ACC; ++i) fence_operand(acc[i]);
+            if (ktiles > 0 && tid % 128 == 0) mbar_arrive(&empty[(g - 1) % STAGES]);  // the tile's last slab
+            epi((tile % tiles_m) * BM, (tile / tiles_m) * BN, acc, wg - 1);
+        }
     }
 };
 
