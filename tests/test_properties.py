@@ -112,7 +112,6 @@ def test_mutated_sources_raise_only_isamap_errors(src, edits):
        st.sampled_from(["vendor", "analytical"]))
 def test_random_kernels_compile_and_simulate_correctly_on_nnp(case, m, n, k, scheduler):
     """The compiler never emits a program the simulator refuses, and results match ir.interp."""
-    from compiler.checking import compare
     src, _ = case
     kern = compiler.parse(src).kernel()
     sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
@@ -123,6 +122,13 @@ def test_random_kernels_compile_and_simulate_correctly_on_nnp(case, m, n, k, sch
         event("refused")
         return
     event("compiled and simulated")
+    _matches_the_interpreter(ck, src, sizes)
+
+
+def _matches_the_interpreter(ck, src, sizes):
+    """The compiled kernel's outputs on random inputs agree with ir.interp (where the reference
+    itself is finite: random expressions may divide by zero)."""
+    from compiler.checking import compare
     ins = random_inputs(ck.kernel, ck.bound)
     out = ck.run_all(**ins)
     ref = ir.interp.run(ck.kernel, ins, ck.sizes)
@@ -139,15 +145,9 @@ def test_random_kernels_run_correctly_as_cuda_on_the_emulator(case, m, n, k):
     """The cuda backend's code for random kernels (one thread per element, shared elementwise
     launches, tiled FFMA contractions where a statement is one), run on the CPU emulator."""
     from compiler.backends.cuda.runtime import CudaKernel
-    from compiler.checking import compare
     src, _ = case
     kern = compiler.parse(src).kernel()
     sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
     ck = compiler.build(kern, target="cuda", sizes=sizes)
     ck.gpu = CudaKernel(ck.kernel, ck.bound, ck.gpu.src, emulate=True)
-    ins = random_inputs(ck.kernel, ck.bound)
-    out = ck.run_all(**ins)
-    ref = ir.interp.run(ck.kernel, ins, ck.sizes)
-    ok, err, per = compare(out, ref, ck.precision)
-    finite = all(np.isfinite(r).all() for r in ref.values())
-    assert ok or not finite, (src, sizes, per)
+    _matches_the_interpreter(ck, src, sizes)
