@@ -1,14 +1,16 @@
 // isamap tiled contraction building blocks (pasted into every generated .cu that uses them).
 //
 // A thread block computes a BM x BN tile of C over a slice [k0, k1) of the reduction, staged
-// through shared memory in BK-deep slabs.  Two code paths:
+// through shared memory in BK-deep slabs.  Three code paths:
 //   * tensor cores: 16-bit A and B, float32 accumulators, cp.async (16-byte, zero-filling)
 //     global->shared copies in a STAGES-deep ring, ldmatrix(.trans) shared->registers and
 //     mma.sync.m16n8k16; every warp owns a WM x WN sub-tile of (WM/16) x (WN/8) mma tiles.
 //   * FFMA: float32, each thread owns a TM x TN register tile, operands read from shared
 //     memory as broadcasts.
-//   * wgmma (sm_90a, WgTile at the end): warpgroups issue wgmma.m64nNk16 on 128-byte-swizzled
-//     shared slabs.
+//   * wgmma (sm_90a; WgTile and WsTile at the end): warpgroups issue wgmma.m64nNk16 on
+//     128-byte-swizzled shared slabs, filled by every thread's cp.async (WgTile) or by a
+//     producer warpgroup's bulk tensor copies through mbarriers (WsTile, warp-specialised).
+// The PTX wrappers are compiled only for the GPU; emu.h gives them their semantics on the host.
 // Operand layouts: an operand is "k-major" when its elements are contiguous along the
 // reduction (A(m, k) row-major, B(n, k)); otherwise contiguous along m (A) or n (B).  The
 // shared-memory copy keeps the global layout (rows padded by 8 elements: no bank conflicts
