@@ -443,6 +443,22 @@ def _warm_timing(ck, inputs) -> dict:
     return out
 
 
+def _emulator_line(c: dict) -> str:
+    """The emulator's counters of one run in a line: what a GPU would have executed."""
+    parts = [f"{c.get('blocks', 0)} blocks", f"{c.get('barriers', 0)} block barriers"]
+    if c.get("mma_sync"):
+        parts.append(f"{c['mma_sync']} mma.sync")
+    if c.get("ldmatrix"):
+        parts.append(f"{c['ldmatrix']} ldmatrix ({c['ldmatrix_wavefronts'] / max(1, c['ldmatrix_matrices']):.2f} "
+                     f"shared-memory wavefronts per 8x8 matrix; 1 is conflict-free)")
+    if c.get("wgmma"):
+        parts.append(f"{c['wgmma']} wgmma")
+    for key, what in (("cp_async_bytes", "cp.async"), ("tma_bytes", "bulk tensor copies")):
+        if c.get(key):
+            parts.append(f"{c[key] / 1e6:.1f} MB by {what}")
+    return "emulator: " + ", ".join(parts)
+
+
 def cmd_run(a) -> int:
     from compiler.checking import compare, random_inputs
     import ir.interp
@@ -494,6 +510,7 @@ def cmd_run(a) -> int:
             if ck.gpu is not None and ck.gpu.emulated:
                 print(f"{ck.kernel.name} on {ck.target} with {sizes}: emulated on the CPU "
                       f"({result.get('seconds', seconds) * 1e3:.3f} ms of emulation, not GPU time)")
+                print(_emulator_line(result.get("emulator_counters", {})))
             else:
                 print(f"{ck.kernel.name} on {ck.target} with {sizes}: {result.get('seconds', seconds) * 1e3:.3f} ms{gf}")
         else:

@@ -49,14 +49,18 @@ class GpuTiling:
 
     def smem_bytes(self, itemsize: int, a_kmajor: bool | None = None, b_kmajor: bool | None = None) -> int:
         """Shared memory of the block: a ring of padded A and B slabs (tiles.cuh's layout: rows
-        along the operand's contiguous dimension, plus 8 elements); unknown layouts: the larger."""
+        along the operand's contiguous dimension, padded to an odd number of 16-byte units);
+        unknown layouts: the larger."""
         if self.wgmma:  # swizzled slabs, no padding; + 1 KiB to align the first to the swizzle period
             return self.stages * (self.bm + self.bn) * self.bk * itemsize + 1024 + 256 * self.tma  # + mbarriers
         if not self.tensor_cores:
             return 2 * self.bk * (self.bm + self.bn) * 4
 
+        def padded(cols: int) -> int:  # tiles.cuh's padded(): an odd number of 16-byte units a row
+            return cols if (cols // 8) % 2 else cols + 8
+
         def slab(rows: int, kmajor: bool | None) -> int:
-            km, other = rows * (self.bk + 8), self.bk * (rows + 8)
+            km, other = rows * padded(self.bk), self.bk * padded(rows)
             return km if kmajor else other if kmajor is not None else max(km, other)
         return self.stages * (slab(self.bm, a_kmajor) + slab(self.bn, b_kmajor)) * itemsize
 

@@ -190,6 +190,13 @@ struct Tma {  // a bulk tensor copy in flight: lands when someone waits on its m
     int c0, c1;
 };
 
+// What the emulated code did, summed over launches until isamap_emu_counters reads and resets it:
+// instructions by kind, bytes moved into shared memory, and shared-memory wavefronts of
+// ldmatrix (one per 8x8 matrix when its eight 16-byte rows fall in distinct bank groups: more
+// means bank conflicts in the tile's layout).
+enum Counter { kBlocks, kBarriers, kLdmatrix, kLdmatrixMatrices, kLdmatrixWavefronts, kMma, kWgmma, kCpAsyncBytes,
+               kTmaBytes, kCounters };
+
 struct State {
     std::mutex lock;  // one launch at a time (ctypes callers may be several Python threads)
     std::vector<Fiber> fibers;
@@ -213,6 +220,7 @@ struct State {
     std::map<const void*, long> smem_attr;
     int error = 0;
     std::string message;
+    long long counters[kCounters] = {};
     std::vector<std::function<void()>>* capture = nullptr;  // stream capture in progress: work is recorded
 };
 
@@ -266,8 +274,12 @@ inline void wake(std::vector<int>& who, int except) {
 inline void syncthreads() {
     State& s = st();
     s.bar_waiting.push_back(s.cur->lin);
-    if ((int)s.bar_waiting.size() == s.live) wake(s.bar_waiting, s.cur->lin);
-    else park();
+    if ((int)s.bar_waiting.size() == s.live) {
+        s.counters[kBarriers]++;
+        wake(s.bar_waiting, s.cur->lin);
+    } else {
+        park();
+    }
 }
 
 // A warp-collective operation: `in` and `out` are this lane's operands; the last lane to arrive
@@ -461,6 +473,7 @@ struct Launch {
             for (unsigned y = 0; y < grid.y && !s.error; ++y)
                 for (unsigned x = 0; x < grid.x && !s.error; ++x) {
                     s.block = uint3{x, y, z};
+                    s.counters[kBlocks]++;
                     run_block();
                 }
         std::free(s.smem);
@@ -596,9 +609,24 @@ inline int& early() {
 }
 }  // namespace isamap_emu
 extern "C" void isamap_emu_early(int on) { isamap_emu::early() = on; }
+// the counters since the last call (order: isamap_emu::Counter), then zero
+extern "C" int isamap_emu_counters(long long* out) {
+    for (int i = 0; i < isamap_emu::kCounters; ++i) {
+        out[i] = isamap_emu::st().counters[i];
+        isamap_emu::st().counters[i] = 0;
+    }
+    return isamap_emu::kCounters;
+}
 
 // ---- the PTX instructions tiles.cuh wraps, by their semantics ----
 namespace isamap {
+
+// The shared window address of a pointer into the block's shared memory: it starts at 16, not
+// at a multiple of 1024, so a kernel that needs 1024-byte-aligned swizzle atoms must align.
+constexpr unsigned kWindow = 16;
+inline unsigned smem_u32(const void* p) {
+    return (unsigned)((const unsigned char*)p - isamap_emu::st().smem) + kWindow;
+}
 
 template <int BYTES>
 inline void cp_async(void* dst, const void* src, bool full) {
@@ -606,7 +634,7 @@ inline void cp_async(void* dst, const void* src, bool full) {
     if (!in_smem(dst, BYTES) || (uintptr_t)dst % BYTES) fault("cp.async: destination outside shared memory or misaligned");
     else if (full && (uintptr_t)src % BYTES) fault("cp.async: source address not aligned to the copy size");
     else if (full && !in_global(src, BYTES)) fault("cp.async: source outside every device buffer");
-    else if (early()) land({Copy{dst, src, BYTES, full ? BYTES : 0}});
+    else if ((st().counters[kCpAsyncBytes] += full ? BYTES : 0), early()) land({Copy{dst, src, BYTES, full ? BYTES : 0}});
     else cur()->open.push_back(Copy{dst, src, BYTES, full ? BYTES : 0});
 }
 inline void cp_commit() {
@@ -640,6 +668,14 @@ inline void emu_ldsm(unsigned* r, const void* p) {
         p = st().smem;
     }
     collective(100 + NM * 2 + TRANS, p, r, [](Slot* s) {
+        long long* n = st().counters;
+        n[kLdmatrix]++;
+        n[kLdmatrixMatrices] += NM;
+        for (int j = 0; j < NM; ++j) {  // wavefronts: the most rows of this matrix in one 16-byte bank group
+            int in_group[8] = {};
+            for (int r = 0; r < 8; ++r) in_group[(smem_u32(s[j * 8 + r].in) >> 4) & 7]++;
+            n[kLdmatrixWavefronts] += *std::max_element(in_group, in_group + 8);
+        }
         for (int t = 0; t < 32; ++t) {
             unsigned* out = (unsigned*)s[t].out;
             for (int j = 0; j < NM; ++j) {
@@ -683,6 +719,7 @@ template <typename T>
 inline void emu_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     MmaLane me{a, b0, b1, c};
     isamap_emu::collective(200 + (int)sizeof(T), &me, nullptr, [](isamap_emu::Slot* s) {
+        isamap_emu::st().counters[isamap_emu::kMma]++;
         float A[16][16], B[16][8], C[16][8];
         for (int t = 0; t < 32; ++t) {
             const MmaLane& l = *(const MmaLane*)s[t].in;
@@ -721,12 +758,6 @@ inline void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigne
 
 
 // ---- Hopper warpgroup MMA (wgmma) with 128-byte-swizzled shared-memory operands ----
-// The shared window address of a pointer into the block's shared memory: it starts at 16, not
-// at a multiple of 1024, so a kernel that needs 1024-byte-aligned swizzle atoms must align.
-constexpr unsigned kWindow = 16;
-inline unsigned smem_u32(const void* p) {
-    return (unsigned)((const unsigned char*)p - isamap_emu::st().smem) + kWindow;
-}
 inline void fence_proxy_async() {}
 inline void wg_fence() {}
 template <typename T> inline void fence_operand(T&) {}
@@ -804,6 +835,7 @@ struct Wgmma {
                 if (x.da != a.da || x.db != a.db || x.scale != a.scale) fault("wgmma: threads of a warpgroup disagree on its operands");
                 op.d[t] = x.d;
             }
+            st().counters[kWgmma]++;
             if (early()) emu_wg_run(op);
             else st().wgq[cur()->lin / 128].open.push_back(op);
         });
@@ -924,6 +956,7 @@ inline void tma_load_2d(void* dst, const CUtensorMap* map, unsigned long long* b
     else if (!emu_mbar(bar))
         return;
     else {
+        st().counters[kTmaBytes] += (long long)m.box0 * m.box1 * 2;
         st().tma.push_back(Tma{dst, m, bar, c0, c1});
         st().tma_flush = [] {
             while (!st().tma.empty()) emu_tma_land(st().tma.front().bar);

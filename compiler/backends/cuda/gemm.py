@@ -248,7 +248,7 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         acc_decl = "float acc[Tile::ACC];"
         acc_zero = "    for (int i = 0; i < Tile::ACC; ++i) acc[i] = 0.0f;"
         cast = "isamap_smem"
-        epi = (f"    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;" if not tl.tma
+        epi = ("    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;" if not tl.tma
                else "    const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;  // wg: the consumer")
         epi += f"""
 #pragma unroll

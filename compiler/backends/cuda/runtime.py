@@ -133,6 +133,16 @@ class CudaKernel:
             self._entries = run, tim
         return self._entries
 
+    COUNTERS = ("blocks", "barriers", "ldmatrix", "ldmatrix_matrices", "ldmatrix_wavefronts", "mma_sync", "wgmma",
+                "cp_async_bytes", "tma_bytes")
+
+    def counters(self) -> dict[str, int]:
+        """What the emulated code did since the last call (instructions by kind, bytes copied into
+        shared memory, ldmatrix wavefronts: one per 8x8 matrix without bank conflicts), then zeroed."""
+        out = (ctypes.c_longlong * 16)()
+        n = self.lib.isamap_emu_counters(out)
+        return dict(zip(self.COUNTERS, out[:n]))
+
     def _error(self, err: int) -> str:
         if self.emulated:
             return f"emulator: {self.lib.isamap_emu_error().decode()}"

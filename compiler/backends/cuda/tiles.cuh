@@ -13,8 +13,8 @@
 // The PTX wrappers are compiled only for the GPU; emu.h gives them their semantics on the host.
 // Operand layouts: an operand is "k-major" when its elements are contiguous along the
 // reduction (A(m, k) row-major, B(n, k)); otherwise contiguous along m (A) or n (B).  The
-// shared-memory copy keeps the global layout (rows padded by 8 elements: no bank conflicts
-// for ldmatrix) so copies stay 16 bytes wide; ldmatrix's .trans picks the right fragments.
+// shared-memory copy keeps the global layout (rows padded to an odd number of 16-byte units: no
+// bank conflicts for ldmatrix) so copies stay 16 bytes wide; .trans picks the right fragments.
 #include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 
@@ -105,14 +105,19 @@ __device__ __forceinline__ void load_tile(T* s, const T* __restrict__ g, long lo
     }
 }
 
+// Row length in shared memory of a slab whose rows hold `cols` 16-bit elements: an odd number of
+// 16-byte units, so the eight rows an ldmatrix matrix reads fall in eight distinct bank groups
+// (cols + 8 when cols / 8 is even; a row of 8 stays 8: padding it to 16 would pair the groups).
+__host__ __device__ constexpr int padded(int cols) { return (cols / 8) % 2 ? cols : cols + 8; }
+
 // Tensor-core tile: acc += A[m0:m0+BM, k0:k1] * B[k0:k1, n0:n0+BN].
 // A: AK ? A[m * lda + k] : A[k * lda + m];  B: BKM ? B[n * ldb + k] : B[k * ldb + n].
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool AK, bool BKM, int VA, int VB>
 struct TcTile {
     static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN, THREADS = WARPS_M * WARPS_N * 32;
     static constexpr int MI = WM / 16, NI = WN / 8;
-    static constexpr int A_R = AK ? BM : BK, A_C = (AK ? BK : BM) + 8;
-    static constexpr int B_R = BKM ? BN : BK, B_C = (BKM ? BK : BN) + 8;
+    static constexpr int A_R = AK ? BM : BK, A_C = padded(AK ? BK : BM);
+    static constexpr int B_R = BKM ? BN : BK, B_C = padded(BKM ? BK : BN);
     static constexpr int A_STAGE = A_R * A_C, B_STAGE = B_R * B_C;
     static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) * (int)sizeof(T);
 
