@@ -37,6 +37,21 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
 
 
 @needs_nvcc
+def test_block_reductions_compile(tmp_path):
+    parts = [PRELUDE, tiles_header()]
+    for name, sizes in (("softmax", dict(N=5, D=999)), ("layernorm", dict(N=3, D=700)), ("gemm_i8", dict(M=2, N=3, K=5000))):
+        k = compiler.parse(kernels.path(name)).kernel()
+        src = cuda_source(k, bind(k, sizes), prefix=f"{name}_", prelude=False, t=hw_models.load("cuda"))
+        assert "__shared__" in src and "part[threadIdx.x + w]" in src
+        parts.append(src)
+    cu = tmp_path / "red.cu"
+    cu.write_text("\n".join(parts))
+    r = subprocess.run(["nvcc", "-c", "-o", str(tmp_path / "red.o")] + gencode("80") + [str(cu)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@needs_nvcc
 def test_host_library_links(tmp_path, monkeypatch):
     monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
     k = compiler.parse(kernels.path("gemm")).kernel()

@@ -76,6 +76,21 @@ def test_split_products_with_shared_elementwise_launches():
     _check(cases, modes=(False,))
 
 
+def test_long_reductions_into_few_elements_take_a_block_each():
+    """Row statistics over long rows (softmax's max and sum, layernorm's mean and variance), an
+    integer and a float GEMV on the scalar path: a block of threads per output element."""
+    from compiler.backends.cuda.scalar import _Gen
+    cases = []
+    for name, sizes in (("softmax", dict(N=5, D=999)), ("layernorm", dict(N=3, D=700)),
+                        ("gemm_i8", dict(M=2, N=3, K=5000)), ("gemm", dict(M=2, N=1, K=3000))):
+        k = compiler.parse(kernels.path(name)).kernel()
+        b = bind(k, sizes)
+        gen = _Gen(k, b, "")
+        assert any(gen.block_reduction(i) for i in range(len(k.stmts)))
+        cases.append((k, b, T, {}))  # {}: no tiled plans, every statement on the scalar path
+    _check(cases, modes=(False,))
+
+
 def _gemm_case(it, a_t, b_t, m, n, k, tiling=None):
     kern = compiler.parse(gemm_source(it, "float", a_t, b_t)).kernel()
     b = bind(kern, dict(M=m, N=n, K=k))

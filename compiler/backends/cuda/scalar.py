@@ -189,18 +189,73 @@ class _Gen:
                f"    if (t < {n}LL) t_{s.tensor}[t] = {val};\n}}\n")
         return src, [f"    {self.prefix}s{si}_init<<<{-(-n // 256)}, 256>>>({self.dargs()});"]
 
-    def _element(self, si: int) -> tuple[list[str], int, list[str]]:
+    def _element(self, si: int, per_block: bool = False) -> tuple[list[str], int, list[str]]:
         """Statement ``si``'s output indices, how many elements it has, and the kernel lines that
-        give a thread its element (one thread per element, 1-D grid; surplus threads return)."""
+        give a thread its element (one thread per element, 1-D grid, surplus threads return; or
+        ``per_block``: one block per element)."""
         dom = self.b.domain(si)
         lhs = list(self.k.stmts[si].indices)
         exts = [dom[v][1] - dom[v][0] for v in lhs]
         total = prod(exts)
-        body = ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
-                f"    if (t >= {total}LL) return;"]
+        body = (["    long long t = blockIdx.x;"] if per_block else
+                ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;", f"    if (t >= {total}LL) return;"])
         for v, e in reversed(list(zip(lhs, exts))):
             body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
         return lhs, total, body
+
+    def block_reduction(self, si: int) -> bool:
+        """Whether statement ``si`` is a reduction better run by a block per output element: few
+        outputs (one thread each would leave the GPU nearly idle) over a long reduction."""
+        s = self.k.stmts[si]
+        if s.op == "=" or s.exists or not s.reduction_vars:
+            return False
+        dom = self.b.domain(si)
+        outputs = prod(dom[v][1] - dom[v][0] for v in s.indices)
+        length = prod(dom[v][1] - dom[v][0] for v in s.reduction_vars)
+        common = dtypes.promote(self.k.tensor(s.tensor).dtype, s.rhs.dtype)
+        return outputs < 8192 and length >= 256 and common != BFLOAT16
+
+    def reduction(self, si: int) -> tuple[str, list[str]]:
+        """A block of 256 threads per output element: each folds every 256th point of the
+        reduction domain into a partial (from the operator's identity), a tree in shared memory
+        combines the partials, and thread 0 folds the result into the element (its value after
+        any identity fill: the reference semantics, in another order of operations)."""
+        from ir.interp import identity
+        s = self.k.stmts[si]
+        dom = self.b.domain(si)
+        dt = self.k.tensor(s.tensor).dtype
+        common = dtypes.promote(dt, s.rhs.dtype)
+        ct = ctype(common)
+        src, launch = [], []
+        if s.init:
+            isrc, ilaunch = self.init_kernel(si)
+            src.append(isrc)
+            launch += ilaunch
+        lhs, total, body = self._element(si, per_block=True)
+        ident = identity(s.op, common)
+        lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
+               repr(float(ident)) if common.is_float else str(int(ident)))
+
+        def fold(a: str, x: str) -> str:
+            return {"+": f"{a} + {x}", "*": f"{a} * {x}", "min": f"(({x}) < {a} ? ({x}) : {a})",
+                    "max": f"(({x}) > {a} ? ({x}) : {a})"}[s.op]
+        red = list(s.reduction_vars)
+        exts = [dom[v][1] - dom[v][0] for v in red]
+        body += [f"    __shared__ {ct} part[256];", f"    {ct} acc = ({ct})({lit});",
+                 f"    for (long long r = threadIdx.x; r < {prod(exts)}LL; r += 256) {{", "        long long q = r;"]
+        for v, e in reversed(list(zip(red, exts))):
+            body.append(f"        int {v} = (int)(q % {e}) + ({dom[v][0]}); q /= {e};")
+        val = self.conv(self.ev(s.rhs), s.rhs.dtype, common)
+        body += [f"        acc = {fold('acc', f'({val})')};", "    }",
+                 "    part[threadIdx.x] = acc;", "    __syncthreads();",
+                 "    for (int w = 128; w > 0; w >>= 1) {",
+                 f"        if (threadIdx.x < w) part[threadIdx.x] = {fold('part[threadIdx.x]', 'part[threadIdx.x + w]')};",
+                 "        __syncthreads();", "    }",
+                 f"    if (threadIdx.x == 0) {{ {ct} old = {self.conv(self.read(s.tensor, lhs), dt, common)};",
+                 f"        {self.write(s.tensor, lhs, self.conv(fold('old', 'part[0]'), common, dt))} }}"]
+        src.append(f"__global__ void {self.prefix}s{si}({self.params()}) {{\n" + "\n".join(body) + "\n}\n")
+        launch.append(f"    {self.prefix}s{si}<<<{total}, 256>>>({self.dargs()});")
+        return "".join(src), launch
 
     def pointwise(self, sis: list[int]) -> tuple[str, list[str]]:
         """One kernel running the elementwise assignments ``sis`` (one domain, indexed alike;
@@ -215,7 +270,10 @@ class _Gen:
         return src, [f"    {name}<<<{max(1, -(-total // 256))}, 256>>>({self.dargs()});"]
 
     def statement(self, si: int) -> tuple[str, list[str]]:
-        """The kernels of statement ``si`` (one thread per output element) and their launch lines."""
+        """The kernels of statement ``si`` (one thread per output element, or a block per element
+        for a long reduction into few) and their launch lines."""
+        if self.block_reduction(si):
+            return self.reduction(si)
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
