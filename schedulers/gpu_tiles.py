@@ -85,13 +85,18 @@ FMA_SHAPES = [(128, 128, 8, 8), (64, 64, 4, 4), (64, 32, 4, 4), (32, 64, 4, 4), 
               (16, 64, 2, 4)]
 
 
+def smem_capacity(t) -> int:
+    """Shared memory one block may use on target ``t`` (its ``smem`` memory; 48 KiB without one)."""
+    return next((x.capacity for x in t.memories if x.name == "smem"), 48 * 1024)
+
+
 def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: bool, can_split: bool,
            macs_per_cycle: float) -> GpuTiling:
     """The predicted-fastest tiling of an (m x k) by (k x n) product, ``batch`` times."""
     cores = max(1, t.cores)
     mems = {x.name: x for x in t.memories}
     smem = mems.get("smem")
-    cap = smem.capacity if smem is not None else 48 * 1024
+    cap = smem_capacity(t)
     port = max((i.port or 0) for i in t.copy_instrs) or 64.0
     smem_bw = smem.bandwidth if smem is not None and smem.bandwidth else 128.0
     l2_bw = mems["l2"].bandwidth if "l2" in mems and mems["l2"].bandwidth else cores * port
@@ -133,15 +138,15 @@ def choose_wgmma(t, m: int, n: int, k: int, batch: int, itemsize: int, widths, t
 
     The first of 128 x widest N, 128 x narrower, 64 x ... (N among the target's instruction
     widths that ``n`` fills) with at least half as many tiles as SMs; BK = 64; as many ring
-    stages as fit (at most 5, at least 3).  With ``tma`` (an unbatched product): the warp-specialised kernel, a producer
-    warpgroup feeding the ring with bulk tensor copies, one block per SM walking the output
-    tiles (the structure of the fastest published Hopper GEMMs); otherwise every thread copies
-    with cp.async.  Not yet tuned on a GPU:
+    stages as fit (at most 5, at least 3).  With ``tma`` (an unbatched product): the
+    warp-specialised kernel, a producer warpgroup feeding the ring with bulk tensor copies, one
+    block per SM walking the output tiles (the structure of the fastest published Hopper
+    GEMMs); otherwise every thread copies with cp.async.  Not yet tuned on a GPU:
     scripts/gpu_check.py --sweep times the alternatives."""
     fits = [w for w in sorted(widths) if w % 64 == 0 and w <= max(n, 64)]
     if not fits or m < 64 or n < 64 or k < 64:
         return None
-    cap = next((x.capacity for x in t.memories if x.name == "smem"), 48 * 1024)
+    cap = smem_capacity(t)
     shapes = sorted(((bm, bn) for bm in (128, 64) for bn in fits), key=lambda s: (s[0] < 128, -s[1]))
     for bm, bn in shapes:  # 128 x widest first: two consumer warpgroups, the most reuse per byte
         if bm > max(m, 64) or -(-m // bm) * -(-n // bn) * batch < max(1, t.cores) // 2:

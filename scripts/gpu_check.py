@@ -31,7 +31,7 @@ from compiler.backends.cuda.runtime import CudaKernel, compile_source  # noqa: E
 from compiler.backends.cuda.scalar import plans  # noqa: E402
 from compiler.bench.gemm import gemm_operands, gemm_source  # noqa: E402
 from ir.bind import bind  # noqa: E402
-from schedulers.gpu_tiles import TC_SHAPES, GpuTiling  # noqa: E402
+from schedulers.gpu_tiles import TC_SHAPES, GpuTiling, smem_capacity  # noqa: E402
 
 SIZES = [(1, 1, 1), (7, 5, 3), (16, 8, 16), (100, 37, 24), (129, 17, 257), (64, 64, 64), (1760, 16, 1760),
          (5124, 9, 500), (256, 1024, 72), (33, 300, 1000)]
@@ -119,7 +119,7 @@ def sweep(t, out: list, shapes: list, a_t: bool = False, b_t: bool = False):
         options = [chosen]
         if base.wgmma:  # warpgroup-MMA tilings: 128 x 128 or 256, 3-6 ring stages; warp-specialised with
             # TMA copies (persistent, one block per SM, or a block per tile), or every thread copying
-            smem = next(x.capacity for x in t.memories if x.name == "smem")
+            smem = smem_capacity(t)
             for bm, bn in ((128, 128), (128, 256)):
                 for stages in (3, 4, 5, 6):
                     for tma, persistent in ((True, t.cores), (True, 0), (False, 0)):

@@ -341,15 +341,14 @@ inline void fiber_main() {
     f->done = true;
     s.live--;
     if (!s.bar_waiting.empty() && (int)s.bar_waiting.size() == s.live) wake(s.bar_waiting, -1);
-    for (Warp& w : s.warps)
-        if (!w.waiting.empty() && (f->lin / 32) == (int)(&w - s.warps.data())) {
-            fault("a thread exited while the rest of its warp waited at a collective instruction");
-            wake(w.waiting, -1);
-        }
-    for (Warp& w : s.wgroups)
-        if (!w.waiting.empty() && (f->lin / 128) == (int)(&w - s.wgroups.data())) {
-            fault("a thread exited while the rest of its warpgroup waited at a wgmma instruction");
-            wake(w.waiting, -1);
+    // the rest of its warp or warpgroup waiting at a collective would wait forever
+    Warp* mine[2] = {&s.warps[f->lin / 32], &s.wgroups[f->lin / 128]};
+    const char* what[2] = {"a thread exited while the rest of its warp waited at a collective instruction",
+                           "a thread exited while the rest of its warpgroup waited at a wgmma instruction"};
+    for (int i = 0; i < 2; ++i)
+        if (!mine[i]->waiting.empty()) {
+            fault(what[i]);
+            wake(mine[i]->waiting, -1);
         }
     if (f->lin % 128 == 127 && (int)s.wgq.size() > f->lin / 128) {
         WgQueue& q = s.wgq[f->lin / 128];

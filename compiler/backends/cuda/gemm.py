@@ -13,6 +13,7 @@ what is specific to the statement: the batch offsets, the bounds, and the per-el
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path
@@ -294,18 +295,18 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
         if (r < {M} && c < {N}) {g.prefix}s{si}_store({args}, r, c, zb, acc[i][j]);
     }}"""
     mt, ntl, nz = p.grid()
-    run = (f"""Tile::run(acc, (const {T}*)({ptr(p.a)}), (const {T}*)({ptr(p.b)}), {lda}LL, {ldb}LL, {M}, {N}, k0, k1,
-              m0, n0, {cast});""")
     grid = f"dim3({mt}, {ntl}, {nz})"
     if tl.tma:  # the operands reach the kernel as tensor maps, made by the host launch below
         assert splits == 1 and not p.batch, "the TMA path covers one unbatched, unsplit product"
         params += ", const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b"
         grid = f"dim3({min(mt * ntl, tl.persistent) if tl.persistent else mt * ntl}, 1, 1)"
-        src = store + f"""__global__ void __launch_bounds__({tl.threads}, 1) {g.prefix}s{si}({params}) {{
+    head = f"""__global__ void __launch_bounds__({tl.threads}{', 1' if tl.tma else ''}) {g.prefix}s{si}({params}) {{
     extern __shared__ __align__(16) unsigned char isamap_smem[];
     using Tile = {tile};
     static_assert(Tile::SMEM == {smem}, "shared-memory size of the launch");
-    const long long zb = 0;
+"""
+    if tl.tma:
+        body = f"""    const long long zb = 0;
     Tile::run_tiles(&tm_a, &tm_b, 0, {K}, {mt}, {ntl}, isamap_smem,
                     [&](int m0, int n0, float (&acc)[Tile::ACC], int wg) {{
 {epi}
@@ -313,21 +314,19 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
 }}
 """
     else:
-        src = store + f"""__global__ void __launch_bounds__({tl.threads}) {g.prefix}s{si}({params}) {{
-    extern __shared__ __align__(16) unsigned char isamap_smem[];
-    using Tile = {tile};
-    static_assert(Tile::SMEM == {smem}, "shared-memory size of the launch");
-    const long long zb = blockIdx.z / {splits};
+        body = f"""    const long long zb = blockIdx.z / {splits};
     const int split = blockIdx.z % {splits};
 {chr(10).join(batch_code)}
     const int m0 = blockIdx.x * {tl.bm}, n0 = blockIdx.y * {tl.bn};
     const int k0 = split * {kc}, k1 = min({K}, k0 + {kc});
     {acc_decl}
 {acc_zero}
-    {run}
+    Tile::run(acc, (const {T}*)({ptr(p.a)}), (const {T}*)({ptr(p.b)}), {lda}LL, {ldb}LL, {M}, {N}, k0, k1,
+              m0, n0, {cast});
 {epi}
 }}
 """
+    src = store + head + body
     launch = []
     if mode == "atomic" and p.init:
         ci = g.names.index(p.c)
@@ -365,6 +364,7 @@ def _b(x: bool) -> str:
     return "true" if x else "false"
 
 
+@functools.lru_cache(maxsize=1)
 def _wgmma_specialisations() -> str:
     """``isamap::Wgmma<N, T, TA, TB>::run``: the inline PTX of wgmma.m64nNk16 (N / 2 float
     accumulators a thread; TA / TB: operand read MN-major), compiled only for sm_90a."""

@@ -110,6 +110,7 @@ class CudaKernel:
         self.prefix = prefix  # of the entry points (several kernels built as one library)
         self.lib = None
         self._entries = None
+        self.last_counters: dict[str, int] = {}  # emulated: what the last call did (``counters``)
 
     @property
     def emulated(self) -> bool:
@@ -164,9 +165,13 @@ class CudaKernel:
         run, _ = self._load()
         outs, ptrs, sizes, _keep = self._buffers(arrays)
         ms = ctypes.c_float(0)
+        if self.emulated:
+            self.counters()  # zeroed: last_counters covers this call alone
         err = run(ptrs, sizes, ctypes.byref(ms))
         if err:
             raise IsamapError(f"CUDA error {err} ({self._error(err)}) while running {self.k.name}")
+        if self.emulated:
+            self.last_counters = self.counters()
         return self._results(outs), ms.value / 1e3
 
     def time(self, arrays: dict[str, np.ndarray], reps: int = 20, inner: int = 10) -> tuple[dict, list[float]]:

@@ -173,14 +173,11 @@ class _Gen:
 
     def init_kernel(self, si: int) -> tuple[str, list[str]]:
         """The identity fill of a ``!`` statement's whole output, and its launch line."""
-        from ir.interp import identity
         s = self.k.stmts[si]
         dt = self.k.tensor(s.tensor).dtype
         params = self.params()
         n = prod(self.b.shapes[s.tensor])
-        ident = identity(s.op, dt)
-        lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
-               repr(float(ident)) if dt.is_float else str(int(ident)))
+        lit = _identity_literal(s.op, dt)
         st = storage(dt)
         val = (f"__float2half({lit})" if dt.name == "float16" else f"__float2bfloat16({lit})" if dt == BFLOAT16
                else f"({st})({lit})")
@@ -215,30 +212,22 @@ class _Gen:
         common = dtypes.promote(self.k.tensor(s.tensor).dtype, s.rhs.dtype)
         return outputs < 8192 and length >= 256 and common != BFLOAT16
 
-    def reduction(self, si: int) -> tuple[str, list[str]]:
-        """A block of 256 threads per output element: each folds every 256th point of the
-        reduction domain into a partial (from the operator's identity), a tree in shared memory
-        combines the partials, and thread 0 folds the result into the element (its value after
-        any identity fill: the reference semantics, in another order of operations)."""
-        from ir.interp import identity
+    def reduction(self, si: int) -> tuple[str, str]:
+        """The kernel and launch line of a block of 256 threads per output element: each folds
+        every 256th point of the reduction domain into a partial (from the operator's identity),
+        a tree in shared memory combines the partials, and thread 0 folds the result into the
+        element (its value after any identity fill: the reference semantics, in another order
+        of operations)."""
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
         common = dtypes.promote(dt, s.rhs.dtype)
         ct = ctype(common)
-        src, launch = [], []
-        if s.init:
-            isrc, ilaunch = self.init_kernel(si)
-            src.append(isrc)
-            launch += ilaunch
         lhs, total, body = self._element(si, per_block=True)
-        ident = identity(s.op, common)
-        lit = ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
-               repr(float(ident)) if common.is_float else str(int(ident)))
+        lit = _identity_literal(s.op, common)
 
         def fold(a: str, x: str) -> str:
-            return {"+": f"{a} + {x}", "*": f"{a} * {x}", "min": f"(({x}) < {a} ? ({x}) : {a})",
-                    "max": f"(({x}) > {a} ? ({x}) : {a})"}[s.op]
+            return _fold(s.op, a, x)
         red = list(s.reduction_vars)
         exts = [dom[v][1] - dom[v][0] for v in red]
         body += [f"    __shared__ {ct} part[256];", f"    {ct} acc = ({ct})({lit});",
@@ -253,9 +242,8 @@ class _Gen:
                  "        __syncthreads();", "    }",
                  f"    if (threadIdx.x == 0) {{ {ct} old = {self.conv(self.read(s.tensor, lhs), dt, common)};",
                  f"        {self.write(s.tensor, lhs, self.conv(fold('old', 'part[0]'), common, dt))} }}"]
-        src.append(f"__global__ void {self.prefix}s{si}({self.params()}) {{\n" + "\n".join(body) + "\n}\n")
-        launch.append(f"    {self.prefix}s{si}<<<{total}, 256>>>({self.dargs()});")
-        return "".join(src), launch
+        return (f"__global__ void {self.prefix}s{si}({self.params()}) {{\n" + "\n".join(body) + "\n}\n",
+                f"    {self.prefix}s{si}<<<{total}, 256>>>({self.dargs()});")
 
     def pointwise(self, sis: list[int]) -> tuple[str, list[str]]:
         """One kernel running the elementwise assignments ``sis`` (one domain, indexed alike;
@@ -272,8 +260,6 @@ class _Gen:
     def statement(self, si: int) -> tuple[str, list[str]]:
         """The kernels of statement ``si`` (one thread per output element, or a block per element
         for a long reduction into few) and their launch lines."""
-        if self.block_reduction(si):
-            return self.reduction(si)
         s = self.k.stmts[si]
         dom = self.b.domain(si)
         dt = self.k.tensor(s.tensor).dtype
@@ -283,6 +269,9 @@ class _Gen:
             isrc, ilaunch = self.init_kernel(si)
             src.append(isrc)
             launch += ilaunch
+        if self.block_reduction(si):
+            ksrc, kline = self.reduction(si)
+            return "".join(src) + ksrc, launch + [kline]
         red = list(s.reduction_vars)
         lhs, total, body = self._element(si)
         if s.op == "=":
@@ -297,8 +286,7 @@ class _Gen:
                 body.append(f"{ind}for (int {v} = {lo}; {v} < {hi}; ++{v}) {{")
                 ind += "    "
             val = self.conv(self.ev(s.rhs), s.rhs.dtype, common)
-            upd = {"+": f"acc + {val}", "*": f"acc * {val}", "min": f"(({val}) < acc ? ({val}) : acc)",
-                   "max": f"(({val}) > acc ? ({val}) : acc)"}[s.op]
+            upd = _fold(s.op, "acc", val)
             body.append(f"{ind}acc = {'isamap_bf16(' + upd + ')' if common == BFLOAT16 else upd};")
             for _ in red:
                 ind = ind[:-4]
@@ -307,6 +295,20 @@ class _Gen:
         src.append(f"__global__ void {self.prefix}s{si}({params}) {{\n" + "\n".join(body) + "\n}\n")
         launch.append(f"    {self.prefix}s{si}<<<{max(1, -(-total // 256))}, 256>>>({self.dargs()});")
         return "".join(src), launch
+
+
+def _fold(op: str, acc: str, x: str) -> str:
+    """C for folding ``x`` into ``acc`` with a reduction operator."""
+    return {"+": f"{acc} + {x}", "*": f"{acc} * {x}", "min": f"(({x}) < {acc} ? ({x}) : {acc})",
+            "max": f"(({x}) > {acc} ? ({x}) : {acc})"}[op]
+
+
+def _identity_literal(op: str, d: DType) -> str:
+    """C for the identity of a reduction operator in type ``d`` (what a ``!`` fills with)."""
+    from ir.interp import identity
+    ident = identity(op, d)
+    return ("INFINITY" if ident == float("inf") else "-INFINITY" if ident == float("-inf") else
+            repr(float(ident)) if d.is_float else str(int(ident)))
 
 
 def _accesses(e) -> list[Access]:
