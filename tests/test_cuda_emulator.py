@@ -336,3 +336,18 @@ def test_the_gru_sequence_driver_with_its_cuda_graph():
         h = np.empty((N, H), np.float32)
         assert lib.gru_time(ptrs, 3, ms, h.ctypes.data_as(fp)) == 0
         assert np.abs(h - gru_reference(x, w, h0)).max() < 1e-5
+
+
+def test_index_names_cannot_clash_with_generated_names():
+    """Kernel indices named like the generated code's own variables (the thread number t, acc,
+    the GEMM store's row/col/z/v, a loop's q) or C keywords: every index is renamed in C."""
+    src = """def clash(float(M, K) A, float(K, N) B, float(M) bias, float(Bt, M, K) X, float(Bt, K, N) Y) -> (C, D, E, F) {
+    C(row, col) +=! A(row, v) * B(v, col)
+    D(t, acc) = C(t, acc) + bias(t)
+    E(z) +=! A(z, q)
+    F(int, row, char) +=! X(int, row, auto) * Y(int, auto, char)
+}
+"""
+    k = compiler.parse(src).kernel()
+    cases = [(k, bind(k, dict(M=m, N=n, K=kk, Bt=2)), T, None) for m, n, kk in ((5, 7, 300), (40, 33, 20))]
+    _check(cases, modes=(False,))

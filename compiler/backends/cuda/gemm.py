@@ -26,6 +26,7 @@ from ir.kernel import Kernel
 from schedulers.gpu_tiles import GpuTiling, choose, choose_wgmma
 
 from ..access import covers_output, element_strides
+from .scalar import cvar
 
 TILES_CUH = Path(__file__).with_name("tiles.cuh")
 WGMMA_N = (64, 128, 256)  # wgmma.m64nNk16 widths the generated code can issue
@@ -207,11 +208,11 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     kc = -(-kc // tl.bk) * tl.bk
     mode = "atomic" if splits > 1 else ("set" if covers_output(p, b) else "add")
     lines = [f"__device__ __forceinline__ void {g.prefix}s{si}_store({params}, int row, int col, long long z, float v) {{",
-             f"    int {p.row} = row + ({p.dom[p.row][0]}); int {p.col} = col + ({p.dom[p.col][0]});"]
+             f"    int {cvar(p.row)} = row + ({p.dom[p.row][0]}); int {cvar(p.col)} = col + ({p.dom[p.col][0]});"]
     for v in reversed(p.batch):
         e = p.extent(v)
-        lines.append(f"    int {v} = (int)(z % {e}) + ({p.dom[v][0]}); z /= {e};")
-    idx = list(k.stmts[si].indices)
+        lines.append(f"    int {cvar(v)} = (int)(z % {e}) + ({p.dom[v][0]}); z /= {e};")
+    idx = [cvar(v) for v in k.stmts[si].indices]
     addr = g.addr(p.c, idx)
     if mode == "atomic":
         lines.append(f"    atomicAdd(&{addr}, v);")
@@ -222,7 +223,7 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     for j in p.epilogue:
         s = k.stmts[j]
         dt = k.tensor(s.tensor).dtype
-        lines.append("    " + g.write(s.tensor, list(s.indices), g.conv(g.ev(s.rhs), s.rhs.dtype, dt)))
+        lines.append("    " + g.write(s.tensor, [cvar(v) for v in s.indices], g.conv(g.ev(s.rhs), s.rhs.dtype, dt)))
     lines.append("}")
     store = "\n".join(lines) + "\n"
 
@@ -234,8 +235,8 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     batch_code = [f"    long long off_{p.a} = 0, off_{p.b} = 0;"] + (["    { long long q = zb;"] if p.batch else [])
     for v in reversed(p.batch):
         e = p.extent(v)
-        batch_code.append(f"      long long {v} = q % {e} + ({p.dom[v][0]}); q /= {e};")
-        batch_code.append(f"      off_{p.a} += {p.strides[p.a][v]}LL * {v}; off_{p.b} += {p.strides[p.b][v]}LL * {v};")
+        batch_code.append(f"      long long {cvar(v)} = q % {e} + ({p.dom[v][0]}); q /= {e};")
+        batch_code.append(f"      off_{p.a} += {p.strides[p.a][v]}LL * {cvar(v)}; off_{p.b} += {p.strides[p.b][v]}LL * {cvar(v)};")
     batch_code += ["    }"] if p.batch else []
     lda = _ld(p, p.a, p.row)
     ldb = _ld(p, p.b, p.col)

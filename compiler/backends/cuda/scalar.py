@@ -52,6 +52,12 @@ template <typename T> __device__ __forceinline__ T isamap_mod(T a, T b) {
 """
 
 
+def cvar(name: str) -> str:
+    """The C name of index variable ``name``: prefixed, so that no kernel's index can clash with
+    the generated code's own names (the thread number ``t``, ``acc``, ``row``) or a C keyword."""
+    return f"i_{name}"
+
+
 def ctype(d: DType) -> str:
     """The C type a value of ``d`` is computed in (16-bit floats: float)."""
     return _CT[d.name]
@@ -113,7 +119,7 @@ class _Gen:
                 return repr(float(e.value)) + ("" if e.dtype.bits == 64 else "f")
             return f"(({ctype(e.dtype)}){int(e.value)})"
         if isinstance(e, Var):
-            return e.name
+            return cvar(e.name)
         if isinstance(e, Size):
             return f"((int32_t){self.b.sizes[e.name]})"
         if isinstance(e, Access):
@@ -197,8 +203,8 @@ class _Gen:
         body = (["    long long t = blockIdx.x;"] if per_block else
                 ["    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;", f"    if (t >= {total}LL) return;"])
         for v, e in reversed(list(zip(lhs, exts))):
-            body.append(f"    int {v} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
-        return lhs, total, body
+            body.append(f"    int {cvar(v)} = (int)(t % {e}) + ({dom[v][0]}); t /= {e};")
+        return [cvar(v) for v in lhs], total, body
 
     def block_reduction(self, si: int) -> bool:
         """Whether statement ``si`` is a reduction better run by a block per output element: few
@@ -233,7 +239,7 @@ class _Gen:
         body += [f"    __shared__ {ct} part[256];", f"    {ct} acc = ({ct})({lit});",
                  f"    for (long long r = threadIdx.x; r < {prod(exts)}LL; r += 256) {{", "        long long q = r;"]
         for v, e in reversed(list(zip(red, exts))):
-            body.append(f"        int {v} = (int)(q % {e}) + ({dom[v][0]}); q /= {e};")
+            body.append(f"        int {cvar(v)} = (int)(q % {e}) + ({dom[v][0]}); q /= {e};")
         val = self.conv(self.ev(s.rhs), s.rhs.dtype, common)
         body += [f"        acc = {fold('acc', f'({val})')};", "    }",
                  "    part[threadIdx.x] = acc;", "    __syncthreads();",
@@ -283,7 +289,7 @@ class _Gen:
             ind = "    "
             for v in red:
                 lo, hi = dom[v]
-                body.append(f"{ind}for (int {v} = {lo}; {v} < {hi}; ++{v}) {{")
+                body.append(f"{ind}for (int {cvar(v)} = {lo}; {cvar(v)} < {hi}; ++{cvar(v)}) {{")
                 ind += "    "
             val = self.conv(self.ev(s.rhs), s.rhs.dtype, common)
             upd = _fold(s.op, "acc", val)
