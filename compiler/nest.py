@@ -148,9 +148,7 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
             text = dict(step.operands)[o.name]
             if e is None:
                 raise Unsupported(f"operand {o.name} is not bound")
-            if not o.shape:
-                if vars_of(e):
-                    raise Unsupported("per-iteration scalar operands are not lowered yet")
+            if not o.shape and not vars_of(e):
                 ops.append(OperandInfo(o.name, o, None, None, e, o.is_output))
                 continue
             if text.startswith("%t"):

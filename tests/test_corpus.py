@@ -92,3 +92,63 @@ def test_corpus_round_trips(corpus):
             continue
         m = load(path)
         assert compiler.parse(printer.module(m)).kernels == m.kernels, path.name
+
+
+# What sim-nnp cannot run, and the rule that says why (its vector unit is float-only and has no
+# select, reciprocal or transposing copy; its DMA engines compute affine addresses only).
+NNP_REFUSES = {
+    "cast": "placement: no chain of data movement takes float32 results from sram to int32",
+    "concat": "operation: no instruction of sim-nnp computes i == 0 ? A(m, n) : B(m, n)",
+    "_1LUT": "access: LUT1 subscript I1(b, r_l1) reads I1: a data-dependent address",
+    "indexing": "ld: access: input subscript index(l) reads index: a data-dependent address",
+    "layernorm": "access: writing O would need a scatter",
+    "masked_convolve": "access: writing Output would need a scatter",
+    "sigmoid": "operation: no instruction of sim-nnp computes 1 / (1 + exp(-I(n, c, h, w)))",
+    "transpose": "ld: access: rows of I are strided",
+}
+
+
+def _corpus_kernels(corpus):
+    for path in sorted(corpus.glob("*.tc")):
+        if path.name not in INVALID:
+            k = load(path).kernel()
+            yield k, SIZES[k.name]
+
+
+def test_every_corpus_kernel_on_the_cpu_and_sim_nnp(corpus):
+    """Each compiled kernel equals the reference interpreter, or the compiler refuses it with a
+    located error whose note names the rule (checked for sim-nnp's known refusals)."""
+    from compiler.checking import compare
+    refused = {}
+    for k, sizes in _corpus_kernels(corpus):
+        for target in ("cpu", "sim-nnp"):
+            try:
+                ck = compiler.build(k, target=target, sizes=sizes)
+            except IsamapError as e:
+                assert e.span is not None and e.notes, (k.name, target, e.format())
+                refused[(k.name, target)] = e.notes[0]
+                continue
+            ins = random_inputs(ck.kernel, ck.bound)
+            ok, err, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+            assert ok, (k.name, target, per)
+    assert {name for name, _ in refused} == set(NNP_REFUSES) and all(t == "sim-nnp" for _, t in refused)
+    for name, why in NNP_REFUSES.items():
+        assert refused[(name, "sim-nnp")].startswith(why), (name, refused[(name, "sim-nnp")])
+
+
+def test_every_corpus_kernel_as_cuda_on_the_emulator(corpus):
+    from compiler.backends.cuda.emulate import build_together, compiler_exe
+    from compiler.checking import compare
+    import hw_models
+    if compiler_exe() is None:
+        pytest.skip("no host C++ compiler")
+    cuda = hw_models.load("cuda")
+    cases = [(k, bind(k, sizes), cuda, None) for k, sizes in _corpus_kernels(corpus)]
+    bad = []
+    for (k, b, _, _), ck in zip(cases, build_together(cases)):
+        ins = random_inputs(k, b)
+        out, _ = ck(ins)
+        ok, err = compare(out, ir.interp.run(k, ins, b.sizes))[:2]
+        if not ok:
+            bad.append((k.name, err))
+    assert not bad, bad

@@ -308,3 +308,38 @@ def test_random_epilogue_chains_fuse_and_match_the_reference(first, second, m, n
     assert ok, (first, second, err)
     notes = " ".join(ck.program.notes)
     assert "S1" in notes and notes.count("fused into S0") == 2, notes
+
+
+def _check_src(src, sizes, scheduler="analytical", seed=0):
+    ck = compiler.build(src, target="sim-nnp", sizes=sizes, scheduler=scheduler)
+    ins = random_inputs(ck.kernel, ck.bound, seed)
+    ok, err, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+    assert ok, (sizes, scheduler, per)
+    return ck
+
+
+BROADCASTS = """def bias(float(A, B, C) X, float(A) b, float(B) c) -> (O, P) {
+    O(i, j, k) = X(i, j, k) + b(i)
+    P(i, j, k) = X(i, j, k) * c(j)
+}
+"""
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 40), st.integers(1, 70), st.sampled_from(["vendor", "analytical"]))
+def test_per_iteration_scalar_operands(a, b, c, scheduler):
+    """A vector instruction's scalar operand reading one element per iteration of the loops
+    around it (a per-channel bias over an (h, w) tile): loaded next to the tile, addressed per
+    iteration."""
+    ck = _check_src(BROADCASTS, dict(A=a, B=b, C=c), scheduler, seed=a * b + c)
+    assert "S0 on vadds" in ck.source("mappings")
+
+
+@pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=33, D=2049), dict(N=70, D=100)])
+def test_reduction_of_a_computed_expression(sizes):
+    """TC's own softmax sums exp(I) directly: vexp into a temporary, reduced by vredsum (one
+    block) or vredsum_acc (a reduction spanning blocks), with vexp + vdiv_col for the output."""
+    src = ("def softmax(float(N, D) I) -> (O, expsum) {\n    expsum(n) +=! exp(I(n, d))\n"
+           "    O(n, d) = exp(I(n, d)) / expsum(n)\n}\n")
+    ck = _check_src(src, sizes)
+    assert "S0 on vexp+vredsum" in ck.source("mappings")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from math import prod
 
 from ir import printer
-from ir.expr import Access, Expr, Var, linear, vars_of
+from ir.expr import Access, Expr, Var, linear, vars_of, walk
 from ir.kernel import Kernel, Stmt
 from ir.target import Instruction, Target
 
@@ -57,11 +57,13 @@ def _runs(acc: Access) -> list[tuple[str, ...]]:
     return out
 
 
-def candidates(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_expr: Expr):
-    """instr var -> list of candidate kernel-var tuples (roles respected)."""
+def candidates(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_expr: Expr, root: bool = True):
+    """instr var -> list of candidate kernel-var tuples (roles respected: below the root, a
+    temporary is indexed by every variable it uses, the statement's reduction variables too,
+    so those play the role of free variables there)."""
     inner = instr_accesses(ist)
     red_i = set(ist.reduction_vars)
-    red_k = set(ctx.stmt.reduction_vars)
+    red_k = set(ctx.stmt.reduction_vars) if root else set()
     bound = dict(ops)
     bound[instr.outputs[0].name] = out_expr
     cands: dict[str, list[tuple[str, ...]]] = {}
@@ -134,7 +136,7 @@ def instr_accesses(ist: Stmt) -> dict[str, Access]:
     return out
 
 
-def pad_budget(ctx: Ctx, ist: Stmt, node_vars: list[str]) -> dict[bool, int]:
+def pad_budget(ctx: Ctx, ist: Stmt, node_vars: list[str], root: bool = True) -> dict[bool, int]:
     """How many instruction vars of each role (True: reduction) may be padded to extent 1.
 
     Only as many as the kernel expression lacks: a statement over fewer
@@ -142,7 +144,7 @@ def pad_budget(ctx: Ctx, ist: Stmt, node_vars: list[str]) -> dict[bool, int]:
     instruction dimension is never left idle while a kernel variable of the
     same role could fill it.
     """
-    red_k = set(ctx.stmt.reduction_vars)
+    red_k = set(ctx.stmt.reduction_vars) if root else set()
     red_i = set(ist.reduction_vars)
     n_i = {True: len(red_i), False: len(ist.domain) - len(red_i)}
     n_k = {True: sum(v in red_k for v in node_vars), False: sum(v not in red_k for v in node_vars)}
@@ -248,6 +250,11 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
     """Transposition, fusion, windows and contiguity of one operand's tile."""
     out: list[str] = []
     lins = [linear(s) for s in e.indices]
+    for d, sub in enumerate(e.indices):
+        inner = [x for x in walk(sub) if isinstance(x, Access)]
+        if inner:  # the address depends on data: no copy instruction reads a tensor to find it
+            raise Reject("access", f"{e.tensor} subscript {_show(sub)} reads {inner[0].tensor}: a data-dependent "
+                         f"address, which no copy instruction of {ctx.target.name} computes")
     first_dims = []
     gather = None
     for p, x in enumerate(ia.indices):

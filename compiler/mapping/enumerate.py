@@ -1,6 +1,8 @@
 """The mapping pass: direct mappings, elementwise covers, and explanations."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ir import printer
 from ir.bind import Bound
 from ir.expr import Access, Expr, Var, vars_of, walk
@@ -120,8 +122,11 @@ def _bind_text(e: Expr | None) -> str:
     return f"imm:{printer.expr(e)}"
 
 
-def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Mapping:
-    """A sequence of instructions computing the statement through temporaries (elementwise ops).
+def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> list[Mapping]:
+    """Sequences of instructions computing the statement through temporaries (elementwise ops
+    below the root; the root may reduce, e.g. a sum of exponentials): one per root instruction
+    that works (say a reduction that overwrites its output and one that accumulates, which the
+    scheduler needs when the reduction spans several blocks), or one illegal Mapping saying why.
 
     Top-down with backtracking: a consumer fixes its variable binding first, and
     each temporary operand must then be produced in exactly that layout.
@@ -133,13 +138,15 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Map
     memo: dict[tuple, list[Step] | None] = {}
     counter = [0]
     errors: list[Reject] = []
+    tried: dict[Expr, bool] = {}  # subexpression -> whether some instruction's operation tree matched it
 
-    def go(node: Expr, root: bool, want: tuple | None) -> list[Step] | None:
-        key = (node, want, root)
+    def go(node: Expr, root: bool, want: tuple | None, only: Instruction | None = None) -> list[Step] | None:
+        key = (node, want, root, only and only.name)
         if key in memo:
             return memo[key]
         memo[key] = None  # no cycles
-        for instr in instrs:
+        matched = False
+        for instr in ([only] if only else instrs):
             ist = instr.body.stmts[0]
             if ist.reduction_vars and not root:
                 continue
@@ -150,10 +157,11 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Map
                 continue
             out_expr = _lhs(s) if root else node
             for ops in match(ist.rhs, node, {}, temps=True):
+                matched = True
                 temps = {o.name: e for o, e in ((o, ops.get(o.name)) for o in instr.inputs)
                          if e is not None and not (isinstance(e, Access) and e.indices) and has_vars(e)}
-                cands = candidates(ctx, instr, ist, ops, out_expr)
-                budget = pad_budget(ctx, ist, [r.var for r in s.domain] if root else vars_of(node))
+                cands = candidates(ctx, instr, ist, ops, out_expr, root)
+                budget = pad_budget(ctx, ist, [r.var for r in s.domain] if root else vars_of(node), root)
                 for f in assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)):
                     if want is not None and output_layout(ist, f) != want:
                         continue
@@ -190,23 +198,42 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> Map
                                      extents(ctx, instr, ist, f), result, exprs)
                     memo[key] = steps + [step]
                     return memo[key]
+        tried[node] = tried.get(node, False) or matched
         return None
 
-    steps = go(s.rhs, True, None)
-    if steps is None:
-        informative = [e for e in errors if e.rule != "operation"] or errors
-        r = informative[-1] if informative else Reject("operation", f"no instruction of {target.name} computes "
-                                                       f"{printer.expr(s.rhs)}")
-        return Mapping(si, (), legal=False, reason=str(r), candidate="(any instruction sequence)")
-    steps = _renumber(steps)
-    used = {v for st in steps for t in st.fused().values() for v in t}
-    loops = tuple(r.var for r in s.domain if r.var not in used)
-    return Mapping(si, tuple(steps), loops)
+    out = []
+    for instr in instrs:
+        steps = go(s.rhs, True, None, instr)
+        if steps is None:
+            continue
+        steps = _renumber(steps)
+        used = {v for st in steps for t in st.fused().values() for v in t}
+        out.append(Mapping(si, tuple(steps), tuple(r.var for r in s.domain if r.var not in used)))
+    if out:
+        return out
+    return [Mapping(si, (), legal=False, reason=str(_closest(errors, [e for e, m in tried.items() if not m], target)),
+                    candidate="(any instruction sequence)")]
+
+
+# Which rejection explains a failed cover best: a binding that got as far as types and data
+# movement says more than one in the wrong orientation (transposed reads are mostly the
+# mirror-image candidates of a binding that failed for a real reason).
+_RULE_RANK = {"dtype": 0, "placement": 0, "access": 1, "roles": 2, "layout": 3}
+
+
+def _closest(errors: list[Reject], unmatched: list[Expr], target: Target) -> Reject:
+    informative = [e for e in errors if e.rule in _RULE_RANK]
+    if informative:
+        return min(informative, key=lambda e: _RULE_RANK[e.rule])
+    if unmatched:  # the smallest piece nothing computes, on its own or as a sequence
+        node = min(unmatched, key=size)
+        return Reject("operation", f"no instruction of {target.name} computes {printer.expr(node)}, "
+                      "alone or through temporaries")
+    return errors[-1] if errors else Reject("operation", f"no instruction sequence of {target.name} fits")
 
 
 def _renumber(steps: list[Step]) -> list[Step]:
     """Drop repeated temporaries (shared subexpressions) and number the rest %t1, %t2, ..."""
-    from dataclasses import replace
     seen: dict[str, str] = {}
     out = []
     for st in steps:
@@ -226,17 +253,24 @@ def mappings_for_statement(k: Kernel, si: int, target: Target, bound: Bound | No
     for ins in target.compute_instrs:
         out += direct(k, si, ins, target, bound, explain)
     s = k.stmts[si]
+    copy_why: list[Mapping] = []
     if not any(m.legal for m in out) and s.op == "=" and isinstance(s.rhs, Access):
         # a pure copy (copy, transpose, broadcast): a data-movement instruction out of main memory
         # does it on its own, its result travelling back like any output
         for ins in target.copy_instrs:
             if ins.inputs[0].memory == target.main and ins.outputs[0].memory != target.main:
-                out += [m for m in direct(k, si, ins, target, bound, explain) if m.legal or explain]
+                tried = direct(k, si, ins, target, bound, True)
+                out += [m for m in tried if m.legal or explain]
+                copy_why += [m for m in tried if not m.legal]
     if not any(m.legal for m in out):
-        m = cover(k, si, target, bound)
-        scalar = not m.legal and target.prop("fallback") == "scalar"
-        if m.legal or explain or not scalar:
-            out.append(m)
+        ms = cover(k, si, target, bound)
+        ranked = [m for m in copy_why if m.reason.split(":")[0] in _RULE_RANK]
+        if not ms[0].legal and ranked:  # a copy that almost fits says more than "nothing computes it"
+            best = min(ranked, key=lambda m: _RULE_RANK[m.reason.split(":")[0]])
+            ms = [replace(ms[0], reason=f"{best.candidate}: {best.reason}")]
+        scalar = not ms[0].legal and target.prop("fallback") == "scalar"
+        if ms[0].legal or explain or not scalar:
+            out += ms
         if scalar:
             loops = tuple(r.var for r in k.stmts[si].domain)
             out.append(Mapping(si, (), loops, True, "", candidate="(scalar code)"))
