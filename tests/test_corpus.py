@@ -94,16 +94,14 @@ def test_corpus_round_trips(corpus):
         assert compiler.parse(printer.module(m)).kernels == m.kernels, path.name
 
 
-# What sim-nnp cannot run, and the rule that says why (its vector unit is float-only and has no
-# select, reciprocal or transposing copy; its DMA engines compute affine addresses only).
+# What sim-nnp cannot run, and the rule that says why (its vector unit is float-only, selects
+# on `C > 0` only and has no transposing copy; its DMA engines compute affine addresses only).
 NNP_REFUSES = {
     "cast": "placement: no chain of data movement takes float32 results from sram to int32",
     "concat": "operation: no instruction of sim-nnp computes i == 0 ? A(m, n) : B(m, n)",
     "_1LUT": "access: LUT1 subscript I1(b, r_l1) reads I1: a data-dependent address",
     "indexing": "ld: access: input subscript index(l) reads index: a data-dependent address",
-    "layernorm": "access: writing O would need a scatter",
     "masked_convolve": "access: writing Output would need a scatter",
-    "sigmoid": "operation: no instruction of sim-nnp computes 1 / (1 + exp(-I(n, c, h, w)))",
     "transpose": "ld: access: rows of I are strided",
 }
 

@@ -134,3 +134,45 @@ def test_mapping_is_deterministic():
     a = [m.describe() for m in maps("conv2d", "sim-nnp", explain=True)]
     b = [m.describe() for m in maps("conv2d", "sim-nnp", explain=True)]
     assert a == b and len(set(a)) == len(a)
+
+
+SPELLINGS = """def spell(float(M, N) X, float(M, N) Y) -> (A, B, C, D, E, F, G, H) {
+    A(m, n) = relu(X(m, n))
+    B(m, n) = 1 / (1 + exp(-X(m, n)))
+    C(m, n) = -X(m, n) + Y(m, n)
+    D(m, n) = max(X(m, n), 0.0)
+    E(m, n) = fmin(X(m, n), Y(m, n))
+    H(m, n) = X(m, n) > 0 ? Y(m, n) : 0.5 * X(m, n)
+    F(m, n) = 1.0 / (exp(-X(m, n)) + 1)
+    G(m) +=! exp(X(m, n))
+}
+"""
+
+
+def test_instructions_match_other_spellings_of_an_expression():
+    """relu(x) is vrelu's fmax(x, 0); the logistic function written out is vsigmoid; -x is
+    x * -1 (or 0 - x); max/fmin and fmax/min are one operation; a select on x > 0 is vsel (a
+    leaky ReLU); a sum of exponentials is vexp then a row reduction. Each runs on sim-nnp equal to the interpreter."""
+    k = compiler.parse(SPELLINGS).kernel()
+    ms = mappings_for_kernel(k, hw_models.load("sim-nnp"))
+    first = {}
+    for m in ms:
+        if m.legal:
+            first.setdefault(m.statement, m.instruction)
+    assert first[0] == "vrelu" and first[1] == "vsigmoid" and first[3] == "vrelu" and first[4] == "vmin"
+    assert first[6] == "vsigmoid" and first[7].startswith("vexp+vredsum") and first[5] == "vmuls+vsel"
+    assert first[2] in ("vmuls+vadd", "vrsubs+vadd")
+    from compiler.checking import compare, random_inputs
+    import ir.interp
+    ck = compiler.build(k, target="sim-nnp", sizes=dict(M=37, N=45))
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+    assert ok, per
+
+
+def test_an_unmappable_statement_names_what_nothing_computes():
+    """The smallest piece nothing computes (the select is vsel's, but no instruction computes
+    a reciprocal), rather than a binding's transposed orientation."""
+    k = compiler.parse("def f(float(N, M) X) -> (O) { O(n, m) = X(n, m) > 0 ? 1 / X(n, m) : X(n, m) }").kernel()
+    (si, why), = unmappable(mappings_for_kernel(k, hw_models.load("sim-nnp")), k)
+    assert why == "operation: no instruction of sim-nnp computes 1 / X(n, m), alone or through temporaries", why

@@ -231,11 +231,12 @@ def _layout_text(layout) -> str:
 
 
 def normal_layout(layout: tuple) -> tuple:
-    """Leading padded dimensions do not change where elements sit in memory."""
-    i = 0
-    while i < len(layout) - 1 and layout[i] == ():
-        i += 1
-    return tuple(layout[i:])
+    """A temporary's layout as the kernel variables along its dimensions, padded dimensions
+    dropped: a temporary's buffer is laid out by the variables it holds (compiler.nest.Temp),
+    so a tile written with a padded dimension (a 32x1 column) and one read without it (a
+    32-vector) address the same elements."""
+    out = tuple(t for t in layout if t != ())
+    return out or tuple(layout[-1:])
 
 
 def output_layout(ist: Stmt, f) -> tuple:

@@ -162,6 +162,9 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                          if e is not None and not (isinstance(e, Access) and e.indices) and has_vars(e)}
                 cands = candidates(ctx, instr, ist, ops, out_expr, root)
                 budget = pad_budget(ctx, ist, [r.var for r in s.domain] if root else vars_of(node), root)
+                if want is not None:  # the consumer fused variables: as many instruction dims stay idle
+                    free = len(ist.domain) - len(ist.reduction_vars)
+                    budget[False] = max(budget[False], free - len(want))
                 for f in assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)):
                     if want is not None and output_layout(ist, f) != want:
                         continue
@@ -222,13 +225,18 @@ _RULE_RANK = {"dtype": 0, "placement": 0, "access": 1, "roles": 2, "layout": 3}
 
 
 def _closest(errors: list[Reject], unmatched: list[Expr], target: Target) -> Reject:
-    informative = [e for e in errors if e.rule in _RULE_RANK]
-    if informative:
-        return min(informative, key=lambda e: _RULE_RANK[e.rule])
-    if unmatched:  # the smallest piece nothing computes, on its own or as a sequence
+    """The rejection to report: a type, placement or access problem of a binding that got that
+    far; else the smallest subexpression nothing computes, on its own or as a sequence (what
+    the user would have to change); else a binding's roles or layout."""
+    informative = sorted((e for e in errors if e.rule in _RULE_RANK), key=lambda e: _RULE_RANK[e.rule])
+    if informative and _RULE_RANK[informative[0].rule] <= 1:
+        return informative[0]
+    if unmatched:
         node = min(unmatched, key=size)
         return Reject("operation", f"no instruction of {target.name} computes {printer.expr(node)}, "
                       "alone or through temporaries")
+    if informative:
+        return informative[0]
     return errors[-1] if errors else Reject("operation", f"no instruction sequence of {target.name} fits")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ir.expr import Access, Binary, Call, Cast, Const, Expr, Size, Unary, Var, walk
+from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var, walk
 
 COMMUTATIVE = ("+", "*", "min", "max")
 
@@ -27,7 +27,55 @@ def has_vars(e: Expr) -> bool:
     return any(isinstance(n, Var) for n in walk(e))
 
 
+def _const(v, like: Expr) -> Const:
+    return Const(float(v) if like.dtype is None or like.dtype.is_float else int(v), dtype=like.dtype)
+
+
+def _is(e: Expr, v) -> bool:
+    e = strip(e)
+    return isinstance(e, Const) and not isinstance(e.value, bool) and float(e.value) == v
+
+
+def spellings(ke: Expr) -> Iterator[Expr]:
+    """``ke`` and the forms an instruction may spell it in: ``-x`` as ``0 - x`` or ``x * -1``,
+    ``relu(x)`` as ``max(x, 0)``, ``max``/``min`` as ``fmax``/``fmin`` (and back), and the
+    logistic function written out, ``1 / (1 + exp(-x))``, as ``sigmoid(x)``.  Only the top
+    node is rewritten; the operands are the kernel's own subexpressions, so bindings stay
+    the kernel's data."""
+    yield ke
+    if isinstance(ke, Unary) and ke.op == "-":
+        yield Binary("-", _const(0, ke), ke.x, dtype=ke.dtype)
+        yield Binary("*", ke.x, _const(-1, ke), dtype=ke.dtype)
+    elif isinstance(ke, Call) and ke.fn == "relu":
+        zero = _const(0, ke)
+        yield Binary("max", ke.args[0], zero, dtype=ke.dtype)
+        yield Call("fmax", (ke.args[0], zero), dtype=ke.dtype)
+    elif isinstance(ke, Binary) and ke.op in ("max", "min"):
+        yield Call("f" + ke.op, (ke.a, ke.b), dtype=ke.dtype)
+    elif isinstance(ke, Call) and ke.fn in ("fmax", "fmin") and len(ke.args) == 2:
+        yield Binary(ke.fn[1:], ke.args[0], ke.args[1], dtype=ke.dtype)
+    elif isinstance(ke, Binary) and ke.op == "/" and _is(ke.a, 1):
+        den = strip(ke.b)
+        if isinstance(den, Binary) and den.op == "+":
+            for one, e in ((den.a, den.b), (den.b, den.a)):
+                e = strip(e)
+                if _is(one, 1) and isinstance(e, Call) and e.fn == "exp":
+                    neg = strip(e.args[0])
+                    if isinstance(neg, Unary) and neg.op == "-":
+                        yield Call("sigmoid", (neg.x,), dtype=ke.dtype)
+                        return
+
+
 def match(ie: Expr, ke: Expr, ops: dict[str, Expr], temps: bool) -> Iterator[dict[str, Expr]]:
+    seen = []
+    for alt in spellings(strip(ke)):
+        for o in _match(ie, alt, ops, temps):
+            if o not in seen:
+                seen.append(o)
+                yield o
+
+
+def _match(ie: Expr, ke: Expr, ops: dict[str, Expr], temps: bool) -> Iterator[dict[str, Expr]]:
     ie, ke = strip(ie), strip(ke)
     if isinstance(ie, Access):
         if not ie.indices:  # scalar operand: an immediate, or one tensor element per loop iteration
@@ -59,6 +107,11 @@ def match(ie: Expr, ke: Expr, ops: dict[str, Expr], temps: bool) -> Iterator[dic
     if isinstance(ie, Unary):
         if ie.op == ke.op:
             yield from match(ie.x, ke.x, ops, temps)
+        return
+    if isinstance(ie, Select):
+        for o1 in _match(ie.cond, ke.cond, ops, temps):
+            for o2 in _match(ie.a, ke.a, o1, temps):
+                yield from _match(ie.b, ke.b, o2, temps)
         return
     if isinstance(ie, Call):
         if ie.fn != ke.fn or len(ie.args) != len(ke.args):
