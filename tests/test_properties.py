@@ -19,12 +19,12 @@ VARS = {"M": "m", "N": "n", "K": "k"}
 
 
 @st.composite
-def kernels_st(draw):
-    """A random valid kernel as (source text, expected RHS ASTs)."""
+def kernels_st(draw, max_dims=2):
+    """A random valid kernel as (source text, expected RHS ASTs); tensors of 1..max_dims of M, N, K."""
     n_in = draw(st.integers(1, 3))
     inputs = []
     for i in range(n_in):
-        dims = draw(st.lists(st.sampled_from(SIZES), min_size=1, max_size=2, unique=True))
+        dims = draw(st.lists(st.sampled_from(SIZES), min_size=1, max_size=max_dims, unique=True))
         inputs.append((f"T{i}", dims))
     stmts = []
     for j in range(draw(st.integers(1, 3))):
@@ -108,7 +108,7 @@ def test_mutated_sources_raise_only_isamap_errors(src, edits):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kernels_st(), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
+@given(kernels_st(max_dims=3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
        st.sampled_from(["vendor", "analytical"]))
 def test_random_kernels_compile_and_simulate_correctly_on_nnp(case, m, n, k, scheduler):
     """The compiler never emits a program the simulator refuses, and results match ir.interp."""
@@ -151,3 +151,14 @@ def test_random_kernels_run_correctly_as_cuda_on_the_emulator(case, m, n, k):
     ck = compiler.build(kern, target="cuda", sizes=sizes)
     ck.gpu = CudaKernel(ck.kernel, ck.bound, ck.gpu.src, emulate=True)
     _matches_the_interpreter(ck, src, sizes)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kernels_st(max_dims=3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40))
+def test_random_kernels_run_correctly_on_the_cpu(case, m, n, k):
+    """The llvm backend (vectorised elementwise loops, reductions, contractions found in random
+    expressions) on random kernels of up to three dimensions."""
+    src, _ = case
+    kern = compiler.parse(src).kernel()
+    sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
+    _matches_the_interpreter(compiler.build(kern, target="cpu", sizes=sizes), src, sizes)
