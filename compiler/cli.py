@@ -545,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except MemoryError as e:  # sizes too large for this machine: the user's choice, not a bug
+        print(f"error: not enough memory for this run ({e or 'allocation failed'}); try smaller --sizes",
+              file=sys.stderr)
+        return EXIT_USER
     except Exception as e:  # noqa: BLE001 - the one place internal failures are reported
         if a.debug:
             traceback.print_exc()

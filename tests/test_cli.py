@@ -71,6 +71,14 @@ def test_internal_errors_are_one_line(capsys, monkeypatch):
     assert err.strip() == "isamap: internal error: RuntimeError: kaput (rerun with --debug for a traceback)"
 
 
+def test_sizes_too_large_for_memory_are_a_user_error(capsys, monkeypatch):
+    def huge(a):  # what numpy raises for --sizes M=300000,N=300000,K=300000 (without allocating here)
+        raise MemoryError("Unable to allocate 671. GiB for an array with shape (300000, 300000)")
+    monkeypatch.setattr(cli, "cmd_run", huge)
+    code, _, err = run(capsys, "run", "kernels/gemm.tc", "--sizes", "M=300000,N=300000,K=300000")
+    assert code == 1 and err.startswith("error: not enough memory for this run") and "Traceback" not in err
+
+
 def test_help_and_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
