@@ -9,7 +9,8 @@ split-K factors, the model below picks the fewest predicted cycles:
 
 per block: compute = BM*BN*Kc / MACs-per-cycle-per-core, load = (BM+BN)*Kc*bytes / port,
 fragments = BM*BN*(1/WM + 1/WN)*Kc*bytes / smem bandwidth (every warp reads its A and B
-fragments from shared memory: what makes 64x64 warp tiles win on large shapes);
+fragments from shared memory, every FFMA thread its TM + TN operands: what makes 64x64 warp
+tiles and 8x8 thread tiles win on large shapes);
 ``resident`` blocks share a core, ``waves`` = blocks / (cores * resident) rounded up, ``fill``
 the pipeline's start and the epilogue.  Split-K (several blocks per output tile, adding their
 partial sums atomically) exists for the small-N shapes whose few tiles would leave most cores
@@ -46,6 +47,18 @@ class GpuTiling:
     @property
     def tensor_cores(self) -> bool:
         return self.wm % 16 == 0 and self.wn % 8 == 0 and self.bk % 16 == 0
+
+    @property
+    def registers(self) -> int:
+        """Registers a thread needs (roughly: accumulators, one k-step's operand fragments and
+        ~24 for addresses and loop state; ptxas: 236 for 128x128 blocks of 64x64 warp tiles),
+        which bound how many blocks share an SM's 64K.  The model applies it to FFMA tiles; the
+        tensor-core choices stay those measured on an H100 (docs/cuda.md)."""
+        if self.wgmma:
+            return 168
+        if self.tensor_cores:
+            return self.wm * self.wn // 32 + (self.wm // 16) * 4 + (self.wn // 8) * 2 + 24
+        return self.wm * self.wn + 2 * (self.wm + self.wn) + 24
 
     def smem_bytes(self, itemsize: int, a_kmajor: bool | None = None, b_kmajor: bool | None = None) -> int:
         """Shared memory of the block: a ring of padded A and B slabs (tiles.cuh's layout: rows
@@ -111,17 +124,19 @@ def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: b
             if need > cap or tl.threads > 1024:
                 continue
             resident = max(1, min(cap // need, 2048 // tl.threads, 16))
+            if not tensor_cores:  # an 8x8 FFMA thread tile holds 64 accumulators: registers bound residency
+                resident = max(1, min(resident, 65536 // (tl.threads * tl.registers)))
             tiles = -(-m // bm) * -(-n // bn) * batch
             for splits in range(1, (MAX_SPLITS if can_split else 1) + 1):
                 kc = -(-k // splits)
                 kc = -(-kc // bk) * bk
-                if splits > 1 and (kc < 4 * bk or (splits - 1) * kc >= k):
-                    break
+                if splits > 1 and (kc < 4 * bk or (splits - 1) * kc >= k or tiles >= cores * resident):
+                    break  # split-K only where the output tiles leave cores idle
                 blocks = tiles * splits
                 waves = -(-blocks // (cores * resident))
                 per = max(bm * bn * kc / macs_per_cycle, (bm + bn) * kc * itemsize / port)  # padded tiles cost whole
-                if tensor_cores:
-                    per = max(per, bm * bn * (1 / wm + 1 / wn) * kc * itemsize / smem_bw)
+                # every warp (mma) or thread (FFMA) reads its A and B fragments from shared memory
+                per = max(per, bm * bn * (1 / wm + 1 / wn) * kc * itemsize / smem_bw)
                 # split-K: every split adds its partial tile into C in L2 (read + write), after a zero fill
                 atomics = (splits * m * n * batch * 8 / l2_bw + m * n * batch * 4 / main_bw) if splits > 1 else 0
                 cycles = waves * (min(resident, -(-blocks // cores)) * per + FILL_CYCLES) + atomics

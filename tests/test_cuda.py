@@ -217,7 +217,7 @@ def test_elementwise_statements_share_a_launch():
     found = plans(k, b, t)
     assert all(p.tiling.splits > 1 for p in found.values())
     assert launch_order(k, b, found) == [("gemm", [0]), ("gemm", [2]), ("gemm", [4]), ("pointwise", [1, 3, 5, 6])]
-    b = bind(k, dict(B=512, Hd=1024))
+    b = bind(k, dict(B=4096, Hd=1024))
     assert launch_order(k, b, plans(k, b, hw_models.load("cuda"))) == [("gemm", [0]), ("gemm", [2]), ("gemm", [4])]
     rev = compiler.parse("def rev(float(N) A) -> (B, C, D) {\n    B(i) = A(i) * 2.0\n    C(i) = B(N - 1 - i) + 1.0\n"
                          "    D(i) = B(i) + C(i)\n}\n").kernel()
