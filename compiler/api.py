@@ -39,6 +39,7 @@ class CompiledKernel:
     resident: tuple = ()  # inputs kept on chip across runs of a session
     native: object = None  # host code (llvm backend)
     gpu: object = None  # CUDA code (cuda backend)
+    gpu_schedule: str = ""  # its launches, tilings and grids (--emit schedule)
     _call: object = field(default=None, repr=False, compare=False)  # host targets: what __call__ runs
 
     @property
@@ -212,6 +213,8 @@ class CompiledKernel:
             raise IsamapError("pass sizes= to build() to get generated code")
         if self.gpu is not None and kind == "cuda":
             return self.gpu.src
+        if self.gpu is not None and kind == "schedule":
+            return self.gpu_schedule
         if self.native is not None and kind == "schedule":
             return native_schedule(self.native)
         if self.native is not None and kind in ("llvm", "asm"):
@@ -241,7 +244,7 @@ class CompiledKernel:
             return "\n".join(head + sim.format_listing()) + "\n"
         available = ["ir"] + (["mappings", "schedule", "loops", "asm"] if self.program is not None else []) + \
             (["mappings", "schedule", "llvm", "asm"] if self.native is not None else []) + \
-            (["cuda"] if self.gpu is not None else [])
+            (["mappings", "schedule", "cuda"] if self.gpu is not None else [])
         raise IsamapError(f"'{kind}' is not available for target '{self.target}' (available: {', '.join(available)})")
 
 
@@ -330,7 +333,7 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     if backend == "cuda":
         from .backends.cuda import cuda_source
         from .backends.cuda.runtime import CudaKernel
-        from .backends.cuda.scalar import plans
+        from .backends.cuda.scalar import plans, schedule_text
         if scheduler not in (None, "tiled", "scalar"):
             raise IsamapError(f"target '{t.name}' takes --scheduler tiled (the default: thread-block tiles "
                               f"from its memories and matrix instructions) or scalar (one thread per element), "
@@ -346,6 +349,7 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
                "scheduler": scheduler or "tiled", "compile_seconds": time.perf_counter() - t0}
         ck = CompiledKernel(k, t.name, b, rep, t)
         ck.gpu = CudaKernel(k, b, src)
+        ck.gpu_schedule = schedule_text(k, b, gemm)
         return ck
     if backend != "sim":
         raise IsamapError(f"target '{t.name}' uses the {backend} backend, which is not built yet; "

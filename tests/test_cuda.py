@@ -230,3 +230,18 @@ def test_the_gru_sequence_library_builds(tmp_path, monkeypatch):
     monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
     so = compile_source(cuda_sequence_source(hw_models.load("cuda-h100"), 64, 2, 3), archs=("90",), per_thread=True)
     assert so.exists()
+
+
+def test_emit_schedule_lists_the_launches(capsys):
+    """--emit schedule on a cuda target: every launch in order, its tiling and grid, and the
+    fills before it; --emit mappings shows what the mapping pass offered."""
+    from compiler import cli
+    assert cli.main(["compile", "kernels/gru_step.tc", "--target", "cuda-h100", "--sizes", "B=1,Hd=1024",
+                     "--emit", "schedule"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "# gru_step: 4 kernel launches in this order" and len(lines) == 5
+    assert all("after zeroing the output" in ln and "split-K" in ln and "grid" in ln for ln in lines[1:4])
+    assert lines[4] == "4. S1, S3, S5, S6: one kernel, one thread per element (1024 threads), the statements in order on each element"
+    ck = compiler.build(kernels.path("softmax"), target="cuda", sizes=dict(N=4, D=1000))
+    assert "after an identity fill of mx, S0: a block of 256 threads per output element" in ck.source("schedule")
+    assert "S0 on (scalar code)" in ck.source("mappings")

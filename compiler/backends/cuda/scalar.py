@@ -378,6 +378,42 @@ def launch_order(k: Kernel, b: Bound, found: dict) -> list[tuple[str, list[int]]
     return out
 
 
+def schedule_text(k: Kernel, b: Bound, found: dict) -> str:
+    """What the cuda backend decided (``--emit schedule``): each kernel launch in order, with
+    the statements it runs and how its grid covers them."""
+    from ..access import covers_output
+    g = _Gen(k, b, "")
+    order = launch_order(k, b, found)
+    out = [f"# {k.name}: {len(order)} kernel launch{'es' if len(order) != 1 else ''} in this order"]
+    for n, (kind, sis) in enumerate(order, 1):
+        names = ", ".join(f"S{si}" for si in sis)
+        s = k.stmts[sis[0]]
+        if kind == "gemm":
+            p = found[sis[0]]
+            gx, gy, gz = p.grid()
+            tail = "" if p.tiling.persistent == 0 else f" (persistent: {min(p.tiling.persistent, gx * gy * gz)} blocks)"
+            fill = ("after zeroing the output (cudaMemsetAsync), " if p.tiling.splits > 1 and p.init else
+                    "after an identity fill, " if p.init and not covers_output(p, b) else "")
+            out.append(f"{n}. {fill}{p.describe()}; grid {gx} x {gy} x {gz}{tail}")
+            continue
+        if s.init:
+            names = f"after an identity fill of {s.tensor}, {names}"
+        dom = b.domain(sis[0])
+        total = prod(dom[v][1] - dom[v][0] for v in k.stmts[sis[0]].indices)
+        if kind == "pointwise":
+            out.append(f"{n}. {names}: one kernel, one thread per element ({total} threads), the statements "
+                       f"in order on each element")
+        elif g.block_reduction(sis[0]):
+            length = prod(dom[v][1] - dom[v][0] for v in s.reduction_vars)
+            out.append(f"{n}. {names}: a block of 256 threads per output element ({total} blocks), each folding "
+                       f"every 256th of {length} reduction points, then a shared-memory tree")
+        else:
+            red = f", a loop over {prod(dom[v][1] - dom[v][0] for v in s.reduction_vars)} reduction points" \
+                if s.reduction_vars else ""
+            out.append(f"{n}. {names}: one thread per output element ({total} threads){red}")
+    return "\n".join(out) + "\n"
+
+
 def plans(k: Kernel, b: Bound, t=None) -> dict:
     """Statement -> GemmPlan for the statements the target maps onto a matrix instruction
     (with their block tiling and fused epilogues); the rest run one thread per element."""
