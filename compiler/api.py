@@ -23,6 +23,21 @@ def load_kernel(path_or_source, kernel: str | None = None) -> Kernel:
     return parse(path_or_source).kernel(kernel)
 
 
+def mappings(path_or_source, target, sizes: dict[str, int] | None = None, explain: bool = False,
+             kernel: str | None = None) -> list:
+    """Every legal mapping of each statement of a kernel onto ``target``'s instructions (with
+    ``explain``, the rejected candidates and why), as ``isamap mappings`` lists them; with
+    ``sizes``, each mapping's extents (exact, tiled, padded) too.  ``target`` is a name, a .hw
+    path or an ``ir.Target``."""
+    import hw_models
+    from ir.target import Target
+
+    from .mapping import mappings_for_kernel
+    k = load_kernel(path_or_source, kernel)
+    t = target if isinstance(target, Target) else hw_models.load(target)
+    return mappings_for_kernel(k, t, explain=explain, bound=bind(k, sizes) if sizes else None)
+
+
 @dataclass
 class CompiledKernel:
     """A kernel specialised to sizes and a target.  Call it with numpy arrays."""

@@ -176,3 +176,13 @@ def test_an_unmappable_statement_names_what_nothing_computes():
     k = compiler.parse("def f(float(N, M) X) -> (O) { O(n, m) = X(n, m) > 0 ? 1 / X(n, m) : X(n, m) }").kernel()
     (si, why), = unmappable(mappings_for_kernel(k, hw_models.load("sim-nnp")), k)
     assert why == "operation: no instruction of sim-nnp computes 1 / X(n, m), alone or through temporaries", why
+
+
+def test_python_api_mappings_are_the_clis(capsys):
+    """compiler.mappings (the DESIGN's Python contract) returns what `isamap mappings --json` prints."""
+    ms = compiler.mappings("kernels/conv2d.tc", "sim-nnp", sizes=dict(N=1, C=3, H=8, W=8, F=4, R=3, S=3), explain=True)
+    assert cli.main(["mappings", "kernels/conv2d.tc", "--target", "sim-nnp", "--sizes", "N=1,C=3,H=8,W=8,F=4,R=3,S=3",
+                     "--explain", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [m.to_json() for m in ms]
+    assert any(m.legal for m in ms) and any(not m.legal and m.reason for m in ms)
+    assert compiler.mappings(load("gemm"), hw_models.load("sim-nnp"))[0].instruction == "mm"
