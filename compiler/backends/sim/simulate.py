@@ -279,6 +279,19 @@ class Simulator:
             xs.append(x)
         return tuple(np.where(valid, x, 0) for x in xs), valid
 
+    def tile_valid(self, tile: Tile, shape: tuple[int, ...]) -> int:
+        """How many elements of the block ``tile_index`` would keep (the in-bounds part of a
+        remainder block), without building the index arrays: what a timing-only run needs."""
+        if len(tile.dims) != len(shape):
+            return int(self.tile_index(tile, shape)[1].sum())
+        count = 1
+        for ext, d in zip(shape, tile.dims):
+            if d.unit == 0:
+                count *= min(ext, 1)
+                continue
+            count *= max(0, min(ext, prod(d.extents) - self._fn(d.block)(self.env) * d.unit))
+        return count
+
     def move(self, n: Move, core: int):
         """One data-movement instruction: one block, or ``count`` consecutive blocks."""
         instr = self.t.instr(n.instr)
@@ -336,14 +349,20 @@ class Simulator:
             if self.slot_tag.get((dkey0, di)) == tag and self.written[dkey0][di]:
                 self.elided += 1
                 return None
-        if isinstance(n.src, Tile):
+        if isinstance(n.src, Tile) and not self.functional:
+            data = None
+            key = ("T", n.src.tensor, tuple(self._fn(e)(self.env) for e in n.src.key))
+            nbytes = self.tile_valid(n.src, shape) * self.tensor_dtype[n.src.tensor].itemsize
+            mck = key if n.multicast else None
+            op_r = ("src", self.t.main, n.src.tensor, key[2])
+        elif isinstance(n.src, Tile):
             idx, valid = self.tile_index(n.src, shape)
             T = self.tensors[n.src.tensor]
             pad = n.pad
             if np.isinf(pad) and src_op.dtype.kind in "iub":
                 info = np.iinfo(src_op.dtype.np) if src_op.dtype.kind != "b" else None
                 pad = (info.min if pad < 0 else info.max) if info else (pad > 0)
-            data = np.where(valid, T[idx], pad).astype(src_op.dtype.np) if self.functional else None
+            data = np.where(valid, T[idx], pad).astype(src_op.dtype.np)
             key = ("T", n.src.tensor, tuple(self._fn(e)(self.env) for e in n.src.key))
             nbytes = int(valid.sum()) * self.tensor_dtype[n.src.tensor].itemsize
             mck = key if n.multicast else None
@@ -361,13 +380,16 @@ class Simulator:
             ex = self.execs.get(n.instr) or self.execs.setdefault(n.instr, _Executor(instr))
             out = _run_padded(ex, src_op, np.asarray(data).reshape(shape), shape)
         if isinstance(n.dst, Tile):
-            idx, dvalid = self.tile_index(n.dst, shape)
-            T = self.tensors[n.dst.tensor]
             if self.functional:
+                idx, dvalid = self.tile_index(n.dst, shape)
+                T = self.tensors[n.dst.tensor]
                 vals = _fix(np.broadcast_to(out.reshape(shape), dvalid.shape), self.tensor_dtype[n.dst.tensor])
                 T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
+                valid_n = int(dvalid.sum())
+            else:
+                valid_n = self.tile_valid(n.dst, shape)
             dkey = ("T", n.dst.tensor, tuple(self._fn(e)(self.env) for e in n.dst.key))
-            nbytes = int(dvalid.sum()) * self.tensor_dtype[n.dst.tensor].itemsize
+            nbytes = valid_n * self.tensor_dtype[n.dst.tensor].itemsize
             op_w = ("dst", self.t.main, n.dst.tensor, dkey[2])
         else:
             buf, dkey0, di = self.slot(core, n.dst)
