@@ -3,6 +3,8 @@ import json
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hw_models
 from compiler import cli
@@ -186,3 +188,41 @@ def test_cuda_libraries_go_to_a_private_folder_when_caching_is_off(monkeypatch):
     monkeypatch.setenv("ISAMAP_CACHE", "off")
     d = runtime.cache_dir()
     assert d.is_dir() and d.name.startswith("isamap-cuda-") and not (d.parent / "off").exists()
+
+
+HW_EDITS = list("(){},=+-*/!<>?:#@.0123456789aZ_ \n[]") + [
+    "instr", "memory", "engine", "@sram", "@hbm", "@spad", "KiB", "B/cycle", "float", "bfloat16", "int8", "latency =",
+    "port =", "count = 0", "capacity = 0", "occupancy = 0", "batch = 0", "cores = 0", "transpose = [A]", "+=!"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["sim-nnp", "sim-gemmini", "sim-gemmini-fp32"]),
+       st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 5), st.sampled_from(HW_EDITS)), min_size=1, max_size=3))
+def test_mutated_targets_compile_correctly_or_refuse_cleanly(tmp_path_factory, name, edits):
+    """A user's .hw file with mistakes (or odd but valid figures and instruction bodies) gives a
+    located error, or a target every compiled kernel on which equals the interpreter: the
+    mapping pass follows what the instructions compute, whatever they compute."""
+    import compiler
+    import ir.interp
+    import kernels
+    from compiler.checking import compare, random_inputs
+    src = hw_models.resolve_path(name).read_text()
+    for pos, length, text in edits:
+        pos %= len(src) + 1
+        src = src[:pos] + text + src[pos + length:]
+    f = tmp_path_factory.mktemp("hw") / "mut.hw"
+    f.write_text(src)
+    try:
+        parse(src, name="mut.hw")
+    except IsamapError as e:
+        assert e.format().startswith("mut.hw") or e.span is None
+        return
+    for kernel, sizes in (("gemm", dict(M=20, N=9, K=13)), ("softmax", dict(N=5, D=7))):
+        try:
+            ck = compiler.build(kernels.path(kernel), target=str(f), sizes=sizes)
+        except IsamapError as e:
+            assert e.format().strip()
+            continue
+        ins = random_inputs(ck.kernel, ck.bound)
+        ok, _, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+        assert ok, (kernel, per)
