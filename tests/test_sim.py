@@ -366,3 +366,12 @@ def test_timing_only_simulation_matches_the_functional_one(target):
             cycles, busy, _ = sim.timing()
             runs.append((cycles, busy, dict(sim.link_bytes)))
         assert runs[0] == runs[1], (name, sizes)
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_kernel_on_tpu(name):
+    """sim-tpu is only a .hw file (128x128 MXUs, two cores, a vector unit on 128x128 tiles):
+    every kernel runs on it, equal to the interpreter, with no compiler code for it."""
+    for sizes in SIZES[name][:2]:
+        ck = check(name, "sim-tpu", sizes, "analytical")
+        assert ck.report["cycles"] > 0
