@@ -2,11 +2,13 @@
 import gc
 import json
 import types
+from math import prod
 
 import numpy as np
 import pytest
 
 import compiler
+import hw_models
 import ir.interp
 import kernels
 from compiler import cli
@@ -352,3 +354,24 @@ def test_native_entry_and_checked_path_from_several_threads():
         for outs in ex.map(work, range(8)):
             for o in outs:
                 np.testing.assert_allclose(o, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("src,sizes", [
+    ("def rows(float(M, N, K) T0, float(M) T1) -> (O1) { O1(m) +=! T0(m, n, k) + T1(m) }", dict(M=27, N=32, K=38)),
+    (None, dict(N=64, D=1000)),  # kernels/softmax: row max and row sum
+    ("def tot(float(M, N) A) -> (S) { S(i) +=! A(m, n) where i in 0:1 }", dict(M=300, N=200)),
+])
+def test_reductions_split_across_threads_only_by_output_rows(src, sizes):
+    """Above the parallel threshold the scalar path splits its outermost loop across threads;
+    for a one-index output (row sums, softmax's statistics) that loop must be the output index,
+    not a reduction (two threads adding into one element at once lost updates: found by the
+    random-kernel test, softmax N=64,D=1000 was off by ~100)."""
+    from compiler.backends.llvm import compile_cpu
+    from compiler.backends.llvm.native import PARALLEL_MIN_WORK
+    k = compiler.parse(src if src else kernels.path("softmax").read_text()).kernel()
+    b = bind(k, sizes)
+    assert prod(b.sizes.values()) >= PARALLEL_MIN_WORK
+    ins = random_inputs(k, b)
+    out = compile_cpu(k, b, hw_models.load("cpu"), threads=2)(dict(ins))
+    ok, _, per = compare(out, ir.interp.run(k, ins, b.sizes))
+    assert ok, per

@@ -324,8 +324,10 @@ class _Gen:
         lhs = list(s.indices)
         red = list(s.reduction_vars)
         # row-major output: the last output index innermost (unit stride, vectorisable), reductions
-        # just outside it, the other output indices outermost (split across threads)
-        order = (lhs[:-1] + red + lhs[-1:]) if (red and lhs) else lhs + red
+        # just outside it, the other output indices outermost (split across threads). The split
+        # loop must be an output index: threads splitting a reduction would add into the same
+        # elements at once (a one-index output such as a row sum keeps its index outermost)
+        order = (lhs[:-1] + red + lhs[-1:]) if (red and len(lhs) > 1) else lhs + red
         outer = order[0] if lhs else None
 
         def lhs_idx():
