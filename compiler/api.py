@@ -318,6 +318,9 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     if persist and backend != "sim":
         raise IsamapError(f"persist= keeps inputs in the on-chip memories of simulated targets; {t.name} "
                           f"(the {backend} backend) has none to pin them in: leave it out")
+    if backend in ("llvm", "cuda"):
+        from .backends.access import check_in_place
+        check_in_place(k, backend)
     if backend == "llvm":
         from .backends.llvm import compile_cpu
         if scheduler not in (None, "vector", "scalar"):

@@ -375,3 +375,17 @@ def test_reductions_split_across_threads_only_by_output_rows(src, sizes):
     out = compile_cpu(k, b, hw_models.load("cpu"), threads=2)(dict(ins))
     ok, _, per = compare(out, ir.interp.run(k, ins, b.sizes))
     assert ok, per
+
+
+def test_a_statement_reading_its_own_output_elsewhere_is_refused_where_it_would_be_wrong(capsys):
+    """B(i) = B(N - 1 - i) + 1: the reference reads the old B everywhere; the cpu and cuda
+    backends update B in place, so they refuse (located), and sim-nnp (which stages blocks
+    first) runs it."""
+    src = "def rev(float(N) A) -> (B) {\n    B(i) = A(i) * 2.0\n    B(i) = B(N - 1 - i) + 1.0\n}\n"
+    for target in ("cpu", "cuda"):
+        with pytest.raises(compiler.IsamapError, match=r"reads B\(N - 1 - i\) while writing B\(i\)") as e:
+            compiler.build(src, target=target, sizes=dict(N=10))
+        assert e.value.span.line == 3 and e.value.span.col == 12
+    ck = compiler.build(src, target="sim-nnp", sizes=dict(N=10))
+    ins = random_inputs(ck.kernel, ck.bound)
+    assert compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)[0]

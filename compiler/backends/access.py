@@ -37,3 +37,24 @@ def covers_output(p, b: Bound) -> bool:
     shape, mins = b.shapes[p.c], b.mins[p.c]
     idx = b.kernel.stmts[p.stmt].indices
     return all(p.dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))
+
+
+def check_in_place(k, backend: str) -> None:
+    """Refuse a statement that reads its own output at other elements than the one it writes
+    (``B(i) = B(N - 1 - i) + 1``): the reference reads every element's value from before the
+    statement, but a backend that updates the tensor in place, loop by loop (llvm) or thread by
+    thread (cuda), would read some elements it has already overwritten."""
+    from ir.errors import IsamapError
+    from ir.expr import Access, walk
+    from ir import printer
+    for si, s in enumerate(k.stmts):
+        own = tuple(s.indices)
+        for a in walk(s.rhs):
+            if isinstance(a, Access) and a.tensor == s.tensor and not (
+                    len(a.indices) == len(own) and all(isinstance(x, Var) and x.name == v
+                                                       for x, v in zip(a.indices, own))):
+                raise IsamapError(
+                    f"statement S{si} reads {printer.expr(a)} while writing {s.tensor}({', '.join(own)}); the "
+                    f"{backend} backend updates {s.tensor} in place and would read elements it has already "
+                    f"written (the reference reads the values from before the statement): write the result "
+                    f"to another output", a.span or s.span)
