@@ -33,7 +33,8 @@ def mappings(path_or_source, target, sizes: dict[str, int] | None = None, explai
     from ir.target import Target
 
     from .mapping import mappings_for_kernel
-    k = load_kernel(path_or_source, kernel)
+    from .updates import assignment_form
+    k = assignment_form(load_kernel(path_or_source, kernel))
     t = target if isinstance(target, Target) else hw_models.load(target)
     return mappings_for_kernel(k, t, explain=explain, bound=bind(k, sizes) if sizes else None)
 
@@ -376,6 +377,8 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     from schedulers.space import candidates
 
     from .lower import lower
+    from .updates import assignment_form
+    k = assignment_form(k)  # vector instructions assign: O(i) *= 2 is O(i) = O(i) * 2
     t0 = time.perf_counter()
     cands = candidates(k, b, t)
     sched = None

@@ -211,7 +211,8 @@ def cmd_mappings(a) -> int:
     from compiler.mapping import mappings_for_kernel
     from compiler.sizes import parse_sizes
     from ir.bind import bind
-    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
+    from compiler.updates import assignment_form
+    k = assignment_form(api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel))
     sizes, spans = parse_sizes(a.sizes)
     bound = bind(k, sizes, spans) if sizes else None
     t = hw_models.load(a.target)

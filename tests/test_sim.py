@@ -375,3 +375,19 @@ def test_every_kernel_on_tpu(name):
     for sizes in SIZES[name][:2]:
         ck = check(name, "sim-tpu", sizes, "analytical")
         assert ck.report["cycles"] > 0
+
+
+def test_elementwise_updates_written_as_reductions_map_in_assignment_form():
+    """O(i, j) += b(j), *= 2.0, max= 0.0 update each element (no reduction variable) and a
+    first definition P +=! x is P = x: in assignment form they map onto vadd_row, vmuls,
+    vrelu and vmul_row; a real reduction no instruction has says which update rule is missing."""
+    src = ("def multi(float(N, M) A, float(M) b) -> (O, P) {\n    O(i, j) = A(i, j)\n    O(i, j) += b(j)\n"
+           "    O(i, j) *= 2.0\n    O(i, j) max= 0.0\n    P(i, j) +=! A(i, j) * b(j)\n}\n")
+    for sizes in (dict(N=37, M=70), dict(N=1, M=1)):
+        ck = _check_src(src, sizes)
+    text = ck.source("mappings")
+    for line in ("S1 on vadd_row", "S2 on vmuls", "S3 on vrelu", "S4 on vmul_row"):
+        assert line in text, text
+    with pytest.raises(compiler.IsamapError) as e:
+        compiler.build("def p(float(N, M) A) -> (O) { O(i) *=! A(i, j) }", target="sim-nnp", sizes=dict(N=4, M=5))
+    assert e.value.notes == ["operation: no instruction of sim-nnp reduces with *=!"]

@@ -139,6 +139,7 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
     counter = [0]
     errors: list[Reject] = []
     tried: dict[Expr, bool] = {}  # subexpression -> whether some instruction's operation tree matched it
+    op_fits = [False]  # whether any instruction has the statement's update rule (=, +=!, max=, ...)
 
     def go(node: Expr, root: bool, want: tuple | None, only: Instruction | None = None) -> list[Step] | None:
         key = (node, want, root, only and only.name)
@@ -155,6 +156,8 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
             except Reject as r:
                 errors.append(r)
                 continue
+            if root:
+                op_fits[0] = True
             out_expr = _lhs(s) if root else node
             for ops in match(ist.rhs, node, {}, temps=True):
                 matched = True
@@ -214,8 +217,9 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
         out.append(Mapping(si, tuple(steps), tuple(r.var for r in s.domain if r.var not in used)))
     if out:
         return out
-    return [Mapping(si, (), legal=False, reason=str(_closest(errors, [e for e, m in tried.items() if not m], target)),
-                    candidate="(any instruction sequence)")]
+    why = (_closest(errors, [e for e, m in tried.items() if not m], target) if op_fits[0] else
+           Reject("operation", f"no instruction of {target.name} {_op(s)}"))
+    return [Mapping(si, (), legal=False, reason=str(why), candidate="(any instruction sequence)")]
 
 
 # Which rejection explains a failed cover best: a binding that got as far as types and data
