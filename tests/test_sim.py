@@ -391,3 +391,12 @@ def test_elementwise_updates_written_as_reductions_map_in_assignment_form():
     with pytest.raises(compiler.IsamapError) as e:
         compiler.build("def p(float(N, M) A) -> (O) { O(i) *=! A(i, j) }", target="sim-nnp", sizes=dict(N=4, M=5))
     assert e.value.notes == ["operation: no instruction of sim-nnp reduces with *=!"]
+
+
+@pytest.mark.parametrize("sizes", [dict(N=7, M=7), dict(N=1, M=1), dict(N=70, M=33)])
+def test_rank0_tensors_on_nnp(sizes):
+    """A scalar input read by a vector instruction's scalar operand (loaded from memory, not
+    folded as an immediate) and a rank-0 output written from a reduction's padded vector."""
+    src = ("def total(float(N, M) A, float s) -> (S, T) {\n    S +=! A(i, j) * s\n"
+           "    T(i) = S + A(i, 0)\n}\n")
+    _check_src(src, sizes)

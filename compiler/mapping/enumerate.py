@@ -117,7 +117,7 @@ def direct(k: Kernel, si: int, instr: Instruction, target: Target, bound: Bound 
 def _bind_text(e: Expr | None) -> str:
     if e is None:
         return "?"
-    if isinstance(e, Access) and e.indices and has_vars(e):
+    if isinstance(e, Access) and (has_vars(e) or not e.indices):  # a tensor (rank 0: a scalar in memory)
         return e.tensor
     return f"imm:{printer.expr(e)}"
 
@@ -168,7 +168,13 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                 if want is not None:  # the consumer fused variables: as many instruction dims stay idle
                     free = len(ist.domain) - len(ist.reduction_vars)
                     budget[False] = max(budget[False], free - len(want))
-                for f in assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)):
+                why = explain_empty(ctx, instr, ist, ops, out_expr, cands, budget)
+                fs = list(assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)))
+                if why or not fs:
+                    errors.append(Reject("roles", f"{instr.name}: " + (why or (
+                        f"no binding of its variables ({', '.join(r.var for r in ist.domain)}) to the statement's "
+                        f"gives every operand the indices of the data bound to it ({printer.expr(node)})"))))
+                for f in fs:
                     if want is not None and output_layout(ist, f) != want:
                         continue
                     try:

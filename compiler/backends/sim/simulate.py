@@ -384,7 +384,10 @@ class Simulator:
                 idx, dvalid = self.tile_index(n.dst, shape)
                 T = self.tensors[n.dst.tensor]
                 vals = _fix(np.broadcast_to(out.reshape(shape), dvalid.shape), self.tensor_dtype[n.dst.tensor])
-                T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
+                if T.ndim:
+                    T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
+                else:  # a rank-0 tensor: the block's one valid element
+                    T[()] = vals[dvalid][0]
                 valid_n = int(dvalid.sum())
             else:
                 valid_n = self.tile_valid(n.dst, shape)
