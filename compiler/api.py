@@ -34,8 +34,10 @@ def mappings(path_or_source, target, sizes: dict[str, int] | None = None, explai
 
     from .mapping import mappings_for_kernel
     from .updates import assignment_form
-    k = assignment_form(load_kernel(path_or_source, kernel))
+    k = load_kernel(path_or_source, kernel)
     t = target if isinstance(target, Target) else hw_models.load(target)
+    if t.prop("backend", "sim") == "sim":  # what build() maps for a simulated target
+        k = assignment_form(k)
     return mappings_for_kernel(k, t, explain=explain, bound=bind(k, sizes) if sizes else None)
 
 

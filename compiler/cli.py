@@ -212,10 +212,12 @@ def cmd_mappings(a) -> int:
     from compiler.sizes import parse_sizes
     from ir.bind import bind
     from compiler.updates import assignment_form
-    k = assignment_form(api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel))
+    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
+    t = hw_models.load(a.target)
+    if t.prop("backend", "sim") == "sim":  # what compile maps for a simulated target
+        k = assignment_form(k)
     sizes, spans = parse_sizes(a.sizes)
     bound = bind(k, sizes, spans) if sizes else None
-    t = hw_models.load(a.target)
     ms = mappings_for_kernel(k, t, explain=a.explain, bound=bound)
     if a.json:
         print(json.dumps([m.to_json() for m in ms], indent=2))
