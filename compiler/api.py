@@ -380,7 +380,9 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
 
     from .lower import lower
     from .updates import assignment_form
-    k = assignment_form(k)  # vector instructions assign: O(i) *= 2 is O(i) = O(i) * 2
+    if assignment_form(k) is not k:  # vector instructions assign: O(i) *= 2 is O(i) = O(i) * 2
+        k = assignment_form(k)
+        b = bind(k, dict(b.sizes))
     t0 = time.perf_counter()
     cands = candidates(k, b, t)
     sched = None

@@ -271,11 +271,15 @@ def cmd_tune(a) -> int:
     from ir.bind import bind
     from schedulers.db import TuningDB, default_path
     from schedulers.tune import tune
+    from compiler.updates import assignment_form
     sizes, spans = parse_sizes(a.sizes)
     k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
     b = bind(k, sizes, spans)
     t = hw_models.load(a.target)
     backend = t.prop("backend", "sim")
+    if backend == "sim" and assignment_form(k) is not k:  # the kernel build() maps (and keys the database by)
+        k = assignment_form(k)
+        b = bind(k, sizes, spans)
     if backend not in ("sim", "llvm"):
         raise IsamapError(f"tuning measures on the backend; tuning for the {backend} backend is not built yet")
     if a.trials < 1:
