@@ -76,6 +76,20 @@ def test_database_records_and_reuse(tmp_path):
     assert ck.report["cycles"] == best.cycles  # replaying the stored schedule reproduces the measurement
 
 
+def test_tuned_elementwise_updates_are_found_by_build(tmp_path, capsys):
+    """O(i, j) *= 2.0 is mapped in assignment form: tune and build key the database by the same
+    kernel, so the tuned schedule is the one build replays."""
+    src = tmp_path / "upd.tc"
+    src.write_text("def upd(float(N, M) A, float(M) b) -> (O) {\n    O(i, j) = A(i, j)\n"
+                   "    O(i, j) += b(j)\n    O(i, j) *= 2.0\n}\n")
+    path = str(tmp_path / "t.db")
+    assert cli.main(["tune", str(src), "--target", "sim-nnp", "--sizes", "N=37,M=70", "--trials", "3",
+                     "--db", path, "--json"]) == 0
+    capsys.readouterr()
+    ck = compiler.build(str(src), target="sim-nnp", sizes=dict(N=37, M=70), db=path)
+    assert ck.schedule.strategy.startswith("database")
+
+
 _WRITER = r"""
 import sys, time
 sys.path.insert(0, {root!r})
