@@ -344,9 +344,16 @@ class _Gen:
             op = {"+": "+", "*": "*", "min": "min", "max": "max"}[s.op]
             self.store(s.tensor, lhs_idx(), self.convert(self.arith(op, cur, v, common), common, dt))
 
+        # a register accumulator where the statement's steps are exact in the output's own type
+        # (a 16-bit float output rounds after every step in the reference)
+        in_register = dtypes.promote(dt, s.rhs.dtype) == dt and (dt.is_int or dt.name in ("float32", "float64"))
+
         def nest(vs):
             if not vs:
                 body()
+                return
+            if red and vs == red and order == lhs + red and s.op != "=" and in_register:
+                reduce_in_register()
                 return
             v = vs[0]
             if v == outer:
@@ -354,6 +361,35 @@ class _Gen:
             else:
                 lo, hi = dom[v]
                 self.loop(v, lo, hi, lambda: nest(vs[1:]))
+
+        def reduce_in_register():
+            """The reductions innermost (a row sum, softmax's statistics): fold into a local
+            that LLVM keeps in registers, stored once, instead of a load and a store of the
+            output element per point (the tensors may alias, so LLVM cannot do it itself); a
+            float sum or product may be reassociated (``reassoc``), so LLVM vectorises it."""
+            common = dtypes.promote(dt, s.rhs.dtype)
+            entry = self.fn.entry_basic_block
+            with self.bld.goto_block(entry):
+                self.bld.position_at_start(entry)
+                slot = self.bld.alloca(lltype(common))
+            self.bld.store(self.convert(self.load(s.tensor, lhs_idx()), dt, common), slot)
+
+            def fold():
+                v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
+                out = self.arith({"+": "+", "*": "*", "min": "min", "max": "max"}[s.op], self.bld.load(slot), v,
+                                 common)
+                if common.is_float and s.op in ("+", "*") and common != BFLOAT16:
+                    out.flags.append("reassoc")
+                self.bld.store(out, slot)
+
+            def loops(vs):
+                if not vs:
+                    fold()
+                    return
+                lo, hi = dom[vs[0]]
+                self.loop(vs[0], lo, hi, lambda: loops(vs[1:]))
+            loops(red)
+            self.store(s.tensor, lhs_idx(), self.convert(self.bld.load(slot), common, dt))
 
         self.begin(f"s{si}", True)
         nest(order)
