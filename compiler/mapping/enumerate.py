@@ -168,13 +168,9 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                 if want is not None:  # the consumer fused variables: as many instruction dims stay idle
                     free = len(ist.domain) - len(ist.reduction_vars)
                     budget[False] = max(budget[False], free - len(want))
-                why = explain_empty(ctx, instr, ist, ops, out_expr, cands, budget)
-                fs = list(assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)))
-                if why or not fs:
-                    errors.append(Reject("roles", f"{instr.name}: " + (why or (
-                        f"no binding of its variables ({', '.join(r.var for r in ist.domain)}) to the statement's "
-                        f"gives every operand the indices of the data bound to it ({printer.expr(node)})"))))
-                for f in fs:
+                bound_any = False
+                for f in assignments(cands, [r.var for r in ist.domain], budget, set(ist.reduction_vars)):
+                    bound_any = True
                     if want is not None and output_layout(ist, f) != want:
                         continue
                     try:
@@ -210,6 +206,11 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                                      extents(ctx, instr, ist, f), result, exprs)
                     memo[key] = steps + [step]
                     return memo[key]
+                if not bound_any:
+                    why = explain_empty(ctx, instr, ist, ops, out_expr, cands, budget) or (
+                        f"no binding of its variables ({', '.join(r.var for r in ist.domain)}) to the statement's "
+                        f"gives every operand the indices of the data bound to it ({printer.expr(node)})")
+                    errors.append(Reject("roles", f"{instr.name}: {why}"))
         tried[node] = tried.get(node, False) or matched
         return None
 
