@@ -33,11 +33,9 @@ def mappings(path_or_source, target, sizes: dict[str, int] | None = None, explai
     from ir.target import Target
 
     from .mapping import mappings_for_kernel
-    from .updates import assignment_form
-    k = load_kernel(path_or_source, kernel)
+    from .updates import as_mapped
     t = target if isinstance(target, Target) else hw_models.load(target)
-    if t.prop("backend", "sim") == "sim":  # what build() maps for a simulated target
-        k = assignment_form(k)
+    k = as_mapped(load_kernel(path_or_source, kernel), t)
     return mappings_for_kernel(k, t, explain=explain, bound=bind(k, sizes) if sizes else None)
 
 
@@ -379,10 +377,10 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     from schedulers.space import candidates
 
     from .lower import lower
-    from .updates import assignment_form
-    if assignment_form(k) is not k:  # vector instructions assign: O(i) *= 2 is O(i) = O(i) * 2
-        k = assignment_form(k)
-        b = bind(k, dict(b.sizes))
+    from .updates import as_mapped
+    mapped = as_mapped(k, t)  # vector instructions assign: O(i) *= 2 is O(i) = O(i) * 2
+    if mapped is not k:
+        k, b = mapped, bind(mapped, dict(b.sizes))
     t0 = time.perf_counter()
     cands = candidates(k, b, t)
     sched = None

@@ -211,11 +211,9 @@ def cmd_mappings(a) -> int:
     from compiler.mapping import mappings_for_kernel
     from compiler.sizes import parse_sizes
     from ir.bind import bind
-    from compiler.updates import assignment_form
-    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
+    from compiler.updates import as_mapped
     t = hw_models.load(a.target)
-    if t.prop("backend", "sim") == "sim":  # what compile maps for a simulated target
-        k = assignment_form(k)
+    k = as_mapped(api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel), t)
     sizes, spans = parse_sizes(a.sizes)
     bound = bind(k, sizes, spans) if sizes else None
     ms = mappings_for_kernel(k, t, explain=a.explain, bound=bound)
@@ -271,15 +269,12 @@ def cmd_tune(a) -> int:
     from ir.bind import bind
     from schedulers.db import TuningDB, default_path
     from schedulers.tune import tune
-    from compiler.updates import assignment_form
+    from compiler.updates import as_mapped
     sizes, spans = parse_sizes(a.sizes)
-    k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
-    b = bind(k, sizes, spans)
     t = hw_models.load(a.target)
+    k = as_mapped(api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel), t)  # what build() maps and keys by
+    b = bind(k, sizes, spans)
     backend = t.prop("backend", "sim")
-    if backend == "sim" and assignment_form(k) is not k:  # the kernel build() maps (and keys the database by)
-        k = assignment_form(k)
-        b = bind(k, sizes, spans)
     if backend not in ("sim", "llvm"):
         raise IsamapError(f"tuning measures on the backend; tuning for the {backend} backend is not built yet")
     if a.trials < 1:

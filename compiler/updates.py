@@ -14,6 +14,13 @@ from ir.expr import Access, Binary, Var
 from ir.kernel import Kernel, Stmt
 
 
+def as_mapped(k: Kernel, t) -> Kernel:
+    """The kernel that ``build`` maps for target ``t``: the assignment form for a simulated
+    target (whose vector instructions assign), the kernel itself for the host and cuda backends
+    (their code runs the update rules directly)."""
+    return assignment_form(k) if t.prop("backend", "sim") == "sim" else k
+
+
 def assignment_form(k: Kernel) -> Kernel:
     stmts = tuple(_assign(k, s) for s in k.stmts)
     return k if stmts == k.stmts else replace(k, stmts=stmts)
