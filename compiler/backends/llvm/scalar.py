@@ -63,7 +63,7 @@ class _Gen:
         self.mod = L.Module(name=k.name)
         self.mod.triple = llvm.get_process_triple()
         self.names = [t.name for t in k.inputs + k.outputs]
-        self._scopes = None  # alias scopes, one per tensor (``_scoped``)
+        self._scope_md = None  # per tensor: (its alias scope list, every other tensor's) (``_scoped``)
         self.vars: dict[str, L.Value] = {}
         self.functions: list[tuple[str, int, str | None, tuple[int, int]]] = []
 
@@ -144,13 +144,12 @@ class _Gen:
         runtime allocates every output itself and inputs are only read, so no two buffers a
         store could reach overlap; LLVM may then keep a row's statistic in a register across
         the output's stores instead of reloading it per element."""
-        if self._scopes is None:
+        if self._scope_md is None:
             dom = self.mod.add_metadata([L.MetaDataString(self.mod, "isamap tensors")])
-            self._scopes = {n: self.mod.add_metadata([L.MetaDataString(self.mod, f"tensor {n}"), dom])
-                            for n in self.names}
+            scopes = {n: self.mod.add_metadata([L.MetaDataString(self.mod, f"tensor {n}"), dom]) for n in self.names}
             self._scope_md = {n: (self.mod.add_metadata([sc]),
-                                  self.mod.add_metadata([o for m, o in self._scopes.items() if m != n]))
-                              for n, sc in self._scopes.items()}
+                                  self.mod.add_metadata([o for m, o in scopes.items() if m != n]))
+                              for n, sc in scopes.items()}
         own, others = self._scope_md[name]
         instr.set_metadata("alias.scope", own)
         if len(self.names) > 1:
@@ -352,20 +351,20 @@ class _Gen:
         def lhs_idx():
             return [self.bld.sext(self.vars[v], I64) for v in lhs]
 
+        common = dtypes.promote(dt, s.rhs.dtype)  # what a reduction step computes in
+
         def body():
             if s.op == "=":
                 v = self.convert(self.ev(s.rhs), s.rhs.dtype, dt)
                 self.store(s.tensor, lhs_idx(), v)
                 return
-            common = dtypes.promote(dt, s.rhs.dtype)
             cur = self.convert(self.load(s.tensor, lhs_idx()), dt, common)
             v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
-            op = {"+": "+", "*": "*", "min": "min", "max": "max"}[s.op]
-            self.store(s.tensor, lhs_idx(), self.convert(self.arith(op, cur, v, common), common, dt))
+            self.store(s.tensor, lhs_idx(), self.convert(self.arith(s.op, cur, v, common), common, dt))
 
         # a register accumulator where the statement's steps are exact in the output's own type
         # (a 16-bit float output rounds after every step in the reference)
-        in_register = dtypes.promote(dt, s.rhs.dtype) == dt and (dt.is_int or dt.name in ("float32", "float64"))
+        in_register = common == dt and (dt.is_int or dt.name in ("float32", "float64"))
 
         def nest(vs):
             if not vs:
@@ -384,9 +383,8 @@ class _Gen:
         def reduce_in_register():
             """The reductions innermost (a row sum, softmax's statistics): fold into a local
             that LLVM keeps in registers, stored once, instead of a load and a store of the
-            output element per point (the tensors may alias, so LLVM cannot do it itself); a
-            float sum or product may be reassociated (``reassoc``), so LLVM vectorises it."""
-            common = dtypes.promote(dt, s.rhs.dtype)
+            output element per point (not left to LLVM's promotion of the element); a float
+            sum or product may be reassociated (``reassoc``), so LLVM vectorises it."""
             entry = self.fn.entry_basic_block
             with self.bld.goto_block(entry):
                 self.bld.position_at_start(entry)
@@ -395,9 +393,8 @@ class _Gen:
 
             def fold():
                 v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
-                out = self.arith({"+": "+", "*": "*", "min": "min", "max": "max"}[s.op], self.bld.load(slot), v,
-                                 common)
-                if common.is_float and s.op in ("+", "*") and common != BFLOAT16:
+                out = self.arith(s.op, self.bld.load(slot), v, common)
+                if common.is_float and s.op in ("+", "*"):
                     out.flags.append("reassoc")
                 self.bld.store(out, slot)
 
