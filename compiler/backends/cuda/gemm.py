@@ -192,6 +192,13 @@ def _vector_width(p: GemmPlan, name: str, itemsize: int) -> int:
     return 1
 
 
+def store_mode(p: GemmPlan, b: Bound) -> str:
+    """How the product reaches C: "atomic" (split-K partial sums added into C, zeroed first when
+    the statement starts from the identity), "set" (every element of C written once) or "add"
+    (into C's current values, after any identity fill)."""
+    return "atomic" if p.tiling.splits > 1 else ("set" if covers_output(p, b) else "add")
+
+
 def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     """(CUDA source, launch lines, dynamic shared bytes) of the plan's kernel ``s<i>``; ``g`` is
     the scalar generator (parameters, addressing and expressions for the store and epilogue)."""
@@ -206,7 +213,7 @@ def emit(g, p: GemmPlan) -> tuple[str, list[str], int]:
     splits = tl.splits
     kc = -(-K // splits)
     kc = -(-kc // tl.bk) * tl.bk
-    mode = "atomic" if splits > 1 else ("set" if covers_output(p, b) else "add")
+    mode = store_mode(p, b)
     lines = [f"__device__ __forceinline__ void {g.prefix}s{si}_store({params}, int row, int col, long long z, float v) {{",
              f"    int {cvar(p.row)} = row + ({p.dom[p.row][0]}); int {cvar(p.col)} = col + ({p.dom[p.col][0]});"]
     for v in reversed(p.batch):

@@ -231,9 +231,6 @@ class _Gen:
         ct = ctype(common)
         lhs, total, body = self._element(si, per_block=True)
         lit = _identity_literal(s.op, common)
-
-        def fold(a: str, x: str) -> str:
-            return _fold(s.op, a, x)
         red = list(s.reduction_vars)
         exts = [dom[v][1] - dom[v][0] for v in red]
         body += [f"    __shared__ {ct} part[256];", f"    {ct} acc = ({ct})({lit});",
@@ -241,13 +238,13 @@ class _Gen:
         for v, e in reversed(list(zip(red, exts))):
             body.append(f"        int {cvar(v)} = (int)(q % {e}) + ({dom[v][0]}); q /= {e};")
         val = self.conv(self.ev(s.rhs), s.rhs.dtype, common)
-        body += [f"        acc = {fold('acc', f'({val})')};", "    }",
+        body += [f"        acc = {_fold(s.op, 'acc', f'({val})')};", "    }",
                  "    part[threadIdx.x] = acc;", "    __syncthreads();",
                  "    for (int w = 128; w > 0; w >>= 1) {",
-                 f"        if (threadIdx.x < w) part[threadIdx.x] = {fold('part[threadIdx.x]', 'part[threadIdx.x + w]')};",
+                 f"        if (threadIdx.x < w) part[threadIdx.x] = {_fold(s.op, 'part[threadIdx.x]', 'part[threadIdx.x + w]')};",
                  "        __syncthreads();", "    }",
                  f"    if (threadIdx.x == 0) {{ {ct} old = {self.conv(self.read(s.tensor, lhs), dt, common)};",
-                 f"        {self.write(s.tensor, lhs, self.conv(fold('old', 'part[0]'), common, dt))} }}"]
+                 f"        {self.write(s.tensor, lhs, self.conv(_fold(s.op, 'old', 'part[0]'), common, dt))} }}"]
         return (f"__global__ void {self.prefix}s{si}({self.params()}) {{\n" + "\n".join(body) + "\n}\n",
                 f"    {self.prefix}s{si}<<<{total}, 256>>>({self.dargs()});")
 
@@ -381,7 +378,7 @@ def launch_order(k: Kernel, b: Bound, found: dict) -> list[tuple[str, list[int]]
 def schedule_text(k: Kernel, b: Bound, found: dict) -> str:
     """What the cuda backend decided (``--emit schedule``): each kernel launch in order, with
     the statements it runs and how its grid covers them."""
-    from ..access import covers_output
+    from .gemm import store_mode
     g = _Gen(k, b, "")
     order = launch_order(k, b, found)
     out = [f"# {k.name}: {len(order)} kernel launch{'es' if len(order) != 1 else ''} in this order"]
@@ -392,14 +389,14 @@ def schedule_text(k: Kernel, b: Bound, found: dict) -> str:
             p = found[sis[0]]
             gx, gy, gz = p.grid()
             tail = "" if p.tiling.persistent == 0 else f" (persistent: {min(p.tiling.persistent, gx * gy * gz)} blocks)"
-            fill = ("after zeroing the output (cudaMemsetAsync), " if p.tiling.splits > 1 and p.init else
-                    "after an identity fill, " if p.init and not covers_output(p, b) else "")
+            mode = store_mode(p, b) if p.init else "set"  # emit's fills: a memset before atomics, else an identity fill
+            fill = {"atomic": "after zeroing the output (cudaMemsetAsync), ", "add": "after an identity fill, "}.get(mode, "")
             out.append(f"{n}. {fill}{p.describe()}; grid {gx} x {gy} x {gz}{tail}")
             continue
         if s.init:
             names = f"after an identity fill of {s.tensor}, {names}"
         dom = b.domain(sis[0])
-        total = prod(dom[v][1] - dom[v][0] for v in k.stmts[sis[0]].indices)
+        _, total, _ = g._element(sis[0])
         if kind == "pointwise":
             out.append(f"{n}. {names}: one kernel, one thread per element ({total} threads), the statements "
                        f"in order on each element")
