@@ -48,18 +48,6 @@ class GpuTiling:
     def tensor_cores(self) -> bool:
         return self.wm % 16 == 0 and self.wn % 8 == 0 and self.bk % 16 == 0
 
-    @property
-    def registers(self) -> int:
-        """Registers a thread needs (roughly: accumulators, one k-step's operand fragments and
-        ~24 for addresses and loop state; ptxas: 236 for 128x128 blocks of 64x64 warp tiles),
-        which bound how many blocks share an SM's 64K.  The model applies it to FFMA tiles; the
-        tensor-core choices stay those measured on an H100 (docs/cuda.md)."""
-        if self.wgmma:
-            return 168
-        if self.tensor_cores:
-            return self.wm * self.wn // 32 + (self.wm // 16) * 4 + (self.wn // 8) * 2 + 24
-        return self.wm * self.wn + 2 * (self.wm + self.wn) + 24
-
     def smem_bytes(self, itemsize: int, a_kmajor: bool | None = None, b_kmajor: bool | None = None) -> int:
         """Shared memory of the block: a ring of padded A and B slabs (tiles.cuh's layout: rows
         along the operand's contiguous dimension, padded to an odd number of 16-byte units);
@@ -125,7 +113,10 @@ def choose(t, m: int, n: int, k: int, batch: int, itemsize: int, tensor_cores: b
                 continue
             resident = max(1, min(cap // need, 2048 // tl.threads, 16))
             if not tensor_cores:  # an 8x8 FFMA thread tile holds 64 accumulators: registers bound residency
-                resident = max(1, min(resident, 65536 // (tl.threads * tl.registers)))
+                # (a thread: its accumulators, one k-step's operands, ~24 for addresses and loops; the
+                # tensor-core choices stay those measured on an H100 without this term, docs/cuda.md)
+                regs = wm * wn + 2 * (wm + wn) + 24
+                resident = max(1, min(resident, 65536 // (tl.threads * regs)))
             tiles = -(-m // bm) * -(-n // bn) * batch
             for splits in range(1, (MAX_SPLITS if can_split else 1) + 1):
                 kc = -(-k // splits)
