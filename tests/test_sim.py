@@ -400,3 +400,12 @@ def test_rank0_tensors_on_nnp(sizes):
     src = ("def total(float(N, M) A, float s) -> (S, T) {\n    S +=! A(i, j) * s\n"
            "    T(i) = S + A(i, 0)\n}\n")
     _check_src(src, sizes)
+
+
+def test_scalar_operand_computed_from_a_tensor_is_refused_not_crashed():
+    """An instruction's scalar operand is an immediate or one element read per iteration:
+    `-s` over a rank-0 s is neither, so no cover binds it (the lowering used to crash on it)."""
+    src = "def neg(float s, float(M) A) -> (O) {\n    O(m) = -s + A(m)\n}\n"
+    with pytest.raises(compiler.IsamapError) as e:
+        compiler.build(src, target="sim-nnp", sizes=dict(M=5))
+    assert e.value.span is not None and "no instruction of sim-nnp" in e.value.message

@@ -79,7 +79,9 @@ def _match(ie: Expr, ke: Expr, ops: dict[str, Expr], temps: bool) -> Iterator[di
     ie, ke = strip(ie), strip(ke)
     if isinstance(ie, Access):
         if not ie.indices:  # scalar operand: an immediate, or one tensor element per loop iteration
-            if has_vars(ke) and not isinstance(ke, Access):
+            # an immediate is a constant expression; a tensor element is one read (the
+            # lowering loads it): an expression over reads (-T0 of a rank-0 T0) is neither
+            if not isinstance(ke, Access) and (has_vars(ke) or any(isinstance(x, Access) for x in walk(ke))):
                 return
         elif isinstance(ke, Access):
             if not ke.indices:
