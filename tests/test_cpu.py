@@ -50,6 +50,20 @@ def test_cpu_semantics_float64_ints_gathers_and_bf16():
     assert out["X"].dtype == np.float64 and out["Z"].dtype == np.int8
 
 
+@pytest.mark.parametrize("op", ["+=!", "max=!", "min=!"])
+def test_half_and_bool_outputs_start_from_the_identity_in_their_storage_type(op):
+    """A ``!`` reduction into a half tensor is filled with the identity stored as a half (the
+    fill stored a float into a half buffer: LLVM refused to build, found by a random-GEMM fuzz)."""
+    src = (f"def g(half(B, M, K) A, half(B, K, N) W) -> (C, D) {{\n"
+           f"    C(b, n, m) {op} A(b, m, k) * W(b, k, n)\n    D(m) {op} A(0, m, k)\n}}\n")
+    k = compiler.parse(src).kernel()
+    b = bind(k, dict(B=2, M=3, N=4, K=5))
+    ins = random_inputs(k, b)
+    out = compiler.build(k, target="cpu", sizes=b.sizes).run_all(**ins)
+    ok, err, per = compare(out, ir.interp.run(k, ins, b.sizes), "float16")
+    assert ok and out["C"].dtype == np.float16, per
+
+
 def test_cpu_run_cli_and_emit(capsys):
     assert cli.main(["run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=33,N=17,K=40", "--check",
                      "--json"]) == 0

@@ -323,11 +323,12 @@ class _Gen:
         dt = self.k.tensor(s.tensor).dtype
         self.begin(f"s{si}_init", False)
         n = prod(self.b.shapes[s.tensor])
-        ident = self.const(identity(s.op, dt), dt)
+        v = identity(s.op, dt)
+        # the identity in the tensor's storage type (a bool byte, a half)
+        ident = L.Constant(storage_type(dt), int(bool(v)) if dt == BOOL else float(v) if dt.is_float else int(v))
 
         def fill():
-            self.bld.store(ident if dt != BOOL else self.bld.zext(ident, L.IntType(8)),
-                           self.bld.gep(self.ptr[s.tensor], [self.bld.sext(self.vars["_f"], I64)]))
+            self.bld.store(ident, self.bld.gep(self.ptr[s.tensor], [self.bld.sext(self.vars["_f"], I64)]))
         self.loop("_f", 0, n, fill)
         self.end()
         self.functions.append((f"s{si}_init", si, None, (0, 0)))
