@@ -72,10 +72,12 @@ class CompiledKernel:
 
     @property
     def precision(self) -> str | None:
-        """The narrowest float type the compiled code computes in (for result checks)."""
-        if self.program is None:
-            return None
-        names = {b.dtype.name for b in self.program.buffers}
+        """The narrowest float type the compiled code computes in (for result checks): a 16-bit
+        float the kernel itself computes or stores in (a bfloat16 product, a half output), or one
+        the program's buffers hold (a bf16 matrix unit fed from fp32 tensors)."""
+        names = {s.rhs.dtype.name for s in self.kernel.stmts} | {t.dtype.name for t in self.kernel.outputs}
+        if self.program is not None:
+            names |= {b.dtype.name for b in self.program.buffers}
         for p in ("float16", "bfloat16"):
             if p in names:
                 return p

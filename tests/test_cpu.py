@@ -64,6 +64,24 @@ def test_half_and_bool_outputs_start_from_the_identity_in_their_storage_type(op)
     assert ok and out["C"].dtype == np.float16, per
 
 
+@pytest.mark.parametrize("lhs,sizes", [("C(b, n, m)", dict(B=1, M=1, N=1, K=11)),
+                                       ("C(b, m, n)", dict(B=2, M=40, N=33, K=64)),
+                                       ("C(b, m, n)", dict(B=1, M=1, N=1, K=300))])
+def test_bfloat16_reductions_round_once_complete(lhs, sizes):
+    """A bfloat16 output is held in float32: a reduction into it sums in float32 and is rounded
+    once complete, as the reference does (the scalar path never rounded it: outputs held values
+    no bfloat16 has, 1 ulp off the reference at K=64). The check's tolerance is bfloat16's."""
+    src = f"def g(bfloat16(B, M, K) A, bfloat16(B, K, N) W) -> (C) {{\n    {lhs} +=! A(b, m, k) * W(b, k, n)\n}}\n"
+    k = compiler.parse(src).kernel()
+    b = bind(k, sizes)
+    ins = random_inputs(k, b)
+    ck = compiler.build(k, target="cpu", sizes=b.sizes)
+    out = ck.run_all(**ins)["C"]
+    assert not (out.view(np.uint32) & 0xFFFF).any()  # every element a bfloat16
+    ref = ir.interp.run(k, ins, b.sizes)["C"]
+    assert ck.precision == "bfloat16" and np.abs(out - ref).max() <= 2 ** -7 * np.abs(ref).max()
+
+
 def test_cpu_run_cli_and_emit(capsys):
     assert cli.main(["run", "kernels/gemm.tc", "--target", "cpu", "--sizes", "M=33,N=17,K=40", "--check",
                      "--json"]) == 0

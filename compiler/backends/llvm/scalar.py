@@ -408,8 +408,26 @@ class _Gen:
             loops(red)
             self.store(s.tensor, lhs_idx(), self.convert(self.bld.load(slot), common, dt))
 
+        def round_once():
+            """A bfloat16 tensor is held in float32: a reduction into it sums in float32 and is
+            rounded to bfloat16 once it is complete, as the reference does (its elements never
+            hold unrounded values afterwards), over this call's range of the split loop."""
+            def visit(vs):
+                if not vs:
+                    idx = lhs_idx()
+                    self.store(s.tensor, idx, self.round_if_bf16(self.load(s.tensor, idx), dt))
+                    return
+                if vs[0] == outer:
+                    self.loop_range(vs[0], lambda: visit(vs[1:]))
+                else:
+                    lo, hi = dom[vs[0]]
+                    self.loop(vs[0], lo, hi, lambda: visit(vs[1:]))
+            visit(lhs)
+
         self.begin(f"s{si}", True)
         nest(order)
+        if dt == BFLOAT16 and s.op != "=" and red:
+            round_once()
         self.end()
         self.functions.append((f"s{si}", si, outer, dom[outer] if outer else (0, 1)))
 
