@@ -91,6 +91,26 @@ def test_long_reductions_into_few_elements_take_a_block_each():
     _check(cases, modes=(False,))
 
 
+@pytest.mark.parametrize("lhs,sizes", [("C(b, n, m)", dict(B=1, M=1, N=4, K=91)),
+                                       ("C(b, m, n)", dict(B=1, M=3, N=5, K=600)),
+                                       ("C(b, m, n)", dict(B=2, M=20, N=33, K=64))])
+def test_bfloat16_reductions_round_once_complete(lhs, sizes):
+    """A reduction into a bfloat16 tensor sums in float and rounds at the store, as the reference
+    does (thread per element and block per element alike): it rounded after every step, 0.078
+    off the reference at K=91, past bfloat16's tolerance."""
+    from compiler.backends.cuda.runtime import CudaKernel
+    src = f"def g(bfloat16(B, M, K) A, bfloat16(B, K, N) W) -> (C) {{\n    {lhs} +=! A(b, m, k) * W(b, k, n)\n}}\n"
+    k = compiler.parse(src).kernel()
+    b = bind(k, sizes)
+    ck = compiler.build(k, target="cuda", sizes=b.sizes)
+    ck.gpu = CudaKernel(ck.kernel, ck.bound, ck.gpu.src, emulate=True)
+    ins = random_inputs(k, b)
+    out = np.asarray(ck.run_all(**ins)["C"], np.float32)
+    ref = ir.interp.run(k, ins, b.sizes)["C"]
+    assert not (out.view(np.uint32) & 0xFFFF).any()
+    assert np.abs(out - ref).max() <= 2 ** -7 * np.abs(ref).max()
+
+
 def _gemm_case(it, a_t, b_t, m, n, k, tiling=None, target=None):
     """A GEMM as a build_together case: on ``target`` (default the A100-figure cuda target),
     with ``tiling`` or the model's."""

@@ -364,7 +364,8 @@ class _Gen:
             self.store(s.tensor, lhs_idx(), self.convert(self.arith(s.op, cur, v, common), common, dt))
 
         # a register accumulator where the statement's steps are exact in the output's own type
-        # (a 16-bit float output rounds after every step in the reference)
+        # (a half output rounds after every step in the reference; a bfloat16 one, held in
+        # float32, sums in place and is rounded once complete: round_once)
         in_register = common == dt and (dt.is_int or dt.name in ("float32", "float64"))
 
         def nest(vs):
