@@ -335,6 +335,17 @@ def test_per_iteration_scalar_operands(a, b, c, scheduler):
     assert "S0 on vadds" in ck.source("mappings")
 
 
+@pytest.mark.parametrize("sizes", [dict(M=65, N=3, K=7), dict(M=1, N=1, K=1), dict(M=100, N=70, K=33)])
+def test_a_bias_over_the_leading_index_loops_around_a_padded_dimension(sizes):
+    """``C(n, m) + bias(n)``: no instruction adds a vector along i, but vadds' scalar operand
+    reads bias(n) once per iteration of a loop over n, one instruction dimension padded (it
+    was refused: n filled every instruction dimension it could, leaving none for the loop)."""
+    src = ("def g(float(K, M) A, float(N, K) W, float(N) bias) -> (C, D) {\n"
+           "    C(n, m) +=! W(n, k) * A(k, m)\n    D(n, m) = C(n, m) + bias(n)\n}\n")
+    ck = _check_src(src, sizes)
+    assert "S1 on vadds" in ck.source("mappings")
+
+
 @pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=33, D=2049), dict(N=70, D=100)])
 def test_reduction_of_a_computed_expression(sizes):
     """TC's own softmax sums exp(I) directly: vexp into a temporary, reduced by vredsum (one

@@ -87,8 +87,8 @@ def direct(k: Kernel, si: int, instr: Instruction, target: Target, bound: Bound 
                f"{printer.expr(s.rhs)}")
         return out
     legal_keys: set = set()
-    budget = pad_budget(ctx, ist, [r.var for r in s.domain])
     for ops in binds:
+        budget = pad_budget(ctx, ist, _fillers([r.var for r in s.domain], instr, ops))
         cands = candidates(ctx, instr, ist, ops, _lhs(s))
         why = explain_empty(ctx, instr, ist, ops, _lhs(s), cands, budget)
         if why:
@@ -112,6 +112,20 @@ def direct(k: Kernel, si: int, instr: Instruction, target: Target, bound: Bound 
                     legal_keys.add(key)
                     out.append(m)
     return out
+
+
+def _fillers(vs, instr: Instruction, ops: dict[str, Expr]) -> list[str]:
+    """The kernel variables that could fill an instruction dimension: not those a scalar operand
+    reads one element per iteration of (``+ bias(n)`` on ``X(i, j) + S``: ``n`` must stay a loop
+    around the instruction, so a dimension it cannot fill may be padded instead)."""
+    pinned: set[str] = set()
+    for o in instr.inputs:
+        e = ops.get(o.name)
+        if not o.shape and isinstance(e, Access) and e.indices:
+            own = set(vars_of(e))
+            if own < set(vs):  # a broadcast; a read over every variable belongs in a tensor operand
+                pinned |= own
+    return [v for v in vs if v not in pinned]
 
 
 def _bind_text(e: Expr | None) -> str:
@@ -164,7 +178,8 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                 temps = {o.name: e for o, e in ((o, ops.get(o.name)) for o in instr.inputs)
                          if e is not None and not (isinstance(e, Access) and e.indices) and has_vars(e)}
                 cands = candidates(ctx, instr, ist, ops, out_expr, root)
-                budget = pad_budget(ctx, ist, [r.var for r in s.domain] if root else vars_of(node), root)
+                budget = pad_budget(ctx, ist, _fillers([r.var for r in s.domain] if root else vars_of(node),
+                                                       instr, ops), root)
                 if want is not None:  # the consumer fused variables: as many instruction dims stay idle
                     free = len(ist.domain) - len(ist.reduction_vars)
                     budget[False] = max(budget[False], free - len(want))
