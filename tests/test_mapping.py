@@ -136,7 +136,7 @@ def test_mapping_is_deterministic():
     assert a == b and len(set(a)) == len(a)
 
 
-SPELLINGS = """def spell(float(M, N) X, float(M, N) Y) -> (A, B, C, D, E, F, G, H) {
+SPELLINGS = """def spell(float(M, N) X, float(M, N) Y) -> (A, B, C, D, E, F, G, H, I) {
     A(m, n) = relu(X(m, n))
     B(m, n) = 1 / (1 + exp(-X(m, n)))
     C(m, n) = -X(m, n) + Y(m, n)
@@ -145,6 +145,7 @@ SPELLINGS = """def spell(float(M, N) X, float(M, N) Y) -> (A, B, C, D, E, F, G, 
     H(m, n) = X(m, n) > 0 ? Y(m, n) : 0.5 * X(m, n)
     F(m, n) = 1.0 / (exp(-X(m, n)) + 1)
     G(m) +=! exp(X(m, n))
+    I(m, n) = X(m, n) - 1.5
 }
 """
 
@@ -152,7 +153,7 @@ SPELLINGS = """def spell(float(M, N) X, float(M, N) Y) -> (A, B, C, D, E, F, G, 
 def test_instructions_match_other_spellings_of_an_expression():
     """relu(x) is vrelu's fmax(x, 0); the logistic function written out is vsigmoid; -x is
     x * -1 (or 0 - x); max/fmin and fmax/min are one operation; a select on x > 0 is vsel (a
-    leaky ReLU); a sum of exponentials is vexp then a row reduction. Each runs on sim-nnp equal to the interpreter."""
+    leaky ReLU); a sum of exponentials is vexp then a row reduction; x - c is vadds' x + -c. Each runs on sim-nnp equal to the interpreter."""
     k = compiler.parse(SPELLINGS).kernel()
     ms = mappings_for_kernel(k, hw_models.load("sim-nnp"))
     first = {}
@@ -161,7 +162,7 @@ def test_instructions_match_other_spellings_of_an_expression():
             first.setdefault(m.statement, m.instruction)
     assert first[0] == "vrelu" and first[1] == "vsigmoid" and first[3] == "vrelu" and first[4] == "vmin"
     assert first[6] == "vsigmoid" and first[7].startswith("vexp+vredsum") and first[5] == "vmuls+vsel"
-    assert first[2] in ("vmuls+vadd", "vrsubs+vadd")
+    assert first[2] in ("vmuls+vadd", "vrsubs+vadd") and first[8] == "vadds"
     from compiler.checking import compare, random_inputs
     import ir.interp
     ck = compiler.build(k, target="sim-nnp", sizes=dict(M=37, N=45))

@@ -38,6 +38,7 @@ def _is(e: Expr, v) -> bool:
 
 def spellings(ke: Expr) -> Iterator[Expr]:
     """``ke`` and the forms an instruction may spell it in: ``-x`` as ``0 - x`` or ``x * -1``,
+    ``x - c`` as ``x + -c``,
     ``relu(x)`` as ``max(x, 0)``, ``max``/``min`` as ``fmax``/``fmin`` (and back), and the
     logistic function written out, ``1 / (1 + exp(-x))``, as ``sigmoid(x)``.  Only the top
     node is rewritten; the operands are the kernel's own subexpressions, so bindings stay
@@ -50,6 +51,10 @@ def spellings(ke: Expr) -> Iterator[Expr]:
         zero = _const(0, ke)
         yield Binary("max", ke.args[0], zero, dtype=ke.dtype)
         yield Call("fmax", (ke.args[0], zero), dtype=ke.dtype)
+    elif isinstance(ke, Binary) and ke.op == "-" and isinstance(strip(ke.b), Const) \
+            and not isinstance(strip(ke.b).value, bool):
+        c = strip(ke.b)  # x - c is exactly x + (-c)
+        yield Binary("+", ke.a, Const(-c.value, dtype=c.dtype), dtype=ke.dtype)
     elif isinstance(ke, Binary) and ke.op in ("max", "min"):
         yield Call("f" + ke.op, (ke.a, ke.b), dtype=ke.dtype)
     elif isinstance(ke, Call) and ke.fn in ("fmax", "fmin") and len(ke.args) == 2:
