@@ -178,8 +178,9 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                 temps = {o.name: e for o, e in ((o, ops.get(o.name)) for o in instr.inputs)
                          if e is not None and not (isinstance(e, Access) and e.indices) and has_vars(e)}
                 cands = candidates(ctx, instr, ist, ops, out_expr, root)
-                budget = pad_budget(ctx, ist, _fillers([r.var for r in s.domain] if root else vars_of(node),
-                                                       instr, ops), root)
+                budget = pad_budget(ctx, ist, [v for v in _fillers([r.var for r in s.domain] if root else
+                                                                   vars_of(node), instr, ops)
+                                               if v not in loops], root)
                 if want is not None:  # the consumer fused variables: as many instruction dims stay idle
                     free = len(ist.domain) - len(ist.reduction_vars)
                     budget[False] = max(budget[False], free - len(want))
@@ -230,13 +231,25 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
         return None
 
     out = []
-    for instr in instrs:
-        steps = go(s.rhs, True, None, instr)
-        if steps is None:
-            continue
-        steps = _renumber(steps)
-        used = {v for st in steps for t in st.fused().values() for v in t}
-        out.append(Mapping(si, tuple(steps), tuple(r.var for r in s.domain if r.var not in used)))
+    loops: set[str] = set()
+    # a broadcast read deep in the tree (tanh(C(m, n) + bias(m))) may need its variables as
+    # loops around the whole sequence, every instruction leaving a dimension padded: tried only
+    # where no sequence fills every dimension, so padded sequences never crowd out dense ones
+    parallel = {r.var for r in s.domain} - set(s.reduction_vars)
+    broadcast = {v for a in walk(s.rhs) if isinstance(a, Access) and a.indices
+                 for own in [set(vars_of(a))] if own < parallel for v in own}
+    for attempt in (set(), broadcast):
+        if out or (attempt is broadcast and not broadcast):
+            break
+        loops = attempt
+        memo.clear()
+        for instr in instrs:
+            steps = go(s.rhs, True, None, instr)
+            if steps is None:
+                continue
+            steps = _renumber(steps)
+            used = {v for st in steps for t in st.fused().values() for v in t}
+            out.append(Mapping(si, tuple(steps), tuple(r.var for r in s.domain if r.var not in used)))
     if out:
         return out
     why = (_closest(errors, [e for e, m in tried.items() if not m], target) if op_fits[0] else
