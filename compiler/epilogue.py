@@ -48,6 +48,7 @@ class Epilogue:
 
     @property
     def statements(self) -> list[int]:
+        """The statements run on the producer's blocks (its own, where the rest of a sequence is)."""
         return sorted({n.statement for n in self.nests})
 
 
@@ -75,18 +76,20 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     from ir.expr import Access, walk
     s = k.stmts[producer.statement]
     out = producer.output
-    if out.tensor != s.tensor or any(a.reduction for a in producer.axes if a.name in out.axes) or out.gather:
+    temp = f"_S{producer.statement}_"  # the statement's temporaries (a step of a sequence writes one)
+    if not (out.tensor == s.tensor or out.tensor.startswith(temp)) \
+            or any(a.reduction for a in producer.axes if a.name in out.axes) or out.gather:
         return None
     route = route_out(target, producer, out)
-    if len(route) < 2:
-        return None
-    held = route[-2].outputs[0]  # where a block is held before the route's last hop, a store
+    # where a block is held before the route's last hop, a store: a staging memory, or (one hop)
+    # the memory the producer computes it in, the epilogue then running right after the compute
+    held = route[-2].outputs[0] if len(route) > 1 else out.op
     prod_dims = _operand_dims(producer, out.name)
     var_axis = {a.vars[0]: a for a in producer.axes if len(a.vars) == 1}
     producer_reads = {x.tensor for x in walk(s.rhs) if isinstance(x, Access)}
     fused: list[Nest] = []
     amap: dict[int, dict[str, str]] = {}
-    written = [s.tensor]  # tensors the chain holds on chip, block by block
+    written = [out.tensor]  # tensors the chain holds on chip, block by block
     loaded: set[str] = set()  # tensors the chain reads from main memory
     for nests in consumers:
         si = nests[0].statement
@@ -94,7 +97,7 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
         if c.op != "=" or c.init or len(c.indices) != len(s.indices) or c.where or c.exists \
                 or k.is_input(c.tensor) or k.tensor(c.tensor).dtype != k.tensor(s.tensor).dtype \
                 or c.tensor in producer_reads or c.tensor in loaded \
-                or not all(_identity_reads(k, si, w) for w in written):
+                or not all(_identity_reads(k, si, w) for w in written if not w.startswith("_S")):
             break
         pos = {v: s.indices[p] for p, v in enumerate(c.indices)}  # consumer var -> producer var
         ok = True
@@ -137,7 +140,9 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             written.append(c.tensor)
     if not fused:
         return None
-    return Epilogue(s.tensor, fused, amap, len(route) - 2, held.memory, written)
+    if fused[0].statement == producer.statement:  # the rest of the sequence: its temporaries stay on chip
+        written = [w for w in written if not w.startswith(temp)]
+    return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written)
 
 
 def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, int]:

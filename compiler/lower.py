@@ -174,6 +174,11 @@ class _NestLowering:
         incoming = direction in ("in", "load_out")
         cur = tile if incoming else slot
         out = []
+        if direction == "out" and self.epi is not None and self.epi.hop < 0:
+            # one hop (a store): the epilogue runs on the block where the producer computed it
+            ops, finals = self.epilogue_ops(blocks, guards, slot, stage_idx)
+            return ops + [Move(route[-1].name, held, dst_tile if dst_tile is not None else tile, guards, False,
+                               n.statement) for held, dst_tile in finals]
         for j, c in enumerate(route):
             last = j == len(route) - 1
             if last:
@@ -417,6 +422,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
     body, buffers, scratch, notes = [], [], [], []
     seen_scratch = set()
     fused_into: dict[int, int] = {}
+    fused_steps: set[int] = set()  # nests of a sequence run on the blocks of an earlier step
     for si, cs in enumerate(cands):
         c = cs[schedule.mappings[si]]
         if si in fused_into:
@@ -433,12 +439,20 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             why = fits(target, nest, ns)
             if why:
                 raise IsamapError(f"schedule does not fit {target.name}: {why}", k.stmts[si].span)
+            if id(nest) in fused_steps:
+                continue
             nl = _NestLowering(target, nest, ns, f"{si}_{nest.step_index}", resident)
-            if schedule.fuse and nest is c.nests[-1] and not ns.stream:  # stream-K keeps no epilogue
-                nl = _with_epilogue(k, target, nl, [cs2[schedule.mappings[sj]].nests for sj, cs2 in
-                                                    enumerate(cands) if sj > si], resident) or nl
+            if schedule.fuse and not ns.stream:  # stream-K keeps no epilogue
+                # a step of a sequence takes the rest of it (its temporaries stay on chip), the
+                # last step the statements after it
+                rest = c.nests[c.nests.index(nest) + 1:]
+                following = ([rest] if rest else []) + [cs2[schedule.mappings[sj]].nests for sj, cs2 in
+                                                        enumerate(cands) if sj > si]
+                if rest or nest is c.nests[-1]:
+                    nl = _with_epilogue(k, target, nl, following, resident) or nl
                 if nl.epi is not None:
-                    fused_into.update({sj: si for sj in nl.epi.statements})
+                    fused_steps.update(id(n) for n in nl.epi.nests if n.statement == si)
+                    fused_into.update({sj: si for sj in nl.epi.statements if sj != si})
             if ns.stream:
                 from .streamk import Knobs, lower_stream
                 sb, sc = lower_stream(nl, k, b, Knobs.of(ns.stream))

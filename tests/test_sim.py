@@ -358,6 +358,19 @@ def test_a_broadcast_inside_a_sequence_loops_around_every_step(sizes):
     assert any(ln.startswith("S1 on ") and "+vtanh" in ln for ln in ck.source("mappings").splitlines())
 
 
+@pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=37, D=45), dict(N=64, D=1000)])
+def test_vector_producers_keep_sequences_and_epilogues_on_chip(sizes):
+    """A vector instruction's output is held where it was computed before its one hop out, so
+    the rest of its statement's sequence (exp(I - mx): vsub_col then vexp) and the elementwise
+    statements after it run on each block there: the temporary is never stored, and the
+    second statement is fused into the first."""
+    src = ("def v(float(N, D) I, float(N) mx, float(D) b) -> (E, O) {\n    E(n, d) = exp(I(n, d) - mx(n))\n"
+           "    O(n, d) = tanh(E(n, d) + b(d))\n}\n")
+    ck = _check_src(src, sizes)
+    loops = ck.source("loops")
+    assert "fused into S0" in loops and "-> _S0_t1<" not in loops and "-> _S1_t1<" not in loops, loops
+
+
 @pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=33, D=2049), dict(N=70, D=100)])
 def test_reduction_of_a_computed_expression(sizes):
     """TC's own softmax sums exp(I) directly: vexp into a temporary, reduced by vredsum (one
