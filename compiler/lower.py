@@ -423,6 +423,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
     seen_scratch = set()
     fused_into: dict[int, int] = {}
     fused_steps: set[int] = set()  # nests of a sequence run on the blocks of an earlier step
+    on_chip: set[str] = set()  # temporaries held only on chip (no scratch in main memory)
     for si, cs in enumerate(cands):
         c = cs[schedule.mappings[si]]
         if si in fused_into:
@@ -452,6 +453,9 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                     nl = _with_epilogue(k, target, nl, following, resident) or nl
                 if nl.epi is not None:
                     fused_steps.update(id(n) for n in nl.epi.nests if n.statement == si)
+                    if any(n.statement == si for n in nl.epi.nests):  # its temporaries never leave the chip
+                        on_chip.update(n.output.tensor for n in [nest, *nl.epi.nests] if n.statement == si
+                                       and n.output.tensor.startswith("_S") and n.output.tensor not in nl.epi.written)
                     fused_into.update({sj: si for sj in nl.epi.statements if sj != si})
             if ns.stream:
                 from .streamk import Knobs, lower_stream
@@ -462,4 +466,5 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                 body += nl.lower()
             body.append(Barrier(si))
             buffers += nl.buffers
+    scratch = [x for x in scratch if x.name not in on_chip]
     return Program(k.name, target.name, tuple(buffers), tuple(scratch), tuple(body), target.cores, tuple(notes))
