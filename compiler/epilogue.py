@@ -94,12 +94,19 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     for nests in consumers:
         si = nests[0].statement
         c = k.stmts[si]
-        if c.op != "=" or c.init or len(c.indices) != len(s.indices) or c.where or c.exists \
-                or k.is_input(c.tensor) or k.tensor(c.tensor).dtype != k.tensor(s.tensor).dtype \
-                or c.tensor in producer_reads or c.tensor in loaded \
-                or not all(_identity_reads(k, si, w) for w in written if not w.startswith("_S")):
+        # a later step of the producer's own sequence writing a temporary: elementwise over the
+        # statement's variables (a reducing step fails the axis check below)
+        own_step = si == producer.statement and all(n.output.tensor.startswith(temp) for n in nests)
+        if not own_step and (
+                c.op != "=" or c.init or len(c.indices) != len(s.indices) or c.where or c.exists
+                or k.is_input(c.tensor) or k.tensor(c.tensor).dtype != k.tensor(s.tensor).dtype
+                or c.tensor in producer_reads or c.tensor in loaded
+                or not all(_identity_reads(k, si, w) for w in written if not w.startswith("_S"))):
             break
-        pos = {v: s.indices[p] for p, v in enumerate(c.indices)}  # consumer var -> producer var
+        if si == producer.statement:  # consumer var -> producer var
+            pos = {r.var: r.var for r in s.domain}
+        else:
+            pos = {v: s.indices[p] for p, v in enumerate(c.indices)}
         ok = True
         maps = {}
         reads: set[str] = set()
@@ -136,12 +143,16 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
         fused += nests
         amap.update(maps)
         loaded |= reads
-        if c.tensor not in written:
-            written.append(c.tensor)
+        for n in nests:
+            if n.output.tensor not in written:
+                written.append(n.output.tensor)
     if not fused:
         return None
-    if fused[0].statement == producer.statement:  # the rest of the sequence: its temporaries stay on chip
-        written = [w for w in written if not w.startswith(temp)]
+    # a temporary stays on chip unless a step left unfused reads it (then it is stored as well)
+    ran = {id(n) for n in fused}
+    needed = {o.tensor for nests in consumers for n in nests if id(n) not in ran
+              for o in n.operands if o.tensor is not None and not o.is_output}
+    written = [w for w in written if not w.startswith("_S") or w in needed]
     return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written)
 
 

@@ -447,8 +447,8 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                 # a step of a sequence takes the rest of it (its temporaries stay on chip), the
                 # last step the statements after it
                 rest = c.nests[c.nests.index(nest) + 1:]
-                following = ([rest] if rest else []) + [cs2[schedule.mappings[sj]].nests for sj, cs2 in
-                                                        enumerate(cands) if sj > si]
+                following = [[n] for n in rest] + [cs2[schedule.mappings[sj]].nests for sj, cs2 in
+                                                   enumerate(cands) if sj > si]
                 if rest or nest is c.nests[-1]:
                     nl = _with_epilogue(k, target, nl, following, resident) or nl
                 if nl.epi is not None:

@@ -371,6 +371,20 @@ def test_vector_producers_keep_sequences_and_epilogues_on_chip(sizes):
     assert "fused into S0" in loops and "-> _S0_t1<" not in loops and "-> _S1_t1<" not in loops, loops
 
 
+@pytest.mark.parametrize("sizes", [dict(N=70, D=100), dict(N=7, D=33), dict(N=64, D=1000)])
+def test_a_sequence_fuses_the_steps_that_fit_and_stores_what_the_rest_reads(sizes):
+    """layernorm's variance, (I - mean)^2 summed: vsub_col then vmul run on each block on chip,
+    the reduction root (not elementwise) as its own nest reading the stored square; only that
+    temporary gets main memory. Its normalisation: vadds + vrsqrt on the [n] statistics fuse,
+    the [n, d] steps after them run on their own blocks."""
+    ck = compiler.build(kernels.path("layernorm"), target="sim-nnp", sizes=sizes)
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
+    assert ok, per
+    scratch = [ln.split()[1] for ln in ck.source("loops").splitlines() if ln.startswith("scratch ")]
+    assert "_S2_t1" not in scratch and "_S2_t2" in scratch and "_S4_t2" not in scratch, scratch
+
+
 @pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=33, D=2049), dict(N=70, D=100)])
 def test_reduction_of_a_computed_expression(sizes):
     """TC's own softmax sums exp(I) directly: vexp into a temporary, reduced by vredsum (one
