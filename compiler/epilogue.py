@@ -110,6 +110,7 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
         ok = True
         maps = {}
         reads: set[str] = set()
+        group_out: set[str] = set()  # results of this group's earlier nests (a sequence's temporaries)
         for n in nests:
             m = {}
             for a in n.axes:
@@ -124,7 +125,12 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             for o in n.operands:
                 if o.tensor is None:
                     continue
-                on_chip = o.tensor in written or o.tensor == c.tensor or o.tensor.startswith(f"_S{si}_")
+                # on chip: what the chain (this group included) has computed, and every result;
+                # a temporary computed outside the chain cannot come from main memory in an epilogue
+                on_chip = o.is_output or o.tensor in written or o.tensor in group_out
+                if not on_chip and (o.tensor.startswith("_S") or o.tensor == c.tensor):
+                    ok = False  # nor the statement's own earlier value (D = D + C, D from before the chain)
+                    break
                 if on_chip:
                     if (o.op.memory, o.op.dtype, tuple(o.op.shape)) != (held.memory, held.dtype, tuple(held.shape)) \
                             or [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims:
@@ -138,6 +144,7 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             if not ok:
                 break
             maps[id(n)] = m
+            group_out.add(n.output.tensor)
         if not ok:
             break
         fused += nests

@@ -385,6 +385,20 @@ def test_a_sequence_fuses_the_steps_that_fit_and_stores_what_the_rest_reads(size
     assert "_S2_t1" not in scratch and "_S2_t2" in scratch and "_S4_t2" not in scratch, scratch
 
 
+@pytest.mark.parametrize("src,sizes", [
+    # S2 reads D as written before the GEMM: D must come from main memory, so S2 is not fused
+    ("def g(float(M, K) A, float(K, N) B, float(M, N) X) -> (D, C) {\n    D(m, n) = X(m, n) * 3.0\n"
+     "    C(m, n) +=! A(m, k) * B(k, n)\n    D(m, n) = D(m, n) + C(m, n)\n}\n", dict(M=40, N=50, K=30)),
+    # a later step reads a temporary of a step outside the fused chain (found by a random-kernel fuzz)
+    ("def r(float(M, K, N) T0, float(K, N, M) T1) -> (O0) {\n"
+     "    O0(m, k) +=! -T0(m + 1, k + 1, n + 1) + -T1(k + 1, n + 1, m + 1) + T0(m, k, n)\n}\n", dict(M=2, N=2, K=2)),
+])
+def test_an_epilogue_reads_from_main_memory_only_what_it_loads(src, sizes):
+    """An epilogue holds on chip only what its chain computed: a statement's own earlier value
+    or another step's temporary is not fused in (the simulator caught reads of slots never written)."""
+    _check_src(src, sizes)
+
+
 @pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=33, D=2049), dict(N=70, D=100)])
 def test_reduction_of_a_computed_expression(sizes):
     """TC's own softmax sums exp(I) directly: vexp into a temporary, reduced by vredsum (one
