@@ -162,3 +162,115 @@ def test_random_kernels_run_correctly_on_the_cpu(case, m, n, k):
     kern = compiler.parse(src).kernel()
     sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
     _matches_the_interpreter(compiler.build(kern, target="cpu", sizes=sizes), src, sizes)
+
+
+@st.composite
+def chained_kernels_st(draw):
+    """A random kernel whose statements also read earlier outputs (at shifted indices too),
+    write permuted or reduced layouts, and update an earlier output (`+=`, `max=`, `=` reading
+    itself): the shapes fusion, in-place updates and temporaries meet."""
+    n_in = draw(st.integers(1, 3))
+    tensors = []  # (name, dims)
+    for i in range(n_in):
+        dims = draw(st.lists(st.sampled_from(SIZES), min_size=0 if draw(st.integers(0, 9)) == 0 else 1,
+                             max_size=3, unique=True))
+        tensors.append((f"T{i}", dims))
+    inputs = list(tensors)
+    stmts = []
+    outs = []
+    for j in range(draw(st.integers(1, 4))):
+        readable = [t for t in tensors if t[1]]
+        if not readable:
+            readable = tensors
+        anchor = draw(st.sampled_from(readable))
+        lhs_dims = list(anchor[1])
+        if draw(st.booleans()):
+            lhs_dims = draw(st.permutations(lhs_dims))
+        if len(lhs_dims) > 1 and draw(st.integers(0, 3)) == 0:
+            lhs_dims = lhs_dims[:-1]  # reduce one away
+        lhs = [VARS[d] for d in lhs_dims]
+        avail = set(anchor[1])
+        pool = [t for t in tensors if set(t[1]) <= avail]
+        def sub(d):
+            v = Var(VARS[d])
+            if draw(st.integers(0, 7)) == 0:
+                return Binary("+", v, Const(1))
+            return v
+        def leaf():
+            name, dims = draw(st.sampled_from(pool))
+            c = draw(st.integers(0, 5))
+            if c == 0:
+                return Const(draw(st.integers(0, 9)))
+            if c == 1:
+                return Const(draw(st.floats(0.5, 4, allow_nan=False, width=32)))
+            return Access(name, tuple(sub(d) for d in dims))
+        def tree(depth):
+            if depth == 0 or draw(st.integers(0, 2)) == 0:
+                return leaf()
+            kind = draw(st.integers(0, 6))
+            if kind == 0:
+                return Unary("-", tree(depth - 1))
+            if kind == 1:
+                return Call(draw(st.sampled_from(["exp", "tanh", "fabs", "sigmoid", "relu", "sqrt"])), (tree(depth - 1),))
+            if kind == 2:
+                return Select(Binary(draw(st.sampled_from(["<", ">=", "=="])), tree(depth - 1), tree(depth - 1)),
+                              tree(depth - 1), tree(depth - 1))
+            return Binary(draw(st.sampled_from(["+", "-", "*", "+", "*", "min", "max"])), tree(depth - 1), tree(depth - 1))
+        rhs = Binary(draw(st.sampled_from(["+", "*"])), tree(3), Access(anchor[0], tuple(Var(VARS[d]) for d in anchor[1])))
+        reduce = set(lhs_dims) != set(anchor[1])
+        if reduce:
+            op = draw(st.sampled_from(["+=!", "max=!", "min=!", "+=!"]))
+        else:
+            op = draw(st.sampled_from(["=", "=", "=", "+=!"]))
+        name = f"O{j}"
+        if outs and draw(st.integers(0, 4)) == 0:
+            # an update of an earlier output with the same dims
+            same = [o for o in outs if sorted(o[1]) == sorted(lhs_dims) and len(o[1]) == len(lhs_dims)]
+            if same:
+                o = draw(st.sampled_from(same))
+                name = o[0]
+                lhs = [VARS[d] for d in o[1]]
+                lhs_dims = o[1]
+                op = draw(st.sampled_from(["+=", "=", "max="])) if not reduce else draw(st.sampled_from(["+=", "max="]))
+                if op == "=":
+                    rhs = Binary("+", Access(name, tuple(Var(v) for v in lhs)), rhs)
+        stmts.append((name, lhs, op, rhs))
+        if name not in [o[0] for o in outs]:
+            outs.append((name, lhs_dims))
+            tensors.append((name, lhs_dims))
+    ins = ", ".join(f"float({', '.join(d)}) {n}" if d else f"float {n}" for n, d in inputs)
+    onames = ", ".join(o[0] for o in outs)
+    body = "\n".join(f"    {o}({', '.join(l)}) {op} {printer.expr(r)}" for o, l, op, r in stmts)
+    return f"def rnd({ins}) -> ({onames}) {{\n{body}\n}}\n"
+
+
+def _build_or_refused(src, sizes, target):
+    """The compiled kernel, or None where the target refuses with one of its documented
+    reasons (no instruction performs a statement; an in-place read the cpu/cuda refuse)."""
+    try:
+        return compiler.build(src, target=target, sizes=sizes)
+    except IsamapError as e:
+        assert e.span is not None and ("no instruction of" in e.message or "in place" in e.message), e.message
+        event("refused")
+        return None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chained_kernels_st(), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
+       st.sampled_from(["cpu", "sim-nnp"]))
+def test_random_chained_kernels_match_the_interpreter(src, m, n, k, target):
+    """Kernels whose statements feed each other (the cases that found a lowering crash on a
+    computed scalar operand and an epilogue reading a temporary it never held)."""
+    kern = compiler.parse(src).kernel()
+    sizes = {s: v for s, v in zip(SIZES, (m, n, k)) if s in kern.sizes}
+    try:
+        bind(kern, sizes)
+    except IsamapError:  # a shifted read leaves an index an empty range at these sizes
+        return
+    ck = _build_or_refused(kern, sizes, target)
+    if ck is not None:
+        ins = random_inputs(ck.kernel, ck.bound)
+        ref = ck.reference(ins) if ck.converted_inputs() else ir.interp.run(ck.kernel, ins, ck.sizes)
+        from compiler.checking import compare
+        ok, _, per = compare(ck.run_all(**ins), ref, ck.precision)
+        assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, sizes, per)
