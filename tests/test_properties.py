@@ -18,6 +18,36 @@ SIZES = ["M", "N", "K"]
 VARS = {"M": "m", "N": "n", "K": "k"}
 
 
+def _leaf(draw, pool, index, lo=0.0, hi=10.0):
+    """A constant, or a read of one of ``pool``'s (name, dims) tensors, each dim indexed by ``index``."""
+    name, dims = draw(st.sampled_from(pool))
+    choice = draw(st.integers(0, 4))
+    if choice == 0:
+        return Const(draw(st.integers(0, 9)))
+    if choice == 1:
+        return Const(draw(st.floats(lo, hi, allow_nan=False, width=32)))
+    return Access(name, tuple(index(d) for d in dims))
+
+
+def _tree(draw, leaf, depth, fns, ops, cast):
+    """A random expression of ``depth`` levels at most over ``leaf()``."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        return leaf()
+
+    def sub():
+        return _tree(draw, leaf, depth - 1, fns, ops, cast)
+    kind = draw(st.integers(0, 5))
+    if kind == 0:
+        return Unary("-", sub())
+    if kind == 1:
+        return Call(draw(st.sampled_from(fns)), (sub(),))
+    if kind == 2:
+        return Select(Binary(draw(st.sampled_from(["<", ">=", "=="])), sub(), sub()), sub(), sub())
+    if kind == 3 and cast:
+        return Cast(dtypes.FLOAT32, sub())
+    return Binary(draw(st.sampled_from(ops)), sub(), sub())
+
+
 @st.composite
 def kernels_st(draw, max_dims=2):
     """A random valid kernel as (source text, expected RHS ASTs); tensors of 1..max_dims of M, N, K."""
@@ -37,30 +67,11 @@ def kernels_st(draw, max_dims=2):
             reduce = not set(VARS[d] for d in pool[0][1]) <= set(lhs)
 
         def leaf():
-            name, dims = draw(st.sampled_from(pool))
-            choice = draw(st.integers(0, 4))
-            if choice == 0:
-                return Const(draw(st.integers(0, 9)))
-            if choice == 1:
-                return Const(draw(st.floats(0, 10, allow_nan=False, width=32)))
-            return Access(name, tuple(Var(VARS[d]) for d in dims))
+            return _leaf(draw, pool, lambda d: Var(VARS[d]))
 
         def tree(depth):
-            if depth == 0 or draw(st.integers(0, 3)) == 0:
-                return leaf()
-            kind = draw(st.integers(0, 5))
-            if kind == 0:
-                return Unary("-", tree(depth - 1))
-            if kind == 1:
-                return Call(draw(st.sampled_from(["exp", "tanh", "fabs", "sigmoid", "relu"])),
-                            (tree(depth - 1),))
-            if kind == 2:
-                return Select(Binary(draw(st.sampled_from(["<", ">=", "=="])), tree(depth - 1),
-                                     tree(depth - 1)), tree(depth - 1), tree(depth - 1))
-            if kind == 3:
-                return Cast(dtypes.FLOAT32, tree(depth - 1))
-            return Binary(draw(st.sampled_from(["+", "-", "*", "/", "min", "max"])),
-                          tree(depth - 1), tree(depth - 1))
+            return _tree(draw, leaf, depth, ["exp", "tanh", "fabs", "sigmoid", "relu"],
+                         ["+", "-", "*", "/", "min", "max"], cast=True)
 
         rhs = tree(3)
         # make sure the statement mentions a real tensor so every index has a range
@@ -191,32 +202,22 @@ def chained_kernels_st(draw):
         lhs = [VARS[d] for d in lhs_dims]
         avail = set(anchor[1])
         pool = [t for t in tensors if set(t[1]) <= avail]
+
         def sub(d):
             v = Var(VARS[d])
             if draw(st.integers(0, 7)) == 0:
                 return Binary("+", v, Const(1))
             return v
+
         def leaf():
-            name, dims = draw(st.sampled_from(pool))
-            c = draw(st.integers(0, 5))
-            if c == 0:
-                return Const(draw(st.integers(0, 9)))
-            if c == 1:
-                return Const(draw(st.floats(0.5, 4, allow_nan=False, width=32)))
-            return Access(name, tuple(sub(d) for d in dims))
+            return _leaf(draw, pool, sub, 0.5, 4)
+
         def tree(depth):
-            if depth == 0 or draw(st.integers(0, 2)) == 0:
-                return leaf()
-            kind = draw(st.integers(0, 6))
-            if kind == 0:
-                return Unary("-", tree(depth - 1))
-            if kind == 1:
-                return Call(draw(st.sampled_from(["exp", "tanh", "fabs", "sigmoid", "relu", "sqrt"])), (tree(depth - 1),))
-            if kind == 2:
-                return Select(Binary(draw(st.sampled_from(["<", ">=", "=="])), tree(depth - 1), tree(depth - 1)),
-                              tree(depth - 1), tree(depth - 1))
-            return Binary(draw(st.sampled_from(["+", "-", "*", "+", "*", "min", "max"])), tree(depth - 1), tree(depth - 1))
-        rhs = Binary(draw(st.sampled_from(["+", "*"])), tree(3), Access(anchor[0], tuple(Var(VARS[d]) for d in anchor[1])))
+            return _tree(draw, leaf, depth, ["exp", "tanh", "fabs", "sigmoid", "relu", "sqrt"],
+                         ["+", "-", "*", "+", "*", "min", "max"], cast=False)
+
+        whole = Access(anchor[0], tuple(Var(VARS[d]) for d in anchor[1]))  # every index gets a range
+        rhs = Binary(draw(st.sampled_from(["+", "*"])), tree(3), whole)
         reduce = set(lhs_dims) != set(anchor[1])
         if reduce:
             op = draw(st.sampled_from(["+=!", "max=!", "min=!", "+=!"]))
