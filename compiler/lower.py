@@ -223,7 +223,7 @@ class _NestLowering:
                 if o.tensor is None or o.tensor == self.epi.tensor:
                     continue
                 on_chip = o.tensor in self.epi.written or o.tensor.startswith("_S")
-                keys[o.tensor if on_chip else f"{o.tensor}.{o.name}"] = o.op.bytes  # as epilogue_buffer names them
+                keys[o.tensor if on_chip else _loaded_key(cn, o)] = o.op.bytes  # as epilogue_buffer names them
         return 2 * tile_blocks * sum(keys.values())
 
     def epilogue_loads(self, step: Expr, extra_guards) -> list:
@@ -242,7 +242,7 @@ class _NestLowering:
                 if o.is_output or o.tensor is None or o.tensor in e.written or o.tensor.startswith("_S"):
                     continue
                 helper = self.epi_helper(cn)
-                dst = Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)
+                dst = Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), idx)
                 c = route_in(self.t, cn, o)[0]
                 moves.append(Move(c.name, helper.tile_ref(o, {a: blocks[m[a]] for a in o.axes}), dst, guards, False,
                                   cn.statement))
@@ -283,7 +283,7 @@ class _NestLowering:
                 elif o.tensor in cur:
                     operands.append((o.name, cur[o.tensor]))
                 else:  # from main memory: loaded at the start of the step (epilogue_loads)
-                    operands.append((o.name, Slot(self.epilogue_buffer(f"{o.tensor}.{o.name}", o.op), idx)))
+                    operands.append((o.name, Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), idx)))
             ops.append(Exec(cn.instr.name, tuple(operands), guards, None, (), cn.statement))
             cur[result[0]] = result[1]
         return ops, [(cur[x], tiles[x]) for x in e.written]
@@ -399,6 +399,12 @@ class _NestLowering:
         for a in reversed(order):
             body = (Loop(inner[a].name, C(ns.tile(a)), body),)
         return list(body)
+
+
+def _loaded_key(cn: Nest, o) -> str:
+    """The epilogue slots of an operand it loads from main memory: one set per fused nest and
+    operand (two steps reading T1(m, k) and T1(m + 1, k + 1) shared one and read the wrong block)."""
+    return f"{o.tensor}.{o.name}.{cn.statement}_{cn.step_index}"
 
 
 def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list, resident) -> _NestLowering | None:

@@ -389,6 +389,9 @@ def test_a_sequence_fuses_the_steps_that_fit_and_stores_what_the_rest_reads(size
     # S2 reads D as written before the GEMM: D must come from main memory, so S2 is not fused
     ("def g(float(M, K) A, float(K, N) B, float(M, N) X) -> (D, C) {\n    D(m, n) = X(m, n) * 3.0\n"
      "    C(m, n) +=! A(m, k) * B(k, n)\n    D(m, n) = D(m, n) + C(m, n)\n}\n", dict(M=40, N=50, K=30)),
+    # two fused steps load T1 at different blocks, T1(m + 1, k + 1) and T1(m, k): one slot each
+    ("def r(float(M, K) T1) -> (O0) {\n    O0(m) +=! T1(m + 1, k + 1) + 0 + T1(m + 1, k + 1) + T1(m, k)\n}\n",
+     dict(M=2, K=2)),
     # a later step reads a temporary of a step outside the fused chain (found by a random-kernel fuzz)
     ("def r(float(M, K, N) T0, float(K, N, M) T1) -> (O0) {\n"
      "    O0(m, k) +=! -T0(m + 1, k + 1, n + 1) + -T1(k + 1, n + 1, m + 1) + T0(m, k, n)\n}\n", dict(M=2, N=2, K=2)),
