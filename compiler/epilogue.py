@@ -21,6 +21,11 @@ memory in one copy each (outputs of earlier statements included: a barrier separ
 them).  Every tensor the chain writes is stored once per block, after the epilogue.
 (GRU: `Nc = tanh(XN + R * (HN + bhn))` and `Ho = (1 - Z) * Nc + Z * Hp` both run
 on the blocks of `HN`.)
+
+A producer with one hop out (a vector instruction's SRAM block, then a store) holds its
+blocks where it computed them, and the epilogue runs right after the compute (``hop`` -1).
+The steps of one statement's instruction sequence fuse the same way, one nest at a time
+(`exp(I(n, d) - mx(n))`: vexp runs on vsub_col's block; its temporary never leaves the chip).
 """
 from __future__ import annotations
 
@@ -71,8 +76,9 @@ def _identity_reads(k: Kernel, si: int, tensor: str) -> bool:
 
 
 def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]]) -> Epilogue | None:
-    """The longest run of the given following statements (each as its nests) that fuses into
-    ``producer``, the root nest of its statement."""
+    """The longest run of ``consumers`` (groups of nests: a statement's, or one later step of
+    the producer's own sequence) that fuses into ``producer``, a statement's root nest or a step
+    of its instruction sequence. Temporaries stay on chip unless a nest left out reads them."""
     from ir.expr import Access, walk
     s = k.stmts[producer.statement]
     out = producer.output
