@@ -16,11 +16,12 @@ from math import prod
 
 from ir.bind import Bound
 from ir.dtypes import DType
-from ir.expr import Access, Expr, Var, evaluate_int, vars_of, walk
+from ir.expr import Access, Expr, Var, evaluate_int, vars_of
 from ir.kernel import Kernel
 from ir.target import Instruction, Operand, Target
 
 from compiler.mapping import Mapping, Step
+from compiler.mapping.match import immediate
 
 
 class Unsupported(Exception):
@@ -148,7 +149,7 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
             text = dict(step.operands)[o.name]
             if e is None:
                 raise Unsupported(f"operand {o.name} is not bound")
-            if not o.shape and not vars_of(e) and not any(isinstance(x, Access) for x in walk(e)):
+            if not o.shape and immediate(e):
                 ops.append(OperandInfo(o.name, o, None, None, e, o.is_output))
                 continue
             if text.startswith("%t"):

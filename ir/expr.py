@@ -168,6 +168,13 @@ def accesses(e: Expr) -> list[Access]:
     return [n for n in walk(e) if isinstance(n, Access)]
 
 
+def reads_at(a: Access, indices) -> bool:
+    """Whether ``a`` reads exactly the element a statement writing at ``indices`` (variable
+    names) writes: ``O(i, j)`` for ``O(i, j) = ...``, not ``O(j, i)`` or ``O(i + 1, j)``."""
+    return len(a.indices) == len(indices) and all(isinstance(x, Var) and x.name == v
+                                                  for x, v in zip(a.indices, indices))
+
+
 def strip_types(e: Expr) -> Expr:
     return transform(e, lambda n: replace(n, dtype=None) if n.dtype is not None else None)
 

@@ -45,14 +45,12 @@ def check_in_place(k, backend: str) -> None:
     statement, but a backend that updates the tensor in place, loop by loop (llvm) or thread by
     thread (cuda), would read some elements it has already overwritten."""
     from ir.errors import IsamapError
-    from ir.expr import Access, walk
+    from ir.expr import accesses, reads_at
     from ir import printer
     for si, s in enumerate(k.stmts):
         own = tuple(s.indices)
-        for a in walk(s.rhs):
-            if isinstance(a, Access) and a.tensor == s.tensor and not (
-                    len(a.indices) == len(own) and all(isinstance(x, Var) and x.name == v
-                                                       for x, v in zip(a.indices, own))):
+        for a in accesses(s.rhs):
+            if a.tensor == s.tensor and not reads_at(a, own):
                 raise IsamapError(
                     f"statement S{si} reads {printer.expr(a)} while writing {s.tensor}({', '.join(own)}); the "
                     f"{backend} backend updates {s.tensor} in place and would read elements it has already "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from math import prod
 
 from ir import printer
-from ir.expr import Access, Expr, Var, linear, vars_of, walk
+from ir.expr import Access, Expr, Var, accesses, linear, vars_of
 from ir.kernel import Kernel, Stmt
 from ir.target import Instruction, Target
 
@@ -252,7 +252,7 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
     out: list[str] = []
     lins = [linear(s) for s in e.indices]
     for d, sub in enumerate(e.indices):
-        inner = [x for x in walk(sub) if isinstance(x, Access)]
+        inner = accesses(sub)
         if inner:  # the address depends on data: no copy instruction reads a tensor to find it
             raise Reject("access", f"{e.tensor} subscript {_show(sub)} reads {inner[0].tensor}: a data-dependent "
                          f"address, which no copy instruction of {ctx.target.name} computes")

@@ -27,6 +27,12 @@ def has_vars(e: Expr) -> bool:
     return any(isinstance(n, Var) for n in walk(e))
 
 
+def immediate(e: Expr) -> bool:
+    """Whether ``e`` can be an instruction's immediate: a constant expression (sizes and
+    literals), reading no variable and no tensor."""
+    return not any(isinstance(n, (Var, Access)) for n in walk(e))
+
+
 def _const(v, like: Expr) -> Const:
     return Const(float(v) if like.dtype is None or like.dtype.is_float else int(v), dtype=like.dtype)
 
@@ -86,7 +92,7 @@ def _match(ie: Expr, ke: Expr, ops: dict[str, Expr], temps: bool) -> Iterator[di
         if not ie.indices:  # scalar operand: an immediate, or one tensor element per loop iteration
             # an immediate is a constant expression; a tensor element is one read (the
             # lowering loads it): an expression over reads (-T0 of a rank-0 T0) is neither
-            if not isinstance(ke, Access) and (has_vars(ke) or any(isinstance(x, Access) for x in walk(ke))):
+            if not isinstance(ke, Access) and not immediate(ke):
                 return
         elif isinstance(ke, Access):
             if not ke.indices:

@@ -17,7 +17,7 @@ from ir import dtypes
 from ir.bind import Bound
 from ir.dtypes import BFLOAT16, BOOL, DType
 from ir.errors import IsamapError
-from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var
+from ir.expr import Access, Binary, Call, Cast, Const, Expr, Select, Size, Unary, Var, accesses
 from ir.kernel import Kernel
 
 _CT = {"bool": "bool", "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t",
@@ -314,11 +314,6 @@ def _identity_literal(op: str, d: DType) -> str:
             repr(float(ident)) if d.is_float else str(int(ident)))
 
 
-def _accesses(e) -> list[Access]:
-    from ir.expr import walk
-    return [x for x in walk(e) if isinstance(x, Access)]
-
-
 def launch_order(k: Kernel, b: Bound, found: dict) -> list[tuple[str, list[int]]]:
     """The kernels to launch, in order: ("gemm", [si]) for a tiled contraction (its fused
     epilogue included), ("pointwise", [si, ...]) for elementwise assignments run by one kernel,
@@ -348,9 +343,9 @@ def launch_order(k: Kernel, b: Bound, found: dict) -> list[tuple[str, list[int]]
         s = k.stmts[si]
         if si in found:
             p = found[si]
-            uses = {p.c} | {x.tensor for x in _accesses(s.rhs)}
+            uses = {p.c} | {x.tensor for x in accesses(s.rhs)}
             for j in p.epilogue:
-                uses |= {k.stmts[j].tensor} | {x.tensor for x in _accesses(k.stmts[j].rhs)}
+                uses |= {k.stmts[j].tensor} | {x.tensor for x in accesses(k.stmts[j].rhs)}
             if uses & (written | touched):
                 flush()
             out.append(("gemm", [si]))
@@ -360,7 +355,7 @@ def launch_order(k: Kernel, b: Bound, found: dict) -> list[tuple[str, list[int]]
             flush()
             out.append(("scalar", [si]))
             continue
-        reads = _accesses(s.rhs)
+        reads = accesses(s.rhs)
         here = {x.tensor for x in reads if tuple(getattr(i, "name", None) for i in x.indices) == idx}
         far = {x.tensor for x in reads} - here
         first = k.stmts[group[0]] if group else None
