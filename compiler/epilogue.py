@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ir.expr import Var
+from ir.expr import Var, accesses, reads_at
 from ir.kernel import Kernel
 from ir.target import Target
 
@@ -52,6 +52,12 @@ class Epilogue:
     written: list[str]  # the producer's tensor and the fused statements' outputs, each stored once
 
     @property
+    def on_chip_temporaries(self) -> set[str]:
+        """The temporaries the chain computes and never stores (they need no main memory)."""
+        made = {self.tensor, *(n.output.tensor for n in self.nests)}
+        return {t for t in made if t.startswith("_S") and t not in self.written}
+
+    @property
     def statements(self) -> list[int]:
         """The statements run on the producer's blocks (its own, where the rest of a sequence is)."""
         return sorted({n.statement for n in self.nests})
@@ -68,11 +74,8 @@ def _operand_dims(nest: Nest, opname: str) -> list[str | None]:
 
 
 def _identity_reads(k: Kernel, si: int, tensor: str) -> bool:
-    from ir.expr import Access, walk
     s = k.stmts[si]
-    want = list(s.indices)
-    return all([i.name if isinstance(i, Var) else None for i in x.indices] == want
-               for x in walk(s.rhs) if isinstance(x, Access) and x.tensor == tensor)
+    return all(reads_at(x, s.indices) for x in accesses(s.rhs) if x.tensor == tensor)
 
 
 def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]]) -> Epilogue | None:

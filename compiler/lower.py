@@ -174,12 +174,15 @@ class _NestLowering:
         incoming = direction in ("in", "load_out")
         cur = tile if incoming else slot
         out = []
-        if direction == "out" and self.epi is not None and self.epi.hop < 0:
-            # one hop (a store): the epilogue runs on the block where the producer computed it
-            ops, finals = self.epilogue_ops(blocks, guards, slot, stage_idx)
-            return ops + [Move(route[-1].name, held, dst_tile if dst_tile is not None else tile, guards, False,
-                               n.statement) for held, dst_tile in finals]
         for j, c in enumerate(route):
+            if direction == "out" and self.epi is not None and j == self.epi.hop + 1:
+                # the epilogue on the block after hop ``epi.hop`` (-1: where the producer computed
+                # it), then every tensor the chain wrote takes the route's last hop, a store
+                ops, finals = self.epilogue_ops(blocks, guards, cur, stage_idx)
+                out += ops
+                out += [Move(route[-1].name, held, dst_tile if dst_tile is not None else tile, guards, False,
+                             n.statement) for held, dst_tile in finals]
+                break
             last = j == len(route) - 1
             if last:
                 dst = slot if incoming else tile
@@ -193,13 +196,6 @@ class _NestLowering:
             out.append(Move(name, cur, dst, guards, mc, n.statement, count, sub.name if count > 1 else "",
                             self.pad if incoming else 0.0))
             cur = dst
-            if direction == "out" and self.epi is not None and j == self.epi.hop:
-                ops, finals = self.epilogue_ops(blocks, guards, cur, stage_idx)
-                out += ops
-                for held, dst_tile in finals:  # every tensor the chain wrote: the route's last hop, a store
-                    out.append(Move(route[-1].name, held, dst_tile if dst_tile is not None else tile, guards,
-                                    False, n.statement))
-                break
         return out
 
     # ---------------------------------------------------------------- fused epilogue
@@ -455,13 +451,10 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                 rest = c.nests[c.nests.index(nest) + 1:]
                 following = [[n] for n in rest] + [cs2[schedule.mappings[sj]].nests for sj, cs2 in
                                                    enumerate(cands) if sj > si]
-                if rest or nest is c.nests[-1]:
-                    nl = _with_epilogue(k, target, nl, following, resident) or nl
+                nl = _with_epilogue(k, target, nl, following, resident) or nl
                 if nl.epi is not None:
                     fused_steps.update(id(n) for n in nl.epi.nests if n.statement == si)
-                    if any(n.statement == si for n in nl.epi.nests):  # its temporaries never leave the chip
-                        on_chip.update(n.output.tensor for n in [nest, *nl.epi.nests] if n.statement == si
-                                       and n.output.tensor.startswith("_S") and n.output.tensor not in nl.epi.written)
+                    on_chip.update(nl.epi.on_chip_temporaries)
                     fused_into.update({sj: si for sj in nl.epi.statements if sj != si})
             if ns.stream:
                 from .streamk import Knobs, lower_stream
