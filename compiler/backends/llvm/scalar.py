@@ -368,19 +368,17 @@ class _Gen:
         # float32, sums in place and is rounded once complete: round_once)
         in_register = common == dt and (dt.is_int or dt.name in ("float32", "float64"))
 
-        def nest(vs):
+        def over(vs, leaf):
+            """Loops over ``vs`` (the split one over this call's range), ``leaf()`` inside."""
             if not vs:
-                body()
-                return
-            if red and vs == red and order == lhs + red and s.op != "=" and in_register:
-                reduce_in_register()
+                leaf()
                 return
             v = vs[0]
             if v == outer:
-                self.loop_range(v, lambda: nest(vs[1:]))
+                self.loop_range(v, lambda: over(vs[1:], leaf))
             else:
                 lo, hi = dom[v]
-                self.loop(v, lo, hi, lambda: nest(vs[1:]))
+                self.loop(v, lo, hi, lambda: over(vs[1:], leaf))
 
         def reduce_in_register():
             """The reductions innermost (a row sum, softmax's statistics): fold into a local
@@ -400,35 +398,23 @@ class _Gen:
                     out.flags.append("reassoc")
                 self.bld.store(out, slot)
 
-            def loops(vs):
-                if not vs:
-                    fold()
-                    return
-                lo, hi = dom[vs[0]]
-                self.loop(vs[0], lo, hi, lambda: loops(vs[1:]))
-            loops(red)
+            over(red, fold)
             self.store(s.tensor, lhs_idx(), self.convert(self.bld.load(slot), common, dt))
 
         def round_once():
             """A bfloat16 tensor is held in float32: a reduction into it sums in float32 and is
             rounded to bfloat16 once it is complete, as the reference does (its elements never
-            hold unrounded values afterwards), over this call's range of the split loop."""
-            def visit(vs):
-                if not vs:
-                    idx = lhs_idx()
-                    self.store(s.tensor, idx, self.round_if_bf16(self.load(s.tensor, idx), dt))
-                    return
-                if vs[0] == outer:
-                    self.loop_range(vs[0], lambda: visit(vs[1:]))
-                else:
-                    lo, hi = dom[vs[0]]
-                    self.loop(vs[0], lo, hi, lambda: visit(vs[1:]))
-            visit(lhs)
+            hold unrounded values afterwards): one element, run over this call's rows."""
+            idx = lhs_idx()
+            self.store(s.tensor, idx, self.round_if_bf16(self.load(s.tensor, idx), dt))
 
         self.begin(f"s{si}", True)
-        nest(order)
+        if red and order == lhs + red and s.op != "=" and in_register:
+            over(lhs, reduce_in_register)
+        else:
+            over(order, body)
         if dt == BFLOAT16 and s.op != "=" and red:
-            round_once()
+            over(lhs, round_once)
         self.end()
         self.functions.append((f"s{si}", si, outer, dom[outer] if outer else (0, 1)))
 
