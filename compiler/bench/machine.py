@@ -182,9 +182,13 @@ def measure(read_bytes: int | None = None, fma_iterations: int = 2_000_000, pass
             threads: int | None = None, single: bool = True) -> Ceilings:
     """Time the loops on ``threads`` (default: every CPU) and, with ``single``, on 1 thread
     (else those fields are 0), the median of ``passes`` each.  The memory read buffer defaults
-    to 8x the last-level cache (at least 256 MiB) so that no pass finds it cached; the cache
-    read buffer is half the last-level cache (what a shared one reliably holds), read
-    repeatedly within a pass; each thread reads its own contiguous share."""
+    to 8x the last-level cache (at least 256 MiB, at most 1 GiB) so that no pass finds it
+    cached; the cache read buffer is half the last-level cache (what a shared one reliably
+    holds) but at most 8x the threads' L2s, read repeatedly within a pass; each thread reads
+    its own contiguous share.  The cap matters on VMs of a big shared cache: on one whose sysfs
+    shows a 480 MiB L3, half of it read at 31 GB/s, memory's speed (its neighbours hold the
+    rest), while 8-64 MiB read at 56 GB/s and 2 x 2 MiB of L2 at 170; with the half, a
+    25 MiB batch-1 GRU read faster than that "cache" and its %roof came out at 143%."""
     from compiler.host import host_cache_bytes
     lanes = _lanes()
     _, fma_fn, read_fn = kernels(lanes)
@@ -192,12 +196,15 @@ def measure(read_bytes: int | None = None, fma_iterations: int = 2_000_000, pass
     llc = host_cache_bytes(3) or host_cache_bytes(2)
     l2 = host_cache_bytes(2) if host_cache_bytes(3) else None
     step = UNROLL * lanes
-    total = read_bytes or max(256 << 20, 8 * (llc or 0))
+    total = read_bytes or max(256 << 20, min(1 << 30, 8 * (llc or 0)))
     per = max(step, total // 4 // n // step * step)
     buf = _read_buffer(per * n)
     if abs(read_fn(buf.ctypes.data, per) - per) > 1e-6 * per:  # the loop must read what it is timed on
         raise RuntimeError("the read-bandwidth loop summed the wrong value")
-    cper = max(step, (llc or 16 << 20) // 2 // 4 // n // step * step)
+    cached_bytes = (llc or 16 << 20) // 2
+    if l2:
+        cached_bytes = min(cached_bytes, 8 * l2 * n)
+    cper = max(step, cached_bytes // 4 // n // step * step)
     cbuf = _read_buffer(cper * n)
     reps = max(1, per // cper)  # the same bytes per pass as the memory read
     fma_fn(1000)
