@@ -118,18 +118,42 @@ def test_default_blocking_is_balanced():
     assert bl.mc % bl.mr == 0 and bl.nc % bl.nr == 0
 
 
+def _with_caches(t, l1: int, l2: int):
+    """``t`` with its two inner caches resized (the blocking rules of another host's caches)."""
+    from dataclasses import replace
+    inner = [m.name for m in cache_levels(t)[:2]]
+    sizes = dict(zip(inner, (l1, l2)))
+    return replace(t, memories=tuple(replace(m, capacity=sizes.get(m.name, m.capacity)) for m in t.memories))
+
+
 def test_large_packed_gemms_take_longer_k_blocks_and_stay_correct():
     """Both operands packed: K blocks of a B micro-panel twice the L1 (the C tiles are read and
-    written half as often); narrow GEMMs keep the L1-sized block."""
-    wide = Blocking.for_target(CPU, 16, "zmm", 2048, 2048, 2048, 2)
-    narrow = Blocking.for_target(CPU, 16, "zmm", 1760, 128, 1760, 2)
-    assert wide.pack_a and wide.pack_b and not narrow.pack_a
-    l1 = cache_levels(CPU)[0].capacity  # the host's (32 KiB on Zen 4, 48 KiB on recent Xeons)
-    assert l1 < wide.kc * wide.nr * 4 <= 2 * l1 and narrow.kc * narrow.nr * 4 <= l1
+    written half as often); narrow GEMMs (A read in place) keep the L1-sized block where L2 is
+    small, and take K blocks of an eighth of a big (2 MiB) L2, with an A block as big, where A's
+    rows run along K."""
+    for l1, l2 in ((32 << 10, 1 << 20), (48 << 10, 2 << 20)):  # Zen 4's caches, a recent Xeon's
+        t = _with_caches(CPU, l1, l2)
+        wide = Blocking.for_target(t, 16, "zmm", 2048, 2048, 2048, 2)
+        narrow = Blocking.for_target(t, 16, "zmm", 2560, 64, 2560, 2, a_row_stride=2560)
+        assert wide.pack_a and wide.pack_b and not narrow.pack_a and narrow.pack_b
+        assert l1 < wide.kc * wide.nr * 4 <= 2 * l1
+        if l2 < (2 << 20):
+            assert narrow.kc * narrow.nr * 4 <= l1
+        else:
+            assert l1 < narrow.kc * narrow.nr * 4 <= l2 // 8 and narrow.mc * narrow.kc * 4 <= l2 // 8
+            assert 2560 % narrow.kc == 0 and narrow.mc % narrow.mr == 0
+        # A(k, m) read in place (gemm_tn: a new line of A every k step) keeps L1-sized blocks
+        tn = Blocking.for_target(t, 16, "zmm", 2560, 64, 2560, 2, a_row_stride=0)
+        assert not tn.pack_a and tn.kc * tn.nr * 4 <= l1
     nk, out, ref = _gemm("gemm", 233, 161, 1031, threads=2)  # ragged row, column and K blocks
     bl = nk.plans[0].blocking
     assert bl.pack_a and bl.pack_b and bl.kc > 256 and 1031 % bl.kc
     assert np.allclose(out, ref, atol=1e-4 * 1031, rtol=1e-4)
+    # long in-place K blocks with ragged edges: M, N and K not multiples of the tiles and blocks
+    nk, out, ref = _gemm("gemm", 233, 71, 2111, threads=2, target=_with_caches(CPU, 48 << 10, 2 << 20))
+    bl = nk.plans[0].blocking
+    assert not bl.pack_a and bl.pack_b and bl.kc > 1024 and 2111 % bl.kc
+    assert np.allclose(out, ref, atol=1e-4 * 2111, rtol=1e-4)
 
 
 def test_vectorisable_exp_sigmoid_tanh_are_accurate():
