@@ -395,6 +395,8 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
             sched = replace(rec.schedule, strategy=f"database ({rec.schedule.strategy})")
     if sched is None:
         sched = base.get(scheduler).schedule(k, b, t)[0]
+    from . import rowgroup
+    sched = rowgroup.apply(k, t, cands, sched)
     resident = []
     if persist:
         from schedulers.space import make_resident

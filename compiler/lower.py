@@ -25,10 +25,12 @@ from ir.target import Target
 from schedulers.base import NestSchedule, Schedule
 from schedulers.space import Candidate, fits, footprint, pipeline
 
+from . import rowgroup
 from .epilogue import Epilogue, plan
 from .mapping.bind import instr_accesses
 from .nest import Nest
 from .routes import multicast_variant, route_in, route_load_output, route_out
+from .rowgroup import Group
 
 
 def C(v: int) -> Const:
@@ -57,18 +59,24 @@ def _ident(name: str) -> str:
 
 class _NestLowering:
     def __init__(self, target: Target, nest: Nest, ns: NestSchedule, tag: str, resident=(),
-                 epilogue: Epilogue | None = None):
+                 epilogue: Epilogue | None = None, step_var: Var | None = None, core_var: Var | None = None,
+                 group: str | None = None):
         self.t, self.n, self.ns, self.tag = target, nest, ns, tag
         self.epi = epilogue
+        self.group = group or f"S{tag}"  # buffers of one group share no memory with each other
+        # operands held by another nest of a row group (compiler.rowgroup): name -> (its
+        # lowering, its operand); read from that nest's slots, never loaded here
+        self.forward: dict[str, tuple[_NestLowering, object]] = {}
+        self.store_output = True
         self.epi_helpers: dict[int, _NestLowering] = {}
         self.resident = set(resident)
         self.buffers: list[Buffer] = []
         self.bufname: dict[str, str] = {}
         self.split = dict(ns.split)
         self.P = ns.cores
-        self.core = Var(f"core{tag}") if self.split else None
+        self.core = (core_var or Var(f"core{tag}")) if self.split else None
         self.pl = pipeline(target, nest, ns)
-        self.step = Var(f"s{tag}")
+        self.step = step_var or Var(f"s{tag}")
         self.chunk = {a.name: ceil(a.blocks / ns.parts(a.name)) for a in nest.axes}
         # padding must not change a reduction: outside the tensor, blocks hold the op's identity
         ist = nest.instr.body.stmts[0]
@@ -115,7 +123,7 @@ class _NestLowering:
     # ---------------------------------------------------------------- operands
     def buffer(self, name: str, op, slots: int, persistent: bool = False) -> str:
         b = Buffer(f"S{self.tag}.{name}", op.memory, op.dtype, op.shape or (1,), slots, True, persistent,
-                   f"S{self.tag}")
+                   self.group)
         self.buffers.append(b)
         return b.name
 
@@ -137,7 +145,7 @@ class _NestLowering:
         key = f"{o.name}.stage{i}.{op.memory}"
         if key not in self.bufname:
             b = Buffer(f"S{self.tag}.{key}", op.memory, op.dtype, o.op.shape or (1,),
-                       2 * prod(self.ns.tile(a) for a in o.axes), True, False, f"S{self.tag}")
+                       2 * prod(self.ns.tile(a) for a in o.axes), True, False, self.group)
             self.buffers.append(b)
             self.bufname[key] = b.name
         return self.bufname[key]
@@ -205,7 +213,7 @@ class _NestLowering:
         if name not in self.bufname:
             tile_blocks = prod(self.ns.tile(a) for a in self.n.output.axes)
             b = Buffer(f"S{self.tag}.{name}", op.memory, op.dtype, op.shape or (1,), 2 * tile_blocks, True, False,
-                       f"S{self.tag}")
+                       self.group)
             self.buffers.append(b)
             self.bufname[name] = b.name
         return self.bufname[name]
@@ -302,9 +310,17 @@ class _NestLowering:
 
     # ---------------------------------------------------------------- the nest
     def lower(self) -> list:
+        pro, body = self.parts()
+        top = pro + [Loop(self.step.name, C(self.pl.steps), tuple(body))]
+        if self.split:
+            top = [Loop(self.core.name, C(self.P), tuple(top), parallel=True)]
+        return top
+
+    def parts(self) -> tuple[list, list]:
+        """What runs before the step loop (the first prefetches) and the body of one step."""
         n, ns, pl = self.n, self.ns, self.pl
         for o in n.operands:
-            if o.tensor is not None and o.op.memory != self.t.main:
+            if o.tensor is not None and o.op.memory != self.t.main and o.name not in self.forward:
                 self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * prod(ns.tile(a) for a in o.axes),
                                                    o.tensor in self.resident and not o.is_output)
         out = n.output
@@ -327,8 +343,8 @@ class _NestLowering:
         body = []
         prefetch = []
         for o in n.inputs:
-            if o.op.memory == self.t.main:
-                continue  # read in place by the instruction itself (a copy out of main memory)
+            if o.op.memory == self.t.main or o.name in self.forward:
+                continue  # read in place by the instruction itself (a copy out of main memory), or held
             every = pl.inner[o.name]
             if d == 0:
                 body += self.transfer(o, s, "in", when_step(s, every))
@@ -348,11 +364,9 @@ class _NestLowering:
         if self.epi is not None:
             body += self.epilogue_loads(s, when_step(s, every_out, every_out - 1))
         body += self.compute(s, prefetch)
-        body += self.transfer(out, s, "out", when_step(s, every_out, every_out - 1))
-        top = pro + [Loop(s.name, C(S), tuple(body))]
-        if self.split:
-            top = [Loop(self.core.name, C(self.P), tuple(top), parallel=True)]
-        return top
+        if self.store_output:
+            body += self.transfer(out, s, "out", when_step(s, every_out, every_out - 1))
+        return pro, body
 
     def compute(self, step: Expr, prefetch=()) -> list:
         """The instruction on every block of the step's tile, with the prefetches spread among them.
@@ -370,6 +384,9 @@ class _NestLowering:
                 ops.append((o.name, Imm(o.imm)))
             elif o.op.memory == self.t.main:
                 ops.append((o.name, self.tile_ref(o, {a: blocks[a] for a in o.axes})))
+            elif o.name in self.forward:
+                owner, oo = self.forward[o.name]
+                ops.append((o.name, Slot(owner.bufname[oo.name], owner.slot_index(oo, inner, step))))
             else:
                 ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step))))
         first_instr, first = None, ()
@@ -419,6 +436,31 @@ def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list
     return fused
 
 
+def _lower_group(target: Target, g: Group, resident) -> tuple[list, list[Buffer]]:
+    """A row group's nests as one loop over their row blocks per core (``compiler.rowgroup``,
+    whose ``fits`` checked that their buffers fit together): each step runs every nest in turn,
+    reading the operands another nest holds from its slots."""
+    tag = f"{g.statements[0]}g"
+    step, core = Var(f"s{tag}"), Var(f"core{tag}")
+    lows: list[_NestLowering] = []
+    pro, body = [], []
+    for i, (nest, ns) in enumerate(zip(g.nests, g.schedules)):
+        nl = _NestLowering(target, nest, ns, f"{nest.statement}_{nest.step_index}", resident, step_var=step,
+                           core_var=core, group=f"G{tag}")
+        nl.forward = {name: (lows[j], next(o for o in g.nests[j].operands if o.name == oname))
+                      for name, (j, oname) in g.forward[i].items()}
+        nl.store_output = g.stores[i]
+        lows.append(nl)
+        p, b = nl.parts()
+        pro += p
+        body += b
+    first = lows[0]
+    top = pro + [Loop(step.name, C(first.pl.steps), tuple(body))]
+    if first.split:
+        top = [Loop(core.name, C(first.P), tuple(top), parallel=True)]
+    return top, [buf for nl in lows for buf in nl.buffers]
+
+
 def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[list[Candidate]],
           resident=()) -> Program:
     body, buffers, scratch, notes = [], [], [], []
@@ -426,8 +468,32 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
     fused_into: dict[int, int] = {}
     fused_steps: set[int] = set()  # nests of a sequence run on the blocks of an earlier step
     on_chip: set[str] = set()  # temporaries held only on chip (no scratch in main memory)
+    grouped: dict[int, Group] = {}  # statement -> its row group
+    if schedule.fuse and not any(ns.stream for ns in schedule.nests):
+        # the row groups the schedule runs as such (rowgroup.apply gave their nests the group's tiles)
+        chosen = [cs[schedule.mappings[si]].nests for si, cs in enumerate(cands)]
+        for g in rowgroup.groups(k, target, chosen):
+            if all(schedule.nest(ns.statement, ns.step) == ns for ns in g.schedules):
+                grouped.update({sj: g for sj in g.statements})
     for si, cs in enumerate(cands):
         c = cs[schedule.mappings[si]]
+        if si in grouped:
+            g = grouped[si]
+            notes.append(f"S{si}: {c.mapping.describe()}; in a row group with "
+                         f"{', '.join(f'S{x}' for x in g.statements if x != si)}: one block of "
+                         f"{', '.join(g.rows)} at a time per core, its intermediates on chip")
+            for nest in c.nests:
+                for t in nest.temps:
+                    if t.name not in seen_scratch:
+                        seen_scratch.add(t.name)
+                        scratch.append(Scratch(t.name, t.dtype, t.shape, t.mins))
+            if si == g.statements[-1]:
+                gb, gbuf = _lower_group(target, g, resident)
+                body += gb
+                body.append(Barrier(si))
+                buffers += gbuf
+                on_chip |= g.on_chip
+            continue
         if si in fused_into:
             notes.append(f"S{si}: {c.mapping.describe()}; fused into S{fused_into[si]}: runs on each of its output "
                          f"blocks on chip")

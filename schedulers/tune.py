@@ -31,9 +31,10 @@ from .space import candidates, fits
 
 
 def measure(k: Kernel, b: Bound, t: Target, cands, sched: Schedule) -> float:
+    from compiler import rowgroup
     from compiler.backends.sim.simulate import Simulator
     from compiler.lower import lower
-    prog = lower(k, b, t, sched, cands)
+    prog = lower(k, b, t, rowgroup.apply(k, t, cands, sched), cands)
     arrays = {x.name: np.zeros(b.shapes[x.name], dtype=x.dtype.np) for x in k.inputs}
     sim = Simulator(t, prog, k, b, arrays, functional=False)
     sim.run()

@@ -275,3 +275,55 @@ def test_random_chained_kernels_match_the_interpreter(src, m, n, k, target):
         from compiler.checking import compare
         ok, _, per = compare(ck.run_all(**ins), ref, ck.precision)
         assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, sizes, per)
+
+
+@st.composite
+def row_chains_st(draw):
+    """Statements over rows m of (M, N) tensors, each reducing its columns into an (M) tensor
+    or computing a new (M, N) one, from the inputs and earlier results: softmax-like chains
+    that run as row groups on simulated targets (``compiler.rowgroup``)."""
+    pool = [("X0", 2), ("X1", 2)]  # (name, rank): (m, n) or (m)
+    stmts, outs = [], []
+    for j in range(draw(st.integers(2, 5))):
+        def leaf(rows_too=True):
+            name, rank = draw(st.sampled_from([t for t in pool if rows_too or t[1] == 2]))
+            return f"{name}(m, n)" if rank == 2 else f"{name}(m)"
+        a = leaf(False)
+        e = draw(st.sampled_from([
+            a, f"{draw(st.sampled_from(['exp', 'tanh', 'sigmoid', 'fabs']))}({a})",
+            f"{a} {draw(st.sampled_from(['+', '-', '*']))} {leaf()}", f"exp({a} - {leaf()})",
+            f"{a} / {leaf()}", f"fmax({a}, {leaf()})"]))
+        if draw(st.booleans()):
+            stmts.append(f"    O{j}(m) {draw(st.sampled_from(['+=!', 'max=!']))} {e}")
+            pool.append((f"O{j}", 1))
+        else:
+            stmts.append(f"    O{j}(m, n) = {e}")
+            pool.append((f"O{j}", 2))
+        outs.append(f"O{j}")
+    return f"def rc(float(M, N) X0, float(M, N) X1) -> ({', '.join(outs)}) {{\n" + "\n".join(stmts) + "\n}\n"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_chains_st(), st.integers(1, 300), st.integers(1, 100), st.sampled_from(["sim-nnp", "sim-tpu"]))
+def test_random_row_chains_match_the_interpreter(src, m, n, target):
+    """Row groups keep intermediates on chip and follow the padding past a row's end (a sum
+    over exp(x - max) is exact, a sum over x - max is refused); all must match the reference."""
+    from compiler import rowgroup
+    from compiler.backends.sim.simulate import simulate
+    from compiler.checking import compare
+    from compiler.lower import lower
+    ck = _build_or_refused(src, dict(M=m, N=n), target)
+    if ck is None:
+        return
+    ins = random_inputs(ck.kernel, ck.bound)
+    ref = ir.interp.run(ck.kernel, ins, ck.sizes)
+    ok, _, per = compare(ck.run_all(**ins), ref, ck.precision)
+    assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, m, n, target, per)
+    # every legal group, not only those the model expects to pay
+    forced = rowgroup.apply(ck.kernel, ck.target_ir, ck.candidates, ck.schedule, force=True)
+    prog = lower(ck.kernel, ck.bound, ck.target_ir, forced, ck.candidates)
+    event(f"{sum('row group' in x for x in prog.notes)} statements in row groups when forced")
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    res = simulate(ck.target_ir, prog, ck.kernel, ck.bound, arrays)
+    ok, _, per = compare({o.name: res.outputs[o.name] for o in ck.kernel.outputs}, ref, ck.precision)
+    assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, m, n, target, "forced", per)

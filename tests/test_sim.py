@@ -283,6 +283,63 @@ def test_elementwise_epilogues_run_on_chip(name, sizes):
         assert sum(1 for n in ck.program.body if type(n).__name__ == "Barrier") == 3
 
 
+@pytest.mark.parametrize("target", ["sim-nnp", "sim-tpu"])
+def test_softmax_runs_as_one_row_group(target):
+    """Every statement of softmax on one row block after the other, per core: I is read from
+    main memory once and each output stored once, with one barrier, in fewer cycles than the
+    statements run apart; the schedule shows the group's tiles (whole rows per step)."""
+    from dataclasses import replace
+
+    from compiler.backends.sim.simulate import simulate
+    from compiler.lower import lower
+    sizes = dict(N=256, D=1000)  # a padded last column block: its sums must stay exact
+    ck = check("softmax", target, sizes, "analytical")
+    assert sum("row group" in n for n in ck.program.notes) == 4, ck.program.notes
+    assert sum(1 for n in ck.program.body if type(n).__name__ == "Barrier") == 1
+    assert "row groups" in ck.schedule.predicted and all(
+        dict(ns.split) and ns.tile("n") == 1 for ns in ck.schedule.nests)
+    ins = random_inputs(ck.kernel, ck.bound, 3)
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    grouped = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays)
+    plain = lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False), ck.candidates)
+    apart = simulate(ck.target_ir, plain, ck.kernel, ck.bound, arrays)
+    for res in (grouped, apart):
+        ok, err, _ = compare({o.name: res.outputs[o.name] for o in ck.kernel.outputs}, ck.reference(ins), ck.precision)
+        assert ok, err
+    elems, main = sizes["N"] * sizes["D"], ck.target_ir.main
+
+    def moved(res, outward):
+        return sum(v for link, v in res.link_bytes.items() if link.split("->")[outward] == main)
+    assert moved(grouped, 0) == 4 * elems  # I, once
+    assert moved(grouped, 1) == 4 * (2 * elems + 2 * sizes["N"])  # e, O, mx, s
+    assert moved(apart, 0) > 3 * 4 * elems
+    assert grouped.cycles < apart.cycles
+
+
+def test_row_group_stops_before_a_reduction_over_wrong_padding():
+    """Past the end of a padded row, e = I - mx holds -inf (I's padding for the max), which
+    a sum would add: that sum runs apart, reloading e padded with 0.  With whole blocks
+    (D = 64) all three statements run as one group.  Both match the reference."""
+    src = """def f(float(N, D) I) -> (mx, e, t) {
+        mx(n) max=! I(n, d)
+        e(n, d) = I(n, d) - mx(n)
+        t(n) +=! e(n, d)
+    }"""
+    for d, members in ((70, 2), (64, 3)):
+        ck = compiler.build(src, target="sim-nnp", sizes=dict(N=300, D=d))
+        ins = random_inputs(ck.kernel, ck.bound, 1)
+        ok, err, _ = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+        assert ok, (d, err)
+        assert sum("row group" in n for n in ck.program.notes) == members, (d, ck.program.notes)
+
+
+def test_few_long_rows_stay_apart():
+    """A group has a core per row block: for 2 blocks of 4000 columns the statements run
+    apart, each over all 24 cores (the model's estimate decides)."""
+    ck = check("softmax", "sim-nnp", dict(N=64, D=4000), "analytical")
+    assert not any("row group" in n for n in ck.program.notes)
+
+
 @settings(max_examples=6, deadline=None)
 @given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 70), st.sampled_from(["vendor", "analytical"]))
 def test_fused_epilogue_on_random_sizes(b, k, n, scheduler):
