@@ -13,6 +13,7 @@ it, on each block before it is stored (``compiler.epilogue``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import ceil, prod
 
 from ir.bind import Bound
@@ -461,9 +462,90 @@ def _lower_group(target: Target, g: Group, resident) -> tuple[list, list[Buffer]
     return top, [buf for nl in lows for buf in nl.buffers]
 
 
+@dataclass
+class _Unit:
+    """One nest's (or row group's) loop program and buffers, before barriers are placed."""
+    statement: int
+    nodes: list
+    buffers: list[Buffer]
+    stream: bool = False  # stream-K: its own phases and barriers inside
+
+
+def _touches(nodes) -> tuple[set[str], set[str]]:
+    """The main-memory tensors a loop program reads and writes."""
+    reads, writes = set(), set()
+    for n in nodes:
+        if isinstance(n, Loop):
+            r, w = _touches(n.body)
+            reads |= r
+            writes |= w
+        elif isinstance(n, Move):
+            if isinstance(n.src, Tile):
+                reads.add(n.src.tensor)
+            if isinstance(n.dst, Tile):
+                writes.add(n.dst.tensor)
+        elif isinstance(n, Exec):
+            reads.update(ref.tensor for _, ref in n.operands if isinstance(ref, Tile))
+    return reads, writes
+
+
+def _phases(target: Target, units: list[_Unit], merge: bool, notes: list[str]) -> tuple[list, list[Buffer]]:
+    """The units in order with a barrier after each phase: with ``merge``, a unit that touches
+    nothing the phase so far wrote (nor writes what it read) joins it without a barrier, its
+    buffers beside the phase's (placed apart: both are live at once) where they fit together.
+    Independent statements then overlap: GRU's R and Z GEMMs load their weights back to back,
+    rather than each waiting for the other's stores to land.  The vendor baseline (no fusion)
+    keeps a barrier after every nest, as a library launches one kernel each."""
+    from dataclasses import replace as _replace
+    body: list = []
+    buffers: list[Buffer] = []
+    fixed: dict[str, int] = {}
+    for u in units:
+        for buf in u.buffers:
+            if buf.persistent:
+                fixed[buf.memory] = fixed.get(buf.memory, 0) + buf.slot_bytes * buf.slots
+    phase: list[_Unit] = []
+    reads: set[str] = set()
+    writes: set[str] = set()
+
+    def close():
+        if not phase:
+            return
+        group = phase[0].buffers[0].group if len(phase) > 1 and phase[0].buffers else None
+        for u in phase:
+            buffers.extend(_replace(buf, group=group) if group and not buf.persistent else buf for buf in u.buffers)
+        body.append(Barrier(phase[-1].statement))
+
+    def fits(units_: list[_Unit]) -> bool:
+        use = dict(fixed)
+        for u in units_:
+            for buf in u.buffers:
+                if not buf.persistent:
+                    use[buf.memory] = use.get(buf.memory, 0) + buf.slot_bytes * buf.slots
+        return all(v <= target.memory(m).capacity for m, v in use.items())
+
+    for u in units:
+        r, w = _touches(u.nodes)
+        joins = (merge and phase and not u.stream and not phase[-1].stream and not (r & writes)
+                 and not (w & (reads | writes)) and fits(phase + [u]))
+        if not joins:
+            close()
+            phase, reads, writes = [], set(), set()
+        elif u.statement != phase[-1].statement:
+            notes.append(f"S{u.statement}: runs beside S{phase[-1].statement} (no barrier: neither reads what "
+                         f"the other writes)")
+        phase.append(u)
+        body += u.nodes
+        reads |= r
+        writes |= w
+    close()
+    return body, buffers
+
+
 def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[list[Candidate]],
           resident=()) -> Program:
-    body, buffers, scratch, notes = [], [], [], []
+    units: list[_Unit] = []  # what each nest (or row group) runs, in program order
+    scratch, notes = [], []
     seen_scratch = set()
     fused_into: dict[int, int] = {}
     fused_steps: set[int] = set()  # nests of a sequence run on the blocks of an earlier step
@@ -489,9 +571,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                         scratch.append(Scratch(t.name, t.dtype, t.shape, t.mins))
             if si == g.statements[-1]:
                 gb, gbuf = _lower_group(target, g, resident)
-                body += gb
-                body.append(Barrier(si))
-                buffers += gbuf
+                units.append(_Unit(si, gb, gbuf))
                 on_chip |= g.on_chip
             continue
         if si in fused_into:
@@ -525,11 +605,10 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             if ns.stream:
                 from .streamk import Knobs, lower_stream
                 sb, sc = lower_stream(nl, k, b, Knobs.of(ns.stream))
-                body += sb
+                units.append(_Unit(si, sb, nl.buffers, stream=True))
                 scratch += sc
             else:
-                body += nl.lower()
-            body.append(Barrier(si))
-            buffers += nl.buffers
+                units.append(_Unit(si, nl.lower(), nl.buffers))
+    body, buffers = _phases(target, units, schedule.fuse, notes)
     scratch = [x for x in scratch if x.name not in on_chip]
     return Program(k.name, target.name, tuple(buffers), tuple(scratch), tuple(body), target.cores, tuple(notes))
