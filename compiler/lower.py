@@ -469,6 +469,7 @@ class _Unit:
     nodes: list
     buffers: list[Buffer]
     stream: bool = False  # stream-K: its own phases and barriers inside
+    name: str = ""  # for notes: S2, or S4.1 for a step of an instruction sequence
 
 
 def _touches(nodes) -> tuple[set[str], set[str]]:
@@ -532,8 +533,8 @@ def _phases(target: Target, units: list[_Unit], merge: bool, notes: list[str]) -
             close()
             phase, reads, writes = [], set(), set()
         elif u.statement != phase[-1].statement:
-            notes.append(f"S{u.statement}: runs beside S{phase[-1].statement} (no barrier: neither reads what "
-                         f"the other writes)")
+            notes.append(f"{u.name}: runs beside {phase[-1].name} (no barrier: neither reads what the other "
+                         f"writes)")
         phase.append(u)
         body += u.nodes
         reads |= r
@@ -571,7 +572,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                         scratch.append(Scratch(t.name, t.dtype, t.shape, t.mins))
             if si == g.statements[-1]:
                 gb, gbuf = _lower_group(target, g, resident)
-                units.append(_Unit(si, gb, gbuf))
+                units.append(_Unit(si, gb, gbuf, name=f"S{g.statements[0]}-S{si}"))
                 on_chip |= g.on_chip
             continue
         if si in fused_into:
@@ -605,10 +606,11 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             if ns.stream:
                 from .streamk import Knobs, lower_stream
                 sb, sc = lower_stream(nl, k, b, Knobs.of(ns.stream))
-                units.append(_Unit(si, sb, nl.buffers, stream=True))
+                units.append(_Unit(si, sb, nl.buffers, stream=True, name=f"S{si}"))
                 scratch += sc
             else:
-                units.append(_Unit(si, nl.lower(), nl.buffers))
+                units.append(_Unit(si, nl.lower(), nl.buffers,
+                                   name=f"S{si}" + (f".{nest.step_index}" if len(c.nests) > 1 else "")))
     body, buffers = _phases(target, units, schedule.fuse, notes)
     scratch = [x for x in scratch if x.name not in on_chip]
     return Program(k.name, target.name, tuple(buffers), tuple(scratch), tuple(body), target.cores, tuple(notes))
