@@ -562,9 +562,10 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
         c = cs[schedule.mappings[si]]
         if si in grouped:
             g = grouped[si]
-            notes.append(f"S{si}: {c.mapping.describe()}; in a row group with "
-                         f"{', '.join(f'S{x}' for x in g.statements if x != si)}: one block of "
-                         f"{', '.join(g.rows)} at a time per core, its intermediates on chip")
+            others = ", ".join(f"S{x}" for x in g.statements if x != si)
+            where = f"in a row group with {others}" if others else "its steps in a row group"
+            notes.append(f"S{si}: {c.mapping.describe()}; {where}: one block of {', '.join(g.rows)} at a time "
+                         f"per core, its intermediates on chip")
             for nest in c.nests:
                 for t in nest.temps:
                     if t.name not in seen_scratch:

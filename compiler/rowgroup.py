@@ -213,8 +213,9 @@ def fits(target: Target, g: Group) -> bool:
 
 
 def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, exclude=()) -> Group | None:
-    """The longest group of whole statements from ``start`` on (at least two), each with its
-    chosen nests, none of ``exclude``.  Which outputs are stored: every kernel output's last
+    """The longest group of whole statements from ``start`` on (at least two, or one whose
+    instruction sequence's steps read each other's results), each with its chosen nests, none
+    of ``exclude``.  Which outputs are stored: every kernel output's last
     value in the group and every temporary a statement after the group reads."""
     best = None
     nests: list[Nest] = []
@@ -228,7 +229,7 @@ def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, exclud
         if not fits(target, g):
             break
         nests = nests + chosen[si]
-        if si > start and any(g.forward):
+        if any(g.forward) and (si > start or len(g.nests) > 1):
             best = g
     if best is None:
         return None

@@ -383,6 +383,18 @@ def test_gemms_sharing_an_operand_load_it_once():
     assert saved > 0 and saved % (4 * 64 * 128) == 0  # (one per core along N; float32 in main memory)
 
 
+def test_a_sequence_feeding_its_reduction_runs_as_a_row_group():
+    """layernorm's var(n) += (I - mean)^2 is vsub_col, vmul, vredsum: as a row group of its
+    own steps the squares never leave the chip (no scratch for them).  With D = 77 the
+    squares past a row's end would be mean^2, not 0: the steps run apart, the squares
+    reloaded padded with 0.  Both match the reference."""
+    for d, grouped in ((64, True), (77, False)):
+        ck = check("layernorm", "sim-nnp", dict(N=70, D=d), "analytical")
+        notes = [n for n in ck.program.notes if n.startswith("S2:")]
+        assert ("its steps in a row group" in notes[0]) == grouped, (d, notes)
+        assert any(x.name.startswith("_S2_") for x in ck.program.scratch) != grouped
+
+
 def test_row_group_stops_before_a_reduction_over_wrong_padding():
     """Past the end of a padded row, e = I - mx holds -inf (I's padding for the max), which
     a sum would add: that sum runs apart, reloading e padded with 0.  With whole blocks
