@@ -212,15 +212,16 @@ def fits(target: Target, g: Group) -> bool:
     return all(v <= target.memory(m).capacity for m, v in use.items())
 
 
-def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, exclude=()) -> Group | None:
+def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, pairs=()) -> Group | None:
     """The longest group of whole statements from ``start`` on (at least two, or one whose
-    instruction sequence's steps read each other's results), each with its chosen nests, none
-    of ``exclude``.  Which outputs are stored: every kernel output's last
-    value in the group and every temporary a statement after the group reads."""
+    instruction sequence's steps read each other's results), each with its chosen nests, that
+    takes both or neither of each (epilogue, producer) pair in ``pairs``.  Which outputs are
+    stored: every kernel output's last value in the group and every temporary a statement
+    after the group reads."""
     best = None
     nests: list[Nest] = []
     for si in range(start, len(chosen)):
-        if not chosen[si] or si in exclude:
+        if not chosen[si]:
             break
         g = _try(k, target, nests + chosen[si])
         if g is None:
@@ -229,7 +230,8 @@ def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, exclud
         if not fits(target, g):
             break
         nests = nests + chosen[si]
-        if any(g.forward) and (si > start or len(g.nests) > 1):
+        whole = all((c in g.statements) == (p in g.statements) for c, p in pairs)
+        if whole and any(g.forward) and (si > start or len(g.nests) > 1):
             best = g
     if best is None:
         return None
@@ -244,14 +246,13 @@ def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, exclud
 
 def groups(k: Kernel, target: Target, chosen: list[list[Nest]]) -> list[Group]:
     """The row groups of a kernel with these nests per statement, in program order.  A statement
-    fused into another's nest as its epilogue runs there (no round trip at all), and so does its
-    producer's: no group takes either."""
+    fused into another's nest as its epilogue runs there (no round trip at all): a group takes
+    such a pair whole or not at all (layernorm's mean and mean / D go together)."""
     from .epilogue import fused_statements
     epilogues = {(sj, si) for sj, si in fused_statements(k, target, chosen).items() if sj != si}
-    taken = {x for pair in epilogues for x in pair}
     out, si = [], 0
     while si < len(chosen):
-        g = plan(k, target, chosen, si, taken)
+        g = plan(k, target, chosen, si, epilogues)
         if g is None:
             si += 1
             continue
@@ -287,8 +288,13 @@ def apply(k: Kernel, target: Target, cands, sched: Schedule, force: bool = False
     if not sched.fuse or any(ns.stream for ns in sched.nests) or not sched.nests:
         return sched
     chosen = [cs[sched.mappings[si]].nests for si, cs in enumerate(cands)]
-    found = [g for g in groups(k, target, chosen) if force or estimate(target, g) < sum(
-        nest_cost(target, n, sched.nest(n.statement, n.step_index))["cycles"] for n in g.nests)]
+    from .epilogue import fused_statements
+    fused = {sj for sj, si in fused_statements(k, target, chosen).items() if sj != si}
+
+    def apart(g: Group) -> float:  # an epilogue runs in its producer's nest: only the producer costs
+        return sum(nest_cost(target, n, sched.nest(n.statement, n.step_index))["cycles"] for n in g.nests
+                   if n.statement not in fused)
+    found = [g for g in groups(k, target, chosen) if force or estimate(target, g) < apart(g)]
     new = {(ns.statement, ns.step): ns for g in found for ns in g.schedules}
     if not new:
         return sched

@@ -8,6 +8,7 @@ from ir.bind import Bound
 from ir.kernel import Kernel
 from ir.target import Target
 
+from compiler import rowgroup
 from compiler.epilogue import fused_statements
 from compiler.nest import Nest
 
@@ -129,23 +130,38 @@ class _Search:
     def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
         per_stmt = candidates(kernel, bound, target)
         self._kept.clear()
-        mappings, chosen, cycles = [], [], []
+        options: list[list[tuple[float, list]]] = []  # per statement, per mapping: (cycles, nest schedules)
         for cands in per_stmt:
-            options = []
-            for i, c in enumerate(cands):
+            opts = []
+            for c in cands:
                 scheds = [self.nest(target, n) for n in c.nests]
-                cyc = sum(cost["cycles"] for _, cost in scheds)
-                options.append((cyc, i, [s for s, _ in scheds]))
-            cyc, i, scheds = min(options, key=lambda o: (o[0], o[1]))
-            mappings.append(i)
-            chosen += scheds
-            cycles.append(cyc)
-        # statements fused into their producer run on its blocks on chip: their own nests' main-memory
-        # round trips are gone (their vector work overlaps the producer's pipeline)
-        fused = fused_statements(kernel, target, [cs[m].nests for cs, m in zip(per_stmt, mappings)])
-        total = sum(c for si, c in enumerate(cycles) if si not in fused)
+                opts.append((sum(cost["cycles"] for _, cost in scheds), [s for s, _ in scheds]))
+            options.append(opts)
+
+        def total(maps: list[int]) -> tuple[float, dict[int, int]]:
+            # statements fused into their producer run on its blocks on chip: their own nests'
+            # main-memory round trips are gone (their vector work overlaps the producer's
+            # pipeline); a row group costs its estimate where that is less than its members'
+            chosen = [cs[m].nests for cs, m in zip(per_stmt, maps)]
+            fused = fused_statements(kernel, target, chosen)
+            cost = {si: options[si][m][0] for si, m in enumerate(maps) if si not in fused}
+            out = sum(cost.values())
+            if len(per_stmt) > 1:
+                for g in rowgroup.groups(kernel, target, chosen):
+                    members = sum(cost.get(si, 0.0) for si in g.statements)
+                    out -= max(0.0, members - rowgroup.estimate(target, g))
+            return out, fused
+        mappings = [min(range(len(o)), key=lambda i: (o[i][0], i)) for o in options]
+        # each statement's cheapest mapping alone may keep it from fusing (a 32-vector form of
+        # E(m, n) = C(m, n) / 4 at M = 1, looping over m): one pass over the statements, each
+        # taking the mapping that makes the whole kernel cheapest with the others as they are
+        for si, o in enumerate(options):
+            if len(o) > 1:
+                mappings[si] = min(range(len(o)), key=lambda i: (total(mappings[:si] + [i] + mappings[si + 1:])[0], i))
+        total_cycles, fused = total(mappings)
+        chosen = [s for si, m in enumerate(mappings) for s in options[si][m][1]]
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
-                         tuple(chosen), {"cycles": round(total)})
+                         tuple(chosen), {"cycles": round(total_cycles)})
         return [self.verify(kernel, bound, target, per_stmt, sched, fused)]
 
     def verify(self, kernel, bound, target, per_stmt, sched: Schedule, fused: dict[int, int]) -> Schedule:

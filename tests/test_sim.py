@@ -384,15 +384,35 @@ def test_gemms_sharing_an_operand_load_it_once():
 
 
 def test_a_sequence_feeding_its_reduction_runs_as_a_row_group():
-    """layernorm's var(n) += (I - mean)^2 is vsub_col, vmul, vredsum: as a row group of its
-    own steps the squares never leave the chip (no scratch for them).  With D = 77 the
-    squares past a row's end would be mean^2, not 0: the steps run apart, the squares
-    reloaded padded with 0.  Both match the reference."""
+    """var(n) += (I - mean)^2 is vsub_col, vmul, vredsum: as a row group of its own steps the
+    squares never leave the chip (no scratch for them).  With D = 77 the squares past a
+    row's end would be mean^2, not 0: the steps run apart, the squares reloaded padded with
+    0.  Both match the reference."""
+    src = """def f(float(N, D) I, float(N) mean) -> (var) {
+        var(n) +=! (I(n, d) - mean(n)) * (I(n, d) - mean(n))
+    }"""
     for d, grouped in ((64, True), (77, False)):
-        ck = check("layernorm", "sim-nnp", dict(N=70, D=d), "analytical")
-        notes = [n for n in ck.program.notes if n.startswith("S2:")]
-        assert ("its steps in a row group" in notes[0]) == grouped, (d, notes)
-        assert any(x.name.startswith("_S2_") for x in ck.program.scratch) != grouped
+        ck = compiler.build(src, target="sim-nnp", sizes=dict(N=70, D=d))
+        ins = random_inputs(ck.kernel, ck.bound, 1)
+        ok, err, _ = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+        assert ok, (d, err)
+        assert ("its steps in a row group" in ck.program.notes[0]) == grouped, (d, ck.program.notes)
+        assert any(x.name.startswith("_S0_") for x in ck.program.scratch) != grouped
+
+
+def test_layernorm_runs_as_one_row_group():
+    """With whole column blocks every statement of layernorm runs in one row group: the row
+    statistics stay on chip as 32-vectors (mean / D, rsqrt(var + eps) on sim-nnp's vector
+    forms), I is read from main memory once, and the result matches."""
+    ck = check("layernorm", "sim-nnp", dict(N=100, D=64), "analytical")
+    assert sum("row group" in n for n in ck.program.notes) == 5, ck.program.notes
+    assert "vrsqrt_v" in ck.program.notes[4] and "vdivs_v" in ck.program.notes[1]
+    ins = random_inputs(ck.kernel, ck.bound, 3)
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    from compiler.backends.sim.simulate import simulate
+    res = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays)
+    loads = sum(v for link, v in res.link_bytes.items() if link.startswith("hbm->"))
+    assert loads == 4 * (100 * 64 + 2 * 64 * 4)  # I once; gamma and beta once per core (4 row blocks)
 
 
 def test_row_group_stops_before_a_reduction_over_wrong_padding():
@@ -499,12 +519,14 @@ def test_vector_producers_keep_sequences_and_epilogues_on_chip(sizes):
     """A vector instruction's output is held where it was computed before its one hop out, so
     the rest of its statement's sequence (exp(I - mx): vsub_col then vexp) and the elementwise
     statements after it run on each block there: the temporary is never stored, and the
-    second statement is fused into the first."""
+    second statement is fused into the first (or both run as a row group, which the model
+    may prefer: 1417 against 1692 cycles at 37 x 45, within 1% elsewhere)."""
     src = ("def v(float(N, D) I, float(N) mx, float(D) b) -> (E, O) {\n    E(n, d) = exp(I(n, d) - mx(n))\n"
            "    O(n, d) = tanh(E(n, d) + b(d))\n}\n")
     ck = _check_src(src, sizes)
     loops = ck.source("loops")
-    assert "fused into S0" in loops and "-> _S0_t1<" not in loops and "-> _S1_t1<" not in loops, loops
+    on_chip = "fused into S0" in loops or loops.count("in a row group with") == 2
+    assert on_chip and "-> _S0_t1<" not in loops and "-> _S1_t1<" not in loops, loops
 
 
 @pytest.mark.parametrize("sizes", [dict(N=70, D=100), dict(N=7, D=33), dict(N=64, D=1000)])

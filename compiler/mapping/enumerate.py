@@ -161,7 +161,13 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
             return memo[key]
         memo[key] = None  # no cycles
         matched = False
-        for instr in ([only] if only else instrs):
+        order = instrs
+        if want is not None and not only:
+            # a temporary the consumer reads with len(want) dimensions: instructions whose
+            # output has that many first (a 32-vector form before a 32 x 32 one padding a
+            # dimension: layernorm's rsqrt(var(n) + eps)), the order otherwise kept
+            order = sorted(instrs, key=lambda i: len(i.outputs[0].shape or ()) != len(want))
+        for instr in ([only] if only else order):
             ist = instr.body.stmts[0]
             if ist.reduction_vars and not root:
                 continue
