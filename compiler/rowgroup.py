@@ -92,8 +92,8 @@ def _output_pad(nest: Nest, pads: dict[str, float | None], padded: set[str]) -> 
             shape = o.op.shape or ()
             if o.tensor is not None and set(o.axes) & padded:
                 p = pads.get(o.name)
-                if p is None:
-                    return None
+                if p is None or (o.op.dtype.kind in "iub" and not np.isfinite(p)):
+                    return None  # (an integer block padded with an infinite identity: not followed)
                 arrays[o.name] = np.full(shape, p, dtype=o.op.dtype.np)
             else:  # one value per row of the block (a column operand), or a scalar
                 base = sample + np.arange(prod(shape) or 1, dtype=np.float32).reshape(shape or ()) * 0.01
@@ -112,7 +112,8 @@ def _output_pad(nest: Nest, pads: dict[str, float | None], padded: set[str]) -> 
 
 def _same_block(a: Nest, ao, b: Nest, bo) -> bool:
     """Operand ``ao`` of nest ``a`` holds the very blocks operand ``bo`` of ``b`` reads."""
-    return (ao.tensor == bo.tensor and strip_types(ao.access) == strip_types(bo.access) and not ao.gather and not bo.gather
+    return (ao.tensor == bo.tensor and strip_types(ao.access) == strip_types(bo.access)
+            and not ao.gather and not bo.gather
             and (ao.op.memory, ao.op.dtype, tuple(ao.op.shape)) == (bo.op.memory, bo.op.dtype, tuple(bo.op.shape))
             and _operand_dims(a, ao.name) == _operand_dims(b, bo.name) and ao.axes == bo.axes)
 
