@@ -177,8 +177,9 @@ class Blocking:
             # 319 -> 360, 2560x64x2560 333 -> 367, 4096x64x4096 314 -> 361, 7680x64x2560 327
             # -> 371, 5124x16x2048 256 -> 279, 1760x16x1760 263 -> 274; with both operands
             # packed (1024^3, 2048^3) it was even or slower, B unpacked (35x1500x2048) 8% slower,
-            # and A(k, m) in place (its K runs are rows, one line per k step) 3-7% slower.  On a Zen 4 VM (1 MiB L2) twice the L1-sized K blocks were already
-            # slower for these GEMMs (above), so smaller L2s keep them
+            # and A(k, m) in place (its K runs are rows, one line per k step) 3-7% slower.  On a
+            # Zen 4 VM (1 MiB L2) twice the L1-sized K blocks were already slower for these GEMMs
+            # (above), so smaller L2s keep them
             kc = max(16, min(k, (l2 // 8) // (nr * 4)))
             kc = -(-k // -(-k // kc))
             mc = max(mr, ((l2 // 8) // (kc * 4)) // mr * mr)
