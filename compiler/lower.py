@@ -79,9 +79,7 @@ class _NestLowering:
         self.pl = pipeline(target, nest, ns)
         self.step = step_var or Var(f"s{tag}")
         self.chunk = {a.name: ceil(a.blocks / ns.parts(a.name)) for a in nest.axes}
-        # padding must not change a reduction: outside the tensor, blocks hold the op's identity
-        ist = nest.instr.body.stmts[0]
-        self.pad = {"max": float("-inf"), "min": float("inf"), "*": 1.0}.get(ist.op, 0.0)
+        self.pad = nest.pad  # outside the tensor, loaded blocks hold the reduction's identity
         # the core's coordinate along each split axis (row-major core grid)
         self.part: dict[str, Expr] = {}
         stride = 1
@@ -311,7 +309,10 @@ class _NestLowering:
 
     # ---------------------------------------------------------------- the nest
     def lower(self) -> list:
-        pro, body = self.parts()
+        return self.around(*self.parts())
+
+    def around(self, pro: list, body: list) -> list:
+        """``pro``, then the loop over this nest's steps running ``body``, on each core."""
         top = pro + [Loop(self.step.name, C(self.pl.steps), tuple(body))]
         if self.split:
             top = [Loop(self.core.name, C(self.P), tuple(top), parallel=True)]
@@ -448,18 +449,13 @@ def _lower_group(target: Target, g: Group, resident) -> tuple[list, list[Buffer]
     for i, (nest, ns) in enumerate(zip(g.nests, g.schedules)):
         nl = _NestLowering(target, nest, ns, f"{nest.statement}_{nest.step_index}", resident, step_var=step,
                            core_var=core, group=f"G{tag}")
-        nl.forward = {name: (lows[j], next(o for o in g.nests[j].operands if o.name == oname))
-                      for name, (j, oname) in g.forward[i].items()}
+        nl.forward = {name: (lows[j], g.nests[j].operand(oname)) for name, (j, oname) in g.forward[i].items()}
         nl.store_output = g.stores[i]
         lows.append(nl)
         p, b = nl.parts()
         pro += p
         body += b
-    first = lows[0]
-    top = pro + [Loop(step.name, C(first.pl.steps), tuple(body))]
-    if first.split:
-        top = [Loop(core.name, C(first.P), tuple(top), parallel=True)]
-    return top, [buf for nl in lows for buf in nl.buffers]
+    return lows[0].around(pro, body), [buf for nl in lows for buf in nl.buffers]
 
 
 @dataclass
@@ -548,6 +544,12 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
     units: list[_Unit] = []  # what each nest (or row group) runs, in program order
     scratch, notes = [], []
     seen_scratch = set()
+
+    def declare_temps(nest: Nest):  # the scratch tensors of a sequence's temporaries, once each
+        for t in nest.temps:
+            if t.name not in seen_scratch:
+                seen_scratch.add(t.name)
+                scratch.append(Scratch(t.name, t.dtype, t.shape, t.mins))
     fused_into: dict[int, int] = {}
     fused_steps: set[int] = set()  # nests of a sequence run on the blocks of an earlier step
     on_chip: set[str] = set()  # temporaries held only on chip (no scratch in main memory)
@@ -567,10 +569,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             notes.append(f"S{si}: {c.mapping.describe()}; {where}: one block of {', '.join(g.rows)} at a time "
                          f"per core, its intermediates on chip")
             for nest in c.nests:
-                for t in nest.temps:
-                    if t.name not in seen_scratch:
-                        seen_scratch.add(t.name)
-                        scratch.append(Scratch(t.name, t.dtype, t.shape, t.mins))
+                declare_temps(nest)
             if si == g.statements[-1]:
                 gb, gbuf = _lower_group(target, g, resident)
                 units.append(_Unit(si, gb, gbuf, name=f"S{g.statements[0]}-S{si}"))
@@ -582,10 +581,7 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             continue
         notes.append(f"S{si}: {c.mapping.describe()}")
         for nest in c.nests:
-            for t in nest.temps:
-                if t.name not in seen_scratch:
-                    seen_scratch.add(t.name)
-                    scratch.append(Scratch(t.name, t.dtype, t.shape, t.mins))
+            declare_temps(nest)
             ns = schedule.nest(si, nest.step_index)
             why = fits(target, nest, ns)
             if why:

@@ -94,6 +94,15 @@ class Nest:
     def axis(self, name: str) -> Axis:
         return next(a for a in self.axes if a.name == name)
 
+    def operand(self, name: str) -> OperandInfo:
+        return next(o for o in self.operands if o.name == name)
+
+    @property
+    def pad(self) -> float:
+        """What its loads put past a tensor's end: the identity of its instruction's reduction
+        (0 for an assignment), so padding never changes a reduction."""
+        return {"max": float("-inf"), "min": float("inf"), "*": 1.0}.get(self.instr.body.stmts[0].op, 0.0)
+
     @property
     def output(self) -> OperandInfo:
         return next(o for o in self.operands if o.is_output)

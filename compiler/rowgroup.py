@@ -66,11 +66,6 @@ class Group:
                 and n.output.tensor.startswith("_S")}
 
 
-def _pad_of_ops(nest: Nest) -> float:
-    """The value a nest's own loads put past a tensor's end (its reduction's identity)."""
-    return {"max": float("-inf"), "min": float("inf"), "*": 1.0}.get(nest.instr.body.stmts[0].op, 0.0)
-
-
 def _padded(nest: Nest) -> set[str]:
     return {a.name for a in nest.axes if a.total % a.unit}
 
@@ -137,7 +132,7 @@ def _try(k: Kernel, target: Target, nests: list[Nest]) -> Group | None:
     pads: dict[tuple[int, str], float | None] = {}  # (nest, operand) -> the value past a padded end
     for i, n in enumerate(nests):
         padded = _padded(n) - set(rows)  # rows are never reduced: their padding is never read
-        own = _pad_of_ops(n)
+        own = n.pad  # what this nest's own loads put past a tensor's end
         fw: dict[str, tuple[int, str]] = {}
         red_padded = {a.name for a in n.axes if a.reduction} & padded
         op_pads: dict[str, float | None] = {}
@@ -145,7 +140,7 @@ def _try(k: Kernel, target: Target, nests: list[Nest]) -> Group | None:
             if o.tensor in written:
                 j, name = written[o.tensor]
                 src = nests[j]
-                so = next(x for x in src.operands if x.name == name)
+                so = src.operand(name)
                 if not _same_block(src, so, n, o):
                     return None
                 p = pads.get((j, name))
@@ -160,7 +155,7 @@ def _try(k: Kernel, target: Target, nests: list[Nest]) -> Group | None:
                 if j == i:
                     continue  # this nest's own load: an operand has its own slots
                 src = nests[j]
-                so = next(x for x in src.operands if x.name == name)
+                so = src.operand(name)
                 p = pads.get((j, name))
                 if _same_block(src, so, n, o) and (not (set(o.axes) & red_padded) or p == own):
                     fw[o.name] = (j, name)
@@ -245,15 +240,17 @@ def plan(k: Kernel, target: Target, chosen: list[list[Nest]], start: int, pairs=
     return best
 
 
-def groups(k: Kernel, target: Target, chosen: list[list[Nest]]) -> list[Group]:
+def groups(k: Kernel, target: Target, chosen: list[list[Nest]], fused: dict[int, int] | None = None) -> list[Group]:
     """The row groups of a kernel with these nests per statement, in program order.  A statement
     fused into another's nest as its epilogue runs there (no round trip at all): a group takes
-    such a pair whole or not at all (layernorm's mean and mean / D go together)."""
-    from .epilogue import fused_statements
-    epilogues = {(sj, si) for sj, si in fused_statements(k, target, chosen).items() if sj != si}
+    such a pair whole or not at all (layernorm's mean and mean / D go together).  ``fused``:
+    ``epilogue.fused_statements`` of ``chosen``, where the caller has it already."""
+    if fused is None:
+        from .epilogue import fused_statements
+        fused = fused_statements(k, target, chosen)
     out, si = [], 0
     while si < len(chosen):
-        g = plan(k, target, chosen, si, epilogues)
+        g = plan(k, target, chosen, si, fused.items())
         if g is None:
             si += 1
             continue
@@ -290,12 +287,12 @@ def apply(k: Kernel, target: Target, cands, sched: Schedule, force: bool = False
         return sched
     chosen = [cs[sched.mappings[si]].nests for si, cs in enumerate(cands)]
     from .epilogue import fused_statements
-    fused = {sj for sj, si in fused_statements(k, target, chosen).items() if sj != si}
+    fused = fused_statements(k, target, chosen)
 
     def apart(g: Group) -> float:  # an epilogue runs in its producer's nest: only the producer costs
         return sum(nest_cost(target, n, sched.nest(n.statement, n.step_index))["cycles"] for n in g.nests
                    if n.statement not in fused)
-    found = [g for g in groups(k, target, chosen) if force or estimate(target, g) < apart(g)]
+    found = [g for g in groups(k, target, chosen, fused) if force or estimate(target, g) < apart(g)]
     new = {(ns.statement, ns.step): ns for g in found for ns in g.schedules}
     if not new:
         return sched

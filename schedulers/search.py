@@ -147,7 +147,7 @@ class _Search:
             cost = {si: options[si][m][0] for si, m in enumerate(maps) if si not in fused}
             out = sum(cost.values())
             if len(per_stmt) > 1:
-                for g in rowgroup.groups(kernel, target, chosen):
+                for g in rowgroup.groups(kernel, target, chosen, fused):
                     members = sum(cost.get(si, 0.0) for si in g.statements)
                     out -= max(0.0, members - rowgroup.estimate(target, g))
             return out, fused

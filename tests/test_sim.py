@@ -285,6 +285,22 @@ def test_elementwise_epilogues_run_on_chip(name, sizes):
         assert any("S2: runs beside S0" in n for n in ck.program.notes)
 
 
+def _simulated(ck, program, ins):
+    """``program`` (one of ck's kernel, lowered some way) simulated on ``ins``, its outputs
+    checked against the reference."""
+    from compiler.backends.sim.simulate import simulate
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    res = simulate(ck.target_ir, program, ck.kernel, ck.bound, arrays)
+    ok, err, _ = compare({o.name: res.outputs[o.name] for o in ck.kernel.outputs}, ck.reference(ins), ck.precision)
+    assert ok, err
+    return res
+
+
+def _main_bytes(res, main: str, loaded: bool = True) -> int:
+    """Bytes a simulation moved out of main memory (``loaded``) or into it."""
+    return sum(v for link, v in res.link_bytes.items() if link.split("->")[0 if loaded else 1] == main)
+
+
 @pytest.mark.parametrize("target", ["sim-nnp", "sim-tpu"])
 def test_softmax_runs_as_one_row_group(target):
     """Every statement of softmax on one row block after the other, per core: I is read from
@@ -292,7 +308,6 @@ def test_softmax_runs_as_one_row_group(target):
     statements run apart; the schedule shows the group's tiles (whole rows per step)."""
     from dataclasses import replace
 
-    from compiler.backends.sim.simulate import simulate
     from compiler.lower import lower
     sizes = dict(N=256, D=1000)  # a padded last column block: its sums must stay exact
     ck = check("softmax", target, sizes, "analytical")
@@ -301,20 +316,13 @@ def test_softmax_runs_as_one_row_group(target):
     assert "row groups" in ck.schedule.predicted and all(
         dict(ns.split) and ns.tile("n") == 1 for ns in ck.schedule.nests)
     ins = random_inputs(ck.kernel, ck.bound, 3)
-    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
-    grouped = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays)
-    plain = lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False), ck.candidates)
-    apart = simulate(ck.target_ir, plain, ck.kernel, ck.bound, arrays)
-    for res in (grouped, apart):
-        ok, err, _ = compare({o.name: res.outputs[o.name] for o in ck.kernel.outputs}, ck.reference(ins), ck.precision)
-        assert ok, err
+    grouped = _simulated(ck, ck.program, ins)
+    apart = _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False),
+                                 ck.candidates), ins)
     elems, main = sizes["N"] * sizes["D"], ck.target_ir.main
-
-    def moved(res, outward):
-        return sum(v for link, v in res.link_bytes.items() if link.split("->")[outward] == main)
-    assert moved(grouped, 0) == 4 * elems  # I, once
-    assert moved(grouped, 1) == 4 * (2 * elems + 2 * sizes["N"])  # e, O, mx, s
-    assert moved(apart, 0) > 3 * 4 * elems
+    assert _main_bytes(grouped, main) == 4 * elems  # I, once
+    assert _main_bytes(grouped, main, loaded=False) == 4 * (2 * elems + 2 * sizes["N"])  # e, O, mx, s
+    assert _main_bytes(apart, main) > 3 * 4 * elems
     assert grouped.cycles < apart.cycles
 
 
@@ -325,7 +333,6 @@ def test_independent_statements_share_a_phase():
     statements keep theirs."""
     from dataclasses import replace
 
-    from compiler.backends.sim.simulate import simulate
     from compiler.lower import _phases, lower
     src = """def two(float(M, K) A, float(K, N) B, float(M, K) X, float(K, N) W) -> (C, D, E) {
         C(m, n) +=! A(m, k) * B(k, n)
@@ -337,10 +344,7 @@ def test_independent_statements_share_a_phase():
     assert barriers == [1, 2], (barriers, ck.program.notes)  # C and D together, then E
     assert any("S1: runs beside S0" in n for n in ck.program.notes)
     ins = random_inputs(ck.kernel, ck.bound, 2)
-    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
-    merged = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays)
-    ok, err, _ = compare({o.name: merged.outputs[o.name] for o in ck.kernel.outputs}, ck.reference(ins), ck.precision)
-    assert ok, err
+    merged = _simulated(ck, ck.program, ins)
     import compiler.lower as lw
     orig = lw._phases
     try:  # the same program with a barrier after every nest
@@ -349,7 +353,7 @@ def test_independent_statements_share_a_phase():
     finally:
         lw._phases = orig
     assert _phases is orig and sum(type(n).__name__ == "Barrier" for n in apart.body) == 3
-    assert simulate(ck.target_ir, apart, ck.kernel, ck.bound, arrays).cycles > merged.cycles
+    assert _simulated(ck, apart, ins).cycles > merged.cycles
     unfused = lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False), ck.candidates)
     assert sum(type(n).__name__ == "Barrier" for n in unfused.body) == 3
 
@@ -360,7 +364,6 @@ def test_gemms_sharing_an_operand_load_it_once():
     and the results match."""
     from dataclasses import replace
 
-    from compiler.backends.sim.simulate import simulate
     from compiler.lower import lower
     src = """def two(float(M, K) A, float(K, N) B, float(K, N) W) -> (C, D) {
         C(m, n) +=! A(m, k) * B(k, n)
@@ -369,17 +372,11 @@ def test_gemms_sharing_an_operand_load_it_once():
     ck = compiler.build(src, target="sim-nnp", sizes=dict(M=64, N=96, K=128))
     assert sum("row group" in n for n in ck.program.notes) == 2
     ins = random_inputs(ck.kernel, ck.bound, 4)
-    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
-    grouped = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays)
-    plain = simulate(ck.target_ir, lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False),
-                                         ck.candidates), ck.kernel, ck.bound, arrays)
-    for res in (grouped, plain):
-        ok, err, _ = compare({o.name: res.outputs[o.name] for o in ck.kernel.outputs}, ck.reference(ins), ck.precision)
-        assert ok, err
-
-    def loaded(res):
-        return sum(v for link, v in res.link_bytes.items() if link.startswith("hbm->"))
-    saved = loaded(plain) - loaded(grouped)  # the second GEMM's loads of A: whole copies of it
+    grouped = _simulated(ck, ck.program, ins)
+    plain = _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False),
+                                 ck.candidates), ins)
+    main = ck.target_ir.main
+    saved = _main_bytes(plain, main) - _main_bytes(grouped, main)  # the second GEMM's loads of A: whole copies
     assert saved > 0 and saved % (4 * 64 * 128) == 0  # (one per core along N; float32 in main memory)
 
 
@@ -407,12 +404,9 @@ def test_layernorm_runs_as_one_row_group():
     ck = check("layernorm", "sim-nnp", dict(N=100, D=64), "analytical")
     assert sum("row group" in n for n in ck.program.notes) == 5, ck.program.notes
     assert "vrsqrt_v" in ck.program.notes[4] and "vdivs_v" in ck.program.notes[1]
-    ins = random_inputs(ck.kernel, ck.bound, 3)
-    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
-    from compiler.backends.sim.simulate import simulate
-    res = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays)
-    loads = sum(v for link, v in res.link_bytes.items() if link.startswith("hbm->"))
-    assert loads == 4 * (100 * 64 + 2 * 64 * 4)  # I once; gamma and beta once per core (4 row blocks)
+    res = _simulated(ck, ck.program, random_inputs(ck.kernel, ck.bound, 3))
+    # I once; gamma and beta once per core (4 row blocks)
+    assert _main_bytes(res, ck.target_ir.main) == 4 * (100 * 64 + 2 * 64 * 4)
 
 
 def test_row_group_stops_before_a_reduction_over_wrong_padding():

@@ -149,6 +149,7 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
     s = ctx.stmt
     instrs = sorted((i for i in target.compute_instrs if _single(i)),
                     key=lambda i: (-size(i.body.stmts[0].rhs), target.instrs.index(i)))
+    by_rank: dict[int, list[Instruction]] = {}  # instrs, those with outputs of that rank first
     memo: dict[tuple, list[Step] | None] = {}
     counter = [0]
     errors: list[Reject] = []
@@ -161,13 +162,18 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
             return memo[key]
         memo[key] = None  # no cycles
         matched = False
-        order = instrs
-        if want is not None and not only:
+        if only:
+            order = [only]
+        elif want is None:
+            order = instrs
+        else:
             # a temporary the consumer reads with len(want) dimensions: instructions whose
             # output has that many first (a 32-vector form before a 32 x 32 one padding a
             # dimension: layernorm's rsqrt(var(n) + eps)), the order otherwise kept
-            order = sorted(instrs, key=lambda i: len(i.outputs[0].shape or ()) != len(want))
-        for instr in ([only] if only else order):
+            order = by_rank.get(len(want))
+            if order is None:
+                order = by_rank[len(want)] = sorted(instrs, key=lambda i: len(i.outputs[0].shape or ()) != len(want))
+        for instr in order:
             ist = instr.body.stmts[0]
             if ist.reduction_vars and not root:
                 continue

@@ -163,10 +163,8 @@ class Blocking:
             # stream loop (above) keeps 8: even there (2816 x 4: 2360 vs 2434 us)
             prefetch = 16
         panel = 2 * l1 if pack_a and pack_b else l1
-        kc = min(k, stream_kc) if stream_kc else max(16, min(k, panel // (nr * 4)))
-        kc = -(-k // -(-k // kc))  # balanced K blocks
-        mc = max(mr, ((l2 // 2) // (kc * 4)) // mr * mr)
-        if not pack_a and pack_b and not stream_kc and a_row_stride and l2 >= BIG_L2:
+        long_k = not pack_a and pack_b and not stream_kc and a_row_stride and l2 >= BIG_L2
+        if long_k:
             # A(m, k) read in place beside packed B panels, on a core with a big private L2: K blocks
             # of an eighth of L2 per B panel (K whole up to 2048 for 32-wide panels) and an A
             # block of an eighth of L2, the panels streaming from L2.  Each micro-kernel call
@@ -180,9 +178,10 @@ class Blocking:
             # and A(k, m) in place (its K runs are rows, one line per k step) 3-7% slower.  On a
             # Zen 4 VM (1 MiB L2) twice the L1-sized K blocks were already slower for these GEMMs
             # (above), so smaller L2s keep them
-            kc = max(16, min(k, (l2 // 8) // (nr * 4)))
-            kc = -(-k // -(-k // kc))
-            mc = max(mr, ((l2 // 8) // (kc * 4)) // mr * mr)
+            panel = l2 // 8
+        kc = min(k, stream_kc) if stream_kc else max(16, min(k, panel // (nr * 4)))
+        kc = -(-k // -(-k // kc))  # balanced K blocks
+        mc = max(mr, ((l2 // (8 if long_k else 2)) // (kc * 4)) // mr * mr)
         mc = min(mc, -(-m // mr) * mr)
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
         nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
