@@ -353,13 +353,13 @@ class _NestLowering:
                 continue
             # step 0's tiles are loaded at their first use inside step 0 (so the first blocks every
             # operand needs arrive first); steps 1..d-1 are loaded up front; later ones d ahead
-            prefetch.append((o, s, ((s, C(1)),) + when_step(s, every)))
+            prefetch.append((o, s, ((s, C(1)),) + when_step(s, every), False))
             if d > 1 and S > 1:
                 j = Var(f"p{o.name}{self.tag}")
                 one = add(j, C(1))
                 pro.append(Loop(j.name, C(min(d, S) - 1), tuple(self.transfer(o, one, "in", when_step(one, every)))))
             ahead = add(s, C(d))
-            prefetch.append((o, ahead, ((ahead, C(S)),) + when_step(ahead, every)))
+            prefetch.append((o, ahead, ((ahead, C(S)),) + when_step(ahead, every), True))
         every_out = pl.inner[out.name]
         if n.load_output:
             body += self.transfer(out, s, "load_out", when_step(s, every_out))
@@ -373,9 +373,13 @@ class _NestLowering:
     def compute(self, step: Expr, prefetch=()) -> list:
         """The instruction on every block of the step's tile, with the prefetches spread among them.
 
-        A prefetched block is loaded at the first compute iteration that visits its
-        coordinates, so loads are interleaved with compute in program order instead of
-        filling the instruction window in one burst."""
+        A block of step 0 is loaded at the first compute iteration that visits its coordinates
+        (it is needed there).  A block of a later step can come at any iteration that visits its
+        coordinates: the i-th of an operand's L blocks comes at the (i * P / L)-th of the P
+        iterations over the axes it does not span, so each operand's loads are spread evenly
+        over the step instead of in one burst at its start (a GEMM's B blocks all in the first
+        row of C blocks: the instruction window fills with loads while the matrix unit waits,
+        then the load engine idles for the rest of the step)."""
         n, ns = self.n, self.ns
         inner = {a.name: Var(f"{_ident(a.name)}_i{self.tag}") for a in n.axes}
         blocks = {a.name: add(self.start(a.name, step), inner[a.name]) for a in n.axes}
@@ -395,22 +399,37 @@ class _NestLowering:
         if n.identity_first:
             first_instr = n.init_instr.name
             first = tuple(blocks[a.name] for a in n.axes if a.reduction)
+        # output blocks outer, reduction innermost: consecutive accumulations into one block pipeline
+        # in the accumulator, and the reduction axis is the one tile loads are batched along
+        order = [a.name for a in n.axes if not a.reduction] + [a.name for a in n.axes if a.reduction]
         loads = []
-        for o, ahead, extra in prefetch:
+        for o, ahead, extra, spread in prefetch:
             route = self.route_of(o, "in")
             count = self.batch(o, route)
             at = dict((a, inner[a]) for a in o.axes)
             sub = Var(f"_jpf{o.name}{self.tag}")
-            once = [(inner[a.name], C(1)) for a in n.axes if a.name not in o.axes]  # first visit only
+            others = [a for a in order if a not in o.axes and ns.tile(a) > 1]  # in loop order
+            once = [(inner[a.name], C(1)) for a in n.axes if a.name not in o.axes and a.name not in others]
+            own = [a for a in o.axes if ns.tile(a) > 1]
             if count > 1:
                 last = o.axes[-1]
                 once.append((mod(inner[last], count), C(1)))
                 at[last] = add(inner[last], sub)
+            if others and not spread:  # the first visit
+                once += [(inner[a], C(1)) for a in others]
+            elif others:  # spread: the (i * P / L)-th iteration over the other axes
+                lin, blocks_of = C(0), 1
+                for a in own:
+                    per = count if count > 1 and a == o.axes[-1] else 1  # a batch: one load per `count` blocks
+                    lin = add(mul(lin, C(-(-ns.tile(a) // per))), div(inner[a], per))
+                    blocks_of *= -(-ns.tile(a) // per)
+                want = div(mul(lin, C(prod(ns.tile(a) for a in others))), blocks_of)
+                here = C(0)
+                for a in others:
+                    here = add(mul(here, C(ns.tile(a))), inner[a])
+                once += [(add(want, C(-1)), here), (here, add(want, C(1)))]
             loads += self.moves(o, ahead, "in", at, count, sub, tuple(once) + tuple(extra))  # cheap tests first
         body = tuple(loads) + (Exec(n.instr.name, tuple(ops), guards, first_instr, first, n.statement),)
-        # output blocks outer, reduction innermost: consecutive accumulations into one block pipeline
-        # in the accumulator, and the reduction axis is the one tile loads are batched along
-        order = [a.name for a in n.axes if not a.reduction] + [a.name for a in n.axes if a.reduction]
         for a in reversed(order):
             body = (Loop(inner[a].name, C(ns.tile(a)), body),)
         return list(body)

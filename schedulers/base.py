@@ -31,6 +31,10 @@ class NestSchedule:
     # stream-K (compiler.streamk): whole output rows per core plus an equal share of the
     # leftover rows' reduction steps; its layout knobs as (name, value) pairs, () when off
     stream: tuple[tuple[str, int], ...] = ()
+    # output tiles in flight: 0 is the pipeline's choice (two for an output held over several
+    # steps, so one drains while the next accumulates); 1 gives a GEMM's accumulator a tile twice
+    # as big (more reuse of every loaded block) at the cost of each store's drain before the next
+    out_slots: int = 0
 
     def tile(self, axis: str) -> int:
         return dict(self.tiles)[axis]
@@ -81,7 +85,7 @@ class Schedule:
         d = json.loads(text)
         nests = tuple(NestSchedule(n["statement"], n["step"], tuple(tuple(t) for t in n["tiles"]),
                                    tuple(n["order"]), tuple(tuple(x) for x in n["split"]), n["prefetch"],
-                                   tuple(tuple(kv) for kv in n.get("stream", ())))
+                                   tuple(tuple(kv) for kv in n.get("stream", ())), n.get("out_slots", 0))
                       for n in d["nests"])
         host = tuple((int(si), tuple(tuple(kv) for kv in items)) for si, items in d.get("host", ()))
         return Schedule(d["kernel"], d["target"], tuple(tuple(s) for s in d["sizes"]), d["strategy"],
@@ -95,7 +99,8 @@ class Schedule:
             lines.append(f"S{n.statement}.{n.step}: mapping #{self.mappings[n.statement]} tiles [{tiles}] "
                          f"order {' > '.join(n.order)}"
                          + (f" cores {' x '.join(f'{a}/{p}' for a, p in n.split)}" if n.split else "")
-                         + f" prefetch {n.prefetch}" + (" stream-K " + " ".join(f"{k}={v}" for k, v in n.stream) if n.stream else ""))
+                         + f" prefetch {n.prefetch}" + (f" output slots {n.out_slots}" if n.out_slots else "")
+                         + (" stream-K " + " ".join(f"{k}={v}" for k, v in n.stream) if n.stream else ""))
         for si, items in self.host:
             lines.append(f"S{si}: blocking " + " ".join(f"{k}={v}" for k, v in items))
         if self.threads:

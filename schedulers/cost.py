@@ -56,6 +56,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     drain = nest.instr.latency
     load_lat = 0.0
     first_occ = 0.0
+    exposed = 0.0  # output stores the next tile waits for (a single output slot)
     for o in nest.operands:
         if o.tensor is None:
             continue
@@ -91,9 +92,18 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                         share = prod(min(p, nest.axis(a).blocks) for a, p in ns.split if a not in o.axes)
                     main_bytes += loads * tile_blocks * nbytes * frac * active * spread / share
             if o.is_output and route is routes[0]:
-                drain += chain_lat + per_tile_instrs * max(
+                store = per_tile_instrs * max(
                     (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
                     for c in route)
+                drain += chain_lat + store
+                if pl.slots[o.name] == 1 and loads > 1 and d > 0:
+                    # one output tile: the next tile's first step waits, block by block, for the
+                    # stores of this one (issued after its last step), each block's store
+                    # landing (tile - 1) x (store - compute) later than the one before
+                    per_store = store / max(1, tile_blocks)
+                    per_exec = nest.instr.cycles() / units
+                    exposed += (loads - 1) * (nest.instr.latency + chain_lat
+                                              + max(0.0, (tile_blocks - 1) * (per_store - per_exec)))
             elif not o.is_output and route:
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
                 first = route[0]
@@ -127,7 +137,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     else:
         window_step = max(free, n_step * load_lat / (W + 0.75 * n_step / load_instrs))
     step = max(step, window_step)
-    cycles = S * step + fill + drain
+    cycles = S * step + fill + drain + exposed
     # what the window would cost if every load stalled it for its latency / W: loads issued in
     # bursts (all of a tile at its first use) come closer to this than the even spacing above
     pressure = S * load_instrs * load_lat / W

@@ -28,6 +28,7 @@ def features(target: Target, nests, schedule: Schedule) -> np.ndarray:
     tiles = 0.0
     cores = 0.0
     pref = 0.0
+    single = 0.0  # nests with one output tile in flight
     for n, ns in zip(nests, schedule.nests):
         c = any_nest_cost(target, n, ns)
         for key in tot:
@@ -35,9 +36,10 @@ def features(target: Target, nests, schedule: Schedule) -> np.ndarray:
         tiles += sum(math.log2(t) for _, t in ns.tiles)
         cores += math.log2(max(1, ns.cores))
         pref += ns.prefetch
+        single += ns.out_slots == 1
     f += [math.log1p(tot[k]) for k in ("cycles", "fill", "drain", "hbm_cycles")]
     f += [math.log1p(tot["step"] * tot["steps"]), math.log1p(tot["window_step"] * tot["steps"])]
-    f += [tiles, cores, pref]
+    f += [tiles, cores, pref, single]
     return np.asarray(f)
 
 

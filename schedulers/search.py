@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from math import ceil
 
 from ir.bind import Bound
@@ -14,7 +15,7 @@ from compiler.nest import Nest
 
 from .base import NestSchedule, Schedule, register
 from .cost import auto_prefetch, nest_cost
-from .space import candidates, fits
+from .space import candidates, fits, pipeline
 from .vendor import default_order, vendor_nest
 
 
@@ -32,15 +33,19 @@ def fitted(target: Target, nest: Nest, tiles: dict[str, int], order, split) -> N
     full = {a.name: 1 for a in nest.axes}
     full.update(tiles)
     ns = NestSchedule(nest.statement, nest.step_index, tuple(full.items()), tuple(order), split, 1)
-    d = auto_prefetch(target, nest, ns)
-    while d > 1:
-        cand = NestSchedule(nest.statement, nest.step_index, ns.tiles, ns.order, split, d)
-        if fits(target, nest, cand) is None:
-            return cand
-        d //= 2
-    if fits(target, nest, ns) is None:
-        return ns
-    single = NestSchedule(nest.statement, nest.step_index, ns.tiles, ns.order, split, 0)  # no double buffering
+    top = auto_prefetch(target, nest, ns)
+    # double-buffered output first, then one output tile (its stores drain between tiles), then no
+    # double buffering at all (the library's last resort)
+    for out in (0, 1):
+        d = top
+        while d >= 1:
+            cand = replace(ns, prefetch=d, out_slots=out)
+            if fits(target, nest, cand) is None:
+                return cand
+            d //= 2
+        if pipeline(target, nest, ns).slots.get(nest.output.name, 1) <= 1:
+            break  # the output holds one tile anyway
+    single = replace(ns, prefetch=0)
     return single if fits(target, nest, single) is None else None
 
 

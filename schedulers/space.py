@@ -94,6 +94,8 @@ def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
         # two slots stalled each step on the store before last (softmax 64x1000 on sim-nnp
         # 11291 -> 9791 cycles); a GEMM's output changes every K loop, and keeps two
         slots[o.name] = min(loads, d // inner[o.name] + 2 if d else 1)
+        if o.is_output and ns.out_slots:
+            slots[o.name] = min(slots[o.name], ns.out_slots)
     return Pipeline(steps, tiles, stride, inner, slots)
 
 

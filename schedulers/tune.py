@@ -67,8 +67,8 @@ def mutate(rng: random.Random, t: Target, cands, sched: Schedule) -> Schedule | 
     i = rng.randrange(len(nests))
     n, ns = nests[i], sched.nests[i]
     tiles = dict(ns.tiles)
-    kind = rng.choice(["tile", "tile", "tile", "split", "order", "prefetch"])
-    split, order, pf = ns.split, ns.order, ns.prefetch
+    kind = rng.choice(["tile", "tile", "tile", "split", "order", "prefetch", "output"])
+    split, order, pf, out = ns.split, ns.order, ns.prefetch, ns.out_slots
     if kind == "tile":
         a = rng.choice([x.name for x in n.axes if x.instr_var is not None] or [x.name for x in n.axes])
         cap = -(-n.axis(a).blocks // ns.parts(a))
@@ -97,13 +97,17 @@ def mutate(rng: random.Random, t: Target, cands, sched: Schedule) -> Schedule | 
             rng.shuffle(par)
             from .vendor import default_order
             order = default_order(n, par)
+    elif kind == "output":  # one output tile in flight, or the pipeline's default
+        out = 0 if out else 1
     else:
         pf = max(1, min(8, pf + rng.choice([-1, 1, 2])))
-    new = NestSchedule(ns.statement, ns.step, tuple(tiles.items()), order, split, pf)
+    new = NestSchedule(ns.statement, ns.step, tuple(tiles.items()), order, split, pf, out_slots=out)
     if kind != "prefetch":
         new = replace(new, prefetch=auto_prefetch(t, n, new))
     while fits(t, n, new) is not None and new.prefetch > 1:
         new = replace(new, prefetch=new.prefetch // 2)
+    if fits(t, n, new) is not None and kind != "output" and not out:
+        new = replace(new, out_slots=1)  # bigger tiles with one output tile in flight
     if fits(t, n, new) is not None:
         return None
     nests_s = list(sched.nests)

@@ -628,3 +628,46 @@ def test_scalar_operand_computed_from_a_tensor_is_refused_not_crashed():
     with pytest.raises(compiler.IsamapError) as e:
         compiler.build(src, target="sim-nnp", sizes=dict(M=5))
     assert e.value.span is not None and "no instruction of sim-nnp" in e.value.message
+
+
+def _gemm_on_gemmini_fp32(m: int = 512, n: int = 128, k: int = 512):
+    ck = compiler.build(kernels.path("gemm"), target="sim-gemmini-fp32", sizes=dict(M=m, N=n, K=k))
+    rng = np.random.default_rng(0)
+    ins = {"A": rng.random((m, k), dtype=np.float32), "B": rng.random((k, n), dtype=np.float32)}
+    return ck, ins
+
+
+def test_one_accumulator_tile_twice_as_big_when_loads_bound():
+    """sim-gemmini-fp32: a 16x16 fp32 block takes 64 cycles to load and 16 to multiply, so a
+    C tile of 4 x 8 blocks (the most a 64 KiB accumulator double-buffers) waits on its 12 loads
+    per K step; 8 x 8 blocks in one slot balance 16 loads against 64 products, the stores'
+    drain between C tiles costing far less than that."""
+    from dataclasses import replace
+
+    from compiler.lower import lower
+    ck, ins = _gemm_on_gemmini_fp32()
+    ns = ck.schedule.nests[0]
+    assert ns.out_slots == 1 and ns.tile("m") * ns.tile("n") == 64
+    assert Schedule.from_json(ck.schedule.to_json()) == ck.schedule
+    assert "output slots 1" in ck.schedule.describe()
+    one = _simulated(ck, ck.program, ins)
+    double = replace(ck.schedule, nests=(replace(ns, tiles=(("m", 4), ("n", 8), ("k", 1)), out_slots=0),))
+    two = _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, double, ck.candidates), ins)
+    assert one.cycles < 0.8 * two.cycles
+    assert one.cycles < 1.15 * one.roofline_cycles
+
+
+def test_prefetched_loads_are_spread_over_the_step():
+    """The loads of the next K step come one or two per row of C blocks, not all of B's in the
+    first row: no stretch of the instruction stream as long as the window is mostly loads."""
+    from compiler.backends.sim.simulate import simulate
+    ck, ins = _gemm_on_gemmini_fp32()
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    res = simulate(ck.target_ir, ck.program, ck.kernel, ck.bound, arrays, listing=True)
+    names = [line.split()[1] for line in res.listing if not line.startswith(";")]
+    first_mm = names.index("matmul")
+    step = 64 + 16  # one K step: 8 x 8 products and the next step's 16 loads
+    body = names[first_mm + 2 * step:]  # past step 0 (its loads come at their first use)
+    W = ck.target_ir.window
+    densest = max(body[i:i + W].count("mvin") for i in range(0, len(body) - W, 4))
+    assert densest <= W // 3, densest
