@@ -378,3 +378,62 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
             assert len(split_contraction(nk.plans[0], threads)) == min(threads, -(-K // bl["kc"]))
             ok, err, per = compare(nk(ins), ir.interp.run(plain, ins, bb.sizes))
             assert ok, (M, N, K, threads, per)
+
+
+def _conv(sizes, threads=1, blocking=None):
+    k = compiler.parse(kernels.path("conv2d")).kernel()
+    b = bind(k, sizes)
+    nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
+    ins = random_inputs(k, b, seed=5)
+    ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+    assert ok, (sizes, threads, blocking, per)
+    return nk
+
+
+def test_a_convolution_is_a_contraction_with_taps():
+    """O(n, f, h, w) += I(n, c, h + r, w + s) * Wt(f, c, r, s): f x w tiles over K = c, the
+    filter taps r, s as passes accumulating into O, Wt read in place (one tile of 28 columns
+    would not reuse a packed panel)."""
+    nk = _conv(dict(N=2, C=16, H=30, W=30, F=40, R=3, S=3))
+    [p] = nk.plans
+    assert (p.row, p.vec, p.red, p.batch, p.taps) == ("f", "w", "c", ("n", "h"), ("r", "s"))
+    assert not p.blocking.pack_a and not p.epilogue
+    assert "taps r, s" in p.describe()
+
+
+def test_affine_indices_have_summed_strides():
+    from compiler.backends.access import element_strides
+    k = compiler.parse(kernels.path("conv2d")).kernel()
+    b = bind(k, dict(N=2, C=3, H=9, W=8, F=4, R=2, S=3))
+    s = k.stmts[0]
+    acc = {"I": list(s.rhs.a.indices), "Wt": list(s.rhs.b.indices)}
+    assert element_strides(b, acc) is None  # plain variables only, unless asked
+    strides, base, uses = element_strides(b, acc, affine=True)
+    assert strides["I"] == {"n": 3 * 9 * 8, "c": 9 * 8, "h": 8, "r": 8, "w": 1, "s": 1}
+    assert base["I"] == 0 and uses["I"] == {"n", "c", "h", "r", "w", "s"}
+    shifted = compiler.parse("""def f(float(N) A) -> (B) { B(i) +=! A(2 * i + j + 1) where i in 0:3, j in 0:2 }""").kernel()
+    bs = bind(shifted, dict(N=9))
+    st2, base2, _ = element_strides(bs, {"A": list(shifted.stmts[0].rhs.indices)}, affine=True)
+    assert st2["A"] == {"i": 2, "j": 1} and base2["A"] == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40), F=st.integers(1, 30),
+       R=st.integers(1, 4), S=st.integers(1, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
+       nv=st.integers(1, 3), kc=st.integers(1, 20), pack_a=st.booleans(), pack_b=st.booleans())
+def test_convolutions_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, R, S, threads, mr, nv, kc,
+                                                                    pack_a, pack_b):
+    R, S = min(R, H), min(S, W)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * 2, nc=16 * nv, pack_a=pack_a, pack_b=pack_b)
+    _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl)
+
+
+def test_taps_stay_together_when_threads_split():
+    """Every part takes whole groups of taps (they accumulate into the same rows of C), over
+    batches when there are enough of them, else over rows or columns."""
+    for sizes in (dict(N=4, C=64, H=20, W=64, F=64, R=3, S=3), dict(N=1, C=256, H=3, W=200, F=256, R=3, S=3)):
+        p = _conv(sizes, threads=2).plans[0]
+        T = sizes["R"] * sizes["S"]
+        parts = split_contraction(p, 2)
+        assert len(parts) == 2
+        assert all(q0 % T == 0 and q1 % T == 0 and q1 > q0 for q0, q1, *_ in parts)

@@ -9,10 +9,13 @@ from ir.bind import Bound
 from ir.expr import Var
 
 
-def element_strides(b: Bound, acc: dict) -> tuple[dict, dict, dict] | None:
+def element_strides(b: Bound, acc: dict, affine: bool = False) -> tuple[dict, dict, dict] | None:
     """For ``{tensor: [index expressions]}``: ({tensor: {var: element stride}}, {tensor: constant
     element offset}, {tensor: set of vars it is indexed by}) of row-major storage, or None unless
-    every index is a distinct plain variable."""
+    every index is a distinct plain variable -- or, with ``affine``, a sum of variables with
+    non-negative coefficients and a constant (a convolution's ``I(h + r, w + s)``: h and r both
+    step one row), each variable's strides over the dimensions it indexes added up."""
+    from ir.expr import linear
     strides, base = {}, {}
     for name, idx in acc.items():
         shape, mins = b.shapes[name], b.mins[name]
@@ -20,10 +23,21 @@ def element_strides(b: Bound, acc: dict) -> tuple[dict, dict, dict] | None:
         vs: dict[str, int] = {}
         off = 0
         for d, x in enumerate(idx):
-            if not isinstance(x, Var) or x.name in vs:
-                return None
-            vs[x.name] = st[d]
             off -= mins[d] * st[d]
+            if isinstance(x, Var) and x.name not in vs:
+                vs[x.name] = st[d]
+                continue
+            lin = linear(x) if affine else None
+            if lin is None:
+                return None
+            off += lin.const * st[d]
+            for v, c in lin.terms:
+                if v in b.sizes:
+                    off += c * b.sizes[v] * st[d]
+                elif c < 0:
+                    return None
+                else:
+                    vs[v] = vs.get(v, 0) + c * st[d]
         strides[name], base[name] = vs, off
     return strides, base, {name: set(vs) for name, vs in strides.items()}
 

@@ -176,12 +176,14 @@ class _Emit:
         return b.shuffle_vector(v, L.Constant(self.vt, L.Undefined), L.Constant(L.VectorType(I32, self.bl.vl), [0] * self.bl.vl))
 
     def operands(self, q):
-        """A, B and C at flattened batch index q (batch variables decoded, their strides applied)."""
+        """A, B and C at flattened batch index q (batch variables, then taps, decoded, their
+        strides applied: C's along a tap is 0)."""
         p, b = self.p, self.bld
-        ext = [p.extent(v) for v in p.batch]
+        loops = p.batch + p.taps
+        ext = [p.extent(v) for v in loops]
         base = {n: _c(p.base[n]) for n in (p.a, p.b, p.c)}
         rest = q
-        for d, v in enumerate(p.batch):
+        for d, v in enumerate(loops):
             inner = prod(ext[d + 1:])
             idx = b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0]))
             rest = b.srem(rest, _c(inner))
@@ -474,6 +476,9 @@ class _Emit:
                     accum = b.icmp_signed("!=", pc, k_from) if p.init or bl.split_k else L.Constant(L.IntType(1), 1)
                     if bl.split_k and not p.init:
                         accum = b.or_(accum, first)
+                    if p.taps and p.init:  # every tap but the first adds to what the earlier ones stored
+                        taps = prod(p.extent(v) for v in p.taps)
+                        accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(taps)), _c(0)))
                     if bl.pack_b:
                         b.call(pb, [bpack, B, jc, nc, pc, kc])
 

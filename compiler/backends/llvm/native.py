@@ -39,7 +39,7 @@ PARALLEL_MIN_SECONDS = 1.3e-5  # contractions estimated below this on one core r
 def one_core_seconds(p: Contraction) -> float:
     """A rough single-core time: the FMAs at ~100 GFLOP/s, or for GEMV-like shapes the operands
     streamed at ~60 GB/s, whichever is longer."""
-    nb = prod(p.extent(v) for v in p.batch)
+    nb = prod(p.extent(v) for v in p.batch + p.taps)
     m, n, k = p.extent(p.row), p.extent(p.vec), p.extent(p.red)
     return max(p.flops() / 1e11, 4 * nb * (m * k + k * n + m * n) / 6e10)
 
@@ -338,18 +338,21 @@ def split_reduce(p: Contraction, threads: int) -> list[tuple[int, int, int, int]
 
 
 def _split_ranges(p: Contraction, threads: int) -> list[tuple[tuple[int, ...], tuple[int, int]]]:
+    # flattened batch indices run over the batch variables, then the taps: a part always takes
+    # whole groups of T taps (every tap of its C rows, in order: they accumulate into one C)
+    T = prod(p.extent(v) for v in p.taps)
     nb = prod(p.extent(v) for v in p.batch)
     (mlo, mhi), (nlo, nhi) = p.dom[p.row], p.dom[p.vec]
     klo, khi = p.dom[p.red]
     bl = p.blocking
     if one_core_seconds(p) < PARALLEL_MIN_SECONDS or threads <= 1:
-        return [((0, nb, mlo, mhi, nlo, nhi), (klo, khi))]
+        return [((0, nb * T, mlo, mhi, nlo, nhi), (klo, khi))]
     if bl.split_k:
         per = -(-(-(-(khi - klo) // bl.kc)) // threads) * bl.kc
         return [((0, nb, mlo, mhi, nlo, nhi), (a, min(khi, a + per))) for a in range(klo, khi, per)]
     if nb >= threads:
         step = -(-nb // threads)
-        return [((q, min(nb, q + step), mlo, mhi, nlo, nhi), (klo, khi)) for q in range(0, nb, step)]
+        return [((q * T, min(nb, q + step) * T, mlo, mhi, nlo, nhi), (klo, khi)) for q in range(0, nb, step)]
     mt, nt = -(-(mhi - mlo) // bl.mr), -(-(nhi - nlo) // bl.nr)
     out = []
     for q in range(nb):
@@ -357,10 +360,10 @@ def _split_ranges(p: Contraction, threads: int) -> list[tuple[tuple[int, ...], t
         # the longer side, so the part every thread touches whole is the smaller operand
         if p.form == "dot" or ((mhi - mlo >= nhi - nlo or nt < threads) and mt >= threads):  # dot: whole rows
             per = -(-mt // threads) * bl.mr
-            out += [((q, q + 1, a, min(mhi, a + per), nlo, nhi), (klo, khi)) for a in range(mlo, mhi, per)]
+            out += [((q * T, (q + 1) * T, a, min(mhi, a + per), nlo, nhi), (klo, khi)) for a in range(mlo, mhi, per)]
         else:
             per = -(-nt // threads) * bl.nr
-            out += [((q, q + 1, mlo, mhi, a, min(nhi, a + per)), (klo, khi)) for a in range(nlo, nhi, per)]
+            out += [((q * T, (q + 1) * T, mlo, mhi, a, min(nhi, a + per)), (klo, khi)) for a in range(nlo, nhi, per)]
     return out
 
 
@@ -434,7 +437,7 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             changes = {**(blocking or {}), **((blockings or {}).get(si) or {})}
             plans[si] = p.with_blocking(**changes) if changes else p
 
-    fused = {si: epilogue(k, b, p) for si, p in plans.items()}
+    fused = {si: epilogue(k, b, p) if not p.taps else [] for si, p in plans.items()}  # taps: C is whole after the last
     skip = {j for js in fused.values() for j in js}
     plans = {si: (replace(p, epilogue=tuple(fused[si])) if fused[si] else p) for si, p in plans.items()}
 
