@@ -421,3 +421,35 @@ def test_a_statement_reading_its_own_output_elsewhere_is_refused_where_it_would_
     ck = compiler.build(src, target="sim-nnp", sizes=dict(N=10))
     ins = random_inputs(ck.kernel, ck.bound)
     assert compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)[0]
+
+
+@pytest.mark.parametrize("dtype", ["float", "double"])
+def test_intrinsic_math_and_max_reductions_match_numpy_at_the_edges(dtype):
+    """sqrt, fabs, floor, ceil, trunc, round, copysign, fmax, fmin go through LLVM intrinsics (so
+    loops around them vectorise) and max / min reductions through llvm.maximum / minimum: the
+    same results as libm and numpy on negative zeros, halves, infinities and NaN, and a NaN in a
+    row makes its max and min NaN as numpy's maximum.reduce does."""
+    src = f"""def f({dtype}(N, D) A, {dtype}(N, D) B) -> (S, F, C, T, R, Y, X, M, mx, mn) {{
+        S(n, d) = sqrt(fabs(A(n, d)))
+        F(n, d) = floor(A(n, d))
+        C(n, d) = ceil(A(n, d))
+        T(n, d) = trunc(A(n, d))
+        R(n, d) = round(A(n, d))
+        Y(n, d) = copysign(A(n, d), B(n, d))
+        X(n, d) = fmax(A(n, d), B(n, d))
+        M(n, d) = fmin(A(n, d), B(n, d))
+        mx(n) max=! A(n, d)
+        mn(n) min=! A(n, d)
+    }}"""
+    vals = [-0.0, 0.0, 0.5, -0.5, 1.5, -2.5, 2.4999, np.inf, -np.inf, 3.0, -7.25, 1e-30]
+    D = len(vals)
+    A = np.array([vals, vals[::-1], [np.nan] + vals[1:], np.linspace(-40, 40, D)], dtype=np.float32 if dtype == "float" else np.float64)
+    B = np.roll(A, 3, axis=1)
+    B[3, 2] = np.nan
+    ck = compiler.build(src, target="cpu", sizes=dict(N=4, D=D))
+    out = ck.run_all(A=A, B=B)
+    ref = ir.interp.run(ck.kernel, {"A": A, "B": B}, ck.sizes)
+    for name, r in ref.items():
+        np.testing.assert_array_equal(out[name], r, err_msg=name)
+    assert np.isnan(out["mx"][2]) and np.isnan(out["mn"][2])
+    np.testing.assert_array_equal(out["mx"][[0, 1, 3]], np.max(A[[0, 1, 3]], axis=1))
