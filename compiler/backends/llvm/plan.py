@@ -132,7 +132,7 @@ class Blocking:
         # wide B: each A panel serves many NR tiles; a gathered A (no unit stride) is packed once
         # two tiles share its panels, and read in place by one (a convolution's Wt(f, c, r, s) in
         # each tap's pass over 28 output columns: conv2d 8x64x30x30 * 128x3x3 7.7 -> 4.2 ms, 2
-        # threads, alternating rounds; torch.conv2d 5.0)
+        # threads, builds of both in one process, alternating rounds)
         pack_a = (not a_contiguous and n > nr) or n > 4 * nr
         # aliased A rows are packed from four NR tiles up (a packed panel is one stream). Bench
         # harness on a Zen 4 VM, 2 threads, ratio to numpy in the same run: 4096x128x4096 0.83 ->
