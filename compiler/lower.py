@@ -408,18 +408,17 @@ class _NestLowering:
             count = self.batch(o, route)
             at = dict((a, inner[a]) for a in o.axes)
             sub = Var(f"_jpf{o.name}{self.tag}")
-            others = [a for a in order if a not in o.axes and ns.tile(a) > 1]  # in loop order
+            # a step-0 block at the first visit of the axes the operand does not span; a later
+            # step's at the (i * P / L)-th iteration over those with several blocks (in loop order)
+            others = [a for a in order if a not in o.axes and ns.tile(a) > 1] if spread else []
             once = [(inner[a.name], C(1)) for a in n.axes if a.name not in o.axes and a.name not in others]
-            own = [a for a in o.axes if ns.tile(a) > 1]
             if count > 1:
                 last = o.axes[-1]
                 once.append((mod(inner[last], count), C(1)))
                 at[last] = add(inner[last], sub)
-            if others and not spread:  # the first visit
-                once += [(inner[a], C(1)) for a in others]
-            elif others:  # spread: the (i * P / L)-th iteration over the other axes
+            if others:
                 lin, blocks_of = C(0), 1
-                for a in own:
+                for a in (a for a in o.axes if ns.tile(a) > 1):
                     per = count if count > 1 and a == o.axes[-1] else 1  # a batch: one load per `count` blocks
                     lin = add(mul(lin, C(-(-ns.tile(a) // per))), div(inner[a], per))
                     blocks_of *= -(-ns.tile(a) // per)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from math import prod
 
 from ir.bind import Bound
-from ir.expr import Var
+from ir.expr import Var, linear
 
 
 def element_strides(b: Bound, acc: dict, affine: bool = False) -> tuple[dict, dict, dict] | None:
@@ -15,7 +15,6 @@ def element_strides(b: Bound, acc: dict, affine: bool = False) -> tuple[dict, di
     every index is a distinct plain variable -- or, with ``affine``, a sum of variables with
     non-negative coefficients and a constant (a convolution's ``I(h + r, w + s)``: h and r both
     step one row), each variable's strides over the dimensions it indexes added up."""
-    from ir.expr import linear
     strides, base = {}, {}
     for name, idx in acc.items():
         shape, mins = b.shapes[name], b.mins[name]

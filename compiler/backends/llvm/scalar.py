@@ -45,6 +45,12 @@ _INTRINSIC = {"sqrt": "sqrt", "fabs": "fabs", "floor": "floor", "ceil": "ceil", 
               "round": "round", "copysign": "copysign", "fmax": "maxnum", "fmin": "minnum"}
 
 
+def _float_suffix(d: DType) -> str | None:
+    """An LLVM intrinsic's type suffix for the type a float dtype is held in (f32: bfloat16 too;
+    f64), else None."""
+    return {"float": "f32", "double": "f64"}.get(str(lltype(d))) if d.is_float else None
+
+
 def lltype(d: DType):
     if d == BOOL:
         return L.IntType(1)
@@ -128,12 +134,12 @@ class _Gen:
         return b.select(isnan, v, rounded)
 
     def libm(self, name: str, d: DType, n: int):
-        if name in _INTRINSIC and d.bits in (32, 64):
+        if name in _INTRINSIC and _float_suffix(d):
             # the same function as an LLVM intrinsic: no errno, so LLVM hoists it out of loops
             # it does not vary in and vectorises it (layernorm's rsqrt(var(n) + eps) called
             # sqrtf per element: its last statement 431 -> 25 us at 256 x 1024)
             t = lltype(d)
-            return self.intrinsic(f"llvm.{_INTRINSIC[name]}.f{d.bits}", t, [t] * n)
+            return self.intrinsic(f"llvm.{_INTRINSIC[name]}.{_float_suffix(d)}", t, [t] * n)
         fname = _LIBM[name] + ("" if d.bits == 64 else "f")
         f = self.mod.globals.get(fname)
         if f is None:
@@ -404,12 +410,12 @@ class _Gen:
             def fold():
                 v = self.convert(self.ev(s.rhs), s.rhs.dtype, common)
                 acc = self.bld.load(slot)
-                ty = lltype(common)
-                suffix = {"float": "f32", "double": "f64"}.get(str(ty)) if common.is_float else None
+                suffix = _float_suffix(common)
                 if suffix and s.op in ("max", "min"):
                     # llvm.maximum / minimum: NaN-propagating like numpy's maximum / minimum, and a
                     # reduction LLVM vectorises (the compare-and-select it replaces stayed scalar,
                     # one dependent step per element: softmax's row max 122 -> 18 us at 256 x 1024)
+                    ty = lltype(common)
                     fn = self.intrinsic(f"llvm.{'maximum' if s.op == 'max' else 'minimum'}.{suffix}", ty, [ty, ty])
                     self.bld.store(self.bld.call(fn, [acc, v]), slot)
                     return
