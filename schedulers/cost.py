@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from math import ceil, prod
 
+from ir.dtypes import BY_NAME
 from ir.target import Target
 
 from compiler.nest import Nest
@@ -19,10 +20,16 @@ from compiler.routes import multicast_variant, route_in, route_load_output, rout
 from .base import NestSchedule
 
 
-def block_bytes(target: Target, o, c) -> int:
-    """Bytes one copy moves for one block: counted at the main-memory side when it touches it."""
+def block_bytes(target: Target, nest: Nest, o, c) -> int:
+    """Bytes one copy moves for one block: counted at the main-memory side when it touches it.
+
+    There the tensor's own element size counts, as in the simulator: a gathering copy that
+    stands in for a converting one (sim-tpu's bf16 ``ld_gather`` reading an fp32 tensor)
+    moves the tensor's bytes, not its declared operand's."""
     elems = prod(o.op.shape) if o.op.shape else 1
     side = c.outputs[0] if c.outputs[0].memory == target.main else c.inputs[0]
+    if side.memory == target.main and o.tensor is not None:
+        return elems * BY_NAME[nest.tensor_dtype(o.tensor)].itemsize
     return elems * side.dtype.itemsize
 
 
@@ -34,7 +41,7 @@ def auto_prefetch(target: Target, nest: Nest, ns: NestSchedule) -> int:
     compute = step_execs * nest.instr.cycles() / target.engine(nest.instr.engine).count
     lat = 0
     for o in nest.inputs:
-        lat = max(lat, sum(c.latency + c.cycles(block_bytes(target, o, c)) for c in route_in(target, nest, o)))
+        lat = max(lat, sum(c.latency + c.cycles(block_bytes(target, nest, o, c)) for c in route_in(target, nest, o)))
     if compute <= 0 or pl.steps <= 1:
         return 1
     return max(1, min(8, ceil(lat / compute)))
@@ -78,7 +85,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
             per_tile_instrs = ceil(tile_blocks / batch) if tile_blocks else 1
             chain_lat = 0.0
             for c in route:
-                nbytes = block_bytes(target, o, c)
+                nbytes = block_bytes(target, nest, o, c)
                 occ = c.cycles(nbytes * batch) if c.occupancy is None else c.occupancy * batch
                 frac = valid if c.partial else 1.0
                 eng = target.engine(c.engine).count
@@ -93,7 +100,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                     main_bytes += loads * tile_blocks * nbytes * frac * active * spread / share
             if o.is_output and route is routes[0]:
                 store = per_tile_instrs * max(
-                    (c.cycles(block_bytes(target, o, c) * batch) if c.occupancy is None else c.occupancy)
+                    (c.cycles(block_bytes(target, nest, o, c) * batch) if c.occupancy is None else c.occupancy)
                     for c in route)
                 drain += chain_lat + store
                 if pl.slots[o.name] == 1 and loads > 1 and d > 0:
@@ -107,7 +114,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
             elif not o.is_output and route:
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
                 first = route[0]
-                first_occ += (first.cycles(block_bytes(target, o, first) * batch)
+                first_occ += (first.cycles(block_bytes(target, nest, o, first) * batch)
                               if first.occupancy is None else first.occupancy)
     fill += load_lat + first_occ
     mem = target.memory(target.main)

@@ -75,6 +75,7 @@ def core_grids(target: Target, nest: Nest) -> list[tuple]:
 
 
 TIE = 0.01  # modeled cycles this close count as a tie
+MAX_TAPS = 16  # loop reductions this short may be tiled whole
 
 
 def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
@@ -85,11 +86,15 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
+    # short reduction loops outside the instruction (a convolution's filter taps) either step
+    # one at a time or come whole in each tile: whole, the operands that span them (the
+    # filter) stay on chip instead of being reloaded for every output tile
+    taps = [a for a in nest.axes if a.instr_var is None and a.reduction and 1 < a.blocks <= MAX_TAPS]
     evaluated = 0
     costed: list = []
     for split in splits:
         caps = {a.name: -(-a.blocks // dict(split).get(a.name, 1)) for a in nest.axes}
-        choices = [_tile_choices(caps[a.name], full) for a in tunable]
+        choices = [_tile_choices(caps[a.name], full) for a in tunable] + [[1, a.blocks] for a in taps]
         perms = list(itertools.permutations([a.name for a in par_bound])) or [()]
         for perm in perms:
             order = default_order(nest, list(perm))
@@ -97,7 +102,7 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                 evaluated += 1
                 if evaluated > limit:
                     break
-                ns = fitted(target, nest, dict(zip((a.name for a in tunable), combo)), order, split)
+                ns = fitted(target, nest, dict(zip((a.name for a in tunable + taps), combo)), order, split)
                 if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)

@@ -27,6 +27,7 @@ from compiler.bench.progress import Progress
 from .base import NestSchedule, Schedule, get, register
 from .cost import auto_prefetch, schedule_cost
 from .learned import features, make_model, spearman
+from .search import MAX_TAPS
 from .space import candidates, fits
 
 
@@ -70,9 +71,13 @@ def mutate(rng: random.Random, t: Target, cands, sched: Schedule) -> Schedule | 
     kind = rng.choice(["tile", "tile", "tile", "split", "order", "prefetch", "output"])
     split, order, pf, out = ns.split, ns.order, ns.prefetch, ns.out_slots
     if kind == "tile":
-        a = rng.choice([x.name for x in n.axes if x.instr_var is not None] or [x.name for x in n.axes])
+        taps = [x.name for x in n.axes if x.instr_var is None and x.reduction and 1 < x.blocks <= MAX_TAPS]
+        a = rng.choice([x.name for x in n.axes if x.instr_var is not None] + taps or [x.name for x in n.axes])
         cap = -(-n.axis(a).blocks // ns.parts(a))
-        tiles[a] = max(1, min(cap, rng.choice([tiles[a] * 2, tiles[a] // 2, tiles[a] + 1, tiles[a] - 1, cap])))
+        if a in taps:  # a filter's taps: one at a time or all in each tile (search.best_nest)
+            tiles[a] = 1 if tiles[a] > 1 else cap
+        else:
+            tiles[a] = max(1, min(cap, rng.choice([tiles[a] * 2, tiles[a] // 2, tiles[a] + 1, tiles[a] - 1, cap])))
     elif kind == "split" and t.cores > 1:
         par = [a for a in n.axes if not a.reduction and a.blocks > 1]
         if par:
