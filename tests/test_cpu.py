@@ -6,6 +6,8 @@ from math import prod
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import compiler
 import hw_models
@@ -453,3 +455,35 @@ def test_intrinsic_math_and_max_reductions_match_numpy_at_the_edges(dtype):
         np.testing.assert_array_equal(out[name], r, err_msg=name)
     assert np.isnan(out["mx"][2]) and np.isnan(out["mn"][2])
     np.testing.assert_array_equal(out["mx"][[0, 1, 3]], np.max(A[[0, 1, 3]], axis=1))
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 37),
+       r=st.integers(1, 4), s=st.integers(1, 4), op=st.sampled_from(["+=!", "max=!", "+="]))
+def test_short_reductions_run_innermost_around_a_vectorised_output_row(n, c, h, w, r, s, op):
+    """Filter taps (at most MAX_TAPS points per output) are summed innermost in a register with
+    the output row vectorised around them; any width, any tap count, any reduction, and a
+    statement that adds to what an earlier one wrote, against the reference."""
+    src = f"""def dw(float(N, C, H, W) I, float(C, R, S) Wt) -> (O) {{
+        O(n, c, h, w) = I(n, c, h, w)
+        O(n, c, h, w) {op} I(n, c, h + r, w + s) * Wt(c, r, s) where h in 0:H-R+1, w in 0:W-S+1
+    }}""" if op == "+=" else f"""def dw(float(N, C, H, W) I, float(C, R, S) Wt) -> (O) {{
+        O(n, c, h, w) {op} I(n, c, h + r, w + s) * Wt(c, r, s)
+    }}"""
+    k = compiler.parse(src).kernel()
+    sizes = dict(N=n, C=c, H=h + r - 1, W=w + s - 1, R=r, S=s)
+    ck = compiler.build(k, target="cpu", sizes=sizes)
+    ins = random_inputs(ck.kernel, ck.bound, seed=w)
+    ok, err, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes))
+    assert ok, per
+
+
+def test_the_output_row_around_filter_taps_carries_a_vectorise_loop_hint():
+    ck = compiler.build(kernels.path("depthwise_conv2d"), target="cpu",
+                        sizes=dict(N=1, C=2, H=6, W=30, R=3, S=3))
+    text = ck.native.llvm_ir
+    assert "isamap.vectorize" not in text  # every marked node was made a loop ID
+    ids = [line for line in text.splitlines() if "distinct" in line]
+    assert len(ids) == 1 and ids[0].startswith(ids[0].split(" ")[0] + " = distinct !{ " + ids[0].split(" ")[0])
+    assert '"llvm.loop.vectorize.enable", i1 1' in text and '"llvm.loop.unroll.disable"' in text
+    assert "<8 x float>" in ck.native.optimized or "<16 x float>" in ck.native.optimized

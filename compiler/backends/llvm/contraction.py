@@ -37,9 +37,10 @@ def _c(v: int):
     return L.Constant(I64, v)
 
 
-def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, name: str):
+def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, name: str, loop_md=None):
     """``for (v = lo; v < hi; v += step) body(v)`` in ``fn`` at the builder's position; lo/hi are
-    values of type ``ty`` or ints.  Shared by the contraction and scalar generators."""
+    values of type ``ty`` or ints; ``loop_md``, ``llvm.loop`` metadata for its back edge.  Shared
+    by the contraction and scalar generators."""
     lo = L.Constant(ty, lo) if isinstance(lo, int) else lo
     hi = L.Constant(ty, hi) if isinstance(hi, int) else hi
     pre = b.block
@@ -54,7 +55,9 @@ def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, na
     b.position_at_end(blk)
     body(phi)
     phi.add_incoming(b.add(phi, L.Constant(ty, step)), b.block)
-    b.branch(head)
+    br = b.branch(head)
+    if loop_md is not None:
+        br.set_metadata("llvm.loop", loop_md)
     b.position_at_end(done)
 
 
