@@ -171,6 +171,10 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
             else:
                 acc = e
             gather = any(t.startswith(f"{o.name}: gather") for t in step.transforms)
+            if any(t.startswith(f"{o.name}: scatter") for t in step.transforms):
+                # tiles are stored by plain block copies; a scattered output is the host's
+                # (the llvm backend's transposed output tiles)
+                raise Unsupported(f"{o.name} would be written by a scatter")
             used_vars.update(v for v in vars_of(acc) if v in dom)
             ops.append(OperandInfo(o.name, o, acc.tensor, acc, None, o.is_output, [], gather))
         out_op = next(o for o in ops if o.is_output)

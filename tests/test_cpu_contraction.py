@@ -437,3 +437,44 @@ def test_taps_stay_together_when_threads_split():
         parts = split_contraction(p, 2)
         assert len(parts) == 2
         assert all(q0 % T == 0 and q1 % T == 0 and q1 > q0 for q0, q1, *_ in parts)
+
+
+@settings(max_examples=25, deadline=None)
+@given(M=st.integers(16, 130), N=st.integers(1, 15), K=st.integers(1, 90), threads=st.integers(1, 3),
+       mr=st.integers(1, 9), nv=st.integers(1, 3), kc=st.integers(1, 40), pack_a=st.booleans(),
+       pack_b=st.booleans())
+def test_a_narrow_tn_gemm_runs_its_vector_along_m_and_is_correct(M, N, K, threads, mr, nv, kc, pack_a, pack_b):
+    """C(m, n) +=! A(k, m) * B(k, n) with N below a vector: 16 values of m at a time from A's
+    rows, C's tiles gathered and scattered element by element, under any blocking."""
+    nk, out, ref = _gemm("gemm_tn", M, N, K, threads)
+    p = nk.plans[0]
+    assert (p.vec, p.row, p.a, p.b) == ("m", "n", "B", "A") and p.strides["C"]["m"] == N and not p.streams()
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * 2, nc=16 * nv * 3, pack_a=pack_a, pack_b=pack_b)
+    nk, out, ref = _gemm("gemm_tn", M, N, K, threads, blocking=bl)
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4), bl
+
+
+@pytest.mark.parametrize("M,N,K,threads,vec", [
+    (512, 8, 5000, 2, "m"),   # B from memory: K split across threads, partial sums added
+    (40, 24, 700, 2, "m"),    # a tall A (K >= 16 M) read along its rows
+    (40, 24, 600, 1, "n"),    # not tall enough: the vector along n, whole-vector stores
+    (64, 16, 64, 2, "n"),     # a full vector along n: unchanged
+])
+def test_tn_orientation_follows_n_and_the_height_of_a(M, N, K, threads, vec):
+    nk, out, ref = _gemm("gemm_tn", M, N, K, threads)
+    assert nk.plans[0].vec == vec, nk.plans[0].describe()
+    assert np.allclose(out, ref, atol=1e-4 * K, rtol=1e-4)
+
+
+def test_a_transposed_output_tile_runs_its_fused_epilogue():
+    src = """def f(float(K, M) A, float(K, N) B, float(N) bias) -> (C, D) {
+        C(m, n) +=! A(k, m) * B(k, n)
+        D(m, n) = fmax(C(m, n) + bias(n), 0.0)
+    }"""
+    k = compiler.parse(src).kernel()
+    ck = compiler.build(k, target="cpu", sizes=dict(M=53, N=5, K=77))
+    assert ck.native.plans[0].vec == "m"
+    ins = random_inputs(ck.kernel, ck.bound, seed=3)
+    ok, err, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes))
+    assert ok, per

@@ -286,7 +286,6 @@ def test_convolution_taps_come_whole_and_the_model_counts_gathered_tensor_bytes(
     filter stays on chip (mapping k=c instead of gathering im2col windows of I; 8x64x30x30 *
     128x3x3 114934 -> 70447 cycles), and the model prices a bf16 gathering copy of an fp32
     tensor at the tensor's 4 bytes an element, as the simulator moves them."""
-    from schedulers.cost import nest_cost
     from schedulers.search import best_nest
     from schedulers.tune import measure
     t = hw_models.load("sim-tpu")

@@ -311,8 +311,13 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
         gather = f"rows of {e.tensor} are strided: its last dimension is a loop, not a tile dimension"
     if gather:
         if is_out:
-            raise Reject("access", f"writing {e.tensor} would need a scatter ({gather}); no instruction "
-                         f"provides one")
+            g = [c for c in ctx.target.copy_instrs
+                 if c.gather and c.inputs[0].memory == instr.operand(opname).memory]
+            if not g:
+                raise Reject("access", f"writing {e.tensor} would need a scatter ({gather}); no instruction "
+                             f"provides one")
+            out.append(f"{opname}: scatter {e.tensor} via {g[0].name} ({gather})")
+            return out
         g = [c for c in ctx.target.copy_instrs if c.gather and c.outputs[0].memory == instr.operand(opname).memory]
         if not g:
             raise Reject("access", f"{gather}; it needs a gathering copy into "

@@ -413,8 +413,10 @@ class _Emit:
                 accs[i][v].add_incoming(new[i][v], body)
         b.cbranch(b.icmp_signed("<", k2, kc), body, out)
         b.position_at_end(out)
-        crs = p.strides[p.c][p.row]
+        crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
         full = b.and_(b.icmp_signed("==", mv, _c(bl.mr)), b.icmp_signed("==", nv, _c(bl.nr)))
+        if cvs != 1:  # C's vector index is not its unit-stride one: every tile element by element
+            full = L.Constant(L.IntType(1), 0)
 
         def store_full():
             for i in range(bl.mr):
@@ -432,7 +434,7 @@ class _Emit:
 
             def row(i):
                 def col(j):
-                    ptr = self.at(c, b.add(b.mul(i, _c(crs)), j))
+                    ptr = self.at(c, b.add(b.mul(i, _c(crs)), b.mul(j, _c(cvs)) if cvs != 1 else j))
                     t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
                     cur = b.load(ptr)
                     b.store(b.select(accum, b.fadd(t, cur), t), ptr)

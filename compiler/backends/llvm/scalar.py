@@ -332,8 +332,7 @@ class _Gen:
         ``vectorize``: ask LLVM to vectorise this loop and not to unroll it first.  A short
         constant trip count (a convolution's 28-wide output row) is otherwise unrolled whole
         before the loop vectoriser runs, its elements promoted to 28 scalar registers across
-        the reduction loops around it, and nothing vectorises them (depthwise 3x3 convolution,
-        8x64x30x30: 2.2 -> see docs/cpu.md)."""
+        the reduction loops around it, and nothing vectorises them."""
         def run(phi):
             self.vars[var] = phi
             body()
