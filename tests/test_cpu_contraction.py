@@ -10,7 +10,7 @@ import ir.interp
 import kernels
 from compiler.backends.llvm import compile_cpu, native
 from compiler.backends.llvm.native import split_contraction
-from compiler.backends.llvm.plan import Blocking, cache_levels
+from compiler.backends.llvm.plan import BIG_KC, Blocking, cache_levels
 from compiler.checking import compare, random_inputs
 from ir.bind import bind
 
@@ -128,7 +128,8 @@ def _with_caches(t, l1: int, l2: int):
 
 def test_large_packed_gemms_take_longer_k_blocks_and_stay_correct():
     """Both operands packed: K blocks of a B micro-panel twice the L1 (the C tiles are read and
-    written half as often); narrow GEMMs (A read in place) keep the L1-sized block where L2 is
+    written half as often), up to BIG_KC steps on a big L2, C tiles prefetched where C comes from
+    memory; narrow GEMMs (A read in place) keep the L1-sized block where L2 is
     small, and take K blocks of an eighth of a big (2 MiB) L2, with an A block as big, where A's
     rows run along K."""
     for l1, l2 in ((32 << 10, 1 << 20), (48 << 10, 2 << 20)):  # Zen 4's caches, a recent Xeon's
@@ -136,7 +137,13 @@ def test_large_packed_gemms_take_longer_k_blocks_and_stay_correct():
         wide = Blocking.for_target(t, 16, "zmm", 2048, 2048, 2048, 2)
         narrow = Blocking.for_target(t, 16, "zmm", 2560, 64, 2560, 2, a_row_stride=2560)
         assert wide.pack_a and wide.pack_b and not narrow.pack_a and narrow.pack_b
-        assert l1 < wide.kc * wide.nr * 4 <= 2 * l1
+        if l2 < (2 << 20):
+            assert l1 < wide.kc * wide.nr * 4 <= 2 * l1
+        else:  # 6 x 4 vectors with B's micro-panels streaming from L2: up to BIG_KC steps
+            assert wide.nv == 4 and 2 * l1 < wide.kc * wide.nr * 4 and wide.kc <= BIG_KC
+            assert wide.kc == -(-2048 // -(-2048 // BIG_KC)) and wide.mc * wide.kc * 4 <= l2 // 2  # balanced
+        assert wide.prefetch_c  # C (16 MiB) comes from memory: its tiles are prefetched
+        assert not Blocking.for_target(t, 16, "zmm", 512, 512, 2048, 2).prefetch_c  # 1 MiB of C
         if l2 < (2 << 20):
             assert narrow.kc * narrow.nr * 4 <= l1
         else:
@@ -148,6 +155,10 @@ def test_large_packed_gemms_take_longer_k_blocks_and_stay_correct():
     nk, out, ref = _gemm("gemm", 233, 161, 1031, threads=2)  # ragged row, column and K blocks
     bl = nk.plans[0].blocking
     assert bl.pack_a and bl.pack_b and bl.kc > 256 and 1031 % bl.kc
+    assert np.allclose(out, ref, atol=1e-4 * 1031, rtol=1e-4)
+    # C tiles prefetched (past C's end on the edges: a hint, never a fault) and 6 x 4 tiles
+    nk, out, ref = _gemm("gemm", 233, 161, 1031, threads=2, blocking=dict(prefetch_c=True, mr=6, nv=4, kc=500))
+    assert nk.plans[0].blocking.prefetch_c and "C tiles prefetched" in nk.plans[0].describe()
     assert np.allclose(out, ref, atol=1e-4 * 1031, rtol=1e-4)
     # long in-place K blocks with ragged edges: M, N and K not multiples of the tiles and blocks
     nk, out, ref = _gemm("gemm", 233, 71, 2111, threads=2, target=_with_caches(CPU, 48 << 10, 2 << 20))

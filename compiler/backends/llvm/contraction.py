@@ -368,6 +368,14 @@ class _Emit:
         b = self.bld
         zero = L.Constant(self.vt, [0.0] * bl.vl)
         tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
+        if bl.prefetch_c and p.strides[p.c][p.vec] == 1:
+            # the C tile this call adds to, on its way while the k loop runs (a C from memory)
+            pf = self.prefetch_fn()
+            crs0 = p.strides[p.c][p.row]
+            for i in range(bl.mr):
+                for line in range(0, bl.nr * 4, 64):
+                    addr = b.bitcast(self.at(c, i * crs0 + line // 4), L.IntType(8).as_pointer())
+                    b.call(pf, [addr, L.Constant(I32, 1), L.Constant(I32, 3), L.Constant(I32, 1)])
         entry = b.block
         body = fn.append_basic_block("k.body")
         out = fn.append_basic_block("k.done")
