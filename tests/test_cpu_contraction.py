@@ -489,3 +489,17 @@ def test_a_transposed_output_tile_runs_its_fused_epilogue():
     ins = random_inputs(ck.kernel, ck.bound, seed=3)
     ok, err, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes))
     assert ok, per
+
+
+def test_a_tn_a_beyond_the_cache_is_packed_with_the_in_place_tiles():
+    """A(k, m) of more than STRIDED_A_BYTES is packed (read once along its rows, not a line
+    per k step from memory), keeping the tiles and blocks of an A read in place."""
+    from compiler.backends.llvm.plan import STRIDED_A_BYTES
+    t = _with_caches(CPU, 48 << 10, 2 << 20)
+    small = Blocking.for_target(t, 16, "zmm", 2560, 64, 2560, 2, a_row_stride=0)
+    big = Blocking.for_target(t, 16, "zmm", 7680, 64, 2560, 2, a_row_stride=0)
+    assert 2560 * 2560 * 4 < STRIDED_A_BYTES < 7680 * 2560 * 4
+    assert not small.pack_a and big.pack_a and (big.mr, big.nv, big.kc) == (small.mr, small.nv, small.kc)
+    nk, out, ref = _gemm("gemm_tn", 4100, 21, 2100, threads=2)  # 34 MB of A; ragged tiles
+    assert nk.plans[0].blocking.pack_a and nk.plans[0].vec == "n"
+    assert np.allclose(out, ref, atol=1e-4 * 2100, rtol=1e-4)

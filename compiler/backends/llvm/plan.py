@@ -29,6 +29,7 @@ def cache_levels(t: Target) -> list:
 
 
 PACK_B_ROW_TILES = 16  # row tiles sharing each B panel from which packing B pays off
+STRIDED_A_BYTES = 32 << 20  # an A(k, m) this big is packed (Blocking.for_target)
 BIG_KC = 864  # longest K blocks of packed GEMMs on a big private L2 (Blocking.for_target)
 BIG_L2 = 2 << 20  # a private L2 this big takes long in-place K blocks (Blocking.for_target)
 
@@ -136,6 +137,18 @@ class Blocking:
         # each tap's pass over 28 output columns: conv2d 8x64x30x30 * 128x3x3 7.7 -> 4.2 ms, 2
         # threads, builds of both in one process, alternating rounds)
         pack_a = (not a_contiguous and n > nr) or n > 4 * nr
+        pack_tn = a_contiguous and not a_row_stride and m >= mr and m * k * 4 > STRIDED_A_BYTES and not pack_a
+        if pack_tn:
+            # A(k, m) (a TN GEMM) bigger than the cache it can stay in between calls: read in
+            # place, each k step one line of a far-apart row, it comes from memory at a fraction
+            # of the bandwidth; packed, it is read once along its rows.  Measured on a
+            # Sapphire-Rapids-class VM (480 MiB L3 reported), 2 threads, builds of both in one
+            # process, ratio to numpy in the same run: 7680x64x2560 (A 75 MiB) 0.69 -> 1.03,
+            # 4096x64x4096 (64 MiB) 0.89 -> 1.27; below (2560x64x2560, 25 MiB: 1.26 -> 1.02,
+            # 1760x64x1760 1.39 -> 1.16, 3072x16x1024 1.70 -> 0.67) in place is faster.  The
+            # tiles and blocks stay those of an A read in place (set at the end): with the big
+            # GEMMs' 6 x 4 tiles and long K blocks 7680x64x2560 ran at 0.80
+            pass
         # aliased A rows are packed from four NR tiles up (a packed panel is one stream). Bench
         # harness on a Zen 4 VM, 2 threads, ratio to numpy in the same run: 4096x128x4096 0.83 ->
         # 0.99, 3072x128x1024 0.66 -> 0.96, but 2048x128x2048 0.93 -> 0.89 (its 16 MB A stays in
@@ -214,8 +227,8 @@ class Blocking:
         mc = min(mc, -(-m // mr) * mr)
         share = l3 // max(1, threads) if any(x.shared for x in caches[2:3]) else l3
         nc = max(nr, min(-(-n // nr) * nr, ((share // 2) // (kc * 4)) // nr * nr))
-        return Blocking(vl, mr, nv, kc, mc, nc, pack_a, prefetch, pack_b, split_k, bool(stream_kc) and not pack_b,
-                        c_from_memory)
+        return Blocking(vl, mr, nv, kc, mc, nc, pack_a or pack_tn, prefetch, pack_b, split_k,
+                        bool(stream_kc) and not pack_b, c_from_memory)
 
 
 def _rows_share_an_l1_set(caches, row_stride: int) -> bool:
