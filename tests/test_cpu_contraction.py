@@ -503,3 +503,18 @@ def test_a_tn_a_beyond_the_cache_is_packed_with_the_in_place_tiles():
     nk, out, ref = _gemm("gemm_tn", 4100, 21, 2100, threads=2)  # 34 MB of A; ragged tiles
     assert nk.plans[0].blocking.pack_a and nk.plans[0].vec == "n"
     assert np.allclose(out, ref, atol=1e-4 * 2100, rtol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_few_rows_over_a_b_from_memory_take_two_tiles_and_split_k(threads):
+    """16 rows (a tall TN GEMM turned round) over a B bigger than a quarter of L3: two row
+    tiles two vectors wide, K blocks of 32, the threads splitting K; correct with ragged edges."""
+    from dataclasses import replace
+    l3 = cache_levels(CPU)[2].name
+    small_l3 = replace(CPU, memories=tuple(replace(m, capacity=1 << 20) if m.name == l3 else m for m in CPU.memories))
+    bl = Blocking.for_target(small_l3, 16, "zmm", 16, 150, 3000, 2)
+    assert (bl.mr, bl.nv, bl.kc, bl.split_k) == (8, 2, 32, True)
+    nk, out, ref = _gemm("gemm_tn", 150, 16, 3001, threads, target=small_l3)
+    p = nk.plans[0]
+    assert p.vec == "m" and (p.blocking.mr, p.blocking.nv, p.blocking.split_k) == (8, 2, threads > 1)
+    assert np.allclose(out, ref, atol=1e-4 * 3001, rtol=1e-4)

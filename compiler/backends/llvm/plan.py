@@ -29,6 +29,7 @@ def cache_levels(t: Target) -> list:
 
 
 PACK_B_ROW_TILES = 16  # row tiles sharing each B panel from which packing B pays off
+FEW_ROWS = 16  # rows one tile takes whole where B comes from memory (Blocking.for_target)
 STRIDED_A_BYTES = 32 << 20  # an A(k, m) this big is packed (Blocking.for_target)
 BIG_KC = 864  # longest K blocks of packed GEMMs on a big private L2 (Blocking.for_target)
 BIG_L2 = 2 << 20  # a private L2 this big takes long in-place K blocks (Blocking.for_target)
@@ -121,6 +122,15 @@ class Blocking:
                 # and 25.9 -> 28.2, 2048^2 30.3 -> 32.1, 1536^2 46.9 -> 54.8; batch-1 GRU
                 # steps 314 -> 284 ms (2816), 112 -> 85 (2048)
                 split_k = threads > 1
+        elif m <= FEW_ROWS and l3 and k * n * 4 > l3 // 4 and m + 1 < regs:
+            # a few rows more than a tile's over a B from memory (a tall TN GEMM turned round:
+            # 16 rows of N, vectors along M): two row tiles two vectors wide, K blocks of 32
+            # steps, the threads splitting K, each streaming its half of B once.  Measured on a
+            # Sapphire-Rapids-class VM, 2 threads, builds in one process, ratio to numpy:
+            # 1024x16x500000 TN 0.93 (8 x 3 tiles, K blocks of 256, N split) -> 1.87, 512x16x500000
+            # 0.96 -> 1.24; one 16 x 1 tile 2.00 and 1.06, K blocks of 8 (the GEMV streams') and
+            # of 128 slower
+            mr, nv, stream_kc, split_k = -(-m // 2), min(2, vecs), 32, threads > 1
         else:  # rows per tile that leave little of the last tile empty (M = 32: 8 x 3, not 14 x 2 + 4)
             mr, nv = _row_tiles(m, vecs, regs, mr, nv)
         aliased = _rows_share_an_l1_set(caches, a_row_stride)
