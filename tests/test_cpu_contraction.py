@@ -403,13 +403,34 @@ def _conv(sizes, threads=1, blocking=None):
 
 def test_a_convolution_is_a_contraction_with_taps():
     """O(n, f, h, w) += I(n, c, h + r, w + s) * Wt(f, c, r, s): f x w tiles over K = c, the
-    filter taps r, s as passes accumulating into O, Wt read in place (one tile of 28 columns
-    would not reuse a packed panel)."""
+    filter taps r, s as passes accumulating into O, Wt (the same for every n, h) packed once
+    per call for every tap."""
     nk = _conv(dict(N=2, C=16, H=30, W=30, F=40, R=3, S=3))
     [p] = nk.plans
     assert (p.row, p.vec, p.red, p.batch, p.taps) == ("f", "w", "c", ("n", "h"), ("r", "s"))
-    assert not p.blocking.pack_a and not p.epilogue
-    assert "taps r, s" in p.describe()
+    assert p.blocking.pack_a and p.prepacks_a() and not p.epilogue
+    assert "taps r, s" in p.describe() and "once per call" in p.describe()
+
+
+@settings(max_examples=20, deadline=None)
+@given(threads=st.integers(1, 3), mr=st.integers(1, 9), mcs=st.integers(1, 4), mc_extra=st.integers(0, 5),
+       kc=st.integers(1, 40), split_k=st.booleans(), shared=st.booleans())
+def test_an_a_shared_by_the_batch_loops_is_packed_once_under_any_blocking(threads, mr, mcs, mc_extra, kc,
+                                                                          split_k, shared):
+    """The whole packed A (every tap, the call's rows in MC blocks, its K range) is addressed
+    right for any MC (a multiple of MR or not), K blocks, thread split and split K."""
+    bl = dict(mr=mr, nv=1, kc=kc, mc=mr * mcs + mc_extra, pack_a=True, split_k=split_k)
+    if shared:  # one weight for every batch: C(q, m, n) +=! A(m, k) * B(q, k, n)
+        src = "def f(float(M, K) A, float(Q, K, N) B) -> (C) { C(q, m, n) +=! A(m, k) * B(q, k, n) }"
+        k = compiler.parse(src).kernel()
+        b = bind(k, dict(M=23, K=37, Q=3, N=20))
+        nk = compile_cpu(k, b, CPU, threads=threads, blocking=bl)
+        ins = random_inputs(k, b, seed=kc)
+        ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+        assert ok, per
+    else:
+        nk = _conv(dict(N=2, C=13, H=7, W=21, F=19, R=2, S=3), threads, bl)
+    assert nk.plans[0].prepacks_a()
 
 
 def test_affine_indices_have_summed_strides():

@@ -464,7 +464,7 @@ class _Emit:
         pa, pb = self.mod.get_global(f"{self.pre}_pack_a"), self.mod.get_global(f"{self.pre}_pack_b")
         work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part = self.entry(ptrs_of)
         b = self.bld
-        bpack, apack, aedge, bedge, partial = (self.at(work, off) for off in self.offsets()[:5])
+        bpack, apack, aedge, bedge, partial, whole_a = (self.at(work, off) for off in self.offsets()[:6])
         klo, khi = p.dom[p.red]
         if bl.split_k:
             # part 0 adds into C, the others into a private copy of C's span (summed by
@@ -476,6 +476,34 @@ class _Emit:
         else:
             first = k_whole = None
             k_from, k_to = _c(klo), _c(khi)
+
+        pre = p.prepacks_a()
+        if pre:
+            # A varies only along the taps: pack it once here, every tap's K range of this
+            # call's rows, not again for every batch iteration (a convolution's filter for each
+            # output row: conv2d 8x128x58x58 * 128x3x3 repacked it 448 x 9 times)
+            mcp = -(-bl.mc // bl.mr) * bl.mr
+            krange = b.sub(k_to, k_from)
+            per_tap = b.mul(b.mul(b.sdiv(b.add(b.sub(m_hi, m_lo), _c(bl.mc - 1)), _c(bl.mc)), _c(mcp)), krange)
+            ntaps = prod(p.extent(v) for v in p.taps)
+
+            def a_block(t, ic, mc, pc):
+                mcpad = b.mul(b.sdiv(b.add(mc, _c(bl.mr - 1)), _c(bl.mr)), _c(bl.mr))
+                off = b.add(b.mul(t, per_tap), b.mul(b.sdiv(b.sub(ic, m_lo), _c(bl.mc)), b.mul(_c(mcp), krange)))
+                return self.at(whole_a, b.add(off, b.mul(b.sub(pc, k_from), mcpad)))
+
+            def pack_tap(t):
+                A = self.operands(t)[0]  # taps are the innermost batch index: q = t is tap t
+
+                def rows(ic):
+                    mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
+
+                    def kblock(pc):
+                        kc = self.min(_c(bl.kc), b.sub(k_to, pc))
+                        b.call(pa, [a_block(t, ic, mc, pc), A, ic, mc, pc, kc])
+                    self.loop(k_from, k_to, bl.kc, kblock, "ppc")
+                self.loop(m_lo, m_hi, bl.mc, rows, "pic")
+            self.loop(0, ntaps, 1, pack_tap, "pt")
 
         def batch(q):
             A, B, C = self.operands(q)
@@ -497,7 +525,10 @@ class _Emit:
 
                     def iblock(ic, jr0=_c(0)):
                         mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
-                        if bl.pack_a:
+                        ablk = apack
+                        if pre:
+                            ablk = a_block(b.srem(q, _c(ntaps)), ic, mc, pc)
+                        elif bl.pack_a:
                             b.call(pa, [apack, A, ic, mc, pc, kc])
 
                         def jtile(jr):
@@ -511,7 +542,7 @@ class _Emit:
                                                              b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
                                     if bl.pack_a:
                                         b.call(self.micro(1, bl.mr, b_ks),
-                                               [self.at(apack, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
+                                               [self.at(ablk, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
                                     else:
                                         def whole():
                                             at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
@@ -634,11 +665,15 @@ class _Emit:
 
     def offsets(self) -> list[int]:
         """Float offsets in the per-thread scratch: packed B block, packed A block, A edge
-        panel, B edge panel, a split K's partial sums, and the end."""
+        panel, B edge panel, a split K's partial sums, the whole packed A (``prepacks_a``),
+        and the end."""
         bl = self.bl
+        pre = self.p.prepacks_a()
         sizes = [bl.kc * (-(-bl.nc // bl.nr) * bl.nr) if bl.pack_b else 0,
-                 self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if bl.pack_a else 0, bl.mr * bl.kc, bl.nr * bl.kc,
-                 self.p.c_span() if bl.split_k else 0]
+                 self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if bl.pack_a and not pre else 0, bl.mr * bl.kc,
+                 bl.nr * bl.kc, self.p.c_span() if bl.split_k else 0,
+                 # the whole packed A, and past its end room for the last block's staging
+                 self.p.prepack_floats() + self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if pre else 0]
         out = [0]
         for x in sizes:
             out.append(out[-1] + -(-x // 16) * 16)  # 64-byte aligned parts
