@@ -489,8 +489,9 @@ def test_a_narrow_tn_gemm_runs_its_vector_along_m_and_is_correct(M, N, K, thread
 
 @pytest.mark.parametrize("M,N,K,threads,vec", [
     (512, 8, 5000, 2, "m"),   # B from memory: K split across threads, partial sums added
-    (40, 24, 700, 2, "m"),    # a tall A (K >= 16 M) read along its rows
+    (40, 24, 220000, 2, "m"),  # a tall A (K >= 16 M, 35 MB) read along its rows
     (40, 24, 600, 1, "n"),    # not tall enough: the vector along n, whole-vector stores
+    (35, 100, 1760, 2, "n"),  # tall but small (a 35 x 8457 TN row's A stays in cache)
     (64, 16, 64, 2, "n"),     # a full vector along n: unchanged
 ])
 def test_tn_orientation_follows_n_and_the_height_of_a(M, N, K, threads, vec):
@@ -528,14 +529,14 @@ def test_a_tn_a_beyond_the_cache_is_packed_with_the_in_place_tiles():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_few_rows_over_a_b_from_memory_take_two_tiles_and_split_k(threads):
-    """16 rows (a tall TN GEMM turned round) over a B bigger than a quarter of L3: two row
+    """15 rows (a narrow TN GEMM turned round) over a B bigger than a quarter of L3: two row
     tiles two vectors wide, K blocks of 32, the threads splitting K; correct with ragged edges."""
     from dataclasses import replace
     l3 = cache_levels(CPU)[2].name
     small_l3 = replace(CPU, memories=tuple(replace(m, capacity=1 << 20) if m.name == l3 else m for m in CPU.memories))
-    bl = Blocking.for_target(small_l3, 16, "zmm", 16, 150, 3000, 2)
+    bl = Blocking.for_target(small_l3, 16, "zmm", 15, 150, 3000, 2)
     assert (bl.mr, bl.nv, bl.kc, bl.split_k) == (8, 2, 32, True)
-    nk, out, ref = _gemm("gemm_tn", 150, 16, 3001, threads, target=small_l3)
+    nk, out, ref = _gemm("gemm_tn", 150, 15, 3001, threads, target=small_l3)  # N < 16: turned round
     p = nk.plans[0]
     assert p.vec == "m" and (p.blocking.mr, p.blocking.nv, p.blocking.split_k) == (8, 2, threads > 1)
     assert np.allclose(out, ref, atol=1e-4 * 3001, rtol=1e-4)

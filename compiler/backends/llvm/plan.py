@@ -30,6 +30,7 @@ def cache_levels(t: Target) -> list:
 
 PACK_B_ROW_TILES = 16  # row tiles sharing each B panel from which packing B pays off
 PREPACK_BYTES = 4 << 20  # a batch-invariant A up to this size is packed once per call (Contraction.prepacks_a)
+TALL = 16  # a strided broadcast operand this many times longer than wide is turned round (_pick_orientation)
 FEW_ROWS = 16  # rows one tile takes whole where B comes from memory (Blocking.for_target)
 STRIDED_A_BYTES = 32 << 20  # an A(k, m) this big is packed (Blocking.for_target)
 BIG_KC = 864  # longest K blocks of packed GEMMs on a big private L2 (Blocking.for_target)
@@ -149,18 +150,19 @@ class Blocking:
         # threads, builds of both in one process, alternating rounds); an A the batch loops share
         # is packed once per call instead (recognise, Contraction.prepacks_a)
         pack_a = (not a_contiguous and n > nr) or n > 4 * nr
-        pack_tn = a_contiguous and not a_row_stride and m >= mr and m * k * 4 > STRIDED_A_BYTES and not pack_a
-        if pack_tn:
-            # A(k, m) (a TN GEMM) bigger than the cache it can stay in between calls: read in
-            # place, each k step one line of a far-apart row, it comes from memory at a fraction
-            # of the bandwidth; packed, it is read once along its rows.  Measured on a
-            # Sapphire-Rapids-class VM (480 MiB L3 reported), 2 threads, builds of both in one
-            # process, ratio to numpy in the same run: 7680x64x2560 (A 75 MiB) 0.69 -> 1.03,
-            # 4096x64x4096 (64 MiB) 0.89 -> 1.27; below (2560x64x2560, 25 MiB: 1.26 -> 1.02,
-            # 1760x64x1760 1.39 -> 1.16, 3072x16x1024 1.70 -> 0.67) in place is faster.  The
-            # tiles and blocks stay those of an A read in place (set at the end): with the big
-            # GEMMs' 6 x 4 tiles and long K blocks 7680x64x2560 ran at 0.80
-            pass
+        # A(k, m) (a TN GEMM) bigger than the cache it can stay in between calls: read in
+        # place, each k step one line of a far-apart row, it comes from memory at a fraction
+        # of the bandwidth; packed, it is read once along its rows.  Measured on a
+        # Sapphire-Rapids-class VM (480 MiB L3 reported), 2 threads, builds of both in one
+        # process, ratio to numpy in the same run: 7680x64x2560 (A 75 MiB) 0.69 -> 1.03,
+        # 4096x64x4096 (64 MiB) 0.89 -> 1.27; below (2560x64x2560, 25 MiB: 1.26 -> 1.02,
+        # 1760x64x1760 1.39 -> 1.16, 3072x16x1024 1.70 -> 0.67) in place is faster.  The
+        # tiles and blocks stay those of an A read in place (set at the end): with the big
+        # GEMMs' 6 x 4 tiles and long K blocks 7680x64x2560 ran at 0.80.  From two vectors of N
+        # up: 6144x32x2048 0.85 -> 1.21, 4096x32x4096 1.05 -> 1.52 (same process), where one
+        # vector was mixed (4096x16x4096 1.29 -> 1.75, but 6144x16x2048 1.64 -> 1.15)
+        pack_tn = a_contiguous and not a_row_stride and m >= mr and m * k * 4 > STRIDED_A_BYTES and not pack_a \
+            and vecs >= 2
         # aliased A rows are packed from four NR tiles up (a packed panel is one stream). Bench
         # harness on a Zen 4 VM, 2 threads, ratio to numpy in the same run: 4096x128x4096 0.83 ->
         # 0.99, 3072x128x1024 0.66 -> 0.96, but 2048x128x2048 0.93 -> 0.89 (its 16 MB A stays in
@@ -470,15 +472,16 @@ def _pick_orientation(plans: list) -> tuple:
     if first.strides[first.c][first.vec] != 1:
         return plans[0]
     narrow = first.extent(first.vec) < vl
-    tall = first.strides[first.a][first.red] != 1 and first.extent(first.red) >= TALL * first.extent(first.row)
+    # tall: a broadcast operand A(k, m) read across its rows, much longer than wide and too big
+    # to stay in cache (35x8457x1760 TN, A 246 KiB, kept the vector along n: 1.48 against 0.71)
+    tall = first.strides[first.a][first.red] != 1 and first.extent(first.red) >= TALL * first.extent(first.row) \
+        and first.extent(first.red) * first.extent(first.row) * 4 > STRIDED_A_BYTES
     if narrow or tall:
         for p, instr, lanes in plans[1:]:
             if p.extent(p.vec) >= lanes and p.strides[p.b][p.vec] == 1 and not p.taps:
                 return p, instr, lanes
     return plans[0]
 
-
-TALL = 16  # a broadcast operand read across its rows, this many times longer than wide: turned
 
 
 def dot_product(instr: Instruction) -> int | None:

@@ -79,6 +79,8 @@ class _Gen:
         self._scope_md = None  # per tensor: (its alias scope list, every other tensor's) (``_scoped``)
         self.vars: dict[str, L.Value] = {}
         self.functions: list[tuple[str, int, str | None, tuple[int, int]]] = []
+        self._vec_opts = None  # the options of a vectorise-loop ID (vector_loop_md), made once
+        self._vec_ids: list = []  # the loop IDs handed out, made self-referential in finish
 
     def begin(self, name: str, ranged: bool):
         """A new function ``void name(i8** buffers[, i32 lo, i32 hi])``."""
@@ -345,11 +347,10 @@ class _Gen:
         """Loop metadata asking for vectorisation without unrolling.  A loop ID must be a
         distinct node that names itself, which llvmlite cannot build: the node is marked here
         and made self-referential as text in ``finish``."""
-        if not hasattr(self, "_vec_opts"):
+        if self._vec_opts is None:
             self._vec_opts = [self.mod.add_metadata([L.MetaDataString(self.mod, "llvm.loop.vectorize.enable"),
                                                      L.Constant(L.IntType(1), 1)]),
                               self.mod.add_metadata([L.MetaDataString(self.mod, "llvm.loop.unroll.disable")])]
-            self._vec_ids = []
         # one distinct ID per loop (llvmlite interns equal nodes: the mark carries a number)
         md = self.mod.add_metadata([L.MetaDataString(self.mod, f"{self._VEC_MARK}.{len(self._vec_ids)}")]
                                    + self._vec_opts)
@@ -426,9 +427,8 @@ class _Gen:
                 self.loop_range(v, lambda: over(vs[1:], leaf))
             else:
                 lo, hi = dom[v]
-                # the unit-stride output loop inside reductions: vectorised, not unrolled
-                vec = v == lhs[-1] and ((len(vs) == 1 and bool(red) and leaf is body)
-                                        or (taps and leaf is reduce_in_register))
+                # the unit-stride output loop around the taps: vectorised, not unrolled
+                vec = taps and v == lhs[-1] and leaf is reduce_in_register
                 self.loop(v, lo, hi, lambda: over(vs[1:], leaf), vectorize=vec)
 
         def reduce_in_register():
@@ -534,7 +534,7 @@ class _Gen:
             b.call(fn, args)
             b.ret_void()
         text = str(self.mod)
-        for i, md in enumerate(getattr(self, "_vec_ids", ())):
+        for i, md in enumerate(self._vec_ids):
             ref = md.get_reference()
             mark = f'{ref} = !{{ !"{self._VEC_MARK}.{i}"'
             assert mark in text, mark
