@@ -78,6 +78,13 @@ TIE = 0.01  # modeled cycles this close count as a tie
 MAX_TAPS = 16  # loop reductions this short may be tiled whole
 
 
+def tap_axes(nest: Nest) -> list:
+    """Short reduction loops outside the instruction (a convolution's filter taps): a tile steps
+    them one at a time or takes them whole; whole, the operands that span them (the filter)
+    stay on chip instead of being reloaded for every output tile."""
+    return [a for a in nest.axes if a.instr_var is None and a.reduction and 1 < a.blocks <= MAX_TAPS]
+
+
 def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
               keep: list | None = None) -> tuple[NestSchedule, dict]:
     """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of all fitting ones."""
@@ -86,10 +93,7 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
-    # short reduction loops outside the instruction (a convolution's filter taps) either step
-    # one at a time or come whole in each tile: whole, the operands that span them (the
-    # filter) stay on chip instead of being reloaded for every output tile
-    taps = [a for a in nest.axes if a.instr_var is None and a.reduction and 1 < a.blocks <= MAX_TAPS]
+    taps = tap_axes(nest)
     evaluated = 0
     costed: list = []
     for split in splits:

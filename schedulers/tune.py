@@ -27,7 +27,7 @@ from compiler.bench.progress import Progress
 from .base import NestSchedule, Schedule, get, register
 from .cost import auto_prefetch, schedule_cost
 from .learned import features, make_model, spearman
-from .search import MAX_TAPS
+from .search import tap_axes
 from .space import candidates, fits
 
 
@@ -71,7 +71,7 @@ def mutate(rng: random.Random, t: Target, cands, sched: Schedule) -> Schedule | 
     kind = rng.choice(["tile", "tile", "tile", "split", "order", "prefetch", "output"])
     split, order, pf, out = ns.split, ns.order, ns.prefetch, ns.out_slots
     if kind == "tile":
-        taps = [x.name for x in n.axes if x.instr_var is None and x.reduction and 1 < x.blocks <= MAX_TAPS]
+        taps = [x.name for x in tap_axes(n)]
         a = rng.choice([x.name for x in n.axes if x.instr_var is not None] + taps or [x.name for x in n.axes])
         cap = -(-n.axis(a).blocks // ns.parts(a))
         if a in taps:  # a filter's taps: one at a time or all in each tile (search.best_nest)

@@ -341,10 +341,13 @@ class _Emit:
         self.loop(0, mc, bl.mr, panel, "q")
         b.ret_void()
 
-    def prefetch_fn(self):
-        f = self.mod.globals.get("llvm.prefetch.p0")
-        return f or L.Function(self.mod, L.FunctionType(L.VoidType(), [L.IntType(8).as_pointer(), I32, I32, I32]),
-                               name="llvm.prefetch.p0")
+    def prefetch(self, ptr, write: bool = False):
+        """A data prefetch of the line holding ``ptr`` into every cache level (a hint: never a
+        fault, past a tensor's end too)."""
+        f = self.mod.globals.get("llvm.prefetch.p0") or L.Function(
+            self.mod, L.FunctionType(L.VoidType(), [L.IntType(8).as_pointer(), I32, I32, I32]), name="llvm.prefetch.p0")
+        addr = self.bld.bitcast(ptr, L.IntType(8).as_pointer())
+        self.bld.call(f, [addr, L.Constant(I32, int(write)), L.Constant(I32, 3), L.Constant(I32, 1)])
 
     # ---- micro-kernel
     def micro(self, a_rs: int, a_ks: int, b_ks: int):
@@ -368,14 +371,12 @@ class _Emit:
         b = self.bld
         zero = L.Constant(self.vt, [0.0] * bl.vl)
         tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
-        if bl.prefetch_c and p.strides[p.c][p.vec] == 1:
+        crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
+        if bl.prefetch_c and cvs == 1:
             # the C tile this call adds to, on its way while the k loop runs (a C from memory)
-            pf = self.prefetch_fn()
-            crs0 = p.strides[p.c][p.row]
             for i in range(bl.mr):
                 for line in range(0, bl.nr * 4, 64):
-                    addr = b.bitcast(self.at(c, i * crs0 + line // 4), L.IntType(8).as_pointer())
-                    b.call(pf, [addr, L.Constant(I32, 1), L.Constant(I32, 3), L.Constant(I32, 1)])
+                    self.prefetch(self.at(c, i * crs + line // 4), write=True)
         entry = b.block
         body = fn.append_basic_block("k.body")
         out = fn.append_basic_block("k.done")
@@ -394,18 +395,13 @@ class _Emit:
         bv = [self.vload(self.at(bpp, v * bl.vl)) for v in range(bl.nv)]
         if b_ks != bl.nr and b_ks * 4 >= 64 and bl.prefetch:
             # B read in place: each k step is another row of B (another page for wide B)
-            pf = self.prefetch_fn()
             for line in range(0, bl.nr * 4, 64):
-                addr = b.bitcast(self.at(bpp, bl.prefetch * b_ks + line // 4), L.IntType(8).as_pointer())
-                b.call(pf, [addr, L.Constant(I32, 0), L.Constant(I32, 3), L.Constant(I32, 1)])
+                self.prefetch(self.at(bpp, bl.prefetch * b_ks + line // 4))
         if a_ks * 4 >= 64 and bl.prefetch:
             # each k step of A starts a new cache line (and soon a new page, where the hardware
             # prefetcher stops): fetch the A elements of step k + prefetch ahead of time
-            pf = self.prefetch_fn()
-            ends = sorted({0, (bl.mr - 1) * a_rs})
-            for off in ends:
-                addr = b.bitcast(self.at(ap, bl.prefetch * a_ks + off), L.IntType(8).as_pointer())
-                b.call(pf, [addr, L.Constant(I32, 0), L.Constant(I32, 3), L.Constant(I32, 1)])
+            for off in sorted({0, (bl.mr - 1) * a_rs}):
+                self.prefetch(self.at(ap, bl.prefetch * a_ks + off))
         new = []
         for i in range(bl.mr):
             sv = self.splat(b.load(self.at(ap, i * a_rs)))
@@ -421,7 +417,6 @@ class _Emit:
                 accs[i][v].add_incoming(new[i][v], body)
         b.cbranch(b.icmp_signed("<", k2, kc), body, out)
         b.position_at_end(out)
-        crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
         full = b.and_(b.icmp_signed("==", mv, _c(bl.mr)), b.icmp_signed("==", nv, _c(bl.nr)))
         if cvs != 1:  # C's vector index is not its unit-stride one: every tile element by element
             full = L.Constant(L.IntType(1), 0)
@@ -477,6 +472,7 @@ class _Emit:
             first = k_whole = None
             k_from, k_to = _c(klo), _c(khi)
 
+        ntaps = p.tap_points()
         pre = p.prepacks_a()
         if pre:
             # A varies only along the taps: pack it once here, every tap's K range of this
@@ -485,7 +481,6 @@ class _Emit:
             mcp = -(-bl.mc // bl.mr) * bl.mr
             krange = b.sub(k_to, k_from)
             per_tap = b.mul(b.mul(b.sdiv(b.add(b.sub(m_hi, m_lo), _c(bl.mc - 1)), _c(bl.mc)), _c(mcp)), krange)
-            ntaps = prod(p.extent(v) for v in p.taps)
 
             def a_block(t, ic, mc, pc):
                 mcpad = b.mul(b.sdiv(b.add(mc, _c(bl.mr - 1)), _c(bl.mr)), _c(bl.mr))
@@ -518,8 +513,7 @@ class _Emit:
                     if bl.split_k and not p.init:
                         accum = b.or_(accum, first)
                     if p.taps and p.init:  # every tap but the first adds to what the earlier ones stored
-                        taps = prod(p.extent(v) for v in p.taps)
-                        accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(taps)), _c(0)))
+                        accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(ntaps)), _c(0)))
                     if bl.pack_b:
                         b.call(pb, [bpack, B, jc, nc, pc, kc])
 

@@ -39,7 +39,7 @@ PARALLEL_MIN_SECONDS = 1.3e-5  # contractions estimated below this on one core r
 def one_core_seconds(p: Contraction) -> float:
     """A rough single-core time: the FMAs at ~100 GFLOP/s, or for GEMV-like shapes the operands
     streamed at ~60 GB/s, whichever is longer."""
-    nb = prod(p.extent(v) for v in p.batch + p.taps)
+    nb = prod(p.extent(v) for v in p.batch) * p.tap_points()
     m, n, k = p.extent(p.row), p.extent(p.vec), p.extent(p.red)
     return max(p.flops() / 1e11, 4 * nb * (m * k + k * n + m * n) / 6e10)
 
@@ -340,7 +340,7 @@ def split_reduce(p: Contraction, threads: int) -> list[tuple[int, int, int, int]
 def _split_ranges(p: Contraction, threads: int) -> list[tuple[tuple[int, ...], tuple[int, int]]]:
     # flattened batch indices run over the batch variables, then the taps: a part always takes
     # whole groups of T taps (every tap of its C rows, in order: they accumulate into one C)
-    T = prod(p.extent(v) for v in p.taps)
+    T = p.tap_points()
     nb = prod(p.extent(v) for v in p.batch)
     (mlo, mhi), (nlo, nhi) = p.dom[p.row], p.dom[p.vec]
     klo, khi = p.dom[p.red]

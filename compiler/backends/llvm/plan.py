@@ -337,7 +337,8 @@ class Contraction:
         """Whether whole K blocks of whole row tiles run as the stream loop (contraction.py,
         ``_Emit.stream``): B read in place, nothing packed per tile."""
         bl = self.blocking
-        return bl.stream and not bl.pack_b and self.form != "dot" and self.strides[self.c][self.vec] == 1
+        return (bl.stream and not bl.pack_b and self.form != "dot" and not self.taps  # taps: passes, not one
+                and self.strides[self.c][self.vec] == 1)  # a strided C goes element by element
 
     def _fused(self) -> str:
         return f"; fused epilogue: {', '.join(f'S{j}' for j in self.epilogue)}" if self.epilogue else ""
@@ -358,6 +359,10 @@ class Contraction:
         return (self.form == "bcast" and not self.batch and not self.taps and self.base[self.c] >= 0
                 and all(self.strides[self.c][v] >= 0 and self.dom[v][0] >= 0 for v in (self.row, self.vec)))
 
+    def tap_points(self) -> int:
+        """Points of the taps (the passes over C per batch iteration; 1 without taps)."""
+        return prod(self.extent(v) for v in self.taps)
+
     def prepacks_a(self) -> bool:
         """Whether each call packs A once for all its batch iterations (per tap, over its rows
         and K range) instead of once per batch iteration: A does not vary along the batch loops
@@ -371,8 +376,7 @@ class Contraction:
         """Floats of a whole packed A: every tap's, its rows in MC blocks of MR-padded panels."""
         bl = self.blocking
         mcp = -(-bl.mc // bl.mr) * bl.mr
-        taps = prod(self.extent(v) for v in self.taps)
-        return taps * -(-self.extent(self.row) // bl.mc) * mcp * self.extent(self.red)
+        return self.tap_points() * -(-self.extent(self.row) // bl.mc) * mcp * self.extent(self.red)
 
     def c_span(self) -> int:
         """Elements from C's start to one past the last element the domain writes."""
@@ -442,9 +446,6 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     a_rows = plan.strides[plan.a][plan.row] if plan.strides[plan.a][plan.red] == 1 else 0
     bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
                              a_rows)
-    if plan.taps or plan.strides[plan.c][plan.vec] != 1:
-        # one pass per tap, or C tiles stored element by element: no stream loop (streams())
-        bl = replace(bl, stream=False)
     plan = replace(plan, instr=instr.name, blocking=bl).with_blocking()  # (split K only where allowed)
     if not plan.blocking.pack_a:
         # an A the batch loops share is packed once per call (prepacks_a), which pays even where
