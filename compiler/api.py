@@ -272,7 +272,16 @@ def native_schedule(native) -> str:
     out = [f"# {k.name}: host code, {native.threads} threads"]
     plans = {p.stmt: p for p in native.plans}
     fused = {j: p.stmt for p in native.plans for j in p.epilogue}
+    grouped = {si: r for r in native.row_runs for si in r}
     for si in range(len(k.stmts)):
+        if si in grouped:
+            r = grouped[si]
+            if si == r[0]:
+                row = k.stmts[si].indices[0]
+                out.append(f"S{r[0]}-S{r[-1]}: {', '.join(k.stmts[j].tensor for j in r)} as one row loop over {row} "
+                           f"(split across threads; per row each statement's scalar loops in turn, LLVM -O3 "
+                           f"vectorises the innermost ones)")
+            continue
         if si in fused:
             when = ("on each column range once the threads' partial sums are added" if plans[fused[si]].blocking.split_k
                     else "on each output tile as soon as its last K block is stored")

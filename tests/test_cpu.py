@@ -411,6 +411,43 @@ def test_reductions_split_across_threads_only_by_output_rows(src, sizes):
     assert ok, per
 
 
+COLUMN_SUM = ("def cs(float(N, D) I) -> (A, S, B) {\n    A(n, d) = I(n, d) * 2.0\n    S(d) +=! A(n, d)\n"
+              "    B(n, d) = A(n, d) + S(d)\n}\n")
+SHIFTED = "def sh(float(N, D) I) -> (A, B) {\n    A(n, d) = I(n, d) * 2.0\n    B(n, d) = A(n, d) + A(0, d)\n}\n"
+
+
+@pytest.mark.parametrize("src,runs", [
+    (None, [[0, 1, 2, 3]]),  # kernels/softmax: max, exp, sum, quotient per row
+    ("layernorm", [[0, 1, 2, 3, 4]]),
+    (COLUMN_SUM, []),  # S is indexed by columns: its row loop would be d, and B reads all of S
+    (SHIFTED, []),  # B reads row 0 of A from every row
+    ("def two(float(N, D) I, float(D, N) J) -> (A, B) {\n    A(n, d) = exp(I(n, d))\n"
+     "    B(d, n) = J(d, n) + 1.0\n}\n", []),  # rows of different ranges (N != D)
+])
+@pytest.mark.parametrize("sizes", [dict(N=1, D=1), dict(N=7, D=13), dict(N=13, D=13), dict(N=300, D=257)])
+def test_scalar_statements_over_the_same_rows_run_as_one_row_loop(src, runs, sizes):
+    """Consecutive scalar statements whose every access to what they write stays in the
+    accessing statement's own row share one loop over rows (one thread split, each row's
+    intermediates read back from L1); anything reading another row keeps them apart.  Either
+    way the result is the reference's, on one thread and split across two."""
+    from compiler.backends.llvm import compile_cpu
+    text = kernels.path(src or "softmax").read_text() if src in (None, "layernorm") else src
+    k = compiler.parse(text).kernel()
+    if "two" in text and sizes["N"] == sizes["D"]:
+        runs = [[0, 1]]  # the same range: nothing reads across rows
+    b = bind(k, sizes)
+    ins = random_inputs(k, b)
+    ref = ir.interp.run(k, ins, b.sizes)
+    for threads in (1, 2):
+        nk = compile_cpu(k, b, hw_models.load("cpu"), threads=threads)
+        assert nk.row_runs == runs
+        ok, _, per = compare(nk(dict(ins)), ref)
+        assert ok, (threads, per)
+    if runs:
+        text = compiler.api.native_schedule(nk)
+        assert f"S{runs[0][0]}-S{runs[0][-1]}: " in text and "one row loop over n" in text
+
+
 def test_a_statement_reading_its_own_output_elsewhere_is_refused_where_it_would_be_wrong(capsys):
     """B(i) = B(N - 1 - i) + 1: the reference reads the old B everywhere; the cpu and cuda
     backends update B in place, so they refuse (located), and sim-nnp (which stages blocks
@@ -487,3 +524,18 @@ def test_the_output_row_around_filter_taps_carries_a_vectorise_loop_hint():
     assert len(ids) == 1 and ids[0].startswith(ids[0].split(" ")[0] + " = distinct !{ " + ids[0].split(" ")[0])
     assert '"llvm.loop.vectorize.enable", i1 1' in text and '"llvm.loop.unroll.disable"' in text
     assert "<8 x float>" in ck.native.optimized or "<16 x float>" in ck.native.optimized
+
+
+def test_scalar_functions_may_use_wide_vectors_and_divide_by_a_hoisted_reciprocal():
+    """Softmax's row loop: every scalar-path function asks for 512-bit vectors (LLVM's Intel
+    tuning stops at 256), and e / s(n) may become a multiplication by 1 / s(n), computed once
+    per row outside the column loop (``scalar.VECTOR_BITS``, ``scalar.ARCP``)."""
+    from compiler.backends.llvm import scalar
+    ck = compiler.build(kernels.path("softmax"), target="cpu", sizes=dict(N=4, D=64))
+    text = ck.native.llvm_ir
+    defines = [line for line in text.splitlines() if line.startswith("define void")]
+    assert defines and all(line.endswith("#900") for line in defines if "_task" not in line)
+    assert f'attributes #900 = {{ "prefer-vector-width"="{scalar.VECTOR_BITS}" }}' in text
+    assert "fdiv arcp float" in text
+    fn = ck.native.optimized.split("define void @g0_3(")[1].split("\n}\n")[0]
+    assert "fdiv arcp <" not in fn and "fmul arcp <" in fn  # the division left the vector loop

@@ -327,3 +327,22 @@ def test_random_row_chains_match_the_interpreter(src, m, n, target):
     res = simulate(ck.target_ir, prog, ck.kernel, ck.bound, arrays)
     ok, _, per = compare({o.name: res.outputs[o.name] for o in ck.kernel.outputs}, ref, ck.precision)
     assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, m, n, target, "forced", per)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_chains_st(), st.integers(1, 300), st.integers(1, 100))
+def test_random_row_chains_match_the_interpreter_as_cpu_row_loops(src, m, n):
+    """On cpu the same chains run as one loop over rows m (``native.row_groups``), split across
+    two threads where they are large enough; each row's statements in turn must still give
+    the reference's result."""
+    import hw_models
+    from compiler.backends.llvm import compile_cpu
+    from compiler.checking import compare
+    k = compiler.parse(src).kernel()
+    b = bind(k, dict(M=m, N=n))
+    ins = random_inputs(k, b)
+    nk = compile_cpu(k, b, hw_models.load("cpu"), threads=2)
+    event(f"{sum(len(r) for r in nk.row_runs)} of {len(k.stmts)} statements in a row loop")
+    ref = ir.interp.run(k, ins, b.sizes)
+    ok, _, per = compare(nk(dict(ins)), ref)
+    assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, m, n, per)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ir.bind import Bound
 from ir.dtypes import BFLOAT16, BOOL, DType
-from ir.expr import Access, walk
+from ir.expr import Access, Var, walk
 from ir.kernel import Kernel
 
 from ..access import covers_output
@@ -56,6 +56,7 @@ class NativeKernel:
         import os
         self.k, self.b = k, b
         self.plans = list(plans)
+        self.row_runs: list[list[int]] = []  # scalar statements run as one row loop (compile_cpu)
         self._source = source
         self._ir = None
         self.threads = threads or os.cpu_count() or 1
@@ -411,6 +412,43 @@ def _written_first(k: Kernel, b: Bound, name: str) -> bool:
     return False
 
 
+def row_groups(k: Kernel, b: Bound, sis: list[int]) -> list[list[int]]:
+    """``sis`` (consecutive statements on the scalar path, in order) cut into runs that can share
+    one loop over their first output index (softmax's max, exp, sum and quotient; layernorm's
+    five statements): each has that index over the same range, and every access to a tensor
+    the run writes indexes its first dimension by exactly the accessing statement's own first
+    index, so row n of the run reads and writes row n alone, whatever the other statements do
+    to other rows.  The members' identity fills (``!``) run before the run: a tensor's fill
+    belongs to the first statement writing it, and TC refuses a read before that, so no
+    earlier member can see the fill early.  Runs of one statement are left as they are."""
+    def first(si):
+        s = k.stmts[si]
+        return (s.indices[0], b.domain(si)[s.indices[0]]) if s.indices else None
+
+    def touches(si):  # tensor -> is every access to it in row si's own row
+        s = k.stmts[si]
+        row = s.indices[0]
+        out = {s.tensor: True}
+        for e in walk(s.rhs):
+            if isinstance(e, Access):
+                ok = bool(e.indices) and isinstance(e.indices[0], Var) and e.indices[0].name == row
+                out[e.tensor] = out.get(e.tensor, True) and ok
+        return out
+
+    runs: list[list[int]] = []
+    for si in sis:
+        cur = runs[-1] if runs else None
+        if cur is not None and cur[-1] == si - 1 and first(si) is not None and first(si)[1:] == first(cur[0])[1:]:
+            group = cur + [si]
+            written = {k.stmts[j].tensor for j in group}
+            seen = [touches(j) for j in group]
+            if all(t.get(w, True) for t in seen for w in written):
+                cur.append(si)
+                continue
+        runs.append([si])
+    return runs
+
+
 def _holding(d: DType):
     if d == BOOL:
         return np.uint8
@@ -418,13 +456,15 @@ def _holding(d: DType):
 
 
 def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool = True,
-                blocking: dict | None = None, blockings: dict[int, dict] | None = None) -> NativeKernel:
+                blocking: dict | None = None, blockings: dict[int, dict] | None = None,
+                group_rows: bool = True) -> NativeKernel:
     """Host code for the kernel on target ``t``: statements whose mapping is the target's
     broadcast-FMA (or dot-product) instruction become packed, register-blocked contractions
     (`contraction.py`); everything else the scalar loop nests above.  The plans are decided
     first; code is generated only when the on-disk cache does not hold this build.
     ``blocking`` overrides blocking parameters of every contraction, ``blockings`` those of
-    single statements (a tuned schedule)."""
+    single statements (a tuned schedule).  ``group_rows``: consecutive scalar statements over
+    the same rows run as one loop over them (``native.row_groups``)."""
     import os
 
     from ...mapping import mappings_for_kernel
@@ -441,6 +481,9 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
     skip = {j for js in fused.values() for j in js}
     plans = {si: (replace(p, epilogue=tuple(fused[si])) if fused[si] else p) for si, p in plans.items()}
 
+    scalar = [si for si in range(len(k.stmts)) if si not in plans and si not in skip]
+    runs = {r[0]: r for r in (row_groups(k, b, scalar) if group_rows else [[si] for si in scalar])}
+
     def generate():
         from .contraction import emit as emit_contraction
         from .scalar import _Gen
@@ -450,7 +493,8 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             if si in skip:
                 continue
             if p is None:
-                g.statement(si)
+                if si in runs:
+                    g.row_group(runs[si]) if len(runs[si]) > 1 else g.statement(si)
                 continue
             if not covers_output(p, b):  # otherwise its first K block stores without reading
                 g.init_function(si)
@@ -460,8 +504,10 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             if p.blocking.split_k:
                 g.functions.append((f"s{si}_reduce", si, p, (0, 0)))
         return g.finish(), g.functions
-    return NativeKernel(k, b, generate, build_key(k, b, list(plans.values()), vector), threads,
-                        list(plans.values()))
+    nk = NativeKernel(k, b, generate, build_key(k, b, list(plans.values()), vector) + ("" if group_rows else "\0apart"),
+                      threads, list(plans.values()))
+    nk.row_runs = [r for r in runs.values() if len(r) > 1]
+    return nk
 
 
 def build_key(k: Kernel, b: Bound, plans, vector: bool) -> str:
