@@ -1,4 +1,6 @@
 """The cpu backend's packed, register-blocked contractions (compiler/backends/llvm/contraction.py)."""
+from math import prod
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -405,11 +407,52 @@ def test_a_convolution_is_a_contraction_with_taps():
     """O(n, f, h, w) += I(n, c, h + r, w + s) * Wt(f, c, r, s): f x w tiles over K = c, the
     filter taps r, s as passes accumulating into O, Wt (the same for every n, h) packed once
     per call for every tap."""
-    nk = _conv(dict(N=2, C=16, H=30, W=30, F=40, R=3, S=3))
+    nk = _conv(dict(N=2, C=16, H=30, W=130, F=40, R=3, S=3))  # 128-wide rows: whole tiles
     [p] = nk.plans
-    assert (p.row, p.vec, p.red, p.batch, p.taps) == ("f", "w", "c", ("n", "h"), ("r", "s"))
+    assert (p.row, p.vec, p.red, p.batch, p.taps, p.pad) == ("f", "w", "c", ("n", "h"), ("r", "s"), ())
     assert p.blocking.pack_a and p.prepacks_a() and not p.epilogue
     assert "taps r, s" in p.describe() and "once per call" in p.describe()
+
+
+@pytest.mark.parametrize("sizes,padded", [
+    (dict(N=2, C=16, H=16, W=16, F=40, R=3, S=3), True),  # 14-wide rows: one 16-lane vector of 32
+    (dict(N=2, C=16, H=30, W=30, F=40, R=3, S=3), True),
+    (dict(N=3, C=7, H=9, W=11, F=13, R=2, S=4), True),  # 8 of 11 columns, primes
+    (dict(N=1, C=5, H=6, W=58, F=17, R=3, S=3), True),  # one batch: threads split rows or columns
+    (dict(N=2, C=16, H=6, W=34, F=40, R=3, S=3), False),  # 32 columns: whole tiles already
+    (dict(N=2, C=8, H=5, W=114, F=8, R=3, S=3), False),  # longer than two tiles
+    (dict(N=2, C=8, H=5, W=9, F=8, R=1, S=1), False),  # no taps (pointwise: (h, w) fuse as they are)
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_short_convolution_rows_run_on_through_the_input_rows(sizes, padded, threads):
+    """With rows shorter than the tiles, the vector variable is p = h * W + w over I's full rows
+    (each tap's B at offset r * W + s, read along I's rows), C's tiles go to a scratch C with
+    the same padded rows, and each column block is compacted into O after its last tap (the
+    W - Wo columns of overlap per row dropped); the result is the reference's."""
+    nk = _conv(sizes, threads)
+    [p] = nk.plans
+    assert bool(p.pad) == padded
+    if padded:
+        W, Wo, Ho = sizes["W"], sizes["W"] - sizes["S"] + 1, sizes["H"] - sizes["R"] + 1
+        assert p.vec == "(h,w)" and p.batch == ("n",) and p.pad == ("h", "w", W, Ho, Wo, Ho * Wo)
+        assert p.dom["(h,w)"] == (0, (Ho - 1) * W + Wo) and p.strides["I"]["(h,w)"] == 1
+        assert p.flops() == 2 * prod(sizes[x] for x in "NFC") * Ho * Wo * sizes["R"] * sizes["S"]
+        assert "run on in I's rows of" in p.describe()
+        assert "s0_init" not in nk.llvm_ir  # the padded plan still covers O: no identity fill
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(2, 12), W=st.integers(2, 40), F=st.integers(1, 30),
+       R=st.integers(1, 4), S=st.integers(2, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
+       nv=st.integers(1, 4), kc=st.integers(1, 20), mcs=st.integers(1, 3), ncs=st.integers(1, 5),
+       pack_a=st.booleans(), pack_b=st.booleans())
+def test_padded_convolutions_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, R, S, threads, mr, nv, kc,
+                                                                           mcs, ncs, pack_a, pack_b):
+    """Column blocks of any width (the compaction of a block that ends inside an output row, or
+    inside the overlap), any tiles, both packings, threads over batches, rows or columns."""
+    R, S = min(R, H), min(S, W)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
+    _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl)
 
 
 @settings(max_examples=20, deadline=None)

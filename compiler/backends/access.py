@@ -49,7 +49,8 @@ def covers_output(p, b: Bound) -> bool:
         return False
     shape, mins = b.shapes[p.c], b.mins[p.c]
     idx = b.kernel.stmts[p.stmt].indices
-    return all(p.dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))
+    dom = getattr(p, "out_dom", p.dom)  # a padded cpu plan's own domain has other variables
+    return all(dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))
 
 
 def check_in_place(k, backend: str) -> None:

@@ -459,7 +459,8 @@ class _Emit:
         pa, pb = self.mod.get_global(f"{self.pre}_pack_a"), self.mod.get_global(f"{self.pre}_pack_b")
         work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part = self.entry(ptrs_of)
         b = self.bld
-        bpack, apack, aedge, bedge, partial, whole_a = (self.at(work, off) for off in self.offsets()[:6])
+        bpack, apack, aedge, bedge, partial, whole_a, cpad = (self.at(work, off) for off in self.offsets()[:7])
+        compact = self.compact() if p.pad else None
         klo, khi = p.dom[p.red]
         if bl.split_k:
             # part 0 adds into C, the others into a private copy of C's span (summed by
@@ -500,85 +501,125 @@ class _Emit:
                 self.loop(m_lo, m_hi, bl.mc, rows, "pic")
             self.loop(0, ntaps, 1, pack_tap, "pt")
 
-        def batch(q):
+        def columns(q, jc):
+            """Columns [jc, jc + NC) of batch iteration q (a tap of a batch, with taps), every K block."""
             A, B, C = self.operands(q)
+            if p.pad:  # tiles go to the scratch C, compacted into the batch's C after its last tap
+                C = cpad
+            nc = self.min(_c(bl.nc), b.sub(n_hi, jc))
 
-            def jblock(jc):
-                nc = self.min(_c(bl.nc), b.sub(n_hi, jc))
+            def kblock(pc):
+                kc = self.min(_c(bl.kc), b.sub(k_to, pc))
+                # the first K block stores, except onto a C it adds to (``+=``: part 0's)
+                accum = b.icmp_signed("!=", pc, k_from) if p.init or bl.split_k else L.Constant(L.IntType(1), 1)
+                if bl.split_k and not p.init:
+                    accum = b.or_(accum, first)
+                if p.taps and p.init:  # every tap but the first adds to what the earlier ones stored
+                    accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(ntaps)), _c(0)))
+                if bl.pack_b:
+                    b.call(pb, [bpack, B, jc, nc, pc, kc])
 
-                def kblock(pc):
-                    kc = self.min(_c(bl.kc), b.sub(k_to, pc))
-                    # the first K block stores, except onto a C it adds to (``+=``: part 0's)
-                    accum = b.icmp_signed("!=", pc, k_from) if p.init or bl.split_k else L.Constant(L.IntType(1), 1)
-                    if bl.split_k and not p.init:
-                        accum = b.or_(accum, first)
-                    if p.taps and p.init:  # every tap but the first adds to what the earlier ones stored
-                        accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(ntaps)), _c(0)))
-                    if bl.pack_b:
-                        b.call(pb, [bpack, B, jc, nc, pc, kc])
+                def iblock(ic, jr0=_c(0)):
+                    mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
+                    ablk = apack
+                    if pre:
+                        ablk = a_block(b.srem(q, _c(ntaps)), ic, mc, pc)
+                    elif bl.pack_a:
+                        b.call(pa, [apack, A, ic, mc, pc, kc])
 
-                    def iblock(ic, jr0=_c(0)):
-                        mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
-                        ablk = apack
-                        if pre:
-                            ablk = a_block(b.srem(q, _c(ntaps)), ic, mc, pc)
-                        elif bl.pack_a:
-                            b.call(pa, [apack, A, ic, mc, pc, kc])
+                    def jtile(jr):
+                        nv = self.min(_c(bl.nr), b.sub(nc, jr))
 
-                        def jtile(jr):
-                            nv = self.min(_c(bl.nr), b.sub(nc, jr))
+                        def tiles(btile, b_ks):
+                            def itile(ir):
+                                mv = self.min(_c(bl.mr), b.sub(mc, ir))
+                                m0 = b.add(ic, ir)
+                                ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
+                                                         b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
+                                if bl.pack_a:
+                                    b.call(self.micro(1, bl.mr, b_ks),
+                                           [self.at(ablk, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
+                                else:
+                                    def whole():
+                                        at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
+                                        b.call(self.micro(sm, sk, b_ks), [at, btile, ctile, kc, mv, nv, accum])
 
-                            def tiles(btile, b_ks):
-                                def itile(ir):
-                                    mv = self.min(_c(bl.mr), b.sub(mc, ir))
-                                    m0 = b.add(ic, ir)
-                                    ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
-                                                             b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
-                                    if bl.pack_a:
-                                        b.call(self.micro(1, bl.mr, b_ks),
-                                               [self.at(ablk, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
-                                    else:
-                                        def whole():
-                                            at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
-                                            b.call(self.micro(sm, sk, b_ks), [at, btile, ctile, kc, mv, nv, accum])
+                                    def part():  # the last rows: a zero-padded panel
+                                        b.call(pa, [aedge, A, m0, mv, pc, kc])
+                                        b.call(self.micro(1, bl.mr, b_ks), [aedge, btile, ctile, kc, mv, nv, accum])
+                                    self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
+                                self.finish_tile(pc, kc, khi, m0, mv, b.add(jc, jr), nv, k_whole)
+                            self.loop(0, mc, bl.mr, itile, "ir")
 
-                                        def part():  # the last rows: a zero-padded panel
-                                            b.call(pa, [aedge, A, m0, mv, pc, kc])
-                                            b.call(self.micro(1, bl.mr, b_ks), [aedge, btile, ctile, kc, mv, nv, accum])
-                                        self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
-                                    self.finish_tile(pc, kc, khi, m0, mv, b.add(jc, jr), nv, k_whole)
-                                self.loop(0, mc, bl.mr, itile, "ir")
+                        if bl.pack_b:
+                            tiles(self.at(bpack, b.mul(jr, kc)), bl.nr)
+                            return
 
-                            if bl.pack_b:
-                                tiles(self.at(bpack, b.mul(jr, kc)), bl.nr)
-                                return
+                        def direct():
+                            n0 = b.add(jc, jr)
+                            tiles(self.at(B, b.add(b.mul(pc, _c(bk)), b.mul(n0, _c(bn)))), bk)
 
-                            def direct():
-                                n0 = b.add(jc, jr)
-                                tiles(self.at(B, b.add(b.mul(pc, _c(bk)), b.mul(n0, _c(bn)))), bk)
+                        def edge():  # the last columns: a zero-padded panel
+                            b.call(pb, [bedge, B, b.add(jc, jr), nv, pc, kc])
+                            tiles(bedge, bl.nr)
+                        self.if_(b.icmp_signed("==", nv, _c(bl.nr)), direct, edge)
+                    self.loop(jr0, nc, bl.nr, jtile, "jr")
 
-                            def edge():  # the last columns: a zero-padded panel
-                                b.call(pb, [bedge, B, b.add(jc, jr), nv, pc, kc])
-                                tiles(bedge, bl.nr)
-                            self.if_(b.icmp_signed("==", nv, _c(bl.nr)), direct, edge)
-                        self.loop(jr0, nc, bl.nr, jtile, "jr")
+                def blocks():
+                    self.loop(m_lo, m_hi, bl.mc, iblock, "ic")
+                if not p.streams():
+                    blocks()
+                    return
 
-                    def blocks():
-                        self.loop(m_lo, m_hi, bl.mc, iblock, "ic")
-                    if not p.streams():
-                        blocks()
-                        return
+                def stream():  # whole tiles in one tight pass; ragged columns as usual
+                    whole = b.mul(b.sdiv(nc, _c(bl.nr)), _c(bl.nr))
+                    self.stream(A, B, C, pc, jc, whole, m_lo, accum, khi, k_whole)
+                    self.if_(b.icmp_signed("<", whole, nc), lambda: iblock(m_lo, whole))
+                full = b.and_(b.icmp_signed("==", kc, _c(bl.kc)), b.icmp_signed("==", b.sub(m_hi, m_lo), _c(bl.mr)))
+                self.if_(full, stream, blocks)
+            self.loop(k_from, k_to, bl.kc, kblock, "pc")
 
-                    def stream():  # whole tiles in one tight pass; ragged columns as usual
-                        whole = b.mul(b.sdiv(nc, _c(bl.nr)), _c(bl.nr))
-                        self.stream(A, B, C, pc, jc, whole, m_lo, accum, khi, k_whole)
-                        self.if_(b.icmp_signed("<", whole, nc), lambda: iblock(m_lo, whole))
-                    full = b.and_(b.icmp_signed("==", kc, _c(bl.kc)), b.icmp_signed("==", b.sub(m_hi, m_lo), _c(bl.mr)))
-                    self.if_(full, stream, blocks)
-                self.loop(k_from, k_to, bl.kc, kblock, "pc")
-            self.loop(n_lo, n_hi, bl.nc, jblock, "jc")
-        self.loop(q_lo, q_hi, 1, batch, "q")
+        if p.pad:
+            # a padded C is as long as all of a batch's output rows: each column block takes
+            # every tap in turn while its part of the scratch C is in cache, then is compacted
+            def group(q0):
+                def jblock(jc):
+                    self.loop(0, ntaps, 1, lambda t: columns(b.add(q0, t), jc), "t")
+                    b.call(compact, [self.operands(q0)[2], cpad, m_lo, m_hi, jc, self.min(b.add(jc, _c(bl.nc)), n_hi)])
+                self.loop(n_lo, n_hi, bl.nc, jblock, "jc")
+            self.loop(q_lo, q_hi, ntaps, group, "q")
+        else:
+            self.loop(q_lo, q_hi, 1, lambda q: self.loop(n_lo, n_hi, bl.nc, lambda jc: columns(q, jc), "jc"), "q")
         b.ret_void()
+
+    def compact(self):
+        """``compact(c, scratch, m_lo, m_hi, n_lo, n_hi)``: a padded plan's scratch rows
+        [m_lo, m_hi), padded columns [n_lo, n_hi), into C, each padded row's first Wo columns
+        (the rest is the overlap with the next row, dropped)."""
+        p = self.p
+        _, _, wpad, _, wo, c_row = p.pad
+        srow = p.strides[p.c][p.row]
+        fp = F32.as_pointer()
+        outer = self.fn, self.bld
+        fn = self.func("compact", [fp, fp, I64, I64, I64, I64])
+        c, src, m_lo, m_hi, n_lo, n_hi = fn.args
+        b = self.bld
+
+        def row(m):
+            dst_m = self.at(c, b.mul(m, _c(c_row)))
+            src_m = self.at(src, b.mul(m, _c(srow)))
+
+            def out_row(h):
+                start = b.mul(h, _c(wpad))
+                w_lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
+                w_hi = self.min(_c(wo), b.sub(n_hi, start))
+                d, s_ = self.at(dst_m, b.mul(h, _c(wo))), self.at(src_m, start)
+                self.loop(w_lo, w_hi, 1, lambda w: b.store(b.load(self.at(s_, w)), self.at(d, w)), "w")
+            self.loop(b.sdiv(n_lo, _c(wpad)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(wpad)), _c(1)), 1, out_row, "h")
+        self.loop(m_lo, m_hi, 1, row, "m")
+        b.ret_void()
+        self.fn, self.bld = outer
+        return fn
 
     def stream(self, A, B, C, pc, jc, cols, m0, accum, khi: int, k_whole):
         """One whole K block (KC rows of B) of one whole row tile (MR rows at m0), columns
@@ -660,14 +701,15 @@ class _Emit:
     def offsets(self) -> list[int]:
         """Float offsets in the per-thread scratch: packed B block, packed A block, A edge
         panel, B edge panel, a split K's partial sums, the whole packed A (``prepacks_a``),
-        and the end."""
+        a padded plan's scratch C (``Contraction.pad``), and the end."""
         bl = self.bl
         pre = self.p.prepacks_a()
         sizes = [bl.kc * (-(-bl.nc // bl.nr) * bl.nr) if bl.pack_b else 0,
                  self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if bl.pack_a and not pre else 0, bl.mr * bl.kc,
                  bl.nr * bl.kc, self.p.c_span() if bl.split_k else 0,
                  # the whole packed A, and past its end room for the last block's staging
-                 self.p.prepack_floats() + self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if pre else 0]
+                 self.p.prepack_floats() + self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if pre else 0,
+                 self.p.pad_floats()]  # a padded plan's scratch C
         out = [0]
         for x in sizes:
             out.append(out[-1] + -(-x // 16) * 16)  # 64-byte aligned parts
