@@ -448,6 +448,26 @@ def test_scalar_statements_over_the_same_rows_run_as_one_row_loop(src, runs, siz
         assert f"S{runs[0][0]}-S{runs[0][-1]}: " in text and "one row loop over n" in text
 
 
+@pytest.mark.parametrize("sizes", [dict(B=1, K=1, N=1), dict(B=37, K=19, N=101), dict(B=300, K=64, N=257)])
+def test_a_softmax_after_a_contraction_runs_as_one_row_loop_after_it(sizes):
+    """Attention-like: a GEMM, then softmax over its rows. The contraction runs first (no
+    statement of the softmax is its epilogue: the max reduction comes first), then the four
+    softmax statements as one row loop reading the GEMM's rows."""
+    from compiler.backends.llvm import compile_cpu
+    src = ("def attn(float(B, K) X, float(K, N) W) -> (H, mx, e, s, O) {\n    H(b, n) +=! X(b, k) * W(k, n)\n"
+           "    mx(b) max=! H(b, n)\n    e(b, n) = exp(H(b, n) - mx(b))\n    s(b) +=! e(b, n)\n"
+           "    O(b, n) = e(b, n) / s(b)\n}\n")
+    k = compiler.parse(src).kernel()
+    b = bind(k, sizes)
+    ins = random_inputs(k, b)
+    ref = ir.interp.run(k, ins, b.sizes)
+    for threads in (1, 2):
+        nk = compile_cpu(k, b, hw_models.load("cpu"), threads=threads)
+        assert [p.stmt for p in nk.plans] == [0] and not nk.plans[0].epilogue and nk.row_runs == [[1, 2, 3, 4]]
+        ok, _, per = compare(nk(dict(ins)), ref)
+        assert ok, (threads, per)
+
+
 def test_a_statement_reading_its_own_output_elsewhere_is_refused_where_it_would_be_wrong(capsys):
     """B(i) = B(N - 1 - i) + 1: the reference reads the old B everywhere; the cpu and cuda
     backends update B in place, so they refuse (located), and sim-nnp (which stages blocks
