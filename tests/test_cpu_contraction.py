@@ -441,6 +441,50 @@ def test_short_convolution_rows_run_on_through_the_input_rows(sizes, padded, thr
         assert "s0_init" not in nk.llvm_ir  # the padded plan still covers O: no identity fill
 
 
+POINTWISE = "def pw(float(N, C, H, W) I, float(F, C) Wt) -> (O) { O(n, f, h, w) +=! I(n, c, h, w) * Wt(f, c) }"
+
+
+@pytest.mark.parametrize("src,sizes,merged", [
+    (POINTWISE, dict(N=2, C=9, H=5, W=28, F=20), True),  # 28 of 32 columns per tile
+    (POINTWISE, dict(N=1, C=3, H=7, W=7, F=5), True),
+    (POINTWISE, dict(N=2, C=9, H=5, W=32, F=20), False),  # whole tiles already
+    ("def pw3(float(C, H, W) I, float(F, C) Wt) -> (O) { O(f, h, w) +=! I(c, h, w) * Wt(f, c) }",
+     dict(C=9, H=5, W=28, F=20), False),  # h the only batch loop: the plan may take an epilogue
+    ("def sub(float(N, C, H, W) I, float(F, C) Wt) -> (O) { O(n, f, h, w) +=! I(n, c, h, w + 1) * Wt(f, c) "
+     "where w in 0:W-1 }", dict(N=2, C=9, H=5, W=29, F=20), False),  # I's rows longer than O's
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_output_rows_every_operand_holds_one_after_another_run_together(src, sizes, merged, threads):
+    """A pointwise convolution's h and w as one vector variable over h * W points (no padding,
+    no compaction), where each row would leave part of its last tile empty."""
+    k = compiler.parse(src).kernel()
+    b = bind(k, sizes)
+    ins = random_inputs(k, b, seed=3)
+    nk = compile_cpu(k, b, CPU, threads=threads)
+    [p] = nk.plans
+    assert bool(p.merged) == merged
+    if merged:
+        assert p.vec == "(h,w)" and p.dom["(h,w)"] == (0, sizes["H"] * sizes["W"]) and p.batch == ("n",)
+        assert p.flops() == 2 * prod(sizes.values()) and "run together" in p.describe()
+    ok, _, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+    assert ok, per
+
+
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(1, 9), W=st.integers(1, 40), F=st.integers(1, 30),
+       threads=st.integers(1, 3), mr=st.integers(1, 14), nv=st.integers(1, 4), kc=st.integers(1, 20),
+       ncs=st.integers(1, 5), pack_a=st.booleans(), pack_b=st.booleans())
+def test_merged_rows_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, threads, mr, nv, kc, ncs,
+                                                                   pack_a, pack_b):
+    k = compiler.parse(POINTWISE).kernel()
+    b = bind(k, dict(N=N, C=C, H=H, W=W, F=F))
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * 2, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
+    nk = compile_cpu(k, b, CPU, threads=threads, blocking=bl)
+    ins = random_inputs(k, b, seed=kc)
+    ok, _, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+    assert ok, per
+
+
 @settings(max_examples=25, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(2, 12), W=st.integers(2, 40), F=st.integers(1, 30),
        R=st.integers(1, 4), S=st.integers(2, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
