@@ -627,3 +627,22 @@ def test_a_few_rows_over_a_b_from_memory_take_two_tiles_and_split_k(threads):
     p = nk.plans[0]
     assert p.vec == "m" and (p.blocking.mr, p.blocking.nv, p.blocking.split_k) == (8, 2, threads > 1)
     assert np.allclose(out, ref, atol=1e-4 * 3001, rtol=1e-4)
+
+
+@pytest.mark.parametrize("N,widths", [(100, [2, 1]), (96, [2]), (120, [2]), (111, [2, 1])])
+def test_the_ragged_last_tile_takes_a_micro_kernel_only_as_wide_as_it_needs(N, widths):
+    """N = 100 in 32-wide tiles: three whole tiles and 4 columns, which take a one-vector
+    micro-kernel (no FMAs on lanes past C's end), as do 111's last 15; 96 has no ragged tile,
+    and 120's last 24 columns need both vectors."""
+    import re
+    k = compiler.parse(kernels.path("gemm")).kernel()
+    b = bind(k, dict(M=64, N=N, K=64))
+    nk = compile_cpu(k, b, CPU, blocking=dict(nv=2, pack_a=True, pack_b=True))
+    text = nk.llvm_ir
+    defs = re.findall(r'define internal void @"(s0_micro_\d+)"', text)
+    fmas = [text.split(f'@"{d}"(float* noalias')[1].split("\n}\n")[0].count('@"llvm.fma.v16f32"') for d in defs]
+    mr = nk.plans[0].blocking.mr
+    assert sorted(fmas, reverse=True) == [mr * w for w in widths]
+    ins = random_inputs(k, b, seed=N)
+    ok, _, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+    assert ok, per
