@@ -583,8 +583,8 @@ class _Gen:
             for name, _, outer, _ in self.functions:
                 if isinstance(outer, Contraction):
                     continue
-                head = f'define void @"{name}"('
-                at = text.find(head)
+                at = text.find(f'define void @"{name}"(')
+                assert at >= 0, name
                 end = text.index("\n", at)
                 text = text[:end] + " #900" + text[end:]
             text += f'\nattributes #900 = {{ "prefer-vector-width"="{VECTOR_BITS}" }}\n'
