@@ -441,6 +441,46 @@ def test_short_convolution_rows_run_on_through_the_input_rows(sizes, padded, thr
         assert "s0_init" not in nk.llvm_ir  # the padded plan still covers O: no identity fill
 
 
+@pytest.mark.parametrize("sizes,taken", [
+    (dict(N=3, C=8, H=9, W=9, F=256, R=3, S=3), True),  # 7 of 9 columns: run on, 9 / 7 the work
+    (dict(N=2, C=5, H=16, W=16, F=260, R=3, S=3), True),
+    (dict(N=1, C=7, H=6, W=11, F=300, R=2, S=4), True),
+    (dict(N=3, C=8, H=9, W=9, F=64, R=3, S=3), False),  # too few rows to pay for the gathered B
+    (dict(N=2, C=8, H=9, W=32, F=256, R=3, S=3), False),  # 30 of 32 columns: padded rows
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_images_run_every_pixel_as_one_vector_variable(sizes, taken, threads):
+    """Small images with many output channels: every batch's Ho * Wo pixels one after another
+    as the vector variable (B packed through each pixel's address), C's tiles into a scratch
+    C copied into O after the last tap; threads split C's rows or its columns, whose ranges
+    cross from one image into the next."""
+    nk = _conv(sizes, threads)
+    [p] = nk.plans
+    assert bool(p.im2col) == taken
+    if taken:
+        Ho, Wo = sizes["H"] - sizes["R"] + 1, sizes["W"] - sizes["S"] + 1
+        assert p.vec == "(n,h,w)" and p.batch == () and p.dom["(n,h,w)"] == (0, sizes["N"] * Ho * Wo)
+        assert p.blocking.pack_b and p.prepacks_a() and "output pixels as one vector" in p.describe()
+        assert p.flops() == 2 * prod(sizes[x] for x in "NFCRS") * Ho * Wo
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(2, 12), W=st.integers(2, 24), F=st.integers(1, 30),
+       R=st.integers(1, 4), S=st.integers(2, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
+       nv=st.integers(1, 4), kc=st.integers(1, 20), mcs=st.integers(1, 3), ncs=st.integers(1, 5),
+       pack_a=st.booleans())
+def test_im2col_convolutions_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, R, S, threads,
+                                                                           mr, nv, kc, mcs, ncs, pack_a):
+    """The im2col plan for any number of rows (IM2COL_ROWS lowered), any tiles and column blocks
+    (a block or a thread's part that starts or ends inside an image), packed or in-place A."""
+    from compiler.backends.llvm import plan
+    R, S = min(R, H), min(S, W)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan, "IM2COL_ROWS", 1)
+        _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl)
+
+
 POINTWISE = "def pw(float(N, C, H, W) I, float(F, C) Wt) -> (O) { O(n, f, h, w) +=! I(n, c, h, w) * Wt(f, c) }"
 
 

@@ -213,11 +213,35 @@ class _Emit:
         bp, src, jc, nc, pc, kc = fn.args
         sk, sn = p.strides[p.b][p.red], p.strides[p.b][p.vec]
         b = self.bld
+        offs = b.alloca(I64, size=bl.nr, name="offs") if p.im2col else None
 
         def panel(q):
             nv = self.min(_c(bl.nr), b.sub(nc, q))
             dst0 = b.mul(q, kc)  # panel q/NR starts at (q/NR)*kc*NR = q*kc
             self.pad_panel(bp, dst0, kc, bl.nr, nv)
+            if p.im2col:
+                # column j is output pixel j: batch j / (Ho Wo), row and column within it; its
+                # offset in B (the tap's is in src) once per panel, then the panel row by row
+                _, _, _, _, ho, wo, s_n, s_h, s_w, _, _ = p.im2col
+
+                def offset(j):
+                    x = b.add(jc, b.add(q, j))
+                    img, pix = b.sdiv(x, _c(ho * wo)), b.srem(x, _c(ho * wo))
+                    o = b.add(b.mul(img, _c(s_n)), b.add(b.mul(b.sdiv(pix, _c(wo)), _c(s_h)),
+                                                         b.mul(b.srem(pix, _c(wo)), _c(s_w))))
+                    b.store(b.add(o, b.mul(pc, _c(sk))), b.gep(offs, [j]))
+                self.loop(0, nv, 1, offset, "j")
+
+                def krow(kk):
+                    drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
+                    base = b.mul(kk, _c(sk))
+
+                    def copy(j):
+                        v = b.load(self.at(src, b.add(b.load(b.gep(offs, [j])), base)))
+                        b.store(v, self.at(bp, b.add(drow, j)))
+                    self.loop(0, nv, 1, copy, "j")
+                self.loop(0, kc, 1, krow, "kk")
+                return
             if sk == 1 and sn != 1:
                 # B(n, k) (an NT GEMM): read along k, one column of the panel at a time
                 def start(j):  # column j of the panel, at k = pc
@@ -482,7 +506,7 @@ class _Emit:
         work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part = self.entry(ptrs_of)
         b = self.bld
         bpack, apack, aedge, bedge, partial, whole_a, cpad = (self.at(work, off) for off in self.offsets()[:7])
-        compact = self.compact() if p.pad else None
+        compact = self.compact() if p.scratch_c else None
         klo, khi = p.dom[p.red]
         if bl.split_k:
             # part 0 adds into C, the others into a private copy of C's span (summed by
@@ -526,7 +550,7 @@ class _Emit:
         def columns(q, jc):
             """Columns [jc, jc + NC) of batch iteration q (a tap of a batch, with taps), every K block."""
             A, B, C = self.operands(q)
-            if p.pad:  # tiles go to the scratch C, compacted into the batch's C after its last tap
+            if p.scratch_c:  # tiles go to the scratch C, compacted into the batch's C after its last tap
                 C = cpad
             nc = self.min(_c(bl.nc), b.sub(n_hi, jc))
 
@@ -601,7 +625,7 @@ class _Emit:
                 self.if_(full, stream, blocks)
             self.loop(k_from, k_to, bl.kc, kblock, "pc")
 
-        if p.pad:
+        if p.scratch_c:
             # a padded C is as long as all of a batch's output rows: each column block takes
             # every tap in turn while its part of the scratch C is in cache, then is compacted
             def group(q0):
@@ -617,15 +641,33 @@ class _Emit:
     def compact(self):
         """``compact(c, scratch, m_lo, m_hi, n_lo, n_hi)``: a padded plan's scratch rows
         [m_lo, m_hi), padded columns [n_lo, n_hi), into C, each padded row's first Wo columns
-        (the rest is the overlap with the next row, dropped)."""
+        (the rest is the overlap with the next row, dropped); an im2col plan's columns are
+        every batch's Ho * Wo pixels in turn, each batch's run copied to its place in C."""
         p = self.p
-        _, _, wpad, _, wo, c_row = p.pad
         srow = p.strides[p.c][p.row]
         fp = F32.as_pointer()
         outer = self.fn, self.bld
         fn = self.func("compact", [fp, fp, I64, I64, I64, I64])
         c, src, m_lo, m_hi, n_lo, n_hi = fn.args
         b = self.bld
+        if p.im2col:
+            _, _, _, _, ho, wo, _, _, _, c_n, c_row = p.im2col
+            px = ho * wo
+
+            def image_rows(m):
+                def image(q):
+                    j_lo = self.min(b.add(b.mul(q, _c(px)), _c(px)), n_hi)
+                    start = b.mul(q, _c(px))
+                    j0 = b.select(b.icmp_signed("<", n_lo, start), start, n_lo)
+                    d = self.at(c, b.sub(b.add(b.mul(q, _c(c_n)), b.mul(m, _c(c_row))), start))
+                    s_ = self.at(src, b.mul(m, _c(srow)))
+                    self.loop(j0, j_lo, 1, lambda j: b.store(b.load(self.at(s_, j)), self.at(d, j)), "j")
+                self.loop(b.sdiv(n_lo, _c(px)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(px)), _c(1)), 1, image, "q")
+            self.loop(m_lo, m_hi, 1, image_rows, "m")
+            b.ret_void()
+            self.fn, self.bld = outer
+            return fn
+        _, _, wpad, _, wo, c_row = p.pad
 
         def row(m):
             dst_m = self.at(c, b.mul(m, _c(c_row)))
