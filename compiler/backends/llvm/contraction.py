@@ -639,47 +639,36 @@ class _Emit:
         b.ret_void()
 
     def compact(self):
-        """``compact(c, scratch, m_lo, m_hi, n_lo, n_hi)``: a padded plan's scratch rows
-        [m_lo, m_hi), padded columns [n_lo, n_hi), into C, each padded row's first Wo columns
-        (the rest is the overlap with the next row, dropped); an im2col plan's columns are
-        every batch's Ho * Wo pixels in turn, each batch's run copied to its place in C."""
+        """``compact(c, scratch, m_lo, m_hi, n_lo, n_hi)``: scratch rows [m_lo, m_hi), columns
+        [n_lo, n_hi), into C.  The scratch's columns are runs, each copied to its place in C: a
+        padded plan's runs are C's rows, W apart in the scratch, of which the first Wo columns
+        are kept (the rest is the overlap with the next row, dropped); an im2col plan's are
+        every batch's Ho * Wo pixels, one after another."""
         p = self.p
         srow = p.strides[p.c][p.row]
+        if p.im2col:
+            _, _, _, _, ho, wo, _, _, _, c_n, c_row = p.im2col
+            period, length, dst_period = ho * wo, ho * wo, c_n
+        else:
+            _, _, wpad, _, wo, c_row = p.pad
+            period, length, dst_period = wpad, wo, wo
         fp = F32.as_pointer()
         outer = self.fn, self.bld
         fn = self.func("compact", [fp, fp, I64, I64, I64, I64])
         c, src, m_lo, m_hi, n_lo, n_hi = fn.args
         b = self.bld
-        if p.im2col:
-            _, _, _, _, ho, wo, _, _, _, c_n, c_row = p.im2col
-            px = ho * wo
-
-            def image_rows(m):
-                def image(q):
-                    j_lo = self.min(b.add(b.mul(q, _c(px)), _c(px)), n_hi)
-                    start = b.mul(q, _c(px))
-                    j0 = b.select(b.icmp_signed("<", n_lo, start), start, n_lo)
-                    d = self.at(c, b.sub(b.add(b.mul(q, _c(c_n)), b.mul(m, _c(c_row))), start))
-                    s_ = self.at(src, b.mul(m, _c(srow)))
-                    self.loop(j0, j_lo, 1, lambda j: b.store(b.load(self.at(s_, j)), self.at(d, j)), "j")
-                self.loop(b.sdiv(n_lo, _c(px)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(px)), _c(1)), 1, image, "q")
-            self.loop(m_lo, m_hi, 1, image_rows, "m")
-            b.ret_void()
-            self.fn, self.bld = outer
-            return fn
-        _, _, wpad, _, wo, c_row = p.pad
 
         def row(m):
             dst_m = self.at(c, b.mul(m, _c(c_row)))
             src_m = self.at(src, b.mul(m, _c(srow)))
 
-            def out_row(h):
-                start = b.mul(h, _c(wpad))
-                w_lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
-                w_hi = self.min(_c(wo), b.sub(n_hi, start))
-                d, s_ = self.at(dst_m, b.mul(h, _c(wo))), self.at(src_m, start)
-                self.loop(w_lo, w_hi, 1, lambda w: b.store(b.load(self.at(s_, w)), self.at(d, w)), "w")
-            self.loop(b.sdiv(n_lo, _c(wpad)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(wpad)), _c(1)), 1, out_row, "h")
+            def run(q):
+                start = b.mul(q, _c(period))
+                lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
+                hi = self.min(_c(length), b.sub(n_hi, start))
+                d, s_ = self.at(dst_m, b.mul(q, _c(dst_period))), self.at(src_m, start)
+                self.loop(lo, hi, 1, lambda j: b.store(b.load(self.at(s_, j)), self.at(d, j)), "j")
+            self.loop(b.sdiv(n_lo, _c(period)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(period)), _c(1)), 1, run, "q")
         self.loop(m_lo, m_hi, 1, row, "m")
         b.ret_void()
         self.fn, self.bld = outer
