@@ -393,10 +393,16 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
             assert ok, (M, N, K, threads, per)
 
 
-def _conv(sizes, threads=1, blocking=None):
+def _conv(sizes, threads=1, blocking=None, fold=True):
+    """conv2d at ``sizes``, checked against the interpreter; ``fold=False``: the filter taps as
+    passes over C rather than folded into K (``plan._fold_taps``), the path other layouts take."""
+    from compiler.backends.llvm import plan
     k = compiler.parse(kernels.path("conv2d")).kernel()
     b = bind(k, sizes)
-    nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
+    with pytest.MonkeyPatch.context() as mp:
+        if not fold:
+            mp.setattr(plan, "_fold_taps", lambda p: None)
+        nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
     ins = random_inputs(k, b, seed=5)
     ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
     assert ok, (sizes, threads, blocking, per)
@@ -407,11 +413,24 @@ def test_a_convolution_is_a_contraction_with_taps():
     """O(n, f, h, w) += I(n, c, h + r, w + s) * Wt(f, c, r, s): f x w tiles over K = c, the
     filter taps r, s as passes accumulating into O, Wt (the same for every n, h) packed once
     per call for every tap."""
-    nk = _conv(dict(N=2, C=16, H=30, W=130, F=40, R=3, S=3))  # 128-wide rows: whole tiles
+    nk = _conv(dict(N=2, C=16, H=30, W=130, F=40, R=3, S=3), fold=False)  # 128-wide rows: whole tiles
     [p] = nk.plans
     assert (p.row, p.vec, p.red, p.batch, p.taps, p.pad) == ("f", "w", "c", ("n", "h"), ("r", "s"), ())
     assert p.blocking.pack_a and p.prepacks_a() and not p.epilogue
     assert "taps r, s" in p.describe() and "once per call" in p.describe()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_taps_fold_into_k_where_the_filter_holds_them_one_after_another(threads):
+    """Wt(f, c, r, s) holds (c, r, s) contiguously: K runs over all three (unit stride in A),
+    B packed a K block at a time through each k's offset in I (its channel's plane, the tap's
+    r * W + s); no taps are left, so C is stored once per tile, not once per tap."""
+    sizes = dict(N=2, C=16, H=30, W=130, F=40, R=3, S=2)
+    [p] = _conv(sizes, threads).plans
+    assert (p.red, p.taps, p.dom["(c,r,s)"]) == ("(c,r,s)", (), (0, 16 * 3 * 2))
+    assert p.kfold == (("c", "r", "s"), (16, 3, 2), (30 * 130, 130, 1))
+    assert p.strides["Wt"]["(c,r,s)"] == 1 and p.blocking.pack_b and "taps r, s folded into K" in p.describe()
+    assert p.flops() == 2 * prod(sizes.values()) // (30 * 130) * 28 * 129
 
 
 @pytest.mark.parametrize("sizes,padded", [
@@ -468,9 +487,9 @@ def test_small_images_run_every_pixel_as_one_vector_variable(sizes, taken, threa
 @given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(2, 12), W=st.integers(2, 24), F=st.integers(1, 30),
        R=st.integers(1, 4), S=st.integers(2, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
        nv=st.integers(1, 4), kc=st.integers(1, 20), mcs=st.integers(1, 3), ncs=st.integers(1, 5),
-       pack_a=st.booleans())
+       pack_a=st.booleans(), fold=st.booleans())
 def test_im2col_convolutions_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, R, S, threads,
-                                                                           mr, nv, kc, mcs, ncs, pack_a):
+                                                                           mr, nv, kc, mcs, ncs, pack_a, fold):
     """The im2col plan for any number of rows (IM2COL_ROWS lowered), any tiles and column blocks
     (a block or a thread's part that starts or ends inside an image), packed or in-place A."""
     from compiler.backends.llvm import plan
@@ -478,7 +497,7 @@ def test_im2col_convolutions_with_any_blocking_and_thread_split_are_correct(N, C
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plan, "IM2COL_ROWS", 1)
-        _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl)
+        _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold)
 
 
 POINTWISE = "def pw(float(N, C, H, W) I, float(F, C) Wt) -> (O) { O(n, f, h, w) +=! I(n, c, h, w) * Wt(f, c) }"
@@ -529,14 +548,14 @@ def test_merged_rows_with_any_blocking_and_thread_split_are_correct(N, C, H, W, 
 @given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(2, 12), W=st.integers(2, 40), F=st.integers(1, 30),
        R=st.integers(1, 4), S=st.integers(2, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
        nv=st.integers(1, 4), kc=st.integers(1, 20), mcs=st.integers(1, 3), ncs=st.integers(1, 5),
-       pack_a=st.booleans(), pack_b=st.booleans())
+       pack_a=st.booleans(), pack_b=st.booleans(), fold=st.booleans())
 def test_padded_convolutions_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, R, S, threads, mr, nv, kc,
-                                                                           mcs, ncs, pack_a, pack_b):
+                                                                           mcs, ncs, pack_a, pack_b, fold):
     """Column blocks of any width (the compaction of a block that ends inside an output row, or
     inside the overlap), any tiles, both packings, threads over batches, rows or columns."""
     R, S = min(R, H), min(S, W)
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
-    _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl)
+    _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold)
 
 
 @settings(max_examples=20, deadline=None)
@@ -579,19 +598,19 @@ def test_affine_indices_have_summed_strides():
 @settings(max_examples=25, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40), F=st.integers(1, 30),
        R=st.integers(1, 4), S=st.integers(1, 4), threads=st.integers(1, 3), mr=st.integers(1, 14),
-       nv=st.integers(1, 3), kc=st.integers(1, 20), pack_a=st.booleans(), pack_b=st.booleans())
+       nv=st.integers(1, 3), kc=st.integers(1, 20), pack_a=st.booleans(), pack_b=st.booleans(), fold=st.booleans())
 def test_convolutions_with_any_blocking_and_thread_split_are_correct(N, C, H, W, F, R, S, threads, mr, nv, kc,
-                                                                    pack_a, pack_b):
+                                                                    pack_a, pack_b, fold):
     R, S = min(R, H), min(S, W)
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * 2, nc=16 * nv, pack_a=pack_a, pack_b=pack_b)
-    _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl)
+    _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold)
 
 
 def test_taps_stay_together_when_threads_split():
     """Every part takes whole groups of taps (they accumulate into the same rows of C), over
     batches when there are enough of them, else over rows or columns."""
     for sizes in (dict(N=4, C=64, H=20, W=64, F=64, R=3, S=3), dict(N=1, C=256, H=3, W=200, F=256, R=3, S=3)):
-        p = _conv(sizes, threads=2).plans[0]
+        p = _conv(sizes, threads=2, fold=False).plans[0]
         T = sizes["R"] * sizes["S"]
         parts = split_contraction(p, 2)
         assert len(parts) == 2

@@ -215,6 +215,19 @@ class _Emit:
         b = self.bld
         offs = b.alloca(I64, size=bl.nr, name="offs") if p.im2col else None
 
+        def k_offset(k):
+            """B's offset of reduction step k: k * its stride, or, with the taps folded into K,
+            the offset of k's channel and tap (k unravelled over their extents)."""
+            if not p.kfold:
+                return b.mul(k, _c(sk))
+            _, extents, strides = p.kfold
+            off, rest = _c(0), k
+            for d, (e, st) in enumerate(zip(extents, strides)):
+                inner = prod(extents[d + 1:])
+                off = b.add(off, b.mul(b.sdiv(rest, _c(inner)), _c(st)))
+                rest = b.srem(rest, _c(inner))
+            return off
+
         def panel(q):
             nv = self.min(_c(bl.nr), b.sub(nc, q))
             dst0 = b.mul(q, kc)  # panel q/NR starts at (q/NR)*kc*NR = q*kc
@@ -229,12 +242,12 @@ class _Emit:
                     img, pix = b.sdiv(x, _c(ho * wo)), b.srem(x, _c(ho * wo))
                     o = b.add(b.mul(img, _c(s_n)), b.add(b.mul(b.sdiv(pix, _c(wo)), _c(s_h)),
                                                          b.mul(b.srem(pix, _c(wo)), _c(s_w))))
-                    b.store(b.add(o, b.mul(pc, _c(sk))), b.gep(offs, [j]))
+                    b.store(o, b.gep(offs, [j]))
                 self.loop(0, nv, 1, offset, "j")
 
                 def krow(kk):
                     drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
-                    base = b.mul(kk, _c(sk))
+                    base = k_offset(b.add(pc, kk))
 
                     def copy(j):
                         v = b.load(self.at(src, b.add(b.load(b.gep(offs, [j])), base)))
@@ -276,7 +289,7 @@ class _Emit:
 
             def rows(width):
                 def krow(kk):
-                    srow = b.add(b.mul(b.add(pc, kk), _c(sk)), b.mul(b.add(jc, q), _c(sn)))
+                    srow = b.add(k_offset(b.add(pc, kk)), b.mul(b.add(jc, q), _c(sn)))
                     drow = b.add(dst0, b.mul(kk, _c(bl.nr)))
 
                     def copy(j):

@@ -318,6 +318,9 @@ class Contraction:
     # rows, C's row length, B's strides along n, h, w, C's along n and the row variable); B is
     # packed through the pixel's address, C's tiles go to a scratch C compacted after the last tap
     im2col: tuple = ()
+    # the taps folded into K (``_fold_taps``): (the reduction variables, outermost first, their
+    # extents, B's strides along them); K runs over all of them, B packed through each k's offset
+    kfold: tuple = ()
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
@@ -346,6 +349,8 @@ class Contraction:
                    if self.merged else "")
                 + (f"; every {self.im2col[0]}'s output pixels as one vector ({self.b} packed through each "
                    f"pixel's address, C compacted after the last tap)" if self.im2col else "")
+                + (f"; taps {', '.join(self.kfold[0][1:])} folded into K ({self.b} packed through each k's offset)"
+                   if self.kfold else "")
                 + (f"; {self.red} split across threads, partial sums added after" if bl.split_k else "")
                 + (f"; each whole K block one pass along {self.vec} (B streamed)" if self.streams() else "")
                 + ("; C tiles prefetched" if bl.prefetch_c else "")
@@ -365,7 +370,7 @@ class Contraction:
         """This contraction with some blocking parameters changed (tuning, tests); a B without
         unit stride along the vector variable stays packed, as vector loads need one."""
         bl = replace(self.blocking, **changes)
-        if self.strides[self.b][self.vec] != 1:
+        if self.strides[self.b][self.vec] != 1 or self.kfold:  # (a folded K's rows are packed through their offsets)
             bl = replace(bl, pack_b=True)
         if bl.split_k and not self.splits_k():
             bl = replace(bl, split_k=False)
@@ -401,16 +406,20 @@ class Contraction:
     @property
     def out_dom(self) -> dict:
         """The statement's domain as the kernel states it (a padded or merged plan's h and w restored)."""
+        dom = self.dom
+        if self.kfold:
+            names, extents, _ = self.kfold
+            dom = {**{v: r for v, r in dom.items() if v != self.red}, **{v: (0, e) for v, e in zip(names, extents)}}
         if self.im2col:
             n, h, w, batches, rows, cols = self.im2col[:6]
-            return {**{v: r for v, r in self.dom.items() if v != self.vec}, n: (0, batches), h: (0, rows), w: (0, cols)}
+            return {**{v: r for v, r in dom.items() if v != self.vec}, n: (0, batches), h: (0, rows), w: (0, cols)}
         if self.pad:
             h, w, _, rows, cols, _ = self.pad
         elif self.merged:
             h, w, rows, cols = self.merged
         else:
-            return self.dom
-        return {**{v: r for v, r in self.dom.items() if v != self.vec}, h: (0, rows), w: (0, cols)}
+            return dom
+        return {**{v: r for v, r in dom.items() if v != self.vec}, h: (0, rows), w: (0, cols)}
 
     def pad_floats(self) -> int:
         """Floats of a padded plan's scratch C: every row of C, each its padded columns."""
@@ -484,6 +493,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         return None
     plan, instr, vl = _pick_orientation(plans)
     plan = _fuse_rows(plan, 2 * vl) or _im2col(plan, 2 * vl) or _pad_rows(plan, 2 * vl) or plan
+    plan = _fold_taps(plan) or plan
     sc = broadcast_fma(instr)[2]
     rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
     a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red])
@@ -506,7 +516,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         packed = plan.with_blocking(pack_a=True)
         if packed.prepacks_a():
             plan = packed
-    return plan if plan.taps else _as_dot(plan, t, mappings) or plan
+    return plan if plan.taps or plan.kfold else _as_dot(plan, t, mappings) or plan
 
 
 def _fuse_rows(p: Contraction, nr: int) -> Contraction | None:
@@ -541,6 +551,37 @@ def _fuse_rows(p: Contraction, nr: int) -> Contraction | None:
         strides[name] = dict(sorted(st.items()))
     return replace(p, vec=v, batch=tuple(x for x in p.batch if x != h), dom=dict(sorted(dom.items())),
                    strides=strides, merged=(h, w, p.extent(h), wo))
+
+
+def _fold_taps(p: Contraction) -> Contraction | None:
+    """The taps as part of K: a convolution's filter Wt(f, c, r, s) holds (c, r, s) one after
+    another, so one reduction variable k = (c, r, s) runs through all of it with unit stride,
+    and B (I) is packed a K block at a time through each k's offset (c's row of channels, the
+    tap's r * W + s).  Each micro-kernel call then sums C * R * S products per element (K
+    blocks permitting) instead of a pass of C products per tap, each pass loading and storing
+    C's tile, and a tap-less plan stores C once (no scratch accumulation across taps)."""
+    if not p.taps or p.form != "bcast":
+        return None
+    vs = [p.red, *p.taps]
+    sa, sb = p.strides[p.a], p.strides[p.b]
+    order = sorted(vs, key=lambda v: -sa[v])
+    step = sa[order[-1]]
+    for v, inner in zip(order, order[1:] + [None]):  # A dense over them, outermost first
+        if inner is not None and sa[v] != sa[inner] * p.extent(inner):
+            return None
+    if step != 1 or any(p.dom[v][0] for v in vs):
+        return None
+    v = "(" + ",".join(order) + ")"
+    total = prod(p.extent(x) for x in order)
+    dom = {x: r for x, r in p.dom.items() if x not in vs}
+    dom[v] = (0, total)
+    strides = {}
+    for name, st in ((p.a, sa), (p.b, sb), (p.c, p.strides[p.c])):
+        st = {x: y for x, y in st.items() if x not in vs}
+        st[v] = {p.a: 1, p.b: 0, p.c: 0}[name]  # B: packed through each k's offset
+        strides[name] = dict(sorted(st.items()))
+    return replace(p, red=v, taps=(), dom=dict(sorted(dom.items())), strides=strides,
+                   kfold=(tuple(order), tuple(p.extent(x) for x in order), tuple(sb[x] for x in order)))
 
 
 IM2COL_OVERLAP = 1.1  # input rows this much longer than output rows are not run on (_im2col) ...
