@@ -238,3 +238,18 @@ def test_progress_estimates_the_time_left_from_weighted_rows(monkeypatch, capsys
     assert "1/3 (10s, ~2 min left)" in lines[1] and "2/3 (50s, ~50s left) best 1.2" in lines[2]
     assert "3/3 (100s)" in lines[3] and "left" not in lines[3]
     assert progress.Progress("x", 2, weights=[1]).weights == [1.0, 1.0]  # a wrong-length list: rows count alike
+
+
+def test_the_convolution_script_prints_a_row_against_torch():
+    """scripts/bench_conv_cpu.py: one pointwise row against torch.conv2d (skipped without torch)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("torch")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_conv_cpu.py"
+    out = subprocess.run([sys.executable, str(script), "--only", "4", "--repeats", "2"], capture_output=True,
+                         text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:2] == ["kernel", "N"] and lines[1].startswith("pointwise_conv2d")
+    assert "merged rows" in lines[1] and float(lines[1].split()[-3]) < 1e-3  # the max difference from torch
+    assert lines[-1].startswith("geometric-mean ratio vs torch.conv2d")
