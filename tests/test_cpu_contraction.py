@@ -423,14 +423,20 @@ def test_a_convolution_is_a_contraction_with_taps():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_taps_fold_into_k_where_the_filter_holds_them_one_after_another(threads):
     """Wt(f, c, r, s) holds (c, r, s) contiguously: K runs over all three (unit stride in A),
-    B packed a K block at a time through each k's offset in I (its channel's plane, the tap's
-    r * W + s); no taps are left, so C is stored once per tile, not once per tap."""
+    B's row for k at its offset in I (its channel's plane, the tap's r * W + s): read in place
+    through a constant table of the offsets (the micro-kernel loads each row's address from
+    it), or packed a K block at a time through them; no taps are left, so C is stored once
+    per tile, not once per tap."""
     sizes = dict(N=2, C=16, H=30, W=130, F=40, R=3, S=2)
-    [p] = _conv(sizes, threads).plans
+    nk = _conv(sizes, threads)
+    [p] = nk.plans
     assert (p.red, p.taps, p.dom["(c,r,s)"]) == ("(c,r,s)", (), (0, 16 * 3 * 2))
     assert p.kfold == (("c", "r", "s"), (16, 3, 2), (30 * 130, 130, 1))
-    assert p.strides["Wt"]["(c,r,s)"] == 1 and p.blocking.pack_b and "taps r, s folded into K" in p.describe()
-    assert p.flops() == 2 * prod(sizes.values()) // (30 * 130) * 28 * 129
+    assert p.strides["Wt"]["(c,r,s)"] == 1 and p.flops() == 2 * prod(sizes.values()) // (30 * 130) * 28 * 129
+    assert not p.blocking.pack_b and "taps r, s folded into K (I read through each k's offset)" in p.describe()
+    assert '@"s0_koffs" = internal constant [' in nk.llvm_ir
+    packed = _conv(sizes, threads, dict(pack_b=True)).plans[0]
+    assert "(I packed through each k's offset)" in packed.describe()
 
 
 @pytest.mark.parametrize("sizes,padded", [

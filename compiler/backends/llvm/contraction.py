@@ -73,6 +73,7 @@ class _Emit:
         self.fma = fma or L.Function(mod, L.FunctionType(self.vt, [self.vt] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
         self.pre = f"s{p.stmt}"
         self.micros: dict[tuple, L.Function] = {}
+        self.tbl_at = None  # B in place through the K table: the current K block's first entry (driver)
         self.epilogue = None
 
     # ---- helpers
@@ -411,6 +412,8 @@ class _Emit:
         14.7 ms and 15.6 -> 14.5, pointwise 16x256x14x14 1.74 -> 1.48 and 1.75 -> 1.44, GEMM
         1760x100x1760 2.39 -> 2.23 and 2.57 -> 2.30, 2048x1500x2048 43.6 -> 41.6 and 44.8 -> 42.2."""
         b, bl, p = self.bld, self.bl, self.p
+        if b_ks == 0:  # B in place through the K table (``driver``): this K block's entries
+            args = args + [self.tbl_at]
         rem = p.extent(p.vec) % bl.nr
         edge = -(-rem // bl.vl)
         full = self.micro(a_rs, a_ks, b_ks)
@@ -423,10 +426,12 @@ class _Emit:
     def _micro(self, name: str, a_rs: int, a_ks: int, b_ks: int, nvec: int):
         p, bl = self.p, self.bl
         fp = F32.as_pointer()
-        fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)])
+        table = b_ks == 0  # B in place with the taps folded into K: row k of B at b + tbl[k]
+        fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)] + ([I64.as_pointer()] if table else []))
         if nvec == bl.nv:  # the narrower ones are for last tiles only: calls, not copies
             fn.attributes.add("alwaysinline")
-        a, bp, c, kc, mv, nv, accum = fn.args
+        a, bp, c, kc, mv, nv, accum = fn.args[:7]
+        tbl = fn.args[7] if table else None
         b = self.bld
         zero = L.Constant(self.vt, [0.0] * bl.vl)
         tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
@@ -451,8 +456,13 @@ class _Emit:
         for row in accs:
             for x in row:
                 x.add_incoming(zero, entry)
-        bv = [self.vload(self.at(bpp, v * bl.vl)) for v in range(nvec)]
-        if b_ks != bl.nr and b_ks * 4 >= 64 and bl.prefetch:
+        brow = self.at(bp, b.load(b.gep(tbl, [k]))) if table else bpp
+        bv = [self.vload(self.at(brow, v * bl.vl)) for v in range(nvec)]
+        if table and bl.prefetch:  # (the table runs PREFETCH entries past K)
+            ahead = self.at(bp, b.load(b.gep(tbl, [b.add(k, _c(bl.prefetch))])))
+            for line in range(0, nvec * bl.vl * 4, 64):
+                self.prefetch(self.at(ahead, line // 4))
+        elif b_ks != bl.nr and b_ks * 4 >= 64 and bl.prefetch:
             # B read in place: each k step is another row of B (another page for wide B)
             for line in range(0, nvec * bl.vl * 4, 64):
                 self.prefetch(self.at(bpp, bl.prefetch * b_ks + line // 4))
@@ -519,6 +529,7 @@ class _Emit:
         work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part = self.entry(ptrs_of)
         b = self.bld
         bpack, apack, aedge, bedge, partial, whole_a, cpad = (self.at(work, off) for off in self.offsets()[:7])
+        table = self.k_table() if p.kfold and not bl.pack_b else None
         compact = self.compact() if p.scratch_c else None
         klo, khi = p.dom[p.red]
         if bl.split_k:
@@ -577,6 +588,8 @@ class _Emit:
                     accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(ntaps)), _c(0)))
                 if bl.pack_b:
                     b.call(pb, [bpack, B, jc, nc, pc, kc])
+                elif table is not None:
+                    self.tbl_at = b.gep(table, [_c(0), pc])
 
                 def iblock(ic, jr0=_c(0)):
                     mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
@@ -650,6 +663,28 @@ class _Emit:
         else:
             self.loop(q_lo, q_hi, 1, lambda q: self.loop(n_lo, n_hi, bl.nc, lambda jc: columns(q, jc), "jc"), "q")
         b.ret_void()
+
+    def k_table(self):
+        """B's offset of every reduction step of a plan whose taps are folded into K (k's
+        channel and tap), as a constant table the micro-kernel reads B's rows through when B is
+        read in place; PREFETCH more entries repeat the last, for the prefetches that run ahead."""
+        p, bl = self.p, self.bl
+        names, extents, strides = p.kfold
+        offs = []
+        for k in range(prod(extents)):
+            off, rest = 0, k
+            for d, (e, st) in enumerate(zip(extents, strides)):
+                inner = prod(extents[d + 1:])
+                off += (rest // inner) * st
+                rest %= inner
+            offs.append(off)
+        offs += [offs[-1]] * (bl.prefetch + 1)
+        ty = L.ArrayType(I64, len(offs))
+        g = L.GlobalVariable(self.mod, ty, name=f"{self.pre}_koffs")
+        g.global_constant = True
+        g.linkage = "internal"
+        g.initializer = L.Constant(ty, offs)
+        return g
 
     def compact(self):
         """``compact(c, scratch, m_lo, m_hi, n_lo, n_hi)``: scratch rows [m_lo, m_hi), columns

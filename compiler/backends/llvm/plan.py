@@ -349,8 +349,8 @@ class Contraction:
                    if self.merged else "")
                 + (f"; every {self.im2col[0]}'s output pixels as one vector ({self.b} packed through each "
                    f"pixel's address, C compacted after the last tap)" if self.im2col else "")
-                + (f"; taps {', '.join(self.kfold[0][1:])} folded into K ({self.b} packed through each k's offset)"
-                   if self.kfold else "")
+                + (f"; taps {', '.join(self.kfold[0][1:])} folded into K ({self.b} "
+                   f"{'packed' if bl.pack_b else 'read'} through each k's offset)" if self.kfold else "")
                 + (f"; {self.red} split across threads, partial sums added after" if bl.split_k else "")
                 + (f"; each whole K block one pass along {self.vec} (B streamed)" if self.streams() else "")
                 + ("; C tiles prefetched" if bl.prefetch_c else "")
@@ -360,7 +360,7 @@ class Contraction:
         """Whether whole K blocks of whole row tiles run as the stream loop (contraction.py,
         ``_Emit.stream``): B read in place, nothing packed per tile."""
         bl = self.blocking
-        return (bl.stream and not bl.pack_b and self.form != "dot" and not self.taps  # taps: passes, not one
+        return (bl.stream and not bl.pack_b and self.form != "dot" and not self.taps and not self.kfold  # taps: passes
                 and self.strides[self.c][self.vec] == 1)  # a strided C goes element by element
 
     def _fused(self) -> str:
@@ -370,7 +370,7 @@ class Contraction:
         """This contraction with some blocking parameters changed (tuning, tests); a B without
         unit stride along the vector variable stays packed, as vector loads need one."""
         bl = replace(self.blocking, **changes)
-        if self.strides[self.b][self.vec] != 1 or self.kfold:  # (a folded K's rows are packed through their offsets)
+        if self.strides[self.b][self.vec] != 1:
             bl = replace(bl, pack_b=True)
         if bl.split_k and not self.splits_k():
             bl = replace(bl, split_k=False)
