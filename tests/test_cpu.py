@@ -559,3 +559,5 @@ def test_scalar_functions_may_use_wide_vectors_and_divide_by_a_hoisted_reciproca
     assert "fdiv arcp float" in text
     fn = ck.native.optimized.split("define void @g0_3(")[1].split("\n}\n")[0]
     assert "fdiv arcp <" not in fn and "fmul arcp <" in fn  # the division left the vector loop
+    if scalar._ldexp():  # exp's 2^n scaling: one vscalefps per vector on AVX-512 hosts
+        assert "llvm.ldexp.v16f32" in fn and "vscalefps" in ck.native.asm

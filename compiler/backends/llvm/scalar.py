@@ -77,6 +77,17 @@ VECTOR_BITS = 512
 # element, within an ulp of the quotient (softmax 256x1024 123 -> 106 us in one run; its error
 # against the reference 4.3e-7 -> 4.6e-7, the exp's dominating).
 ARCP = True
+# exp's 2^n scaling as llvm.ldexp, which AVX-512 does in one instruction (vscalefps: overflow and
+# gradual underflow exact) instead of two exponent-bit constructions and two multiplies:
+# softmax 256x1024 146 -> 134 us, 4096x1000 2.39 -> 2.17 ms, results bit-identical; GRU and
+# LSTM steps even.  None: where the host has AVX-512 (elsewhere LLVM would call ldexpf per lane)
+LDEXP: bool | None = None
+
+
+def _ldexp() -> bool:
+    if LDEXP is not None:
+        return LDEXP
+    return "+avx512f" in llvm.get_host_cpu_features().flatten()
 MAX_TAPS = 64  # reductions of at most this many points per output element run innermost
 
 
@@ -278,8 +289,10 @@ class _Gen:
         for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
             p = b.fadd(b.fmul(p, r), c(k))
         p = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
-        # 2^n as 2^n1 * 2^n2 (n in [-150, 129]: overflow to inf and gradual underflow come out right)
         ni = b.fptosi(n, i32)
+        if _ldexp():
+            return b.call(self.intrinsic("llvm.ldexp.f32.i32", f, [f, i32]), [p, ni])
+        # 2^n as 2^n1 * 2^n2 (n in [-150, 129]: overflow to inf and gradual underflow come out right)
         n1 = b.ashr(ni, L.Constant(i32, 1))
         n2 = b.sub(ni, n1)
 
