@@ -535,6 +535,21 @@ def test_output_rows_every_operand_holds_one_after_another_run_together(src, siz
     assert ok, per
 
 
+@pytest.mark.parametrize("sizes,kind", [(dict(N=3, C=5, H=7, W=7, F=520), "im2col"),  # 49 pixels: 64 lanes
+                                         (dict(N=3, C=5, H=7, W=7, F=300), "merged"),  # too few rows for the gathers
+                                         (dict(N=2, C=5, H=4, W=32, F=520), "plain")])  # whole vectors
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_pointwise_convolution_of_small_images_runs_every_pixel_as_one_vector(sizes, kind, threads):
+    k = compiler.parse(POINTWISE).kernel()
+    b = bind(k, sizes)
+    ins = random_inputs(k, b, seed=7)
+    nk = compile_cpu(k, b, CPU, threads=threads)
+    [p] = nk.plans
+    assert (bool(p.im2col), bool(p.merged)) == (kind == "im2col", kind == "merged")
+    ok, _, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+    assert ok, per
+
+
 @settings(max_examples=20, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 20), H=st.integers(1, 9), W=st.integers(1, 40), F=st.integers(1, 30),
        threads=st.integers(1, 3), mr=st.integers(1, 14), nv=st.integers(1, 4), kc=st.integers(1, 20),

@@ -492,7 +492,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     if not plans:
         return None
     plan, instr, vl = _pick_orientation(plans)
-    plan = _fuse_rows(plan, 2 * vl) or _im2col(plan, 2 * vl) or _pad_rows(plan, 2 * vl) or plan
+    plan = _im2col(plan, 2 * vl) or _fuse_rows(plan, 2 * vl) or _pad_rows(plan, 2 * vl) or plan
     plan = _fold_taps(plan) or plan
     sc = broadcast_fma(instr)[2]
     rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
@@ -600,8 +600,12 @@ def _im2col(p: Contraction, nr: int) -> Contraction | None:
     ``_pad_rows``: taps, C from the identity, rows of at most two tiles, n and h the only
     batch loops).  Both plans in one process on the Xeon VM, 2 threads, padded rows / im2col:
     conv2d 32x512x9x9 * 512x3x3 1.09 (0.77 -> 0.84 of torch.conv2d's speed), 16x256x16x16 *
-    256x3x3 1.02, 1x256x16x16 * 256x3x3 1.06; 8x64x9x9 * 64x3x3 0.86 (64 rows: not taken)."""
-    if not p.taps or not p.init or p.form != "bcast" or p.vec in p.taps or len(p.batch) != 2:
+    256x3x3 1.02, 1x256x16x16 * 256x3x3 1.06; 8x64x9x9 * 64x3x3 0.86 (64 rows: not taken).
+    Without taps (a pointwise convolution, whose rows ``_fuse_rows`` would run together), where
+    an image's pixels leave a fifth of their last vector empty or more (49 at 7 x 7: 64 lanes)
+    and C has twice IM2COL_ROWS rows (merged rows / im2col: 32x512x7x7 * 512 1.09, 64x1024x7x7
+    * 1024 1.17, both then even with torch.conv2d; 8x256x7x7 * 256 0.88)."""
+    if not p.init or p.form != "bcast" or p.vec in p.taps or len(p.batch) != 2:
         return None
     w = p.vec
     sb, sc, sa = p.strides[p.b], p.strides[p.c], p.strides[p.a]
@@ -614,7 +618,12 @@ def _im2col(p: Contraction, nr: int) -> Contraction | None:
     ho = p.extent(h)
     if sb[w] != 1 or sc[w] != 1 or sa[h] or sa[w] or sa[n] or any(p.dom[v][0] for v in (n, h, w, p.row)):
         return None
-    if sb[h] < wo * IM2COL_OVERLAP or wo > 2 * nr or sb[n] < sb[h] * ho or p.extent(p.row) < IM2COL_ROWS:
+    if wo > 2 * nr or sb[n] < sb[h] * ho or p.extent(p.row) < IM2COL_ROWS:
+        return None
+    vl = nr // 2
+    if p.taps and sb[h] < wo * IM2COL_OVERLAP:
+        return None
+    if not p.taps and (-(-(ho * wo) // vl) * vl < 1.2 * ho * wo or p.extent(p.row) < 2 * IM2COL_ROWS):
         return None
     v = f"({n},{h},{w})"
     span = p.extent(n) * ho * wo
