@@ -802,7 +802,7 @@ class _Emit:
     def offsets(self) -> list[int]:
         """Float offsets in the per-thread scratch: packed B block, packed A block, A edge
         panel, B edge panel, a split K's partial sums, the whole packed A (``prepacks_a``),
-        a padded plan's scratch C (``Contraction.pad``), and the end."""
+        a padded or im2col plan's scratch C (``Contraction.scratch_c``), and the end."""
         bl = self.bl
         pre = self.p.prepacks_a()
         sizes = [bl.kc * (-(-bl.nc // bl.nr) * bl.nr) if bl.pack_b else 0,
@@ -810,7 +810,7 @@ class _Emit:
                  bl.nr * bl.kc, self.p.c_span() if bl.split_k else 0,
                  # the whole packed A, and past its end room for the last block's staging
                  self.p.prepack_floats() + self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if pre else 0,
-                 self.p.pad_floats()]  # a padded plan's scratch C
+                 self.p.scratch_floats()]
         out = [0]
         for x in sizes:
             out.append(out[-1] + -(-x // 16) * 16)  # 64-byte aligned parts

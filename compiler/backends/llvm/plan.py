@@ -421,8 +421,8 @@ class Contraction:
             return dom
         return {**{v: r for v, r in dom.items() if v != self.vec}, h: (0, rows), w: (0, cols)}
 
-    def pad_floats(self) -> int:
-        """Floats of a padded plan's scratch C: every row of C, each its padded columns."""
+    def scratch_floats(self) -> int:
+        """Floats of a padded or im2col plan's scratch C: every row of C, each its columns."""
         return self.extent(self.row) * self.strides[self.c][self.row] if self.scratch_c else 0
 
     @property
@@ -519,6 +519,21 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     return plan if plan.taps or plan.kfold else _as_dot(plan, t, mappings) or plan
 
 
+def _with_var(p: Contraction, gone: tuple[str, ...], v: str, extent: int, strides: dict[str, dict[str, int]],
+              **changes) -> Contraction:
+    """``p`` with the variables ``gone`` replaced by one variable ``v`` over [0, extent): the
+    domain and every operand's strides lose them, and ``strides`` gives each operand's stride
+    along ``v`` (and any stride it changes besides); dicts stay sorted, so cache keys are stable."""
+    dom = {x: r for x, r in p.dom.items() if x not in gone}
+    dom[v] = (0, extent)
+    new = {}
+    for name in (p.a, p.b, p.c):
+        st = {x: y for x, y in p.strides[name].items() if x not in gone}
+        st.update(strides[name])
+        new[name] = dict(sorted(st.items()))
+    return replace(p, dom=dict(sorted(dom.items())), strides=new, **changes)
+
+
 def _fuse_rows(p: Contraction, nr: int) -> Contraction | None:
     """Output rows that every operand holds one after another (a pointwise convolution's
     ``O(n, f, h, w) +=! I(n, c, h, w) * Wt(f, c)``: h steps each tensor by w's extent times
@@ -542,15 +557,8 @@ def _fuse_rows(p: Contraction, nr: int) -> Contraction | None:
     else:
         return None
     v = f"({h},{w})"
-    dom = {x: r for x, r in p.dom.items() if x not in (h, w)}
-    dom[v] = (0, p.extent(h) * wo)
-    strides = {}
-    for name in (p.a, p.b, p.c):
-        st = {x: y for x, y in p.strides[name].items() if x not in (h, w)}
-        st[v] = p.strides[name][w]
-        strides[name] = dict(sorted(st.items()))
-    return replace(p, vec=v, batch=tuple(x for x in p.batch if x != h), dom=dict(sorted(dom.items())),
-                   strides=strides, merged=(h, w, p.extent(h), wo))
+    return _with_var(p, (h, w), v, p.extent(h) * wo, {t: {v: p.strides[t][w]} for t in (p.a, p.b, p.c)},
+                     vec=v, batch=tuple(x for x in p.batch if x != h), merged=(h, w, p.extent(h), wo))
 
 
 def _fold_taps(p: Contraction) -> Contraction | None:
@@ -572,16 +580,9 @@ def _fold_taps(p: Contraction) -> Contraction | None:
     if step != 1 or any(p.dom[v][0] for v in vs):
         return None
     v = "(" + ",".join(order) + ")"
-    total = prod(p.extent(x) for x in order)
-    dom = {x: r for x, r in p.dom.items() if x not in vs}
-    dom[v] = (0, total)
-    strides = {}
-    for name, st in ((p.a, sa), (p.b, sb), (p.c, p.strides[p.c])):
-        st = {x: y for x, y in st.items() if x not in vs}
-        st[v] = {p.a: 1, p.b: 0, p.c: 0}[name]  # B: packed through each k's offset
-        strides[name] = dict(sorted(st.items()))
-    return replace(p, red=v, taps=(), dom=dict(sorted(dom.items())), strides=strides,
-                   kfold=(tuple(order), tuple(p.extent(x) for x in order), tuple(sb[x] for x in order)))
+    # B: no stride along k (its rows are at each k's offset: the K table)
+    return _with_var(p, tuple(vs), v, prod(p.extent(x) for x in order), {p.a: {v: 1}, p.b: {v: 0}, p.c: {v: 0}},
+                     red=v, taps=(), kfold=(tuple(order), tuple(p.extent(x) for x in order), tuple(sb[x] for x in order)))
 
 
 IM2COL_OVERLAP = 1.1  # input rows this much longer than output rows are not run on (_im2col) ...
@@ -628,17 +629,9 @@ def _im2col(p: Contraction, nr: int) -> Contraction | None:
     v = f"({n},{h},{w})"
     span = p.extent(n) * ho * wo
     cols = -(-span // 16) * 16  # the scratch's rows 64-byte aligned
-    dom = {x: r for x, r in p.dom.items() if x not in (n, h, w)}
-    dom[v] = (0, span)
-    strides = {}
-    for name, st in ((p.a, sa), (p.b, sb), (p.c, sc)):
-        st = {x: y for x, y in st.items() if x not in (n, h, w)}
-        st[v] = {p.a: 0, p.b: 0, p.c: 1}[name]  # B: no stride along j (it is packed through the pixel map)
-        if name == p.c:
-            st[p.row] = cols
-        strides[name] = dict(sorted(st.items()))
-    return replace(p, vec=v, batch=(), dom=dict(sorted(dom.items())), strides=strides,
-                   im2col=(n, h, w, p.extent(n), ho, wo, sb[n], sb[h], sb[w], sc[n], sc[p.row]))
+    # B: no stride along j (it is packed through the pixel map); C: the scratch's rows
+    return _with_var(p, (n, h, w), v, span, {p.a: {v: 0}, p.b: {v: 0}, p.c: {v: 1, p.row: cols}}, vec=v, batch=(),
+                     im2col=(n, h, w, p.extent(n), ho, wo, sb[n], sb[h], sb[w], sc[n], sc[p.row]))
 
 
 def _pad_rows(p: Contraction, nr: int) -> Contraction | None:
@@ -676,17 +669,8 @@ def _pad_rows(p: Contraction, nr: int) -> Contraction | None:
     span = (ho - 1) * wpad + wo
     v = f"({h},{w})"
     cols = -(-span // 16) * 16  # the scratch's rows 64-byte aligned
-    dom = {x: r for x, r in p.dom.items() if x not in (h, w)}
-    dom[v] = (0, span)
-    strides = {}
-    for name, st in ((p.a, sa), (p.b, sb), (p.c, sc)):
-        st = {x: y for x, y in st.items() if x not in (h, w)}
-        st[v] = 0 if name == p.a else 1
-        if name == p.c:
-            st[p.row] = cols
-        strides[name] = dict(sorted(st.items()))
-    return replace(p, vec=v, batch=tuple(x for x in p.batch if x != h), dom=dict(sorted(dom.items())),
-                   strides=strides, pad=(h, w, wpad, ho, wo, sc[p.row]))
+    return _with_var(p, (h, w), v, span, {p.a: {v: 0}, p.b: {v: 1}, p.c: {v: 1, p.row: cols}}, vec=v,
+                     batch=tuple(x for x in p.batch if x != h), pad=(h, w, wpad, ho, wo, sc[p.row]))
 
 
 def _pick_orientation(plans: list) -> tuple:
