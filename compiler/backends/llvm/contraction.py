@@ -73,7 +73,6 @@ class _Emit:
         self.fma = fma or L.Function(mod, L.FunctionType(self.vt, [self.vt] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
         self.pre = f"s{p.stmt}"
         self.micros: dict[tuple, L.Function] = {}
-        self.tbl_at = None  # B in place through the K table: the current K block's first entry (driver)
         self.epilogue = None
 
     # ---- helpers
@@ -216,18 +215,12 @@ class _Emit:
         b = self.bld
         offs = b.alloca(I64, size=bl.nr, name="offs") if p.im2col else None
 
+        table = self.k_table() if p.kfold else None
+
         def k_offset(k):
             """B's offset of reduction step k: k * its stride, or, with the taps folded into K,
-            the offset of k's channel and tap (k unravelled over their extents)."""
-            if not p.kfold:
-                return b.mul(k, _c(sk))
-            _, extents, strides = p.kfold
-            off, rest = _c(0), k
-            for d, (e, st) in enumerate(zip(extents, strides)):
-                inner = prod(extents[d + 1:])
-                off = b.add(off, b.mul(b.sdiv(rest, _c(inner)), _c(st)))
-                rest = b.srem(rest, _c(inner))
-            return off
+            the offset of k's channel and tap (the K table's entry)."""
+            return b.load(b.gep(table, [_c(0), k])) if table is not None else b.mul(k, _c(sk))
 
         def panel(q):
             nv = self.min(_c(bl.nr), b.sub(nc, q))
@@ -403,7 +396,8 @@ class _Emit:
         return self.micros[key]
 
     def call_micro(self, a_rs: int, a_ks: int, b_ks: int, args: list):
-        """The micro-kernel call for a tile of ``args``' nv columns: NV vectors wide, or, for the
+        """The micro-kernel call for a tile of ``args``' nv columns (and, with ``b_ks`` 0, the K
+        table's entry of the call's first k last): NV vectors wide, or, for the
         ragged last tile of C's columns, as few as that tile needs (222 columns of a padded 14 x
         14 convolution in 64-wide tiles are 3 tiles and 30 columns: two vectors, not four), so
         no FMAs go to lanes past C's end.  Column blocks and thread parts start at multiples of
@@ -412,8 +406,6 @@ class _Emit:
         14.7 ms and 15.6 -> 14.5, pointwise 16x256x14x14 1.74 -> 1.48 and 1.75 -> 1.44, GEMM
         1760x100x1760 2.39 -> 2.23 and 2.57 -> 2.30, 2048x1500x2048 43.6 -> 41.6 and 44.8 -> 42.2."""
         b, bl, p = self.bld, self.bl, self.p
-        if b_ks == 0:  # B in place through the K table (``driver``): this K block's entries
-            args = args + [self.tbl_at]
         rem = p.extent(p.vec) % bl.nr
         edge = -(-rem // bl.vl)
         full = self.micro(a_rs, a_ks, b_ks)
@@ -458,14 +450,13 @@ class _Emit:
                 x.add_incoming(zero, entry)
         brow = self.at(bp, b.load(b.gep(tbl, [k]))) if table else bpp
         bv = [self.vload(self.at(brow, v * bl.vl)) for v in range(nvec)]
-        if table and bl.prefetch:  # (the table runs PREFETCH entries past K)
-            ahead = self.at(bp, b.load(b.gep(tbl, [b.add(k, _c(bl.prefetch))])))
+        if bl.prefetch and (table or (b_ks != bl.nr and b_ks * 4 >= 64)):
+            # B read in place: each k step is another row of B (another page for wide B); through
+            # the K table, the row PREFETCH steps on (the table runs that many entries past K)
+            ahead = (self.at(bp, b.load(b.gep(tbl, [b.add(k, _c(bl.prefetch))]))) if table
+                     else self.at(bpp, bl.prefetch * b_ks))
             for line in range(0, nvec * bl.vl * 4, 64):
                 self.prefetch(self.at(ahead, line // 4))
-        elif b_ks != bl.nr and b_ks * 4 >= 64 and bl.prefetch:
-            # B read in place: each k step is another row of B (another page for wide B)
-            for line in range(0, nvec * bl.vl * 4, 64):
-                self.prefetch(self.at(bpp, bl.prefetch * b_ks + line // 4))
         if a_ks * 4 >= 64 and bl.prefetch:
             # each k step of A starts a new cache line (and soon a new page, where the hardware
             # prefetcher stops): fetch the A elements of step k + prefetch ahead of time
@@ -529,7 +520,7 @@ class _Emit:
         work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part = self.entry(ptrs_of)
         b = self.bld
         bpack, apack, aedge, bedge, partial, whole_a, cpad = (self.at(work, off) for off in self.offsets()[:7])
-        table = self.k_table() if p.kfold and not bl.pack_b else None
+        table = self.k_table() if p.kfold else None
         compact = self.compact() if p.scratch_c else None
         klo, khi = p.dom[p.red]
         if bl.split_k:
@@ -588,8 +579,6 @@ class _Emit:
                     accum = b.or_(accum, b.icmp_signed("!=", b.srem(q, _c(ntaps)), _c(0)))
                 if bl.pack_b:
                     b.call(pb, [bpack, B, jc, nc, pc, kc])
-                elif table is not None:
-                    self.tbl_at = b.gep(table, [_c(0), pc])
 
                 def iblock(ic, jr0=_c(0)):
                     mc = self.min(_c(bl.mc), b.sub(m_hi, ic))
@@ -608,17 +597,19 @@ class _Emit:
                                 m0 = b.add(ic, ir)
                                 ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
                                                          b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
+
+                                def micro(a_rs, a_ks, at):  # (B in place through the K table: its entry for pc)
+                                    tbl = [b.gep(table, [_c(0), pc])] if b_ks == 0 else []
+                                    self.call_micro(a_rs, a_ks, b_ks, [at, btile, ctile, kc, mv, nv, accum] + tbl)
                                 if bl.pack_a:
-                                    self.call_micro(1, bl.mr, b_ks,
-                                                    [self.at(ablk, b.mul(ir, kc)), btile, ctile, kc, mv, nv, accum])
+                                    micro(1, bl.mr, self.at(ablk, b.mul(ir, kc)))
                                 else:
                                     def whole():
-                                        at = self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk))))
-                                        self.call_micro(sm, sk, b_ks, [at, btile, ctile, kc, mv, nv, accum])
+                                        micro(sm, sk, self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk)))))
 
                                     def part():  # the last rows: a zero-padded panel
                                         b.call(pa, [aedge, A, m0, mv, pc, kc])
-                                        self.call_micro(1, bl.mr, b_ks, [aedge, btile, ctile, kc, mv, nv, accum])
+                                        micro(1, bl.mr, aedge)
                                     self.if_(b.icmp_signed("==", mv, _c(bl.mr)), whole, part)
                                 self.finish_tile(pc, kc, khi, m0, mv, b.add(jc, jr), nv, k_whole)
                             self.loop(0, mc, bl.mr, itile, "ir")
@@ -666,10 +657,14 @@ class _Emit:
 
     def k_table(self):
         """B's offset of every reduction step of a plan whose taps are folded into K (k's
-        channel and tap), as a constant table the micro-kernel reads B's rows through when B is
-        read in place; PREFETCH more entries repeat the last, for the prefetches that run ahead."""
+        channel and tap), as a constant table (made once): B is packed through it, or read in
+        place by the micro-kernel through it; PREFETCH more entries repeat the last, for the
+        prefetches that run ahead."""
         p, bl = self.p, self.bl
-        names, extents, strides = p.kfold
+        g = self.mod.globals.get(f"{self.pre}_koffs")
+        if g is not None:
+            return g
+        _, extents, strides = p.kfold
         offs = []
         for k in range(prod(extents)):
             off, rest = 0, k
@@ -678,7 +673,7 @@ class _Emit:
                 off += (rest // inner) * st
                 rest %= inner
             offs.append(off)
-        offs += [offs[-1]] * (bl.prefetch + 1)
+        offs += [offs[-1]] * bl.prefetch
         ty = L.ArrayType(I64, len(offs))
         g = L.GlobalVariable(self.mod, ty, name=f"{self.pre}_koffs")
         g.global_constant = True
