@@ -41,15 +41,16 @@ def element_strides(b: Bound, acc: dict, affine: bool = False) -> tuple[dict, di
     return strides, base, {name: set(vs) for name, vs in strides.items()}
 
 
-def covers_output(p, b: Bound) -> bool:
+def covers_output(p, b: Bound, dom: dict | None = None) -> bool:
     """Whether an initialising contraction ``p`` (``stmt``, ``c``, ``init``, ``dom``) writes every
     element of its output, so the separate identity fill (a whole pass over C) can be skipped:
-    the first write of each element stores instead of accumulating."""
+    the first write of each element stores instead of accumulating.  ``dom``: the statement's
+    domain, where the plan's own has other variables (a cpu plan's ``out_dom``)."""
     if not p.init:
         return False
     shape, mins = b.shapes[p.c], b.mins[p.c]
     idx = b.kernel.stmts[p.stmt].indices
-    dom = getattr(p, "out_dom", p.dom)  # a padded cpu plan's own domain has other variables
+    dom = p.dom if dom is None else dom
     return all(dom[v] == (m, m + e) for v, m, e in zip(idx, mins, shape))
 
 

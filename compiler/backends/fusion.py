@@ -13,7 +13,7 @@ def epilogue(k: Kernel, b: Bound, p) -> list[int]:
     contraction's output domain, indexed like its output, that read the contraction's result
     and each other's results only at the element they write (so a tile needs nothing from
     other tiles), and that the scalar path would otherwise run as separate passes."""
-    if p.batch or any(getattr(p, x, ()) for x in ("pad", "merged", "im2col")):  # (cpu plans whose vector spans variables)
+    if p.batch:
         return []
     s0 = k.stmts[p.stmt]
     out_idx = tuple(s0.indices)

@@ -421,9 +421,9 @@ def row_groups(k: Kernel, b: Bound, sis: list[int]) -> list[list[int]]:
     to other rows.  The members' identity fills (``!``) run before the run: a tensor's fill
     belongs to the first statement writing it, and TC refuses a read before that, so no
     earlier member can see the fill early.  Runs of one statement are left as they are."""
-    def first(si):
+    def rows(si):  # the range of the statement's first output index
         s = k.stmts[si]
-        return (s.indices[0], b.domain(si)[s.indices[0]]) if s.indices else None
+        return b.domain(si)[s.indices[0]] if s.indices else None
 
     def touches(si):  # tensor -> is every access to it in row si's own row
         s = k.stmts[si]
@@ -438,7 +438,7 @@ def row_groups(k: Kernel, b: Bound, sis: list[int]) -> list[list[int]]:
     runs: list[list[int]] = []
     for si in sis:
         cur = runs[-1] if runs else None
-        if cur is not None and cur[-1] == si - 1 and first(si) is not None and first(si)[1:] == first(cur[0])[1:]:
+        if cur is not None and cur[-1] == si - 1 and rows(si) is not None and rows(si) == rows(cur[0]):
             group = cur + [si]
             written = {k.stmts[j].tensor for j in group}
             seen = [touches(j) for j in group]
@@ -477,7 +477,10 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             changes = {**(blocking or {}), **((blockings or {}).get(si) or {})}
             plans[si] = p.with_blocking(**changes) if changes else p
 
-    fused = {si: epilogue(k, b, p) if not p.taps else [] for si, p in plans.items()}  # taps: C is whole after the last
+    # no epilogue where C is whole only after the last tap, or where the vector runs over several
+    # of the kernel's variables (the epilogue's tile function loops over the kernel's own)
+    fused = {si: epilogue(k, b, p) if not p.taps and not (p.pad or p.merged or p.im2col) else []
+             for si, p in plans.items()}
     skip = {j for js in fused.values() for j in js}
     plans = {si: (replace(p, epilogue=tuple(fused[si])) if fused[si] else p) for si, p in plans.items()}
 
@@ -493,10 +496,14 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             if si in skip:
                 continue
             if p is None:
-                if si in runs:
-                    g.row_group(runs[si]) if len(runs[si]) > 1 else g.statement(si)
+                if si not in runs:  # (a later member of a row group: generated with its first)
+                    continue
+                if len(runs[si]) > 1:
+                    g.row_group(runs[si])
+                else:
+                    g.statement(si)
                 continue
-            if not covers_output(p, b):  # otherwise its first K block stores without reading
+            if not covers_output(p, b, p.out_dom):  # otherwise its first K block stores without reading
                 g.init_function(si)
             epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), p.row, p.vec) if p.epilogue else None
             ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)}, epi)

@@ -16,6 +16,7 @@ from math import prod
 from llvmlite import binding as llvm
 from llvmlite import ir as L
 
+from compiler.host import host_has_avx512
 from ir import dtypes
 from ir.bind import Bound
 from ir.dtypes import BFLOAT16, BOOL, DType
@@ -85,9 +86,9 @@ LDEXP: bool | None = None
 
 
 def _ldexp() -> bool:
-    if LDEXP is not None:
-        return LDEXP
-    return "+avx512f" in llvm.get_host_cpu_features().flatten()
+    return host_has_avx512() if LDEXP is None else LDEXP
+
+
 MAX_TAPS = 64  # reductions of at most this many points per output element run innermost
 
 
