@@ -319,7 +319,8 @@ class Contraction:
     # packed through the pixel's address, C's tiles go to a scratch C compacted after the last tap
     im2col: tuple = ()
     # the taps folded into K (``_fold_taps``): (the reduction variables, outermost first, their
-    # extents, B's strides along them); K runs over all of them, B packed through each k's offset
+    # extents, B's strides along them); K runs over all of them, B's row k at k's offset (the
+    # K table, ``_Emit.k_table``: read in place through it or packed through it)
     kfold: tuple = ()
 
     def extent(self, v: str) -> int:
@@ -564,8 +565,8 @@ def _fuse_rows(p: Contraction, nr: int) -> Contraction | None:
 def _fold_taps(p: Contraction) -> Contraction | None:
     """The taps as part of K: a convolution's filter Wt(f, c, r, s) holds (c, r, s) one after
     another, so one reduction variable k = (c, r, s) runs through all of it with unit stride,
-    and B (I) is packed a K block at a time through each k's offset (c's row of channels, the
-    tap's r * W + s).  Each micro-kernel call then sums C * R * S products per element (K
+    and B's (I's) row k lies at k's offset (c's plane, the tap's r * W + s): the micro-kernel
+    reads it in place through a table of the offsets, or B is packed through them.  Each micro-kernel call then sums C * R * S products per element (K
     blocks permitting) instead of a pass of C products per tap, each pass loading and storing
     C's tile, and a tap-less plan stores C once (no scratch accumulation across taps)."""
     if not p.taps or p.form != "bcast":
