@@ -426,8 +426,8 @@ class _Gen:
         self.begin(name, True)
 
         def rows():
+            self.row = self.vars["_row"]
             for si in sis:
-                self.row = self.vars["_row"]
                 self.statement_loops(si)
             self.row = None
         self.loop_range("_row", rows)
