@@ -92,7 +92,12 @@ class Nest:
         return self.dtypes[name]
 
     def axis(self, name: str) -> Axis:
-        return next(a for a in self.axes if a.name == name)
+        # the scheduler's search asks this hundreds of thousands of times: an index, built once
+        # (a nest's axes are fixed once it is built; `replace` makes a new nest and a new index)
+        index = self.__dict__.get("_axis_index")
+        if index is None or len(index) != len(self.axes):
+            index = self.__dict__["_axis_index"] = {a.name: a for a in self.axes}
+        return index[name]
 
     def operand(self, name: str) -> OperandInfo:
         return next(o for o in self.operands if o.name == name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Callable, Protocol
 
 from ir.bind import Bound
@@ -37,10 +38,19 @@ class NestSchedule:
     out_slots: int = 0
 
     def tile(self, axis: str) -> int:
-        return dict(self.tiles)[axis]
+        return self.tile_of[axis]
 
     def parts(self, axis: str) -> int:
-        return dict(self.split).get(axis, 1)
+        return self.parts_of.get(axis, 1)
+
+    # the search costs tens of thousands of schedules, each asking these many times
+    @cached_property
+    def tile_of(self) -> dict[str, int]:
+        return dict(self.tiles)
+
+    @cached_property
+    def parts_of(self) -> dict[str, int]:
+        return dict(self.split)
 
     @property
     def cores(self) -> int:

@@ -9,6 +9,7 @@ time plus fill (first tiles in) and drain (last tile out).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import ceil, prod
 
 from ir.dtypes import BY_NAME
@@ -40,20 +41,67 @@ def auto_prefetch(target: Target, nest: Nest, ns: NestSchedule) -> int:
     step_execs = prod(ns.tile(a.name) for a in nest.axes)
     compute = step_execs * nest.instr.cycles() / target.engine(nest.instr.engine).count
     lat = 0
-    for o in nest.inputs:
-        lat = max(lat, sum(c.latency + c.cycles(block_bytes(target, nest, o, c)) for c in route_in(target, nest, o)))
+    for o in _moved(target, nest):
+        if not o.is_output:
+            lat = max(lat, sum(h.copy.latency + h.copy.cycles(h.nbytes) for h in o.routes[0]))
     if compute <= 0 or pl.steps <= 1:
         return 1
     return max(1, min(8, ceil(lat / compute)))
 
 
+@dataclass(frozen=True)
+class _Hop:
+    """One copy of an operand's route, with what its cost needs fixed for the nest."""
+
+    copy: object  # the copy Instruction
+    nbytes: int  # block_bytes of this hop
+    engine: str
+    units: int  # copies of its engine
+    touches_main: bool
+    multicast: bool  # an input hop with a multicasting variant
+
+
+@dataclass(frozen=True)
+class _Moved:
+    name: str
+    axes: tuple[str, ...]
+    is_output: bool
+    valid: float  # the tensor's part of the padded block grid of its tile
+    routes: tuple[tuple[_Hop, ...], ...]  # outputs: the store route first, then the reload one
+
+
+def _moved(target: Target, nest: Nest) -> list[_Moved]:
+    """The nest's operand routes as the cost model reads them, built once per nest and target."""
+    cached = nest.__dict__.get("_moved_operands")
+    if cached is not None and cached[0] is target:
+        return cached[1]
+    out = []
+    for o in nest.operands:
+        if o.tensor is None:
+            continue
+        valid = prod(nest.axis(a).total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes)
+        if o.is_output:
+            routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
+        else:
+            routes = [route_in(target, nest, o)]
+        hops = tuple(tuple(_Hop(c, block_bytes(target, nest, o, c), c.engine, target.engine(c.engine).count,
+                                target.main in (c.inputs[0].memory, c.outputs[0].memory),
+                                not o.is_output and multicast_variant(target, c) is not None)
+                           for c in route) for route in routes)
+        out.append(_Moved(o.name, tuple(o.axes), o.is_output, valid, hops))
+    nest.__dict__["_moved_operands"] = (target, out)
+    return out
+
+
 def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     from .space import pipeline
     pl = pipeline(target, nest, ns)
-    active = prod(min(p, nest.axis(a).blocks) for a, p in ns.split) if ns.split else 1
+    axis = nest.axis
+    active = prod(min(p, axis(a).blocks) for a, p in ns.split) if ns.split else 1
     S = pl.steps
     d = max(0, ns.prefetch)
-    step_blocks = prod(ns.tile(a.name) for a in nest.axes)
+    tile_of = ns.tile_of
+    step_blocks = prod(tile_of[a.name] for a in nest.axes)
     units = target.engine(nest.instr.engine).count
     compute_step = step_blocks * nest.instr.cycles() / units
     busy: dict[str, float] = {nest.instr.engine: compute_step * S}
@@ -64,44 +112,37 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     load_lat = 0.0
     first_occ = 0.0
     exposed = 0.0  # output stores the next tile waits for (a single output slot)
-    for o in nest.operands:
-        if o.tensor is None:
-            continue
-        tile_blocks = prod(ns.tile(a) for a in o.axes)
+    for o in _moved(target, nest):
+        tile_blocks = prod(tile_of[a] for a in o.axes)
         loads = S // pl.inner[o.name]
         # main memory serves every core's share, not the busiest core's times the cores: along a
         # split axis of this operand the cores' chunks add up to the axis, not parts x chunk
-        spread = prod(nest.axis(a).blocks / (min(p, nest.axis(a).blocks) * ceil(nest.axis(a).blocks / p))
+        spread = prod(axis(a).blocks / (min(p, axis(a).blocks) * ceil(axis(a).blocks / p))
                       for a, p in ns.split if a in o.axes)
         # a copy that moves partial blocks moves only the tensor's part of the padded block grid
-        valid = prod(nest.axis(a).total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes)
-        if o.is_output:
-            routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
-        else:
-            routes = [route_in(target, nest, o)]
+        valid = o.valid
         last = o.axes[-1] if o.axes else None
-        for route in routes:
-            batch = min([c.batch for c in route] + [ns.tile(last) if last else 1])
+        for route in o.routes:
+            batch = min([h.copy.batch for h in route] + [tile_of[last] if last else 1])
             per_tile_instrs = ceil(tile_blocks / batch) if tile_blocks else 1
             chain_lat = 0.0
-            for c in route:
-                nbytes = block_bytes(target, nest, o, c)
+            for h in route:
+                c, nbytes = h.copy, h.nbytes
                 occ = c.cycles(nbytes * batch) if c.occupancy is None else c.occupancy * batch
                 frac = valid if c.partial else 1.0
-                eng = target.engine(c.engine).count
                 moved = c.cycles(nbytes * batch * frac) if c.occupancy is None else occ
-                busy[c.engine] = busy.get(c.engine, 0.0) + loads * per_tile_instrs * moved / eng
+                busy[h.engine] = busy.get(h.engine, 0.0) + loads * per_tile_instrs * moved / h.units
                 instrs += loads * per_tile_instrs
                 chain_lat += c.latency + occ
-                if target.main in (c.inputs[0].memory, c.outputs[0].memory):
+                if h.touches_main:
                     share = 1
-                    if not o.is_output and multicast_variant(target, c) is not None:
-                        share = prod(min(p, nest.axis(a).blocks) for a, p in ns.split if a not in o.axes)
+                    if h.multicast:
+                        share = prod(min(p, axis(a).blocks) for a, p in ns.split if a not in o.axes)
                     main_bytes += loads * tile_blocks * nbytes * frac * active * spread / share
-            if o.is_output and route is routes[0]:
+            if o.is_output and route is o.routes[0]:
                 store = per_tile_instrs * max(
-                    (c.cycles(block_bytes(target, nest, o, c) * batch) if c.occupancy is None else c.occupancy)
-                    for c in route)
+                    (h.copy.cycles(h.nbytes * batch) if h.copy.occupancy is None else h.copy.occupancy)
+                    for h in route)
                 drain += chain_lat + store
                 if pl.slots[o.name] == 1 and loads > 1 and d > 0:
                     # one output tile: the next tile's first step waits, block by block, for the
@@ -114,8 +155,8 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
             elif not o.is_output and route:
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
                 first = route[0]
-                first_occ += (first.cycles(block_bytes(target, nest, o, first) * batch)
-                              if first.occupancy is None else first.occupancy)
+                first_occ += (first.copy.cycles(first.nbytes * batch)
+                              if first.copy.occupancy is None else first.copy.occupancy)
     fill += load_lat + first_occ
     mem = target.memory(target.main)
     hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from math import ceil
+from math import ceil, prod
 
 from ir.bind import Bound
 from ir.kernel import Kernel
@@ -85,20 +85,41 @@ def tap_axes(nest: Nest) -> list:
     return [a for a in nest.axes if a.instr_var is None and a.reduction and 1 < a.blocks <= MAX_TAPS]
 
 
+def reduction_axes(nest: Nest) -> list[str]:
+    return [a.name for a in nest.axes if a.reduction and a.instr_var is not None]
+
+
+def family(split, tiles: dict[str, int], red: list[str]) -> tuple:
+    """The schedules `verify` times at most one of: a core grid (the same grid written in
+    another axis order is the same family) and a regime of reduction tiles."""
+    return tuple(sorted(split)), tuple(min(tiles.get(a, 1), 16) // 4 for a in red)
+
+
 def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
-              keep: list | None = None) -> tuple[NestSchedule, dict]:
-    """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of all fitting ones."""
+              keep: list | None = None, prune: bool = True) -> tuple[NestSchedule, dict]:
+    """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of the
+    fitting ones that can matter (all of them with ``prune`` off)."""
     par_bound = [a for a in nest.axes if a.instr_var is not None and not a.reduction]
     splits = core_grids(target, nest)
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
     taps = tap_axes(nest)
+    names = [a.name for a in tunable + taps]
+    red = reduction_axes(nest)
+    per_exec = nest.instr.cycles() / target.engine(nest.instr.engine).count
+    # what `verify` may still pick from ``keep``: each family's best, among the three best
+    # families; a tiling whose compute alone costs more than that and than the near-ties of
+    # the best cannot matter, and is skipped before it is fitted and costed (the choice is
+    # exactly the one the full grid gives, in a fraction of the time on big mapspaces)
+    fam_best: dict = {}
+    third = float("inf")
     evaluated = 0
     costed: list = []
     for split in splits:
         caps = {a.name: -(-a.blocks // dict(split).get(a.name, 1)) for a in nest.axes}
         choices = [_tile_choices(caps[a.name], full) for a in tunable] + [[1, a.blocks] for a in taps]
+        fixed = prod(caps[a.name] for a in nest.axes if a.name not in names)
         perms = list(itertools.permutations([a.name for a in par_bound])) or [()]
         for perm in perms:
             order = default_order(nest, list(perm))
@@ -106,13 +127,28 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                 evaluated += 1
                 if evaluated > limit:
                     break
-                ns = fitted(target, nest, dict(zip((a.name for a in tunable + taps), combo)), order, split)
+                tiles = dict(zip(names, combo))
+                # the busiest core's compute: steps x blocks a step, the reduction's last latency
+                floor = fixed * prod(ceil(caps[a] / t) * t for a, t in tiles.items()) * per_exec \
+                    + nest.instr.latency
+                if prune and best_cost is not None and floor > best_cost["cycles"] * (1 + TIE):
+                    if keep is None:
+                        continue
+                    fam = family(split, tiles, red)
+                    if floor > min(third, fam_best.get(fam, float("inf"))):
+                        continue
+                ns = fitted(target, nest, tiles, order, split)
                 if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)
                 costed.append((c, ns))
                 if keep is not None:
                     keep.append((c["cycles"], ns))
+                    fam = family(split, tiles, red)
+                    if c["cycles"] < fam_best.get(fam, float("inf")):
+                        fam_best[fam] = c["cycles"]
+                        if len(fam_best) >= VERIFY_FINALISTS:
+                            third = sorted(fam_best.values())[VERIFY_FINALISTS - 1]
                 if best_cost is None or c["cycles"] < best_cost["cycles"]:
                     best, best_cost = ns, c
     if best_cost is None:
@@ -201,20 +237,9 @@ class _Search:
         if keep is None:
             keep = []
             best_nest(target, nest, self.full, keep=keep)
-        # finalists: the model's best of each family (core grid, reduction tiling regime), so one
-        # systematic model error cannot hide every good schedule
-        finalists, seen, families = [], set(), set()
-        red = [a.name for a in nest.axes if a.reduction and a.instr_var is not None]
-        for _, ns in sorted(keep, key=lambda x: x[0]):
-            # the same core grid written in another axis order is the same family
-            fam = (tuple(sorted(ns.split)), tuple(min(ns.tile(a), 16) // 4 for a in red))
-            if ns in seen or fam in families:
-                continue
-            seen.add(ns)
-            families.add(fam)
-            finalists.append(ns)
-            if len(finalists) >= VERIFY_FINALISTS:
-                break
+        finalists = model_finalists(nest, keep)
+        seen = set(finalists)
+        red = reduction_axes(nest)
         v = vendor_nest(target, nest)
         if v not in seen and fits(target, nest, v) is None:
             finalists.append(v)
@@ -247,6 +272,23 @@ class _Search:
             any_nest_cost(target, nest, picked)["cycles"]
         return replace(best, predicted={**sched.predicted, "cycles": round(model), "simulated": cyc,
                                         "verified": len(timed)})
+
+
+def model_finalists(nest: Nest, keep: list) -> list[NestSchedule]:
+    """The model's best of each family (core grid, reduction tiling regime), best first, up to
+    VERIFY_FINALISTS: so one systematic model error cannot hide every good schedule."""
+    finalists, seen, families = [], set(), set()
+    red = reduction_axes(nest)
+    for _, ns in sorted(keep, key=lambda x: x[0]):
+        fam = family(ns.split, ns.tile_of, red)
+        if ns in seen or fam in families:
+            continue
+        seen.add(ns)
+        families.add(fam)
+        finalists.append(ns)
+        if len(finalists) >= VERIFY_FINALISTS:
+            break
+    return finalists
 
 
 def _shorter_reductions(target: Target, nest: Nest, ns: NestSchedule, red: list[str]) -> list[NestSchedule]:

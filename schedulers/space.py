@@ -69,25 +69,77 @@ class Pipeline:
     slots: dict[str, int]  # operand -> tiles it keeps in flight
 
 
-def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
-    from math import ceil
+@dataclass(frozen=True)
+class _OperandUse:
+    """What a tiling's footprint needs of one operand, fixed for the nest."""
+
+    name: str
+    axes: tuple[str, ...]
+    is_output: bool
+    memory: str | None  # its on-chip memory (None: it is read in main memory)
+    block_bytes: int
+    staging: tuple[tuple[str, int], ...]  # (memory, bytes per block) of each multi-hop stage
+
+
+def _uses(target: Target, nest: Nest) -> list[_OperandUse]:
+    """The nest's operand uses for this target, built once per nest (the search asks for them
+    tens of thousands of times)."""
+    cached = nest.__dict__.get("_operand_uses")
+    if cached is not None and cached[0] is target:
+        return cached[1]
+    from compiler.routes import route_in, route_out
+    uses = []
+    for o in nest.operands:
+        if o.tensor is None:
+            continue
+        hops = route_out(target, nest, o) if o.is_output else route_in(target, nest, o)
+        inter = [c.outputs[0] for c in hops[:-1]] if not o.is_output else [c.inputs[0] for c in hops[1:]]
+        elems = prod(o.op.shape) if o.op.shape else 1
+        staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
+        uses.append(_OperandUse(o.name, tuple(o.axes), o.is_output,
+                                None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging))
+    nest.__dict__["_operand_uses"] = (target, uses)
+    return uses
+
+
+def _loop_shape(nest: Nest, ns: NestSchedule) -> tuple:
+    """(tiles, stride, steps, inner) of a tiling: what its pipeline is before the prefetch
+    distance and output slots are chosen.  The search asks this for one tiling several times
+    running (the prefetch it fits, the memory it needs, its cost): the last answer is kept."""
+    key = (ns.tiles, ns.order, ns.split)
+    last = nest.__dict__.get("_loop_shape")
+    if last is not None and last[0] == key:
+        return last[1]
+    tile_of, parts_of = ns.tile_of, ns.parts_of
     tiles = {}
     for a in nest.axes:
-        tiles[a.name] = ceil(ceil(a.blocks / ns.parts(a.name)) / ns.tile(a.name))
+        per_core = -(-a.blocks // parts_of.get(a.name, 1))
+        tiles[a.name] = -(-per_core // tile_of[a.name])
     stride, acc = {}, 1
     for a in reversed(ns.order):
         stride[a] = acc
         acc *= tiles[a]
     steps = acc
-    inner, slots = {}, {}
-    d = max(0, ns.prefetch)
+    position = {a: i for i, a in enumerate(ns.order)}
+    inner = {}
     for o in nest.operands:
         if o.tensor is None:
             continue
         # the tile changes when the innermost of its axes that has several tiles advances
-        moving = [a for a in o.axes if tiles[a] > 1]
-        lvl = max((ns.order.index(a) for a in moving), default=-1)
+        lvl = max((position[a] for a in o.axes if tiles[a] > 1), default=-1)
         inner[o.name] = stride[ns.order[lvl]] if lvl >= 0 else steps
+    out = (tiles, stride, steps, inner)
+    nest.__dict__["_loop_shape"] = (key, out)
+    return out
+
+
+def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
+    tiles, stride, steps, inner = _loop_shape(nest, ns)
+    slots = {}
+    d = max(0, ns.prefetch)
+    for o in nest.operands:
+        if o.tensor is None:
+            continue
         loads = steps // inner[o.name]
         # an output tile changing every step (elementwise nests) keeps as many in flight as the
         # inputs: a slot is free again only once its store has landed (the store's latency), so
@@ -96,29 +148,21 @@ def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
         slots[o.name] = min(loads, d // inner[o.name] + 2 if d else 1)
         if o.is_output and ns.out_slots:
             slots[o.name] = min(slots[o.name], ns.out_slots)
-    return Pipeline(steps, tiles, stride, inner, slots)
+    return Pipeline(steps, tiles, stride, inner, slots)  # shared with the memo: read-only
 
 
 def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
     """Bytes each memory needs for this schedule (per core), pipeline slots included."""
     use: dict[str, int] = {}
-    pl = pipeline(target, nest, ns)
-    for o in nest.operands:
-        if o.tensor is None or o.op.memory == target.main:
-            continue
-        blocks = prod(ns.tile(a) for a in o.axes)
-        use[o.op.memory] = use.get(o.op.memory, 0) + pl.slots[o.name] * blocks * o.op.bytes
-    from compiler.routes import route_in, route_out
-    for o in nest.operands:  # staging slots of multi-hop routes: two tiles each
-        if o.tensor is None:
-            continue
-        hops = route_out(target, nest, o) if o.is_output else route_in(target, nest, o)
-        inter = [c.outputs[0] for c in hops[:-1]] if not o.is_output else [c.inputs[0] for c in hops[1:]]
-        blocks = prod(ns.tile(a) for a in o.axes)
-        elems = prod(o.op.shape) if o.op.shape else 1
-        for m in inter:
-            if m.memory != target.main:
-                use[m.memory] = use.get(m.memory, 0) + 2 * blocks * elems * m.dtype.itemsize
+    slots = pipeline(target, nest, ns).slots
+    tile_of = ns.tile_of
+    uses = _uses(target, nest)
+    for u in uses:
+        if u.memory is not None:
+            use[u.memory] = use.get(u.memory, 0) + slots[u.name] * prod(tile_of[a] for a in u.axes) * u.block_bytes
+    for u in uses:  # staging slots of multi-hop routes: two tiles each
+        for mem, per_block in u.staging:
+            use[mem] = use.get(mem, 0) + prod(tile_of[a] for a in u.axes) * per_block
     return use
 
 

@@ -307,3 +307,29 @@ def test_convolution_taps_come_whole_and_the_model_counts_gathered_tensor_bytes(
     sched = base.Schedule(k.name, t.name, tuple(b.sizes.items()), "x", (im2col,), (best,))
     sim = measure(k, b, t, cands, sched)
     assert abs(cost["cycles"] - sim) / sim <= 0.10, (cost["cycles"], sim)
+
+
+@pytest.mark.parametrize("target,kernel,sizes,skips", [
+    ("sim-nnp", "conv2d", dict(N=2, C=16, H=12, W=12, F=32, R=3, S=3), False),
+    ("sim-tpu", "conv2d", dict(N=2, C=64, H=10, W=10, F=128, R=3, S=3), False),
+    ("sim-nnp", "gemm_bf16", dict(M=400, N=128, K=352), True),
+    ("sim-gemmini", "gemm_i8", dict(M=97, N=61, K=129), True),
+])
+def test_search_pruning_keeps_the_choice_and_the_finalists(target, kernel, sizes, skips):
+    """The search skips tilings whose compute alone costs more than anything it could still pick:
+    the model's best, its near-ties and the finalists `verify` times are those of the full grid."""
+    from schedulers.search import best_nest, model_finalists
+    t = hw_models.load(target)
+    k = compiler.parse(kernels.path(kernel)).kernel()
+    b = bind(k, sizes)
+    skipped = 0
+    for cand in candidates(k, b, t)[0]:
+        nest = cand.nests[0]
+        kept, full = [], []
+        got = best_nest(t, nest, keep=kept)
+        want = best_nest(t, nest, keep=full, prune=False)
+        assert got[0] == want[0] and got[1]["cycles"] == want[1]["cycles"]
+        assert model_finalists(nest, kept) == model_finalists(nest, full)
+        assert len(kept) <= len(full)
+        skipped += len(full) - len(kept)
+    assert (skipped > 0) == skips, skipped
