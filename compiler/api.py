@@ -384,7 +384,6 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
     if backend != "sim":
         raise IsamapError(f"target '{t.name}' uses the {backend} backend, which is not built yet; "
                           f"use a simulated target (sim-nnp, sim-gemmini, ...), cpu, or --target reference")
-    from schedulers import base
     from schedulers.space import candidates
 
     from .lower import lower
@@ -402,8 +401,10 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
         if rec is not None:
             from dataclasses import replace
             sched = replace(rec.schedule, strategy=f"database ({rec.schedule.strategy})")
+    remembered = False
     if sched is None:
-        sched = base.get(scheduler).schedule(k, b, t)[0]
+        from schedulers import memo
+        sched, remembered = memo.schedule(k, b, t, scheduler)
     from . import rowgroup
     sched = rowgroup.apply(k, t, cands, sched)
     resident = []
@@ -415,7 +416,8 @@ def build(path_or_source, target: str = REFERENCE, sizes: dict[str, int] | None 
         sched, resident = make_resident(t, cands, sched, persist)
     program = lower(k, b, t, sched, cands, resident)
     rep = {"kernel": k.name, "target": t.name, "sizes": dict(b.sizes), "scheduler": sched.strategy,
-           "predicted_cycles": sched.predicted.get("cycles"), "compile_seconds": time.perf_counter() - t0}
+           "predicted_cycles": sched.predicted.get("cycles"), "compile_seconds": time.perf_counter() - t0,
+           "schedule_cached": remembered}
     if persist:
         rep["resident"] = resident
     ck = CompiledKernel(k, t.name, b, rep, t, sched, program, cands)

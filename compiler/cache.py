@@ -1,7 +1,7 @@
 """The on-disk cache every stage shares: one root, ``$ISAMAP_CACHE`` (default
 ``~/.cache/isamap``; ``off`` disables caching), a folder per kind of entry (``llvm``
-object code, ``cuda`` libraries, parsed ``targets`` and ``kernels``), and writes that readers
-never see half done (a file is written beside its name and renamed over it)."""
+object code, ``cuda`` libraries, parsed ``targets`` and ``kernels``, the ``schedules`` the
+deterministic strategies chose), and writes that readers never see half done (a file is written beside its name and renamed over it)."""
 from __future__ import annotations
 
 import functools
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the project: what code fingerpr
 FRONT_END = ("ir", "compiler/frontend", "compiler/targets.py")  # the code that parses and checks sources
 
 
-KINDS = ("llvm", "cuda", "targets", "kernels")  # the folders of the cache root that isamap writes
+KINDS = ("llvm", "cuda", "targets", "kernels", "schedules")  # the folders of the cache root isamap writes
 
 
 def cache_root() -> Path | None:

@@ -90,7 +90,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="where compiled code and parsed files are cached, how much, and clearing it")
     p.add_argument("--clear", action="store_true", help="remove the cached entries (of --kind only, if given)")
-    p.add_argument("--kind", action="append", help="llvm, cuda, targets or kernels (repeatable; default: all)")
+    p.add_argument("--kind", action="append", help="llvm, cuda, targets, kernels or schedules (repeatable; default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_cache)
 

@@ -671,3 +671,41 @@ def test_prefetched_loads_are_spread_over_the_step():
     W = ck.target_ir.window
     densest = max(body[i:i + W].count("mvin") for i in range(0, len(body) - W, 4))
     assert densest <= W // 3, densest
+
+
+def test_schedules_are_kept_in_the_cache_by_kernel_sizes_target_and_strategy(tmp_path, monkeypatch):
+    """A deterministic strategy's schedule is searched once per kernel, sizes, target and code,
+    then read back whole (the same schedule and predictions, the same results); an unreadable
+    entry is searched again, and ``ISAMAP_CACHE=off`` searches every time."""
+    from schedulers import search
+    monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    searched = []
+    real = search._Search.schedule
+
+    def counted(self, kernel, bound, target, budget=None):
+        searched.append((kernel.name, tuple(bound.sizes.items()), target.name))
+        return real(self, kernel, bound, target, budget)
+    monkeypatch.setattr(search._Search, "schedule", counted)
+    sizes = dict(M=40, N=24, K=36)
+    first = compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
+    again = compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
+    assert len(searched) == 1 and not first.report["schedule_cached"] and again.report["schedule_cached"]
+    assert again.schedule == first.schedule and again.schedule.predicted == first.schedule.predicted
+    ins = random_inputs(again.kernel, again.bound, seed=1)
+    ok, _, per = compare(again.run_all(**ins), ir.interp.run(again.kernel, ins, again.sizes), again.precision)
+    assert ok, per
+    compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=dict(sizes, K=37))
+    compiler.build(kernels.path("gemm_bf16"), target="sim-tpu", sizes=sizes)
+    assert len(searched) == 3
+    vendor = [compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes, scheduler="vendor")
+              for _ in range(2)]  # kept under its own name
+    assert [v.report["schedule_cached"] for v in vendor] == [False, True] and len(searched) == 3
+    assert vendor[1].schedule.strategy == "vendor" != first.schedule.strategy
+    for f in (tmp_path / "schedules").iterdir():
+        f.write_bytes(b"torn")
+    torn = compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
+    assert len(searched) == 4 and not torn.report["schedule_cached"] and torn.schedule == first.schedule
+    monkeypatch.setenv("ISAMAP_CACHE", "off")
+    compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
+    compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
+    assert len(searched) == 6
