@@ -99,6 +99,14 @@ class Nest:
             index = self.__dict__["_axis_index"] = {a.name: a for a in self.axes}
         return index[name]
 
+    def derived(self, key: str, target: Target, build):
+        """``build()``, computed once per nest and target: what the scheduler's search reads of
+        a nest tens of thousands of times (its operands' routes and footprints)."""
+        cached = self.__dict__.get(key)
+        if cached is None or cached[0] is not target:
+            cached = self.__dict__[key] = (target, build())
+        return cached[1]
+
     def operand(self, name: str) -> OperandInfo:
         return next(o for o in self.operands if o.name == name)
 

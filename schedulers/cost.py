@@ -41,7 +41,7 @@ def auto_prefetch(target: Target, nest: Nest, ns: NestSchedule) -> int:
     step_execs = prod(ns.tile(a.name) for a in nest.axes)
     compute = step_execs * nest.instr.cycles() / target.engine(nest.instr.engine).count
     lat = 0
-    for o in _moved(target, nest):
+    for o in moved_operands(target, nest):
         if not o.is_output:
             lat = max(lat, sum(h.copy.latency + h.copy.cycles(h.nbytes) for h in o.routes[0]))
     if compute <= 0 or pl.steps <= 1:
@@ -62,19 +62,27 @@ class _Hop:
 
 
 @dataclass(frozen=True)
-class _Moved:
+class Moved:
+    """An operand of a nest as the cost model and the footprint read it (a tensor's, not an
+    immediate's), fixed for the nest."""
+
     name: str
     axes: tuple[str, ...]
     is_output: bool
     valid: float  # the tensor's part of the padded block grid of its tile
     routes: tuple[tuple[_Hop, ...], ...]  # outputs: the store route first, then the reload one
+    memory: str | None  # its on-chip memory (None: it is read in main memory)
+    block_bytes: int  # of its instruction operand
+    staging: tuple[tuple[str, int], ...]  # (memory, bytes per block) of each multi-hop stage
 
 
-def _moved(target: Target, nest: Nest) -> list[_Moved]:
-    """The nest's operand routes as the cost model reads them, built once per nest and target."""
-    cached = nest.__dict__.get("_moved_operands")
-    if cached is not None and cached[0] is target:
-        return cached[1]
+def moved_operands(target: Target, nest: Nest) -> list[Moved]:
+    """The nest's tensor operands and their routes, built once per nest and target (the search
+    asks for them tens of thousands of times)."""
+    return nest.derived("_moved_operands", target, lambda: _build_moved(target, nest))
+
+
+def _build_moved(target: Target, nest: Nest) -> list[Moved]:
     out = []
     for o in nest.operands:
         if o.tensor is None:
@@ -88,8 +96,12 @@ def _moved(target: Target, nest: Nest) -> list[_Moved]:
                                 target.main in (c.inputs[0].memory, c.outputs[0].memory),
                                 not o.is_output and multicast_variant(target, c) is not None)
                            for c in route) for route in routes)
-        out.append(_Moved(o.name, tuple(o.axes), o.is_output, valid, hops))
-    nest.__dict__["_moved_operands"] = (target, out)
+        first = routes[0]
+        inter = [c.outputs[0] for c in first[:-1]] if not o.is_output else [c.inputs[0] for c in first[1:]]
+        elems = prod(o.op.shape) if o.op.shape else 1
+        staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
+        out.append(Moved(o.name, tuple(o.axes), o.is_output, valid, hops,
+                         None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging))
     return out
 
 
@@ -112,7 +124,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     load_lat = 0.0
     first_occ = 0.0
     exposed = 0.0  # output stores the next tile waits for (a single output slot)
-    for o in _moved(target, nest):
+    for o in moved_operands(target, nest):
         tile_blocks = prod(tile_of[a] for a in o.axes)
         loads = S // pl.inner[o.name]
         # main memory serves every core's share, not the busiest core's times the cores: along a

@@ -69,39 +69,6 @@ class Pipeline:
     slots: dict[str, int]  # operand -> tiles it keeps in flight
 
 
-@dataclass(frozen=True)
-class _OperandUse:
-    """What a tiling's footprint needs of one operand, fixed for the nest."""
-
-    name: str
-    axes: tuple[str, ...]
-    is_output: bool
-    memory: str | None  # its on-chip memory (None: it is read in main memory)
-    block_bytes: int
-    staging: tuple[tuple[str, int], ...]  # (memory, bytes per block) of each multi-hop stage
-
-
-def _uses(target: Target, nest: Nest) -> list[_OperandUse]:
-    """The nest's operand uses for this target, built once per nest (the search asks for them
-    tens of thousands of times)."""
-    cached = nest.__dict__.get("_operand_uses")
-    if cached is not None and cached[0] is target:
-        return cached[1]
-    from compiler.routes import route_in, route_out
-    uses = []
-    for o in nest.operands:
-        if o.tensor is None:
-            continue
-        hops = route_out(target, nest, o) if o.is_output else route_in(target, nest, o)
-        inter = [c.outputs[0] for c in hops[:-1]] if not o.is_output else [c.inputs[0] for c in hops[1:]]
-        elems = prod(o.op.shape) if o.op.shape else 1
-        staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
-        uses.append(_OperandUse(o.name, tuple(o.axes), o.is_output,
-                                None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging))
-    nest.__dict__["_operand_uses"] = (target, uses)
-    return uses
-
-
 def _loop_shape(nest: Nest, ns: NestSchedule) -> tuple:
     """(tiles, stride, steps, inner) of a tiling: what its pipeline is before the prefetch
     distance and output slots are chosen.  The search asks this for one tiling several times
@@ -156,7 +123,8 @@ def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
     use: dict[str, int] = {}
     slots = pipeline(target, nest, ns).slots
     tile_of = ns.tile_of
-    uses = _uses(target, nest)
+    from .cost import moved_operands
+    uses = moved_operands(target, nest)
     for u in uses:
         if u.memory is not None:
             use[u.memory] = use.get(u.memory, 0) + slots[u.name] * prod(tile_of[a] for a in u.axes) * u.block_bytes
