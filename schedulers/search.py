@@ -66,11 +66,15 @@ def core_grids(target: Target, nest: Nest) -> list[tuple]:
         par = [a for a in nest.axes if not a.reduction and a.blocks > 1]
         P = target.cores
         grids += [((a.name, P),) for a in par]
+        seen = set()
         for a, b in itertools.permutations(par, 2):
             for pa in range(2, P):
                 pb = P // pa
-                if pa * pb == P and pb >= 2 and pa <= a.blocks and pb <= b.blocks:
-                    grids.append(((a.name, pa), (b.name, pb)))
+                grid = ((a.name, pa), (b.name, pb))
+                # the same grid written the other way round costs the same: the first is kept
+                if pa * pb == P and pb >= 2 and pa <= a.blocks and pb <= b.blocks and frozenset(grid) not in seen:
+                    seen.add(frozenset(grid))
+                    grids.append(grid)
     return grids
 
 
