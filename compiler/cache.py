@@ -66,6 +66,93 @@ def _size(f: Path) -> int:
         return 0
 
 
+LIMIT = 2 << 30  # the cache root's default bound in bytes (ISAMAP_CACHE_SIZE overrides it)
+TRIM_SECONDS = 3600  # writes check the bound at most this often (a check stats every entry: ~0.5 s at 60000)
+RECENT_SECONDS = 600  # entries written or used this recently are never trimmed
+STAMP = ".last-trim"  # in the cache root: when the bound was last checked
+
+
+def limit() -> int | None:
+    """The bound on the bytes the cache holds: ``$ISAMAP_CACHE_SIZE`` (MiB, or with a K, M or G
+    suffix; 0: no bound), else 2 GiB.  A value that is not a size keeps the default."""
+    raw = os.environ.get("ISAMAP_CACHE_SIZE", "").strip().upper()
+    if not raw:
+        return LIMIT
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(raw[-1:], None)
+    try:
+        n = float(raw[:-1] if scale else raw) * (scale or 1 << 20)
+    except ValueError:
+        return LIMIT
+    return None if n <= 0 else int(n)
+
+
+def touch(path: Path | None) -> None:
+    """Mark an entry used now: the bound trims the least recently used entries first."""
+    if path is None:
+        return
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def trim(bound: int | None = None) -> tuple[int, int]:
+    """Remove the least recently used entries (oldest modification time: writes and ``touch``
+    set it) until the cache holds at most three quarters of ``bound`` (default: :func:`limit`);
+    nothing is removed while it holds no more than the bound, and never an entry written or used
+    in the last RECENT_SECONDS (another process may be about to load it).  Returns (files,
+    bytes) removed.  Every reader treats a missing entry (or a missing part of a several-file
+    entry, as the llvm code's table and library) as a miss and builds it again."""
+    import time
+    bound = limit() if bound is None else bound
+    if bound is None or cache_root() is None:
+        return 0, 0
+    files = []
+    for kind in KINDS:
+        for f in _entries(kind):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    if total <= bound:
+        return 0, 0
+    recent = time.time() - RECENT_SECONDS
+    n = b = 0
+    for mtime, size, f in sorted(files, key=lambda x: x[0]):
+        if total <= bound * 3 // 4 or mtime >= recent:
+            break
+        try:
+            f.unlink()
+        except OSError:
+            continue
+        total, n, b = total - size, n + 1, b + size
+    return n, b
+
+
+def wrote_entry() -> None:
+    """Keep the cache within its bound as entries are written: the first write an hour after
+    the last check (any process's; the root's STAMP file says when) checks it."""
+    import time
+    root = cache_root()
+    if root is None:
+        return
+    stamp = root / STAMP
+    try:
+        if time.time() - stamp.stat().st_mtime < TRIM_SECONDS:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        stamp.touch()
+        trim()
+    except OSError:
+        pass
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """``path`` holds ``data`` whole or keeps what it held: concurrent builds of the same
     entry (processes or threads) each write a file of their own and rename it over ``path``
@@ -74,6 +161,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+    wrote_entry()
 
 
 def entry_file(kind: str, key) -> Path | None:
@@ -93,9 +181,11 @@ def load_entry(path: Path | None):
     if path is None:
         return None
     try:
-        return pickle.loads(path.read_bytes())
+        obj = pickle.loads(path.read_bytes())
     except Exception:  # noqa: BLE001 - any unreadable entry is a miss
         return None
+    touch(path)
+    return obj
 
 
 def store_entry(path: Path | None, obj) -> None:

@@ -90,6 +90,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="where compiled code and parsed files are cached, how much, and clearing it")
     p.add_argument("--clear", action="store_true", help="remove the cached entries (of --kind only, if given)")
+    p.add_argument("--trim", action="store_true",
+                   help="remove the least recently used entries now if the cache holds more than its bound "
+                   "(ISAMAP_CACHE_SIZE, default 2 GiB; isamap also does this as it writes)")
     p.add_argument("--kind", action="append", help="llvm, cuda, targets, kernels or schedules (repeatable; default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_cache)
@@ -128,10 +131,11 @@ def cmd_cache(a) -> int:
         if k not in cache.KINDS:
             raise IsamapError(f"unknown cache kind '{k}' ({', '.join(cache.KINDS)})")
     root = cache.cache_root()
-    removed = cache.clear(kinds) if a.clear else None
+    removed = cache.clear(kinds) if a.clear else cache.trim() if a.trim else None
     use = cache.usage(kinds)
+    bound = cache.limit()
     if a.json:
-        print(json.dumps({"root": str(root) if root else None,
+        print(json.dumps({"root": str(root) if root else None, "limit_bytes": bound,
                           "kinds": {k: {"files": n, "bytes": b} for k, (n, b) in use.items()},
                           **({"removed": {"files": removed[0], "bytes": removed[1]}} if removed else {})}, indent=2))
         return 0
@@ -140,9 +144,10 @@ def cmd_cache(a) -> int:
         return 0
     if removed is not None:
         print(f"removed {removed[0]} files, {_mib(removed[1])}")
-    print(f"cache: {root}")
+    print(f"cache: {root} (bound {_mib(bound) if bound else 'none'}: ISAMAP_CACHE_SIZE; least recently used "
+          f"entries are trimmed past it)")
     for k, (n, b) in use.items():
-        print(f"  {k:<8} {n:>7} files {_mib(b):>10}")
+        print(f"  {k:<9} {n:>7} files {_mib(b):>10}")
     return 0
 
 

@@ -133,9 +133,58 @@ def test_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, capsys)
     (tmp_path / "keep.txt").write_text("not ours")  # only isamap's folders are touched
     assert cli.main(["cache", "--clear", "--kind", "kernels"]) == 0
     out = capsys.readouterr().out
-    assert "removed 1 files" in out and "kernels        0 files" in out
+    assert "removed 1 files" in out and "kernels         0 files" in out
     assert (tmp_path / "keep.txt").exists()
     assert cli.main(["cache", "--kind", "objects"]) == 1
     assert "unknown cache kind 'objects'" in capsys.readouterr().err
     monkeypatch.setenv("ISAMAP_CACHE", "off")
     assert cli.main(["cache"]) == 0 and "caching is off" in capsys.readouterr().out
+
+
+def test_the_cache_keeps_within_its_bound_trimming_the_least_recently_used(tmp_path, monkeypatch, capsys):
+    """Past its bound (ISAMAP_CACHE_SIZE) the cache drops its least recently used entries down to
+    three quarters of it; entries used in the last ten minutes stay, reading an entry marks it
+    used, and files that are not isamap's are never touched."""
+    import os
+    import time
+
+    from compiler import cache
+    monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path))
+    monkeypatch.setenv("ISAMAP_CACHE_SIZE", "100K")
+    assert cache.limit() == 100 << 10
+    now = time.time()
+    old = [cache.cache_dir(kind) / f"e{i}" for i, kind in enumerate(["llvm", "kernels", "schedules", "cuda"] * 4)]
+    for i, f in enumerate(old):
+        f.write_bytes(b"x" * (10 << 10))
+        os.utime(f, (now - 3600 + i, now - 3600 + i))  # an hour ago, the first oldest
+    recent = cache.cache_dir("targets") / "fresh"
+    recent.write_bytes(b"x" * (60 << 10))
+    (tmp_path / "keep.txt").write_bytes(b"x" * (200 << 10))
+    used = cache.entry_file("kernels", lambda: b"used")
+    cache.store_entry(used, {"a": 1})  # the first write checks the bound: 220 KiB > 100 KiB
+    left = {f for f in old if f.exists()}
+    assert not old[0].exists() and left == set(old[-len(left):])  # the oldest went first
+    assert recent.exists() and used.exists() and (tmp_path / "keep.txt").exists()
+    assert sum(f.stat().st_size for f in left) + (60 << 10) + used.stat().st_size <= 75 << 10
+    # the next check comes an hour after this one, whichever process writes then
+    extra = cache.cache_dir("llvm") / "extra"
+    extra.write_bytes(b"x" * (50 << 10))
+    os.utime(extra, (now - 3600, now - 3600))
+    cache.store_entry(cache.entry_file("kernels", lambda: b"other"), 2)
+    assert extra.exists()
+    os.utime(tmp_path / cache.STAMP, (now - 3601, now - 3601))
+    cache.store_entry(cache.entry_file("kernels", lambda: b"third"), 3)
+    assert not extra.exists()
+    left = {f for f in old if f.exists()}
+    # reading an entry marks it used: it outlives entries written after it
+    os.utime(used, (now - 7200, now - 7200))
+    assert cache.load_entry(used) == {"a": 1} and used.stat().st_mtime >= now
+    monkeypatch.setenv("ISAMAP_CACHE_SIZE", "0")  # no bound
+    assert cache.limit() is None and cache.trim() == (0, 0)
+    monkeypatch.setenv("ISAMAP_CACHE_SIZE", "lots")  # not a size: the default
+    assert cache.limit() == cache.LIMIT
+    monkeypatch.setenv("ISAMAP_CACHE_SIZE", "1K")
+    assert cli.main(["cache", "--trim", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["limit_bytes"] == 1024 and r["removed"]["files"] == len(left)  # the recent ones stay
+    assert recent.exists() and used.exists()

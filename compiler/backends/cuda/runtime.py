@@ -81,7 +81,9 @@ def cached_build(exe: str, flags: list[str], src: str, name: str, suffix: str, f
     cache under the hash of everything that went in (a later call with the same input reuses it)."""
     key = hashlib.sha256("\0".join([src, exe] + flags).encode()).hexdigest()[:24]
     out = cache_dir() / f"{prefix}{key}{suffix}"
+    from compiler.cache import touch, wrote_entry
     if out.exists():
+        touch(out)
         return out
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / name).write_text(src)
@@ -90,6 +92,7 @@ def cached_build(exe: str, flags: list[str], src: str, name: str, suffix: str, f
         if r.returncode != 0:
             raise RuntimeError(f"{failure}:\n{r.stderr[-4000:]}")
         os.replace(target, out)  # atomic: no partial cache entries
+    wrote_entry()
     return out
 
 

@@ -98,15 +98,21 @@ def cached(stem: Path | None, unload: bool = True) -> Code | None:
     ``unload``: unmap a library once nothing holds its Code (not for the process's own)."""
     if stem is None:
         return None
+    from compiler.cache import touch
     so = stem.with_suffix(".so")
     if so.exists():
+        touch(so)  # used now: the cache's bound trims it last
         try:
             return _Library(so, unload)
         except OSError:
             pass
     obj = stem.with_suffix(".o")
     if obj.exists():
-        return _Engine(obj.read_bytes())
+        touch(obj)
+        try:
+            return _Engine(obj.read_bytes())
+        except OSError:  # trimmed since: built again
+            return None
     return None
 
 
@@ -141,6 +147,8 @@ def _link(obj: bytes, stem: Path) -> Path | None:
         if done.returncode != 0:
             return None
         os.replace(so, stem.with_suffix(".so"))
+        from compiler.cache import wrote_entry
+        wrote_entry()
         return stem.with_suffix(".so")
     except OSError:
         return None

@@ -65,8 +65,15 @@ class NativeKernel:
         stem = loader.cache_stem(key)
         meta = stem.with_suffix(".json") if stem is not None else None
         code = loader.cached(stem) if meta is not None and meta.exists() else None
-        if code is not None:  # machine code from an earlier build
-            table = json.loads(meta.read_text())
+        table = None
+        if code is not None:  # machine code from an earlier build, and its table of functions
+            from compiler.cache import touch
+            try:
+                table = json.loads(meta.read_text())
+                touch(meta)
+            except (OSError, ValueError):  # trimmed or torn since: built again
+                code = None
+        if table is not None:
             functions = [(n, si, self.plans[o] if isinstance(o, int) else o, tuple(r)) for n, si, o, r in table]
             self.cached = True
         else:
