@@ -24,7 +24,7 @@ from ir.loops import Barrier, Buffer, Exec, Imm, Loop, Move, Program, Scratch, S
 from ir.target import Target
 
 from schedulers.base import NestSchedule, Schedule
-from schedulers.space import Candidate, fits, footprint, pipeline
+from schedulers.space import Candidate, fits, footprint, loads_up_front, pipeline
 
 from . import rowgroup
 from .epilogue import Epilogue, plan
@@ -151,6 +151,11 @@ class _NestLowering:
 
     def route_of(self, o, direction: str):
         return {"in": route_in, "load_out": route_load_output, "out": route_out}[direction](self.t, self.n, o)
+
+    def loads_per_tile(self, o) -> int:
+        """The copy instructions that bring one tile of input ``o`` on chip."""
+        route = self.route_of(o, "in")
+        return -(-prod(self.ns.tile(a) for a in o.axes) // self.batch(o, route)) * len(route)
 
     def batch(self, o, route) -> int:
         """Consecutive blocks of the innermost axis travel together when every hop allows it."""
@@ -344,22 +349,31 @@ class _NestLowering:
         pro = []
         body = []
         prefetch = []
+        first = Var(f"_pro{self.tag}")  # the steps loaded before the step loop
+        loaded = [o for o in n.inputs if o.op.memory != self.t.main and o.name not in self.forward]
+        # the first d steps' tiles up front in the order they are needed, or step 0's at their
+        # first use inside step 0 and steps 1..d-1 up front (schedulers.space.loads_up_front)
+        in_order = loads_up_front(self.t, n, ns, self.loads_per_tile, self.forward)
         for o in n.inputs:
-            if o.op.memory == self.t.main or o.name in self.forward:
+            if o not in loaded:
                 continue  # read in place by the instruction itself (a copy out of main memory), or held
             every = pl.inner[o.name]
             if d == 0:
                 body += self.transfer(o, s, "in", when_step(s, every))
                 continue
-            # step 0's tiles are loaded at their first use inside step 0 (so the first blocks every
-            # operand needs arrive first); steps 1..d-1 are loaded up front; later ones d ahead
-            prefetch.append((o, s, ((s, C(1)),) + when_step(s, every), False))
-            if d > 1 and S > 1:
-                j = Var(f"p{o.name}{self.tag}")
-                one = add(j, C(1))
-                pro.append(Loop(j.name, C(min(d, S) - 1), tuple(self.transfer(o, one, "in", when_step(one, every)))))
+            if in_order:
+                pro += self.transfer(o, first, "in", when_step(first, every))
+            else:
+                prefetch.append((o, s, ((s, C(1)),) + when_step(s, every), False))
+                if d > 1 and S > 1:
+                    j = Var(f"p{o.name}{self.tag}")
+                    one = add(j, C(1))
+                    pro.append(Loop(j.name, C(min(d, S) - 1), tuple(self.transfer(o, one, "in",
+                                                                                   when_step(one, every)))))
             ahead = add(s, C(d))
             prefetch.append((o, ahead, ((ahead, C(S)),) + when_step(ahead, every), True))
+        if in_order:
+            pro = [Loop(first.name, C(min(d, S)), tuple(pro))]
         every_out = pl.inner[out.name]
         if n.load_output:
             body += self.transfer(out, s, "load_out", when_step(s, every_out))

@@ -19,6 +19,7 @@ from compiler.nest import Nest
 from compiler.routes import multicast_variant, route_in, route_load_output, route_out
 
 from .base import NestSchedule
+from .space import loads_up_front
 
 
 def block_bytes(target: Target, nest: Nest, o, c) -> int:
@@ -124,6 +125,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     load_lat = 0.0
     first_occ = 0.0
     exposed = 0.0  # output stores the next tile waits for (a single output slot)
+    loads_of: dict[str, int] = {}  # input -> copies that bring one of its tiles on chip
     for o in moved_operands(target, nest):
         tile_blocks = prod(tile_of[a] for a in o.axes)
         loads = S // pl.inner[o.name]
@@ -165,11 +167,16 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                     exposed += (loads - 1) * (nest.instr.latency + chain_lat
                                               + max(0.0, (tile_blocks - 1) * (per_store - per_exec)))
             elif not o.is_output and route:
+                loads_of[o.name] = per_tile_instrs * len(route)
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
                 first = route[0]
                 first_occ += (first.copy.cycles(first.nbytes * batch)
                               if first.copy.occupancy is None else first.copy.occupancy)
     fill += load_lat + first_occ
+    if load_lat and loads_up_front(target, nest, ns, lambda o: loads_of[o.name]):
+        # the first steps' tiles are all issued before the first product, in the order they are
+        # needed: step 0's transfer is the fill's, and the later steps' stream behind it
+        fill -= first_occ
     mem = target.memory(target.main)
     hbm = main_bytes / mem.bandwidth if mem.bandwidth else 0.0
     # per step: engines, main memory, latency hidden by prefetching, latency the window can cover

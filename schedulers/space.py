@@ -118,6 +118,21 @@ def pipeline(target: Target, nest: Nest, ns: NestSchedule) -> Pipeline:
     return Pipeline(steps, tiles, stride, inner, slots)  # shared with the memo: read-only
 
 
+def loads_up_front(target: Target, nest: Nest, ns: NestSchedule, loads_per_tile, held=()) -> bool:
+    """Whether the lowering loads the first ``prefetch`` steps' tiles before the step loop, step
+    by step in the order they are needed (the load engines serve them in issue order, step 0's
+    blocks first), rather than step 0's at their first use and only steps 1..d-1 up front: when
+    there is something to prefetch beyond step 0 and that many loads leave the instruction
+    window room for the first products.  ``loads_per_tile(operand)``: copies that bring one of
+    its tiles on chip; ``held``: operands another nest keeps on chip for this one (not loaded)."""
+    d = max(0, ns.prefetch)
+    if d <= 1:
+        return False
+    pl = pipeline(target, nest, ns)
+    return sum(-(-min(d, pl.steps) // pl.inner[o.name]) * loads_per_tile(o)
+               for o in nest.inputs if o.op.memory != target.main and o.name not in held) <= target.window
+
+
 def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
     """Bytes each memory needs for this schedule (per core), pipeline slots included."""
     use: dict[str, int] = {}
