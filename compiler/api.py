@@ -58,6 +58,15 @@ class CompiledKernel:
     gpu_schedule: str = ""  # its launches, tilings and grids (--emit schedule)
     _call: object = field(default=None, repr=False, compare=False)  # host targets: what __call__ runs
 
+    def __repr__(self) -> str:
+        # the dataclass's own repr spells out the kernel, target and program IR: 100+ KiB at a
+        # prompt.  One line says what it is; .report, .source(...) and .schedule say the rest
+        sizes = ", ".join(f"{k}={v}" for k, v in (self.sizes or {}).items()) or "sizes from the first call"
+        how = self.report.get("scheduler")
+        cost = self.report.get("predicted_cycles")
+        return (f"<CompiledKernel {self.kernel.name} on {self.target} ({sizes})"
+                + (f": {how} schedule" if how else "") + (f", predicted {cost} cycles" if cost else "") + ">")
+
     @property
     def sizes(self) -> dict[str, int] | None:
         return None if self.bound is None else dict(self.bound.sizes)

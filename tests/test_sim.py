@@ -709,3 +709,12 @@ def test_schedules_are_kept_in_the_cache_by_kernel_sizes_target_and_strategy(tmp
     compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
     compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=sizes)
     assert len(searched) == 6
+
+
+def test_a_compiled_kernel_prints_as_one_line():
+    """At a prompt a compiled kernel says what it is in a line, not its whole IR (100+ KiB)."""
+    ck = compiler.build(kernels.path("gemm"), target="sim-nnp", sizes=dict(M=64, N=48, K=32))
+    text = repr(ck)
+    assert "\n" not in text and len(text) < 200
+    assert text.startswith("<CompiledKernel gemm on sim-nnp (M=64, N=48, K=32)") and "cycles" in text
+    assert repr(compiler.build(kernels.path("gemm"))) == "<CompiledKernel gemm on reference (sizes from the first call)>"
