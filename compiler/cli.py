@@ -244,8 +244,14 @@ def _build(a):
     sizes, spans = parse_sizes(getattr(a, "sizes", None))
     k = api.load_kernel(_resolve_kernel_path(a.kernel_file), a.kernel)
     bind(k, sizes, spans)  # located errors for bad --sizes
-    return api.build(k, target=a.target, sizes=sizes, scheduler=getattr(a, "scheduler", None),
-                     db=getattr(a, "db", None))
+    from schedulers import base
+    # a search that runs past a second shows a progress bar on a terminal (not under --json)
+    base.PROGRESS = sys.stderr.isatty() and not getattr(a, "json", False)
+    try:
+        return api.build(k, target=a.target, sizes=sizes, scheduler=getattr(a, "scheduler", None),
+                         db=getattr(a, "db", None))
+    finally:
+        base.PROGRESS = False
 
 
 def _write_output(path: str | None, text: str):

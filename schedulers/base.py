@@ -131,6 +131,9 @@ class Scheduler(Protocol):
 
 REGISTRY: dict[str, Callable[[], Scheduler]] = {}
 DEFAULT = "analytical"
+# a progress bar on stderr for searches that run past a second (the CLI turns it on for
+# `compile` and `run` on a terminal; the library stays silent)
+PROGRESS = False
 
 
 def register(name: str):

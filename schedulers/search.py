@@ -164,6 +164,7 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     return best, best_cost
 
 
+PROGRESS_AFTER = 1.0  # seconds of search before its progress bar shows (quick compiles show none)
 VERIFY_INSTRUCTIONS = 30000  # simulate the finalists when a single-nest kernel is at most this big
 VERIFY_FINALISTS = 3
 
@@ -182,14 +183,25 @@ class _Search:
         return out
 
     def schedule(self, kernel: Kernel, bound: Bound, target: Target, budget: int | None = None) -> list[Schedule]:
+        from compiler.bench.progress import Progress
+
+        from . import base
         per_stmt = candidates(kernel, bound, target)
         self._kept.clear()
+        # one step a mapping searched, and one for timing the finalists on the simulator (about as
+        # long as the search, where there is such a step)
+        maps = sum(map(len, per_stmt))
+        timed = len(per_stmt) == 1 and any(len(c.nests) == 1 and c.nests[0].executions <= VERIFY_INSTRUCTIONS
+                                           for c in per_stmt[0])
+        bar = Progress(f"scheduling {kernel.name} on {target.name}", maps + 1, base.PROGRESS,
+                       [1.0] * maps + [maps if timed else 0.1], after=PROGRESS_AFTER)
         options: list[list[tuple[float, list]]] = []  # per statement, per mapping: (cycles, nest schedules)
         for cands in per_stmt:
             opts = []
             for c in cands:
                 scheds = [self.nest(target, n) for n in c.nests]
                 opts.append((sum(cost["cycles"] for _, cost in scheds), [s for s, _ in scheds]))
+                bar.step("timing the finalists" if bar.done + 2 == bar.total else "searching tilings")
             options.append(opts)
 
         def total(maps: list[int]) -> tuple[float, dict[int, int]]:
@@ -216,7 +228,11 @@ class _Search:
         chosen = [s for si, m in enumerate(mappings) for s in options[si][m][1]]
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
                          tuple(chosen), {"cycles": round(total_cycles)})
-        return [self.verify(kernel, bound, target, per_stmt, sched, fused)]
+        try:
+            return [self.verify(kernel, bound, target, per_stmt, sched, fused)]
+        finally:
+            bar.step()
+            bar.close()
 
     def verify(self, kernel, bound, target, per_stmt, sched: Schedule, fused: dict[int, int]) -> Schedule:
         """For small single-nest kernels, let the simulator pick among the model's finalists and vendor.

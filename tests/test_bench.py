@@ -253,3 +253,38 @@ def test_the_convolution_script_prints_a_row_against_torch():
     assert lines[0].split()[:2] == ["kernel", "N"] and lines[1].startswith("pointwise_conv2d")
     assert "merged rows" in lines[1] and float(lines[1].split()[-3]) < 1e-3  # the max difference from torch
     assert lines[-1].startswith("geometric-mean ratio vs torch.conv2d")
+
+
+def test_progress_waits_before_showing_and_the_scheduler_shows_it_only_when_asked(monkeypatch, capsys):
+    """A bar with ``after`` says nothing until that much time has passed, so quick work shows no
+    bar at all; the analytical search draws one only when `schedulers.base.PROGRESS` is on (the
+    CLI turns it on for compile and run on a terminal, and off again after)."""
+    from compiler.bench import progress
+    from schedulers import base
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    bar = progress.Progress("quick", 2, after=1.0)
+    now[0] += 0.5
+    bar.step()
+    bar.step()
+    bar.close()
+    assert capsys.readouterr().err == ""
+    bar = progress.Progress("slow", 2, after=1.0)
+    now[0] += 0.5
+    bar.step()
+    now[0] += 1.0
+    bar.step()
+    bar.close()
+    err = capsys.readouterr().err
+    assert "1/2" not in err and "slow: [####################] 2/2 (2s)" in err and err.endswith("\n")
+    monkeypatch.undo()
+    from schedulers import search
+    monkeypatch.setattr(search, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setenv("ISAMAP_CACHE", "off")
+    compiler.build("kernels/gemm_bf16.tc", target="sim-nnp", sizes=dict(M=40, N=24, K=36))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(base, "PROGRESS", True)
+    compiler.build("kernels/gemm_bf16.tc", target="sim-nnp", sizes=dict(M=40, N=24, K=36))
+    assert "scheduling gemm_bf16 on sim-nnp: [####################]" in capsys.readouterr().err
+    assert cli.main(["compile", "kernels/gemm.tc", "--target", "sim-nnp", "--sizes", "M=8,N=8,K=8"]) == 0
+    assert base.PROGRESS is False  # the CLI turns it off again (stderr is no terminal here anyway)

@@ -87,12 +87,15 @@ class Progress:
     few dozen large rows in the middle), so the estimate weighs each row by ``weights`` (any
     unit: a rough seconds guess) and scales by how long the finished rows actually took."""
 
-    def __init__(self, what: str, total: int, enabled: bool = True, weights: list[float] | None = None):
+    def __init__(self, what: str, total: int, enabled: bool = True, weights: list[float] | None = None,
+                 after: float = 0.0):
         self.what, self.total, self.enabled = what, total, enabled
         self.weights = list(weights) if weights is not None and len(weights) == total else [1.0] * total
         self.t0 = time.time()
         self.done = 0
         self._width = 0
+        self.after = after  # seconds of silence first: work that ends sooner shows no bar at all
+        self._shown = False
 
     def left(self) -> float | None:
         """Seconds still to go, from the finished rows' pace (None before the first)."""
@@ -104,7 +107,8 @@ class Progress:
     def step(self, note: str = ""):
         """One more done; ``note`` (e.g. the best so far) follows the count."""
         self.done += 1
-        if self.enabled:
+        if self.enabled and time.time() - self.t0 >= self.after:
+            self._shown = True
             bar = "#" * int(20 * self.done / max(1, self.total))
             left = self.left() if self.done < self.total else None
             eta = f", ~{_duration(left)} left" if left is not None else ""
@@ -114,7 +118,7 @@ class Progress:
             print("\r" + line + " " * pad, end="", file=sys.stderr, flush=True)
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self._shown:
             print(file=sys.stderr)
 
 
