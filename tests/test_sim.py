@@ -740,3 +740,43 @@ def test_the_first_steps_tiles_load_in_the_order_they_are_needed():
     ins = random_inputs(ck.kernel, ck.bound, 3)
     ok, _, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
     assert ok, per
+
+
+@pytest.mark.parametrize("target", ["sim-nnp", "sim-tpu", "sim-gemmini", "sim-gemmini-fp32"])
+def test_replayed_instruction_bodies_match_the_interpreter_bit_for_bit(target):
+    """Copies and block products run as the numpy operations ir.interp performs, worked out once
+    (fastbody.py): every such instruction of the target gives the interpreter's bits, NaN, inf
+    and signed zeros included, with and without an initial output."""
+    import hw_models
+    from compiler.backends.sim.simulate import _Executor
+    from ir import dtypes
+    rng = np.random.default_rng(7)
+    replayed = 0
+    for ins in hw_models.load(target).instrs:
+        ex = _Executor(ins)
+        if ex.fast is None:
+            continue
+        replayed += 1
+        out = ins.outputs[0]
+        for trial in range(4):
+            arrays = {}
+            for o in ins.inputs:
+                if o.dtype.is_float:
+                    a = (rng.standard_normal(o.shape or ()) * 10.0 ** rng.integers(-3, 4)).astype(o.dtype.np)
+                    if trial == 3 and a.size > 2:
+                        a.reshape(-1)[:3] = (np.nan, np.inf, -0.0)
+                    a = dtypes.round_bf16(a) if o.dtype == dtypes.BFLOAT16 else a
+                else:
+                    info = np.iinfo(o.dtype.np)
+                    a = rng.integers(info.min, info.max, size=o.shape or (), dtype=o.dtype.np, endpoint=True)
+                arrays[o.name] = a
+            initial = None
+            if trial % 2:
+                initial = rng.standard_normal(out.shape).astype(out.dtype.np) if out.dtype.is_float else \
+                    rng.integers(-100, 100, size=out.shape).astype(out.dtype.np)
+            with np.errstate(all="ignore"):
+                want, got = ex.interpret(arrays, initial), ex(arrays, initial)
+            assert got.dtype == want.dtype and got.shape == want.shape, ins.name
+            assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want)), \
+                (ins.name, trial)
+    assert replayed >= 4  # its loads, converting loads, stores and matrix products

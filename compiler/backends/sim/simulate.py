@@ -26,6 +26,7 @@ from ir.interp import _fix, execute
 from ir.loops import Barrier, Exec, Imm, Loop, Move, Program, Slot, Tile
 from ir.target import Instruction, Target
 
+from .fastbody import fast_body
 from .fastexpr import compile_expr, compile_guards
 
 
@@ -79,8 +80,15 @@ class _Executor:
         self.instr = instr
         self.bound = bind(instr.body, {})
         self.out = instr.outputs[0].name
+        self.fast = fast_body(instr)  # copies and block products, replayed (fastbody.py)
 
     def __call__(self, arrays: dict[str, np.ndarray], initial: np.ndarray | None) -> np.ndarray:
+        if self.fast is not None:
+            with np.errstate(all="ignore"):
+                return self.fast(arrays, initial)
+        return self.interpret(arrays, initial)
+
+    def interpret(self, arrays: dict[str, np.ndarray], initial: np.ndarray | None) -> np.ndarray:
         init = {self.out: initial} if initial is not None else None
         res = execute(self.bound, arrays, init)
         return res[self.out]
