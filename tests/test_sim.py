@@ -780,3 +780,34 @@ def test_replayed_instruction_bodies_match_the_interpreter_bit_for_bit(target):
             assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want)), \
                 (ins.name, trial)
     assert replayed >= 4  # its loads, converting loads, stores and matrix products
+
+
+@pytest.mark.parametrize("name,target,sizes", [
+    ("gemm", "sim-nnp", dict(M=67, N=45, K=38)),
+    ("gemm_tn", "sim-gemmini-fp32", dict(M=37, N=21, K=19)),
+    ("gemm_nt", "sim-tpu", dict(M=130, N=7, K=129)),
+    ("gemm_i8", "sim-gemmini", dict(M=33, N=17, K=40)),
+    ("batch_matmul", "sim-nnp", dict(Bt=3, M=35, K=20, N=33)),
+    ("mlp", "sim-tpu", dict(B=5, K=130, N=129)),
+    ("softmax", "sim-nnp", dict(N=37, D=70)),
+    ("layernorm", "sim-tpu", dict(N=9, D=131)),
+    ("gru_cell", "sim-nnp", dict(B=3, I=40, Hd=33)),
+    ("conv2d", "sim-nnp", dict(N=2, C=5, H=9, W=11, F=7, R=3, S=2)),
+    ("depthwise_conv2d", "sim-tpu", dict(N=1, C=3, H=7, W=9, R=3, S=3)),
+])
+def test_plain_blocks_move_as_slices_with_the_same_results(name, target, sizes, monkeypatch):
+    """Blocks read through plain variables move as tensor slices, not index arrays per element:
+    the same outputs bit for bit and the same cycles as the general path, edges included."""
+    import sys
+    simulate = sys.modules["compiler.backends.sim.simulate"]  # the module (the package exports a function of that name)
+    ck = compiler.build(kernels.path(name), target=target, sizes=sizes)
+    ins = random_inputs(ck.kernel, ck.bound, 5)
+    fast = ck.run_all(**ins)
+    cycles = ck.last.cycles
+    monkeypatch.setattr(simulate, "PLAIN_TILES", False)
+    slow = ck.run_all(**ins)
+    assert ck.last.cycles == cycles
+    for k in slow:
+        assert np.array_equal(fast[k], slow[k], equal_nan=True), k
+    ok, _, per = compare(fast, ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+    assert ok, per

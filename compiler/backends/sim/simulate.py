@@ -73,6 +73,9 @@ class SimResult:
                 "bytes": self.link_bytes}
 
 
+PLAIN_TILES = True  # blocks of plain accesses as tensor slices (False: index arrays, for comparison)
+
+
 class _Executor:
     """Runs one instruction's IR body on operand blocks (cached binding)."""
 
@@ -149,6 +152,7 @@ class Simulator:
         self.record: list | None = None
         self.mc_seen: dict = {}
         self._fns: dict[int, object] = {}
+        self._plans: dict[int, object] = {}  # tile node -> its plain-slice plan (_plain_plan)
         # persistence across runs: which tensor block each slot holds (tensor, block, version)
         self.persist: set[str] = set()
         self.slot_tag: dict = {}
@@ -287,6 +291,102 @@ class Simulator:
             xs.append(x)
         return tuple(np.where(valid, x, 0) for x in xs), valid
 
+    def tile_read(self, tile: Tile, shape: tuple[int, ...]):
+        """(values, valid) of a block of a main-memory tensor: the elements at the valid
+        positions (anything elsewhere) and the mask of those positions."""
+        plan = self._plain_plan(tile, shape) if PLAIN_TILES else None
+        if plan is None:
+            idx, valid = self.tile_index(tile, shape)
+            return self.tensors[tile.tensor][idx], valid
+        T = self.tensors[tile.tensor]
+        counts, index, order = self._plain_region(tile, shape, plan, T)
+        region = T[index].transpose(sorted(range(len(order)), key=order.__getitem__)).reshape(counts)
+        values = np.zeros(shape, dtype=T.dtype)
+        valid = np.zeros(shape, dtype=bool)
+        box = tuple(slice(0, c) for c in counts)
+        values[box] = region
+        valid[box] = True
+        return values, valid
+
+    def tile_write(self, tile: Tile, shape: tuple[int, ...], out: np.ndarray) -> int:
+        """Store a block's valid elements into its main-memory tensor; returns how many."""
+        T = self.tensors[tile.tensor]
+        plan = self._plain_plan(tile, shape) if PLAIN_TILES else None
+        if plan is None:
+            idx, dvalid = self.tile_index(tile, shape)
+            vals = _fix(np.broadcast_to(out.reshape(shape), dvalid.shape), self.tensor_dtype[tile.tensor])
+            if T.ndim:
+                T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
+            else:  # a rank-0 tensor: the block's one valid element
+                T[()] = vals[dvalid][0]
+            return int(dvalid.sum())
+        counts, index, order = self._plain_region(tile, shape, plan, T)
+        vals = _fix(out.reshape(shape)[tuple(slice(0, c) for c in counts)], self.tensor_dtype[tile.tensor])
+        ranked = sorted(order)
+        T[index] = vals.reshape([counts[q] for q in ranked]).transpose([ranked.index(q) for q in order])
+        return prod(counts)
+
+    def _plain_plan(self, tile: Tile, shape: tuple[int, ...]):
+        """For a block whose access reads every tensor axis through a plain variable -- one tile
+        dimension's only variable, each at most once, or a loop variable (a GEMM operand's
+        block; not an im2col window or fused pixels) -- per tensor axis ("dim", tile dim) or
+        ("at", value expression), so ``tile_read`` / ``tile_write`` take it as one slice of the
+        tensor instead of an index array per element.  None otherwise.  Kept per tile node."""
+        got = self._plans.get(id(tile), False)
+        if got is not False:
+            return got
+        plan = None
+        dims = {d.vars[0]: q for q, d in enumerate(tile.dims) if d.unit and len(d.vars) == 1}
+        if tile.access.indices and len(tile.dims) == len(shape) and \
+                all(not d.unit or len(d.vars) == 1 for d in tile.dims):
+            at, used, axes = dict(tile.at), set(), []
+            for e in tile.access.indices:
+                if isinstance(e, Var) and e.name in dims and e.name not in used:
+                    used.add(e.name)
+                    axes.append(("dim", dims[e.name]))
+                elif isinstance(e, Var) and e.name in at:
+                    axes.append(("at", at[e.name]))
+                else:
+                    break
+            else:
+                if used == set(dims):
+                    plan = tuple(axes)
+        self._plans[id(tile)] = plan
+        return plan
+
+    def _plain_region(self, tile: Tile, shape, plan, T):
+        """(valid extent along each tile dim, the tensor index of the block's valid part, the
+        tile dim of each sliced tensor axis in tensor order) for a ``_plain_plan`` block."""
+        env = self.env
+        counts, starts = [], []
+        for q, d in enumerate(tile.dims):
+            if not d.unit:
+                counts.append(min(shape[q], 1))
+                starts.append(0)
+                continue
+            start = self._fn(d.block)(env) * d.unit
+            counts.append(max(0, min(shape[q], d.extents[0] - start)))
+            starts.append(start + d.lows[0])
+        mins = self.mins[tile.tensor]
+        index, order = [], []
+        empty = 0 in counts
+        for axis, p in enumerate(plan):
+            if p[0] == "dim":
+                q = p[1]
+                lo = starts[q] - mins[axis]
+                if not empty and (lo < 0 or lo + counts[q] > T.shape[axis]):
+                    raise SimError(f"instruction {len(self.insts)} addresses {tile.tensor} outside its bounds "
+                                   f"(axis {axis})")
+                index.append(slice(lo, lo + counts[q]))
+                order.append(q)
+            else:
+                i = self._fn(p[1])(env) - mins[axis]
+                if not empty and not 0 <= i < T.shape[axis]:
+                    raise SimError(f"instruction {len(self.insts)} addresses {tile.tensor} outside its bounds "
+                                   f"(axis {axis})")
+                index.append(min(max(i, 0), T.shape[axis] - 1) if empty else i)
+        return counts, tuple(index), order
+
     def tile_valid(self, tile: Tile, shape: tuple[int, ...]) -> int:
         """How many elements of the block ``tile_index`` would keep (the in-bounds part of a
         remainder block), without building the index arrays: what a timing-only run needs."""
@@ -364,13 +464,12 @@ class Simulator:
             mck = key if n.multicast else None
             op_r = ("src", self.t.main, n.src.tensor, key[2])
         elif isinstance(n.src, Tile):
-            idx, valid = self.tile_index(n.src, shape)
-            T = self.tensors[n.src.tensor]
+            values, valid = self.tile_read(n.src, shape)
             pad = n.pad
             if np.isinf(pad) and src_op.dtype.kind in "iub":
                 info = np.iinfo(src_op.dtype.np) if src_op.dtype.kind != "b" else None
                 pad = (info.min if pad < 0 else info.max) if info else (pad > 0)
-            data = np.where(valid, T[idx], pad).astype(src_op.dtype.np)
+            data = np.where(valid, values, pad).astype(src_op.dtype.np)
             key = ("T", n.src.tensor, tuple(self._fn(e)(self.env) for e in n.src.key))
             nbytes = int(valid.sum()) * self.tensor_dtype[n.src.tensor].itemsize
             mck = key if n.multicast else None
@@ -389,14 +488,7 @@ class Simulator:
             out = _run_padded(ex, src_op, np.asarray(data).reshape(shape), shape)
         if isinstance(n.dst, Tile):
             if self.functional:
-                idx, dvalid = self.tile_index(n.dst, shape)
-                T = self.tensors[n.dst.tensor]
-                vals = _fix(np.broadcast_to(out.reshape(shape), dvalid.shape), self.tensor_dtype[n.dst.tensor])
-                if T.ndim:
-                    T[tuple(i[dvalid] for i in idx)] = vals[dvalid]
-                else:  # a rank-0 tensor: the block's one valid element
-                    T[()] = vals[dvalid][0]
-                valid_n = int(dvalid.sum())
+                valid_n = self.tile_write(n.dst, shape, out)
             else:
                 valid_n = self.tile_valid(n.dst, shape)
             dkey = ("T", n.dst.tensor, tuple(self._fn(e)(self.env) for e in n.dst.key))
@@ -434,9 +526,8 @@ class Simulator:
                 continue
             if isinstance(ref, Tile):  # an operand read in place from main memory
                 op = instr.operand(opname)
-                idx, valid = self.tile_index(ref, op.shape or (1,))
-                T = self.tensors[ref.tensor]
-                arrays[opname] = np.where(valid, T[idx], 0).astype(op.dtype.np).reshape(op.shape)
+                values, valid = self.tile_read(ref, op.shape or (1,))
+                arrays[opname] = np.where(valid, values, 0).astype(op.dtype.np).reshape(op.shape)
                 main_read += int(valid.sum()) * self.tensor_dtype[ref.tensor].itemsize
                 key = ("T", ref.tensor, tuple(self._fn(e)(self.env) for e in ref.key))
                 self._dep_read(key, deps)
