@@ -160,6 +160,14 @@ class Simulator:
         self.elided = 0
         self.accumulator: dict[int, bool] = {}  # exec instructions (may chain accumulations)
 
+    def _instr(self, name: str) -> Instruction:
+        """The target's instruction by name, from a table built once (a linear search per
+        executed instruction showed in profiles)."""
+        table = self.__dict__.get("_instr_table")
+        if table is None:
+            table = self.__dict__["_instr_table"] = {i.name: i for i in self.t.instrs}
+        return table[name]
+
     def _place(self, buf, base: int) -> int:
         mem = self.t.memory(buf.memory)
         size = buf.slot_bytes * buf.slots
@@ -402,7 +410,7 @@ class Simulator:
 
     def move(self, n: Move, core: int):
         """One data-movement instruction: one block, or ``count`` consecutive blocks."""
-        instr = self.t.instr(n.instr)
+        instr = self._instr(n.instr)
         src_op, dst_op = instr.inputs[0], instr.outputs[0]
         deps: list[int] = []
         reads, writes, ops = [], [], []
@@ -510,7 +518,8 @@ class Simulator:
         name = n.instr
         if n.first_instr and all(self._fn(e)(self.env) == 0 for e in n.first):
             name = n.first_instr
-        instr = self.t.instr(name)
+        instr = self._instr(name)
+        functional = self.functional  # a timing-only run (the scheduler's) builds no operand data
         deps: list[int] = []
         reads, writes = [], []
         arrays = {}
@@ -521,14 +530,19 @@ class Simulator:
         for opname, ref in n.operands:
             if isinstance(ref, Imm):
                 v = _scalar(ref.value, self.b.sizes)
-                arrays[opname] = np.asarray(v, dtype=instr.operand(opname).dtype.np)
+                if functional:
+                    arrays[opname] = np.asarray(v, dtype=instr.operand(opname).dtype.np)
                 ops.append((opname, "imm", v, None))
                 continue
             if isinstance(ref, Tile):  # an operand read in place from main memory
                 op = instr.operand(opname)
-                values, valid = self.tile_read(ref, op.shape or (1,))
-                arrays[opname] = np.where(valid, values, 0).astype(op.dtype.np).reshape(op.shape)
-                main_read += int(valid.sum()) * self.tensor_dtype[ref.tensor].itemsize
+                if functional:
+                    values, valid = self.tile_read(ref, op.shape or (1,))
+                    arrays[opname] = np.where(valid, values, 0).astype(op.dtype.np).reshape(op.shape)
+                    count = int(valid.sum())
+                else:
+                    count = self.tile_valid(ref, op.shape or (1,))
+                main_read += count * self.tensor_dtype[ref.tensor].itemsize
                 key = ("T", ref.tensor, tuple(self._fn(e)(self.env) for e in ref.key))
                 self._dep_read(key, deps)
                 reads.append(key)
@@ -542,7 +556,8 @@ class Simulator:
             if not self.written[skey][si]:
                 raise SimError(f"instruction {len(self.insts)} ({name}, statement S{n.statement}) reads operand "
                                f"{opname} from slot {si} of {buf.name}, which was never written")
-            arrays[opname] = self.slots[skey][si].reshape(instr.operand(opname).shape)
+            if functional:
+                arrays[opname] = self.slots[skey][si].reshape(instr.operand(opname).shape)
             self._dep_read(key, deps)
             reads.append(key)
             ops.append((opname, buf.memory, self.addr[buf.name] + si * buf.slot_bytes, buf.name))
