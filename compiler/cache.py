@@ -1,7 +1,8 @@
 """The on-disk cache every stage shares: one root, ``$ISAMAP_CACHE`` (default
 ``~/.cache/isamap``; ``off`` disables caching), a folder per kind of entry (``llvm``
 object code, ``cuda`` libraries, parsed ``targets`` and ``kernels``, the ``schedules`` the
-deterministic strategies chose), and writes that readers never see half done (a file is written beside its name and renamed over it)."""
+deterministic strategies chose), writes that readers never see half done (a file is written
+beside its name and renamed over it), and a bound on its size (least recently used out)."""
 from __future__ import annotations
 
 import functools

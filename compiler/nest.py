@@ -17,7 +17,7 @@ from math import prod
 from ir.bind import Bound
 from ir.dtypes import DType
 from ir.expr import Access, Expr, Var, evaluate_int, vars_of
-from ir.kernel import Kernel
+from ir.kernel import Kernel, memo
 from ir.target import Instruction, Operand, Target
 
 from compiler.mapping import Mapping, Step
@@ -94,10 +94,7 @@ class Nest:
     def axis(self, name: str) -> Axis:
         # the scheduler's search asks this hundreds of thousands of times: an index, built once
         # (a nest's axes are fixed once it is built; `replace` makes a new nest and a new index)
-        index = self.__dict__.get("_axis_index")
-        if index is None or len(index) != len(self.axes):
-            index = self.__dict__["_axis_index"] = {a.name: a for a in self.axes}
-        return index[name]
+        return memo(self, "_axis_index", lambda: {a.name: a for a in self.axes})[name]
 
     def derived(self, key: str, target: Target, build):
         """``build()``, computed once per nest and target: what the scheduler's search reads of

@@ -136,7 +136,10 @@ class Target:
         return by_name(self.engines, name)
 
     def instr(self, name: str) -> Instruction:
-        return by_name(self.instrs, name)
+        # a table, built once: the simulator and the scheduler ask for instructions by name per
+        # executed instruction and per costed tiling (the first of a name, KeyError if none, as
+        # by_name)
+        return memo(self, "_instr_by_name", lambda: {i.name: i for i in reversed(self.instrs)})[name]
 
     def prop(self, name: str, default=None):
         return dict(self.props).get(name, default)

@@ -56,7 +56,6 @@ class _Hop:
 
     copy: object  # the copy Instruction
     nbytes: int  # block_bytes of this hop
-    engine: str
     units: int  # copies of its engine
     touches_main: bool
     multicast: bool  # an input hop with a multicasting variant
@@ -93,7 +92,7 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
             routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
         else:
             routes = [route_in(target, nest, o)]
-        hops = tuple(tuple(_Hop(c, block_bytes(target, nest, o, c), c.engine, target.engine(c.engine).count,
+        hops = tuple(tuple(_Hop(c, block_bytes(target, nest, o, c), target.engine(c.engine).count,
                                 target.main in (c.inputs[0].memory, c.outputs[0].memory),
                                 not o.is_output and multicast_variant(target, c) is not None)
                            for c in route) for route in routes)
@@ -145,7 +144,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                 occ = c.cycles(nbytes * batch) if c.occupancy is None else c.occupancy * batch
                 frac = valid if c.partial else 1.0
                 moved = c.cycles(nbytes * batch * frac) if c.occupancy is None else occ
-                busy[h.engine] = busy.get(h.engine, 0.0) + loads * per_tile_instrs * moved / h.units
+                busy[c.engine] = busy.get(c.engine, 0.0) + loads * per_tile_instrs * moved / h.units
                 instrs += loads * per_tile_instrs
                 chain_lat += c.latency + occ
                 if h.touches_main:

@@ -160,14 +160,6 @@ class Simulator:
         self.elided = 0
         self.accumulator: dict[int, bool] = {}  # exec instructions (may chain accumulations)
 
-    def _instr(self, name: str) -> Instruction:
-        """The target's instruction by name, from a table built once (a linear search per
-        executed instruction showed in profiles)."""
-        table = self.__dict__.get("_instr_table")
-        if table is None:
-            table = self.__dict__["_instr_table"] = {i.name: i for i in self.t.instrs}
-        return table[name]
-
     def _place(self, buf, base: int) -> int:
         mem = self.t.memory(buf.memory)
         size = buf.slot_bytes * buf.slots
@@ -410,7 +402,7 @@ class Simulator:
 
     def move(self, n: Move, core: int):
         """One data-movement instruction: one block, or ``count`` consecutive blocks."""
-        instr = self._instr(n.instr)
+        instr = self.t.instr(n.instr)
         src_op, dst_op = instr.inputs[0], instr.outputs[0]
         deps: list[int] = []
         reads, writes, ops = [], [], []
@@ -518,7 +510,7 @@ class Simulator:
         name = n.instr
         if n.first_instr and all(self._fn(e)(self.env) == 0 for e in n.first):
             name = n.first_instr
-        instr = self._instr(name)
+        instr = self.t.instr(name)
         functional = self.functional  # a timing-only run (the scheduler's) builds no operand data
         deps: list[int] = []
         reads, writes = [], []
