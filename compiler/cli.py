@@ -93,7 +93,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--trim", action="store_true",
                    help="remove the least recently used entries now if the cache holds more than its bound "
                    "(ISAMAP_CACHE_SIZE, default 2 GiB; isamap also does this as it writes)")
-    p.add_argument("--kind", action="append", help="llvm, cuda, targets, kernels or schedules (repeatable; default: all)")
+    from compiler.cache import KINDS
+    p.add_argument("--kind", action="append", help=f"{', '.join(KINDS)} (repeatable; default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_cache)
 
