@@ -29,7 +29,7 @@ from schedulers.space import Candidate, fits, footprint, loads_up_front, pipelin
 from . import rowgroup
 from .epilogue import Epilogue, plan
 from .mapping.bind import instr_accesses
-from .nest import Nest
+from .nest import Nest, window_extent
 from .routes import multicast_variant, route_in, route_load_output, route_out
 from .rowgroup import Group
 
@@ -103,20 +103,25 @@ class _NestLowering:
         q, r = divmod(self.n.axis(a).blocks, self.ns.parts(a))
         return add(mul(p, C(q)), simplify(Binary("min", p, C(r))))
 
-    def limit(self, a: str) -> Expr:
+    def limit(self, a: str, o=None) -> Expr:
+        """The end of this core's blocks along ``a``; for a window operand's X (``o``), one
+        block further (the halo of the core's last block) while the window's rows go on."""
         blocks = self.n.axis(a).blocks
-        if a in self.part:
-            return self.part_start(a, add(self.part[a], C(1)))
-        return C(blocks)
+        end = self.part_start(a, add(self.part[a], C(1))) if a in self.part else C(blocks)
+        if o is not None and o.window is not None and a == o.window[0]:
+            rows = -(-window_extent(self.n, o) // self.n.axis(a).unit)
+            end = simplify(Binary("min", add(end, C(1)), C(rows)))
+        return end
 
     def slot_index(self, o, inner: dict[str, Expr], step: Expr) -> Expr:
         idx: Expr = C(0)
+        tile_of = self.ns.tile_of
         for a in o.axes:
-            idx = add(mul(idx, C(self.ns.tile(a))), inner[a])
+            idx = add(mul(idx, C(o.extent(a, tile_of))), inner[a])
         nslots = self.pl.slots[o.name]
         if nslots > 1:
             which = mod(div(step, self.pl.inner[o.name]), nslots)
-            idx = add(mul(which, C(prod(self.ns.tile(a) for a in o.axes))), idx)
+            idx = add(mul(which, C(o.tile_blocks(tile_of))), idx)
         return idx
 
     # ---------------------------------------------------------------- operands
@@ -133,10 +138,15 @@ class _NestLowering:
             ax = next((a for a in self.n.axes if a.instr_var == x.name), None)
             if ax is None:
                 dims.append(TileDim((), (), (), 0, None))
+            elif o.window is not None and ax.name == o.window[0]:  # rows x + y for y = 0 on
+                dims.append(TileDim(ax.vars, ax.lows, (window_extent(self.n, o),), ax.unit, blocks[ax.name]))
             else:
                 dims.append(TileDim(ax.vars, ax.lows, ax.extents, ax.unit, blocks[ax.name]))
         at = tuple((ax.vars[0], add(blocks[ax.name], C(ax.lows[0]))) for ax in self.n.axes
                    if ax.instr_var is None and ax.name in o.axes)
+        if o.window is not None:
+            y = self.n.axis(o.window[1])
+            at += ((y.vars[0], C(y.lows[0])),)
         return Tile(o.tensor, o.access, tuple(dims), at, tuple(blocks[a] for a in o.axes))
 
     def stage(self, o, op, i: int) -> str:
@@ -144,7 +154,7 @@ class _NestLowering:
         key = f"{o.name}.stage{i}.{op.memory}"
         if key not in self.bufname:
             b = Buffer(f"S{self.tag}.{key}", op.memory, op.dtype, o.op.shape or (1,),
-                       2 * prod(self.ns.tile(a) for a in o.axes), True, False, self.group)
+                       2 * o.tile_blocks(self.ns.tile_of), True, False, self.group)
             self.buffers.append(b)
             self.bufname[key] = b.name
         return self.bufname[key]
@@ -155,20 +165,20 @@ class _NestLowering:
     def loads_per_tile(self, o) -> int:
         """The copy instructions that bring one tile of input ``o`` on chip."""
         route = self.route_of(o, "in")
-        return -(-prod(self.ns.tile(a) for a in o.axes) // self.batch(o, route)) * len(route)
+        return -(-o.tile_blocks(self.ns.tile_of) // self.batch(o, route)) * len(route)
 
     def batch(self, o, route) -> int:
         """Consecutive blocks of the innermost axis travel together when every hop allows it."""
         if not o.axes:
             return 1
-        return min([c.batch for c in route] + [self.ns.tile(o.axes[-1])])
+        return min([c.batch for c in route] + [o.extent(o.axes[-1], self.ns.tile_of)])
 
-    def stage_index(self, axes, inner: dict[str, Expr], step: Expr) -> Expr:
+    def stage_index(self, o, inner: dict[str, Expr], step: Expr) -> Expr:
         """A block's slot among staging slots that hold two tiles in flight (by step parity)."""
         lin: Expr = C(0)
-        for a in axes:
-            lin = add(mul(lin, C(self.ns.tile(a))), inner[a])
-        return add(mul(mod(step, 2), C(prod(self.ns.tile(a) for a in axes))), lin)
+        for a in o.axes:
+            lin = add(mul(lin, C(o.extent(a, self.ns.tile_of))), inner[a])
+        return add(mul(mod(step, 2), C(o.tile_blocks(self.ns.tile_of))), lin)
 
     def moves(self, o, step: Expr, direction: str, inner: dict[str, Expr], count: int, sub: Var,
               extra_guards=()) -> list:
@@ -176,13 +186,13 @@ class _NestLowering:
         n = self.n
         route = self.route_of(o, direction)
         blocks = {a: add(self.start(a, step), inner[a]) for a in o.axes}
-        guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in o.axes)
+        guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a, o)) for a in o.axes)
         if count > 1:  # a batch must not run past its tile when the tile is not a multiple of it
             last = o.axes[-1]
-            guards += ((inner[last], C(self.ns.tile(last))),)
+            guards += ((inner[last], C(o.extent(last, self.ns.tile_of))),)
         slot = Slot(self.bufname[o.name], self.slot_index(o, inner, step))
         tile = self.tile_ref(o, blocks)
-        stage_idx = self.stage_index(o.axes, inner, step)
+        stage_idx = self.stage_index(o, inner, step)
         incoming = direction in ("in", "load_out")
         cur = tile if incoming else slot
         out = []
@@ -201,7 +211,7 @@ class _NestLowering:
             else:
                 dst = Slot(self.stage(o, c.outputs[0], j), stage_idx)
             name, mc = c.name, False
-            if direction == "in" and j == 0 and any(a not in o.axes for a in self.split):
+            if direction == "in" and j == 0 and any(not o.spans(a) for a in self.split):
                 m = multicast_variant(self.t, c)
                 if m is not None:
                     name, mc = m.name, True
@@ -242,7 +252,7 @@ class _NestLowering:
         inner = {a: Var(f"{_ident(a)}_epi{self.tag}") for a in out.axes}
         blocks = {a: add(self.start(a, step), inner[a]) for a in out.axes}
         guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in out.axes)
-        idx = self.stage_index(out.axes, inner, step)
+        idx = self.stage_index(out, inner, step)
         moves = []
         for cn in e.nests:
             m = e.axis_map[id(cn)]
@@ -308,7 +318,9 @@ class _NestLowering:
             inner[o.axes[-1]] = add(mul(loop_var[o.axes[-1]], C(count)), sub)
         body = tuple(self.moves(o, step, direction, inner, count, sub, extra_guards))
         for a in reversed(o.axes):
-            ext = self.ns.tile(a) if (count == 1 or a != o.axes[-1]) else ceil(self.ns.tile(a) / count)
+            ext = o.extent(a, self.ns.tile_of)
+            if count > 1 and a == o.axes[-1]:
+                ext = ceil(ext / count)
             body = (Loop(loop_var[a].name, C(ext), body),)
         return list(body)
 
@@ -328,7 +340,7 @@ class _NestLowering:
         n, ns, pl = self.n, self.ns, self.pl
         for o in n.operands:
             if o.tensor is not None and o.op.memory != self.t.main and o.name not in self.forward:
-                self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * prod(ns.tile(a) for a in o.axes),
+                self.bufname[o.name] = self.buffer(o.name, o.op, pl.slots[o.name] * o.tile_blocks(ns.tile_of),
                                                    o.tensor in self.resident and not o.is_output)
         out = n.output
         order = list(ns.order)
@@ -407,6 +419,9 @@ class _NestLowering:
             elif o.name in self.forward:
                 owner, oo = self.forward[o.name]
                 ops.append((o.name, Slot(owner.bufname[oo.name], owner.slot_index(oo, inner, step))))
+            elif o.window is not None:  # tap y reads the rows y further on
+                ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step),
+                                         blocks[o.window[1]])))
             else:
                 ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step))))
         first_instr, first = None, ()
@@ -417,7 +432,11 @@ class _NestLowering:
         # in the accumulator, and the reduction axis is the one tile loads are batched along
         order = [a.name for a in n.axes if not a.reduction] + [a.name for a in n.axes if a.reduction]
         loads = []
+        before = []  # window operands: a tile's blocks outnumber the iterations over them
         for o, ahead, extra, spread in prefetch:
+            if o.window is not None:
+                before += self.transfer(o, ahead, "in", extra)
+                continue
             route = self.route_of(o, "in")
             count = self.batch(o, route)
             at = dict((a, inner[a]) for a in o.axes)
@@ -445,7 +464,7 @@ class _NestLowering:
         body = tuple(loads) + (Exec(n.instr.name, tuple(ops), guards, first_instr, first, n.statement),)
         for a in reversed(order):
             body = (Loop(inner[a].name, C(ns.tile(a)), body),)
-        return list(body)
+        return before + list(body)
 
 
 def _loaded_key(cn: Nest, o) -> str:
@@ -612,6 +631,9 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
                          f"blocks on chip")
             continue
         notes.append(f"S{si}: {c.mapping.describe()}")
+        notes += [f"S{si}: {o.name}={o.tensor} is a sliding window along {o.window[0]}: one tile for every "
+                  f"{o.window[1]}, which reads the rows {o.window[1]} further on" for nest in c.nests
+                  for o in nest.operands if o.window is not None]
         for nest in c.nests:
             declare_temps(nest)
             ns = schedule.nest(si, nest.step_index)

@@ -16,12 +16,17 @@ from math import prod
 
 from ir.bind import Bound
 from ir.dtypes import DType
-from ir.expr import Access, Expr, Var, evaluate_int, vars_of
+from ir.expr import Access, Binary, Expr, Var, evaluate_int, vars_of
 from ir.kernel import Kernel, memo
 from ir.target import Instruction, Operand, Target
 
 from compiler.mapping import Mapping, Step
+from compiler.mapping.bind import instr_accesses
 from compiler.mapping.match import immediate
+
+
+# sliding windows for convolution taps (OperandInfo.window); off: a tile per tap, for comparison
+WINDOWS = True
 
 
 class Unsupported(Exception):
@@ -57,6 +62,24 @@ class OperandInfo:
     is_output: bool
     axes: list[str] = field(default_factory=list)  # nest axes its tile depends on
     gather: bool = False
+    # (X, Y): a sliding window.  The operand reads ``x + y`` along its block's rows, X an
+    # instruction axis over x and Y a loop axis over y (a convolution's output column and
+    # filter tap).  Its tile is loaded once for every y, with one block more along X (the
+    # halo), and each y reads the rows ``y`` further on (``ir.loops.Slot.offset``), instead of
+    # a tile per tap that re-reads all but one row of the last.  Y is then not in ``axes``.
+    window: tuple[str, str] | None = None
+
+    def spans(self, axis: str) -> bool:
+        """Whether the operand's elements change along ``axis`` (a window's Y included)."""
+        return axis in self.axes or (self.window is not None and axis == self.window[1])
+
+    def extent(self, axis: str, tile_of: dict[str, int]) -> int:
+        """Blocks of its tile along ``axis``: the schedule's tile, plus the halo of a window."""
+        return tile_of[axis] + (1 if self.window is not None and axis == self.window[0] else 0)
+
+    def tile_blocks(self, tile_of: dict[str, int]) -> int:
+        """Blocks of one of its tiles."""
+        return prod(self.extent(a, tile_of) for a in self.axes)
 
     @property
     def block_bytes(self) -> int:
@@ -148,6 +171,37 @@ def sibling_init(target: Target, instr: Instruction) -> Instruction | None:
     return None
 
 
+def _window(o: OperandInfo, inner: Access, axes: list[Axis]) -> tuple[str, str] | None:
+    """(X, Y) when operand ``o`` reads ``x + y`` along its block's rows (its first dimension,
+    whose rows are consecutive addresses, so a shifted block is one address further on) with
+    x an instruction axis and y a loop axis no longer than a block."""
+    if not inner.indices or not isinstance(inner.indices[0], Var):
+        return None
+    X = next((a for a in axes if a.instr_var == inner.indices[0].name), None)
+    if X is None or len(X.vars) != 1 or X.unit <= 1:
+        return None
+    x = X.vars[0]
+    subs = [e for e in o.access.indices if x in vars_of(e)]
+    if len(subs) != 1 or not isinstance(subs[0], Binary) or subs[0].op != "+":
+        return None
+    e = subs[0]
+    if not (isinstance(e.a, Var) and isinstance(e.b, Var)) or x not in (e.a.name, e.b.name):
+        return None
+    y = e.b.name if e.a.name == x else e.a.name
+    Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None), None)
+    if Y is None or not 2 <= Y.total <= X.unit + 1:
+        return None
+    if sum(y in vars_of(i) for i in o.access.indices) != 1:
+        return None
+    return X.name, Y.name
+
+
+def window_extent(nest: "Nest", o: OperandInfo) -> int:
+    """Elements of a window operand along X: every x + y."""
+    X, Y = (nest.axis(a) for a in o.window)
+    return X.total + Y.total - 1
+
+
 def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[Nest]:
     si = mapping.statement
     s = k.stmts[si]
@@ -207,6 +261,11 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
             if op.access is not None:
                 vs = set(vars_of(op.access))
                 op.axes = [a.name for a in axes if vs & set(a.vars)]
+                if WINDOWS and not op.is_output and not op.gather and op.op.memory != target.main:
+                    op.window = _window(op, instr_accesses(ist)[op.name], axes)
+                    if op.window is not None:  # X innermost: the halo block is the next slot
+                        x, y = op.window
+                        op.axes = [a for a in op.axes if a not in (x, y)] + [x]
         if ist.init and any(a.reduction and a.blocks > 1 for a in axes):
             raise Unsupported(f"{instr.name} overwrites its output, but the reduction spans several blocks")
         root = idx == len(mapping.steps) - 1

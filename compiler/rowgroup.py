@@ -204,7 +204,7 @@ def fits(target: Target, g: Group) -> bool:
             use[mem] = use.get(mem, 0) + v
         for o in n.operands:
             if o.name in fw:
-                use[o.op.memory] -= pl.slots[o.name] * prod(ns.tile(a) for a in o.axes) * o.op.bytes
+                use[o.op.memory] -= pl.slots[o.name] * o.tile_blocks(ns.tile_of) * o.op.bytes
     return all(v <= target.memory(m).capacity for m, v in use.items())
 
 

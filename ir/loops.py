@@ -58,8 +58,13 @@ class Tile:
 
 @dataclass(frozen=True)
 class Slot:
+    """A block of an on-chip buffer.  With ``offset``, a sliding window: the block's rows start
+    ``offset`` rows into slot ``index`` and run on into slot ``index + 1`` (the slots are
+    adjacent, so it is one address); convolution taps read their shifted input this way."""
+
     buffer: str
     index: Expr
+    offset: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,8 @@ class Program:
 
 def _ref(r) -> str:
     if isinstance(r, Slot):
-        return f"{r.buffer}[{show_expr(r.index)}]"
+        off = f"+{show_expr(r.offset)} rows" if r.offset is not None else ""
+        return f"{r.buffer}[{show_expr(r.index)}]{off}"
     if isinstance(r, Imm):
         return f"#{show_expr(r.value)}"
     dims = ", ".join(

@@ -15,7 +15,7 @@ from math import ceil, prod
 from ir.dtypes import BY_NAME
 from ir.target import Target
 
-from compiler.nest import Nest
+from compiler.nest import Nest, window_extent
 from compiler.routes import multicast_variant, route_in, route_load_output, route_out
 
 from .base import NestSchedule
@@ -74,6 +74,16 @@ class Moved:
     memory: str | None  # its on-chip memory (None: it is read in main memory)
     block_bytes: int  # of its instruction operand
     staging: tuple[tuple[str, int], ...]  # (memory, bytes per block) of each multi-hop stage
+    window: tuple[str, str] | None = None  # compiler.nest.OperandInfo.window
+
+    def extent(self, axis: str, tile_of: dict[str, int]) -> int:
+        return tile_of[axis] + (1 if self.window is not None and axis == self.window[0] else 0)
+
+    def tile_blocks(self, tile_of: dict[str, int]) -> int:
+        return prod(self.extent(a, tile_of) for a in self.axes)
+
+    def spans(self, axis: str) -> bool:
+        return axis in self.axes or (self.window is not None and axis == self.window[1])
 
 
 def moved_operands(target: Target, nest: Nest) -> list[Moved]:
@@ -87,7 +97,11 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
     for o in nest.operands:
         if o.tensor is None:
             continue
-        valid = prod(nest.axis(a).total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes)
+        valid = prod(nest.axis(a).total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes
+                     if o.window is None or a != o.window[0])
+        if o.window is not None:  # the rows of x + y, in the blocks of x plus the halo
+            X = nest.axis(o.window[0])
+            valid *= min(1.0, window_extent(nest, o) / ((X.blocks + 1) * X.unit))
         if o.is_output:
             routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
         else:
@@ -101,7 +115,7 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
         elems = prod(o.op.shape) if o.op.shape else 1
         staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
         out.append(Moved(o.name, tuple(o.axes), o.is_output, valid, hops,
-                         None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging))
+                         None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging, o.window))
     return out
 
 
@@ -126,7 +140,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     exposed = 0.0  # output stores the next tile waits for (a single output slot)
     loads_of: dict[str, int] = {}  # input -> copies that bring one of its tiles on chip
     for o in moved_operands(target, nest):
-        tile_blocks = prod(tile_of[a] for a in o.axes)
+        tile_blocks = o.tile_blocks(tile_of)
         loads = S // pl.inner[o.name]
         # main memory serves every core's share, not the busiest core's times the cores: along a
         # split axis of this operand the cores' chunks add up to the axis, not parts x chunk
@@ -136,7 +150,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
         valid = o.valid
         last = o.axes[-1] if o.axes else None
         for route in o.routes:
-            batch = min([h.copy.batch for h in route] + [tile_of[last] if last else 1])
+            batch = min([h.copy.batch for h in route] + [o.extent(last, tile_of) if last else 1])
             per_tile_instrs = ceil(tile_blocks / batch) if tile_blocks else 1
             chain_lat = 0.0
             for h in route:
@@ -150,7 +164,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                 if h.touches_main:
                     share = 1
                     if h.multicast:
-                        share = prod(min(p, axis(a).blocks) for a, p in ns.split if a not in o.axes)
+                        share = prod(min(p, axis(a).blocks) for a, p in ns.split if not o.spans(a))
                     main_bytes += loads * tile_blocks * nbytes * frac * active * spread / share
             if o.is_output and route is o.routes[0]:
                 store = per_tile_instrs * max(

@@ -142,10 +142,10 @@ def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
     uses = moved_operands(target, nest)
     for u in uses:
         if u.memory is not None:
-            use[u.memory] = use.get(u.memory, 0) + slots[u.name] * prod(tile_of[a] for a in u.axes) * u.block_bytes
+            use[u.memory] = use.get(u.memory, 0) + slots[u.name] * u.tile_blocks(tile_of) * u.block_bytes
     for u in uses:  # staging slots of multi-hop routes: two tiles each
         for mem, per_block in u.staging:
-            use[mem] = use.get(mem, 0) + prod(tile_of[a] for a in u.axes) * per_block
+            use[mem] = use.get(mem, 0) + u.tile_blocks(tile_of) * per_block
     return use
 
 

@@ -811,3 +811,58 @@ def test_plain_blocks_move_as_slices_with_the_same_results(name, target, sizes, 
         assert np.array_equal(fast[k], slow[k], equal_nan=True), k
     ok, _, per = compare(fast, ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
     assert ok, per
+
+
+WINDOW_CONVS = [
+    dict(N=2, C=16, H=12, W=12, F=32, R=3, S=3),  # a row and its halo in one block
+    dict(N=1, C=5, H=4, W=70, F=7, R=2, S=5),  # rows over three blocks: windows span two
+    dict(N=1, C=3, H=2, W=40, F=4, R=1, S=33),  # a tap one row longer than a block
+    dict(N=1, C=2, H=2, W=33, F=3, R=1, S=2),  # 32 outputs wide: the halo is a block of its own
+]
+
+
+@pytest.mark.parametrize("sizes", WINDOW_CONVS)
+def test_convolution_taps_read_sliding_windows_of_one_loaded_tile(sizes):
+    """sim-nnp's mapping with I's rows along w: each tap s reads the rows s further on in one
+    tile loaded with a halo block (``OperandInfo.window``, ``Slot.offset``), for any tiling of w,
+    with w split across cores, and any prefetch; I is loaded once per tap row instead of S times."""
+    from dataclasses import replace
+
+    import compiler.nest
+    from compiler.lower import lower
+    from schedulers.search import best_nest
+    from schedulers.space import candidates, fits
+    ck = compiler.build(kernels.path("conv2d"), target="sim-nnp", sizes=sizes)
+    t = ck.target_ir
+    idx = next(i for i, c in enumerate(ck.candidates[0]) if any(o.window for o in c.nests[0].operands))
+    nest = ck.candidates[0][idx].nests[0]
+    (o,) = [o for o in nest.operands if o.window]
+    assert o.tensor == "I" and o.window == ("w", "s") and o.axes[-1] == "w" and "s" not in o.axes
+    best, _ = best_nest(t, nest)
+    wb = nest.axis("w").blocks
+    variants = [best, replace(best, prefetch=0), replace(best, prefetch=3)]
+    if wb > 1:
+        tiles = dict(best.tiles)
+        variants += [replace(best, tiles=tuple({**tiles, "w": wb - 1}.items())),
+                     replace(best, tiles=tuple({**tiles, "w": 1}.items()), split=(("w", wb),),
+                             order=("w",) + tuple(a for a in best.order if a != "w"))]
+    ins = random_inputs(ck.kernel, ck.bound, 1)
+    for ns in variants:
+        if fits(t, nest, ns) is not None:
+            continue
+        sched = Schedule(ck.kernel.name, t.name, tuple(sizes.items()), "manual", (idx,), (ns,))
+        program = lower(ck.kernel, ck.bound, t, sched, ck.candidates)
+        assert "rows" in show(program), ns
+        res = _simulated(ck, program, ins)
+        if ns is best:
+            windowed = res
+    compiler.nest.WINDOWS = False
+    try:
+        cands = candidates(ck.kernel, ck.bound, t)
+        assert not any(o.window for o in cands[0][idx].nests[0].operands)
+        program = lower(ck.kernel, ck.bound, t, Schedule(ck.kernel.name, t.name, tuple(sizes.items()), "manual",
+                                                          (idx,), (best,)), cands)
+        per_tap = _simulated(ck, program, ins)
+    finally:
+        compiler.nest.WINDOWS = True
+    assert _main_bytes(windowed, "hbm") < _main_bytes(per_tap, "hbm")
