@@ -346,3 +346,57 @@ def test_random_row_chains_match_the_interpreter_as_cpu_row_loops(src, m, n):
     ref = ir.interp.run(k, ins, b.sizes)
     ok, _, per = compare(nk(dict(ins)), ref)
     assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, m, n, per)
+
+
+CONV1D = {
+    "xs": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, w + s) * K(f, c, s)\n}\n",
+    "sx": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, s + w) * K(f, c, s)\n}\n",
+    "bias": "def c1(float(N, C, W) I, float(F, C, S) K, float(F) B) -> (O, P) {\n"
+            "    O(n, f, w) +=! I(n, c, w + s) * K(f, c, s)\n    P(n, f, w) = O(n, f, w) + B(f)\n}\n",
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(CONV1D)), st.integers(1, 2), st.integers(1, 40), st.integers(1, 90),
+       st.integers(1, 40), st.integers(1, 34), st.data())
+def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(kind, N, C, W, F, S, data):
+    """1-D convolutions on sim-nnp through the mapping whose input is a sliding window
+    (``OperandInfo.window``), any tile of each axis, loop order, prefetch and core split."""
+    from dataclasses import replace
+
+    from compiler.checking import compare
+    from compiler.lower import lower
+    from schedulers.base import NestSchedule, Schedule
+    from schedulers.space import fits
+    S = min(S, W)
+    kern = compiler.parse(CONV1D[kind]).kernel()
+    sizes = {k: v for k, v in dict(N=N, C=C, W=W, F=F, S=S).items() if k in kern.sizes}
+    ck = compiler.build(kern, target="sim-nnp", sizes=sizes)
+    si = 0
+    found = [(i, c) for i, c in enumerate(ck.candidates[si]) if any(o.window for o in c.nests[0].operands)]
+    event(f"window mapping: {bool(found)}")
+    if not found:
+        assert S == 1 or S > 33  # a window spans at most two blocks
+        return
+    idx, cand = data.draw(st.sampled_from(found))
+    nest = cand.nests[0]
+    tiles = tuple((a.name, data.draw(st.integers(1, a.blocks))) for a in nest.axes)
+    order = tuple(data.draw(st.permutations([a.name for a in nest.axes if not a.reduction]))) + \
+        tuple(a.name for a in nest.axes if a.reduction)
+    free = [a for a in nest.axes if not a.reduction and a.blocks > 1]
+    split = ()
+    if free and data.draw(st.booleans()):
+        a = data.draw(st.sampled_from(free))
+        split = ((a.name, data.draw(st.integers(2, min(a.blocks, 4)))),)
+    ns = NestSchedule(si, 0, tiles, order, split, data.draw(st.integers(0, 3)))
+    if fits(ck.target_ir, nest, ns) is not None:
+        event("does not fit")
+        return
+    mappings = list(ck.schedule.mappings)
+    mappings[si] = idx
+    sched = replace(ck.schedule, mappings=tuple(mappings), nests=tuple(
+        ns if n.statement == si else n for n in ck.schedule.nests))
+    ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+    assert ok, (kind, sizes, ns, per)
