@@ -313,16 +313,46 @@ class _NestLowering:
         count = self.batch(o, route)
         loop_var = dict(inner)
         sub = Var(f"_j{direction}{o.name}{self.tag}")
+        exts = {a: o.extent(a, self.ns.tile_of) for a in o.axes}
         if count > 1:
-            loop_var[o.axes[-1]] = Var(f"{_ident(o.axes[-1])}_{direction}{o.name}{self.tag}")
+            exts[o.axes[-1]] = ceil(exts[o.axes[-1]] / count)
+        rot = self.rotation(o) if direction == "in" else None
+        if rot is not None:
+            # one loop over the tile's copies, each core starting its share of them in turn
+            rank, group = rot
+            copies = prod(exts.values())
+            lin = Var(f"_r{o.name}{self.tag}")
+            rest = mod(add(lin, mul(rank, C(-(-copies // group)))), copies)
+            for a in reversed(o.axes):
+                loop_var[a] = mod(rest, exts[a])
+                rest = div(rest, exts[a])
+            inner = dict(loop_var)
+        if count > 1:
+            if rot is None:
+                loop_var[o.axes[-1]] = Var(f"{_ident(o.axes[-1])}_{direction}{o.name}{self.tag}")
             inner[o.axes[-1]] = add(mul(loop_var[o.axes[-1]], C(count)), sub)
         body = tuple(self.moves(o, step, direction, inner, count, sub, extra_guards))
+        if rot is not None:
+            return [Loop(lin.name, C(copies), body)]
         for a in reversed(o.axes):
-            ext = o.extent(a, self.ns.tile_of)
-            if count > 1 and a == o.axes[-1]:
-                ext = ceil(ext / count)
-            body = (Loop(loop_var[a].name, C(ext), body),)
+            body = (Loop(loop_var[a].name, C(exts[a]), body),)
         return list(body)
+
+    def rotation(self, o) -> tuple[Expr, int] | None:
+        """(this core's rank, cores) among those that share a multicast tile loaded once: each
+        issues the group's copies starting at its own share, so a copy is first issued (and its
+        transfer paid) by one core and joined by the rest, and the group's engines split the
+        tile instead of each moving all of it (a filter every core reads)."""
+        if self.pl.inner.get(o.name) != self.pl.steps or o.name in self.forward:
+            return None
+        group = [(a, p) for a, p in self.ns.split if not o.spans(a)]
+        route = self.route_of(o, "in")
+        if not group or not route or multicast_variant(self.t, route[0]) is None:
+            return None
+        rank: Expr = C(0)
+        for a, p in group:
+            rank = add(mul(rank, C(p)), self.part[a])
+        return rank, prod(p for _, p in group)
 
     # ---------------------------------------------------------------- the nest
     def lower(self) -> list:
@@ -434,7 +464,7 @@ class _NestLowering:
         loads = []
         before = []  # window operands: a tile's blocks outnumber the iterations over them
         for o, ahead, extra, spread in prefetch:
-            if o.window is not None:
+            if o.window is not None or self.rotation(o) is not None:
                 before += self.transfer(o, ahead, "in", extra)
                 continue
             route = self.route_of(o, "in")

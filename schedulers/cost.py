@@ -139,6 +139,7 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
     first_occ = 0.0
     exposed = 0.0  # output stores the next tile waits for (a single output slot)
     loads_of: dict[str, int] = {}  # input -> copies that bring one of its tiles on chip
+    once: dict[str, float] = {}  # engine -> occupancy of the tiles loaded once, at step 0
     for o in moved_operands(target, nest):
         tile_blocks = o.tile_blocks(tile_of)
         loads = S // pl.inner[o.name]
@@ -149,6 +150,11 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
         # a copy that moves partial blocks moves only the tensor's part of the padded block grid
         valid = o.valid
         last = o.axes[-1] if o.axes else None
+        # the cores that read the same tiles of it; a tile loaded once comes by multicast with
+        # the copies shared out among them (compiler.lower's rotation): each core's engine moves
+        # its part and joins the others'
+        group = prod(min(p, axis(a).blocks) for a, p in ns.split if not o.spans(a))
+        rotated = not o.is_output and loads == 1 and group > 1 and bool(o.routes[0]) and o.routes[0][0].multicast
         for route in o.routes:
             batch = min([h.copy.batch for h in route] + [o.extent(last, tile_of) if last else 1])
             per_tile_instrs = ceil(tile_blocks / batch) if tile_blocks else 1
@@ -158,13 +164,13 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                 occ = c.cycles(nbytes * batch) if c.occupancy is None else c.occupancy * batch
                 frac = valid if c.partial else 1.0
                 moved = c.cycles(nbytes * batch * frac) if c.occupancy is None else occ
+                if rotated and h is route[0]:
+                    moved /= group
                 busy[c.engine] = busy.get(c.engine, 0.0) + loads * per_tile_instrs * moved / h.units
                 instrs += loads * per_tile_instrs
                 chain_lat += c.latency + occ
                 if h.touches_main:
-                    share = 1
-                    if h.multicast:
-                        share = prod(min(p, axis(a).blocks) for a, p in ns.split if not o.spans(a))
+                    share = group if h.multicast else 1
                     main_bytes += loads * tile_blocks * nbytes * frac * active * spread / share
             if o.is_output and route is o.routes[0]:
                 store = per_tile_instrs * max(
@@ -181,6 +187,12 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                                               + max(0.0, (tile_blocks - 1) * (per_store - per_exec)))
             elif not o.is_output and route:
                 loads_of[o.name] = per_tile_instrs * len(route)
+                if loads == 1 and S > 1:
+                    first = route[0]
+                    occ = (first.copy.cycles(first.nbytes * batch * valid) if first.copy.occupancy is None
+                           else first.copy.occupancy)
+                    once[first.copy.engine] = (once.get(first.copy.engine, 0.0)
+                                               + per_tile_instrs * occ / first.units / (group if rotated else 1))
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
                 first = route[0]
                 first_occ += (first.copy.cycles(first.nbytes * batch)
@@ -218,6 +230,10 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
         window_step = max(free, n_step * load_lat / (W + 0.75 * n_step / load_instrs))
     step = max(step, window_step)
     cycles = S * step + fill + drain + exposed
+    if once:
+        # a tile loaded once (a filter) is all needed by the end of step 0: the steps after it
+        # cannot take up its transfer, however fast the pace of the rest
+        cycles = max(cycles, load_lat + max(once.values()) + (S - 1) * compute_step + drain + exposed)
     # what the window would cost if every load stalled it for its latency / W: loads issued in
     # bursts (all of a tile at its first use) come closer to this than the even spacing above
     pressure = S * load_instrs * load_lat / W

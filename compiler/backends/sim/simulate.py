@@ -674,15 +674,18 @@ class Simulator:
                 issue, ek, units, w, terms = tentative(inst)
                 u = units.index(min(units))
                 occ = inst.occupancy
+                joins = inst.mc_key is not None and inst.mc_key in mc_done
+                if joins:  # another core's copy is bringing these blocks: this core's engine
+                    occ = 0  # only waits for them to land
                 end = issue + occ
                 if inst.main_bytes and hbm.bandwidth:
-                    if inst.mc_key is not None and inst.mc_key in mc_done:
+                    if joins:
                         end = max(end, mc_done[inst.mc_key])
                     else:
                         served = server.reserve(issue, inst.main_bytes / hbm.bandwidth)
                         end = max(end, served)
                         if inst.mc_key is not None:
-                            mc_done[inst.mc_key] = served
+                            mc_done[inst.mc_key] = end
                 if self.record is not None:
                     bound = ("deps", "engine", "in-order", "window")[terms.index(max(terms))]
                     culprit = None
