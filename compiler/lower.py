@@ -451,7 +451,7 @@ class _NestLowering:
                 ops.append((o.name, Slot(owner.bufname[oo.name], owner.slot_index(oo, inner, step))))
             elif o.window is not None:  # tap y reads the rows y further on
                 ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step),
-                                         blocks[o.window[1]])))
+                                         blocks[o.window[1]], o.window_dim)))
             else:
                 ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step))))
         first_instr, first = None, ()
@@ -662,7 +662,9 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             continue
         notes.append(f"S{si}: {c.mapping.describe()}")
         notes += [f"S{si}: {o.name}={o.tensor} is a sliding window along {o.window[0]}: one tile for every "
-                  f"{o.window[1]}, which reads the rows {o.window[1]} further on" for nest in c.nests
+                  f"{o.window[1]}, which reads the block {o.window[1]} "
+                  f"{('rows', 'columns')[o.window_dim] if o.window_dim < 2 else 'elements'} further on"
+                  for nest in c.nests
                   for o in nest.operands if o.window is not None]
         for nest in c.nests:
             declare_temps(nest)

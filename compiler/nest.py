@@ -62,12 +62,14 @@ class OperandInfo:
     is_output: bool
     axes: list[str] = field(default_factory=list)  # nest axes its tile depends on
     gather: bool = False
-    # (X, Y): a sliding window.  The operand reads ``x + y`` along its block's rows, X an
-    # instruction axis over x and Y a loop axis over y (a convolution's output column and
-    # filter tap).  Its tile is loaded once for every y, with one block more along X (the
-    # halo), and each y reads the rows ``y`` further on (``ir.loops.Slot.offset``), instead of
-    # a tile per tap that re-reads all but one row of the last.  Y is then not in ``axes``.
+    # (X, Y): a sliding window.  The operand reads ``x + y`` along dimension ``window_dim`` of
+    # its block, X an instruction axis over x and Y a loop axis over y (a convolution's output
+    # column and filter tap).  Its tile is loaded once for every y, with one block more along X
+    # (the halo), and each y reads the block ``y`` elements further on along that dimension
+    # (``ir.loops.Slot.offset``), instead of a tile per tap that re-reads all but one element
+    # of the last.  Y is then not in ``axes``.
     window: tuple[str, str] | None = None
+    window_dim: int = 0
 
     def spans(self, axis: str) -> bool:
         """Whether the operand's elements change along ``axis`` (a window's Y included)."""
@@ -171,13 +173,22 @@ def sibling_init(target: Target, instr: Instruction) -> Instruction | None:
     return None
 
 
-def _window(o: OperandInfo, inner: Access, axes: list[Axis]) -> tuple[str, str] | None:
-    """(X, Y) when operand ``o`` reads ``x + y`` along its block's rows (its first dimension,
-    whose rows are consecutive addresses, so a shifted block is one address further on) with
-    x an instruction axis and y a loop axis no longer than a block."""
-    if not inner.indices or not isinstance(inner.indices[0], Var):
-        return None
-    X = next((a for a in axes if a.instr_var == inner.indices[0].name), None)
+def _window(o: OperandInfo, inner: Access, axes: list[Axis]) -> tuple[tuple[str, str], int] | None:
+    """((X, Y), dim) when operand ``o`` reads ``x + y`` along dimension ``dim`` of its block,
+    with x an instruction axis and y a loop axis no longer than a block plus one.  A block's
+    rows are consecutive addresses, so a block shifted along its first dimension is one address
+    further on; along another, the tile keeps its blocks along X side by side (a row pitch of
+    all of them) and a shifted block is the same pitch from a later address."""
+    for dim, index in enumerate(inner.indices):
+        if isinstance(index, Var):
+            found = _window_along(o, index.name, axes)
+            if found is not None:
+                return found, dim
+    return None
+
+
+def _window_along(o: OperandInfo, instr_var: str, axes: list[Axis]) -> tuple[str, str] | None:
+    X = next((a for a in axes if a.instr_var == instr_var), None)
     if X is None or len(X.vars) != 1 or X.unit <= 1:
         return None
     x = X.vars[0]
@@ -262,8 +273,9 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
                 vs = set(vars_of(op.access))
                 op.axes = [a.name for a in axes if vs & set(a.vars)]
                 if WINDOWS and not op.is_output and not op.gather and op.op.memory != target.main:
-                    op.window = _window(op, instr_accesses(ist)[op.name], axes)
-                    if op.window is not None:  # X innermost: the halo block is the next slot
+                    found = _window(op, instr_accesses(ist)[op.name], axes)
+                    if found is not None:  # X innermost: the halo block is the next slot
+                        op.window, op.window_dim = found
                         x, y = op.window
                         op.axes = [a for a in op.axes if a not in (x, y)] + [x]
         if ist.init and any(a.reduction and a.blocks > 1 for a in axes):

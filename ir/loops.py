@@ -58,13 +58,16 @@ class Tile:
 
 @dataclass(frozen=True)
 class Slot:
-    """A block of an on-chip buffer.  With ``offset``, a sliding window: the block's rows start
-    ``offset`` rows into slot ``index`` and run on into slot ``index + 1`` (the slots are
-    adjacent, so it is one address); convolution taps read their shifted input this way."""
+    """A block of an on-chip buffer.  With ``offset``, a sliding window: along dimension
+    ``axis`` the block starts ``offset`` elements into slot ``index`` and runs on into slot
+    ``index + 1`` (adjacent slots: along the first dimension one address further on, along
+    another the same row pitch from a later address); convolution taps read their shifted
+    input this way."""
 
     buffer: str
     index: Expr
     offset: Expr | None = None
+    axis: int = 0  # the block dimension the window slides along
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ class Program:
 
 def _ref(r) -> str:
     if isinstance(r, Slot):
-        off = f"+{show_expr(r.offset)} rows" if r.offset is not None else ""
+        off = ""
+        if r.offset is not None:
+            off = f"+{show_expr(r.offset)} {('rows', 'cols')[r.axis] if r.axis < 2 else f'along dim {r.axis}'}"
         return f"{r.buffer}[{show_expr(r.index)}]{off}"
     if isinstance(r, Imm):
         return f"#{show_expr(r.value)}"

@@ -549,15 +549,17 @@ class Simulator:
                 raise SimError(f"instruction {len(self.insts)} ({name}, statement S{n.statement}) reads operand "
                                f"{opname} from slot {si} of {buf.name}, which was never written")
             off = self._fn(ref.offset)(self.env) if ref.offset is not None else 0
-            if off:  # a sliding window: rows off.. of this slot, then the next slot's first rows
-                if not 0 < off <= buf.block[0] or si + 1 >= buf.slots:
-                    raise SimError(f"window of {off} rows from slot {si} of {buf.name} runs past the buffer")
+            ax = ref.axis
+            if off:  # a sliding window: off.. of this slot along ``ax``, then the next slot's start
+                if not 0 < off <= buf.block[ax] or si + 1 >= buf.slots:
+                    raise SimError(f"window of {off} from slot {si} of {buf.name} runs past the buffer")
                 nxt = ("S", skey, si + 1)
                 if functional:
-                    # rows of a next block that was never loaded lie past the tensor: they only
-                    # reach outputs past its end, which are never stored
-                    rows = np.concatenate([self.slots[skey][si], self.slots[skey][si + 1]])[off:off + buf.block[0]]
-                    arrays[opname] = rows.reshape(instr.operand(opname).shape)
+                    # elements of a next block that was never loaded lie past the tensor: they
+                    # only reach outputs past its end, which are never stored
+                    both = np.concatenate([self.slots[skey][si], self.slots[skey][si + 1]], axis=ax)
+                    arrays[opname] = np.take(both, range(off, off + buf.block[ax]), axis=ax).reshape(
+                        instr.operand(opname).shape)
                 if self.written[skey][si + 1]:
                     self._dep_read(nxt, deps)
                     reads.append(nxt)
@@ -565,8 +567,8 @@ class Simulator:
                 arrays[opname] = self.slots[skey][si].reshape(instr.operand(opname).shape)
             self._dep_read(key, deps)
             reads.append(key)
-            row = buf.slot_bytes // buf.block[0] if buf.block else 0
-            ops.append((opname, buf.memory, self.addr[buf.name] + si * buf.slot_bytes + off * row, buf.name))
+            step = (buf.slot_bytes // prod(buf.block[:ref.axis + 1])) if off else 0  # bytes per element along ax
+            ops.append((opname, buf.memory, self.addr[buf.name] + si * buf.slot_bytes + off * step, buf.name))
         buf, skey, si, key = out_ref
         ist = instr.body.stmts[0]
         accumulates = ist.op != "=" and not ist.init
