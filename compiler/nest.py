@@ -64,7 +64,7 @@ class OperandInfo:
     gather: bool = False
     # (X, Y): a sliding window.  The operand reads ``x + y`` along dimension ``window_dim`` of
     # its block, X an instruction axis over x and Y a loop axis over y (a convolution's output
-    # column and filter tap).  Its tile is loaded once for every y, with one block more along X
+    # column and a reduced filter tap).  Its tile is loaded once for every y, with one block more along X
     # (the halo), and each y reads the block ``y`` elements further on along that dimension
     # (``ir.loops.Slot.offset``), instead of a tile per tap that re-reads all but one element
     # of the last.  Y is then not in ``axes``.
@@ -199,7 +199,8 @@ def _window_along(o: OperandInfo, instr_var: str, axes: list[Axis]) -> tuple[str
     if not (isinstance(e.a, Var) and isinstance(e.b, Var)) or x not in (e.a.name, e.b.name):
         return None
     y = e.b.name if e.a.name == x else e.a.name
-    Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None), None)
+    # a reduced y (a filter tap): the nest's own loop, never one a fused epilogue or row group shares
+    Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None and a.reduction), None)
     if Y is None or not 2 <= Y.total <= X.unit + 1:
         return None
     if sum(y in vars_of(i) for i in o.access.indices) != 1:

@@ -117,7 +117,7 @@ def _try(k: Kernel, target: Target, nests: list[Nest]) -> Group | None:
     """The group of these nests (in program order), or None where it cannot run as one."""
     sig: dict[str, tuple] = {}
     for n in nests:
-        if n.load_output or any(o.op.memory == target.main or o.gather for o in n.operands if o.tensor):
+        if n.load_output or any(o.op.memory == target.main or o.gather or o.window for o in n.operands if o.tensor):
             return None
         for a in n.axes:
             s = (a.vars, a.lows, a.extents, a.unit)
