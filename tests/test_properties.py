@@ -367,7 +367,7 @@ def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(ki
 
     from compiler.checking import compare
     from compiler.lower import lower
-    from schedulers.base import NestSchedule, Schedule
+    from schedulers.base import NestSchedule
     from schedulers.space import fits
     S = min(S, W)
     kern = compiler.parse(CONV1D[kind]).kernel()
