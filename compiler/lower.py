@@ -113,11 +113,19 @@ class _NestLowering:
             end = simplify(Binary("min", add(end, C(1)), C(rows)))
         return end
 
+    def layout_index(self, o, a: str, inner: dict[str, Expr]) -> Expr:
+        """A block's index along dimension ``a`` of the operand's tile layout: a merged pair's
+        row h + r along H (R adds no dimension)."""
+        if o.merged is not None and a in o.merged:
+            h, r = o.merged
+            return add(inner[h], inner[r]) if a == h else C(0)
+        return inner[a]
+
     def slot_index(self, o, inner: dict[str, Expr], step: Expr) -> Expr:
         idx: Expr = C(0)
         tile_of = self.ns.tile_of
         for a in o.axes:
-            idx = add(mul(idx, C(o.extent(a, tile_of))), inner[a])
+            idx = add(mul(idx, C(o.extent(a, tile_of))), self.layout_index(o, a, inner))
         nslots = self.pl.slots[o.name]
         if nslots > 1:
             which = mod(div(step, self.pl.inner[o.name]), nslots)
@@ -169,7 +177,7 @@ class _NestLowering:
 
     def batch(self, o, route) -> int:
         """Consecutive blocks of the innermost axis travel together when every hop allows it."""
-        if not o.axes:
+        if not o.axes or (o.merged is not None and o.axes[-1] in o.merged):
             return 1
         return min([c.batch for c in route] + [o.extent(o.axes[-1], self.ns.tile_of)])
 
@@ -177,7 +185,7 @@ class _NestLowering:
         """A block's slot among staging slots that hold two tiles in flight (by step parity)."""
         lin: Expr = C(0)
         for a in o.axes:
-            lin = add(mul(lin, C(o.extent(a, self.ns.tile_of))), inner[a])
+            lin = add(mul(lin, C(o.extent(a, self.ns.tile_of))), self.layout_index(o, a, inner))
         return add(mul(mod(step, 2), C(o.tile_blocks(self.ns.tile_of))), lin)
 
     def moves(self, o, step: Expr, direction: str, inner: dict[str, Expr], count: int, sub: Var,
@@ -186,7 +194,11 @@ class _NestLowering:
         n = self.n
         route = self.route_of(o, direction)
         blocks = {a: add(self.start(a, step), inner[a]) for a in o.axes}
-        guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a, o)) for a in o.axes)
+        guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a, o)) for a in o.axes
+                                             if o.merged is None or a != o.merged[0])
+        if o.merged is not None:  # rows h + r up to the tensor's last (those of a core's halo too)
+            H, R = (self.n.axis(a) for a in o.merged)
+            guards += ((add(blocks[H.name], blocks[R.name]), C(H.total + R.total - 1)),)
         if count > 1:  # a batch must not run past its tile when the tile is not a multiple of it
             last = o.axes[-1]
             guards += ((inner[last], C(o.extent(last, self.ns.tile_of))),)
@@ -464,7 +476,7 @@ class _NestLowering:
         loads = []
         before = []  # window operands: a tile's blocks outnumber the iterations over them
         for o, ahead, extra, spread in prefetch:
-            if o.window is not None or self.rotation(o) is not None:
+            if o.window is not None or o.merged is not None or self.rotation(o) is not None:
                 before += self.transfer(o, ahead, "in", extra)
                 continue
             route = self.route_of(o, "in")

@@ -70,22 +70,44 @@ class OperandInfo:
     # of the last.  Y is then not in ``axes``.
     window: tuple[str, str] | None = None
     window_dim: int = 0
+    # (H, R): two loop axes the operand reads only as ``h + r`` (a convolution's output row and
+    # filter row).  Its tile holds each row h + r once, tile(H) + tile(R) - 1 blocks instead of
+    # tile(H) x tile(R) (the layout's dimension H; R adds nothing to it), so neighbouring output
+    # rows share the input rows they both read.
+    merged: tuple[str, str] | None = None
 
     def spans(self, axis: str) -> bool:
-        """Whether the operand's elements change along ``axis`` (a window's Y included)."""
-        return axis in self.axes or (self.window is not None and axis == self.window[1])
+        return spans(self, axis)
 
     def extent(self, axis: str, tile_of: dict[str, int]) -> int:
-        """Blocks of its tile along ``axis``: the schedule's tile, plus the halo of a window."""
-        return tile_of[axis] + (1 if self.window is not None and axis == self.window[0] else 0)
+        return extent(self, axis, tile_of)
 
     def tile_blocks(self, tile_of: dict[str, int]) -> int:
-        """Blocks of one of its tiles."""
-        return prod(self.extent(a, tile_of) for a in self.axes)
+        return tile_blocks(self, tile_of)
 
     @property
     def block_bytes(self) -> int:
         return self.op.bytes
+
+
+# the layout of an operand's tile; shared with the cost model's ``Moved`` (same fields)
+def spans(o, axis: str) -> bool:
+    """Whether the operand's elements change along ``axis`` (a window's Y included)."""
+    return axis in o.axes or (o.window is not None and axis == o.window[1])
+
+
+def extent(o, axis: str, tile_of: dict[str, int]) -> int:
+    """Blocks of its tile along ``axis`` of its layout: the schedule's tile, plus the halo of a
+    window; a merged pair's rows along H, and nothing along R."""
+    if o.merged is not None and axis in o.merged:
+        h, r = o.merged
+        return tile_of[h] + tile_of[r] - 1 if axis == h else 1
+    return tile_of[axis] + (1 if o.window is not None and axis == o.window[0] else 0)
+
+
+def tile_blocks(o, tile_of: dict[str, int]) -> int:
+    """Blocks of one of its tiles."""
+    return prod(extent(o, a, tile_of) for a in o.axes)
 
 
 @dataclass
@@ -208,6 +230,21 @@ def _window_along(o: OperandInfo, instr_var: str, axes: list[Axis]) -> tuple[str
     return X.name, Y.name
 
 
+def _merged(o: OperandInfo, axes: list[Axis]) -> tuple[str, str] | None:
+    """(H, R) when operand ``o`` reads loop axes h and a reduced r only as ``h + r``."""
+    loops = {a.vars[0]: a for a in axes if a.instr_var is None and len(a.vars) == 1 and a.name in o.axes}
+    for e in o.access.indices:
+        if not (isinstance(e, Binary) and e.op == "+" and isinstance(e.a, Var) and isinstance(e.b, Var)):
+            continue
+        for h, r in ((e.a.name, e.b.name), (e.b.name, e.a.name)):
+            H, R = loops.get(h), loops.get(r)
+            if H is None or R is None or H is R or not R.reduction or H.total < 2 or R.total < 2:
+                continue
+            if sum(v in vars_of(i) for i in o.access.indices for v in (h, r)) == 2:
+                return H.name, R.name
+    return None
+
+
 def window_extent(nest: "Nest", o: OperandInfo) -> int:
     """Elements of a window operand along X: every x + y."""
     X, Y = (nest.axis(a) for a in o.window)
@@ -279,6 +316,7 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
                         op.window, op.window_dim = found
                         x, y = op.window
                         op.axes = [a for a in op.axes if a not in (x, y)] + [x]
+                    op.merged = _merged(op, axes)
         if ist.init and any(a.reduction and a.blocks > 1 for a in axes):
             raise Unsupported(f"{instr.name} overwrites its output, but the reduction spans several blocks")
         root = idx == len(mapping.steps) - 1

@@ -15,6 +15,7 @@ from math import ceil, prod
 from ir.dtypes import BY_NAME
 from ir.target import Target
 
+from compiler import nest as layout
 from compiler.nest import Nest, window_extent
 from compiler.routes import multicast_variant, route_in, route_load_output, route_out
 
@@ -75,15 +76,16 @@ class Moved:
     block_bytes: int  # of its instruction operand
     staging: tuple[tuple[str, int], ...]  # (memory, bytes per block) of each multi-hop stage
     window: tuple[str, str] | None = None  # compiler.nest.OperandInfo.window
+    merged: tuple[str, str] | None = None  # compiler.nest.OperandInfo.merged
 
     def extent(self, axis: str, tile_of: dict[str, int]) -> int:
-        return tile_of[axis] + (1 if self.window is not None and axis == self.window[0] else 0)
+        return layout.extent(self, axis, tile_of)
 
     def tile_blocks(self, tile_of: dict[str, int]) -> int:
-        return prod(self.extent(a, tile_of) for a in self.axes)
+        return layout.tile_blocks(self, tile_of)
 
     def spans(self, axis: str) -> bool:
-        return axis in self.axes or (self.window is not None and axis == self.window[1])
+        return layout.spans(self, axis)
 
 
 def moved_operands(target: Target, nest: Nest) -> list[Moved]:
@@ -115,7 +117,8 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
         elems = prod(o.op.shape) if o.op.shape else 1
         staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
         out.append(Moved(o.name, tuple(o.axes), o.is_output, valid, hops,
-                         None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging, o.window))
+                         None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging, o.window,
+                         o.merged))
     return out
 
 

@@ -89,6 +89,16 @@ def tap_axes(nest: Nest) -> list:
     return [a for a in nest.axes if a.instr_var is None and a.reduction and 1 < a.blocks <= MAX_TAPS]
 
 
+MAX_ROWS = 4  # output rows a merged tile may hold (its input rows shared between them)
+
+
+def row_axes(nest: Nest) -> list:
+    """Loop axes an input reads only with a filter row added (``OperandInfo.merged``): a tile of
+    several output rows holds each input row once, so the search tries a few of them."""
+    names = {o.merged[0] for o in nest.inputs if o.merged is not None}
+    return [a for a in nest.axes if a.name in names]
+
+
 def reduction_axes(nest: Nest) -> list[str]:
     return [a.name for a in nest.axes if a.reduction and a.instr_var is not None]
 
@@ -109,7 +119,8 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
     taps = tap_axes(nest)
-    names = [a.name for a in tunable + taps]
+    rows = row_axes(nest)
+    names = [a.name for a in tunable + taps + rows]
     red = reduction_axes(nest)
     per_exec = nest.instr.cycles() / target.engine(nest.instr.engine).count
     # what `verify` may still pick from ``keep``: each family's best, among the three best
@@ -122,7 +133,8 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     costed: list = []
     for split in splits:
         caps = {a.name: -(-a.blocks // dict(split).get(a.name, 1)) for a in nest.axes}
-        choices = [_tile_choices(caps[a.name], full) for a in tunable] + [[1, a.blocks] for a in taps]
+        choices = [_tile_choices(caps[a.name], full) for a in tunable] + [[1, a.blocks] for a in taps] + \
+            [list(range(1, min(caps[a.name], MAX_ROWS) + 1)) for a in rows]
         fixed = prod(caps[a.name] for a in nest.axes if a.name not in names)
         perms = list(itertools.permutations([a.name for a in par_bound])) or [()]
         for perm in perms:

@@ -351,6 +351,10 @@ def test_random_row_chains_match_the_interpreter_as_cpu_row_loops(src, m, n):
 CONV1D = {
     "xs": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, w + s) * K(f, c, s)\n}\n",
     "sx": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, s + w) * K(f, c, s)\n}\n",
+    "2d": "def c2(float(N, C, H, W) I, float(F, C, R, S) K) -> (O) {\n"
+          "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n}\n",
+    "dw2d": "def c2(float(N, C, H, W) I, float(C, R, S) K) -> (O) {\n"
+            "    O(n, c, h, w) +=! I(n, c, h + r, w + s) * K(c, r, s)\n}\n",
     "dw": "def c1(float(N, C, W) I, float(C, S) K) -> (O) {\n    O(n, c, w) +=! I(n, c, w + s) * K(c, s)\n}\n",
     "bias": "def c1(float(N, C, W) I, float(F, C, S) K, float(F) B) -> (O, P) {\n"
             "    O(n, f, w) +=! I(n, c, w + s) * K(f, c, s)\n    P(n, f, w) = O(n, f, w) + B(f)\n}\n",
@@ -361,8 +365,9 @@ CONV1D = {
 @given(st.sampled_from(sorted(CONV1D)), st.integers(1, 2), st.integers(1, 40), st.integers(1, 90),
        st.integers(1, 40), st.integers(1, 34), st.data())
 def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(kind, N, C, W, F, S, data):
-    """1-D convolutions on sim-nnp through the mapping whose input is a sliding window
-    (``OperandInfo.window``), any tile of each axis, loop order, prefetch and core split."""
+    """Convolutions on sim-nnp through the mappings whose input is a sliding window
+    (``OperandInfo.window``; 2-D ones also share input rows between output rows,
+    ``OperandInfo.merged``), any tile of each axis, loop order, prefetch and core split."""
     from dataclasses import replace
 
     from compiler.checking import compare
@@ -372,6 +377,10 @@ def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(ki
     S = min(S, W)
     kern = compiler.parse(CONV1D[kind]).kernel()
     sizes = {k: v for k, v in dict(N=N, C=C, W=W, F=F, S=S).items() if k in kern.sizes}
+    if "H" in kern.sizes:
+        sizes["R"] = data.draw(st.integers(1, 4))
+        sizes["H"] = data.draw(st.integers(sizes["R"], 9))
+        sizes["C"] = min(C, 8)
     ck = compiler.build(kern, target="sim-nnp", sizes=sizes)
     si = 0
     found = [(i, c) for i, c in enumerate(ck.candidates[si]) if any(o.window for o in c.nests[0].operands)]
@@ -382,6 +391,7 @@ def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(ki
     idx, cand = data.draw(st.sampled_from(found))
     nest = cand.nests[0]
     event(f"window along dim {next(o.window_dim for o in nest.operands if o.window)}")
+    event(f"rows merged: {any(o.merged for o in nest.operands)}")
     tiles = tuple((a.name, data.draw(st.integers(1, a.blocks))) for a in nest.axes)
     order = tuple(data.draw(st.permutations([a.name for a in nest.axes if not a.reduction]))) + \
         tuple(a.name for a in nest.axes if a.reduction)

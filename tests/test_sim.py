@@ -876,3 +876,26 @@ def test_depthwise_taps_read_windows_along_a_blocks_columns(sizes):
     ck = check("depthwise_conv2d", "sim-nnp", sizes, None)
     text = ck.source("loops")
     assert " cols" in text and "columns further on" in text
+
+
+def test_output_rows_of_a_tile_share_the_input_rows_they_read():
+    """I(n, c, h + r, w + s): a tile of 3 output rows holds the 5 input rows its 3 filter rows
+    reach once each (``OperandInfo.merged``), not 9 blocks; the result is the reference's."""
+    from dataclasses import replace
+
+    from compiler.lower import lower
+    sizes = dict(N=2, C=40, H=9, W=12, R=3, S=3)
+    ck = compiler.build(kernels.path("depthwise_conv2d"), target="sim-nnp", sizes=sizes)
+    idx = ck.schedule.mappings[0]
+    nest = ck.candidates[0][idx].nests[0]
+    (o,) = [o for o in nest.operands if o.merged]
+    assert o.merged == ("h", "r") and o.tensor == "I"
+    ins = random_inputs(ck.kernel, ck.bound, 2)
+    moved = {}
+    for h in (1, 3, 4):
+        tiles = tuple((a, h if a == "h" else t) for a, t in ck.schedule.nests[0].tiles)
+        sched = replace(ck.schedule, nests=(replace(ck.schedule.nests[0], tiles=tiles, split=(("n", 2),)),))
+        assert o.tile_blocks(dict(tiles)) == (h + 2) * o.tile_blocks({**dict(tiles), "h": 1}) // 3
+        moved[h] = _main_bytes(_simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates), ins),
+                               "hbm")
+    assert moved[3] < moved[1] and moved[4] < moved[1]
