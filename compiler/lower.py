@@ -474,7 +474,9 @@ class _NestLowering:
         # in the accumulator, and the reduction axis is the one tile loads are batched along
         order = [a.name for a in n.axes if not a.reduction] + [a.name for a in n.axes if a.reduction]
         loads = []
-        before = []  # window operands: a tile's blocks outnumber the iterations over them
+        # windows and merged rows hold more blocks than the iterations over them visit, and a
+        # rotated multicast tile comes in its own order: each as one transfer ahead of the products
+        before = []
         for o, ahead, extra, spread in prefetch:
             if o.window is not None or o.merged is not None or self.rotation(o) is not None:
                 before += self.transfer(o, ahead, "in", extra)
