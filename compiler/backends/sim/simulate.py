@@ -676,18 +676,15 @@ class Simulator:
                 issue, ek, units, w, terms = tentative(inst)
                 u = units.index(min(units))
                 occ = inst.occupancy
+                # another core's copy is bringing these blocks: this core's engine only waits
+                # for them, which land on every core when that copy completes (at once, for a
+                # core that joins after that)
                 joins = inst.mc_key is not None and inst.mc_key in mc_done
-                if joins:  # another core's copy is bringing these blocks: this core's engine
-                    occ = 0  # only waits for them to land
+                if joins:
+                    occ = 0
                 end = issue + occ
-                if inst.main_bytes and hbm.bandwidth:
-                    if joins:
-                        end = max(end, mc_done[inst.mc_key])
-                    else:
-                        served = server.reserve(issue, inst.main_bytes / hbm.bandwidth)
-                        end = max(end, served)
-                        if inst.mc_key is not None:
-                            mc_done[inst.mc_key] = end
+                if inst.main_bytes and hbm.bandwidth and not joins:
+                    end = max(end, server.reserve(issue, inst.main_bytes / hbm.bandwidth))
                 if self.record is not None:
                     bound = ("deps", "engine", "in-order", "window")[terms.index(max(terms))]
                     culprit = None
@@ -700,7 +697,9 @@ class Simulator:
                 units[u] = issue + occ
                 last_issue[ek] = issue
                 issued[inst.id] = issue
-                fin = end + inst.latency
+                fin = max(issue, mc_done[inst.mc_key]) if joins else end + inst.latency
+                if inst.mc_key is not None and not joins:
+                    mc_done[inst.mc_key] = fin
                 done[inst.id] = fin
                 processed[inst.id] = True
                 busy[inst.engine] = busy.get(inst.engine, 0.0) + occ
