@@ -25,7 +25,8 @@ from compiler.mapping.bind import instr_accesses
 from compiler.mapping.match import immediate
 
 
-# sliding windows for convolution taps (OperandInfo.window); off: a tile per tap, for comparison
+# sliding windows and merged rows for convolution taps (OperandInfo.window, .merged); off: a tile
+# per tap, for comparison
 WINDOWS = True
 
 
@@ -63,11 +64,11 @@ class OperandInfo:
     axes: list[str] = field(default_factory=list)  # nest axes its tile depends on
     gather: bool = False
     # (X, Y): a sliding window.  The operand reads ``x + y`` along dimension ``window_dim`` of
-    # its block, X an instruction axis over x and Y a loop axis over y (a convolution's output
-    # column and a reduced filter tap).  Its tile is loaded once for every y, with one block more along X
-    # (the halo), and each y reads the block ``y`` elements further on along that dimension
-    # (``ir.loops.Slot.offset``), instead of a tile per tap that re-reads all but one element
-    # of the last.  Y is then not in ``axes``.
+    # its block, X an instruction axis over x and Y a reduced loop axis over y (a convolution's
+    # output column and filter tap).  Its tile is loaded once for every y, with one block more
+    # along X (the halo), and each y reads the block ``y`` elements further on along that
+    # dimension (``ir.loops.Slot.offset``), instead of a tile per tap that re-reads all but one
+    # element of the last.  Y is then not in ``axes``.
     window: tuple[str, str] | None = None
     window_dim: int = 0
     # (H, R): two loop axes the operand reads only as ``h + r`` (a convolution's output row and
