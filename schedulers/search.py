@@ -60,7 +60,9 @@ def nothing_fits(target: Target, nest: Nest):
 
 
 def core_grids(target: Target, nest: Nest) -> list[tuple]:
-    """Ways to spread a nest over the cores: none, one parallel axis, or two (a full factoring)."""
+    """Ways to spread a nest over the cores: none, one parallel axis, or two or three (a full
+    factoring; three for a convolution's channels, images and rows, none of which alone
+    divides 24 cores evenly)."""
     grids: list = [()]
     if target.cores > 1:
         par = [a for a in nest.axes if not a.reduction and a.blocks > 1]
@@ -75,7 +77,17 @@ def core_grids(target: Target, nest: Nest) -> list[tuple]:
                 if pa * pb == P and pb >= 2 and pa <= a.blocks and pb <= b.blocks and frozenset(grid) not in seen:
                     seen.add(frozenset(grid))
                     grids.append(grid)
+        if GRIDS3:  # each combination once, in nest-axis order: the row-major grid is the same work
+            for a, b, c in itertools.combinations(par, 3):
+                for pa in range(2, min(P, a.blocks) + 1):
+                    for pb in range(2, min(P, b.blocks) + 1):
+                        pc, rest = divmod(P, pa * pb)
+                        if rest == 0 and 2 <= pc <= c.blocks:
+                            grids.append(((a.name, pa), (b.name, pb), (c.name, pc)))
     return grids
+
+
+GRIDS3 = True  # three-axis grids (off: the grids before they were added, for comparison)
 
 
 TIE = 0.01  # modeled cycles this close count as a tie

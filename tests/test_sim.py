@@ -899,3 +899,19 @@ def test_output_rows_of_a_tile_share_the_input_rows_they_read():
         moved[h] = _main_bytes(_simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates), ins),
                                "hbm")
     assert moved[3] < moved[1] and moved[4] < moved[1]
+
+
+def test_a_three_axis_core_grid_is_searched_and_correct():
+    """Channels, images and rows split over the cores at once (24 = 2 x 4 x 3 on sim-nnp)."""
+    from dataclasses import replace
+
+    from compiler.lower import lower
+    from schedulers.search import core_grids
+    sizes = dict(N=4, C=40, H=8, W=12, R=3, S=3)
+    ck = compiler.build(kernels.path("depthwise_conv2d"), target="sim-nnp", sizes=sizes)
+    nest = ck.candidates[0][ck.schedule.mappings[0]].nests[0]
+    grids = core_grids(ck.target_ir, nest)
+    assert (("c", 2), ("n", 4), ("h", 3)) in grids and all(len(g) <= 3 for g in grids)
+    ns = replace(ck.schedule.nests[0], split=(("c", 2), ("n", 4), ("h", 3)))
+    sched = replace(ck.schedule, nests=(ns,))
+    _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates), random_inputs(ck.kernel, ck.bound, 3))
