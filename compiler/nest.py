@@ -196,6 +196,13 @@ def sibling_init(target: Target, instr: Instruction) -> Instruction | None:
     return None
 
 
+def _sum_of_vars(e: Expr) -> tuple[str, str] | None:
+    """(a, b) for a subscript ``a + b`` of two plain variables (a window's or merged rows')."""
+    if isinstance(e, Binary) and e.op == "+" and isinstance(e.a, Var) and isinstance(e.b, Var):
+        return e.a.name, e.b.name
+    return None
+
+
 def _window(o: OperandInfo, inner: Access, axes: list[Axis]) -> tuple[tuple[str, str], int] | None:
     """((X, Y), dim) when operand ``o`` reads ``x + y`` along dimension ``dim`` of its block,
     with x an instruction axis and y a loop axis no longer than a block plus one.  A block's
@@ -216,12 +223,10 @@ def _window_along(o: OperandInfo, instr_var: str, axes: list[Axis]) -> tuple[str
         return None
     x = X.vars[0]
     subs = [e for e in o.access.indices if x in vars_of(e)]
-    if len(subs) != 1 or not isinstance(subs[0], Binary) or subs[0].op != "+":
+    pair = _sum_of_vars(subs[0]) if len(subs) == 1 else None
+    if pair is None or x not in pair:
         return None
-    e = subs[0]
-    if not (isinstance(e.a, Var) and isinstance(e.b, Var)) or x not in (e.a.name, e.b.name):
-        return None
-    y = e.b.name if e.a.name == x else e.a.name
+    y = pair[1] if pair[0] == x else pair[0]
     # a reduced y (a filter tap): the nest's own loop, never one a fused epilogue or row group shares
     Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None and a.reduction), None)
     if Y is None or not 2 <= Y.total <= X.unit + 1:
@@ -235,9 +240,10 @@ def _merged(o: OperandInfo, axes: list[Axis]) -> tuple[str, str] | None:
     """(H, R) when operand ``o`` reads loop axes h and a reduced r only as ``h + r``."""
     loops = {a.vars[0]: a for a in axes if a.instr_var is None and len(a.vars) == 1 and a.name in o.axes}
     for e in o.access.indices:
-        if not (isinstance(e, Binary) and e.op == "+" and isinstance(e.a, Var) and isinstance(e.b, Var)):
+        pair = _sum_of_vars(e)
+        if pair is None:
             continue
-        for h, r in ((e.a.name, e.b.name), (e.b.name, e.a.name)):
+        for h, r in (pair, pair[::-1]):
             H, R = loops.get(h), loops.get(r)
             if H is None or R is None or H is R or not R.reduction or H.total < 2 or R.total < 2:
                 continue

@@ -190,14 +190,13 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                                               + max(0.0, (tile_blocks - 1) * (per_store - per_exec)))
             elif not o.is_output and route:
                 loads_of[o.name] = per_tile_instrs * len(route)
+                first = route[0]
                 if loads == 1 and S > 1:
-                    first = route[0]
                     occ = (first.copy.cycles(first.nbytes * batch * valid) if first.copy.occupancy is None
                            else first.copy.occupancy)
                     once[first.copy.engine] = (once.get(first.copy.engine, 0.0)
                                                + per_tile_instrs * occ / first.units / (group if rotated else 1))
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
-                first = route[0]
                 first_occ += (first.copy.cycles(first.nbytes * batch)
                               if first.copy.occupancy is None else first.copy.occupancy)
     fill += load_lat + first_occ
