@@ -92,5 +92,5 @@ def cpsat_nest(target: Target, nest: Nest) -> tuple[NestSchedule, dict]:
 class CpSat(_Search):
     name = "cpsat"
 
-    def nest(self, target, nest):
-        return cpsat_nest(target, nest)
+    def nest(self, target, nest, incumbent=None):
+        return cpsat_nest(target, nest)  # the solver proves its own optimum; no bound is needed

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 
 from ir.bind import Bound
 from ir.errors import IsamapError

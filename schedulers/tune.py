@@ -10,6 +10,8 @@ on the simulator (timing only) in a local process pool -- or on Ray workers
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +43,45 @@ def measure(k: Kernel, b: Bound, t: Target, cands, sched: Schedule) -> float:
     sim.run()
     cycles, _, _ = sim.timing()
     return float(cycles)
+
+
+_SHARED: tuple | None = None  # what forked `measure_many` workers time schedules of
+
+
+def _measure_shared(sched: Schedule) -> float:
+    k, b, t, cands = _SHARED
+    return measure(k, b, t, cands, sched)
+
+
+def jobs() -> int:
+    """Processes for timing schedules side by side: ISAMAP_JOBS, else the CPUs this process may use."""
+    env = os.environ.get("ISAMAP_JOBS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise IsamapError(f"ISAMAP_JOBS={env!r}: expected a number of processes") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def measure_many(k: Kernel, b: Bound, t: Target, cands, scheds: list[Schedule]) -> list[float]:
+    """`measure` for several schedules, in forked processes where there are CPUs to spare: the
+    scheduler's finalists each take a second or more of simulation on a big convolution.
+    Forked workers share the lowered candidates as they are (nothing is pickled but the
+    schedules and the cycles); without fork (Windows, macOS' default) they run here in turn."""
+    global _SHARED
+    n = min(jobs(), len(scheds))
+    if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _SHARED = (k, b, t, cands)
+        try:
+            with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+                return list(pool.map(_measure_shared, scheds))
+        finally:
+            _SHARED = None
+    return [measure(k, b, t, cands, s) for s in scheds]
 
 
 def _remote_measure(args) -> tuple[float | None, str | None]:

@@ -309,6 +309,71 @@ def test_convolution_taps_come_whole_and_the_model_counts_gathered_tensor_bytes(
     assert abs(cost["cycles"] - sim) / sim <= 0.10, (cost["cycles"], sim)
 
 
+@pytest.mark.parametrize("target,kernel,sizes,short", [
+    ("sim-nnp", "conv2d", dict(N=2, C=16, H=12, W=12, F=32, R=3, S=3), False),
+    ("sim-tpu", "conv2d", dict(N=2, C=64, H=10, W=10, F=128, R=3, S=3), True),
+])
+def test_an_incumbent_mapping_bounds_the_others_search_without_changing_the_choice(target, kernel, sizes, short):
+    """With the best of the other mappings as the incumbent, a mapping that can beat it is
+    searched exactly (the same schedule, cycles and near-tie choice); one that cannot comes back
+    no cheaper than its true best (the library's schedule, or unbounded where every tiling
+    lost), so it is never picked."""
+    from schedulers.search import best_nest
+    t = hw_models.load(target)
+    k = compiler.parse(kernels.path(kernel)).kernel()
+    b = bind(k, sizes)
+    nests = [c.nests[0] for c in candidates(k, b, t)[0]]
+    want = [best_nest(t, n) for n in nests]
+    cycles = sorted(c["cycles"] for _, c in want)
+    bounded = 0
+    for inc in (cycles[0], cycles[1], cycles[-1] * 2):
+        for n, (ws, wc) in zip(nests, want):
+            gs, gc = best_nest(t, n, incumbent=inc)
+            if wc["cycles"] <= inc:
+                assert (gs, gc["cycles"]) == (ws, wc["cycles"])
+            else:
+                assert gc["cycles"] >= wc["cycles"]
+                bounded += gc["cycles"] > wc["cycles"]  # its search stopped short of its best
+    assert (bounded > 0) == short, bounded
+
+
+def test_finalists_the_model_puts_far_behind_are_not_timed():
+    """`verify` times what the model rates within VERIFY_SPREAD of its best (a convolution's
+    library schedule, 14-130x slower, took seconds to simulate and never won)."""
+    from schedulers.search import VERIFY_SPREAD, plausible
+    assert plausible(["a", "b", "c"], [100.0, 150.0, 100.0 * VERIFY_SPREAD + 1]) == ["a", "b"]
+    assert plausible(["alt"], [250.0], best=100.0) == []
+    assert plausible(["alt"], [150.0], best=100.0) == ["alt"]
+    assert plausible([], []) == []
+    # a convolution whose library schedule the model rates that far behind: it is not timed
+    ck = compiler.build(kernels.path("conv2d"), target="sim-nnp", sizes=dict(N=2, C=16, H=12, W=12, F=32, R=3, S=3))
+    t = hw_models.load("sim-nnp")
+    nest = ck.candidates[0][ck.schedule.mappings[0]].nests[0]
+    from schedulers.cost import nest_cost
+    from schedulers.vendor import vendor_nest
+    assert nest_cost(t, nest, vendor_nest(t, nest))["cycles"] > VERIFY_SPREAD * ck.schedule.predicted["cycles"]
+    assert ck.schedule.nests[0] != vendor_nest(t, nest)
+
+
+def test_finalists_timed_side_by_side_match_the_serial_timing(monkeypatch):
+    """`measure_many` forks workers for the finalists; the cycles are the simulator's either way."""
+    from ir.errors import IsamapError
+    from schedulers.tune import measure, measure_many
+    from schedulers.vendor import vendor_nest
+    t = hw_models.load("sim-nnp")
+    ck = compiler.build(kernels.path("gemm_bf16"), target="sim-nnp", sizes=dict(M=300, N=64, K=200))
+    v = base.Schedule(ck.schedule.kernel, t.name, ck.schedule.sizes, "vendor", ck.schedule.mappings,
+                      tuple(vendor_nest(t, n) for n in ck.candidates[0][ck.schedule.mappings[0]].nests))
+    scheds = [ck.schedule, v]
+    serial = [measure(ck.kernel, ck.bound, t, ck.candidates, s) for s in scheds]
+    for jobs in ("2", "1"):
+        monkeypatch.setenv("ISAMAP_JOBS", jobs)
+        assert measure_many(ck.kernel, ck.bound, t, ck.candidates, scheds) == serial
+    monkeypatch.setenv("ISAMAP_JOBS", "many")
+    with pytest.raises(IsamapError, match="ISAMAP_JOBS"):
+        measure_many(ck.kernel, ck.bound, t, ck.candidates, scheds)
+
+
 @pytest.mark.parametrize("target,kernel,sizes,skips", [
     ("sim-nnp", "conv2d", dict(N=2, C=16, H=12, W=12, F=32, R=3, S=3), False),
     ("sim-tpu", "conv2d", dict(N=2, C=64, H=10, W=10, F=128, R=3, S=3), False),
