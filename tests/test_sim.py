@@ -21,6 +21,7 @@ SIZES = {
     "gemm_bf16": [dict(M=65, N=33, K=70)],
     "batch_matmul": [dict(Bt=3, M=5, N=7, K=11)],
     "conv2d": [dict(N=2, C=3, H=6, W=7, F=4, R=3, S=2), dict(N=1, C=1, H=1, W=1, F=1, R=1, S=1)],
+    "conv2d_nhwc": [dict(N=2, H=6, W=7, C=3, F=4, R=3, S=2)],
     "depthwise_conv2d": [dict(N=1, C=3, H=6, W=7, R=3, S=3)],
     "pointwise_conv2d": [dict(N=2, C=3, H=4, W=5, F=6)],
     "depthwise_separable_conv2d": [dict(N=1, C=3, H=6, W=7, R=3, S=3, F=5)],
@@ -55,6 +56,31 @@ def test_gemmini_int8_is_bit_exact(sizes):
         ins = {k: np.random.default_rng(1).integers(-128, 128, v.shape).astype(np.int8) for k, v in ins.items()}
         out = ck.run_all(**ins)
         np.testing.assert_array_equal(out["C"], ir.interp.run(ck.kernel, ins)["C"])
+
+
+@pytest.mark.parametrize("target,name,sizes", [
+    ("sim-gemmini-fp32", "conv2d_nhwc", dict(N=2, H=9, W=11, C=5, F=7, R=3, S=2)),
+    ("sim-gemmini-fp32", "conv2d_nhwc", dict(N=1, H=1, W=1, C=1, F=1, R=1, S=1)),
+    ("sim-gemmini-fp32", "conv2d_nhwc", dict(N=1, H=20, W=5, C=17, F=16, R=3, S=1)),
+    ("sim-gemmini", "conv2d_nhwc_i8", dict(N=2, H=7, W=19, C=17, F=33, R=3, S=3)),
+    ("sim-gemmini", "conv2d_nhwc_i8", dict(N=1, H=3, W=3, C=1, F=2, R=3, S=3)),
+    ("sim-tpu", "conv2d_nhwc", dict(N=1, H=6, W=7, C=3, F=4, R=3, S=3)),
+])
+def test_nhwc_convolutions_map_on_gemmini_without_a_gather(target, name, sizes):
+    """Channels innermost (NHWC activations, RSCF filters), a pixel's channels are one row of a
+    Gemmini block: plain strided copies, the taps reading sliding windows of one tile (the NCHW
+    conv2d needs a gathering copy Gemmini lacks); int8 bit-exact, prime and 1-sized shapes."""
+    for scheduler in ("vendor", "analytical"):
+        ck = compiler.build(kernels.path(name), target=target, sizes=sizes, scheduler=scheduler)
+        ins = random_inputs(ck.kernel, ck.bound, 3)
+        if name.endswith("_i8"):
+            ins = {k: np.random.default_rng(2).integers(-128, 128, v.shape).astype(np.int8) for k, v in ins.items()}
+            np.testing.assert_array_equal(ck.run_all(**ins)["O"], ir.interp.run(ck.kernel, ins)["O"])
+        else:
+            ok, err, _ = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
+            assert ok, (scheduler, err)
+        if scheduler == "analytical" and target.startswith("sim-gemmini") and sizes["H"] > sizes["R"]:
+            assert "sliding window" in ck.source("loops"), scheduler
 
 
 def test_gemmini_fp32_kernels_and_clear_errors():
