@@ -4,7 +4,7 @@
     python scripts/bench_conv_cpu.py [--repeats 20] [--only 0,3]
 
 For 3x3 and pointwise convolution layers of the sizes quoted in the README and
-docs/cpu.md: our median time, torch's, their ratio (torch / ours: above 1 is faster than
+docs/cpu.md (NCHW, and two in NHWC against torch's channels_last): our median time, torch's, their ratio (torch / ours: above 1 is faster than
 torch), the plan the cpu backend took (padded rows, im2col, merged rows, taps folded into K)
 and the largest difference from torch's result.  Both sides are timed in alternating rounds
 (`compiler.bench.gemm._timed_sides`); this project's VMs move 10-40% in speed between runs,
@@ -34,7 +34,10 @@ LAYERS = [("conv2d", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
           ("pointwise_conv2d", dict(N=8, C=64, H=28, W=28, F=128)),
           ("pointwise_conv2d", dict(N=16, C=256, H=14, W=14, F=256)),
           ("pointwise_conv2d", dict(N=8, C=128, H=56, W=56, F=128)),
-          ("pointwise_conv2d", dict(N=32, C=512, H=7, W=7, F=512))]
+          ("pointwise_conv2d", dict(N=32, C=512, H=7, W=7, F=512)),
+          # channels innermost: torch with channels_last activations and filters
+          ("conv2d_nhwc", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
+          ("conv2d_nhwc", dict(N=16, C=256, H=16, W=16, F=256, R=3, S=3))]
 
 
 def plan_kind(p) -> str:
@@ -66,9 +69,15 @@ def main() -> int:
         nk = compile_cpu(k, b, target)
         xs = [ins[x.name] for x in k.inputs]
         ti, tw = torch.from_numpy(xs[0]), torch.from_numpy(xs[1])
+        nhwc = name.endswith("_nhwc")
+        if nhwc:  # NHWC / RSCF as NCHW / FCRS views in channels_last memory (torch's NHWC)
+            ti = ti.permute(0, 3, 1, 2)
+            tw = tw.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
         if tw.dim() == 2:
             tw = tw[:, :, None, None]
-        diff = float(np.max(np.abs(nk(ins)["O"] - torch.nn.functional.conv2d(ti, tw).numpy())))
+        want = torch.nn.functional.conv2d(ti, tw)
+        want = (want.permute(0, 2, 3, 1) if nhwc else want).numpy()
+        diff = float(np.max(np.abs(nk(ins)["O"] - want)))
         med = _timed_sides({"ours": lambda: nk.run(xs), "torch": lambda: torch.nn.functional.conv2d(ti, tw)},
                            repeats=args.repeats).medians()
         ratio = med["torch"] / med["ours"]
