@@ -149,7 +149,7 @@ class _NestLowering:
             elif o.window is not None and ax.name == o.window[0]:  # rows x + y for y = 0 on
                 dims.append(TileDim(ax.vars, ax.lows, (window_extent(self.n, o),), ax.unit, blocks[ax.name]))
             else:
-                dims.append(TileDim(ax.vars, ax.lows, ax.extents, ax.unit, blocks[ax.name]))
+                dims.append(TileDim(ax.vars, ax.lows, ax.extents, ax.unit, blocks[ax.name], ax.real))
         at = tuple((ax.vars[0], add(blocks[ax.name], C(ax.lows[0]))) for ax in self.n.axes
                    if ax.instr_var is None and ax.name in o.axes)
         if o.window is not None:

@@ -43,10 +43,18 @@ class Axis:
     unit: int  # the instruction extent (1 for loop axes)
     instr_var: str | None
     reduction: bool
+    # a pitched pair (``Step.pitch``): the vars' own extents, where ``extents`` run over an
+    # input's whole rows; the positions past them (the overlap) are computed, never stored
+    real: tuple[int, ...] = ()
 
     @property
     def total(self) -> int:
         return prod(self.extents)
+
+    @property
+    def valid_total(self) -> int:
+        """Points of the axis that are the statement's own (the overlap of a pitched pair not)."""
+        return prod(self.real) if self.real else self.total
 
     @property
     def blocks(self) -> int:
@@ -302,14 +310,17 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
         red = {v for v in used_vars if v not in out_vars}  # reduced by this nest
         axes: list[Axis] = []
         bound_vars: set[str] = set()
+        pitch = step.pitch()
         for r in ist.domain:
             t = fused.get(r.var, ())
             unit = evaluate_int(r.hi, {}) - evaluate_int(r.lo, {})
             if not t:
                 continue
             bound_vars.update(t)
+            own = tuple(dom[v][1] - dom[v][0] for v in t)
+            ext = tuple(pitch.get(v, e) for v, e in zip(t, own))
             axes.append(Axis("(" + ",".join(t) + ")" if len(t) > 1 else t[0], t, tuple(dom[v][0] for v in t),
-                             tuple(dom[v][1] - dom[v][0] for v in t), unit, r.var, t[0] in red))
+                             ext, unit, r.var, t[0] in red, own if ext != own else ()))
         for v in order:
             if v in used_vars and v not in bound_vars:
                 axes.append(Axis(v, (v,), (dom[v][0],), (dom[v][1] - dom[v][0],), 1, None, v in red))

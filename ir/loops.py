@@ -43,6 +43,10 @@ class TileDim:
     extents: tuple[int, ...]
     unit: int  # elements per block along this dim (the instruction extent); 0: padded dim
     block: Expr | None  # block index along the axis (None for padded dims)
+    # the vars' own extents where ``extents`` run further (a pitched pair: a convolution's
+    # output columns over the input's whole rows): positions past them are holes, neither
+    # read nor stored
+    real: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

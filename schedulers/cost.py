@@ -99,7 +99,7 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
     for o in nest.operands:
         if o.tensor is None:
             continue
-        valid = prod(nest.axis(a).total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes
+        valid = prod(nest.axis(a).valid_total / (nest.axis(a).blocks * nest.axis(a).unit) for a in o.axes
                      if o.window is None or a != o.window[0])
         if o.window is not None:  # the rows of x + y, in the blocks of x plus the halo
             X = nest.axis(o.window[0])

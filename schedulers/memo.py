@@ -28,8 +28,12 @@ def schedule(kernel: Kernel, bound: Bound, target: Target, name: str | None) -> 
     from compiler.cache import code_fingerprint, entry_file, load_entry, store_entry
 
     def key() -> bytes:
+        # the mapping switches (tests and comparisons turn them off) change the candidates
+        import compiler.mapping.bind
+        import compiler.nest
+        switches = repr((compiler.nest.WINDOWS, compiler.mapping.bind.PITCHED)).encode()
         return b"\0".join([b"schedule", code_fingerprint(CODE), strategy.name.encode(), repr(kernel).encode(),
-                           repr(sorted(bound.sizes.items())).encode(), repr(target).encode()])
+                           repr(sorted(bound.sizes.items())).encode(), repr(target).encode(), switches])
     path = entry_file("schedules", key)
     text = load_entry(path)
     if isinstance(text, str):

@@ -412,3 +412,56 @@ def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(ki
     ins = random_inputs(ck.kernel, ck.bound)
     ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)  # the reference on bf16 inputs
     assert ok, (kind, sizes, ns, per)
+
+
+PITCHED = {
+    "nchw": "def c2(float(N, C, H, W) I, float(F, C, R, S) K) -> (O) {\n"
+            "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n}\n",
+    "nhwc": "def c2(float(N, H, W, C) I, float(R, S, C, F) K) -> (O) {\n"
+            "    O(n, h, w, f) +=! I(n, h + r, w + s, c) * K(r, s, c, f)\n}\n",
+    "dw2d": "def c2(float(N, C, H, W) I, float(C, R, S) K) -> (O) {\n"
+            "    O(n, c, h, w) +=! I(n, c, h + r, w + s) * K(c, r, s)\n}\n",
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(PITCHED)), st.sampled_from(["sim-nnp", "sim-tpu"]), st.integers(1, 2),
+       st.integers(1, 9), st.integers(1, 12), st.integers(1, 40), st.integers(1, 9), st.data())
+def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, target, N, C, H, W, F, data):
+    """Output columns over the input's whole rows (``bind._pitch``): any kernel size, tile of
+    each axis, loop order, prefetch and core split, on both targets; the overlap columns
+    computed and never stored."""
+    from dataclasses import replace
+
+    from compiler.checking import compare
+    from compiler.lower import lower
+    from schedulers.base import NestSchedule
+    from schedulers.space import fits
+    R, S = data.draw(st.integers(1, H)), data.draw(st.integers(1, W))
+    kern = compiler.parse(PITCHED[kind]).kernel()
+    sizes = {k: v for k, v in dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S).items() if k in kern.sizes}
+    ck = compiler.build(kern, target=target, sizes=sizes)
+    found = [(i, c) for i, c in enumerate(ck.candidates[0]) if c.nests[0].step.pitch()]
+    event(f"pitched mapping: {bool(found)}")
+    if not found:
+        assert S == 1  # the pair is then the output's own rows
+        return
+    idx, cand = data.draw(st.sampled_from(found))
+    nest = cand.nests[0]
+    tiles = tuple((a.name, data.draw(st.integers(1, a.blocks))) for a in nest.axes)
+    order = tuple(data.draw(st.permutations([a.name for a in nest.axes if not a.reduction]))) + \
+        tuple(a.name for a in nest.axes if a.reduction)
+    free = [a for a in nest.axes if not a.reduction and a.blocks > 1]
+    split = ()
+    if free and data.draw(st.booleans()):
+        a = data.draw(st.sampled_from(free))
+        split = ((a.name, data.draw(st.integers(2, min(a.blocks, 4)))),)
+    ns = NestSchedule(0, 0, tiles, order, split, data.draw(st.integers(0, 3)))
+    if fits(ck.target_ir, nest, ns) is not None:
+        event("does not fit")
+        return
+    sched = replace(ck.schedule, mappings=(idx,), nests=(ns,))
+    ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
+    assert ok, (kind, target, sizes, ns, per)

@@ -68,8 +68,9 @@ def test_gemmini_int8_is_bit_exact(sizes):
 ])
 def test_nhwc_convolutions_map_on_gemmini_without_a_gather(target, name, sizes):
     """Channels innermost (NHWC activations, RSCF filters), a pixel's channels are one row of a
-    Gemmini block: plain strided copies, the taps reading sliding windows of one tile (the NCHW
-    conv2d needs a gathering copy Gemmini lacks); int8 bit-exact, prime and 1-sized shapes."""
+    Gemmini block: plain strided copies, the taps reading sliding windows of one tile or runs of
+    pixels at the input's pitch (the NCHW conv2d needs a gathering copy Gemmini lacks); int8
+    bit-exact, prime and 1-sized shapes."""
     for scheduler in ("vendor", "analytical"):
         ck = compiler.build(kernels.path(name), target=target, sizes=sizes, scheduler=scheduler)
         ins = random_inputs(ck.kernel, ck.bound, 3)
@@ -80,7 +81,8 @@ def test_nhwc_convolutions_map_on_gemmini_without_a_gather(target, name, sizes):
             ok, err, _ = compare(ck.run_all(**ins), ir.interp.run(ck.kernel, ins, ck.sizes), ck.precision)
             assert ok, (scheduler, err)
         if scheduler == "analytical" and target.startswith("sim-gemmini") and sizes["H"] > sizes["R"]:
-            assert "sliding window" in ck.source("loops"), scheduler
+            src = ck.source("loops")
+            assert "sliding window" in src or "at pitch" in src, scheduler
 
 
 def test_gemmini_fp32_kernels_and_clear_errors():
@@ -894,8 +896,16 @@ def test_convolution_taps_read_sliding_windows_of_one_loaded_tile(sizes):
     assert _main_bytes(windowed, "hbm") < _main_bytes(per_tap, "hbm")
 
 
+@pytest.fixture
+def unpitched(monkeypatch):
+    """The mappings without pitched pairs (``bind.PITCHED``), where a small depthwise
+    convolution would otherwise take its pixels at the input's pitch instead of windows."""
+    import compiler.mapping.bind
+    monkeypatch.setattr(compiler.mapping.bind, "PITCHED", False)
+
+
 @pytest.mark.parametrize("sizes", [dict(N=2, C=40, H=6, W=12, R=3, S=3), dict(N=2, C=33, H=5, W=45, R=3, S=4)])
-def test_depthwise_taps_read_windows_along_a_blocks_columns(sizes):
+def test_depthwise_taps_read_windows_along_a_blocks_columns(sizes, unpitched):
     """sim-nnp's depthwise mapping runs w along its blocks' columns: the window slides along
     the second dimension (the tile's blocks side by side), and I comes on chip once per tap
     row (8x64x30x30 3x3: 15499 -> 7819 cycles, HBM-bound before)."""
@@ -927,7 +937,7 @@ def test_output_rows_of_a_tile_share_the_input_rows_they_read():
     assert moved[3] < moved[1] and moved[4] < moved[1]
 
 
-def test_a_three_axis_core_grid_is_searched_and_correct():
+def test_a_three_axis_core_grid_is_searched_and_correct(unpitched):
     """Channels, images and rows split over the cores at once (24 = 2 x 4 x 3 on sim-nnp)."""
     from dataclasses import replace
 
@@ -941,3 +951,63 @@ def test_a_three_axis_core_grid_is_searched_and_correct():
     ns = replace(ck.schedule.nests[0], split=(("c", 2), ("n", 4), ("h", 3)))
     sched = replace(ck.schedule, nests=(ns,))
     _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates), random_inputs(ck.kernel, ck.bound, 3))
+
+
+PITCHED_CONVS = [
+    ("conv2d", "sim-tpu", dict(N=2, C=5, H=9, W=11, F=7, R=3, S=2)),
+    ("conv2d_nhwc", "sim-tpu", dict(N=2, H=7, W=9, C=3, F=4, R=2, S=3)),
+    ("conv2d_nhwc", "sim-nnp", dict(N=1, H=5, W=40, C=6, F=9, R=3, S=5)),  # a row over two blocks
+    ("depthwise_conv2d", "sim-tpu", dict(N=1, C=3, H=6, W=7, R=3, S=3)),
+    ("conv2d_nhwc_i8", "sim-gemmini", dict(N=2, H=6, W=6, C=17, F=5, R=3, S=3)),
+    ("conv2d", "sim-nnp", dict(N=1, C=2, H=3, W=2, F=3, R=1, S=2)),  # one output column
+]
+
+
+@pytest.mark.parametrize("name,target,sizes", PITCHED_CONVS)
+def test_output_columns_run_over_the_input_rows_at_its_pitch(name, target, sizes):
+    """A convolution's pixels (h, w) as one instruction dim with w over the input's whole row
+    (``bind._pitch``, ``Step.pitch``): I's tiles are contiguous runs of pixels read with plain
+    copies, each tap's run r * W + s further on; the W - Wo columns of overlap per row are
+    computed and never stored (``TileDim.real``: holes, not out-of-bounds elements). Exact
+    against the reference; the output's stored bytes are the tensor's, not the padded rows';
+    the timing-only run (the scheduler's) counts the same bytes and cycles as the functional one."""
+    from compiler.backends.sim.simulate import simulate
+    from compiler.lower import lower
+    from schedulers.search import best_nest
+    ck = compiler.build(kernels.path(name), target=target, sizes=sizes)
+    t = ck.target_ir
+    idx = [i for i, c in enumerate(ck.candidates[0]) if c.nests[0].step.pitch()]
+    assert idx, "no pitched mapping"
+    cand = ck.candidates[0][idx[0]]
+    (m,) = [tr for tr in cand.mapping.transforms if " at pitch " in tr and "rows" in tr]
+    assert "gather" not in " ".join(x for x in cand.mapping.transforms if x.startswith(m.split(":")[0]))
+    ns, _ = best_nest(t, cand.nests[0])
+    sched = Schedule(ck.kernel.name, t.name, tuple(ck.sizes.items()), "manual", (idx[0],), (ns,))
+    program = lower(ck.kernel, ck.bound, t, sched, ck.candidates)
+    ins = random_inputs(ck.kernel, ck.bound, 4)
+    if name.endswith("_i8"):
+        ins = {k: np.random.default_rng(4).integers(-128, 128, v.shape).astype(np.int8) for k, v in ins.items()}
+    res = _simulated(ck, program, ins)
+    out = ck.kernel.outputs[0]
+    stored = sum(v for link, v in res.link_bytes.items() if link.endswith("->" + t.main))
+    assert stored == np.prod(ck.bound.shapes[out.name]) * out.dtype.itemsize
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    timing = simulate(t, program, ck.kernel, ck.bound, arrays, functional=False)
+    assert (timing.cycles, timing.link_bytes) == (res.cycles, res.link_bytes)
+
+
+def test_pitched_pairs_are_a_switch_and_explained():
+    """``bind.PITCHED`` off gives the mappings before them (I gathered along (h,w)); on, the
+    mapping says what it does with I and O."""
+    import compiler.mapping.bind as bind
+    sizes = dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)
+    text = "\n".join(m.describe() for m in compiler.mappings(kernels.path("conv2d"), "sim-tpu", sizes))
+    assert "B: I (h,w) read flat at pitch 30" in text
+    assert "C: O rows (h,w) at pitch 30, the 2 columns of overlap a row computed and not stored" in text
+    assert "j=(h,w), k=c extents i:exact, j:padded 840->896" in text
+    try:
+        bind.PITCHED = False
+        text = "\n".join(m.describe() for m in compiler.mappings(kernels.path("conv2d"), "sim-tpu", sizes))
+    finally:
+        bind.PITCHED = True
+    assert "at pitch" not in text and "fusing (h,w) of I is not contiguous" in text

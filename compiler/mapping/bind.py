@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from math import prod
 
 from ir import printer
-from ir.expr import Access, Expr, Var, accesses, linear, vars_of
+from ir.expr import Access, Binary, Const, Expr, Var, accesses, linear, vars_of
 from ir.kernel import Kernel, Stmt
 from ir.target import Instruction, Target
 
@@ -217,6 +217,7 @@ def check(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_exp
             transforms += _layout(ctx, instr, opname, ia, e, f, opname == outname)
             transforms += _dtype_and_placement(ctx, instr, opname, e, opname == outname,
                                                any("gather" in t for t in transforms))
+    transforms = _pitched_output(ctx, bound, outname, f, transforms)
     used = [v for t in f.values() for v in t]
     # reduction variables left as loops need an accumulating instruction
     red_loops = [v for v in ctx.stmt.reduction_vars if v not in used]
@@ -276,7 +277,9 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
             if any(u in {w for iv in (y.name for y in ia.indices) for w in f.get(iv, ())} for u in others):
                 gather = f"im2col window: {e.tensor} subscript {_show(e.indices[d])} spans two instruction dims"
             dims.append(d)
-        if len(t) > 1:
+        if len(t) > 1 and not is_out and (pitch := _pitch(ctx, e, t, dims, f)) is not None:
+            out.append(f"{opname}: {e.tensor} ({','.join(t)}) read flat at pitch {pitch}")
+        elif len(t) > 1:
             ok = dims == list(range(dims[0], dims[0] + len(dims))) and all(
                 isinstance(e.indices[d], Var) for d in dims)
             if ok:
@@ -326,6 +329,69 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
     return out
 
 
+def _pitched_output(ctx: Ctx, bound: dict, outname: str, f, transforms: list[str]) -> list[str]:
+    """Where an input reads a fused (h, w) flat at pitch W (``_pitch``), the output's rows run
+    at that pitch too: its (h, w) must be one contiguous fused run, and no other operand may
+    read h or w (it would see the overlap columns as pixels)."""
+    flat = [t for t in transforms if " read flat at pitch " in t]
+    if not flat:
+        return transforms
+    out = bound[outname]
+    pair = flat[0].split(" (", 1)[1].split(")", 1)[0]
+    pitch = int(flat[0].rsplit(" ", 1)[1])
+    h, w = pair.split(",")
+    fused = f"{outname}: {out.tensor} dims ({pair}) fused"
+    if fused not in transforms or any(t.split(" (", 1)[1] != flat[0].split(" (", 1)[1] for t in flat):
+        raise Reject("layout", f"{flat[0].split(': ', 1)[1]}, but {_show(out)} is not laid out along ({pair}) "
+                     f"at one pitch")
+    readers = [o for o, e in bound.items() if o != outname and isinstance(e, Expr) and {h, w} & set(vars_of(e))]
+    if any(not any(t.startswith(f"{o}: ") and " read flat at pitch " in t for t in flat) for o in readers):
+        raise Reject("layout", f"({pair}) runs at pitch {pitch} for {flat[0].split(': ', 1)[1].split(' ', 1)[0]} "
+                     f"but another operand reads it as it is")
+    over = pitch - ctx.extents[w]
+    return [f"{outname}: {out.tensor} rows ({pair}) at pitch {pitch}, the {over} column{'s' * (over > 1)} "
+            f"of overlap a row computed and not stored" if t == fused else t for t in transforms]
+
+
+PITCHED = True  # pitched pairs (off: the mappings before them, for comparisons and tests)
+
+
+def _pitch(ctx: Ctx, e: Access, t: tuple[str, ...], dims: list[int], f) -> int | None:
+    """The row width W at which an input reads a fused pair (h, w) as one flat run: a
+    convolution's ``I(.., h + r, w + s, ..)`` on adjacent dimensions, r and s loops, I's rows
+    exactly the Wo + S - 1 columns the taps read.  Its tile is then the contiguous pixels
+    p = h * W + w, each tap's block p + r * W + s further on -- plain copies, no gather --
+    where the output's columns run over the whole input row (``check`` turns the output's
+    fusion into rows at pitch W; the W - Wo columns of overlap are computed, never stored).
+    Only with sizes known (the pitch is a number of the loop program)."""
+    if not PITCHED or ctx.extents is None or len(t) != 2 or dims != [dims[0], dims[0] + 1]:
+        return None
+    bound_vars = {v for tt in f.values() for v in tt}
+    taps = []
+    for v, d in zip(t, dims):
+        sub = e.indices[d]
+        if isinstance(sub, Var):
+            taps.append(None)
+            continue
+        if not isinstance(sub, Binary) or sub.op != "+" or not isinstance(sub.a, Var) or not isinstance(sub.b, Var):
+            return None
+        y = sub.b.name if sub.a.name == v else sub.a.name if sub.b.name == v else None
+        if y is None or y in bound_vars or y not in ctx.stmt.reduction_vars:
+            return None
+        taps.append(y)
+    h, w = t
+    s = taps[1]
+    if s is None and taps[0] is None:
+        return None
+    dim = ctx.kernel.dims(e.tensor)[dims[1]]
+    wo = ctx.stmt.range_of(w)
+    reads = wo.hi if s is None else _plus(_plus(wo.hi, ctx.stmt.range_of(s).hi), Const(-1))
+    if printer.expr(reads) != printer.expr(_plus(dim.min, dim.extent)) or wo.lo != dim.min:
+        return None
+    pitch = ctx.extents[w] + (ctx.extents[s] - 1 if s is not None else 0)
+    return pitch if pitch > ctx.extents[w] else None
+
+
 def _plus(a, b):
     from ir.expr import Binary, simplify
     return simplify(Binary("+", a, b))
@@ -354,15 +420,22 @@ def _dtype_and_placement(ctx: Ctx, instr, opname, e: Access, is_out, gathered) -
     return out
 
 
-def extents(ctx: Ctx, instr: Instruction, ist: Stmt, f) -> tuple[tuple[str, str], ...]:
+def extents(ctx: Ctx, instr: Instruction, ist: Stmt, f, transforms=()) -> tuple[tuple[str, str], ...]:
     if ctx.extents is None:
         return ()
     from ir.expr import evaluate_int
+
+    from .model import PITCH
+    ext = dict(ctx.extents)
+    for t in transforms:  # a pitched pair runs over the input's whole rows
+        m = PITCH.search(t)
+        if m:
+            ext[m.group(2)] = int(m.group(3))
     out = []
     for r in ist.domain:
         e = evaluate_int(r.hi, {}) - evaluate_int(r.lo, {})
         t = f.get(r.var, ())
-        n = prod(ctx.extents[v] for v in t) if t else 1
+        n = prod(ext[v] for v in t) if t else 1
         if n == e:
             out.append((r.var, "exact"))
         elif n % e == 0:

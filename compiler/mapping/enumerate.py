@@ -104,7 +104,7 @@ def direct(k: Kernel, si: int, instr: Instruction, target: Target, bound: Bound 
                 ops_text = [(o.name, _bind_text(ops.get(o.name, _lhs(s) if o.is_output else None)))
                             for o in instr.operands]
                 exprs = [(o.name, ops.get(o.name, _lhs(s) if o.is_output else None)) for o in instr.operands]
-                step = make_step(instr, ops_text, f, pre + tr, extents(ctx, instr, ist, f), s.tensor, exprs)
+                step = make_step(instr, ops_text, f, pre + tr, extents(ctx, instr, ist, f, tr), s.tensor, exprs)
                 loops = tuple(r.var for r in s.domain if r.var not in used)
                 m = Mapping(si, (step,), loops)
                 key = (step.operands, step.vars, step.transforms)
@@ -231,7 +231,7 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
                         result = f"%t{counter[0]}"
                     exprs = [(o.name, ops.get(o.name)) for o in instr.inputs] + [(instr.outputs[0].name, out_expr)]
                     step = make_step(instr, texts + [(instr.outputs[0].name, result)], f, pre + tr,
-                                     extents(ctx, instr, ist, f), result, exprs)
+                                     extents(ctx, instr, ist, f, tr), result, exprs)
                     memo[key] = steps + [step]
                     return memo[key]
                 if not bound_any:

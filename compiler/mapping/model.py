@@ -1,7 +1,11 @@
 """Mapping records: what the mapping pass produces and every later stage reads."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+# the transform text of a pitched output (``bind._pitch``): "O: rows (h,w) at pitch 30 ..."
+PITCH = re.compile(r"rows \((\w+),(\w+)\) at pitch (\d+)")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,17 @@ class Step:
 
     def expr(self, operand: str):
         return dict(self.exprs)[operand]
+
+    def pitch(self) -> dict[str, int]:
+        """kernel var -> the extent it runs over inside a fused instruction dim, where that is
+        an input's row width rather than its own range (``bind._pitch``: a convolution's output
+        columns computed over the input's whole rows, the overlap never stored)."""
+        out = {}
+        for t in self.transforms:
+            m = PITCH.search(t)
+            if m:
+                out[m.group(2)] = int(m.group(3))
+        return out
 
     def fused(self) -> dict[str, tuple[str, ...]]:
         """instruction var -> kernel vars (empty tuple: padded)."""

@@ -473,6 +473,8 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         if m.statement != si or not m.legal or len(m.steps) != 1:
             continue
         step = m.steps[0]
+        if step.pitch():  # pixels at an input's pitch: this backend pads rows its own way (_pad_rows)
+            continue
         instr = t.instr(step.instruction)
         roles = broadcast_fma(instr)
         if roles is None:

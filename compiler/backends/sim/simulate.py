@@ -97,6 +97,16 @@ class _Executor:
         return res[self.out]
 
 
+def _unholed(flat: np.ndarray, d) -> np.ndarray:
+    """Which flat positions of a pitched tile dim are the statement's own points: every var
+    within its real extent (``TileDim.real``)."""
+    ok = np.ones(flat.shape, dtype=bool)
+    for e, r in zip(reversed(d.extents), reversed(d.real)):
+        ok &= flat % e < r
+        flat = flat // e
+    return ok
+
+
 class Simulator:
     def __init__(self, target: Target, program: Program, kernel, bound, inputs: dict[str, np.ndarray],
                  listing: bool = False, functional: bool = True):
@@ -275,6 +285,8 @@ class Simulator:
             b = self._fn(d.block)(env)
             flat = b * d.unit + np.arange(ext)
             valid &= (flat < prod(d.extents)).reshape(bshape)
+            if d.real:  # a pitched pair's holes: the overlap columns
+                valid &= _unholed(flat, d).reshape(bshape)
             for v, lo, e in zip(reversed(d.vars), reversed(d.lows), reversed(d.extents)):
                 vals[v] = (flat % e + lo).reshape(bshape)
                 flat = flat // e
@@ -397,7 +409,12 @@ class Simulator:
             if d.unit == 0:
                 count *= min(ext, 1)
                 continue
-            count *= max(0, min(ext, prod(d.extents) - self._fn(d.block)(self.env) * d.unit))
+            start = self._fn(d.block)(self.env) * d.unit
+            if d.real:
+                flat = np.arange(start, min(start + ext, prod(d.extents)))
+                count *= int(np.count_nonzero(_unholed(flat, d)))
+                continue
+            count *= max(0, min(ext, prod(d.extents) - start))
         return count
 
     def move(self, n: Move, core: int):
