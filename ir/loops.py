@@ -157,7 +157,7 @@ def _ref(r) -> str:
     if isinstance(r, Imm):
         return f"#{show_expr(r.value)}"
     dims = ", ".join(
-        ("1" if d.unit == 0 else f"{'*'.join(d.vars)}@{show_expr(d.block)}x{d.unit}") for d in r.dims)
+        ("1" if d.unit == 0 else f"{'*'.join(d.vars)}{_holes(d)}@{show_expr(d.block)}x{d.unit}") for d in r.dims)
     at = "".join(f", {v}={show_expr(e)}" for v, e in r.at)
     return f"{r.tensor}<{dims}{at}>"
 
@@ -195,3 +195,10 @@ def show(p: Program) -> str:
                 out.append(f"{pad}barrier")
     walk(p.body, 0)
     return "\n".join(out) + "\n"
+
+
+def _holes(d: TileDim) -> str:
+    """A pitched dim's holes, as ``[28 of 30]``: the vars' own extents where they differ."""
+    if not d.real:
+        return ""
+    return "[" + ",".join(f"{r} of {e}" for r, e in zip(d.real, d.extents) if r != e) + "]"
