@@ -348,6 +348,21 @@ def test_random_row_chains_match_the_interpreter_as_cpu_row_loops(src, m, n):
     assert ok or not all(np.isfinite(r).all() for r in ref.values()), (src, m, n, per)
 
 
+def random_nest_schedule(data, nest, si: int):
+    """Any tile of each axis, order of the free axes (reductions innermost), core split of one
+    free axis (or none) and prefetch."""
+    from schedulers.base import NestSchedule
+    tiles = tuple((a.name, data.draw(st.integers(1, a.blocks))) for a in nest.axes)
+    order = tuple(data.draw(st.permutations([a.name for a in nest.axes if not a.reduction]))) + \
+        tuple(a.name for a in nest.axes if a.reduction)
+    free = [a for a in nest.axes if not a.reduction and a.blocks > 1]
+    split = ()
+    if free and data.draw(st.booleans()):
+        a = data.draw(st.sampled_from(free))
+        split = ((a.name, data.draw(st.integers(2, min(a.blocks, 4)))),)
+    return NestSchedule(si, 0, tiles, order, split, data.draw(st.integers(0, 3)))
+
+
 CONV1D = {
     "xs": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, w + s) * K(f, c, s)\n}\n",
     "sx": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, s + w) * K(f, c, s)\n}\n",
@@ -372,7 +387,6 @@ def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(ki
 
     from compiler.checking import compare
     from compiler.lower import lower
-    from schedulers.base import NestSchedule
     from schedulers.space import fits
     S = min(S, W)
     kern = compiler.parse(CONV1D[kind]).kernel()
@@ -392,15 +406,7 @@ def test_sliding_window_convolutions_match_the_interpreter_under_any_schedule(ki
     nest = cand.nests[0]
     event(f"window along dim {next(o.window_dim for o in nest.operands if o.window)}")
     event(f"rows merged: {any(o.merged for o in nest.operands)}")
-    tiles = tuple((a.name, data.draw(st.integers(1, a.blocks))) for a in nest.axes)
-    order = tuple(data.draw(st.permutations([a.name for a in nest.axes if not a.reduction]))) + \
-        tuple(a.name for a in nest.axes if a.reduction)
-    free = [a for a in nest.axes if not a.reduction and a.blocks > 1]
-    split = ()
-    if free and data.draw(st.booleans()):
-        a = data.draw(st.sampled_from(free))
-        split = ((a.name, data.draw(st.integers(2, min(a.blocks, 4)))),)
-    ns = NestSchedule(si, 0, tiles, order, split, data.draw(st.integers(0, 3)))
+    ns = random_nest_schedule(data, nest, si)
     if fits(ck.target_ir, nest, ns) is not None:
         event("does not fit")
         return
@@ -435,7 +441,6 @@ def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, tar
 
     from compiler.checking import compare
     from compiler.lower import lower
-    from schedulers.base import NestSchedule
     from schedulers.space import fits
     R, S = data.draw(st.integers(1, H)), data.draw(st.integers(1, W))
     kern = compiler.parse(PITCHED[kind]).kernel()
@@ -448,15 +453,7 @@ def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, tar
         return
     idx, cand = data.draw(st.sampled_from(found))
     nest = cand.nests[0]
-    tiles = tuple((a.name, data.draw(st.integers(1, a.blocks))) for a in nest.axes)
-    order = tuple(data.draw(st.permutations([a.name for a in nest.axes if not a.reduction]))) + \
-        tuple(a.name for a in nest.axes if a.reduction)
-    free = [a for a in nest.axes if not a.reduction and a.blocks > 1]
-    split = ()
-    if free and data.draw(st.booleans()):
-        a = data.draw(st.sampled_from(free))
-        split = ((a.name, data.draw(st.integers(2, min(a.blocks, 4)))),)
-    ns = NestSchedule(0, 0, tiles, order, split, data.draw(st.integers(0, 3)))
+    ns = random_nest_schedule(data, nest, 0)
     if fits(ck.target_ir, nest, ns) is not None:
         event("does not fit")
         return
