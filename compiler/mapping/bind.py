@@ -9,7 +9,7 @@ data-movement instructions between main memory and the operand's memory).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 from ir import printer
@@ -34,6 +34,7 @@ class Ctx:
     stmt: Stmt
     target: Target
     extents: dict[str, int] | None  # kernel var -> extent (when sizes are known)
+    pitch: bool = True  # pitched pairs may be offered (``_pitch``; off where the output cannot take one)
 
     @property
     def vars(self) -> set[str]:
@@ -217,7 +218,10 @@ def check(ctx: Ctx, instr: Instruction, ist: Stmt, ops: dict[str, Expr], out_exp
             transforms += _layout(ctx, instr, opname, ia, e, f, opname == outname)
             transforms += _dtype_and_placement(ctx, instr, opname, e, opname == outname,
                                                any("gather" in t for t in transforms))
-    transforms = _pitched_output(ctx, bound, outname, f, transforms)
+    try:
+        transforms = _pitched_output(ctx, bound, outname, f, transforms)
+    except _Unpitched:  # the same binding with the pair read as it is (a gathering copy)
+        return check(replace(ctx, pitch=False), instr, ist, ops, out_expr, f, temp_dtypes)
     used = [v for t in f.values() for v in t]
     # reduction variables left as loops need an accumulating instruction
     red_loops = [v for v in ctx.stmt.reduction_vars if v not in used]
@@ -329,6 +333,10 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
     return out
 
 
+class _Unpitched(Exception):
+    """A pitched pair the rest of the binding cannot take: it is checked again without one."""
+
+
 def _pitched_output(ctx: Ctx, bound: dict, outname: str, f, transforms: list[str]) -> list[str]:
     """Where an input reads a fused (h, w) flat at pitch W (``_pitch``), the output's rows run
     at that pitch too: its (h, w) must be one contiguous fused run, and no other operand may
@@ -337,17 +345,18 @@ def _pitched_output(ctx: Ctx, bound: dict, outname: str, f, transforms: list[str
     if not flat:
         return transforms
     out = bound[outname]
+    declared = {t.name for t in ctx.kernel.inputs + ctx.kernel.outputs}
+    if not isinstance(out, Access) or out.tensor not in declared:  # a temporary's layout is its own
+        raise _Unpitched
     pair = flat[0].split(" (", 1)[1].split(")", 1)[0]
     pitch = int(flat[0].rsplit(" ", 1)[1])
     h, w = pair.split(",")
     fused = f"{outname}: {out.tensor} dims ({pair}) fused"
     if fused not in transforms or any(t.split(" (", 1)[1] != flat[0].split(" (", 1)[1] for t in flat):
-        raise Reject("layout", f"{flat[0].split(': ', 1)[1]}, but {_show(out)} is not laid out along ({pair}) "
-                     f"at one pitch")
+        raise _Unpitched  # the output is not one run along the pair, or two inputs differ
     readers = [o for o, e in bound.items() if o != outname and isinstance(e, Expr) and {h, w} & set(vars_of(e))]
     if any(not any(t.startswith(f"{o}: ") and " read flat at pitch " in t for t in flat) for o in readers):
-        raise Reject("layout", f"({pair}) runs at pitch {pitch} for {flat[0].split(': ', 1)[1].split(' ', 1)[0]} "
-                     f"but another operand reads it as it is")
+        raise _Unpitched  # another operand reads the pair as it is
     over = pitch - ctx.extents[w]
     return [f"{outname}: {out.tensor} rows ({pair}) at pitch {pitch}, the {over} column{'s' * (over > 1)} "
             f"of overlap a row computed and not stored" if t == fused else t for t in transforms]
@@ -364,7 +373,7 @@ def _pitch(ctx: Ctx, e: Access, t: tuple[str, ...], dims: list[int], f) -> int |
     where the output's columns run over the whole input row (``check`` turns the output's
     fusion into rows at pitch W; the W - Wo columns of overlap are computed, never stored).
     Only with sizes known (the pitch is a number of the loop program)."""
-    if not PITCHED or ctx.extents is None or len(t) != 2 or dims != [dims[0], dims[0] + 1]:
+    if not (PITCHED and ctx.pitch) or ctx.extents is None or len(t) != 2 or dims != [dims[0], dims[0] + 1]:
         return None
     bound_vars = {v for tt in f.values() for v in tt}
     taps = []
