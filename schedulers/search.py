@@ -299,7 +299,6 @@ class _Search:
             best_nest(target, nest, self.full, keep=keep)
         finalists = model_finalists(nest, keep)
         seen = set(finalists)
-        red = reduction_axes(nest)
         v = vendor_nest(target, nest)
         if v not in seen and fits(target, nest, v) is None:
             finalists.append(v)
