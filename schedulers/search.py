@@ -266,22 +266,23 @@ class _Search:
         chosen = [s for si, m in enumerate(mappings) for s in options[si][m][1]]
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
                          tuple(chosen), {"cycles": round(total_cycles)})
-        self._options = options
         try:
-            return [self.verify(kernel, bound, target, per_stmt, sched, fused)]
+            return [self.verify(kernel, bound, target, per_stmt, sched, fused, options)]
         finally:
             bar.step()
             bar.close()
 
-    def verify(self, kernel, bound, target, per_stmt, sched: Schedule, fused: dict[int, int]) -> Schedule:
+    def verify(self, kernel, bound, target, per_stmt, sched: Schedule, fused: dict[int, int],
+               options: list | None = None) -> Schedule:
         """For small single-nest kernels, let the simulator pick among the model's finalists and vendor.
 
         The analytical model ranks thousands of schedules in milliseconds but can be off by
         tens of percent; timing the few best on the backend makes the choice never worse than
         the library heuristic in measured cycles (where the model puts that within
-        ``VERIFY_SPREAD`` of the best: beyond, it is not worth seconds of simulation).  Statements fused into their producer (an
-        mlp's bias and activation; ``fused``: statement -> its producer) do not count as nests
-        of their own."""
+        ``VERIFY_SPREAD`` of the best: beyond, it is not worth seconds of simulation).
+        Statements fused into their producer (an mlp's bias and activation; ``fused``:
+        statement -> its producer) do not count as nests of their own.  ``options`` (per
+        statement, per mapping: modeled cycles and nest schedules) adds the runner-up mapping."""
         nests = [n for si, cs in enumerate(per_stmt) if si not in fused for n in cs[sched.mappings[si]].nests]
         if len(nests) != 1 or nests[0].executions > VERIFY_INSTRUCTIONS:
             return sched
@@ -291,8 +292,8 @@ class _Search:
         nest = nests[0]
         others = [n for n in sched.nests if (n.statement, n.step) != (nest.statement, nest.step_index)]
 
-        def with_nest(ns: NestSchedule) -> Schedule:
-            return replace(sched, nests=tuple(sorted(others + [ns], key=lambda n: (n.statement, n.step))))
+        def with_nest(ns: NestSchedule, base: Schedule = sched) -> Schedule:
+            return replace(base, nests=tuple(sorted(others + [ns], key=lambda n: (n.statement, n.step))))
         keep = self._kept.get(id(nest))
         if keep is None:
             keep = []
@@ -315,8 +316,8 @@ class _Search:
         # the runner-up mapping's best too: the model can misjudge one mapping against another
         # (sim-nnp's conv2d with its pixels at the input's pitch, modeled below the windowed
         # mapping, simulated 17% slower)
-        for m2, n2, ns2, c2 in self._runners_up(per_stmt, sched, fused):
-            alt = replace(sched, mappings=(m2,), nests=(ns2,))
+        for m2, n2, ns2, c2 in _runners_up(options, per_stmt, sched, fused):
+            alt = with_nest(ns2, replace(sched, mappings=(m2,)))
             cands.append(alt)
             modeled.append(c2)
             nest_of[alt] = n2
@@ -331,9 +332,8 @@ class _Search:
         nest = nest_of[best]
         red = reduction_axes(nest)
         alts = _shorter_reductions(target, nest, ns, red) if not ns.stream else []
-        alts = [replace(best, nests=(alt,)) if best.mappings != sched.mappings else with_nest(alt)
-                for alt in plausible(alts, [nest_cost(target, nest, a)["cycles"] for a in alts],
-                                     any_nest_cost(target, nest, ns)["cycles"])]
+        alts = [with_nest(alt, best) for alt in plausible(alts, [nest_cost(target, nest, a)["cycles"] for a in alts],
+                                                          any_nest_cost(target, nest, ns)["cycles"])]
         for c, cand in zip(measure_many(kernel, bound, target, per_stmt, alts), alts):
             timed.append((c, cand))
             if c < cyc:
@@ -347,28 +347,27 @@ class _Search:
                                         "verified": len(timed)})
 
 
-    def _runners_up(self, per_stmt, sched: Schedule, fused) -> list[tuple]:
-        """(mapping, nest, its best schedule, modeled cycles) of the RUNNERS_UP next-cheapest
-        mappings of a one-statement kernel (each a single nest small enough to time)."""
-        options = getattr(self, "_options", None)
-        if options is None or len(per_stmt) != 1 or fused:
-            return []
-        chosen = sched.mappings[0]
-        # a mapping modeled at exactly the chosen one's cycles is its mirror (A and B swapped,
-        # C transposed) or a symmetric twin (a convolution's h and w): the next costs up are
-        # the runners-up, one mapping per cost
-        seen = {options[0][chosen][0]}
-        out = []
-        for cyc, i in sorted((o[0], i) for i, o in enumerate(options[0])):
-            if cyc in seen or cyc == float("inf"):
-                continue
-            seen.add(cyc)
-            cand = per_stmt[0][i]
-            if len(cand.nests) == 1 and cand.nests[0].executions <= VERIFY_INSTRUCTIONS:
-                out.append((i, cand.nests[0], options[0][i][1][0], cyc))
-            if len(out) == RUNNERS_UP:
-                break
-        return out
+def _runners_up(options, per_stmt, sched: Schedule, fused) -> list[tuple]:
+    """(mapping, nest, its best schedule, modeled cycles) of the RUNNERS_UP next-cheapest
+    mappings of a one-statement kernel (each a single nest small enough to time)."""
+    if options is None or len(per_stmt) != 1 or fused:
+        return []
+    chosen = sched.mappings[0]
+    # a mapping modeled at exactly the chosen one's cycles is its mirror (A and B swapped,
+    # C transposed) or a symmetric twin (a convolution's h and w): the next costs up are
+    # the runners-up, one mapping per cost
+    seen = {options[0][chosen][0]}
+    out = []
+    for cyc, i in sorted((o[0], i) for i, o in enumerate(options[0])):
+        if cyc in seen or cyc == float("inf"):
+            continue
+        seen.add(cyc)
+        cand = per_stmt[0][i]
+        if len(cand.nests) == 1 and cand.nests[0].executions <= VERIFY_INSTRUCTIONS:
+            out.append((i, cand.nests[0], options[0][i][1][0], cyc))
+        if len(out) == RUNNERS_UP:
+            break
+    return out
 
 
 # other mappings whose best schedule `verify` times (the model misjudges mappings: sim-gemmini-
