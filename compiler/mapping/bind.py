@@ -9,6 +9,7 @@ data-movement instructions between main memory and the operand's memory).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -19,7 +20,7 @@ from ir.target import Instruction, Target
 
 from ..routes import copy_path
 
-from .model import Step
+from .model import Step, pitch_of
 
 
 class Reject(Exception):
@@ -337,25 +338,30 @@ class _Unpitched(Exception):
     """A pitched pair the rest of the binding cannot take: it is checked again without one."""
 
 
+# an input's pitched read, as ``_layout`` writes it: "B: I (h,w) read flat at pitch 30"
+_FLAT = re.compile(r"(\w+): \w+ \((\w+),(\w+)\) read flat at pitch (\d+)$")
+
+
 def _pitched_output(ctx: Ctx, bound: dict, outname: str, f, transforms: list[str]) -> list[str]:
     """Where an input reads a fused (h, w) flat at pitch W (``_pitch``), the output's rows run
     at that pitch too: its (h, w) must be one contiguous fused run, and no other operand may
     read h or w (it would see the overlap columns as pixels)."""
-    flat = [t for t in transforms if " read flat at pitch " in t]
+    flat = {m.group(1): m.groups()[1:] for m in map(_FLAT.match, transforms) if m}
     if not flat:
         return transforms
     out = bound[outname]
     declared = {t.name for t in ctx.kernel.inputs + ctx.kernel.outputs}
     if not isinstance(out, Access) or out.tensor not in declared:  # a temporary's layout is its own
         raise _Unpitched
-    pair = flat[0].split(" (", 1)[1].split(")", 1)[0]
-    pitch = int(flat[0].rsplit(" ", 1)[1])
-    h, w = pair.split(",")
+    if len(set(flat.values())) != 1:
+        raise _Unpitched  # two inputs read different pairs or pitches
+    h, w, pitch = next(iter(flat.values()))
+    pair, pitch = f"{h},{w}", int(pitch)
     fused = f"{outname}: {out.tensor} dims ({pair}) fused"
-    if fused not in transforms or any(t.split(" (", 1)[1] != flat[0].split(" (", 1)[1] for t in flat):
-        raise _Unpitched  # the output is not one run along the pair, or two inputs differ
+    if fused not in transforms:
+        raise _Unpitched  # the output is not one run along the pair
     readers = [o for o, e in bound.items() if o != outname and isinstance(e, Expr) and {h, w} & set(vars_of(e))]
-    if any(not any(t.startswith(f"{o}: ") and " read flat at pitch " in t for t in flat) for o in readers):
+    if any(o not in flat for o in readers):
         raise _Unpitched  # another operand reads the pair as it is
     over = pitch - ctx.extents[w]
     return [f"{outname}: {out.tensor} rows ({pair}) at pitch {pitch}, the {over} column{'s' * (over > 1)} "
@@ -434,12 +440,7 @@ def extents(ctx: Ctx, instr: Instruction, ist: Stmt, f, transforms=()) -> tuple[
         return ()
     from ir.expr import evaluate_int
 
-    from .model import PITCH
-    ext = dict(ctx.extents)
-    for t in transforms:  # a pitched pair runs over the input's whole rows
-        m = PITCH.search(t)
-        if m:
-            ext[m.group(2)] = int(m.group(3))
+    ext = {**ctx.extents, **pitch_of(transforms)}  # a pitched pair runs over the input's whole rows
     out = []
     for r in ist.domain:
         e = evaluate_int(r.hi, {}) - evaluate_int(r.lo, {})

@@ -8,6 +8,17 @@ from dataclasses import dataclass, field
 PITCH = re.compile(r"rows \((\w+),(\w+)\) at pitch (\d+)")
 
 
+def pitch_of(transforms) -> dict[str, int]:
+    """kernel var -> the extent it runs over inside a fused instruction dim, where that is an
+    input's row width rather than its own range (read from the pitched output's transform)."""
+    out = {}
+    for t in transforms:
+        m = PITCH.search(t)
+        if m:
+            out[m.group(2)] = int(m.group(3))
+    return out
+
+
 @dataclass(frozen=True)
 class Step:
     """One instruction of a mapping: its operands bound to kernel data, its vars to kernel vars.
@@ -32,15 +43,9 @@ class Step:
         return dict(self.exprs)[operand]
 
     def pitch(self) -> dict[str, int]:
-        """kernel var -> the extent it runs over inside a fused instruction dim, where that is
-        an input's row width rather than its own range (``bind._pitch``: a convolution's output
-        columns computed over the input's whole rows, the overlap never stored)."""
-        out = {}
-        for t in self.transforms:
-            m = PITCH.search(t)
-            if m:
-                out[m.group(2)] = int(m.group(3))
-        return out
+        """``pitch_of`` its transforms (``bind._pitch``: a convolution's output columns computed
+        over the input's whole rows, the overlap never stored)."""
+        return pitch_of(self.transforms)
 
     def fused(self) -> dict[str, tuple[str, ...]]:
         """instruction var -> kernel vars (empty tuple: padded)."""
