@@ -23,8 +23,9 @@ class Candidate:
 def candidates(k: Kernel, b: Bound, target: Target) -> list[list[Candidate]]:
     """Per statement, the legal mappings the lowering supports (deterministic order)."""
     out = []
+    earlier: dict[int, list[Mapping]] = {}
     for si, s in enumerate(k.stmts):
-        ms = mappings_for_statement(k, si, target, b)
+        ms = earlier[si] = mappings_for_statement(k, si, target, b, earlier=earlier)
         cands, why = [], []
         for m in ms:
             if not m.legal:

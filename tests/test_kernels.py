@@ -62,6 +62,12 @@ def test_convolutions(shape):
     DW, PW = rnd(C, R, S, seed=4), rnd(F, C, seed=5)
     close(build("depthwise_conv2d", N=N, C=C, H=H, W=W, R=R, S=S)(I, DW), dw_ref(I, DW))
     close(build("pointwise_conv2d", N=N, C=C, H=H, W=W, F=F)(I, PW), np.einsum("nchw,fc->nfhw", I, PW))
+    Bias = rnd(F, seed=6)
+    close(build("conv2d_bias_relu", N=N, C=C, H=H, W=W, F=F, R=R, S=S)(I, Wt, Bias),
+          np.maximum(conv_ref(I, Wt) + Bias[None, :, None, None], 0))
+    I_nhwc, W_rscf = np.ascontiguousarray(I.transpose(0, 2, 3, 1)), np.ascontiguousarray(Wt.transpose(2, 3, 1, 0))
+    close(build("conv2d_nhwc_bias_relu", N=N, C=C, H=H, W=W, F=F, R=R, S=S)(I_nhwc, W_rscf, Bias),
+          np.maximum(conv_ref(I, Wt) + Bias[None, :, None, None], 0).transpose(0, 2, 3, 1))
     O, D = build("depthwise_separable_conv2d", N=N, C=C, H=H, W=W, F=F, R=R, S=S)(I, DW, PW)
     close(D, dw_ref(I, DW))
     close(O, np.einsum("nchw,fc->nfhw", dw_ref(I, DW), PW))

@@ -188,3 +188,21 @@ def test_python_api_mappings_are_the_clis(capsys):
     assert json.loads(capsys.readouterr().out) == [m.to_json() for m in ms]
     assert any(m.legal for m in ms) and any(not m.legal and m.reason for m in ms)
     assert compiler.mappings(load("gemm"), hw_models.load("sim-nnp"))[0].instruction == "mm"
+
+
+def test_an_epilogue_takes_its_producers_output_layouts():
+    """The bias and ReLU after a convolution: besides the first sequence that fits (n x w
+    blocks, the bias a scalar per loop iteration), the sequences writing O in the layouts of the
+    convolution's own mappings (filters x pixels: the bias a column), so the epilogue can run on
+    the convolution's output blocks."""
+    from compiler.mapping.enumerate import producer_layouts
+    k = load("conv2d_bias_relu")
+    t = hw_models.load("sim-nnp")
+    ms = mappings_for_kernel(k, t)
+    layouts = producer_layouts(k, 1, t, {0: [m for m in ms if m.statement == 0]})
+    assert (("f",), ("w",)) in layouts and (("f",), ("h", "w")) in layouts
+    epi = [m for m in ms if m.statement == 1 and m.legal]
+    assert [m.instruction for m in epi] == ["vadds+vrelu", "vadd_col+vrelu", "vadd_col+vrelu"]
+    assert [m.steps[-1].vars for m in epi[1:]] == [(("i", "f"), ("j", "w")), (("i", "f"), ("j", "(h,w)"))]
+    # no producer: the first sequence that fits only
+    assert producer_layouts(k, 0, t, {}) == ()

@@ -22,6 +22,8 @@ SIZES = {
     "batch_matmul": [dict(Bt=3, M=5, N=7, K=11)],
     "conv2d": [dict(N=2, C=3, H=6, W=7, F=4, R=3, S=2), dict(N=1, C=1, H=1, W=1, F=1, R=1, S=1)],
     "conv2d_nhwc": [dict(N=2, H=6, W=7, C=3, F=4, R=3, S=2)],
+    "conv2d_bias_relu": [dict(N=2, C=3, H=6, W=7, F=4, R=3, S=2)],
+    "conv2d_nhwc_bias_relu": [dict(N=1, H=5, W=6, C=3, F=5, R=2, S=3)],
     "depthwise_conv2d": [dict(N=1, C=3, H=6, W=7, R=3, S=3)],
     "pointwise_conv2d": [dict(N=2, C=3, H=4, W=5, F=6)],
     "depthwise_separable_conv2d": [dict(N=1, C=3, H=6, W=7, R=3, S=3, F=5)],
@@ -279,7 +281,9 @@ def test_a_gathering_copy_never_becomes_a_plain_multicast():
 
 
 @pytest.mark.parametrize("name,sizes", [("mlp", dict(B=64, K=96, N=100)), ("mlp", dict(B=1, K=1, N=1)),
-                                        ("gru_cell", dict(B=3, I=37, Hd=41)), ("gru_step", dict(B=3, Hd=37))])
+                                        ("gru_cell", dict(B=3, I=37, Hd=41)), ("gru_step", dict(B=3, Hd=37)),
+                                        ("conv2d_bias_relu", dict(N=2, C=16, H=9, W=12, F=40, R=3, S=3)),
+                                        ("conv2d_nhwc_bias_relu", dict(N=1, H=7, W=9, C=5, F=33, R=3, S=2))])
 def test_elementwise_epilogues_run_on_chip(name, sizes):
     """A statement that updates the producer's output in place (TC's epilogue style) runs on
     each output block before it is stored: one store of the output, no scratch tensor, fewer
@@ -307,6 +311,12 @@ def test_elementwise_epilogues_run_on_chip(name, sizes):
     assert runs["fused"].link_bytes["sram->hbm"] < runs["plain"].link_bytes["sram->hbm"]
     if name == "mlp":  # the output is stored once
         assert runs["fused"].link_bytes["sram->hbm"] == 4 * sizes["B"] * sizes["N"]
+    if name.startswith("conv2d"):  # so is a convolution's, the bias a column (NCHW: filter x pixel
+        # blocks) or a row (NHWC: pixels x filters) of its blocks
+        outputs = sizes["N"] * sizes["F"] * (sizes["H"] - sizes["R"] + 1) * (sizes["W"] - sizes["S"] + 1)
+        assert runs["fused"].link_bytes["sram->hbm"] == 4 * outputs
+        add = "vadd_row" if "nhwc" in name else "vadd_col"
+        assert any(f"S1 on {add}+vrelu" in n and "fused into S0" in n for n in ck.program.notes)
     if name == "gru_step":  # Nc and Ho run on HN's blocks: three GEMM nests; R's and Z's, which
         # touch nothing the other writes, share a phase: two barriers
         assert sum(1 for n in ck.program.body if type(n).__name__ == "Barrier") == 2

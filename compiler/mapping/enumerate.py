@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from ir import printer
 from ir.bind import Bound
-from ir.expr import Access, Expr, Var, vars_of, walk
+from ir.expr import Access, Expr, Var, accesses, vars_of, walk
 from ir.kernel import Kernel
 from ir.target import Instruction, Target
 
@@ -136,7 +136,8 @@ def _bind_text(e: Expr | None) -> str:
     return f"imm:{printer.expr(e)}"
 
 
-def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> list[Mapping]:
+def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None,
+          layouts: tuple[tuple, ...] = ()) -> list[Mapping]:
     """Sequences of instructions computing the statement through temporaries (elementwise ops
     below the root; the root may reduce, e.g. a sum of exponentials): one per root instruction
     that works (say a reduction that overwrites its output and one that accumulates, which the
@@ -144,6 +145,11 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
 
     Top-down with backtracking: a consumer fixes its variable binding first, and
     each temporary operand must then be produced in exactly that layout.
+
+    ``layouts`` (the statement's variables along each output dimension: `producer_layouts`)
+    adds, for each root instruction, the sequence writing its output in each such layout too:
+    an epilogue fuses into its producer only where its blocks are the producer's blocks
+    (a convolution's bias and ReLU on the filter x pixel blocks of its matrix multiply).
     """
     ctx = _ctx(k, si, target, bound)
     s = ctx.stmt
@@ -256,12 +262,15 @@ def cover(k: Kernel, si: int, target: Target, bound: Bound | None = None) -> lis
         loops = attempt
         memo.clear()
         for instr in instrs:
-            steps = go(s.rhs, True, None, instr)
-            if steps is None:
-                continue
-            steps = _renumber(steps)
-            used = {v for st in steps for t in st.fused().values() for v in t}
-            out.append(Mapping(si, tuple(steps), tuple(r.var for r in s.domain if r.var not in used)))
+            for want in (None, *layouts):
+                steps = go(s.rhs, True, want, instr)
+                if steps is None:
+                    continue
+                steps = _renumber(steps)
+                used = {v for st in steps for t in st.fused().values() for v in t}
+                m = Mapping(si, tuple(steps), tuple(r.var for r in s.domain if r.var not in used))
+                if m not in out:
+                    out.append(m)
     if out:
         return out
     why = (_closest(errors, [e for e, m in tried.items() if not m], target) if op_fits[0] else
@@ -306,8 +315,41 @@ def _renumber(steps: list[Step]) -> list[Step]:
     return out
 
 
+MAX_LAYOUTS = 4  # producer output layouts a cover tries besides its own first
+
+
+def producer_layouts(k: Kernel, si: int, target: Target, earlier: dict[int, list[Mapping]]) -> tuple[tuple, ...]:
+    """The output layouts (statement ``si``'s variables along each instruction output
+    dimension, as `output_layout` gives them) of the legal mappings in ``earlier`` (statement
+    -> its mappings) of statements writing a tensor ``si`` reads or updates at plain variable
+    indices: the layouts in which ``si`` could run on its producer's blocks."""
+    c = k.stmts[si]
+    reads = [a for a in accesses(c.rhs)] + [Access(c.tensor, tuple(Var(v) for v in c.indices))]
+    out: list[tuple] = []
+    for sj, ms in sorted(earlier.items()):
+        p = k.stmts[sj]
+        for a in reads:
+            if a.tensor != p.tensor or not all(isinstance(x, Var) for x in a.indices):
+                continue
+            to_c = {pv: x.name for pv, x in zip(p.indices, a.indices)}
+            for m in ms:
+                if not m.legal or not m.steps:
+                    continue
+                st = m.steps[-1]
+                f = st.fused()
+                lay = [f.get(iv, ()) for iv in target.instr(st.instruction).body.stmts[0].indices]
+                if all(v in to_c for t in lay for v in t):
+                    layout = normal_layout(tuple(tuple(to_c[v] for v in t) for t in lay))
+                    if layout not in out:
+                        out.append(layout)
+    return tuple(out[:MAX_LAYOUTS])
+
+
 def mappings_for_statement(k: Kernel, si: int, target: Target, bound: Bound | None = None,
-                           explain: bool = False) -> list[Mapping]:
+                           explain: bool = False, earlier: dict[int, list[Mapping]] | None = None) -> list[Mapping]:
+    """Every mapping of statement ``si`` (with ``explain``, the rejected candidates too).
+    ``earlier`` (statement -> its mappings, for the statements before ``si``) lets an
+    elementwise sequence take its producers' output layouts (`producer_layouts`)."""
     out: list[Mapping] = []
     for ins in target.compute_instrs:
         out += direct(k, si, ins, target, bound, explain)
@@ -322,7 +364,7 @@ def mappings_for_statement(k: Kernel, si: int, target: Target, bound: Bound | No
                 out += [m for m in tried if m.legal or explain]
                 copy_why += [m for m in tried if not m.legal]
     if not any(m.legal for m in out):
-        ms = cover(k, si, target, bound)
+        ms = cover(k, si, target, bound, producer_layouts(k, si, target, earlier or {}))
         ranked = [m for m in copy_why if m.reason.split(":")[0] in _RULE_RANK]
         if not ms[0].legal and ranked:  # a copy that almost fits says more than "nothing computes it"
             best = min(ranked, key=lambda m: _RULE_RANK[m.reason.split(":")[0]])
@@ -338,9 +380,11 @@ def mappings_for_statement(k: Kernel, si: int, target: Target, bound: Bound | No
 
 def mappings_for_kernel(k: Kernel, target: Target, explain: bool = False,
                         bound: Bound | None = None) -> list[Mapping]:
-    out = []
+    out: list[Mapping] = []
+    earlier: dict[int, list[Mapping]] = {}
     for si in range(len(k.stmts)):
-        out += mappings_for_statement(k, si, target, bound, explain)
+        earlier[si] = mappings_for_statement(k, si, target, bound, explain, earlier)
+        out += earlier[si]
     return out
 
 
