@@ -94,12 +94,13 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     # the memory the producer computes it in, the epilogue then running right after the compute
     held = route[-2].outputs[0] if len(route) > 1 else out.op
     prod_dims = _operand_dims(producer, out.name)
-    var_axis = {a.vars[0]: a for a in producer.axes if len(a.vars) == 1}
+    by_vars = {a.vars: a for a in producer.axes}
     producer_reads = {x.tensor for x in walk(s.rhs) if isinstance(x, Access)}
     fused: list[Nest] = []
     amap: dict[int, dict[str, str]] = {}
     written = [out.tensor]  # tensors the chain holds on chip, block by block
     loaded: set[str] = set()  # tensors the chain reads from main memory
+    on_pitch = False  # whether a fused nest runs on pitched blocks
     for nests in consumers:
         si = nests[0].statement
         c = k.stmts[si]
@@ -122,18 +123,31 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
         group_out: set[str] = set()  # results of this group's earlier nests (a sequence's temporaries)
         for n in nests:
             m = {}
+            pitched: set[str] = set()  # axes whose blocks are the producer's at an input's pitch
             for a in n.axes:
-                pa = var_axis.get(pos.get(a.vars[0], ""), None) if len(a.vars) == 1 else None
-                if a.reduction or pa is None or (pa.unit, pa.blocks, pa.lows, pa.extents) != \
-                        (a.unit, a.blocks, a.lows, a.extents) or (pa.instr_var is None) != (a.instr_var is None):
+                pa = by_vars.get(tuple(pos.get(v, "") for v in a.vars))
+                if a.reduction or pa is None or (pa.instr_var is None) != (a.instr_var is None):
                     ok = False
                     break
+                if (pa.unit, pa.blocks, pa.lows, pa.extents) != (a.unit, a.blocks, a.lows, a.extents):
+                    # the producer computes a pitched pair (rows of the output at the input's
+                    # pitch, the overlap computed and not stored): the epilogue runs on those
+                    # blocks as they are, so long as nothing it loads or stores is laid out by them
+                    if not (pa.real and pa.real == a.extents and not a.real and (pa.unit, pa.lows) == (a.unit, a.lows)):
+                        ok = False
+                        break
+                    pitched.add(a.name)
                 m[a.name] = pa.name
             if not ok:
                 break
             for o in n.operands:
                 if o.tensor is None:
                     continue
+                if pitched and (o.is_output and o.tensor != out.tensor and not o.tensor.startswith("_S")
+                                or not o.is_output and o.tensor not in written and o.tensor not in group_out
+                                and set(o.axes) & pitched):
+                    ok = False  # stored or loaded in the statement's own dense layout
+                    break
                 # on chip: what the chain (this group included) has computed, and every result;
                 # a temporary computed outside the chain cannot come from main memory in an epilogue
                 on_chip = o.is_output or o.tensor in written or o.tensor in group_out
@@ -154,6 +168,7 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
                 break
             maps[id(n)] = m
             group_out.add(n.output.tensor)
+            on_pitch = on_pitch or bool(pitched)
         if not ok:
             break
         fused += nests
@@ -169,6 +184,8 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     needed = {o.tensor for nests in consumers for n in nests if id(n) not in ran
               for o in n.operands if o.tensor is not None and not o.is_output}
     written = [w for w in written if not w.startswith("_S") or w in needed]
+    if on_pitch and written != [out.tensor]:
+        return None  # a temporary to store from pitched blocks: no dense tile to store it by
     return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written)
 
 

@@ -242,7 +242,15 @@ class _Search:
                 bar.step("timing the finalists" if bar.done + 2 == bar.total else "searching tilings")
             options.append(opts)
 
+        totals: dict[tuple, tuple[float, dict[int, int]]] = {}
+
         def total(maps: list[int]) -> tuple[float, dict[int, int]]:
+            key = tuple(maps)
+            if key not in totals:
+                totals[key] = _total(maps)
+            return totals[key]
+
+        def _total(maps: list[int]) -> tuple[float, dict[int, int]]:
             # statements fused into their producer run on its blocks on chip: their own nests'
             # main-memory round trips are gone (their vector work overlaps the producer's
             # pipeline); a row group costs its estimate where that is less than its members'
@@ -262,18 +270,21 @@ class _Search:
         for si, o in enumerate(options):
             if len(o) > 1:
                 mappings[si] = min(range(len(o)), key=lambda i: (total(mappings[:si] + [i] + mappings[si + 1:])[0], i))
+        completions = _completions(options, mappings, total)
+        best_total = min([(total(mappings)[0], mappings)] + [(c, m) for _, m, c, _ in completions], key=lambda x: x[0])
+        mappings = list(best_total[1])
         total_cycles, fused = total(mappings)
         chosen = [s for si, m in enumerate(mappings) for s in options[si][m][1]]
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
                          tuple(chosen), {"cycles": round(total_cycles)})
         try:
-            return [self.verify(kernel, bound, target, per_stmt, sched, fused, options)]
+            return [self.verify(kernel, bound, target, per_stmt, sched, fused, options, completions)]
         finally:
             bar.step()
             bar.close()
 
     def verify(self, kernel, bound, target, per_stmt, sched: Schedule, fused: dict[int, int],
-               options: list | None = None) -> Schedule:
+               options: list | None = None, completions: list | None = None) -> Schedule:
         """For small single-nest kernels, let the simulator pick among the model's finalists and vendor.
 
         The analytical model ranks thousands of schedules in milliseconds but can be off by
@@ -282,7 +293,8 @@ class _Search:
         ``VERIFY_SPREAD`` of the best: beyond, it is not worth seconds of simulation).
         Statements fused into their producer (an mlp's bias and activation; ``fused``:
         statement -> its producer) do not count as nests of their own.  ``options`` (per
-        statement, per mapping: modeled cycles and nest schedules) adds the runner-up mapping."""
+        statement, per mapping: modeled cycles and nest schedules) adds the runner-up mapping
+        (with ``completions``, `_completions`: the other statements' mappings that go with it)."""
         nests = [n for si, cs in enumerate(per_stmt) if si not in fused for n in cs[sched.mappings[si]].nests]
         if len(nests) != 1 or nests[0].executions > VERIFY_INSTRUCTIONS:
             return sched
@@ -316,8 +328,8 @@ class _Search:
         # the runner-up mapping's best too: the model can misjudge one mapping against another
         # (sim-nnp's conv2d with its pixels at the input's pitch, modeled below the windowed
         # mapping, simulated 17% slower)
-        for m2, n2, ns2, c2 in _runners_up(options, per_stmt, sched, fused):
-            alt = with_nest(ns2, replace(sched, mappings=(m2,)))
+        for maps, n2, c2 in _runners_up(options, per_stmt, sched, nest, completions or []):
+            alt = replace(sched, mappings=maps, nests=tuple(ns for si, m in enumerate(maps) for ns in options[si][m][1]))
             cands.append(alt)
             modeled.append(c2)
             nest_of[alt] = n2
@@ -328,8 +340,8 @@ class _Search:
         cyc, best = min(timed, key=lambda x: x[0])
         # the model's window term is least reliable for the reduction tile (how many loads a step
         # issues): time the winner with shorter reduction tiles too
-        ns = best.nests[0]
         nest = nest_of[best]
+        ns = best.nest(nest.statement, nest.step_index)
         red = reduction_axes(nest)
         alts = _shorter_reductions(target, nest, ns, red) if not ns.stream else []
         alts = [with_nest(alt, best) for alt in plausible(alts, [nest_cost(target, nest, a)["cycles"] for a in alts],
@@ -347,24 +359,54 @@ class _Search:
                                         "verified": len(timed)})
 
 
-def _runners_up(options, per_stmt, sched: Schedule, fused) -> list[tuple]:
-    """(mapping, nest, its best schedule, modeled cycles) of the RUNNERS_UP next-cheapest
-    mappings of a one-statement kernel (each a single nest small enough to time)."""
-    if options is None or len(per_stmt) != 1 or fused:
+def _completions(options, mappings: list[int], total) -> list[tuple[int, tuple[int, ...], float, dict]]:
+    """For each statement and each of its mappings: (statement, the whole kernel's mappings with
+    that one, its kernel cycles, the statements fused and where), the statements after it each taking in turn the mapping that
+    makes the kernel cheapest.  A producer's mapping that only pays off with its consumer's
+    matching layout (a convolution whose filter x pixel blocks the bias and ReLU fuse into)
+    is weighed with that layout, which one pass over the statements as they are may never try."""
+    if len(options) < 2:
         return []
-    chosen = sched.mappings[0]
+    out = []
+    for si, o in enumerate(options):
+        if len(o) < 2 or si == len(options) - 1:
+            continue
+        for i in range(len(o)):
+            maps = mappings[:si] + [i] + mappings[si + 1:]
+            for sj in range(si + 1, len(options)):
+                if len(options[sj]) > 1:
+                    maps[sj] = min(range(len(options[sj])), key=lambda j: (total(maps[:sj] + [j] + maps[sj + 1:])[0], j))
+            out.append((si, tuple(maps), *total(maps)))
+    return out
+
+
+def _runners_up(options, per_stmt, sched: Schedule, nest: Nest, completions: list) -> list[tuple]:
+    """(the kernel's mappings, the nest to time, modeled cycles) of the RUNNERS_UP next-cheapest
+    mappings of the statement of ``nest``, the one nest ``verify`` times (its epilogues fused):
+    one statement's other mappings, or the `completions` of that statement's."""
+    if options is None:
+        return []
+    sv = nest.statement
+    if len(per_stmt) == 1:
+        alts = [((i,), o[0]) for i, o in enumerate(options[0])]
+        fused_of: dict = {(i,): {} for i in range(len(options[0]))}
+    else:  # the rest must fuse into it, leaving one nest to time
+        alts = [(maps, cyc) for si, maps, cyc, _ in completions if si == sv]
+        fused_of = {maps: fused for si, maps, _, fused in completions if si == sv}
+    chosen = sched.mappings[sv]
     # a mapping modeled at exactly the chosen one's cycles is its mirror (A and B swapped,
     # C transposed) or a symmetric twin (a convolution's h and w): the next costs up are
     # the runners-up, one mapping per cost
-    seen = {options[0][chosen][0]}
+    seen = {next((c for m, c in alts if m[sv] == chosen), None)}
     out = []
-    for cyc, i in sorted((o[0], i) for i, o in enumerate(options[0])):
-        if cyc in seen or cyc == float("inf"):
+    for maps, cyc in sorted(alts, key=lambda x: (x[1], x[0])):
+        if cyc in seen or cyc == float("inf") or maps[sv] == chosen:
             continue
         seen.add(cyc)
-        cand = per_stmt[0][i]
-        if len(cand.nests) == 1 and cand.nests[0].executions <= VERIFY_INSTRUCTIONS:
-            out.append((i, cand.nests[0], options[0][i][1][0], cyc))
+        cand = per_stmt[sv][maps[sv]]
+        if len(cand.nests) == 1 and cand.nests[0].executions <= VERIFY_INSTRUCTIONS \
+                and len(fused_of.get(maps, ())) == len(per_stmt) - 1:
+            out.append((tuple(maps), cand.nests[0], cyc))
         if len(out) == RUNNERS_UP:
             break
     return out

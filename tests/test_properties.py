@@ -462,3 +462,62 @@ def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, tar
     ins = random_inputs(ck.kernel, ck.bound)
     ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
     assert ok, (kind, target, sizes, ns, per)
+
+
+EPILOGUES = {
+    "nchw_bias_relu": ("def c2(float(N, C, H, W) I, float(F, C, R, S) K, float(F) B) -> (O) {\n"
+                       "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n"
+                       "    O(n, f, h, w) = fmax(O(n, f, h, w) + B(f), 0)\n}\n", True),
+    "nhwc_bias_relu": ("def c2(float(N, H, W, C) I, float(R, S, C, F) K, float(F) B) -> (O) {\n"
+                       "    O(n, h, w, f) +=! I(n, h + r, w + s, c) * K(r, s, c, f)\n"
+                       "    O(n, h, w, f) = fmax(O(n, h, w, f) + B(f), 0)\n}\n", True),
+    # a residual read at the pixels: laid out densely, not at the input's pitch (never fused there)
+    "nchw_residual": ("def c2(float(N, C, H, W) I, float(F, C, R, S) K, float(N, F, P, Q) X) -> (O) {\n"
+                      "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n"
+                      "    O(n, f, h, w) = O(n, f, h, w) + X(n, f, h, w)\n}\n", False),
+}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(EPILOGUES)), st.sampled_from(["sim-nnp", "sim-tpu"]), st.integers(1, 2),
+       st.integers(1, 9), st.integers(2, 10), st.integers(2, 36), st.integers(1, 9), st.data())
+def test_epilogues_on_pitched_blocks_match_the_interpreter_under_any_schedule(kind, target, N, C, H, W, F, data):
+    """A convolution computing its pixels at the input's pitch with an elementwise statement
+    after it: a bias and ReLU run on the pitched blocks as they are (``epilogue.plan``; the
+    overlap columns they also compute are never stored), under any tiling of the convolution;
+    a residual, which would have to be loaded at the pitch, runs as its own nest."""
+    from dataclasses import replace
+
+    from compiler.checking import compare
+    from compiler.epilogue import plan
+    from compiler.lower import lower
+    from schedulers.space import fits
+    src, fuses = EPILOGUES[kind]
+    R, S = data.draw(st.integers(1, H)), data.draw(st.integers(2, W))
+    sizes = dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S)
+    if "residual" in kind:
+        sizes.update(P=H - R + 1, Q=W - S + 1)
+    ck = compiler.build(compiler.parse(src).kernel(), target=target, sizes=sizes)
+    t = ck.target_ir
+    pitched = [(i, c) for i, c in enumerate(ck.candidates[0]) if c.nests[0].step.pitch()]
+    if not pitched:
+        event("no pitched mapping")
+        return
+    idx, cand = data.draw(st.sampled_from(pitched))
+    onto = [j for j, c in enumerate(ck.candidates[1]) if plan(ck.kernel, t, cand.nests[0], [c.nests])]
+    assert fuses or not onto, (kind, sizes)  # (a bias fuses where an epilogue mapping has the
+    # convolution's orientation: not onto pixels x filters of NCHW, O read transposed)
+    event(f"epilogue fuses: {bool(onto)}")
+    j = data.draw(st.sampled_from(onto)) if onto else ck.schedule.mappings[1]
+    ns = random_nest_schedule(data, cand.nests[0], 0)
+    if fits(t, cand.nests[0], ns) is not None:
+        event("does not fit")
+        return
+    from schedulers.search import best_nest
+    rest = tuple(best_nest(t, n)[0] for n in ck.candidates[1][j].nests)
+    sched = replace(ck.schedule, mappings=(idx, j), nests=(ns,) + rest)
+    ck.program = lower(ck.kernel, ck.bound, t, sched, ck.candidates)
+    assert any("fused into S0" in n for n in ck.program.notes) == bool(onto)
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
+    assert ok, (kind, target, sizes, ns, per)

@@ -1006,6 +1006,33 @@ def test_output_columns_run_over_the_input_rows_at_its_pitch(name, target, sizes
     assert (timing.cycles, timing.link_bytes) == (res.cycles, res.link_bytes)
 
 
+
+def test_a_bias_and_relu_run_on_a_convolutions_pitched_blocks():
+    """sim-tpu's convolution computes its pixels at the input's pitch; the bias and ReLU run on
+    those blocks as they are (the overlap columns too, never stored): one store of O, exact,
+    and within a few percent of the convolution alone (unfused, O went out and back)."""
+    sizes = dict(N=2, C=32, H=18, W=18, F=64, R=3, S=3)
+    ck = check("conv2d_bias_relu", "sim-tpu", sizes, "analytical")
+    assert ck.candidates[0][ck.schedule.mappings[0]].nests[0].step.pitch()
+    assert any("S1 on vadd_col+vrelu" in n and "fused into S0" in n for n in ck.program.notes)
+    ins = random_inputs(ck.kernel, ck.bound, 5)
+    res = _simulated(ck, ck.program, ins)
+    t = ck.target_ir
+    stored = sum(v for link, v in res.link_bytes.items() if link.endswith("->" + t.main))
+    assert stored == 4 * np.prod(ck.bound.shapes["O"])
+    alone = compiler.build(kernels.path("conv2d"), target="sim-tpu", sizes=sizes)
+    assert res.cycles < 1.1 * _simulated(alone, alone.program, random_inputs(alone.kernel, alone.bound, 5)).cycles
+
+
+def test_a_producer_takes_the_mapping_its_epilogue_fuses_onto():
+    """At 1x1 every convolution mapping costs the same alone, and the first (O written
+    transposed, w x f) is one no epilogue mapping reads; one pass over the statements as they
+    are kept it and ran the bias and ReLU as a nest of their own.  Each producer mapping is
+    weighed with its consumers' best answer (``search._completions``): the pair that fuses."""
+    ck = check("conv2d_bias_relu", "sim-nnp", dict(N=1, C=1, H=1, W=1, F=1, R=1, S=1), "analytical")
+    assert any("fused into S0" in n for n in ck.program.notes)
+    assert sum(1 for n in ck.program.body if type(n).__name__ == "Barrier") == 1
+
 def test_pitched_pairs_are_a_switch_and_explained():
     """``bind.PITCHED`` off gives the mappings before them (I gathered along (h,w)); on, the
     mapping says what it does with I and O."""

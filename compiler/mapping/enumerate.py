@@ -315,7 +315,7 @@ def _renumber(steps: list[Step]) -> list[Step]:
     return out
 
 
-MAX_LAYOUTS = 4  # producer output layouts a cover tries besides its own first
+MAX_LAYOUTS = 8  # producer output layouts a cover tries besides its own first (a convolution has up to 6)
 
 
 def producer_layouts(k: Kernel, si: int, target: Target, earlier: dict[int, list[Mapping]]) -> tuple[tuple, ...]:
