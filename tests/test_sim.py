@@ -1007,6 +1007,28 @@ def test_output_columns_run_over_the_input_rows_at_its_pitch(name, target, sizes
 
 
 
+
+@pytest.mark.parametrize("name,sizes", [("mlp", dict(B=7, K=33, N=65)),
+                                        ("conv2d_nhwc_bias_relu", dict(N=2, H=7, W=9, C=5, F=18, R=3, S=2))])
+def test_gemmini_adds_the_bias_and_applies_relu_on_accumulator_rows(name, sizes):
+    """sim-gemmini-fp32 has no vector unit: a layer's bias and ReLU run on the accumulator's
+    read-out path (acc_add_row, acc_relu in its .hw), on each output block before its one
+    mvout (fused, or the two statements a row group); exact, and fewer cycles than the statement run on its own (O stored, moved back in
+    and out again)."""
+    from dataclasses import replace
+
+    from compiler.lower import lower
+    ck = check(name, "sim-gemmini-fp32", sizes, "analytical")
+    assert any("S1 on acc_add_row+acc_relu" in n and ("fused into S0" in n or "in a row group with S0" in n)
+               for n in ck.program.notes)  # (a row group: one block of the GEMM, then its epilogue, on chip)
+    ins = random_inputs(ck.kernel, ck.bound, 2)
+    fused = _simulated(ck, ck.program, ins)
+    plain = _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, replace(ck.schedule, fuse=False),
+                                 ck.candidates), ins)
+    assert fused.cycles < plain.cycles
+    out = ck.kernel.outputs[0].name
+    assert fused.link_bytes["acc->dram"] == 4 * np.prod(ck.bound.shapes[out]) < plain.link_bytes["acc->dram"]
+
 def test_a_bias_and_relu_run_on_a_convolutions_pitched_blocks():
     """sim-tpu's convolution computes its pixels at the input's pitch; the bias and ReLU run on
     those blocks as they are (the overlap columns too, never stored): one store of O, exact,
