@@ -57,6 +57,19 @@ class Epilogue:
         made = {self.tensor, *(n.output.tensor for n in self.nests)}
         return {t for t in made if t.startswith("_S") and t not in self.written}
 
+    def block_bytes(self) -> int:
+        """Bytes of the epilogue's own slots per block of the producer's output tile, in
+        ``memory``: two slots (one block being stored while the next is computed) of each
+        temporary and of each operand it loads (one per fused nest and operand)."""
+        keys = {}
+        for cn in self.nests:
+            for o in cn.operands:
+                if o.tensor is None or o.tensor == self.tensor:
+                    continue
+                on_chip = o.tensor in self.written or o.tensor.startswith("_S")
+                keys[o.tensor if on_chip else (o.tensor, o.name, cn.statement, cn.step_index)] = o.op.bytes
+        return 2 * sum(keys.values())
+
     @property
     def statements(self) -> list[int]:
         """The statements run on the producer's blocks (its own, where the rest of a sequence is)."""
@@ -187,6 +200,22 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     if on_pitch and written != [out.tensor]:
         return None  # a temporary to store from pitched blocks: no dense tile to store it by
     return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written)
+
+
+def reserves(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, tuple[str, int]]:
+    """Statement -> (memory, bytes per block of its output tile) its epilogue's slots take
+    beside its own, for the statements others fuse into (their tiling must leave that room: the
+    lowering runs the epilogue as a nest of its own where it does not)."""
+    out: dict[int, tuple[str, int]] = {}
+    done: set[int] = set()
+    for si, nests in enumerate(chosen):
+        if si in done or not nests:
+            continue
+        epi = plan(k, target, nests[-1], chosen[si + 1:])
+        if epi is not None:
+            done.update(epi.statements)
+            out[si] = (epi.memory, epi.block_bytes())
+    return out
 
 
 def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, int]:

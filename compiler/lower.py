@@ -246,15 +246,7 @@ class _NestLowering:
 
     def epilogue_bytes(self) -> int:
         """On-chip bytes the epilogue's own slots take (in the epilogue's memory)."""
-        tile_blocks = prod(self.ns.tile(a) for a in self.n.output.axes)
-        keys = {}
-        for cn in self.epi.nests:
-            for o in cn.operands:
-                if o.tensor is None or o.tensor == self.epi.tensor:
-                    continue
-                on_chip = o.tensor in self.epi.written or o.tensor.startswith("_S")
-                keys[o.tensor if on_chip else _loaded_key(cn, o)] = o.op.bytes  # as epilogue_buffer names them
-        return 2 * tile_blocks * sum(keys.values())
+        return prod(self.ns.tile(a) for a in self.n.output.axes) * self.epi.block_bytes()
 
     def epilogue_loads(self, step: Expr, extra_guards) -> list:
         """The epilogue's operands from main memory (a bias) for every block of the step's output

@@ -10,7 +10,7 @@ from ir.kernel import Kernel
 from ir.target import Target
 
 from compiler import rowgroup
-from compiler.epilogue import fused_statements
+from compiler.epilogue import fused_statements, reserves
 from compiler.nest import Nest
 
 from .base import NestSchedule, Schedule, register
@@ -28,8 +28,10 @@ def _tile_choices(n: int, full: bool) -> list[int]:
     return sorted(v for v in vals if 1 <= v <= n)
 
 
-def fitted(target: Target, nest: Nest, tiles: dict[str, int], order, split) -> NestSchedule | None:
-    """A schedule with these tiles and the deepest prefetch (up to the model's choice) that fits."""
+def fitted(target: Target, nest: Nest, tiles: dict[str, int], order, split,
+           reserve: tuple[str, int] | None = None) -> NestSchedule | None:
+    """A schedule with these tiles and the deepest prefetch (up to the model's choice) that fits
+    (with ``reserve``, `space.footprint`'s room for a fused epilogue, beside it)."""
     full = {a.name: 1 for a in nest.axes}
     full.update(tiles)
     ns = NestSchedule(nest.statement, nest.step_index, tuple(full.items()), tuple(order), split, 1)
@@ -40,13 +42,13 @@ def fitted(target: Target, nest: Nest, tiles: dict[str, int], order, split) -> N
         d = top
         while d >= 1:
             cand = replace(ns, prefetch=d, out_slots=out)
-            if fits(target, nest, cand) is None:
+            if fits(target, nest, cand, reserve) is None:
                 return cand
             d //= 2
         if pipeline(target, nest, ns).slots.get(nest.output.name, 1) <= 1:
             break  # the output holds one tile anyway
     single = replace(ns, prefetch=0)
-    return single if fits(target, nest, single) is None else None
+    return single if fits(target, nest, single, reserve) is None else None
 
 
 def nothing_fits(target: Target, nest: Nest):
@@ -123,18 +125,19 @@ def family(split, tiles: dict[str, int], red: list[str]) -> tuple:
 
 def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000,
               keep: list | None = None, prune: bool = True,
-              incumbent: float | None = None) -> tuple[NestSchedule, dict]:
+              incumbent: float | None = None, reserve: tuple[str, int] | None = None) -> tuple[NestSchedule, dict]:
     """The model's best schedule for one nest; ``keep`` collects (cycles, schedule) of the
     fitting ones that can matter (all of them with ``prune`` off).
 
     ``incumbent``: the modeled cycles of another mapping of the same statement, already
     found.  A tiling whose compute alone costs more cannot make this mapping the one chosen,
     so it is neither costed nor kept: the search then returns this mapping's true best only
-    where that beats the incumbent (a convolution's 24 mappings share one; 2-3x faster)."""
+    where that beats the incumbent (a convolution's 24 mappings share one; 2-3x faster).
+    ``reserve``: room a fused epilogue needs beside the nest (`space.footprint`)."""
     par_bound = [a for a in nest.axes if a.instr_var is not None and not a.reduction]
     splits = core_grids(target, nest)
     best = vendor_nest(target, nest)
-    best_cost = nest_cost(target, nest, best) if fits(target, nest, best) is None else None
+    best_cost = nest_cost(target, nest, best) if fits(target, nest, best, reserve) is None else None
     tunable = [a for a in nest.axes if a.instr_var is not None]
     taps = tap_axes(nest)
     rows = row_axes(nest)
@@ -174,7 +177,7 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
                     fam = family(split, tiles, red)
                     if floor > min(third, fam_best.get(fam, float("inf"))):
                         continue
-                ns = fitted(target, nest, tiles, order, split)
+                ns = fitted(target, nest, tiles, order, split, reserve)
                 if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)
@@ -211,9 +214,10 @@ class _Search:
     def __init__(self):
         self._kept: dict[int, list] = {}  # id(nest) -> every fitting schedule with its cost
 
-    def nest(self, target: Target, nest: Nest, incumbent: float | None = None):
+    def nest(self, target: Target, nest: Nest, incumbent: float | None = None,
+             reserve: tuple[str, int] | None = None):
         keep: list = []
-        out = best_nest(target, nest, self.full, keep=keep, incumbent=incumbent)
+        out = best_nest(target, nest, self.full, keep=keep, incumbent=incumbent, reserve=reserve)
         self._kept[id(nest)] = keep  # verify picks its finalists here
         return out
 
@@ -273,6 +277,17 @@ class _Search:
         completions = _completions(options, mappings, total)
         best_total = min([(total(mappings)[0], mappings)] + [(c, m) for _, m, c, _ in completions], key=lambda x: x[0])
         mappings = list(best_total[1])
+        # a producer's tiling must leave its fused epilogue room (the lowering otherwise runs the
+        # epilogue apart): where the one chosen alone does not, the producer is searched again
+        chosen_nests = [per_stmt[si][m].nests for si, m in enumerate(mappings)]
+        for si, reserve in reserves(kernel, target, chosen_nests).items():
+            cyc, scheds = options[si][mappings[si]]
+            n = chosen_nests[si][-1]
+            if fits(target, n, scheds[-1], reserve) is not None:
+                ns, cost = self.nest(target, n, reserve=reserve)
+                options[si][mappings[si]] = (cyc - nest_cost(target, n, scheds[-1])["cycles"] + cost["cycles"],
+                                             scheds[:-1] + [ns])
+                totals.clear()
         total_cycles, fused = total(mappings)
         chosen = [s for si, m in enumerate(mappings) for s in options[si][m][1]]
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),

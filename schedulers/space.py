@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 
 from ir.bind import Bound
 from ir.errors import IsamapError
@@ -133,9 +134,12 @@ def loads_up_front(target: Target, nest: Nest, ns: NestSchedule, loads_per_tile,
                for o in nest.inputs if o.op.memory != target.main and o.name not in held) <= target.window
 
 
-def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
-    """Bytes each memory needs for this schedule (per core), pipeline slots included."""
+def footprint(target: Target, nest: Nest, ns: NestSchedule, reserve: tuple[str, int] | None = None) -> dict[str, int]:
+    """Bytes each memory needs for this schedule (per core), pipeline slots included;
+    ``reserve``: (memory, bytes per block of the output tile) for a fused epilogue's slots."""
     use: dict[str, int] = {}
+    if reserve is not None:
+        use[reserve[0]] = reserve[1] * prod(ns.tile(a) for a in nest.output.axes)
     slots = pipeline(target, nest, ns).slots
     tile_of = ns.tile_of
     from .cost import moved_operands
@@ -149,8 +153,8 @@ def footprint(target: Target, nest: Nest, ns: NestSchedule) -> dict[str, int]:
     return use
 
 
-def fits(target: Target, nest: Nest, ns: NestSchedule) -> str | None:
-    for mem, need in footprint(target, nest, ns).items():
+def fits(target: Target, nest: Nest, ns: NestSchedule, reserve: tuple[str, int] | None = None) -> str | None:
+    for mem, need in footprint(target, nest, ns, reserve).items():
         cap = target.memory(mem).capacity
         if need > cap:
             return f"{mem} needs {need} bytes but holds {cap}"

@@ -103,7 +103,7 @@ def test_every_library_kernel_maps_on_nnp_and_has_reasons_elsewhere():
     gem = hw_models.load("sim-gemmini")
     for name in kernels.names():
         k = load(name)
-        if name.endswith("_i8"):  # int8 data on a bf16 chip: explained, not mapped; Gemmini's own
+        if "_i8" in name:  # int8 data on a bf16 chip: explained, not mapped; Gemmini's own
             why = unmappable(mappings_for_kernel(k, nnp), k)[0][1]
             assert why.startswith("dtype") and "int8 in hbm" in why, why
             assert unmappable(mappings_for_kernel(k, gem), k) == [], name
