@@ -37,7 +37,11 @@ LAYERS = [("conv2d", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
           ("pointwise_conv2d", dict(N=32, C=512, H=7, W=7, F=512)),
           # channels innermost: torch with channels_last activations and filters
           ("conv2d_nhwc", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
-          ("conv2d_nhwc", dict(N=16, C=256, H=16, W=16, F=256, R=3, S=3))]
+          ("conv2d_nhwc", dict(N=16, C=256, H=16, W=16, F=256, R=3, S=3)),
+          # layers: the bias and ReLU fused into the convolution, against torch's conv2d with
+          # its bias, then relu
+          ("conv2d_bias_relu", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
+          ("conv2d_nhwc_bias_relu", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3))]
 
 
 def plan_kind(p) -> str:
@@ -58,7 +62,7 @@ def main() -> int:
         return 1
     rows = [LAYERS[int(i)] for i in args.only.split(",")] if args.only else LAYERS
     target = hw_models.load("cpu")
-    print(f"{'kernel':17s} {'N x C x H x W -> F (R x S)':28s} {'ours ms':>9s} {'torch ms':>9s} {'ratio':>6s}  "
+    print(f"{'kernel':21s} {'N x C x H x W -> F (R x S)':28s} {'ours ms':>9s} {'torch ms':>9s} {'ratio':>6s}  "
           f"{'max diff':>8s}  plan")
     ratios = []
     for name, sizes in rows:
@@ -69,22 +73,25 @@ def main() -> int:
         nk = compile_cpu(k, b, target)
         xs = [ins[x.name] for x in k.inputs]
         ti, tw = torch.from_numpy(xs[0]), torch.from_numpy(xs[1])
-        nhwc = name.endswith("_nhwc")
+        tb = torch.from_numpy(xs[2]) if name.endswith("_bias_relu") else None
+        nhwc = "_nhwc" in name
         if nhwc:  # NHWC / RSCF as NCHW / FCRS views in channels_last memory (torch's NHWC)
             ti = ti.permute(0, 3, 1, 2)
             tw = tw.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
         if tw.dim() == 2:
             tw = tw[:, :, None, None]
-        want = torch.nn.functional.conv2d(ti, tw)
+        def theirs(ti=ti, tw=tw, tb=tb):
+            out = torch.nn.functional.conv2d(ti, tw, tb)
+            return out if tb is None else torch.relu(out)
+        want = theirs()
         want = (want.permute(0, 2, 3, 1) if nhwc else want).numpy()
         diff = float(np.max(np.abs(nk(ins)["O"] - want)))
-        med = _timed_sides({"ours": lambda: nk.run(xs), "torch": lambda: torch.nn.functional.conv2d(ti, tw)},
-                           repeats=args.repeats).medians()
+        med = _timed_sides({"ours": lambda: nk.run(xs), "torch": theirs}, repeats=args.repeats).medians()
         ratio = med["torch"] / med["ours"]
         ratios.append(ratio)
         shape = f"{sizes['N']}x{sizes['C']}x{sizes['H']}x{sizes['W']} -> {sizes['F']}" + \
             (f" ({sizes['R']}x{sizes['S']})" if "R" in sizes else "")
-        print(f"{name:17s} {shape:28s} {med['ours'] * 1e3:9.3f} {med['torch'] * 1e3:9.3f} {ratio:6.2f}  "
+        print(f"{name:21s} {shape:28s} {med['ours'] * 1e3:9.3f} {med['torch'] * 1e3:9.3f} {ratio:6.2f}  "
               f"{diff:8.1e}  {plan_kind(nk.plans[0])}", flush=True)
     print(f"geometric-mean ratio vs torch.conv2d {torch.__version__}: {float(np.exp(np.mean(np.log(ratios)))):.2f}")
     return 0
