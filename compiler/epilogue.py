@@ -29,7 +29,7 @@ The steps of one statement's instruction sequence fuse the same way, one nest at
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ir.expr import Var, accesses, reads_at
 from ir.kernel import Kernel
@@ -50,6 +50,9 @@ class Epilogue:
     hop: int  # the epilogue runs after this hop of the producer's output route
     memory: str
     written: list[str]  # the producer's tensor and the fused statements' outputs, each stored once
+    # (id(consumer nest), operand) loaded along pitched pixels: as the producer's output block is
+    # stored, rows at the input's pitch with the overlap left out (a residual beside a bias)
+    at_pitch: set = field(default_factory=set)
 
     @property
     def on_chip_temporaries(self) -> set[str]:
@@ -114,6 +117,7 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     written = [out.tensor]  # tensors the chain holds on chip, block by block
     loaded: set[str] = set()  # tensors the chain reads from main memory
     on_pitch = False  # whether a fused nest runs on pitched blocks
+    at_pitch: set[tuple[int, str]] = set()  # (id(nest), operand) loaded as blocks of the pitched output
     for nests in consumers:
         si = nests[0].statement
         c = k.stmts[si]
@@ -156,11 +160,20 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
             for o in n.operands:
                 if o.tensor is None:
                     continue
-                if pitched and (o.is_output and o.tensor != out.tensor and not o.tensor.startswith("_S")
-                                or not o.is_output and o.tensor not in written and o.tensor not in group_out
-                                and set(o.axes) & pitched):
-                    ok = False  # stored or loaded in the statement's own dense layout
+                if pitched and o.is_output and o.tensor != out.tensor and not o.tensor.startswith("_S"):
+                    ok = False  # stored in the statement's own dense layout
                     break
+                if pitched and not o.is_output and o.tensor not in written and o.tensor not in group_out \
+                        and set(o.axes) & pitched:
+                    # loaded along the pitched pixels: only as a block of the output's own shape,
+                    # orientation and variables (a residual X(n, f, h, w) read as O's block is
+                    # stored: rows at the pitch, the overlap columns left out)
+                    if tuple(o.op.shape) != tuple(held.shape) or o.window or \
+                            [m.get(x) if x else None for x in _operand_dims(n, o.name)] != prod_dims or \
+                            any(m.get(x) not in out.axes for x in o.axes):
+                        ok = False
+                        break
+                    at_pitch.add((id(n), o.name))
                 # on chip: what the chain (this group included) has computed, and every result;
                 # a temporary computed outside the chain cannot come from main memory in an epilogue
                 on_chip = o.is_output or o.tensor in written or o.tensor in group_out
@@ -199,7 +212,7 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     written = [w for w in written if not w.startswith("_S") or w in needed]
     if on_pitch and written != [out.tensor]:
         return None  # a temporary to store from pitched blocks: no dense tile to store it by
-    return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written)
+    return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written, at_pitch)
 
 
 def reserves(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, tuple[str, int]]:

@@ -13,12 +13,12 @@ it, on each block before it is stored (``compiler.epilogue``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil, prod
 
 from ir.bind import Bound
 from ir.errors import IsamapError
-from ir.expr import Binary, Const, Expr, Var, simplify
+from ir.expr import Access, Binary, Const, Expr, Var, simplify, transform
 from ir.kernel import Kernel
 from ir.loops import Barrier, Buffer, Exec, Imm, Loop, Move, Program, Scratch, Slot, Tile, TileDim
 from ir.target import Target
@@ -263,11 +263,17 @@ class _NestLowering:
             for o in cn.operands:
                 if o.is_output or o.tensor is None or o.tensor in e.written or o.tensor.startswith("_S"):
                     continue
-                helper = self.epi_helper(cn)
                 dst = Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), idx)
                 c = route_in(self.t, cn, o)[0]
-                moves.append(Move(c.name, helper.tile_ref(o, {a: blocks[m[a]] for a in o.axes}), dst, guards, False,
-                                  cn.statement))
+                if (id(cn), o.name) in e.at_pitch:  # the output's own block, read from o's tensor
+                    tile = self.tile_ref(out, blocks)
+                    names = {v: pv for a in cn.axes for v, pv in zip(a.vars, self.n.axis(m[a.name]).vars)}
+                    access = Access(o.tensor, tuple(transform(x, lambda y: Var(names[y.name]) if isinstance(y, Var)
+                                                              else None) for x in o.access.indices))
+                    tile = replace(tile, tensor=o.tensor, access=access)
+                else:
+                    tile = self.epi_helper(cn).tile_ref(o, {a: blocks[m[a]] for a in o.axes})
+                moves.append(Move(c.name, tile, dst, guards, False, cn.statement))
         body = tuple(moves)
         for a in reversed(out.axes):
             body = (Loop(inner[a].name, C(self.ns.tile(a)), body),)

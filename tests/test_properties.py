@@ -471,10 +471,14 @@ EPILOGUES = {
     "nhwc_bias_relu": ("def c2(float(N, H, W, C) I, float(R, S, C, F) K, float(F) B) -> (O) {\n"
                        "    O(n, h, w, f) +=! I(n, h + r, w + s, c) * K(r, s, c, f)\n"
                        "    O(n, h, w, f) = fmax(O(n, h, w, f) + B(f), 0)\n}\n", True),
-    # a residual read at the pixels: laid out densely, not at the input's pitch (never fused there)
+    # a residual read at the pixels: loaded as the output's block is stored (rows at the pitch)
     "nchw_residual": ("def c2(float(N, C, H, W) I, float(F, C, R, S) K, float(N, F, P, Q) X) -> (O) {\n"
                       "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n"
-                      "    O(n, f, h, w) = O(n, f, h, w) + X(n, f, h, w)\n}\n", False),
+                      "    O(n, f, h, w) = O(n, f, h, w) + X(n, f, h, w)\n}\n", True),
+    # a residual read transposed (w, h): no block of the output's layout, never fused there
+    "nchw_residual_t": ("def c2(float(N, C, H, W) I, float(F, C, R, S) K, float(N, F, Q, P) X) -> (O) {\n"
+                        "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n"
+                        "    O(n, f, h, w) = O(n, f, h, w) + X(n, f, w, h)\n}\n", False),
 }
 
 
@@ -484,8 +488,9 @@ EPILOGUES = {
 def test_epilogues_on_pitched_blocks_match_the_interpreter_under_any_schedule(kind, target, N, C, H, W, F, data):
     """A convolution computing its pixels at the input's pitch with an elementwise statement
     after it: a bias and ReLU run on the pitched blocks as they are (``epilogue.plan``; the
-    overlap columns they also compute are never stored), under any tiling of the convolution;
-    a residual, which would have to be loaded at the pitch, runs as its own nest."""
+    overlap columns they also compute are never stored), and a residual is loaded at the pitch,
+    as the output is stored (``Epilogue.at_pitch``), under any tiling of the convolution; a
+    residual read transposed runs as its own nest."""
     from dataclasses import replace
 
     from compiler.checking import compare
@@ -496,7 +501,7 @@ def test_epilogues_on_pitched_blocks_match_the_interpreter_under_any_schedule(ki
     R, S = data.draw(st.integers(1, H)), data.draw(st.integers(2, W))
     sizes = dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S)
     if "residual" in kind:
-        sizes.update(P=H - R + 1, Q=W - S + 1)
+        sizes.update(P=H - R + 1, Q=W - S + 1)  # (the transposed one reads X(n, f, w, h): Q x P)
     ck = compiler.build(compiler.parse(src).kernel(), target=target, sizes=sizes)
     t = ck.target_ir
     pitched = [(i, c) for i, c in enumerate(ck.candidates[0]) if c.nests[0].step.pitch()]

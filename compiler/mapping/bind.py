@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from math import prod
 
 from ir import printer
-from ir.expr import Access, Binary, Const, Expr, Var, accesses, linear, vars_of
+from ir.expr import Access, Binary, Const, Expr, Var, accesses, evaluate_int, linear, vars_of
 from ir.kernel import Kernel, Stmt
 from ir.target import Instruction, Target
 
@@ -36,10 +36,26 @@ class Ctx:
     target: Target
     extents: dict[str, int] | None  # kernel var -> extent (when sizes are known)
     pitch: bool = True  # pitched pairs may be offered (``_pitch``; off where the output cannot take one)
+    sizes: dict[str, int] | None = None  # the kernel's sizes, when known
 
     @property
     def vars(self) -> set[str]:
         return {r.var for r in self.stmt.domain}
+
+
+def _covers(ctx: Ctx, v: str, r, dim) -> bool:
+    """Whether variable ``v`` (range ``r`` in the statement) runs over the whole tensor
+    dimension ``dim``: the same bounds as written, or, with the sizes known, the same numbers
+    (a residual X(n, f, h, w) declared with sizes P, Q of its own beside O's H - R + 1)."""
+    if r.lo == dim.min and printer.expr(r.hi) == printer.expr(_plus(dim.min, dim.extent)):
+        return True
+    if ctx.sizes is None or ctx.extents is None or v not in ctx.extents:
+        return False
+    try:
+        return evaluate_int(dim.min, ctx.sizes) == evaluate_int(r.lo, ctx.sizes) and \
+            evaluate_int(dim.extent, ctx.sizes) == ctx.extents[v]
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 def _kernel_vars(e: Expr) -> list[str]:
@@ -292,8 +308,9 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
                     v = e.indices[d].name
                     r = ctx.stmt.range_of(v)
                     dim = ctx.kernel.dims(e.tensor)[d]
-                    if not (r.lo == dim.min and printer.expr(r.hi) == printer.expr(_plus(dim.min, dim.extent))):
-                        ok = False
+                    if _covers(ctx, v, r, dim):
+                        continue
+                    ok = False
             if not ok:
                 gather = f"fusing ({','.join(t)}) of {e.tensor} is not contiguous"
             else:
@@ -438,8 +455,6 @@ def _dtype_and_placement(ctx: Ctx, instr, opname, e: Access, is_out, gathered) -
 def extents(ctx: Ctx, instr: Instruction, ist: Stmt, f, transforms=()) -> tuple[tuple[str, str], ...]:
     if ctx.extents is None:
         return ()
-    from ir.expr import evaluate_int
-
     ext = {**ctx.extents, **pitch_of(transforms)}  # a pitched pair runs over the input's whole rows
     out = []
     for r in ist.domain:

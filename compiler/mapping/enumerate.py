@@ -19,7 +19,7 @@ def _ctx(k: Kernel, si: int, target: Target, bound: Bound | None) -> Ctx:
     ext = None
     if bound is not None:
         ext = {v: hi - lo for v, (lo, hi) in bound.domain(si).items()}
-    return Ctx(k, k.stmts[si], target, ext)
+    return Ctx(k, k.stmts[si], target, ext, sizes=dict(bound.sizes) if bound is not None else None)
 
 
 def _single(instr: Instruction) -> bool:
