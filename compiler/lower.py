@@ -212,7 +212,7 @@ class _NestLowering:
             if direction == "out" and self.epi is not None and j == self.epi.hop + 1:
                 # the epilogue on the block after hop ``epi.hop`` (-1: where the producer computed
                 # it), then every tensor the chain wrote takes the route's last hop, a store
-                ops, finals = self.epilogue_ops(blocks, guards, cur, stage_idx)
+                ops, finals = self.epilogue_ops(blocks, guards, cur, stage_idx, inner, step)
                 out += ops
                 out += [Move(route[-1].name, held, dst_tile if dst_tile is not None else tile, guards, False,
                              n.statement) for held, dst_tile in finals]
@@ -256,14 +256,15 @@ class _NestLowering:
         inner = {a: Var(f"{_ident(a)}_epi{self.tag}") for a in out.axes}
         blocks = {a: add(self.start(a, step), inner[a]) for a in out.axes}
         guards = tuple(extra_guards) + tuple((blocks[a], self.limit(a)) for a in out.axes)
-        idx = self.stage_index(out, inner, step)
         moves = []
         for cn in e.nests:
             m = e.axis_map[id(cn)]
             for o in cn.operands:
                 if o.is_output or o.tensor is None or o.tensor in e.written or o.tensor.startswith("_S"):
                     continue
-                dst = Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), idx)
+                dst = Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), self.epilogue_index(cn, o, inner, step))
+                # one copy per block it differs in (a bias by filter: not one per pixel block too)
+                once = tuple((inner[a], C(1)) for a in out.axes if a not in self.epilogue_axes(cn, o))
                 c = route_in(self.t, cn, o)[0]
                 if (id(cn), o.name) in e.at_pitch:  # the output's own block, read from o's tensor
                     tile = self.tile_ref(out, blocks)
@@ -273,11 +274,25 @@ class _NestLowering:
                     tile = replace(tile, tensor=o.tensor, access=access)
                 else:
                     tile = self.epi_helper(cn).tile_ref(o, {a: blocks[m[a]] for a in o.axes})
-                moves.append(Move(c.name, tile, dst, guards, False, cn.statement))
+                moves.append(Move(c.name, tile, dst, guards + once, False, cn.statement))
         body = tuple(moves)
         for a in reversed(out.axes):
             body = (Loop(inner[a].name, C(self.ns.tile(a)), body),)
         return list(body) if moves else []
+
+    def epilogue_axes(self, cn: Nest, o) -> set[str]:
+        """The producer's output axes an operand the epilogue loads depends on."""
+        if (id(cn), o.name) in self.epi.at_pitch:
+            return set(self.n.output.axes)
+        m = self.epi.axis_map[id(cn)]
+        return {m[a] for a in o.axes}
+
+    def epilogue_index(self, cn: Nest, o, inner: dict[str, Expr], step: Expr) -> Expr:
+        """The slot of a loaded operand's block for the output block at ``inner``: the slot of
+        the tile's first output block with the same blocks along the axes it depends on."""
+        dep = self.epilogue_axes(cn, o)
+        out = self.n.output
+        return self.stage_index(out, {a: (inner[a] if a in dep else C(0)) for a in out.axes}, step)
 
     def epi_helper(self, cn: Nest) -> "_NestLowering":
         """A lowering of a fused nest with unit tiles: for the tile references of its operands."""
@@ -288,7 +303,8 @@ class _NestLowering:
             helper = self.epi_helpers[id(cn)] = _NestLowering(self.t, cn, ones, f"{self.tag}e")
         return helper
 
-    def epilogue_ops(self, blocks: dict[str, Expr], guards, slot: Slot, idx: Expr) -> tuple[list, list]:
+    def epilogue_ops(self, blocks: dict[str, Expr], guards, slot: Slot, idx: Expr, inner: dict[str, Expr],
+                     step: Expr) -> tuple[list, list]:
         """The fused statements' instructions on one output block held in ``slot``; returns them
         and, per tensor the chain writes, the slot holding its block and where it is stored
         (None: the producer's own tile)."""
@@ -311,7 +327,8 @@ class _NestLowering:
                 elif o.tensor in cur:
                     operands.append((o.name, cur[o.tensor]))
                 else:  # from main memory: loaded at the start of the step (epilogue_loads)
-                    operands.append((o.name, Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), idx)))
+                    operands.append((o.name, Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op),
+                                                  self.epilogue_index(cn, o, inner, step))))
             ops.append(Exec(cn.instr.name, tuple(operands), guards, None, (), cn.statement))
             cur[result[0]] = result[1]
         return ops, [(cur[x], tiles[x]) for x in e.written]

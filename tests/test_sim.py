@@ -1103,6 +1103,34 @@ def test_a_residual_is_loaded_at_the_convolutions_pitch():
     timing = simulate(t, ck.program, ck.kernel, ck.bound, arrays, functional=False)
     assert (timing.cycles, timing.link_bytes) == (res.cycles, res.link_bytes)
 
+
+def test_an_epilogue_loads_each_bias_block_once_per_tile():
+    """A bias by filter is loaded once for the output blocks of a tile that differ only in
+    other axes (three rows of pixels: one copy, not three), and each block reads that slot."""
+    from dataclasses import replace
+
+    from compiler.backends.sim.simulate import simulate
+    from compiler.lower import lower
+    from schedulers.space import fits
+    ck = compiler.build(kernels.path("conv2d_bias_relu"), target="sim-nnp",
+                        sizes=dict(N=2, C=16, H=9, W=12, F=40, R=3, S=3))
+    cand = ck.candidates[0][ck.schedule.mappings[0]]
+    ns = ck.schedule.nests[0]
+    assert "h" in cand.nests[0].output.axes and cand.nests[0].axis("h").instr_var is None
+    ns = replace(ns, tiles=tuple((a, 3 if a == "h" else 1) for a, _ in ns.tiles), split=(), prefetch=1)
+    assert fits(ck.target_ir, cand.nests[0], ns) is None
+    sched = replace(ck.schedule, nests=(ns,) + ck.schedule.nests[1:])
+    program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
+    assert any("fused into S0" in n for n in program.notes)
+    ins = random_inputs(ck.kernel, ck.bound, 3)
+    _simulated(ck, program, ins)
+    _, arrays = ir.interp.prepare_inputs(ck.kernel, ins, ck.sizes)
+    listing = simulate(ck.target_ir, program, ck.kernel, ck.bound, arrays, listing=True).listing
+    stores = sum(1 for x in listing if "st_f32" in x and "dst=hbm:O" in x)
+    bias = sum(1 for x in listing if "src=hbm:Bias" in x)
+    # (n, f blocks) x 7 rows, stored a block each; the bias once a tile of 3 rows (3 + 3 + 1)
+    assert stores == 2 * 2 * 7 and bias == 2 * 2 * 3
+
 def test_a_producer_takes_the_mapping_its_epilogue_fuses_onto():
     """At 1x1 every convolution mapping costs the same alone, and the first (O written
     transposed, w x f) is one no epilogue mapping reads; one pass over the statements as they
