@@ -215,11 +215,9 @@ def plan(k: Kernel, target: Target, producer: Nest, consumers: list[list[Nest]])
     return Epilogue(out.tensor, fused, amap, len(route) - 2, held.memory, written, at_pitch)
 
 
-def reserves(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, tuple[str, int]]:
-    """Statement -> (memory, bytes per block of its output tile) its epilogue's slots take
-    beside its own, for the statements others fuse into (their tiling must leave that room: the
-    lowering runs the epilogue as a nest of its own where it does not)."""
-    out: dict[int, tuple[str, int]] = {}
+def _plans(k: Kernel, target: Target, chosen: list[list[Nest]]):
+    """(producer statement, its Epilogue) for each statement others fuse into, given each
+    statement's nests: a statement fused into an earlier one produces for none."""
     done: set[int] = set()
     for si, nests in enumerate(chosen):
         if si in done or not nests:
@@ -227,17 +225,17 @@ def reserves(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, t
         epi = plan(k, target, nests[-1], chosen[si + 1:])
         if epi is not None:
             done.update(epi.statements)
-            out[si] = (epi.memory, epi.block_bytes())
-    return out
+            yield si, epi
+
+
+def reserves(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, tuple[str, int]]:
+    """Statement -> (memory, bytes per block of its output tile) its epilogue's slots take
+    beside its own, for the statements others fuse into (their tiling must leave that room: the
+    lowering runs the epilogue as a nest of its own where it does not)."""
+    return {si: (epi.memory, epi.block_bytes()) for si, epi in _plans(k, target, chosen)}
 
 
 def fused_statements(k: Kernel, target: Target, chosen: list[list[Nest]]) -> dict[int, int]:
     """Statement -> the producer it runs inside, given each statement's nests (the lowering
-    also checks that the epilogue's slots fit; the cost models assume they do)."""
-    out: dict[int, int] = {}
-    for si, nests in enumerate(chosen):
-        if si in out or not nests:
-            continue
-        epi = plan(k, target, nests[-1], chosen[si + 1:])
-        out.update({sj: si for sj in (epi.statements if epi else ())})
-    return out
+    also checks that the epilogue's slots fit; the search leaves them room, `reserves`)."""
+    return {sj: si for si, epi in _plans(k, target, chosen) for sj in epi.statements}

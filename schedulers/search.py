@@ -376,10 +376,11 @@ class _Search:
 
 def _completions(options, mappings: list[int], total) -> list[tuple[int, tuple[int, ...], float, dict]]:
     """For each statement and each of its mappings: (statement, the whole kernel's mappings with
-    that one, its kernel cycles, the statements fused and where), the statements after it each taking in turn the mapping that
-    makes the kernel cheapest.  A producer's mapping that only pays off with its consumer's
-    matching layout (a convolution whose filter x pixel blocks the bias and ReLU fuse into)
-    is weighed with that layout, which one pass over the statements as they are may never try."""
+    that one, its kernel cycles, the statements fused and where), the statements after it each
+    taking in turn the mapping that makes the kernel cheapest.  A producer's mapping that only
+    pays off with its consumer's matching layout (a convolution whose filter x pixel blocks the
+    bias and ReLU fuse into) is weighed with that layout, which one pass over the statements as
+    they are may never try."""
     if len(options) < 2:
         return []
     out = []
