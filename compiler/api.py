@@ -292,7 +292,9 @@ def native_schedule(native) -> str:
                            f"vectorises the innermost ones)")
             continue
         if si in fused:
-            when = ("on each column range once the threads' partial sums are added" if plans[fused[si]].blocking.split_k
+            pf = plans[fused[si]]
+            when = ("on each column range once the threads' partial sums are added" if pf.blocking.split_k
+                    else "on each output row's part as the padded C is compacted" if pf.scratch_c
                     else "on each output tile as soon as its last K block is stored")
             out.append(f"S{si}: {k.stmts[si].tensor} fused into S{fused[si]}: run {when}")
             continue

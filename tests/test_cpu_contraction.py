@@ -393,11 +393,12 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
             assert ok, (M, N, K, threads, per)
 
 
-def _conv(sizes, threads=1, blocking=None, fold=True):
-    """conv2d at ``sizes``, checked against the interpreter; ``fold=False``: the filter taps as
-    passes over C rather than folded into K (``plan._fold_taps``), the path other layouts take."""
+def _conv(sizes, threads=1, blocking=None, fold=True, kernel="conv2d"):
+    """conv2d (or ``kernel``: a library name or TC source) at ``sizes``, checked against the
+    interpreter; ``fold=False``: the filter taps as passes over C rather than folded into K
+    (``plan._fold_taps``), the path other layouts take."""
     from compiler.backends.llvm import plan
-    k = compiler.parse(kernels.path("conv2d")).kernel()
+    k = compiler.parse(kernels.path(kernel) if kernel in kernels.names() else kernel).kernel()
     b = bind(k, sizes)
     with pytest.MonkeyPatch.context() as mp:
         if not fold:
@@ -577,6 +578,47 @@ def test_padded_convolutions_with_any_blocking_and_thread_split_are_correct(N, C
     R, S = min(R, H), min(S, W)
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
     _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold)
+
+
+CONV_RESIDUAL = """def conv_residual(float(N, C, H, W) I, float(F, C, R, S) Wt, float(N, F, P, Q) X) -> (O) {
+    O(n, f, h, w) +=! I(n, c, h + r, w + s) * Wt(f, c, r, s)
+    O(n, f, h, w) = fmax(O(n, f, h, w) + X(n, f, h, w), 0)
+}
+"""
+BATCHED_RELU = """def bmm_relu(float(Q, M, K) A, float(Q, K, N) B) -> (C) {
+    C(q, m, n) +=! A(q, m, k) * B(q, k, n)
+    C(q, m, n) = fmax(C(q, m, n), 0)
+}
+"""
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["conv2d_bias_relu", "residual", "batched"]), N=st.integers(1, 3), C=st.integers(1, 20),
+       H=st.integers(2, 12), W=st.integers(2, 40), F=st.integers(1, 30), R=st.integers(1, 4), S=st.integers(1, 4),
+       threads=st.integers(1, 3), mr=st.integers(1, 14), nv=st.integers(1, 4), kc=st.integers(1, 20),
+       mcs=st.integers(1, 3), ncs=st.integers(1, 5), pack_a=st.booleans(), pack_b=st.booleans())
+def test_epilogues_of_batched_and_padded_plans_under_any_blocking(kind, N, C, H, W, F, R, S, threads, mr, nv, kc,
+                                                                  mcs, ncs, pack_a, pack_b):
+    """A layer's bias and ReLU (or a residual) fused into a convolution with batch loops: on a
+    padded plan, run on each output row's part as the scratch C is compacted (any column block,
+    ending inside a row or its overlap); on a batched GEMM, on each tile with the batch
+    variables passed; any tiles, packings and thread split."""
+    R, S = min(R, H), min(S, W)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
+    if kind == "batched":
+        k = compiler.parse(BATCHED_RELU).kernel()
+        b = bind(k, dict(Q=N, M=F, K=C, N=W))
+        nk = compile_cpu(k, b, CPU, threads=threads, blocking=bl)
+        ins = random_inputs(k, b, seed=kc)
+        ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+        assert ok, per
+    else:
+        sizes = dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S)
+        if kind == "residual":
+            sizes.update(P=H - R + 1, Q=W - S + 1)
+        nk = _conv(sizes, threads, bl, kernel=CONV_RESIDUAL if kind == "residual" else kind)
+    [p] = nk.plans
+    assert p.epilogue == (1,) or p.merged or p.im2col, p.describe()  # (plans that run it apart)
 
 
 @settings(max_examples=20, deadline=None)

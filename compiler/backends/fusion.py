@@ -13,11 +13,9 @@ def epilogue(k: Kernel, b: Bound, p) -> list[int]:
     contraction's output domain, indexed like its output, that read the contraction's result
     and each other's results only at the element they write (so a tile needs nothing from
     other tiles), and that the scalar path would otherwise run as separate passes."""
-    if p.batch:
-        return []
     s0 = k.stmts[p.stmt]
     out_idx = tuple(s0.indices)
-    dom0 = {v: p.dom[v] for v in out_idx}
+    dom0 = {v: b.domain(p.stmt)[v] for v in out_idx}
     written = {p.c}
     read_elsewhere: set[str] = set()  # tensors the group reads away from the element it writes
     group: list[int] = []

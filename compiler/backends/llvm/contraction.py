@@ -74,6 +74,7 @@ class _Emit:
         self.pre = f"s{p.stmt}"
         self.micros: dict[tuple, L.Function] = {}
         self.epilogue = None
+        self.epi_args: list = []  # the batch variables' values, passed to the epilogue after the tile
 
     # ---- helpers
     def func(self, name: str, args, internal: bool = True):
@@ -162,9 +163,10 @@ class _Emit:
     def finish_tile(self, pc, kc, khi: int, m0, mv, n0, nv, whole=None):
         """After the last K block of a tile: its fused epilogue, while the tile is in L1 (not
         where ``whole`` is false: a part of a split K, whose epilogue runs after the sums)."""
-        if self.epilogue is None:
+        if self.epilogue is None or self.p.scratch_c:  # (a scratch C's: after its compaction)
             return
-        self.if_(self.last_block(pc, kc, khi, whole), lambda: self.bld.call(self.epilogue, [self.bufs, m0, mv, n0, nv]))
+        self.if_(self.last_block(pc, kc, khi, whole),
+                 lambda: self.bld.call(self.epilogue, [self.bufs, m0, mv, n0, nv, *self.epi_args]))
 
     def last_block(self, pc, kc, khi: int, whole=None):
         """Whether the K block at pc (kc long) is the last one, and (``whole``) the part holds all of K."""
@@ -193,6 +195,35 @@ class _Emit:
             for n in base:
                 base[n] = b.add(base[n], b.mul(idx, _c(p.strides[n][v])))
         return tuple(self.at(self.ptr[n], base[n]) for n in (p.a, p.b, p.c))
+
+    def batch_values(self, q) -> list:
+        """The batch variables' values (i64) at flattened batch index q, in ``p.batch`` order."""
+        p, b = self.p, self.bld
+        loops = p.batch + p.taps
+        ext = [p.extent(v) for v in loops]
+        out, rest = [], q
+        for d, v in enumerate(loops):
+            inner = prod(ext[d + 1:])
+            if v in p.batch:
+                out.append(b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0])))
+            rest = b.srem(rest, _c(inner))
+        return out
+
+    def padded_epilogue(self, m_lo, m_hi, n_lo, n_hi):
+        """The fused epilogue on what a padded plan's compaction just wrote: scratch columns
+        [n_lo, n_hi) are parts of output rows h (W apart in the scratch), each row's part one
+        call over its columns w, with h and the batch variables after the tile's bounds."""
+        p, b = self.p, self.bld
+        h, _, period, _, wo, _ = p.pad
+        h0 = p.dom[h][0] if h in p.dom else 0
+
+        def run(q):
+            start = b.mul(q, _c(period))
+            lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
+            hi = self.min(_c(wo), b.sub(n_hi, start))
+            self.if_(b.icmp_signed("<", lo, hi), lambda: b.call(
+                self.epilogue, [self.bufs, m_lo, b.sub(m_hi, m_lo), lo, b.sub(hi, lo), b.add(q, _c(h0)), *self.epi_args]))
+        self.loop(b.sdiv(n_lo, _c(period)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(period)), _c(1)), 1, run, "eq")
 
     # ---- packing
     def pad_panel(self, dst, start, rows, width: int, filled):
@@ -565,6 +596,8 @@ class _Emit:
         def columns(q, jc):
             """Columns [jc, jc + NC) of batch iteration q (a tap of a batch, with taps), every K block."""
             A, B, C = self.operands(q)
+            if self.epilogue is not None:
+                self.epi_args = self.batch_values(q)
             if p.scratch_c:  # tiles go to the scratch C, compacted into the batch's C after its last tap
                 C = cpad
             nc = self.min(_c(bl.nc), b.sub(n_hi, jc))
@@ -648,7 +681,11 @@ class _Emit:
             def group(q0):
                 def jblock(jc):
                     self.loop(0, ntaps, 1, lambda t: columns(b.add(q0, t), jc), "t")
-                    b.call(compact, [self.operands(q0)[2], cpad, m_lo, m_hi, jc, self.min(b.add(jc, _c(bl.nc)), n_hi)])
+                    jend = self.min(b.add(jc, _c(bl.nc)), n_hi)
+                    b.call(compact, [self.operands(q0)[2], cpad, m_lo, m_hi, jc, jend])
+                    if self.epilogue is not None:
+                        self.epi_args = self.batch_values(q0)
+                        self.padded_epilogue(m_lo, m_hi, jc, jend)
                 self.loop(n_lo, n_hi, bl.nc, jblock, "jc")
             self.loop(q_lo, q_hi, ntaps, group, "q")
         else:
@@ -748,7 +785,7 @@ class _Emit:
                         ptr = self.at(ci, v * bl.vl)
                         self.vstore(b.fadd(acc[i][v], self.vload(ptr)) if add else acc[i][v], ptr)
                 if epilogue:
-                    b.call(self.epilogue, [self.bufs, m0, _c(bl.mr), n0, _c(bl.nr)])
+                    b.call(self.epilogue, [self.bufs, m0, _c(bl.mr), n0, _c(bl.nr), *self.epi_args])
             return lambda: self.loop(0, cols, bl.nr, tile, "js")
 
         # the loop-invariant choices made outside the loop (LLVM kept them in it, with the
@@ -943,6 +980,8 @@ class _EmitDot(_Emit):
         def batch(q):
             A, B, C = self.operands(q)
             C = self.at(C, b.mul(n_lo, _c(cns)))
+            if self.epilogue is not None:
+                self.epi_args = self.batch_values(q)
 
             def kblock(pc):
                 kc = self.min(_c(bl.kc), b.sub(_c(khi), pc))
@@ -968,8 +1007,9 @@ class _EmitDot(_Emit):
 
 
 def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int], epilogue=None) -> int:
-    """Add the contraction's functions to ``mod`` (``epilogue``: a ``void(i8**, m0, mv, n0, nv)``
-    function run on every output tile once its last K block is stored), with ``s{i}_reduce``
+    """Add the contraction's functions to ``mod`` (``epilogue``: a ``void(i8**, m0, mv, n0, nv,
+    batch variables...)`` function run on every output tile once its last K block is stored; on
+    a padded plan, on each output row's part as it is compacted, h before the batch variables), with ``s{i}_reduce``
     where K splits across threads; returns the per-thread workspace in floats."""
     e = _EmitDot(mod, p) if p.form == "dot" else _Emit(mod, p)
     e.epilogue, e.ptrs_of = epilogue, ptrs_of

@@ -485,9 +485,11 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             plans[si] = p.with_blocking(**changes) if changes else p
 
     # no epilogue where C is whole only after the last tap, or where the vector runs over several
-    # of the kernel's variables (the epilogue's tile function loops over the kernel's own)
-    fused = {si: epilogue(k, b, p) if not p.taps and not (p.pad or p.merged or p.im2col) else []
-             for si, p in plans.items()}
+    # of the kernel's variables (the epilogue's tile function loops over the kernel's own; a
+    # padded plan's pixels are rows h of columns w, and it runs there after the compaction), or
+    # where a split K's sums run it apart from the batch loops
+    fused = {si: epilogue(k, b, p) if not p.taps and not (p.merged or p.im2col)
+             and not (p.batch and p.blocking.split_k) else [] for si, p in plans.items()}
     skip = {j for js in fused.values() for j in js}
     plans = {si: (replace(p, epilogue=tuple(fused[si])) if fused[si] else p) for si, p in plans.items()}
 
@@ -512,7 +514,10 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
                 continue
             if not covers_output(p, b, p.out_dom):  # otherwise its first K block stores without reading
                 g.init_function(si)
-            epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), p.row, p.vec) if p.epilogue else None
+            epi = None
+            if p.epilogue:
+                vec, extra = (p.pad[1], (p.pad[0], *p.batch)) if p.pad else (p.vec, p.batch)
+                epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), p.row, vec, extra)
             ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)}, epi)
             g.functions.append((f"s{si}", si, p, (0, ws)))
             if p.blocking.split_k:

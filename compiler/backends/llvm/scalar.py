@@ -550,19 +550,22 @@ class _Gen:
             over(lhs, round_once)
         return outer
 
-    def tile_function(self, name: str, stmts: list[int], row: str, vec: str):
-        """``void name(i8** bufs, i64 m0, i64 mv, i64 n0, i64 nv)``: the elementwise statements
-        ``stmts`` over one output tile (row in [m0, m0+mv), vec in [n0, n0+nv)), element by
+    def tile_function(self, name: str, stmts: list[int], row: str, vec: str, extra: tuple[str, ...] = ()):
+        """``void name(i8** bufs, i64 m0, i64 mv, i64 n0, i64 nv, i64 extra...)``: the elementwise
+        statements ``stmts`` over one output tile (row in [m0, m0+mv), vec in [n0, n0+nv), the
+        ``extra`` variables - a contraction's batch loops - at the values given), element by
         element in order - a contraction's fused epilogue, run on the tile it just stored."""
         i8pp = L.PointerType(L.IntType(8)).as_pointer()
-        self.fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [i8pp] + [I64] * 4), name=name)
+        self.fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [i8pp] + [I64] * (4 + len(extra))), name=name)
         self.fn.linkage = "internal"
         self.bld = L.IRBuilder(self.fn.append_basic_block("entry"))
         self.ptr = {}
         for i, n in enumerate(self.names):
             raw = self.bld.load(self.bld.gep(self.fn.args[0], [L.Constant(L.IntType(32), i)]))
             self.ptr[n] = self.bld.bitcast(raw, storage_type(self.k.tensor(n).dtype).as_pointer(), name=n)
-        m0, mv, n0, nv = (self.bld.trunc(a, L.IntType(32)) for a in self.fn.args[1:])
+        m0, mv, n0, nv = (self.bld.trunc(a, L.IntType(32)) for a in self.fn.args[1:5])
+        for x, a in zip(extra, self.fn.args[5:]):
+            self.vars[x] = self.bld.trunc(a, L.IntType(32))
 
         def body():
             for si in stmts:
