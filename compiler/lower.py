@@ -266,12 +266,8 @@ class _NestLowering:
                 # one copy per block it differs in (a bias by filter: not one per pixel block too)
                 once = tuple((inner[a], C(1)) for a in out.axes if a not in self.epilogue_axes(cn, o))
                 c = route_in(self.t, cn, o)[0]
-                if (id(cn), o.name) in e.at_pitch:  # the output's own block, read from o's tensor
-                    tile = self.tile_ref(out, blocks)
-                    names = {v: pv for a in cn.axes for v, pv in zip(a.vars, self.n.axis(m[a.name]).vars)}
-                    access = Access(o.tensor, tuple(transform(x, lambda y: Var(names[y.name]) if isinstance(y, Var)
-                                                              else None) for x in o.access.indices))
-                    tile = replace(tile, tensor=o.tensor, access=access)
+                if (id(cn), o.name) in e.at_pitch:
+                    tile = self.as_output_block(cn, o, blocks)
                 else:
                     tile = self.epi_helper(cn).tile_ref(o, {a: blocks[m[a]] for a in o.axes})
                 moves.append(Move(c.name, tile, dst, guards + once, False, cn.statement))
@@ -279,6 +275,16 @@ class _NestLowering:
         for a in reversed(out.axes):
             body = (Loop(inner[a].name, C(self.ns.tile(a)), body),)
         return list(body) if moves else []
+
+    def as_output_block(self, cn: Nest, o, blocks: dict[str, Expr]) -> Tile:
+        """The block of ``o``'s tensor at the producer's output block, addressed as that block is
+        stored (pixels at the input's pitch, the overlap left out): ``o`` read in the fused
+        nest's variables, renamed to the producer's."""
+        m = self.epi.axis_map[id(cn)]
+        names = {v: pv for a in cn.axes for v, pv in zip(a.vars, self.n.axis(m[a.name]).vars)}
+        access = Access(o.tensor, tuple(transform(x, lambda y: Var(names[y.name]) if isinstance(y, Var) else None)
+                                        for x in o.access.indices))
+        return replace(self.tile_ref(self.n.output, blocks), tensor=o.tensor, access=access)
 
     def epilogue_axes(self, cn: Nest, o) -> set[str]:
         """The producer's output axes an operand the epilogue loads depends on."""
