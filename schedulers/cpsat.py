@@ -19,6 +19,7 @@ from compiler.nest import Nest
 from .base import NestSchedule, register
 from .cost import nest_cost
 from .search import _Search, core_grids, fitted
+from .space import fits
 from .vendor import default_order, vendor_nest
 
 MAX_SOLUTIONS = 4000
@@ -66,9 +67,13 @@ def _feasible_tilings(target: Target, nest: Nest, caps: dict[str, int], tunable:
     return cb.sols
 
 
-def cpsat_nest(target: Target, nest: Nest) -> tuple[NestSchedule, dict]:
+def cpsat_nest(target: Target, nest: Nest, reserve: tuple[str, int] | None = None) -> tuple[NestSchedule, dict]:
+    """The cheapest of the tilings the solver finds feasible; with ``reserve`` (a fused
+    epilogue's room, `space.footprint`), only those that leave it (the library schedule where
+    none does)."""
     best = vendor_nest(target, nest)
     best_cost = nest_cost(target, nest, best)
+    roomy = reserve is None or fits(target, nest, best, reserve) is None
     tunable = [a.name for a in nest.axes if a.instr_var is not None]
     splits = core_grids(target, nest)
     perms = list(itertools.permutations([a.name for a in nest.axes
@@ -79,12 +84,12 @@ def cpsat_nest(target: Target, nest: Nest) -> tuple[NestSchedule, dict]:
         for perm in perms:
             order = default_order(nest, list(perm))
             for sol in sols:
-                ns = fitted(target, nest, sol, order, split)
+                ns = fitted(target, nest, sol, order, split, reserve)
                 if ns is None:
                     continue
                 c = nest_cost(target, nest, ns)
-                if c["cycles"] < best_cost["cycles"]:
-                    best, best_cost = ns, c
+                if c["cycles"] < best_cost["cycles"] or not roomy:
+                    best, best_cost, roomy = ns, c, True
     return best, best_cost
 
 
@@ -92,5 +97,5 @@ def cpsat_nest(target: Target, nest: Nest) -> tuple[NestSchedule, dict]:
 class CpSat(_Search):
     name = "cpsat"
 
-    def nest(self, target, nest, incumbent=None):
-        return cpsat_nest(target, nest)  # the solver proves its own optimum; no bound is needed
+    def nest(self, target, nest, incumbent=None, reserve=None):
+        return cpsat_nest(target, nest, reserve)  # the solver proves its own optimum; no bound is needed

@@ -1053,6 +1053,10 @@ def test_a_producers_tiling_leaves_its_epilogue_room(monkeypatch, tmp_path):
     (mem, per_block), = reserves(ck.kernel, ck.target_ir, chosen).values()
     assert mem == "acc" and per_block == 2 * (16 * 16 * 4 + 16 * 4)  # a temporary block and a bias row
     assert fits(ck.target_ir, chosen[0][0], ck.schedule.nests[0], (mem, per_block)) is None
+    # the cpsat strategy searches the producer again with the same room (a TypeError before)
+    from schedulers.cpsat import CpSat
+    ns, cost = CpSat().nest(ck.target_ir, chosen[0][0], reserve=(mem, per_block))
+    assert fits(ck.target_ir, chosen[0][0], ns, (mem, per_block)) is None and cost["cycles"] > 0
     monkeypatch.setattr(schedulers.search, "reserves", lambda *a: {})
     monkeypatch.setenv("ISAMAP_CACHE", str(tmp_path / "apart"))  # not the schedule just kept
     apart = compiler.build(kernels.path("conv2d_nhwc_i8_bias_relu"), target="sim-gemmini", sizes=sizes)
