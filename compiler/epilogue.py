@@ -70,13 +70,19 @@ class Epilogue:
                 if o.tensor is None or o.tensor == self.tensor:
                     continue
                 on_chip = o.tensor in self.written or o.tensor.startswith("_S")
-                keys[o.tensor if on_chip else (o.tensor, o.name, cn.statement, cn.step_index)] = o.op.bytes
+                keys[o.tensor if on_chip else loaded_key(cn, o)] = o.op.bytes  # as the lowering names them
         return 2 * sum(keys.values())
 
     @property
     def statements(self) -> list[int]:
         """The statements run on the producer's blocks (its own, where the rest of a sequence is)."""
         return sorted({n.statement for n in self.nests})
+
+
+def loaded_key(cn: Nest, o) -> str:
+    """The epilogue slots of an operand it loads from main memory: one set per fused nest and
+    operand (two steps reading T1(m, k) and T1(m + 1, k + 1) shared one and read the wrong block)."""
+    return f"{o.tensor}.{o.name}.{cn.statement}_{cn.step_index}"
 
 
 def _operand_dims(nest: Nest, opname: str) -> list[str | None]:

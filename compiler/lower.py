@@ -27,7 +27,7 @@ from schedulers.base import NestSchedule, Schedule
 from schedulers.space import Candidate, fits, footprint, loads_up_front, pipeline
 
 from . import rowgroup
-from .epilogue import Epilogue, plan
+from .epilogue import Epilogue, loaded_key, plan
 from .mapping.bind import instr_accesses
 from .nest import Nest, window_extent
 from .routes import multicast_variant, route_in, route_load_output, route_out
@@ -262,7 +262,7 @@ class _NestLowering:
             for o in cn.operands:
                 if o.is_output or o.tensor is None or o.tensor in e.written or o.tensor.startswith("_S"):
                     continue
-                dst = Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op), self.epilogue_index(cn, o, inner, step))
+                dst = Slot(self.epilogue_buffer(loaded_key(cn, o), o.op), self.epilogue_index(cn, o, inner, step))
                 # one copy per block it differs in (a bias by filter: not one per pixel block too)
                 once = tuple((inner[a], C(1)) for a in out.axes if a not in self.epilogue_axes(cn, o))
                 c = route_in(self.t, cn, o)[0]
@@ -333,7 +333,7 @@ class _NestLowering:
                 elif o.tensor in cur:
                     operands.append((o.name, cur[o.tensor]))
                 else:  # from main memory: loaded at the start of the step (epilogue_loads)
-                    operands.append((o.name, Slot(self.epilogue_buffer(_loaded_key(cn, o), o.op),
+                    operands.append((o.name, Slot(self.epilogue_buffer(loaded_key(cn, o), o.op),
                                                   self.epilogue_index(cn, o, inner, step))))
             ops.append(Exec(cn.instr.name, tuple(operands), guards, None, (), cn.statement))
             cur[result[0]] = result[1]
@@ -530,12 +530,6 @@ class _NestLowering:
         for a in reversed(order):
             body = (Loop(inner[a].name, C(ns.tile(a)), body),)
         return before + list(body)
-
-
-def _loaded_key(cn: Nest, o) -> str:
-    """The epilogue slots of an operand it loads from main memory: one set per fused nest and
-    operand (two steps reading T1(m, k) and T1(m + 1, k + 1) shared one and read the wrong block)."""
-    return f"{o.tensor}.{o.name}.{cn.statement}_{cn.step_index}"
 
 
 def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list, resident) -> _NestLowering | None:

@@ -289,9 +289,8 @@ class _Search:
                                              scheds[:-1] + [ns])
                 totals.clear()
         total_cycles, fused = total(mappings)
-        chosen = [s for si, m in enumerate(mappings) for s in options[si][m][1]]
         sched = Schedule(kernel.name, target.name, tuple(bound.sizes.items()), self.name, tuple(mappings),
-                         tuple(chosen), {"cycles": round(total_cycles)})
+                         _nests_of(options, mappings), {"cycles": round(total_cycles)})
         try:
             return [self.verify(kernel, bound, target, per_stmt, sched, fused, options, completions)]
         finally:
@@ -344,7 +343,7 @@ class _Search:
         # (sim-nnp's conv2d with its pixels at the input's pitch, modeled below the windowed
         # mapping, simulated 17% slower)
         for maps, n2, c2 in _runners_up(options, per_stmt, sched, nest, completions or []):
-            alt = replace(sched, mappings=maps, nests=tuple(ns for si, m in enumerate(maps) for ns in options[si][m][1]))
+            alt = replace(sched, mappings=maps, nests=_nests_of(options, maps))
             cands.append(alt)
             modeled.append(c2)
             nest_of[alt] = n2
@@ -372,6 +371,12 @@ class _Search:
             any_nest_cost(target, nest, picked)["cycles"]
         return replace(best, predicted={**sched.predicted, "cycles": round(model), "simulated": cyc,
                                         "verified": len(timed)})
+
+
+def _nests_of(options, maps) -> tuple[NestSchedule, ...]:
+    """The nest schedules of each statement's mapping in ``maps`` (``options``: per statement,
+    per mapping, its modeled cycles and nest schedules)."""
+    return tuple(ns for si, m in enumerate(maps) for ns in options[si][m][1])
 
 
 def _completions(options, mappings: list[int], total) -> list[tuple[int, tuple[int, ...], float, dict]]:

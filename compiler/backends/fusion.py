@@ -15,7 +15,8 @@ def epilogue(k: Kernel, b: Bound, p) -> list[int]:
     other tiles), and that the scalar path would otherwise run as separate passes."""
     s0 = k.stmts[p.stmt]
     out_idx = tuple(s0.indices)
-    dom0 = {v: b.domain(p.stmt)[v] for v in out_idx}
+    dom = b.domain(p.stmt)
+    dom0 = {v: dom[v] for v in out_idx}
     written = {p.c}
     read_elsewhere: set[str] = set()  # tensors the group reads away from the element it writes
     group: list[int] = []

@@ -324,7 +324,7 @@ def producer_layouts(k: Kernel, si: int, target: Target, earlier: dict[int, list
     -> its mappings) of statements writing a tensor ``si`` reads or updates at plain variable
     indices: the layouts in which ``si`` could run on its producer's blocks."""
     c = k.stmts[si]
-    reads = [a for a in accesses(c.rhs)] + [Access(c.tensor, tuple(Var(v) for v in c.indices))]
+    reads = accesses(c.rhs) + [_lhs(c)]
     out: list[tuple] = []
     for sj, ms in sorted(earlier.items()):
         p = k.stmts[sj]
@@ -336,10 +336,9 @@ def producer_layouts(k: Kernel, si: int, target: Target, earlier: dict[int, list
                 if not m.legal or not m.steps:
                     continue
                 st = m.steps[-1]
-                f = st.fused()
-                lay = [f.get(iv, ()) for iv in target.instr(st.instruction).body.stmts[0].indices]
+                lay = output_layout(target.instr(st.instruction).body.stmts[0], st.fused())
                 if all(v in to_c for t in lay for v in t):
-                    layout = normal_layout(tuple(tuple(to_c[v] for v in t) for t in lay))
+                    layout = tuple(tuple(to_c[v] for v in t) for t in lay)
                     if layout not in out:
                         out.append(layout)
     return tuple(out[:MAX_LAYOUTS])

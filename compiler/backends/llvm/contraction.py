@@ -180,34 +180,43 @@ class _Emit:
         v = b.insert_element(L.Constant(self.vt, L.Undefined), x, L.Constant(I32, 0))
         return b.shuffle_vector(v, L.Constant(self.vt, L.Undefined), L.Constant(L.VectorType(I32, self.bl.vl), [0] * self.bl.vl))
 
-    def operands(self, q):
-        """A, B and C at flattened batch index q (batch variables, then taps, decoded, their
-        strides applied: C's along a tap is 0)."""
-        p, b = self.p, self.bld
-        loops = p.batch + p.taps
-        ext = [p.extent(v) for v in loops]
-        base = {n: _c(p.base[n]) for n in (p.a, p.b, p.c)}
-        rest = q
-        for d, v in enumerate(loops):
-            inner = prod(ext[d + 1:])
-            idx = b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0]))
-            rest = b.srem(rest, _c(inner))
-            for n in base:
-                base[n] = b.add(base[n], b.mul(idx, _c(p.strides[n][v])))
-        return tuple(self.at(self.ptr[n], base[n]) for n in (p.a, p.b, p.c))
-
-    def batch_values(self, q) -> list:
-        """The batch variables' values (i64) at flattened batch index q, in ``p.batch`` order."""
+    def decode(self, q) -> list[tuple[str, object]]:
+        """(variable, value) of the batch variables, then the taps, at flattened batch index q."""
         p, b = self.p, self.bld
         loops = p.batch + p.taps
         ext = [p.extent(v) for v in loops]
         out, rest = [], q
         for d, v in enumerate(loops):
             inner = prod(ext[d + 1:])
-            if v in p.batch:
-                out.append(b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0])))
+            out.append((v, b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0]))))
             rest = b.srem(rest, _c(inner))
         return out
+
+    def operands(self, q):
+        """A, B and C at flattened batch index q (``decode``d, the strides applied: C's along a
+        tap is 0)."""
+        p, b = self.p, self.bld
+        base = {n: _c(p.base[n]) for n in (p.a, p.b, p.c)}
+        for v, idx in self.decode(q):
+            for n in base:
+                base[n] = b.add(base[n], b.mul(idx, _c(p.strides[n][v])))
+        return tuple(self.at(self.ptr[n], base[n]) for n in (p.a, p.b, p.c))
+
+    def batch_values(self, q) -> list:
+        """The batch variables' values (i64) at flattened batch index q, in ``p.batch`` order."""
+        return [idx for v, idx in self.decode(q) if v in self.p.batch]
+
+    def runs(self, n_lo, n_hi, period: int, length: int, body):
+        """For each run of scratch columns [n_lo, n_hi) (a padded plan's output rows, ``period``
+        apart in the scratch, ``length`` of each kept): ``body(q, start, lo, hi)``, run q starting
+        at scratch column ``start``, its columns [lo, hi) within the range (possibly none)."""
+        b = self.bld
+
+        def run(q):
+            start = b.mul(q, _c(period))
+            lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
+            body(q, start, lo, self.min(_c(length), b.sub(n_hi, start)))
+        self.loop(b.sdiv(n_lo, _c(period)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(period)), _c(1)), 1, run, "q")
 
     def padded_epilogue(self, m_lo, m_hi, n_lo, n_hi):
         """The fused epilogue on what a padded plan's compaction just wrote: scratch columns
@@ -217,13 +226,10 @@ class _Emit:
         h, _, period, _, wo, _ = p.pad
         h0 = p.dom[h][0] if h in p.dom else 0
 
-        def run(q):
-            start = b.mul(q, _c(period))
-            lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
-            hi = self.min(_c(wo), b.sub(n_hi, start))
+        def run(q, start, lo, hi):
             self.if_(b.icmp_signed("<", lo, hi), lambda: b.call(
                 self.epilogue, [self.bufs, m_lo, b.sub(m_hi, m_lo), lo, b.sub(hi, lo), b.add(q, _c(h0)), *self.epi_args]))
-        self.loop(b.sdiv(n_lo, _c(period)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(period)), _c(1)), 1, run, "eq")
+        self.runs(n_lo, n_hi, period, wo, run)
 
     # ---- packing
     def pad_panel(self, dst, start, rows, width: int, filled):
@@ -742,13 +748,10 @@ class _Emit:
             dst_m = self.at(c, b.mul(m, _c(c_row)))
             src_m = self.at(src, b.mul(m, _c(srow)))
 
-            def run(q):
-                start = b.mul(q, _c(period))
-                lo = b.select(b.icmp_signed("<", n_lo, start), _c(0), b.sub(n_lo, start))
-                hi = self.min(_c(length), b.sub(n_hi, start))
+            def run(q, start, lo, hi):
                 d, s_ = self.at(dst_m, b.mul(q, _c(dst_period))), self.at(src_m, start)
                 self.loop(lo, hi, 1, lambda j: b.store(b.load(self.at(s_, j)), self.at(d, j)), "j")
-            self.loop(b.sdiv(n_lo, _c(period)), b.add(b.sdiv(b.sub(n_hi, _c(1)), _c(period)), _c(1)), 1, run, "q")
+            self.runs(n_lo, n_hi, period, length, run)
         self.loop(m_lo, m_hi, 1, row, "m")
         b.ret_void()
         self.fn, self.bld = outer
