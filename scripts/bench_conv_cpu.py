@@ -5,7 +5,7 @@
 
 For 3x3 and pointwise convolution layers of the sizes quoted in the README and
 docs/cpu.md (NCHW, and two in NHWC against torch's channels_last): our median time, torch's, their ratio (torch / ours: above 1 is faster than
-torch), the plan the cpu backend took (padded rows, im2col, merged rows, taps folded into K)
+torch), the plan the cpu backend took (padded rows, im2col, merged rows, gathered rows, taps folded into K)
 and the largest difference from torch's result.  Both sides are timed in alternating rounds
 (`compiler.bench.gemm._timed_sides`); this project's VMs move 10-40% in speed between runs,
 so compare within a run.  Needs torch (`pip install -e '.[torch]'`).
@@ -46,6 +46,7 @@ LAYERS = [("conv2d", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
 
 def plan_kind(p) -> str:
     kinds = [name for name, on in (("im2col", p.im2col), ("padded rows", p.pad), ("merged rows", p.merged),
+                                   ("gathered rows" if p.gathers_a() else "rows as one", p.rows),
                                    ("taps in K", p.kfold), ("taps as passes", p.taps)) if on]
     return ", ".join(kinds) or "plain"
 

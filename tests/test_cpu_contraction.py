@@ -432,9 +432,9 @@ def test_the_taps_fold_into_k_where_the_filter_holds_them_one_after_another(thre
     nk = _conv(sizes, threads)
     [p] = nk.plans
     assert (p.red, p.taps, p.dom["(c,r,s)"]) == ("(c,r,s)", (), (0, 16 * 3 * 2))
-    assert p.kfold == (("c", "r", "s"), (16, 3, 2), (30 * 130, 130, 1))
+    assert p.kfold == (("c", "r", "s"), (16, 3, 2), (30 * 130, 130, 1), "I")  # the table addresses I (B)
     assert p.strides["Wt"]["(c,r,s)"] == 1 and p.flops() == 2 * prod(sizes.values()) // (30 * 130) * 28 * 129
-    assert not p.blocking.pack_b and "taps r, s folded into K (I read through each k's offset)" in p.describe()
+    assert not p.blocking.pack_b and "taps folded into K = (c,r,s) (I read through each k's offset)" in p.describe()
     assert '@"s0_koffs" = internal constant [' in nk.llvm_ir
     packed = _conv(sizes, threads, dict(pack_b=True)).plans[0]
     assert "(I packed through each k's offset)" in packed.describe()
@@ -619,6 +619,72 @@ def test_epilogues_of_batched_and_padded_plans_under_any_blocking(kind, N, C, H,
         nk = _conv(sizes, threads, bl, kernel=CONV_RESIDUAL if kind == "residual" else kind)
     [p] = nk.plans
     assert p.epilogue == (1,) or p.merged or p.im2col, p.describe()  # (plans that run it apart)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_nhwc_convolution_is_one_gemm_over_every_output_pixel(threads):
+    """O(n, h, w, f) +=! I(n, h + r, w + s, c) * Wt(r, s, c, f) vectorised along f: O holds its
+    pixels one after another, F apart, so every output pixel is a row of one GEMM; I's rows
+    (W long, O's Wo) are packed through each pixel's address, and the filter's (r, s, c) order
+    folds the taps into K, I packed through the K table.  No batch loop, nothing computed twice."""
+    sizes = dict(N=2, C=32, H=8, W=9, F=40, R=3, S=2)
+    [p] = _conv(sizes, threads, kernel="conv2d_nhwc").plans
+    Ho, Wo = 6, 8
+    assert (p.row, p.vec, p.red, p.batch, p.taps) == ("(n,h,w)", "f", "(r,s,c)", (), ())
+    assert p.rows == (("n", "h", "w"), (2, Ho, Wo), (8 * 9 * 32, 9 * 32, 32)) and p.gathers_a()
+    assert p.kfold == (("r", "s", "c"), (3, 2, 32), (9 * 32, 32, 1), "I") and p.tables("I") and not p.tables("Wt")
+    assert p.blocking.pack_a and p.dom["(n,h,w)"] == (0, 2 * Ho * Wo)
+    assert p.flops() == 2 * prod(sizes[x] for x in "NFCRS") * Ho * Wo
+    assert "I gathered through each row's address" in p.describe()
+
+
+LINEAR3 = """def linear3(float(B, T, K) X, float(K, N) W) -> (Y) {
+    Y(b, t, n) +=! X(b, t, k) * W(k, n)
+    Y(b, t, n) = fmax(Y(b, t, n), 0)
+}
+"""
+
+
+def test_rows_every_operand_holds_one_after_another_run_together_in_place():
+    """A linear layer over (batch, time) rows: X and Y both hold them one after another, so they
+    run as one row variable with one stride, X read in place (no gather), the ReLU fused."""
+    k = compiler.parse(LINEAR3).kernel()
+    b = bind(k, dict(B=3, T=5, K=40, N=33))
+    nk = compile_cpu(k, b, CPU, threads=1)
+    [p] = nk.plans
+    assert p.row == "(b,t)" and p.rows == (("b", "t"), (3, 5), (5 * 40, 40)) and not p.gathers_a()
+    assert p.epilogue == (1,) and p.strides["X"]["(b,t)"] == 40
+    ins = random_inputs(k, b, seed=2)
+    ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+    assert ok, per
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["conv2d_nhwc", "conv2d_nhwc_bias_relu", "linear3"]), N=st.integers(1, 3),
+       C=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 20, 32, 48]), H=st.integers(1, 9), W=st.integers(1, 12),
+       F=st.integers(1, 40), R=st.integers(1, 3), S=st.integers(1, 3), threads=st.integers(1, 3),
+       mr=st.integers(1, 14), nv=st.integers(1, 4), kc=st.sampled_from([1, 3, 7, 16, 20, 32, 48]),
+       mcs=st.integers(1, 3), ncs=st.integers(1, 3), pack_b=st.booleans(), split_k=st.booleans(), fold=st.booleans())
+def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads, mr, nv, kc, mcs, ncs, pack_b,
+                                              split_k, fold):
+    """Gathered rows (an NHWC convolution, with and without its bias and ReLU fused, the taps
+    folded into K or as passes) and rows in place (LINEAR3): any tiles, K blocks (whole vectors
+    of one tap's channels or not: the packing's vector and element paths), column blocks,
+    thread split and split K; the epilogue runs on each run of a tile's rows within an image row."""
+    R, S = min(R, H), min(S, W)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_b=pack_b, split_k=split_k)
+    if kind == "linear3":
+        k = compiler.parse(LINEAR3).kernel()
+        b = bind(k, dict(B=N, T=H, K=C, N=F))
+        nk = compile_cpu(k, b, CPU, threads=threads, blocking=bl)
+        ins = random_inputs(k, b, seed=kc)
+        ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
+        assert ok, (bl, per)
+    else:
+        nk = _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold, kernel=kind)
+    [p] = nk.plans
+    if kind != "conv2d_nhwc" and not p.taps:
+        assert p.epilogue == (1,), p.describe()
 
 
 @settings(max_examples=20, deadline=None)

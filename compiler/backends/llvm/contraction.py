@@ -165,8 +165,28 @@ class _Emit:
         where ``whole`` is false: a part of a split K, whose epilogue runs after the sums)."""
         if self.epilogue is None or self.p.scratch_c:  # (a scratch C's: after its compaction)
             return
-        self.if_(self.last_block(pc, kc, khi, whole),
-                 lambda: self.bld.call(self.epilogue, [self.bufs, m0, mv, n0, nv, *self.epi_args]))
+        self.if_(self.last_block(pc, kc, khi, whole), lambda: self.call_epilogue(self.bufs, m0, mv, n0, nv, self.epi_args))
+
+    def call_epilogue(self, bufs, m0, mv, n0, nv, extra):
+        """The fused epilogue on rows [m0, m0 + mv) x columns [n0, n0 + nv) of C, ``extra`` (the
+        batch variables' values) after the bounds.  Where rows run together (``rows``), the tile
+        function runs over the innermost row variable: one call per run of it in the tile, the
+        outer row variables' values (decoded from the run) before ``extra``."""
+        p, b = self.p, self.bld
+        if not p.rows:
+            b.call(self.epilogue, [bufs, m0, mv, n0, nv, *extra])
+            return
+        extents = p.rows[1]
+
+        def run(q, start, lo, hi):
+            outer, rest = [], q
+            for d in range(len(extents) - 1):
+                inner = prod(extents[d + 1:-1])
+                outer.append(b.sdiv(rest, _c(inner)))
+                rest = b.srem(rest, _c(inner))
+            self.if_(b.icmp_signed("<", lo, hi),
+                     lambda: b.call(self.epilogue, [bufs, lo, b.sub(hi, lo), n0, nv, *outer, *extra]))
+        self.runs(m0, b.add(m0, mv), extents[-1], extents[-1], run)
 
     def last_block(self, pc, kc, khi: int, whole=None):
         """Whether the K block at pc (kc long) is the last one, and (``whole``) the part holds all of K."""
@@ -252,7 +272,7 @@ class _Emit:
         b = self.bld
         offs = b.alloca(I64, size=bl.nr, name="offs") if p.im2col else None
 
-        table = self.k_table() if p.kfold else None
+        table = self.k_table() if p.tables(p.b) else None
 
         def k_offset(k):
             """B's offset of reduction step k: k * its stride, or, with the taps folded into K,
@@ -342,26 +362,34 @@ class _Emit:
         fn = self.func("pack_a", [fp, fp, I64, I64, I64, I64])
         ap, src, ic, mc, pc, kc = fn.args
         sm, sk = p.strides[p.a][p.row], p.strides[p.a][p.red]
+        by_k = sm == 1 and not p.gathers_a() and not p.tables(p.a)
         b = self.bld
+        table = self.k_table() if p.tables(p.a) else None
+
+        def a_k(k):
+            """A's offset of reduction step k: k * its stride, or the K table's entry."""
+            return b.load(b.gep(table, [_c(0), k])) if table is not None else b.mul(k, _c(sk))
 
         def panel(q):
             mv = self.min(_c(bl.mr), b.sub(mc, q))
             dst0 = b.mul(q, kc)
             self.pad_panel(ap, dst0, kc, bl.mr, mv)
-            if sm == 1:
+            if by_k:
                 return  # copied by the block pass below
 
             def rows_from(k0, i_hi):
                 def row(i):  # one row of the panel, along k (contiguous when sk == 1)
-                    srow = b.add(b.mul(b.add(ic, b.add(q, i)), _c(sm)), b.mul(pc, _c(sk)))
+                    srow = self.a_row(b.add(ic, b.add(q, i)))
 
                     def copy(kk):
-                        v = b.load(self.at(src, b.add(srow, b.mul(kk, _c(sk)))))
+                        v = b.load(self.at(src, b.add(srow, a_k(b.add(pc, kk)))))
                         b.store(v, self.at(ap, b.add(dst0, b.add(b.mul(kk, _c(bl.mr)), i))))
                     self.loop(k0, kc, 1, copy, "kk")
                 self.loop(0, i_hi, 1, row, "i")
 
-            if sk != 1 or bl.mr > bl.vl or bl.vl & (bl.vl - 1):
+            # (through the K table: VL steps from a multiple of VL are one run where runs are whole vectors)
+            runs = table is None or (bl.kc % bl.vl == 0 and p.kfold[1][-1] % bl.vl == 0)
+            if sk != 1 or bl.mr > bl.vl or bl.vl & (bl.vl - 1) or not runs:
                 rows_from(0, mv)
                 return
             # rows contiguous along k: each row's K block copied to a staging area (a row at a
@@ -375,9 +403,9 @@ class _Emit:
 
             def vector():
                 def stage_row(i):
-                    srow = b.add(b.mul(b.add(ic, b.add(q, i)), _c(sm)), pc)
+                    srow = self.a_row(b.add(ic, b.add(q, i)))
                     drow = b.mul(i, _c(ts))
-                    self.loop(0, kv, bl.vl, lambda kk: self.vstore(self.vload(self.at(src, b.add(srow, kk))),
+                    self.loop(0, kv, bl.vl, lambda kk: self.vstore(self.vload(self.at(src, b.add(srow, a_k(b.add(pc, kk))))),
                                                                    self.at(tmp, b.add(drow, kk))), "kk")
                 self.loop(0, bl.mr, 1, stage_row, "i")
 
@@ -389,7 +417,7 @@ class _Emit:
                 rows_from(kv, _c(bl.mr))
             self.if_(b.icmp_signed("==", mv, _c(bl.mr)), vector, lambda: rows_from(0, mv))
 
-        if sm == 1:
+        if by_k:
             # columns of A are contiguous in m (A(k, m)): one pass along each k row of the whole
             # block, so the reads stream through pages instead of jumping a row of A per element
             def krow_block(kk):
@@ -408,6 +436,20 @@ class _Emit:
             self.loop(0, kc, 1, krow_block, "kk")
         self.loop(0, mc, bl.mr, panel, "q")
         b.ret_void()
+
+    def a_row(self, m):
+        """A's offset of row m: m times its stride, or, where A's rows are gathered (``rows``),
+        the sum of each row variable's value (decoded from m) times A's stride along it."""
+        p, b = self.p, self.bld
+        if not p.gathers_a():
+            return b.mul(m, _c(p.strides[p.a][p.row]))
+        _, extents, strides = p.rows
+        off, rest = _c(0), m
+        for d, (e, st) in enumerate(zip(extents, strides)):
+            inner = prod(extents[d + 1:])
+            off = b.add(off, b.mul(b.sdiv(rest, _c(inner)), _c(st)))
+            rest = b.srem(rest, _c(inner))
+        return off
 
     def prefetch(self, ptr, write: bool = False):
         """A data prefetch of the line holding ``ptr`` into every cache level (a hint: never a
@@ -557,7 +599,7 @@ class _Emit:
         work, q_lo, q_hi, m_lo, m_hi, n_lo, n_hi, k_lo, k_hi, part = self.entry(ptrs_of)
         b = self.bld
         bpack, apack, aedge, bedge, partial, whole_a, cpad = (self.at(work, off) for off in self.offsets()[:7])
-        table = self.k_table() if p.kfold else None
+        table = self.k_table() if p.tables(p.b) else None
         compact = self.compact() if p.scratch_c else None
         klo, khi = p.dom[p.red]
         if bl.split_k:
@@ -699,15 +741,15 @@ class _Emit:
         b.ret_void()
 
     def k_table(self):
-        """B's offset of every reduction step of a plan whose taps are folded into K (k's
-        channel and tap), as a constant table (made once): B is packed through it, or read in
-        place by the micro-kernel through it; PREFETCH more entries repeat the last, for the
-        prefetches that run ahead."""
+        """The offset of every reduction step of a plan whose taps are folded into K (k's
+        channel and tap) in the operand ``kfold`` names, as a constant table (made once): B is
+        packed through it or read in place by the micro-kernel through it, A packed through it;
+        PREFETCH more entries repeat the last, for the prefetches that run ahead."""
         p, bl = self.p, self.bl
         g = self.mod.globals.get(f"{self.pre}_koffs")
         if g is not None:
             return g
-        _, extents, strides = p.kfold
+        _, extents, strides = p.kfold[:3]
         offs = []
         for k in range(prod(extents)):
             off, rest = 0, k
@@ -788,7 +830,7 @@ class _Emit:
                         ptr = self.at(ci, v * bl.vl)
                         self.vstore(b.fadd(acc[i][v], self.vload(ptr)) if add else acc[i][v], ptr)
                 if epilogue:
-                    b.call(self.epilogue, [self.bufs, m0, _c(bl.mr), n0, _c(bl.nr), *self.epi_args])
+                    self.call_epilogue(self.bufs, m0, _c(bl.mr), n0, _c(bl.nr), self.epi_args)
             return lambda: self.loop(0, cols, bl.nr, tile, "js")
 
         # the loop-invariant choices made outside the loop (LLVM kept them in it, with the
@@ -830,7 +872,7 @@ class _Emit:
             self.loop(m_lo, m_hi, 1, row, "m")
         self.loop(1, parts, 1, part, "part")
         if self.epilogue is not None:
-            b.call(self.epilogue, [bufs, m_lo, b.sub(m_hi, m_lo), n_lo, b.sub(n_hi, n_lo)])
+            self.call_epilogue(bufs, m_lo, b.sub(m_hi, m_lo), n_lo, b.sub(n_hi, n_lo), [])
         b.ret_void()
         return fn
 

@@ -319,9 +319,14 @@ class Contraction:
     # packed through the pixel's address, C's tiles go to a scratch C compacted after the last tap
     im2col: tuple = ()
     # the taps folded into K (``_fold_taps``): (the reduction variables, outermost first, their
-    # extents, B's strides along them); K runs over all of them, B's row k at k's offset (the
-    # K table, ``_Emit.k_table``: read in place through it or packed through it)
+    # extents, the strides along them of the operand the K table addresses, that operand); K
+    # runs over all of them, that operand's row k at k's offset (``_Emit.k_table``: B read in
+    # place or packed through it, A packed through it)
     kfold: tuple = ()
+    # output rows that C holds one after another run as one row variable (``_gather_rows``): (the
+    # variables, outermost first, their extents, A's strides along them); A's rows are packed
+    # through each row's address (a gather) unless A holds them one after another too
+    rows: tuple = ()
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
@@ -350,8 +355,11 @@ class Contraction:
                    if self.merged else "")
                 + (f"; every {self.im2col[0]}'s output pixels as one vector ({self.b} packed through each "
                    f"pixel's address, C compacted after the last tap)" if self.im2col else "")
-                + (f"; taps {', '.join(self.kfold[0][1:])} folded into K ({self.b} "
-                   f"{'packed' if bl.pack_b else 'read'} through each k's offset)" if self.kfold else "")
+                + (f"; output rows {', '.join(self.rows[0])} run together as {self.row}"
+                   + (f" ({self.a} gathered through each row's address)" if self.gathers_a() else "") if self.rows else "")
+                + (f"; taps folded into K = {self.red} ({self.kfold[3]} "
+                   f"{'read' if self.tables(self.b) and not bl.pack_b else 'packed'} through each k's offset)"
+                   if self.kfold else "")
                 + (f"; {self.red} split across threads, partial sums added after" if bl.split_k else "")
                 + (f"; each whole K block one pass along {self.vec} (B streamed)" if self.streams() else "")
                 + ("; C tiles prefetched" if bl.prefetch_c else "")
@@ -373,6 +381,8 @@ class Contraction:
         bl = replace(self.blocking, **changes)
         if self.strides[self.b][self.vec] != 1:
             bl = replace(bl, pack_b=True)
+        if self.gathers_a() or self.tables(self.a):
+            bl = replace(bl, pack_a=True)
         if bl.split_k and not self.splits_k():
             bl = replace(bl, split_k=False)
         return replace(self, blocking=bl)
@@ -409,8 +419,11 @@ class Contraction:
         """The statement's domain as the kernel states it (a padded or merged plan's h and w restored)."""
         dom = self.dom
         if self.kfold:
-            names, extents, _ = self.kfold
+            names, extents = self.kfold[:2]
             dom = {**{v: r for v, r in dom.items() if v != self.red}, **{v: (0, e) for v, e in zip(names, extents)}}
+        if self.rows:
+            names, extents, _ = self.rows
+            dom = {**{v: r for v, r in dom.items() if v != self.row}, **{v: (0, e) for v, e in zip(names, extents)}}
         if self.im2col:
             n, h, w, batches, rows, cols = self.im2col[:6]
             return {**{v: r for v, r in dom.items() if v != self.vec}, n: (0, batches), h: (0, rows), w: (0, cols)}
@@ -421,6 +434,18 @@ class Contraction:
         else:
             return dom
         return {**{v: r for v, r in dom.items() if v != self.vec}, h: (0, rows), w: (0, cols)}
+
+    def tables(self, operand: str) -> bool:
+        """Whether the K table (the taps folded into K) addresses ``operand``'s rows along k."""
+        return bool(self.kfold) and self.kfold[3] == operand
+
+    def gathers_a(self) -> bool:
+        """Whether A's rows are packed through each row's address (``rows`` that A does not hold
+        one after another: an NHWC convolution's pixels, W apart in I's rows but Wo in O's)."""
+        if not self.rows:
+            return False
+        _, extents, strides = self.rows
+        return any(outer != inner * e for outer, inner, e in zip(strides, strides[1:], extents[1:]))
 
     def scratch_floats(self) -> int:
         """Floats of a padded or im2col plan's scratch C: every row of C, each its columns."""
@@ -496,10 +521,13 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         return None
     plan, instr, vl = _pick_orientation(plans)
     plan = _im2col(plan, 2 * vl) or _fuse_rows(plan, 2 * vl) or _pad_rows(plan, 2 * vl) or plan
+    plan = _gather_rows(plan) or plan
     plan = _fold_taps(plan) or plan
     sc = broadcast_fma(instr)[2]
     rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
-    a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red])
+    # (a gathered A, or one through the K table, is packed: blocked as an A without a unit stride)
+    a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red]) and not (
+        plan.gathers_a() or plan.tables(plan.a))
     b_contig = plan.strides[plan.b][plan.vec] == 1
     a_rows = plan.strides[plan.a][plan.row] if plan.strides[plan.a][plan.red] == 1 else 0
     bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
@@ -564,28 +592,76 @@ def _fuse_rows(p: Contraction, nr: int) -> Contraction | None:
                      vec=v, batch=tuple(x for x in p.batch if x != h), merged=(h, w, p.extent(h), wo))
 
 
+def _gather_rows(p: Contraction) -> Contraction | None:
+    """Output rows that C holds one after another (an NHWC convolution's pixels: ``O(n, h, w, f)
+    +=! I(n, h + r, w + s, c) * Wt(r, s, c, f)`` vectorised along f, rows n, h, w each Wo * F,
+    F apart) run as one row variable j over all of them, so the convolution is one GEMM of N *
+    Ho * Wo rows instead of N * Ho GEMMs of Wo rows (or N * Ho * Wo of N rows) with the filter
+    re-read for each.  A does not hold them one after another (I's rows are W long, C's Wo), so
+    A is packed through each row's address: packing copies A's rows anyway, so the gather is
+    free, and nothing is computed twice (padded rows would compute W / Wo times the work: 16 /
+    14 at 16 x 16, squared with the h rows).  Taken where B does not vary along them (C's rows
+    share its panels) and they start at 0; where A holds them one after another too, it is read
+    as before, with one stride."""
+    if p.form != "bcast" or p.im2col or p.pad or p.merged:
+        return None
+    sa, sb, sc = p.strides[p.a], p.strides[p.b], p.strides[p.c]
+    cand = [v for v in (p.row, *p.batch) if not sb[v] and sa[v] and sc[v] and not p.dom[v][0]]
+    if len(cand) < 2 or p.row not in cand:
+        return None
+    order = sorted(cand, key=lambda v: -sc[v])
+    inner = order[-1]
+    if any(sc[v] != sc[w] * p.extent(w) for v, w in zip(order, order[1:])) or sc[inner] == 1:
+        return None
+    v = "(" + ",".join(order) + ")"
+    # A's and C's stride along j: the innermost row's (A's is exact where it holds them one after another)
+    return _with_var(p, tuple(order), v, prod(p.extent(x) for x in order),
+                     {p.a: {v: sa[inner]}, p.b: {v: 0}, p.c: {v: sc[inner]}}, row=v,
+                     batch=tuple(x for x in p.batch if x not in order),
+                     rows=(tuple(order), tuple(p.extent(x) for x in order), tuple(sa[x] for x in order)))
+
+
+def _dense(strides: dict[str, int], vs, p: Contraction) -> list[str] | None:
+    """``vs`` outermost first if a tensor with ``strides`` holds them one after another (each
+    variable's stride its inner neighbour's times that one's extent), else None."""
+    order = sorted(vs, key=lambda v: -strides[v])
+    if any(strides[v] != strides[w] * p.extent(w) for v, w in zip(order, order[1:])):
+        return None
+    return order
+
+
 def _fold_taps(p: Contraction) -> Contraction | None:
     """The taps as part of K: a convolution's filter Wt(f, c, r, s) holds (c, r, s) one after
     another, so one reduction variable k = (c, r, s) runs through all of it with unit stride,
     and B's (I's) row k lies at k's offset (c's plane, the tap's r * W + s): the micro-kernel
-    reads it in place through a table of the offsets, or B is packed through them.  Each micro-kernel call then sums C * R * S products per element (K
-    blocks permitting) instead of a pass of C products per tap, each pass loading and storing
-    C's tile, and a tap-less plan stores C once (no scratch accumulation across taps)."""
-    if not p.taps or p.form != "bcast":
-        return None
+    reads it in place through a table of the offsets, or B is packed through them.  Each
+    micro-kernel call then sums C * R * S products per element (K blocks permitting) instead of
+    a pass of C products per tap, each pass loading and storing C's tile, and a tap-less plan
+    stores C once (no scratch accumulation across taps).  The other way round, where the vector
+    operand holds them one after another (an NHWC convolution's filter Wt(r, s, c, f), k = (r,
+    s, c) F apart) and A's rows are run together (``_gather_rows``), B is a plain matrix along
+    k and A is packed through the table (column k of A's panels from k's channel and tap):
+    ``kfold``'s last item names the operand that the table addresses."""
     vs = [p.red, *p.taps]
+    if not p.taps or p.form != "bcast" or any(p.dom[v][0] for v in vs):
+        return None
     sa, sb = p.strides[p.a], p.strides[p.b]
-    order = sorted(vs, key=lambda v: -sa[v])
-    step = sa[order[-1]]
-    for v, inner in zip(order, order[1:] + [None]):  # A dense over them, outermost first
-        if inner is not None and sa[v] != sa[inner] * p.extent(inner):
-            return None
-    if step != 1 or any(p.dom[v][0] for v in vs):
+    order = _dense(sa, vs, p)
+    if order is not None and sa[order[-1]] == 1:
+        v = "(" + ",".join(order) + ")"
+        # B: no stride along k (its rows are at each k's offset: the K table)
+        return _with_var(p, tuple(vs), v, prod(p.extent(x) for x in order), {p.a: {v: 1}, p.b: {v: 0}, p.c: {v: 0}},
+                         red=v, taps=(), kfold=(tuple(order), tuple(p.extent(x) for x in order),
+                                                tuple(sb[x] for x in order), p.b))
+    order = _dense(sb, vs, p)
+    if order is None or not p.rows:
         return None
     v = "(" + ",".join(order) + ")"
-    # B: no stride along k (its rows are at each k's offset: the K table)
-    return _with_var(p, tuple(vs), v, prod(p.extent(x) for x in order), {p.a: {v: 1}, p.b: {v: 0}, p.c: {v: 0}},
-                     red=v, taps=(), kfold=(tuple(order), tuple(p.extent(x) for x in order), tuple(sb[x] for x in order)))
+    # A: packed through the table (its stride along k, the innermost's, says whether runs are contiguous)
+    return _with_var(p, tuple(vs), v, prod(p.extent(x) for x in order),
+                     {p.a: {v: sa[order[-1]]}, p.b: {v: sb[order[-1]]}, p.c: {v: 0}},
+                     red=v, taps=(), kfold=(tuple(order), tuple(p.extent(x) for x in order),
+                                            tuple(sa[x] for x in order), p.a))
 
 
 IM2COL_OVERLAP = 1.1  # input rows this much longer than output rows are not run on (_im2col) ...
