@@ -4,7 +4,7 @@
     python scripts/bench_conv_cpu.py [--repeats 20] [--only 0,3]
 
 For 3x3 and pointwise convolution layers of the sizes quoted in the README and
-docs/cpu.md (NCHW, and two in NHWC against torch's channels_last): our median time, torch's, their ratio (torch / ours: above 1 is faster than
+docs/cpu.md (NCHW, and four in NHWC against torch's channels_last): our median time, torch's, their ratio (torch / ours: above 1 is faster than
 torch), the plan the cpu backend took (padded rows, im2col, merged rows, gathered rows, taps folded into K)
 and the largest difference from torch's result.  Both sides are timed in alternating rounds
 (`compiler.bench.gemm._timed_sides`); this project's VMs move 10-40% in speed between runs,
@@ -38,6 +38,8 @@ LAYERS = [("conv2d", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
           # channels innermost: torch with channels_last activations and filters
           ("conv2d_nhwc", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),
           ("conv2d_nhwc", dict(N=16, C=256, H=16, W=16, F=256, R=3, S=3)),
+          ("conv2d_nhwc", dict(N=8, C=128, H=58, W=58, F=128, R=3, S=3)),
+          ("conv2d_nhwc", dict(N=32, C=512, H=9, W=9, F=512, R=3, S=3)),
           # layers: the bias and ReLU fused into the convolution, against torch's conv2d with
           # its bias, then relu
           ("conv2d_bias_relu", dict(N=8, C=64, H=30, W=30, F=128, R=3, S=3)),

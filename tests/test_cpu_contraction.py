@@ -626,16 +626,19 @@ def test_an_nhwc_convolution_is_one_gemm_over_every_output_pixel(threads):
     """O(n, h, w, f) +=! I(n, h + r, w + s, c) * Wt(r, s, c, f) vectorised along f: O holds its
     pixels one after another, F apart, so every output pixel is a row of one GEMM; I's rows
     (W long, O's Wo) are packed through each pixel's address, and the filter's (r, s, c) order
-    folds the taps into K, I packed through the K table.  No batch loop, nothing computed twice."""
+    folds the taps into K.  I is read in place through each tile row's address and the K table
+    (or, with ``pack_a``, packed through them).  No batch loop, nothing computed twice."""
     sizes = dict(N=2, C=32, H=8, W=9, F=40, R=3, S=2)
     [p] = _conv(sizes, threads, kernel="conv2d_nhwc").plans
     Ho, Wo = 6, 8
     assert (p.row, p.vec, p.red, p.batch, p.taps) == ("(n,h,w)", "f", "(r,s,c)", (), ())
     assert p.rows == (("n", "h", "w"), (2, Ho, Wo), (8 * 9 * 32, 9 * 32, 32)) and p.gathers_a()
     assert p.kfold == (("r", "s", "c"), (3, 2, 32), (9 * 32, 32, 1), "I") and p.tables("I") and not p.tables("Wt")
-    assert p.blocking.pack_a and p.dom["(n,h,w)"] == (0, 2 * Ho * Wo)
+    assert not p.blocking.pack_a and p.blocking.mr <= 8 and p.dom["(n,h,w)"] == (0, 2 * Ho * Wo)
     assert p.flops() == 2 * prod(sizes[x] for x in "NFCRS") * Ho * Wo
-    assert "I gathered through each row's address" in p.describe()
+    assert "(I read through each row's address)" in p.describe()
+    packed = _conv(sizes, threads, dict(pack_a=True), kernel="conv2d_nhwc").plans[0]
+    assert "(I packed through each row's address)" in packed.describe()
 
 
 LINEAR3 = """def linear3(float(B, T, K) X, float(K, N) W) -> (Y) {
@@ -664,15 +667,17 @@ def test_rows_every_operand_holds_one_after_another_run_together_in_place():
        C=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 20, 32, 48]), H=st.integers(1, 9), W=st.integers(1, 12),
        F=st.integers(1, 40), R=st.integers(1, 3), S=st.integers(1, 3), threads=st.integers(1, 3),
        mr=st.integers(1, 14), nv=st.integers(1, 4), kc=st.sampled_from([1, 3, 7, 16, 20, 32, 48]),
-       mcs=st.integers(1, 3), ncs=st.integers(1, 3), pack_b=st.booleans(), split_k=st.booleans(), fold=st.booleans())
-def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads, mr, nv, kc, mcs, ncs, pack_b,
-                                              split_k, fold):
+       mcs=st.integers(1, 3), ncs=st.integers(1, 3), pack_a=st.booleans(), pack_b=st.booleans(),
+       split_k=st.booleans(), fold=st.booleans())
+def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads, mr, nv, kc, mcs, ncs, pack_a,
+                                              pack_b, split_k, fold):
     """Gathered rows (an NHWC convolution, with and without its bias and ReLU fused, the taps
     folded into K or as passes) and rows in place (LINEAR3): any tiles, K blocks (whole vectors
     of one tap's channels or not: the packing's vector and element paths), column blocks,
-    thread split and split K; the epilogue runs on each run of a tile's rows within an image row."""
+    thread split and split K, A packed or read in place through each row's address; the epilogue
+    runs on each run of a tile's rows within an image row."""
     R, S = min(R, H), min(S, W)
-    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_b=pack_b, split_k=split_k)
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b, split_k=split_k)
     if kind == "linear3":
         k = compiler.parse(LINEAR3).kernel()
         b = bind(k, dict(B=N, T=H, K=C, N=F))

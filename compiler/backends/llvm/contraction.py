@@ -494,16 +494,30 @@ class _Emit:
         self.if_(b.icmp_signed("<=", args[5], _c(edge * bl.vl)), lambda: b.call(self.micro(a_rs, a_ks, b_ks, edge), args),
                  lambda: b.call(full, args))
 
+    def a_by_rows(self) -> bool:
+        """Whether A is read in place through each row's offset (``_micro`` with a_rs -1): A
+        gathered or through the K table, not packed."""
+        p = self.p
+        return not self.bl.pack_a and self.p.form == "bcast" and (p.gathers_a() or p.tables(p.a))
+
     def _micro(self, name: str, a_rs: int, a_ks: int, b_ks: int, nvec: int):
         p, bl = self.p, self.bl
         fp = F32.as_pointer()
         table = b_ks == 0  # B in place with the taps folded into K: row k of B at b + tbl[k]
-        fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)] + ([I64.as_pointer()] if table else []))
+        # a_rs -1: A's rows in place at offsets from an array of MR, k at k * a_ks or (a_ks 0)
+        # at the offsets in A's K table
+        by_rows, a_table = a_rs < 0, a_rs < 0 and a_ks == 0
+        fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)] + ([I64.as_pointer()] if table else [])
+                       + ([I64.as_pointer()] if by_rows else []) + ([I64.as_pointer()] if a_table else []))
         if nvec == bl.nv:  # the narrower ones are for last tiles only: calls, not copies
             fn.attributes.add("alwaysinline")
         a, bp, c, kc, mv, nv, accum = fn.args[:7]
         tbl = fn.args[7] if table else None
         b = self.bld
+        if by_rows:
+            rows_arg = fn.args[7 + table]
+            atbl = fn.args[8 + table] if a_table else None
+            a_rows = [self.at(a, b.load(b.gep(rows_arg, [_c(i)]))) for i in range(bl.mr)]
         zero = L.Constant(self.vt, [0.0] * bl.vl)
         tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
         crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
@@ -536,14 +550,16 @@ class _Emit:
                      else self.at(bpp, bl.prefetch * b_ks))
             for line in range(0, nvec * bl.vl * 4, 64):
                 self.prefetch(self.at(ahead, line // 4))
-        if a_ks * 4 >= 64 and bl.prefetch:
+        if a_ks * 4 >= 64 and bl.prefetch and not by_rows:
             # each k step of A starts a new cache line (and soon a new page, where the hardware
             # prefetcher stops): fetch the A elements of step k + prefetch ahead of time
             for off in sorted({0, (bl.mr - 1) * a_rs}):
                 self.prefetch(self.at(ap, bl.prefetch * a_ks + off))
         new = []
+        if by_rows:
+            ak = b.load(b.gep(atbl, [k])) if a_table else b.mul(k, _c(a_ks))
         for i in range(bl.mr):
-            sv = self.splat(b.load(self.at(ap, i * a_rs)))
+            sv = self.splat(b.load(self.at(a_rows[i], ak) if by_rows else self.at(ap, i * a_rs)))
             new.append([b.call(self.fma, [sv, bv[v], accs[i][v]]) for v in range(nvec)])
         k2 = b.add(k, _c(1))
         ap2 = self.at(ap, a_ks)
@@ -602,6 +618,9 @@ class _Emit:
         table = self.k_table() if p.tables(p.b) else None
         compact = self.compact() if p.scratch_c else None
         klo, khi = p.dom[p.red]
+        # A gathered (or through the K table) and read in place: each tile's row offsets
+        row_offs = b.alloca(I64, size=bl.mr, name="row_offs") if self.a_by_rows() else None
+        a_table = self.k_table() if row_offs is not None and p.tables(p.a) else None
         if bl.split_k:
             # part 0 adds into C, the others into a private copy of C's span (summed by
             # s{i}_reduce, which runs the epilogue: a part with less than the whole K does not)
@@ -684,6 +703,19 @@ class _Emit:
                                     self.call_micro(a_rs, a_ks, b_ks, [at, btile, ctile, kc, mv, nv, accum] + tbl)
                                 if bl.pack_a:
                                     micro(1, bl.mr, self.at(ablk, b.mul(ir, kc)))
+                                elif row_offs is not None:
+                                    # A's rows in place through their offsets (rows past mv repeat
+                                    # the last: their sums are not stored), k by its stride or the
+                                    # K table from pc
+                                    last = b.sub(mv, _c(1))
+                                    for i in range(bl.mr):
+                                        m = b.add(m0, self.min(_c(i), last))
+                                        b.store(self.a_row(m), b.gep(row_offs, [_c(i)]))
+                                    ak = b.mul(pc, _c(sk)) if a_table is None else _c(0)
+                                    extra = [row_offs] + ([b.gep(a_table, [_c(0), pc])] if a_table is not None else [])
+                                    tbl = [b.gep(table, [_c(0), pc])] if b_ks == 0 else []
+                                    self.call_micro(-1, 0 if a_table is not None else sk, b_ks,
+                                                    [self.at(A, ak), btile, ctile, kc, mv, nv, accum] + tbl + extra)
                                 else:
                                     def whole():
                                         micro(sm, sk, self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk)))))

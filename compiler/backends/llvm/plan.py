@@ -247,6 +247,34 @@ class Blocking:
                         bool(stream_kc) and not pack_b, c_from_memory)
 
 
+ROW_OFFSETS = 8  # rows a micro-kernel reads in place through their own offsets, at most (_by_rows)
+
+
+def _by_rows(bl: Blocking, t: Target, m: int, n: int, k: int) -> Blocking:
+    """The blocking of an A read in place through each row's offset (gathered rows, or k
+    through the K table: ``_Emit.a_by_rows``): each of a tile's rows is a pointer the k loop
+    keeps in a general register, so tiles of at most ROW_OFFSETS rows (6 x 4 vectors, 8 rows of
+    narrower tiles; 14 rows spilled them: twice the time), and K blocks whose B panel fills a
+    quarter of L2 (K whole up to 2048 for 64-wide panels on a 2 MiB L2: C, from memory at 58 x
+    58, is passed over once).  Packed, the gather re-reads each input pixel R * S times and
+    writes and reads back every element once more: measured on the 2-vCPU Xeon VM, 2 threads,
+    builds of both in one process, NHWC conv2d packed -> in place: 8x64x30x30 * 128x3x3 2.75 ->
+    2.48 ms, 8x128x58x58 * 128 24.0 -> 21.2 (20.5 with K whole), 16x256x16x16 * 256 10.8 ->
+    10.2, 8x64x30x30 * 32 1.22 -> 0.65 (8 x 2; 6 x 2 0.73, 12 x 2 0.99)."""
+    caches = cache_levels(t)
+    l2 = caches[1].capacity if len(caches) > 1 else 1 << 20
+    vecs = -(-n // bl.vl)
+    nv = min(4, vecs)
+    mr = max(1, min(m, 6 if nv == 4 else ROW_OFFSETS))
+    nr = nv * bl.vl
+    kc = max(16, min(k, (l2 // 4) // (nr * 4)))
+    kc = -(-k // -(-k // kc))  # balanced K blocks
+    mc = max(mr, (l2 // 2) // (kc * 4) // mr * mr)
+    mc = min(mc, -(-m // mr) * mr)
+    nc = max(nr, bl.nc // nr * nr)
+    return replace(bl, mr=mr, nv=nv, kc=kc, mc=mc, nc=nc, pack_a=False, prefetch_c=False)
+
+
 def _rows_share_an_l1_set(caches, row_stride: int) -> bool:
     """A's rows, read in place, lie a multiple of capacity / ways apart in L1 (4 KiB on an 8-way
     32 KiB L1: K = 1024, 2048, 4096 floats), so they all fall into one set: with more row
@@ -356,10 +384,10 @@ class Contraction:
                 + (f"; every {self.im2col[0]}'s output pixels as one vector ({self.b} packed through each "
                    f"pixel's address, C compacted after the last tap)" if self.im2col else "")
                 + (f"; output rows {', '.join(self.rows[0])} run together as {self.row}"
-                   + (f" ({self.a} gathered through each row's address)" if self.gathers_a() else "") if self.rows else "")
-                + (f"; taps folded into K = {self.red} ({self.kfold[3]} "
-                   f"{'read' if self.tables(self.b) and not bl.pack_b else 'packed'} through each k's offset)"
-                   if self.kfold else "")
+                   + (f" ({self.a} {'packed' if bl.pack_a else 'read'} through each row's address)"
+                      if self.gathers_a() else "") if self.rows else "")
+                + (f"; taps folded into K = {self.red} ({self.kfold[3]} {'read' if self.reads_in_place(self.kfold[3]) else 'packed'}"
+                   " through each k's offset)" if self.kfold else "")
                 + (f"; {self.red} split across threads, partial sums added after" if bl.split_k else "")
                 + (f"; each whole K block one pass along {self.vec} (B streamed)" if self.streams() else "")
                 + ("; C tiles prefetched" if bl.prefetch_c else "")
@@ -381,8 +409,6 @@ class Contraction:
         bl = replace(self.blocking, **changes)
         if self.strides[self.b][self.vec] != 1:
             bl = replace(bl, pack_b=True)
-        if self.gathers_a() or self.tables(self.a):
-            bl = replace(bl, pack_a=True)
         if bl.split_k and not self.splits_k():
             bl = replace(bl, split_k=False)
         return replace(self, blocking=bl)
@@ -434,6 +460,10 @@ class Contraction:
         else:
             return dom
         return {**{v: r for v, r in dom.items() if v != self.vec}, h: (0, rows), w: (0, cols)}
+
+    def reads_in_place(self, operand: str) -> bool:
+        """Whether the micro-kernel reads ``operand`` (A or B) where it lies, not packed."""
+        return not (self.blocking.pack_a if operand == self.a else self.blocking.pack_b)
 
     def tables(self, operand: str) -> bool:
         """Whether the K table (the taps folded into K) addresses ``operand``'s rows along k."""
@@ -532,6 +562,10 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     a_rows = plan.strides[plan.a][plan.row] if plan.strides[plan.a][plan.red] == 1 else 0
     bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
                              a_rows)
+    if plan.gathers_a() or plan.tables(plan.a):
+        # runs along k read in place through each row's address; A(k, m, ..) (a line per k step
+        # and row) packed
+        bl = _by_rows(bl, t, rows, cols, red) if plan.strides[plan.a][plan.red] == 1 else replace(bl, pack_a=True)
     if plan.scratch_c:
         # every tap passes over a column block's scratch C: blocks of it that stay in L2 (a
         # quarter), not all of a batch's output rows at once (128 x 3246 floats at 56 x 56)
