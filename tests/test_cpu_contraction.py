@@ -393,21 +393,27 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
             assert ok, (M, N, K, threads, per)
 
 
-def _conv(sizes, threads=1, blocking=None, fold=True, kernel="conv2d"):
-    """conv2d (or ``kernel``: a library name or TC source) at ``sizes``, checked against the
-    interpreter; ``fold=False``: the filter taps as passes over C rather than folded into K
-    (``plan._fold_taps``), the path other layouts take."""
-    from compiler.backends.llvm import plan
+def _checked(kernel, sizes, threads=1, blocking=None, seed=5):
+    """``kernel`` (a library name or TC source) compiled for the cpu at ``sizes``, its result
+    checked against the interpreter's."""
     k = compiler.parse(kernels.path(kernel) if kernel in kernels.names() else kernel).kernel()
     b = bind(k, sizes)
-    with pytest.MonkeyPatch.context() as mp:
-        if not fold:
-            mp.setattr(plan, "_fold_taps", lambda p: None)
-        nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
-    ins = random_inputs(k, b, seed=5)
+    nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
+    ins = random_inputs(k, b, seed=seed)
     ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
     assert ok, (sizes, threads, blocking, per)
     return nk
+
+
+def _conv(sizes, threads=1, blocking=None, fold=True, kernel="conv2d"):
+    """conv2d (or ``kernel``) at ``sizes``, checked against the interpreter; ``fold=False``: the
+    filter taps as passes over C rather than folded into K (``plan._fold_taps``), the path
+    other layouts take."""
+    from compiler.backends.llvm import plan
+    with pytest.MonkeyPatch.context() as mp:
+        if not fold:
+            mp.setattr(plan, "_fold_taps", lambda p: None)
+        return _checked(kernel, sizes, threads, blocking)
 
 
 def test_a_convolution_is_a_contraction_with_taps():
@@ -606,12 +612,7 @@ def test_epilogues_of_batched_and_padded_plans_under_any_blocking(kind, N, C, H,
     R, S = min(R, H), min(S, W)
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b)
     if kind == "batched":
-        k = compiler.parse(BATCHED_RELU).kernel()
-        b = bind(k, dict(Q=N, M=F, K=C, N=W))
-        nk = compile_cpu(k, b, CPU, threads=threads, blocking=bl)
-        ins = random_inputs(k, b, seed=kc)
-        ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
-        assert ok, per
+        nk = _checked(BATCHED_RELU, dict(Q=N, M=F, K=C, N=W), threads, bl, seed=kc)
     else:
         sizes = dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S)
         if kind == "residual":
@@ -651,15 +652,9 @@ LINEAR3 = """def linear3(float(B, T, K) X, float(K, N) W) -> (Y) {
 def test_rows_every_operand_holds_one_after_another_run_together_in_place():
     """A linear layer over (batch, time) rows: X and Y both hold them one after another, so they
     run as one row variable with one stride, X read in place (no gather), the ReLU fused."""
-    k = compiler.parse(LINEAR3).kernel()
-    b = bind(k, dict(B=3, T=5, K=40, N=33))
-    nk = compile_cpu(k, b, CPU, threads=1)
-    [p] = nk.plans
+    [p] = _checked(LINEAR3, dict(B=3, T=5, K=40, N=33)).plans
     assert p.row == "(b,t)" and p.rows == (("b", "t"), (3, 5), (5 * 40, 40)) and not p.gathers_a()
     assert p.epilogue == (1,) and p.strides["X"]["(b,t)"] == 40
-    ins = random_inputs(k, b, seed=2)
-    ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
-    assert ok, per
 
 
 @settings(max_examples=25, deadline=None)
@@ -679,12 +674,7 @@ def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads
     R, S = min(R, H), min(S, W)
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b, split_k=split_k)
     if kind == "linear3":
-        k = compiler.parse(LINEAR3).kernel()
-        b = bind(k, dict(B=N, T=H, K=C, N=F))
-        nk = compile_cpu(k, b, CPU, threads=threads, blocking=bl)
-        ins = random_inputs(k, b, seed=kc)
-        ok, err, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
-        assert ok, (bl, per)
+        nk = _checked(LINEAR3, dict(B=N, T=H, K=C, N=F), threads, bl, seed=kc)
     else:
         nk = _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold, kernel=kind)
     [p] = nk.plans
