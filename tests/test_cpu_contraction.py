@@ -633,13 +633,36 @@ def test_an_nhwc_convolution_is_one_gemm_over_every_output_pixel(threads):
     [p] = _conv(sizes, threads, kernel="conv2d_nhwc").plans
     Ho, Wo = 6, 8
     assert (p.row, p.vec, p.red, p.batch, p.taps) == ("(n,h,w)", "f", "(r,s,c)", (), ())
-    assert p.rows == (("n", "h", "w"), (2, Ho, Wo), (8 * 9 * 32, 9 * 32, 32)) and p.gathers_a()
+    assert p.rows == (("n", "h", "w"), (2, Ho, Wo), (8 * 9 * 32, 9 * 32, 32), (Ho * Wo * 40, Wo * 40, 40))
+    assert p.gathers_a() and not p.gathers_c()
     assert p.kfold == (("r", "s", "c"), (3, 2, 32), (9 * 32, 32, 1), "I") and p.tables("I") and not p.tables("Wt")
     assert not p.blocking.pack_a and p.blocking.mr <= 8 and p.dom["(n,h,w)"] == (0, 2 * Ho * Wo)
     assert p.flops() == 2 * prod(sizes[x] for x in "NFCRS") * Ho * Wo
     assert "(I read through each row's address)" in p.describe()
     packed = _conv(sizes, threads, dict(pack_a=True), kernel="conv2d_nhwc").plans[0]
     assert "(I packed through each row's address)" in packed.describe()
+
+
+@pytest.mark.parametrize("kernel", ["conv2d", "conv2d_bias_relu"])
+def test_an_nchw_convolution_with_short_rows_is_one_gemm_along_its_channels(kernel):
+    """NCHW with output rows shorter than the unit-stride orientation's tiles (padded rows or
+    im2col there), K deep and F wide: vectorised along f instead, every output pixel a row of
+    one GEMM, I read in place through each tile row's address and the K table of (c, r, s), O's
+    rows stored through their addresses (element by element: its f is strided).  With a fused
+    bias and ReLU (run on C element by element too) only from ONE_GEMM_EPILOGUE_K deep."""
+    from compiler.backends.llvm import plan
+    sizes = dict(N=2, C=32, H=10, W=10, F=64, R=3, S=3)  # K = 288, F = 4 vectors
+    [p] = _conv(sizes, 2, kernel=kernel).plans
+    if kernel == "conv2d_bias_relu":  # K below ONE_GEMM_EPILOGUE_K: the padded plan, its epilogue fused
+        assert p.pad and p.vec == "(h,w)" and p.epilogue == (1,)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(plan, "ONE_GEMM_EPILOGUE_K", 256)
+            [p] = _conv(sizes, 2, kernel=kernel).plans
+        assert p.epilogue == (1,)
+    assert (p.row, p.vec, p.red, p.batch, p.taps) == ("(n,h,w)", "f", "(c,r,s)", (), ())
+    assert p.gathers_a() and p.gathers_c() and p.tables("I") and not p.blocking.pack_a
+    assert p.rows == (("n", "h", "w"), (2, 8, 8), (32 * 100, 10, 1), (64 * 64, 8, 1))
+    assert p.strides["O"]["f"] == 64 and not p.splits_k()
 
 
 LINEAR3 = """def linear3(float(B, T, K) X, float(K, N) W) -> (Y) {
@@ -653,12 +676,13 @@ def test_rows_every_operand_holds_one_after_another_run_together_in_place():
     """A linear layer over (batch, time) rows: X and Y both hold them one after another, so they
     run as one row variable with one stride, X read in place (no gather), the ReLU fused."""
     [p] = _checked(LINEAR3, dict(B=3, T=5, K=40, N=33)).plans
-    assert p.row == "(b,t)" and p.rows == (("b", "t"), (3, 5), (5 * 40, 40)) and not p.gathers_a()
+    assert p.row == "(b,t)" and p.rows == (("b", "t"), (3, 5), (5 * 40, 40), (5 * 33, 33)) and not p.gathers_a()
     assert p.epilogue == (1,) and p.strides["X"]["(b,t)"] == 40
 
 
 @settings(max_examples=25, deadline=None)
-@given(kind=st.sampled_from(["conv2d_nhwc", "conv2d_nhwc_bias_relu", "linear3"]), N=st.integers(1, 3),
+@given(kind=st.sampled_from(["conv2d_nhwc", "conv2d_nhwc_bias_relu", "linear3", "conv2d", "conv2d_bias_relu"]),
+       N=st.integers(1, 3),
        C=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 20, 32, 48]), H=st.integers(1, 9), W=st.integers(1, 12),
        F=st.integers(1, 40), R=st.integers(1, 3), S=st.integers(1, 3), threads=st.integers(1, 3),
        mr=st.integers(1, 14), nv=st.integers(1, 4), kc=st.sampled_from([1, 3, 7, 16, 20, 32, 48]),
@@ -667,18 +691,23 @@ def test_rows_every_operand_holds_one_after_another_run_together_in_place():
 def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads, mr, nv, kc, mcs, ncs, pack_a,
                                               pack_b, split_k, fold):
     """Gathered rows (an NHWC convolution, with and without its bias and ReLU fused, the taps
-    folded into K or as passes) and rows in place (LINEAR3): any tiles, K blocks (whole vectors
+    folded into K or as passes; an NCHW one along f, C's rows stored through their addresses)
+    and rows in place (LINEAR3): any tiles, K blocks (whole vectors
     of one tap's channels or not: the packing's vector and element paths), column blocks,
     thread split and split K, A packed or read in place through each row's address; the epilogue
     runs on each run of a tile's rows within an image row."""
     R, S = min(R, H), min(S, W)
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs, pack_a=pack_a, pack_b=pack_b, split_k=split_k)
+    from compiler.backends.llvm import plan
     if kind == "linear3":
         nk = _checked(LINEAR3, dict(B=N, T=H, K=C, N=F), threads, bl, seed=kc)
     else:
-        nk = _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold, kernel=kind)
+        with pytest.MonkeyPatch.context() as mp:  # NCHW: one GEMM wherever the rows are short
+            for knob in ("ONE_GEMM_K", "ONE_GEMM_VECTORS", "ONE_GEMM_EPILOGUE_K"):
+                mp.setattr(plan, knob, 0)
+            nk = _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold, kernel=kind)
     [p] = nk.plans
-    if kind != "conv2d_nhwc" and not p.taps:
+    if kind.endswith("relu") and not (p.taps or p.im2col or p.merged):  # (plans that run it apart)
         assert p.epilogue == (1,), p.describe()
 
 

@@ -440,10 +440,17 @@ class _Emit:
     def a_row(self, m):
         """A's offset of row m: m times its stride, or, where A's rows are gathered (``rows``),
         the sum of each row variable's value (decoded from m) times A's stride along it."""
-        p, b = self.p, self.bld
-        if not p.gathers_a():
-            return b.mul(m, _c(p.strides[p.a][p.row]))
-        _, extents, strides = p.rows
+        p = self.p
+        return self.row_offset(m, p.rows[2]) if p.gathers_a() else self.bld.mul(m, _c(p.strides[p.a][p.row]))
+
+    def c_row(self, m):
+        """C's offset of row m (``a_row`` for C)."""
+        p = self.p
+        return self.row_offset(m, p.rows[3]) if p.gathers_c() else self.bld.mul(m, _c(p.strides[p.c][p.row]))
+
+    def row_offset(self, m, strides):
+        """The offset of row m of run-together rows (``rows``) in a tensor with ``strides`` along them."""
+        b, extents = self.bld, self.p.rows[1]
         off, rest = _c(0), m
         for d, (e, st) in enumerate(zip(extents, strides)):
             inner = prod(extents[d + 1:])
@@ -507,8 +514,10 @@ class _Emit:
         # a_rs -1: A's rows in place at offsets from an array of MR, k at k * a_ks or (a_ks 0)
         # at the offsets in A's K table
         by_rows, a_table = a_rs < 0, a_rs < 0 and a_ks == 0
+        c_rows = p.gathers_c()  # C's rows at the offsets in an array of MR
         fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)] + ([I64.as_pointer()] if table else [])
-                       + ([I64.as_pointer()] if by_rows else []) + ([I64.as_pointer()] if a_table else []))
+                       + ([I64.as_pointer()] if by_rows else []) + ([I64.as_pointer()] if a_table else [])
+                       + ([I64.as_pointer()] if c_rows else []))
         if nvec == bl.nv:  # the narrower ones are for last tiles only: calls, not copies
             fn.attributes.add("alwaysinline")
         a, bp, c, kc, mv, nv, accum = fn.args[:7]
@@ -521,7 +530,14 @@ class _Emit:
         zero = L.Constant(self.vt, [0.0] * bl.vl)
         tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
         crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
-        if bl.prefetch_c and cvs == 1:
+        c_offs = fn.args[-1] if c_rows else None
+
+        def c_at(i):
+            """C's offset of the tile's row i (a Python int or an i64)."""
+            if c_offs is not None:
+                return b.load(b.gep(c_offs, [i if not isinstance(i, int) else _c(i)]))
+            return i * crs if isinstance(i, int) else b.mul(i, _c(crs))
+        if bl.prefetch_c and cvs == 1 and not c_rows:
             # the C tile this call adds to, on its way while the k loop runs (a C from memory)
             for i in range(bl.mr):
                 for line in range(0, nvec * bl.vl * 4, 64):
@@ -579,7 +595,7 @@ class _Emit:
         def store_full():
             for i in range(bl.mr):
                 for v in range(nvec):
-                    ptr = self.at(c, i * crs + v * bl.vl)
+                    ptr = self.at(c, b.add(c_at(i), _c(v * bl.vl)) if c_rows else i * crs + v * bl.vl)
                     val = new[i][v]
                     cur = self.vload(ptr)
                     val = b.select(accum, b.fadd(val, cur), val)
@@ -592,7 +608,7 @@ class _Emit:
 
             def row(i):
                 def col(j):
-                    ptr = self.at(c, b.add(b.mul(i, _c(crs)), b.mul(j, _c(cvs)) if cvs != 1 else j))
+                    ptr = self.at(c, b.add(c_at(i), b.mul(j, _c(cvs)) if cvs != 1 else j))
                     t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
                     cur = b.load(ptr)
                     b.store(b.select(accum, b.fadd(t, cur), t), ptr)
@@ -620,6 +636,7 @@ class _Emit:
         klo, khi = p.dom[p.red]
         # A gathered (or through the K table) and read in place: each tile's row offsets
         row_offs = b.alloca(I64, size=bl.mr, name="row_offs") if self.a_by_rows() else None
+        c_offs = b.alloca(I64, size=bl.mr, name="c_offs") if p.gathers_c() else None
         a_table = self.k_table() if row_offs is not None and p.tables(p.a) else None
         if bl.split_k:
             # part 0 adds into C, the others into a private copy of C's span (summed by
@@ -695,12 +712,19 @@ class _Emit:
                             def itile(ir):
                                 mv = self.min(_c(bl.mr), b.sub(mc, ir))
                                 m0 = b.add(ic, ir)
-                                ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])),
-                                                         b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))))
+                                cols = b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))
+                                if c_offs is not None:  # C's rows through their offsets (past mv: the last's)
+                                    ctile = self.at(C, cols)
+                                    for i in range(bl.mr):
+                                        b.store(self.c_row(b.add(m0, self.min(_c(i), b.sub(mv, _c(1))))),
+                                                b.gep(c_offs, [_c(i)]))
+                                else:
+                                    ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])), cols))
+                                c_extra = [c_offs] if c_offs is not None else []
 
                                 def micro(a_rs, a_ks, at):  # (B in place through the K table: its entry for pc)
                                     tbl = [b.gep(table, [_c(0), pc])] if b_ks == 0 else []
-                                    self.call_micro(a_rs, a_ks, b_ks, [at, btile, ctile, kc, mv, nv, accum] + tbl)
+                                    self.call_micro(a_rs, a_ks, b_ks, [at, btile, ctile, kc, mv, nv, accum] + tbl + c_extra)
                                 if bl.pack_a:
                                     micro(1, bl.mr, self.at(ablk, b.mul(ir, kc)))
                                 elif row_offs is not None:
@@ -715,7 +739,7 @@ class _Emit:
                                     extra = [row_offs] + ([b.gep(a_table, [_c(0), pc])] if a_table is not None else [])
                                     tbl = [b.gep(table, [_c(0), pc])] if b_ks == 0 else []
                                     self.call_micro(-1, 0 if a_table is not None else sk, b_ks,
-                                                    [self.at(A, ak), btile, ctile, kc, mv, nv, accum] + tbl + extra)
+                                                    [self.at(A, ak), btile, ctile, kc, mv, nv, accum] + tbl + extra + c_extra)
                                 else:
                                     def whole():
                                         micro(sm, sk, self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk)))))

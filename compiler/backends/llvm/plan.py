@@ -15,6 +15,7 @@ from ir.kernel import Kernel
 from ir.target import Instruction, Target
 
 from ..access import element_strides
+from ..fusion import epilogue as fusable
 
 def registers(t: Target, regmem: str, vl: int) -> int:
     """Vector registers in the register file ``regmem`` (its capacity over its row size)."""
@@ -351,9 +352,10 @@ class Contraction:
     # runs over all of them, that operand's row k at k's offset (``_Emit.k_table``: B read in
     # place or packed through it, A packed through it)
     kfold: tuple = ()
-    # output rows that C holds one after another run as one row variable (``_gather_rows``): (the
-    # variables, outermost first, their extents, A's strides along them); A's rows are packed
-    # through each row's address (a gather) unless A holds them one after another too
+    # output rows run as one row variable (``_gather_rows``): (the variables, outermost first,
+    # their extents, A's strides along them, C's); A's rows are read or packed through each
+    # row's address unless A holds them one after another, and so are C's (a C stored element
+    # by element, its vector strided)
     rows: tuple = ()
 
     def extent(self, v: str) -> int:
@@ -416,7 +418,7 @@ class Contraction:
     def splits_k(self) -> bool:
         """Whether K may be split across threads: the broadcast form with no batch loops and an
         output whose offsets over the domain are non-negative (each partial sum is a private copy of C's span)."""
-        return (self.form == "bcast" and not self.batch and not self.taps and self.base[self.c] >= 0
+        return (self.form == "bcast" and not self.batch and not self.taps and self.base[self.c] >= 0 and not self.gathers_c()
                 and all(self.strides[self.c][v] >= 0 and self.dom[v][0] >= 0 for v in (self.row, self.vec)))
 
     def tap_points(self) -> int:
@@ -448,7 +450,7 @@ class Contraction:
             names, extents = self.kfold[:2]
             dom = {**{v: r for v, r in dom.items() if v != self.red}, **{v: (0, e) for v, e in zip(names, extents)}}
         if self.rows:
-            names, extents, _ = self.rows
+            names, extents = self.rows[:2]
             dom = {**{v: r for v, r in dom.items() if v != self.row}, **{v: (0, e) for v, e in zip(names, extents)}}
         if self.im2col:
             n, h, w, batches, rows, cols = self.im2col[:6]
@@ -472,10 +474,12 @@ class Contraction:
     def gathers_a(self) -> bool:
         """Whether A's rows are packed through each row's address (``rows`` that A does not hold
         one after another: an NHWC convolution's pixels, W apart in I's rows but Wo in O's)."""
-        if not self.rows:
-            return False
-        _, extents, strides = self.rows
-        return any(outer != inner * e for outer, inner, e in zip(strides, strides[1:], extents[1:]))
+        return bool(self.rows) and not _one_after_another(self.rows[1], self.rows[2])
+
+    def gathers_c(self) -> bool:
+        """Whether C's rows are stored through each row's address (``rows`` that C does not hold
+        one after another: an NCHW convolution's pixels over n, h, w vectorised along f)."""
+        return bool(self.rows) and not _one_after_another(self.rows[1], self.rows[3])
 
     def scratch_floats(self) -> int:
         """Floats of a padded or im2col plan's scratch C: every row of C, each its columns."""
@@ -550,9 +554,12 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     if not plans:
         return None
     plan, instr, vl = _pick_orientation(plans)
-    plan = _im2col(plan, 2 * vl) or _fuse_rows(plan, 2 * vl) or _pad_rows(plan, 2 * vl) or plan
-    plan = _gather_rows(plan) or plan
-    plan = _fold_taps(plan) or plan
+    plan = _shaped(plan, vl)
+    if plan.pad or plan.im2col:  # output rows shorter than the unit-stride orientation's tiles
+        plan, instr, vl = next(((q, i, v) for q, i, v in ((_shaped(x, v), i, v) for x, i, v in plans)
+                                if _one_gemm(q, v) and (q.extent(q.red) >= ONE_GEMM_EPILOGUE_K
+                                                        or q.strides[q.c][q.vec] == 1 or not fusable(k, b, q))),
+                               (plan, instr, vl))
     sc = broadcast_fma(instr)[2]
     rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
     # (a gathered A, or one through the K table, is packed: blocked as an A without a unit stride)
@@ -641,18 +648,30 @@ def _gather_rows(p: Contraction) -> Contraction | None:
         return None
     sa, sb, sc = p.strides[p.a], p.strides[p.b], p.strides[p.c]
     cand = [v for v in (p.row, *p.batch) if not sb[v] and sa[v] and sc[v] and not p.dom[v][0]]
-    if len(cand) < 2 or p.row not in cand:
+    # the longest run that C holds one after another, from its innermost row variable out
+    order = sorted(cand, key=lambda v: -sc[v])[-1:]
+    for v in sorted(cand, key=lambda v: -sc[v])[-2::-1]:
+        if sc[v] != sc[order[0]] * p.extent(order[0]):
+            break
+        order.insert(0, v)
+    if sc[p.vec] != 1:  # C stored element by element: all of them, C's rows through their addresses too
+        order = sorted(cand, key=lambda v: -sc[v])
+    if len(order) < 2 or (sc[order[-1]] == 1 and sc[p.vec] == 1) or prod(p.extent(x) for x in order) <= p.extent(p.row):
         return None
-    order = sorted(cand, key=lambda v: -sc[v])
     inner = order[-1]
-    if any(sc[v] != sc[w] * p.extent(w) for v, w in zip(order, order[1:])) or sc[inner] == 1:
-        return None
     v = "(" + ",".join(order) + ")"
-    # A's and C's stride along j: the innermost row's (A's is exact where it holds them one after another)
+    # A's and C's stride along j: the innermost row's (A's is exact where it holds them one after another);
+    # a row variable outside the run becomes a batch loop
     return _with_var(p, tuple(order), v, prod(p.extent(x) for x in order),
                      {p.a: {v: sa[inner]}, p.b: {v: 0}, p.c: {v: sc[inner]}}, row=v,
-                     batch=tuple(x for x in p.batch if x not in order),
-                     rows=(tuple(order), tuple(p.extent(x) for x in order), tuple(sa[x] for x in order)))
+                     batch=tuple(x for x in (p.row, *p.batch) if x not in order),
+                     rows=(tuple(order), tuple(p.extent(x) for x in order), tuple(sa[x] for x in order),
+                           tuple(sc[x] for x in order)))
+
+
+def _one_after_another(extents, strides) -> bool:
+    """Whether variables (outermost first) of these extents and strides run through memory as one."""
+    return all(outer == inner * e for outer, inner, e in zip(strides, strides[1:], extents[1:]))
 
 
 def _dense(strides: dict[str, int], vs, p: Contraction) -> list[str] | None:
@@ -784,6 +803,39 @@ def _pad_rows(p: Contraction, nr: int) -> Contraction | None:
     cols = -(-span // 16) * 16  # the scratch's rows 64-byte aligned
     return _with_var(p, (h, w), v, span, {p.a: {v: 0}, p.b: {v: 1}, p.c: {v: 1, p.row: cols}}, vec=v,
                      batch=tuple(x for x in p.batch if x != h), pad=(h, w, wpad, ho, wo, sc[p.row]))
+
+
+def _shaped(plan: Contraction, vl: int) -> Contraction:
+    """The plan's pixels and taps rearranged where that pays: output columns as one vector
+    (im2col, merged or padded rows), output rows as one row variable, the taps folded into K."""
+    plan = _im2col(plan, 2 * vl) or _fuse_rows(plan, 2 * vl) or _pad_rows(plan, 2 * vl) or plan
+    plan = _gather_rows(plan) or plan
+    return _fold_taps(plan) or plan
+
+
+ONE_GEMM_K = 256  # a convolution runs as one GEMM with C stored element by element from this deep (_one_gemm) ...
+ONE_GEMM_VECTORS = 4  # ... and this many vectors of output channels
+# ... and this deep where a fused epilogue then runs on C element by element too (a bias and ReLU: ~2x
+# its cost in the padded plan's compaction): conv2d_bias_relu, same measurements as _one_gemm,
+# 8x64x30x30 (K 576) 2.81 -> 2.91 ms, 8x128x58x58 (1152) 20.0 -> 20.2, 16x256x16x16 (2304) 11.2 -> 9.96
+ONE_GEMM_EPILOGUE_K = 2048
+
+
+def _one_gemm(p: Contraction, vl: int) -> bool:
+    """Whether a convolution's plan is one GEMM over every output pixel: no batch loop, the taps
+    folded into K through A's table, A's rows read in place through their addresses (runs
+    along k).  A convolution whose unit-stride orientation pads its output rows or gathers
+    them (im2col) takes this one instead, even where C is then stored element by element (NCHW
+    vectorised along f: each tile's C once, after all of K), where K is ONE_GEMM_K deep and F
+    ONE_GEMM_VECTORS vectors wide, so the element stores stay a small part of a tile.
+    Measured on the 2-vCPU Xeon VM, 2 threads, builds of both in one process, alternating
+    rounds, NCHW conv2d padded rows or im2col -> one GEMM: 16x256x16x16 * 256x3x3 11.5 -> 10.3
+    ms (torch 11.0), 8x64x30x30 * 128 2.67 -> 2.62 (2.93), 8x128x58x58 * 128 22.3 -> 21.1
+    (20.5), 32x512x9x9 * 512 23.5 -> 21.8 (23.1), 8x64x9x9 * 64 0.124 -> 0.088 (0.159); not
+    taken: 4x3x34x34 * 16 (K 27, one vector) 0.016 -> 0.110, 1x64x114x114 * 64 (112-wide rows,
+    not padded) 2.72 -> 3.23."""
+    return (bool(p.rows) and not p.batch and p.tables(p.a) and p.strides[p.a][p.red] == 1
+            and p.extent(p.red) >= ONE_GEMM_K and p.extent(p.vec) >= ONE_GEMM_VECTORS * vl)
 
 
 def _pick_orientation(plans: list) -> tuple:
