@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from math import gcd, prod
 
 from ir.bind import Bound
-from ir.dtypes import FLOAT32
+from ir.dtypes import BFLOAT16, FLOAT32
 from ir.expr import Access, Binary, Cast, Var
 from ir.kernel import Kernel
 from ir.target import Instruction, Target
@@ -925,7 +925,10 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
         return None
     acc = {c: [Var(v) for v in s.indices]}
     for e in (s.rhs.a, s.rhs.b):
-        while isinstance(e, Cast) and e.to == e.x.dtype:  # float(A(m, k)) on a float A
+        # float(A(m, k)) on a float A, or on a bfloat16 A: this backend stores bfloat16 tensors
+        # as float32 values already rounded to bfloat16 (``lltype``), so the widening is exact
+        # and free (the target's fill_l1_cvt)
+        while isinstance(e, Cast) and e.to in (e.x.dtype, FLOAT32) and e.x.dtype in (FLOAT32, BFLOAT16):
             e = e.x
         if not isinstance(e, Access) or e.tensor not in (a, bt) or e.tensor in acc:
             return None
@@ -933,7 +936,7 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
     if set(acc) != {a, bt, c}:
         return None
     for name in acc:
-        if k.tensor(name).dtype != FLOAT32:
+        if k.tensor(name).dtype not in ((FLOAT32,) if name == c else (FLOAT32, BFLOAT16)):
             return None
     found = element_strides(b, acc, affine=True)
     if found is None:
