@@ -697,7 +697,8 @@ def test_rows_every_operand_holds_one_after_another_run_together_in_place():
 
 
 @settings(max_examples=25, deadline=None)
-@given(kind=st.sampled_from(["conv2d_nhwc", "conv2d_nhwc_bias_relu", "linear3", "conv2d", "conv2d_bias_relu"]),
+@given(kind=st.sampled_from(["conv2d_nhwc", "conv2d_nhwc_bias_relu", "linear3", "conv2d", "conv2d_bias_relu",
+                             "pointwise_conv2d"]),
        N=st.integers(1, 3),
        C=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 20, 32, 48]), H=st.integers(1, 9), W=st.integers(1, 12),
        F=st.integers(1, 40), R=st.integers(1, 3), S=st.integers(1, 3), threads=st.integers(1, 3),
@@ -707,7 +708,8 @@ def test_rows_every_operand_holds_one_after_another_run_together_in_place():
 def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads, mr, nv, kc, mcs, ncs, pack_a,
                                               pack_b, split_k, fold):
     """Gathered rows (an NHWC convolution, with and without its bias and ReLU fused, the taps
-    folded into K or as passes; an NCHW one along f, C's rows stored through their addresses)
+    folded into K or as passes; NCHW and pointwise ones along f, C's rows stored through their
+    addresses, A read or packed through each row's)
     and rows in place (LINEAR3): any tiles, K blocks (whole vectors
     of one tap's channels or not: the packing's vector and element paths), column blocks,
     thread split and split K, A packed or read in place through each row's address; the epilogue
@@ -718,10 +720,11 @@ def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads
     if kind == "linear3":
         nk = _checked(LINEAR3, dict(B=N, T=H, K=C, N=F), threads, bl, seed=kc)
     else:
-        with pytest.MonkeyPatch.context() as mp:  # NCHW: one GEMM wherever the rows are short
-            for knob in ("ONE_GEMM_K", "ONE_GEMM_VECTORS", "ONE_GEMM_EPILOGUE_K"):
+        with pytest.MonkeyPatch.context() as mp:  # NCHW: one GEMM wherever the rows are short or im2col'd
+            for knob in ("ONE_GEMM_K", "ONE_GEMM_VECTORS", "ONE_GEMM_EPILOGUE_K", "IM2COL_ROWS"):
                 mp.setattr(plan, knob, 0)
-            nk = _conv(dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S), threads, bl, fold, kernel=kind)
+            sizes = dict(N=N, C=C, H=H, W=W, F=F, **({} if kind.startswith("pointwise") else dict(R=R, S=S)))
+            nk = _conv(sizes, threads, bl, fold, kernel=kind)
     [p] = nk.plans
     if kind.endswith("relu") and not (p.taps or p.im2col or p.merged):  # (plans that run it apart)
         assert p.epilogue == (1,), p.describe()

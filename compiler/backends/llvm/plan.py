@@ -822,19 +822,21 @@ ONE_GEMM_EPILOGUE_K = 2048
 
 
 def _one_gemm(p: Contraction, vl: int) -> bool:
-    """Whether a convolution's plan is one GEMM over every output pixel: no batch loop, the taps
+    """Whether a convolution's plan is one GEMM over every output pixel: no batch loop, any taps
     folded into K through A's table, A's rows read in place through their addresses (runs
-    along k).  A convolution whose unit-stride orientation pads its output rows or gathers
-    them (im2col) takes this one instead, even where C is then stored element by element (NCHW
-    vectorised along f: each tile's C once, after all of K), where K is ONE_GEMM_K deep and F
-    ONE_GEMM_VECTORS vectors wide, so the element stores stay a small part of a tile.
+    along k; packed through them otherwise).  A convolution whose unit-stride orientation pads
+    its output rows or gathers them (im2col) takes this one instead, even where C is then
+    stored element by element (NCHW vectorised along f: each tile's C once, after all of K),
+    where K is ONE_GEMM_K deep and F ONE_GEMM_VECTORS vectors wide, so the element stores stay
+    a small part of a tile.  A pointwise convolution's im2col (32x512x7x7 * 512) 2.68 -> 2.50
+    ms (torch 2.39), its I packed through each pixel's address (channels H * W apart).
     Measured on the 2-vCPU Xeon VM, 2 threads, builds of both in one process, alternating
     rounds, NCHW conv2d padded rows or im2col -> one GEMM: 16x256x16x16 * 256x3x3 11.5 -> 10.3
     ms (torch 11.0), 8x64x30x30 * 128 2.67 -> 2.62 (2.93), 8x128x58x58 * 128 22.3 -> 21.1
     (20.5), 32x512x9x9 * 512 23.5 -> 21.8 (23.1), 8x64x9x9 * 64 0.124 -> 0.088 (0.159); not
     taken: 4x3x34x34 * 16 (K 27, one vector) 0.016 -> 0.110, 1x64x114x114 * 64 (112-wide rows,
     not padded) 2.72 -> 3.23."""
-    return (bool(p.rows) and not p.batch and p.tables(p.a) and p.strides[p.a][p.red] == 1
+    return (bool(p.rows) and not p.batch and not p.taps and (p.tables(p.a) or not p.kfold)
             and p.extent(p.red) >= ONE_GEMM_K and p.extent(p.vec) >= ONE_GEMM_VECTORS * vl)
 
 
