@@ -664,17 +664,11 @@ def test_an_nchw_convolution_with_short_rows_is_one_gemm_along_its_channels(kern
     """NCHW with output rows shorter than the unit-stride orientation's tiles (padded rows or
     im2col there), K deep and F wide: vectorised along f instead, every output pixel a row of
     one GEMM, I read in place through each tile row's address and the K table of (c, r, s), O's
-    rows stored through their addresses (element by element: its f is strided).  With a fused
-    bias and ReLU (run on C element by element too) only from ONE_GEMM_EPILOGUE_K deep."""
-    from compiler.backends.llvm import plan
+    rows stored through their addresses (element by element: its f is strided); a fused bias
+    and ReLU runs over each row block's runs of pixels."""
     sizes = dict(N=2, C=32, H=10, W=10, F=64, R=3, S=3)  # K = 288, F = 4 vectors
     [p] = _conv(sizes, 2, kernel=kernel).plans
-    if kernel == "conv2d_bias_relu":  # K below ONE_GEMM_EPILOGUE_K: the padded plan, its epilogue fused
-        assert p.pad and p.vec == "(h,w)" and p.epilogue == (1,)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(plan, "ONE_GEMM_EPILOGUE_K", 256)
-            [p] = _conv(sizes, 2, kernel=kernel).plans
-        assert p.epilogue == (1,)
+    assert p.epilogue == ((1,) if kernel == "conv2d_bias_relu" else ())
     assert (p.row, p.vec, p.red, p.batch, p.taps) == ("(n,h,w)", "f", "(c,r,s)", (), ())
     assert p.gathers_a() and p.gathers_c() and p.tables("I") and not p.blocking.pack_a
     assert p.rows == (("n", "h", "w"), (2, 8, 8), (32 * 100, 10, 1), (64 * 64, 8, 1))
@@ -721,7 +715,7 @@ def test_rows_run_together_under_any_blocking(kind, N, C, H, W, F, R, S, threads
         nk = _checked(LINEAR3, dict(B=N, T=H, K=C, N=F), threads, bl, seed=kc)
     else:
         with pytest.MonkeyPatch.context() as mp:  # NCHW: one GEMM wherever the rows are short or im2col'd
-            for knob in ("ONE_GEMM_K", "ONE_GEMM_VECTORS", "ONE_GEMM_EPILOGUE_K", "IM2COL_ROWS"):
+            for knob in ("ONE_GEMM_K", "ONE_GEMM_VECTORS", "IM2COL_ROWS"):
                 mp.setattr(plan, knob, 0)
             sizes = dict(N=N, C=C, H=H, W=W, F=F, **({} if kind.startswith("pointwise") else dict(R=R, S=S)))
             nk = _conv(sizes, threads, bl, fold, kernel=kind)

@@ -163,8 +163,8 @@ class _Emit:
     def finish_tile(self, pc, kc, khi: int, m0, mv, n0, nv, whole=None):
         """After the last K block of a tile: its fused epilogue, while the tile is in L1 (not
         where ``whole`` is false: a part of a split K, whose epilogue runs after the sums)."""
-        if self.epilogue is None or self.p.scratch_c:  # (a scratch C's: after its compaction)
-            return
+        if self.epilogue is None or self.p.scratch_c or self.p.gathers_c():
+            return  # (a scratch C's: after its compaction; a C gathered by rows: per block of them)
         self.if_(self.last_block(pc, kc, khi, whole), lambda: self.call_epilogue(self.bufs, m0, mv, n0, nv, self.epi_args))
 
     def call_epilogue(self, bufs, m0, mv, n0, nv, extra):
@@ -764,6 +764,12 @@ class _Emit:
                             tiles(bedge, bl.nr)
                         self.if_(b.icmp_signed("==", nv, _c(bl.nr)), direct, edge)
                     self.loop(jr0, nc, bl.nr, jtile, "jr")
+                    if self.epilogue is not None and p.gathers_c():
+                        # C's rows stored element by element (its vec strided): the epilogue over
+                        # the whole row block at once, along runs of rows that C holds one after
+                        # another (a tile's few rows would leave nothing to vectorise)
+                        self.if_(self.last_block(pc, kc, khi, k_whole), lambda: self.call_epilogue(
+                            self.bufs, ic, mc, b.add(jc, jr0), b.sub(nc, jr0), self.epi_args))
 
                 def blocks():
                     self.loop(m_lo, m_hi, bl.mc, iblock, "ic")

@@ -521,7 +521,7 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
                     vec, extra = p.pad[1], (p.pad[0], *p.batch)
                 if p.rows:  # over runs of the innermost row variable, the outer ones after the bounds
                     row, extra = p.rows[0][-1], (*p.rows[0][:-1], *p.batch)
-                epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), row, vec, extra)
+                epi = g.tile_function(f"s{si}_epilogue", list(p.epilogue), row, vec, extra, rows_inner=p.gathers_c())
             ws = emit_contraction(g.mod, p, {n: i for i, n in enumerate(g.names)}, epi)
             g.functions.append((f"s{si}", si, p, (0, ws)))
             if p.blocking.split_k:

@@ -15,7 +15,6 @@ from ir.kernel import Kernel
 from ir.target import Instruction, Target
 
 from ..access import element_strides
-from ..fusion import epilogue as fusable
 
 def registers(t: Target, regmem: str, vl: int) -> int:
     """Vector registers in the register file ``regmem`` (its capacity over its row size)."""
@@ -557,9 +556,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     plan = _shaped(plan, vl)
     if plan.pad or plan.im2col:  # output rows shorter than the unit-stride orientation's tiles
         plan, instr, vl = next(((q, i, v) for q, i, v in ((_shaped(x, v), i, v) for x, i, v in plans)
-                                if _one_gemm(q, v) and (q.extent(q.red) >= ONE_GEMM_EPILOGUE_K
-                                                        or q.strides[q.c][q.vec] == 1 or not fusable(k, b, q))),
-                               (plan, instr, vl))
+                                if _one_gemm(q, v)), (plan, instr, vl))
     sc = broadcast_fma(instr)[2]
     rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
     # (a gathered A, or one through the K table, is packed: blocked as an A without a unit stride)
@@ -815,10 +812,6 @@ def _shaped(plan: Contraction, vl: int) -> Contraction:
 
 ONE_GEMM_K = 256  # a convolution runs as one GEMM with C stored element by element from this deep (_one_gemm) ...
 ONE_GEMM_VECTORS = 4  # ... and this many vectors of output channels
-# ... and this deep where a fused epilogue then runs on C element by element too (a bias and ReLU: ~2x
-# its cost in the padded plan's compaction): conv2d_bias_relu, same measurements as _one_gemm,
-# 8x64x30x30 (K 576) 2.81 -> 2.91 ms, 8x128x58x58 (1152) 20.0 -> 20.2, 16x256x16x16 (2304) 11.2 -> 9.96
-ONE_GEMM_EPILOGUE_K = 2048
 
 
 def _one_gemm(p: Contraction, vl: int) -> bool:
@@ -829,7 +822,11 @@ def _one_gemm(p: Contraction, vl: int) -> bool:
     stored element by element (NCHW vectorised along f: each tile's C once, after all of K),
     where K is ONE_GEMM_K deep and F ONE_GEMM_VECTORS vectors wide, so the element stores stay
     a small part of a tile.  A pointwise convolution's im2col (32x512x7x7 * 512) 2.68 -> 2.50
-    ms (torch 2.39), its I packed through each pixel's address (channels H * W apart).
+    ms (torch 2.39), its I packed through each pixel's address (channels H * W apart).  A
+    fused epilogue runs over each row block's runs of pixels (``_Emit.call_epilogue`` after
+    the block's last K block), vectorised along them: conv2d_bias_relu 8x64x30x30 2.77 -> 2.75,
+    8x128x58x58 22.9 -> 22.0, 16x256x16x16 12.1 -> 11.0 (run on each tile instead, along its
+    strided f: 2.81 -> 2.91, 20.0 -> 20.2, 11.2 -> 9.96).
     Measured on the 2-vCPU Xeon VM, 2 threads, builds of both in one process, alternating
     rounds, NCHW conv2d padded rows or im2col -> one GEMM: 16x256x16x16 * 256x3x3 11.5 -> 10.3
     ms (torch 11.0), 8x64x30x30 * 128 2.67 -> 2.62 (2.93), 8x128x58x58 * 128 22.3 -> 21.1

@@ -550,11 +550,14 @@ class _Gen:
             over(lhs, round_once)
         return outer
 
-    def tile_function(self, name: str, stmts: list[int], row: str, vec: str, extra: tuple[str, ...] = ()):
+    def tile_function(self, name: str, stmts: list[int], row: str, vec: str, extra: tuple[str, ...] = (),
+                      rows_inner: bool = False):
         """``void name(i8** bufs, i64 m0, i64 mv, i64 n0, i64 nv, i64 extra...)``: the elementwise
         statements ``stmts`` over one output tile (row in [m0, m0+mv), vec in [n0, n0+nv), the
         ``extra`` variables - a contraction's batch loops - at the values given), element by
-        element in order - a contraction's fused epilogue, run on the tile it just stored."""
+        element in order - a contraction's fused epilogue, run on the tile it just stored.
+        ``rows_inner``: the loop over rows inside the one over vec (an output whose rows, not
+        its vec, are contiguous: the inner loop is the one LLVM vectorises)."""
         i8pp = L.PointerType(L.IntType(8)).as_pointer()
         self.fn = L.Function(self.mod, L.FunctionType(L.VoidType(), [i8pp] + [I64] * (4 + len(extra))), name=name)
         self.fn.linkage = "internal"
@@ -573,7 +576,10 @@ class _Gen:
                 dt = self.k.tensor(st.tensor).dtype
                 v = self.convert(self.ev(st.rhs), st.rhs.dtype, dt)
                 self.store(st.tensor, [self.bld.sext(self.vars[x], I64) for x in st.indices], v)
-        self.loop(row, m0, self.bld.add(m0, mv), lambda: self.loop(vec, n0, self.bld.add(n0, nv), body))
+        if rows_inner:
+            self.loop(vec, n0, self.bld.add(n0, nv), lambda: self.loop(row, m0, self.bld.add(m0, mv), body, True))
+        else:
+            self.loop(row, m0, self.bld.add(m0, mv), lambda: self.loop(vec, n0, self.bld.add(n0, nv), body))
         self.bld.ret_void()
         return self.fn
 
