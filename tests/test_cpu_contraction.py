@@ -675,6 +675,29 @@ def test_an_nchw_convolution_with_short_rows_is_one_gemm_along_its_channels(kern
     assert p.strides["O"]["f"] == 64 and not p.splits_k()
 
 
+STRIDED = """def s2(float(N, C, H, W) I, float(F, C, R, S) Wt) -> (O) {
+    O(n, f, h, w) +=! I(n, c, 2 * h + r, 2 * w + s) * Wt(f, c, r, s) where h in 0:(H - R) / 2 + 1, w in 0:(W - S) / 2 + 1
+}
+"""
+CONV1D = """def c1(float(N, C, L) I, float(F, C, S) Wt) -> (O) {
+    O(n, f, l) +=! I(n, c, l + s) * Wt(f, c, s) where l in 0:L - S + 1
+}
+"""
+
+
+@pytest.mark.parametrize("src,sizes,one", [
+    (STRIDED, dict(N=2, C=32, H=15, W=15, F=64, R=3, S=3), True),  # I strided along w: B packed through the stride
+    (CONV1D, dict(N=2, C=128, L=40, F=64, S=3), True),  # 38 of 48 lanes
+    (CONV1D, dict(N=2, C=128, L=162, F=64, S=3), False),  # 160 wide: whole vectors read in place
+])
+def test_a_convolution_whose_rows_waste_lanes_or_loads_is_one_gemm(src, sizes, one):
+    """Beyond padded and im2col plans: a strided convolution, or rows leaving SHORT_ROW_WASTE of
+    their last vector empty, run as one GEMM along the output channels; whole rows of whole
+    vectors read in place keep the unit-stride plan."""
+    [p] = _checked(src, sizes, 2).plans
+    assert (p.vec == "f" and bool(p.rows) and not p.batch) == one, p.describe()
+
+
 LINEAR3 = """def linear3(float(B, T, K) X, float(K, N) W) -> (Y) {
     Y(b, t, n) +=! X(b, t, k) * W(k, n)
     Y(b, t, n) = fmax(Y(b, t, n), 0)

@@ -554,7 +554,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         return None
     plan, instr, vl = _pick_orientation(plans)
     plan = _shaped(plan, vl)
-    if plan.pad or plan.im2col:  # output rows shorter than the unit-stride orientation's tiles
+    if _short_rows(plan, vl):
         plan, instr, vl = next(((q, i, v) for q, i, v in ((_shaped(x, v), i, v) for x, i, v in plans)
                                 if _one_gemm(q, v)), (plan, instr, vl))
     sc = broadcast_fma(instr)[2]
@@ -814,6 +814,23 @@ ONE_GEMM_K = 256  # a convolution runs as one GEMM with C stored element by elem
 ONE_GEMM_VECTORS = 4  # ... and this many vectors of output channels
 
 
+SHORT_ROW_WASTE = 0.05  # lanes of a row's last vector left empty from which a row is short (_short_rows)
+
+
+def _short_rows(p: Contraction, vl: int) -> bool:
+    """Whether a convolution's unit-stride plan (vectorised along its output rows) leaves lanes
+    or loads to spare: its rows padded or gathered (im2col), leaving SHORT_ROW_WASTE of their
+    vectors' lanes empty, or its input read with a stride along them (a strided convolution's
+    B, packed through the stride).  Such a plan gives way to one GEMM over every output pixel
+    (``_one_gemm``).  Kept: whole rows of whole vectors read in place (1x64x114x114, 112 wide:
+    2.72 ms against 3.23 as one GEMM), and long ones (conv1d 4x128x1000 * 128x3, 998 wide:
+    1.19 against 1.28); 8x256x200 * 256x5 (196 wide, 6% empty) 3.21 -> 3.08 as one GEMM."""
+    ext = p.extent(p.vec)
+    waste = (-(-ext // vl) * vl - ext) / (-(-ext // vl) * vl)
+    return bool(p.pad or p.im2col) or bool(p.taps or p.kfold) and (
+        p.strides[p.b][p.vec] != 1 or waste >= SHORT_ROW_WASTE)
+
+
 def _one_gemm(p: Contraction, vl: int) -> bool:
     """Whether a convolution's plan is one GEMM over every output pixel: no batch loop, any taps
     folded into K through A's table, A's rows read in place through their addresses (runs
@@ -826,7 +843,9 @@ def _one_gemm(p: Contraction, vl: int) -> bool:
     fused epilogue runs over each row block's runs of pixels (``_Emit.call_epilogue`` after
     the block's last K block), vectorised along them: conv2d_bias_relu 8x64x30x30 2.77 -> 2.75,
     8x128x58x58 22.9 -> 22.0, 16x256x16x16 12.1 -> 11.0 (run on each tile instead, along its
-    strided f: 2.81 -> 2.91, 20.0 -> 20.2, 11.2 -> 9.96).
+    strided f: 2.81 -> 2.91, 20.0 -> 20.2, 11.2 -> 9.96).  Stride-2 convolutions (``I(n, c, 2 *
+    h + r, 2 * w + s)``, B packed through the stride along w): 8x128x57x57 * 256x3x3 14.6 ->
+    11.3 ms (torch 11.2), 8x256x29x29 * 512 17.5 -> 11.2 (11.1).
     Measured on the 2-vCPU Xeon VM, 2 threads, builds of both in one process, alternating
     rounds, NCHW conv2d padded rows or im2col -> one GEMM: 16x256x16x16 * 256x3x3 11.5 -> 10.3
     ms (torch 11.0), 8x64x30x30 * 128 2.67 -> 2.62 (2.93), 8x128x58x58 * 128 22.3 -> 21.1
