@@ -179,11 +179,7 @@ class _Emit:
         extents = p.rows[1]
 
         def run(q, start, lo, hi):
-            outer, rest = [], q
-            for d in range(len(extents) - 1):
-                inner = prod(extents[d + 1:-1])
-                outer.append(b.sdiv(rest, _c(inner)))
-                rest = b.srem(rest, _c(inner))
+            outer = self.digits(q, extents[:-1])
             self.if_(b.icmp_signed("<", lo, hi),
                      lambda: b.call(self.epilogue, [bufs, lo, b.sub(hi, lo), n0, nv, *outer, *extra]))
         self.runs(m0, b.add(m0, mv), extents[-1], extents[-1], run)
@@ -200,17 +196,20 @@ class _Emit:
         v = b.insert_element(L.Constant(self.vt, L.Undefined), x, L.Constant(I32, 0))
         return b.shuffle_vector(v, L.Constant(self.vt, L.Undefined), L.Constant(L.VectorType(I32, self.bl.vl), [0] * self.bl.vl))
 
+    def digits(self, q, extents) -> list:
+        """The values (i64) of variables of these extents, outermost first, at flattened index q."""
+        b, out, rest = self.bld, [], q
+        for d in range(len(extents)):
+            inner = prod(extents[d + 1:])
+            out.append(b.sdiv(rest, _c(inner)))
+            rest = b.srem(rest, _c(inner))
+        return out
+
     def decode(self, q) -> list[tuple[str, object]]:
         """(variable, value) of the batch variables, then the taps, at flattened batch index q."""
         p, b = self.p, self.bld
         loops = p.batch + p.taps
-        ext = [p.extent(v) for v in loops]
-        out, rest = [], q
-        for d, v in enumerate(loops):
-            inner = prod(ext[d + 1:])
-            out.append((v, b.add(b.sdiv(rest, _c(inner)), _c(p.dom[v][0]))))
-            rest = b.srem(rest, _c(inner))
-        return out
+        return [(v, b.add(x, _c(p.dom[v][0]))) for v, x in zip(loops, self.digits(q, [p.extent(v) for v in loops]))]
 
     def operands(self, q):
         """A, B and C at flattened batch index q (``decode``d, the strides applied: C's along a
@@ -443,6 +442,13 @@ class _Emit:
         p = self.p
         return self.row_offset(m, p.rows[2]) if p.gathers_a() else self.bld.mul(m, _c(p.strides[p.a][p.row]))
 
+    def tile_rows(self, arr, m0, mv, offset_of):
+        """Fill ``arr`` (MR i64) with ``offset_of`` each of a tile's rows m0 + i; rows past mv
+        repeat the last (the micro-kernel computes whole tiles: their sums are never stored)."""
+        b, last = self.bld, self.bld.sub(mv, _c(1))
+        for i in range(self.bl.mr):
+            b.store(offset_of(b.add(m0, self.min(_c(i), last))), b.gep(arr, [_c(i)]))
+
     def c_row(self, m):
         """C's offset of row m (``a_row`` for C)."""
         p = self.p
@@ -450,12 +456,9 @@ class _Emit:
 
     def row_offset(self, m, strides):
         """The offset of row m of run-together rows (``rows``) in a tensor with ``strides`` along them."""
-        b, extents = self.bld, self.p.rows[1]
-        off, rest = _c(0), m
-        for d, (e, st) in enumerate(zip(extents, strides)):
-            inner = prod(extents[d + 1:])
-            off = b.add(off, b.mul(b.sdiv(rest, _c(inner)), _c(st)))
-            rest = b.srem(rest, _c(inner))
+        b, off = self.bld, _c(0)
+        for x, st in zip(self.digits(m, self.p.rows[1]), strides):
+            off = b.add(off, b.mul(x, _c(st)))
         return off
 
     def prefetch(self, ptr, write: bool = False):
@@ -505,7 +508,7 @@ class _Emit:
         """Whether A is read in place through each row's offset (``_micro`` with a_rs -1): A
         gathered or through the K table, not packed."""
         p = self.p
-        return not self.bl.pack_a and self.p.form == "bcast" and (p.gathers_a() or p.tables(p.a))
+        return not self.bl.pack_a and p.form == "bcast" and p.addresses_a()
 
     def _micro(self, name: str, a_rs: int, a_ks: int, b_ks: int, nvec: int):
         p, bl = self.p, self.bl
@@ -713,33 +716,27 @@ class _Emit:
                                 mv = self.min(_c(bl.mr), b.sub(mc, ir))
                                 m0 = b.add(ic, ir)
                                 cols = b.mul(b.add(jc, jr), _c(p.strides[p.c][p.vec]))
-                                if c_offs is not None:  # C's rows through their offsets (past mv: the last's)
+                                if c_offs is not None:  # C's rows through their offsets
                                     ctile = self.at(C, cols)
-                                    for i in range(bl.mr):
-                                        b.store(self.c_row(b.add(m0, self.min(_c(i), b.sub(mv, _c(1))))),
-                                                b.gep(c_offs, [_c(i)]))
+                                    self.tile_rows(c_offs, m0, mv, self.c_row)
                                 else:
                                     ctile = self.at(C, b.add(b.mul(m0, _c(p.strides[p.c][p.row])), cols))
                                 c_extra = [c_offs] if c_offs is not None else []
 
-                                def micro(a_rs, a_ks, at):  # (B in place through the K table: its entry for pc)
+                                def micro(a_rs, a_ks, at, a_extra=()):  # (B in place through the K table: its entry for pc)
                                     tbl = [b.gep(table, [_c(0), pc])] if b_ks == 0 else []
-                                    self.call_micro(a_rs, a_ks, b_ks, [at, btile, ctile, kc, mv, nv, accum] + tbl + c_extra)
+                                    self.call_micro(a_rs, a_ks, b_ks,
+                                                    [at, btile, ctile, kc, mv, nv, accum] + tbl + list(a_extra) + c_extra)
                                 if bl.pack_a:
                                     micro(1, bl.mr, self.at(ablk, b.mul(ir, kc)))
                                 elif row_offs is not None:
-                                    # A's rows in place through their offsets (rows past mv repeat
-                                    # the last: their sums are not stored), k by its stride or the
-                                    # K table from pc
-                                    last = b.sub(mv, _c(1))
-                                    for i in range(bl.mr):
-                                        m = b.add(m0, self.min(_c(i), last))
-                                        b.store(self.a_row(m), b.gep(row_offs, [_c(i)]))
-                                    ak = b.mul(pc, _c(sk)) if a_table is None else _c(0)
-                                    extra = [row_offs] + ([b.gep(a_table, [_c(0), pc])] if a_table is not None else [])
-                                    tbl = [b.gep(table, [_c(0), pc])] if b_ks == 0 else []
-                                    self.call_micro(-1, 0 if a_table is not None else sk, b_ks,
-                                                    [self.at(A, ak), btile, ctile, kc, mv, nv, accum] + tbl + extra + c_extra)
+                                    # A's rows in place through their offsets, k by its stride or
+                                    # the K table from pc
+                                    self.tile_rows(row_offs, m0, mv, self.a_row)
+                                    if a_table is None:
+                                        micro(-1, sk, self.at(A, b.mul(pc, _c(sk))), [row_offs])
+                                    else:
+                                        micro(-1, 0, A, [row_offs, b.gep(a_table, [_c(0), pc])])
                                 else:
                                     def whole():
                                         micro(sm, sk, self.at(A, b.add(b.mul(m0, _c(sm)), b.mul(pc, _c(sk)))))
@@ -805,7 +802,7 @@ class _Emit:
     def k_table(self):
         """The offset of every reduction step of a plan whose taps are folded into K (k's
         channel and tap) in the operand ``kfold`` names, as a constant table (made once): B is
-        packed through it or read in place by the micro-kernel through it, A packed through it;
+        packed through it or read in place by the micro-kernel through it, A likewise;
         PREFETCH more entries repeat the last, for the prefetches that run ahead."""
         p, bl = self.p, self.bl
         g = self.mod.globals.get(f"{self.pre}_koffs")

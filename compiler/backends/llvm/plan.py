@@ -470,9 +470,14 @@ class Contraction:
         """Whether the K table (the taps folded into K) addresses ``operand``'s rows along k."""
         return bool(self.kfold) and self.kfold[3] == operand
 
+    def addresses_a(self) -> bool:
+        """Whether A is addressed through each row's offset or the K table (gathered rows, or
+        taps folded into K through A's table): read in place by rows (``_by_rows``) or packed."""
+        return self.gathers_a() or self.tables(self.a)
+
     def gathers_a(self) -> bool:
-        """Whether A's rows are packed through each row's address (``rows`` that A does not hold
-        one after another: an NHWC convolution's pixels, W apart in I's rows but Wo in O's)."""
+        """Whether A's rows are read or packed through each row's address (``rows`` that A does
+        not hold one after another: an NHWC convolution's pixels, W apart in I's rows but Wo in O's)."""
         return bool(self.rows) and not _one_after_another(self.rows[1], self.rows[2])
 
     def gathers_c(self) -> bool:
@@ -559,14 +564,14 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
                                 if _one_gemm(q, v)), (plan, instr, vl))
     sc = broadcast_fma(instr)[2]
     rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
-    # (a gathered A, or one through the K table, is packed: blocked as an A without a unit stride)
-    a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red]) and not (
-        plan.gathers_a() or plan.tables(plan.a))
+    # (an A through its rows' offsets or the K table is blocked as one without a unit stride,
+    # then as read in place by rows, below)
+    a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red]) and not plan.addresses_a()
     b_contig = plan.strides[plan.b][plan.vec] == 1
     a_rows = plan.strides[plan.a][plan.row] if plan.strides[plan.a][plan.red] == 1 else 0
     bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
                              a_rows)
-    if plan.gathers_a() or plan.tables(plan.a):
+    if plan.addresses_a():
         # runs along k read in place through each row's address; A(k, m, ..) (a line per k step
         # and row) packed
         bl = _by_rows(bl, t, rows, cols, red) if plan.strides[plan.a][plan.red] == 1 else replace(bl, pack_a=True)
@@ -636,23 +641,25 @@ def _gather_rows(p: Contraction) -> Contraction | None:
     F apart) run as one row variable j over all of them, so the convolution is one GEMM of N *
     Ho * Wo rows instead of N * Ho GEMMs of Wo rows (or N * Ho * Wo of N rows) with the filter
     re-read for each.  A does not hold them one after another (I's rows are W long, C's Wo), so
-    A is packed through each row's address: packing copies A's rows anyway, so the gather is
-    free, and nothing is computed twice (padded rows would compute W / Wo times the work: 16 /
-    14 at 16 x 16, squared with the h rows).  Taken where B does not vary along them (C's rows
-    share its panels) and they start at 0; where A holds them one after another too, it is read
-    as before, with one stride."""
+    A is read (or packed) through each row's address, and nothing is computed twice (padded
+    rows would compute W / Wo times the work: 16 / 14 at 16 x 16, squared with the h rows).
+    Taken where B does not vary along them (C's rows share its panels) and they start at 0;
+    where A holds them one after another too, it is read as before, with one stride.  Where C's
+    vector is strided (stored element by element anyway), all of them run together, C's rows
+    stored through their addresses too (``gathers_c``)."""
     if p.form != "bcast" or p.im2col or p.pad or p.merged:
         return None
     sa, sb, sc = p.strides[p.a], p.strides[p.b], p.strides[p.c]
-    cand = [v for v in (p.row, *p.batch) if not sb[v] and sa[v] and sc[v] and not p.dom[v][0]]
+    cand = sorted((v for v in (p.row, *p.batch) if not sb[v] and sa[v] and sc[v] and not p.dom[v][0]),
+                  key=lambda v: -sc[v])
     # the longest run that C holds one after another, from its innermost row variable out
-    order = sorted(cand, key=lambda v: -sc[v])[-1:]
-    for v in sorted(cand, key=lambda v: -sc[v])[-2::-1]:
+    order = cand[-1:]
+    for v in cand[-2::-1]:
         if sc[v] != sc[order[0]] * p.extent(order[0]):
             break
         order.insert(0, v)
     if sc[p.vec] != 1:  # C stored element by element: all of them, C's rows through their addresses too
-        order = sorted(cand, key=lambda v: -sc[v])
+        order = cand
     if len(order) < 2 or (sc[order[-1]] == 1 and sc[p.vec] == 1) or prod(p.extent(x) for x in order) <= p.extent(p.row):
         return None
     inner = order[-1]
@@ -675,9 +682,7 @@ def _dense(strides: dict[str, int], vs, p: Contraction) -> list[str] | None:
     """``vs`` outermost first if a tensor with ``strides`` holds them one after another (each
     variable's stride its inner neighbour's times that one's extent), else None."""
     order = sorted(vs, key=lambda v: -strides[v])
-    if any(strides[v] != strides[w] * p.extent(w) for v, w in zip(order, order[1:])):
-        return None
-    return order
+    return order if _one_after_another([p.extent(v) for v in order], [strides[v] for v in order]) else None
 
 
 def _fold_taps(p: Contraction) -> Contraction | None:
@@ -690,7 +695,7 @@ def _fold_taps(p: Contraction) -> Contraction | None:
     stores C once (no scratch accumulation across taps).  The other way round, where the vector
     operand holds them one after another (an NHWC convolution's filter Wt(r, s, c, f), k = (r,
     s, c) F apart) and A's rows are run together (``_gather_rows``), B is a plain matrix along
-    k and A is packed through the table (column k of A's panels from k's channel and tap):
+    k and A is read (or packed) through the table, element k of a row at k's channel and tap:
     ``kfold``'s last item names the operand that the table addresses."""
     vs = [p.red, *p.taps]
     if not p.taps or p.form != "bcast" or any(p.dom[v][0] for v in vs):
@@ -707,7 +712,7 @@ def _fold_taps(p: Contraction) -> Contraction | None:
     if order is None or not p.rows:
         return None
     v = "(" + ",".join(order) + ")"
-    # A: packed through the table (its stride along k, the innermost's, says whether runs are contiguous)
+    # A: through the table (its stride along k, the innermost's, says whether runs are contiguous)
     return _with_var(p, tuple(vs), v, prod(p.extent(x) for x in order),
                      {p.a: {v: sa[order[-1]]}, p.b: {v: sb[order[-1]]}, p.c: {v: 0}},
                      red=v, taps=(), kfold=(tuple(order), tuple(p.extent(x) for x in order),
@@ -826,7 +831,8 @@ def _short_rows(p: Contraction, vl: int) -> bool:
     2.72 ms against 3.23 as one GEMM), and long ones (conv1d 4x128x1000 * 128x3, 998 wide:
     1.19 against 1.28); 8x256x200 * 256x5 (196 wide, 6% empty) 3.21 -> 3.08 as one GEMM."""
     ext = p.extent(p.vec)
-    waste = (-(-ext // vl) * vl - ext) / (-(-ext // vl) * vl)
+    lanes = -(-ext // vl) * vl
+    waste = (lanes - ext) / lanes
     return bool(p.pad or p.im2col) or bool(p.taps or p.kfold) and (
         p.strides[p.b][p.vec] != 1 or waste >= SHORT_ROW_WASTE)
 
@@ -834,24 +840,23 @@ def _short_rows(p: Contraction, vl: int) -> bool:
 def _one_gemm(p: Contraction, vl: int) -> bool:
     """Whether a convolution's plan is one GEMM over every output pixel: no batch loop, any taps
     folded into K through A's table, A's rows read in place through their addresses (runs
-    along k; packed through them otherwise).  A convolution whose unit-stride orientation pads
-    its output rows or gathers them (im2col) takes this one instead, even where C is then
-    stored element by element (NCHW vectorised along f: each tile's C once, after all of K),
-    where K is ONE_GEMM_K deep and F ONE_GEMM_VECTORS vectors wide, so the element stores stay
-    a small part of a tile.  A pointwise convolution's im2col (32x512x7x7 * 512) 2.68 -> 2.50
-    ms (torch 2.39), its I packed through each pixel's address (channels H * W apart).  A
-    fused epilogue runs over each row block's runs of pixels (``_Emit.call_epilogue`` after
-    the block's last K block), vectorised along them: conv2d_bias_relu 8x64x30x30 2.77 -> 2.75,
-    8x128x58x58 22.9 -> 22.0, 16x256x16x16 12.1 -> 11.0 (run on each tile instead, along its
-    strided f: 2.81 -> 2.91, 20.0 -> 20.2, 11.2 -> 9.96).  Stride-2 convolutions (``I(n, c, 2 *
-    h + r, 2 * w + s)``, B packed through the stride along w): 8x128x57x57 * 256x3x3 14.6 ->
-    11.3 ms (torch 11.2), 8x256x29x29 * 512 17.5 -> 11.2 (11.1).
-    Measured on the 2-vCPU Xeon VM, 2 threads, builds of both in one process, alternating
-    rounds, NCHW conv2d padded rows or im2col -> one GEMM: 16x256x16x16 * 256x3x3 11.5 -> 10.3
-    ms (torch 11.0), 8x64x30x30 * 128 2.67 -> 2.62 (2.93), 8x128x58x58 * 128 22.3 -> 21.1
-    (20.5), 32x512x9x9 * 512 23.5 -> 21.8 (23.1), 8x64x9x9 * 64 0.124 -> 0.088 (0.159); not
-    taken: 4x3x34x34 * 16 (K 27, one vector) 0.016 -> 0.110, 1x64x114x114 * 64 (112-wide rows,
-    not padded) 2.72 -> 3.23."""
+    along k; packed through them otherwise).  A convolution whose unit-stride plan has short
+    rows (``_short_rows``) takes this one instead, even where C is then stored element by
+    element (NCHW vectorised along f: each tile's C once, after all of K), where K is
+    ONE_GEMM_K deep and F ONE_GEMM_VECTORS vectors wide, so the element stores stay a small
+    part of a tile.  Measured on the 2-vCPU Xeon VM, 2 threads, builds of both in one process,
+    alternating rounds, NCHW conv2d padded rows or im2col -> one GEMM: 16x256x16x16 * 256x3x3
+    11.5 -> 10.3 ms (torch 11.0), 8x64x30x30 * 128 2.67 -> 2.62 (2.93), 8x128x58x58 * 128 22.3
+    -> 21.1 (20.5), 32x512x9x9 * 512 23.5 -> 21.8 (23.1), 8x64x9x9 * 64 0.124 -> 0.088
+    (0.159); not taken: 4x3x34x34 * 16 (K 27, one vector) 0.016 -> 0.110.  Stride-2
+    convolutions (``I(n, c, 2 * h + r, 2 * w + s)``, B packed through the stride along w):
+    8x128x57x57 * 256x3x3 14.6 -> 11.3 ms (torch 11.2), 8x256x29x29 * 512 17.5 -> 11.2 (11.1).
+    A pointwise convolution's im2col (32x512x7x7 * 512) 2.68 -> 2.50 ms (torch 2.39), its I
+    packed through each pixel's address (channels H * W apart).  A fused epilogue runs over
+    each row block's runs of pixels (``_Emit.call_epilogue`` after the block's last K block),
+    vectorised along them: conv2d_bias_relu 8x64x30x30 2.77 -> 2.75, 8x128x58x58 22.9 -> 22.0,
+    16x256x16x16 12.1 -> 11.0 (run on each tile instead, along its strided f: 2.81 -> 2.91,
+    20.0 -> 20.2, 11.2 -> 9.96)."""
     return (bool(p.rows) and not p.batch and not p.taps and (p.tables(p.a) or not p.kfold)
             and p.extent(p.red) >= ONE_GEMM_K and p.extent(p.vec) >= ONE_GEMM_VECTORS * vl)
 
