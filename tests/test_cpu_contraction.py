@@ -894,3 +894,78 @@ def test_the_ragged_last_tile_takes_a_micro_kernel_only_as_wide_as_it_needs(N, w
     ins = random_inputs(k, b, seed=N)
     ok, _, per = compare(nk(ins), ir.interp.run(k, ins, b.sizes))
     assert ok, per
+
+
+# ---- integer contractions (int8 operands, int32 C) on vdot2_i16
+
+INT_LAYOUTS = {  # name -> (A's indices, B's indices, numpy reference on int64)
+    "nn": ("A(m, k)", "B(k, n)", "(M, K)", "(K, N)", lambda A, B: A @ B),
+    "tn": ("A(k, m)", "B(k, n)", "(K, M)", "(K, N)", lambda A, B: A.T @ B),
+    "nt": ("A(m, k)", "B(n, k)", "(M, K)", "(N, K)", lambda A, B: A @ B.T),
+}
+
+
+def _int_gemm(layout, M, N, K, threads=1, blocking=None, seed=0, lo=-128, hi=128):
+    """An int8 GEMM of ``layout`` compiled for the cpu, run on int8 values over [lo, hi), and
+    the exact int64 product wrapped to int32 (the kernel's int32 sums wrap alike)."""
+    a, bb, sa, sb, ref = INT_LAYOUTS[layout]
+    src = (f"def g(int8{sa} A, int8{sb} B) -> (int32(M, N) C) {{ C(m, n) +=! int32({a}) * int32({bb}) }}")
+    k = compiler.parse(src).kernel()
+    b = bind(k, dict(M=M, N=N, K=K))
+    nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
+    rng = np.random.default_rng(seed)
+    A = rng.integers(lo, hi, b.shapes["A"]).astype(np.int8)
+    B = rng.integers(lo, hi, b.shapes["B"]).astype(np.int8)
+    return nk, nk({"A": A, "B": B})["C"], ref(A.astype(np.int64), B.astype(np.int64)).astype(np.int32)
+
+
+@pytest.mark.parametrize("layout", list(INT_LAYOUTS))
+@pytest.mark.parametrize("M,N,K,threads", [(1, 1, 1, 1), (13, 17, 19, 2), (64, 64, 64, 1), (29, 100, 3, 2),
+                                           (200, 8, 31, 1), (7, 33, 2, 2), (97, 130, 257, 2)])
+def test_an_int8_gemm_runs_on_the_integer_dot_product(layout, M, N, K, threads):
+    """``C +=! int32(A) * int32(B)`` on int8 A and B: the cpu target's vdot2_i16 (a pair of
+    int16 products per int32 lane: vpdpwssd) after the operands are widened into L1 (its
+    fill_l1_i16), so the packed micro-kernel runs it, K in pairs of steps (an odd K's last
+    padded with zero), exact in every layout and size.  It ran as scalar loops, 11x slower."""
+    nk, out, ref = _int_gemm(layout, M, N, K, threads)
+    [p] = nk.plans
+    assert (p.form, p.instr, p.group, p.dtypes) == ("group", "vdot2_i16", 2, ("int8", "int8", "int32"))
+    assert p.k_steps() == (0, -(-K // 2)) and "each summing 2 steps of k" in p.describe()
+    assert out.dtype == np.int32 and np.array_equal(out, ref)
+
+
+def test_extreme_int8_values_and_int32_sums_that_wrap():
+    """-128 * -128 pairs (the one product pair whose sum needs 16 bits and a sign: 32768) and
+    sums past int32's range, which wrap as the reference's int32 arithmetic does."""
+    nk, out, ref = _int_gemm("nn", 3, 20, 9, lo=-128, hi=-127)
+    assert np.array_equal(out, ref) and out[0, 0] == 9 * 16384
+    K = (1 << 31) // 16384 + 6  # all -128: 16384 K passes 2^31
+    nk, out, ref = _int_gemm("nn", 2, 16, K, threads=2, lo=-128, hi=-127)
+    assert np.array_equal(out, ref) and out[0, 0] == np.int32(np.int64(16384 * K) - (1 << 32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(layout=st.sampled_from(list(INT_LAYOUTS)), M=st.integers(1, 60), N=st.integers(1, 70), K=st.integers(1, 80),
+       mr=st.integers(1, 14), nv=st.integers(1, 3), kc=st.integers(1, 50), mcs=st.integers(1, 4),
+       ncs=st.integers(1, 3), threads=st.integers(1, 3), seed=st.integers(0, 99))
+def test_integer_contraction_under_any_blocking(layout, M, N, K, mr, nv, kc, mcs, ncs, threads, seed):
+    """K blocks of any number of pairs (an odd K's last block ending in a padded step), edge
+    tiles, several row and column blocks, the vector packing paths and the element ones."""
+    bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs)
+    nk, out, ref = _int_gemm(layout, M, N, K, threads, bl, seed)
+    assert nk.plans[0].blocking.pack_a and nk.plans[0].blocking.pack_b  # (always packed: into words)
+    assert np.array_equal(out, ref), bl
+
+
+@pytest.mark.parametrize("kernel,sizes,threads", [
+    ("conv2d_nhwc_i8", dict(N=2, H=9, W=7, C=19, R=3, S=2, F=33), 2),
+    ("conv2d_nhwc_i8_bias_relu", dict(N=1, H=6, W=6, C=64, R=3, S=3, F=16), 1),
+    ("def bmm(int8(Q, M, K) A, int8(Q, K, N) B) -> (int32(Q, M, N) C) "
+     "{ C(q, m, n) +=! int32(A(q, m, k)) * int32(B(q, k, n)) }", dict(Q=3, M=10, K=21, N=40), 2),
+    ("def acc(int8(M, K) A, int8(K, N) B, int32(M, N) C0) -> (int32(M, N) C) "
+     "{ C(m, n) = C0(m, n)\n C(m, n) += int32(A(m, k)) * int32(B(k, n)) }", dict(M=20, N=24, K=5), 2)])
+def test_integer_convolutions_batches_and_accumulation(kernel, sizes, threads):
+    """Taps as passes over C (the channels the pairs), batch loops, a C added to (``+=``) and a
+    scalar epilogue after an integer contraction, against the interpreter."""
+    nk = _checked(kernel, sizes, threads)
+    assert nk.plans[0].form == "group" and nk.plans[0].red in ("c", "k")

@@ -66,11 +66,14 @@ def counted_loop(fn: L.Function, b: L.IRBuilder, ty, lo, hi, step: int, body, na
 class _Emit:
     """LLVM IR for one Contraction: pack_a, pack_b, micro-kernels and the driver ``s{i}``."""
 
+    et = F32  # the element type of C and of the accumulators' lanes
+
     def __init__(self, mod: L.Module, p: Contraction):
         self.mod, self.p, self.bl = mod, p, p.blocking
-        self.vt = L.VectorType(F32, self.bl.vl)
+        self.vt = L.VectorType(self.et, self.bl.vl)
         fma = mod.globals.get(f"llvm.fma.v{self.bl.vl}f32")
-        self.fma = fma or L.Function(mod, L.FunctionType(self.vt, [self.vt] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
+        ft = L.VectorType(F32, self.bl.vl)
+        self.fma = fma or L.Function(mod, L.FunctionType(ft, [ft] * 3), name=f"llvm.fma.v{self.bl.vl}f32")
         self.pre = f"s{p.stmt}"
         self.micros: dict[tuple, L.Function] = {}
         self.epilogue = None
@@ -139,7 +142,7 @@ class _Emit:
     def store_transposed(self, rows: list, dst, stride: int):
         """Store the VL x VL transpose of ``rows`` (zero vectors appended up to VL): column t at
         dst + t * stride floats (packing: A's panels, stride MR, and an NT B's, stride NR)."""
-        zero = L.Constant(self.vt, [0.0] * self.bl.vl)
+        zero = L.Constant(self.vt, None)
         for t, col in enumerate(self.transpose(rows + [zero] * (self.bl.vl - len(rows)))):
             self.vstore(col, self.at(dst, t * stride))
 
@@ -189,6 +192,18 @@ class _Emit:
         b = self.bld
         last = b.icmp_signed("==", b.add(pc, kc), _c(khi))
         return b.and_(last, whole) if whole is not None else last
+
+    def scalar(self, ptr):
+        """The broadcast operand's element at ``ptr`` (a packed panel or A in place)."""
+        return self.bld.load(ptr)
+
+    def mac(self, a, bv, acc):
+        """acc + a * bv: one instruction's worth of products added to an accumulator vector."""
+        return self.bld.call(self.fma, [a, bv, acc])
+
+    def add(self, x, y):
+        """Sums (of C's values: scalars or vectors of ``et``)."""
+        return self.bld.fadd(x, y)
 
     def splat(self, x):
         """The scalar x in every lane (a broadcast)."""
@@ -518,7 +533,7 @@ class _Emit:
         # at the offsets in A's K table
         by_rows, a_table = a_rs < 0, a_rs < 0 and a_ks == 0
         c_rows = p.gathers_c()  # C's rows at the offsets in an array of MR
-        fn = self.func(name, [fp, fp, fp, I64, I64, I64, L.IntType(1)] + ([I64.as_pointer()] if table else [])
+        fn = self.func(name, [fp, fp, self.et.as_pointer(), I64, I64, I64, L.IntType(1)] + ([I64.as_pointer()] if table else [])
                        + ([I64.as_pointer()] if by_rows else []) + ([I64.as_pointer()] if a_table else [])
                        + ([I64.as_pointer()] if c_rows else []))
         if nvec == bl.nv:  # the narrower ones are for last tiles only: calls, not copies
@@ -530,8 +545,8 @@ class _Emit:
             rows_arg = fn.args[7 + table]
             atbl = fn.args[8 + table] if a_table else None
             a_rows = [self.at(a, b.load(b.gep(rows_arg, [_c(i)]))) for i in range(bl.mr)]
-        zero = L.Constant(self.vt, [0.0] * bl.vl)
-        tmp = b.alloca(F32, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
+        zero = L.Constant(self.vt, None)
+        tmp = b.alloca(self.et, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
         crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
         c_offs = fn.args[-1] if c_rows else None
 
@@ -578,8 +593,8 @@ class _Emit:
         if by_rows:
             ak = b.load(b.gep(atbl, [k])) if a_table else b.mul(k, _c(a_ks))
         for i in range(bl.mr):
-            sv = self.splat(b.load(self.at(a_rows[i], ak) if by_rows else self.at(ap, i * a_rs)))
-            new.append([b.call(self.fma, [sv, bv[v], accs[i][v]]) for v in range(nvec)])
+            sv = self.splat(self.scalar(self.at(a_rows[i], ak) if by_rows else self.at(ap, i * a_rs)))
+            new.append([self.mac(sv, bv[v], accs[i][v]) for v in range(nvec)])
         k2 = b.add(k, _c(1))
         ap2 = self.at(ap, a_ks)
         bp2 = self.at(bpp, b_ks)
@@ -601,7 +616,7 @@ class _Emit:
                     ptr = self.at(c, b.add(c_at(i), _c(v * bl.vl)) if c_rows else i * crs + v * bl.vl)
                     val = new[i][v]
                     cur = self.vload(ptr)
-                    val = b.select(accum, b.fadd(val, cur), val)
+                    val = b.select(accum, self.add(val, cur), val)
                     self.vstore(val, ptr)
 
         def store_edge():
@@ -614,7 +629,7 @@ class _Emit:
                     ptr = self.at(c, b.add(c_at(i), b.mul(j, _c(cvs)) if cvs != 1 else j))
                     t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
                     cur = b.load(ptr)
-                    b.store(b.select(accum, b.fadd(t, cur), t), ptr)
+                    b.store(b.select(accum, self.add(t, cur), t), ptr)
                 self.loop(0, nv, 1, col, "ej")
             self.loop(0, mv, 1, row, "ei")
         self.if_(full, store_full, store_edge)
@@ -636,7 +651,7 @@ class _Emit:
         bpack, apack, aedge, bedge, partial, whole_a, cpad = (self.at(work, off) for off in self.offsets()[:7])
         table = self.k_table() if p.tables(p.b) else None
         compact = self.compact() if p.scratch_c else None
-        klo, khi = p.dom[p.red]
+        klo, khi = p.k_steps()
         # A gathered (or through the K table) and read in place: each tile's row offsets
         row_offs = b.alloca(I64, size=bl.mr, name="row_offs") if self.a_by_rows() else None
         c_offs = b.alloca(I64, size=bl.mr, name="c_offs") if p.gathers_c() else None
@@ -1110,12 +1125,154 @@ class _EmitDot(_Emit):
         return self.bl.kc * self.p.extent(self.p.vec) + 16
 
 
+INT = {"int8": L.IntType(8), "int16": L.IntType(16), "int32": I32}
+I16 = L.IntType(16)
+PMADDWD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd", 4: "llvm.x86.sse2.pmadd.wd"}
+
+
+class _EmitGroups(_Emit):
+    """The integer form (``form == "group"``): int8 or int16 operands, an int32 C, on an
+    instruction whose lanes each sum a pair of int16 products (vdot2_i16: vpmaddwd, which LLVM
+    fuses with the accumulator's add into vpdpwssd on AVX512-VNNI).  The driver is the float
+    one with K counted in groups of two steps: both operands are packed as 32-bit words, two
+    consecutive k steps of one element side by side, widened to int16 (the target's
+    fill_l1_i16), the last group of an odd K padded with a zero; the micro-kernel broadcasts
+    one word of A per row and group and multiplies it with NV words vectors of B."""
+
+    et = I32
+
+    def __init__(self, mod: L.Module, p: Contraction):
+        super().__init__(mod, p)
+        vl = self.bl.vl
+        self.wt = L.VectorType(I16, 2 * vl)  # a word vector as the instruction's int16 pairs
+        name = PMADDWD[vl]
+        self.madd = mod.globals.get(name) or L.Function(mod, L.FunctionType(self.vt, [self.wt, self.wt]), name=name)
+        self.src = {n: INT[d] for n, d in zip((p.a, p.b, p.c), p.dtypes)}
+
+    def entry(self, ptrs_of):
+        args = super().entry(ptrs_of)
+        for name, ty in self.src.items():  # A and B read as int8 or int16 elements, C as int32
+            self.ptr[name] = self.bld.bitcast(self.ptr[name], ty.as_pointer())
+        return args
+
+    def scalar(self, ptr):
+        return self.bld.load(self.bld.bitcast(ptr, I32.as_pointer()))
+
+    def mac(self, a, bv, acc):
+        b = self.bld
+        return b.add(acc, b.call(self.madd, [b.bitcast(a, self.wt), b.bitcast(bv, self.wt)]))
+
+    def add(self, x, y):
+        return self.bld.add(x, y)
+
+    def _element(self, src, off, ok):
+        """Element ``off`` of ``src`` widened to int16 where ``ok``, else 0 (``off`` must be a
+        valid element wherever ``ok`` is false too: the callers clamp it)."""
+        b = self.bld
+        v = b.load(self.at(src, off))
+        if v.type != I16:
+            v = b.sext(v, I16)
+        return b.select(ok, v, L.Constant(I16, 0))
+
+    def _pack(self, name: str, operand: str, across: str, width: int):
+        """``name(P, X, x0, xn, pc, kc)``: panels of ``width`` elements of ``operand`` along
+        ``across`` (rows [x0, x0 + xn)), each group kk of [pc, pc + kc) a row of ``width``
+        words, element (kk, i)'s word X[x0 + q + i, k] for the group's k steps; 0 past xn and K.
+        Rows unit-stride along ``across`` take whole vectors of both k steps (B); rows
+        unit-stride along k, VL groups of MR rows transposed in registers (A)."""
+        p, bl = self.p, self.bl
+        fp = F32.as_pointer()
+        src_t = self.src[operand]
+        fn = self.func(name, [fp, src_t.as_pointer(), I64, I64, I64, I64])
+        dst, src, x0, xn, pc, kc = fn.args
+        b = self.bld
+        d16 = b.bitcast(dst, I16.as_pointer())
+        sx, sk = p.strides[operand][across], p.strides[operand][p.red]
+        klo, khi = p.dom[p.red]
+        g, vl = p.group, bl.vl
+
+        def k_of(kk, e):  # (the k of step e of group pc + kk, clamped into K; whether it is in K)
+            k = b.add(_c(klo), b.add(b.mul(b.add(pc, kk), _c(g)), _c(e)))
+            return self.min(k, _c(khi - 1)), b.icmp_signed("<", k, _c(khi))
+
+        def panel(q):
+            xv = self.min(_c(width), b.sub(xn, q))
+            dst0 = b.mul(q, kc)  # panel q/width starts at q*kc words
+
+            def scalar(kk0, hi):
+                def group(kk):
+                    ks = [k_of(kk, e) for e in range(g)]
+
+                    def word(i):
+                        x = b.add(x0, b.add(q, self.min(i, b.sub(xv, _c(1)))))  # (clamped: a valid row)
+                        inside = b.icmp_signed("<", i, xv)
+                        at = b.mul(b.add(dst0, b.add(b.mul(kk, _c(width)), i)), _c(g))
+                        for e, (k, ok) in enumerate(ks):
+                            v = self._element(src, b.add(b.mul(x, _c(sx)), b.mul(k, _c(sk))), b.and_(ok, inside))
+                            b.store(v, self.at(d16, b.add(at, _c(e))))
+                    self.loop(0, width, 1, word, "i")
+                self.loop(kk0, hi, 1, group, "kk")
+
+            whole = b.icmp_signed("==", xv, _c(width))
+            if g == 2 and sx == 1 and width % vl == 0:
+                # B(k, n): each vector of n from both rows of the group, interleaved
+                def vector():
+                    def group(kk):
+                        rows = []
+                        for e in range(g):
+                            k, ok = k_of(kk, e)
+                            base = b.add(b.mul(k, _c(sk)), b.add(x0, q))
+                            vs = [self.vload_as(self.at(src, b.add(base, _c(v * vl))), src_t, vl) for v in range(width // vl)]
+                            rows.append([b.select(ok, x, L.Constant(x.type, None)) for x in vs])
+                        for v in range(width // vl):
+                            pair = b.shuffle_vector(rows[0][v], rows[1][v], L.Constant(
+                                L.VectorType(I32, 2 * vl), [t // 2 + (t % 2) * vl for t in range(2 * vl)]))
+                            at = b.mul(b.add(dst0, b.add(b.mul(kk, _c(width)), _c(v * vl))), _c(g))
+                            b.store(pair, b.bitcast(self.at(d16, at), self.wt.as_pointer()), align=2)
+                    self.loop(0, kc, 1, group, "kk")
+                self.if_(whole, vector, lambda: scalar(_c(0), kc))
+            elif g == 2 and sk == 1 and width <= vl and not vl & (vl - 1):
+                # A(m, k): VL groups (2 VL steps) of each row as one vector of words, the MR rows
+                # transposed in registers; the K block's last groups, and any past K, one by one
+                kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
+
+                def vector():
+                    def block(kk):
+                        k0 = b.add(_c(klo), b.mul(b.add(pc, kk), _c(g)))
+                        rows = []
+                        for i in range(width):
+                            x = b.add(x0, b.add(q, _c(i)))
+                            w = self.vload_as(self.at(src, b.add(b.mul(x, _c(sx)), k0)), src_t, 2 * vl)
+                            rows.append(b.bitcast(w, self.vt))
+                        self.store_transposed(rows, self.at(b.bitcast(dst, I32.as_pointer()), b.add(dst0, b.mul(kk, _c(width)))),
+                                              width)
+                    self.loop(0, kv, vl, block, "kk")
+                    scalar(kv, kc)
+                self.if_(whole, vector, lambda: scalar(_c(0), kc))
+            else:
+                scalar(_c(0), kc)
+        self.loop(0, xn, width, panel, "q")
+        b.ret_void()
+
+    def vload_as(self, ptr, elem, n: int):
+        """n elements of type ``elem`` at ptr, widened to a vector of n int16."""
+        b = self.bld
+        v = b.load(b.bitcast(ptr, L.VectorType(elem, n).as_pointer()), align=1)
+        return v if elem == I16 else b.sext(v, L.VectorType(I16, n))
+
+    def pack_b(self):
+        self._pack("pack_b", self.p.b, self.p.vec, self.bl.nr)
+
+    def pack_a(self):
+        self._pack("pack_a", self.p.a, self.p.row, self.bl.mr)
+
+
 def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int], epilogue=None) -> int:
     """Add the contraction's functions to ``mod`` (``epilogue``: a ``void(i8**, m0, mv, n0, nv,
     batch variables...)`` function run on every output tile once its last K block is stored; on
     a padded plan, on each output row's part as it is compacted, h before the batch variables), with ``s{i}_reduce``
     where K splits across threads; returns the per-thread workspace in floats."""
-    e = _EmitDot(mod, p) if p.form == "dot" else _Emit(mod, p)
+    e = {"dot": _EmitDot, "group": _EmitGroups}.get(p.form, _Emit)(mod, p)
     e.epilogue, e.ptrs_of = epilogue, ptrs_of
     e.driver(ptrs_of)
     if p.blocking.split_k:

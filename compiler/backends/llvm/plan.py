@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from math import gcd, prod
 
 from ir.bind import Bound
-from ir.dtypes import BFLOAT16, FLOAT32
+from ir.dtypes import BFLOAT16, FLOAT32, INT8, INT16, INT32
 from ir.expr import Access, Binary, Cast, Var
 from ir.kernel import Kernel
 from ir.target import Instruction, Target
@@ -356,10 +356,21 @@ class Contraction:
     # row's address unless A holds them one after another, and so are C's (a C stored element
     # by element, its vector strided)
     rows: tuple = ()
+    # form "group": the instruction sums GROUP consecutive steps of K per lane (an integer dot
+    # product: int8 or int16 operands as pairs of int16 into int32 lanes); the micro-kernel's k
+    # loop runs over groups, the operands packed as words of GROUP elements (the last padded with
+    # zeros).  ``dtypes``: A's, B's and C's element types (the pointers the code reads through)
+    group: int = 1
+    dtypes: tuple = ()
 
     def extent(self, v: str) -> int:
         lo, hi = self.dom[v]
         return hi - lo
+
+    def k_steps(self) -> tuple[int, int]:
+        """The micro-kernel's k loop range: K's, or (form "group") its groups, counted from 0."""
+        lo, hi = self.dom[self.red]
+        return (lo, hi) if self.group == 1 else (0, -(-(hi - lo) // self.group))
 
     def describe(self) -> str:
         bl = self.blocking
@@ -369,7 +380,8 @@ class Contraction:
                     f"tile with {bl.mr * self.extent(self.vec)} accumulator registers; K blocks of {bl.kc}; "
                     f"{self.b} packed transposed per K block; {self.a} read in place"
                     + (f"; batch loops {', '.join(self.batch)}" if self.batch else "") + self._fused())
-        return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes): "
+        return (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes"
+                + (f", each summing {self.group} steps of {self.red}: KC counts groups" if self.group > 1 else "") + "): "
                 f"micro-kernel {bl.mr} x {bl.nr} ({self.row} x {self.vec}) with {bl.mr * bl.nv} accumulator "
                 f"registers; blocks KC={bl.kc} ({self.red}), MC={bl.mc} ({self.row}), NC={bl.nc} ({self.vec}); "
                 + (f"{self.b} packed into {bl.nr}-wide panels; " if bl.pack_b else "")
@@ -408,6 +420,8 @@ class Contraction:
         """This contraction with some blocking parameters changed (tuning, tests); a B without
         unit stride along the vector variable stays packed, as vector loads need one."""
         bl = replace(self.blocking, **changes)
+        if self.form == "group":  # both operands packed as words of GROUP elements; no stream loop
+            bl = replace(bl, pack_a=True, pack_b=True, stream=False)
         if self.strides[self.b][self.vec] != 1:
             bl = replace(bl, pack_b=True)
         if bl.split_k and not self.splits_k():
@@ -525,6 +539,41 @@ def broadcast_fma(instr: Instruction) -> tuple[str, str, str, int] | None:
     return None
 
 
+def grouped_dot(instr: Instruction) -> tuple[str, str, str, int, str, int] | None:
+    """(scalar operand, vector operand, output, lanes, group variable, group size) if the
+    instruction's body is ``C(j) += int32(A(g)) * int32(B(g, j))`` (either operand order, B(j,
+    g) too) with an int32 output vector: each lane sums GROUP products of consecutive
+    reduction steps, A's group broadcast to every lane (vpdpwssd on int16 pairs)."""
+    body = instr.body
+    if len(body.stmts) != 1 or len(instr.outputs) != 1:
+        return None
+    s = body.stmts[0]
+    out = instr.outputs[0]
+    if (s.op != "+" or len(s.indices) != 1 or not isinstance(s.rhs, Binary) or s.rhs.op != "*"
+            or out.dtype != INT32 or len(out.shape) != 1):
+        return None
+    j = s.indices[0]
+    x, y = (_uncast(e, INT32, (INT8, INT16)) for e in (s.rhs.a, s.rhs.b))
+    if not (isinstance(x, Access) and isinstance(y, Access)):
+        return None
+    for sc, ve in ((x, y), (y, x)):
+        if len(sc.indices) != 1 or not isinstance(sc.indices[0], Var) or len(ve.indices) != 2:
+            continue
+        g = sc.indices[0].name
+        if not all(isinstance(e, Var) for e in ve.indices) or {e.name for e in ve.indices} != {g, j}:
+            continue
+        size = instr.operand(sc.tensor).shape[0]
+        return sc.tensor, ve.tensor, s.tensor, out.shape[0], g, size
+    return None
+
+
+def _uncast(e, to, sources):
+    """``e`` without a widening cast to ``to`` from one of the ``sources`` types."""
+    while isinstance(e, Cast) and e.to in (e.x.dtype, to) and e.x.dtype in sources:
+        e = e.x
+    return e
+
+
 def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -> Contraction | None:
     """The statement as a Contraction when a legal broadcast-FMA mapping covers it and every
     operand is a float32 tensor indexed by plain variables; None sends it to the scalar path."""
@@ -539,10 +588,10 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         if step.pitch():  # pixels at an input's pitch: this backend pads rows its own way (_pad_rows)
             continue
         instr = t.instr(step.instruction)
-        roles = broadcast_fma(instr)
-        if roles is None:
+        roles, grouped = broadcast_fma(instr), grouped_dot(instr)
+        if roles is None and grouped is None:
             continue
-        sa, sb, sc, vl = roles
+        sa, sb, sc, vl = roles or grouped[:4]
         ops = dict(step.operands)
         f = step.fused()
         jv = f.get(s_j(instr), ())
@@ -552,18 +601,27 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         names = {ops.get(sa), ops.get(sb), ops.get(sc)}
         if None in names:
             continue
-        plan = _classify(k, b, si, ops[sa], ops[sb], ops[sc], vec)
+        if grouped is None:
+            plan = _classify(k, b, si, ops[sa], ops[sb], ops[sc], vec)
+        else:  # K is the variable the instruction's groups run along
+            kv = f.get(grouped[4], ())
+            plan = _classify(k, b, si, ops[sa], ops[sb], ops[sc], vec, red=kv[0]) if len(kv) == 1 else None
+            plan = plan and replace(plan, form="group", group=grouped[5], dtypes=tuple(
+                k.tensor(n).dtype.name for n in (plan.a, plan.b, plan.c)))
         if plan is not None:
             plans.append((plan, instr, vl))
     if not plans:
         return None
+    # (integer plans along any reduction the groups may run along: the longest first)
+    plans.sort(key=lambda x: -x[0].extent(x[0].red))
     plan, instr, vl = _pick_orientation(plans)
     plan = _shaped(plan, vl)
     if _short_rows(plan, vl):
         plan, instr, vl = next(((q, i, v) for q, i, v in ((_shaped(x, v), i, v) for x, i, v in plans)
                                 if _one_gemm(q, v)), (plan, instr, vl))
-    sc = broadcast_fma(instr)[2]
-    rows, cols, red = plan.extent(plan.row), plan.extent(plan.vec), plan.extent(plan.red)
+    sc = (broadcast_fma(instr) or grouped_dot(instr))[2]
+    rows, cols = plan.extent(plan.row), plan.extent(plan.vec)
+    red = plan.k_steps()[1] - plan.k_steps()[0]
     # (an A through its rows' offsets or the K table is blocked as one without a unit stride,
     # then as read in place by rows, below)
     a_contig = 1 in (plan.strides[plan.a][plan.row], plan.strides[plan.a][plan.red]) and not plan.addresses_a()
@@ -590,7 +648,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         packed = plan.with_blocking(pack_a=True)
         if packed.prepacks_a():
             plan = packed
-    return plan if plan.taps or plan.kfold else _as_dot(plan, t, mappings) or plan
+    return plan if plan.taps or plan.kfold or plan.form != "bcast" else _as_dot(plan, t, mappings) or plan
 
 
 def _with_var(p: Contraction, gone: tuple[str, ...], v: str, extent: int, strides: dict[str, dict[str, int]],
@@ -942,24 +1000,27 @@ def s_j(instr: Instruction) -> str:
     return instr.body.stmts[0].indices[0]
 
 
-def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -> Contraction | None:
+def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str, red: str | None = None) -> Contraction | None:
+    """The statement as a Contraction with these roles: float32 (``red`` None: K the longest
+    reduction), or integer (int8 or int16 operands, an int32 C) along the reduction ``red``."""
     s = k.stmts[si]
     if s.tensor != c:
         return None
     acc = {c: [Var(v) for v in s.indices]}
+    ints = red is not None
     for e in (s.rhs.a, s.rhs.b):
         # float(A(m, k)) on a float A, or on a bfloat16 A: this backend stores bfloat16 tensors
         # as float32 values already rounded to bfloat16 (``lltype``), so the widening is exact
-        # and free (the target's fill_l1_cvt)
-        while isinstance(e, Cast) and e.to in (e.x.dtype, FLOAT32) and e.x.dtype in (FLOAT32, BFLOAT16):
-            e = e.x
+        # and free (the target's fill_l1_cvt); int32(A(m, k)) on an int8 A for an integer plan
+        e = _uncast(e, INT32, (INT8, INT16, INT32)) if ints else _uncast(e, FLOAT32, (FLOAT32, BFLOAT16))
         if not isinstance(e, Access) or e.tensor not in (a, bt) or e.tensor in acc:
             return None
         acc[e.tensor] = list(e.indices)
     if set(acc) != {a, bt, c}:
         return None
     for name in acc:
-        if k.tensor(name).dtype not in ((FLOAT32,) if name == c else (FLOAT32, BFLOAT16)):
+        allowed = ((INT32,) if name == c else (INT8, INT16)) if ints else ((FLOAT32,) if name == c else (FLOAT32, BFLOAT16))
+        if k.tensor(name).dtype not in allowed:
             return None
     found = element_strides(b, acc, affine=True)
     if found is None:
@@ -977,8 +1038,11 @@ def _classify(k: Kernel, b: Bound, si: int, a: str, bt: str, c: str, vec: str) -
     if not rows or not reds or not strides[c][vec] or (allv - uses[c]) != set(reds):
         return None
     row = max(rows, key=lambda v: dom[v][1] - dom[v][0])  # the longest row variable is blocked
-    # the longest reduction is the micro-kernel's K; the others are taps (outer passes)
-    red = max(sorted(reds), key=lambda v: dom[v][1] - dom[v][0])
+    # the longest reduction is the micro-kernel's K (or the one given); the others are taps (outer passes)
+    if red is None:
+        red = max(sorted(reds), key=lambda v: dom[v][1] - dom[v][0])
+    elif red not in reds:
+        return None
     taps = tuple(v for v in sorted(reds) if v != red)
     # every other output variable is a batch loop (a tensor it does not index has stride 0 along it)
     batch = tuple(v for v in s.indices if v not in (row, vec))
