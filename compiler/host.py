@@ -40,12 +40,23 @@ def host_cpu() -> str:
     return "llvm\n" + "\n".join(_llvm_host())
 
 
+@functools.lru_cache(maxsize=1)
+def host_features() -> frozenset[str]:
+    """The host CPU's features, named as /proc/cpuinfo's flags and LLVM's features both spell
+    them once '_' and '-' are dropped (avx512_vnni, avx512vnni: avx512vnni; amx-int8: amxint8)."""
+    info = _cpuinfo()
+    names = info["flags"].split() if info else [f[1:] for f in _llvm_host()[1].split(",") if f.startswith("+")]
+    return frozenset(feature_name(n) for n in names)
+
+
+def feature_name(name: str) -> str:
+    """A CPU feature's name as ``host_features`` spells it."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 def host_has_avx512() -> bool:
     """Whether the host runs AVX-512 (foundation) code: the cpu target's default variant."""
-    info = _cpuinfo()
-    if info:
-        return "avx512f" in info["flags"].split()
-    return "+avx512f" in _llvm_host()[1].split(",")
+    return "avx512f" in host_features()
 
 
 def host_cache_bytes(level: int) -> int | None:

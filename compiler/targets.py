@@ -17,7 +17,7 @@ from ir.target import Engine, Instruction, Memory, Operand, Target
 
 from .frontend.ast import RawDef
 from .frontend.sema import check_def
-from .host import host_cache_bytes, host_cache_ways
+from .host import feature_name, host_cache_bytes, host_cache_ways, host_features
 
 _BYTES = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
@@ -151,7 +151,8 @@ class _TargetChecker:
         if base is not None:
             engs = _merged(base.engines, engs)
         eng_names = {e.name for e in engs}
-        ins = self.unique([self.instr(i, mem_names, eng_names) for i in instrs], "instruction")
+        ins = self.unique([x for x in (self.instr(i, mem_names, eng_names) for i in instrs) if x is not None],
+                          "instruction")
         if base is not None:
             ins = _merged(base.instrs, ins)
         self.no_leftovers(props, f"target '{name}'")
@@ -224,7 +225,10 @@ class _TargetChecker:
         self.no_leftovers(props, f"engine '{name}'")
         return Engine(name, count, shared, span=self.sp(tree.children[0]))
 
-    def instr(self, tree: Tree, mems: dict[str, Memory], engines: set[str]) -> Instruction:
+    def instr(self, tree: Tree, mems: dict[str, Memory], engines: set[str]) -> Instruction | None:
+        """The instruction, checked; None where it ``requires`` a CPU feature the host lacks (a
+        host target's instruction the machine compiling for itself cannot run: left out, so
+        the mapping pass offers the others)."""
         name_tok = tree.children[0]
         name = str(name_tok)
         what = f"instruction '{name}'"
@@ -296,7 +300,10 @@ class _TargetChecker:
         partial = self.take(p, "partial", "bool", False)
         gather = self.take(p, "gather", "bool", False)
         batch = self.take(p, "batch", "int", 1)
+        requires = self.take(p, "requires", "names", [])
         self.no_leftovers(p, what)
+        if requires and not {feature_name(n) for n, _ in requires} <= host_features():
+            return None
         extra = ()
         return Instruction(name, tuple(ops), body, eng[0], occ, lat, port, mc, tuple(n for n, _ in tr),
                            partial, gather, batch, extra, span=self.sp(name_tok))

@@ -69,7 +69,7 @@ def _load(path: str, mtime: float) -> Target:
 # A checked target is kept on disk, pickled (~1 ms to load; parsing and checking cpu.hw takes
 # 10-40 ms in a fresh process, the more when it is the process's first parse).  The key covers what
 # the result depends on: the file's bytes, the code that parses and checks it, and the host
-# facts that `cores = host` and `host_cache = N` read; an entry also lists the files it was
+# facts that `cores = host`, `host_cache = N` and `requires = [..]` read; an entry also lists the files it was
 # derived from (`target x : base`) with their digests, and counts only while they match.
 _LOADING: list[dict] = []  # the dependencies of each target being parsed (derivations nest)
 _DEPS: dict[str, dict] = {}  # path -> its own and its bases' digests, for targets derived from it
@@ -84,9 +84,9 @@ def _fingerprint() -> bytes:
     import os
 
     from compiler.cache import FRONT_END, code_fingerprint
-    from compiler.host import host_cache_bytes, host_cache_ways
+    from compiler.host import host_cache_bytes, host_cache_ways, host_features
     return code_fingerprint(FRONT_END) + repr((os.cpu_count(), [(host_cache_bytes(level), host_cache_ways(level))
-                                                             for level in (1, 2, 3)])).encode()
+                                                             for level in (1, 2, 3)], sorted(host_features()))).encode()
 
 
 def _cache_file(path: str, text: bytes) -> Path | None:

@@ -14,6 +14,7 @@ from compiler.backends.llvm import compile_cpu, native
 from compiler.backends.llvm.native import split_contraction
 from compiler.backends.llvm.plan import BIG_KC, Blocking, cache_levels
 from compiler.checking import compare, random_inputs
+from compiler.host import host_features
 from ir.bind import bind
 from ir.dtypes import BFLOAT16, round_bf16
 
@@ -905,54 +906,84 @@ INT_LAYOUTS = {  # name -> (A's indices, B's indices, numpy reference on int64)
 }
 
 
-def _int_gemm(layout, M, N, K, threads=1, blocking=None, seed=0, lo=-128, hi=128):
+def _cpu_without(instr: str):
+    """The cpu target with one instruction left out (the variant of a host without it)."""
+    import tempfile
+    from pathlib import Path
+    lines, out, skip = hw_models.resolve_path("cpu").read_text().splitlines(), [], False
+    for line in lines:
+        if line.strip().startswith(f"instr {instr}("):
+            skip = True
+            continue
+        if skip:  # (the body's line)
+            skip = False
+            continue
+        out.append(line)
+    path = Path(tempfile.mkdtemp()) / f"cpu-no-{instr}.hw"
+    path.write_text("\n".join(out) + "\n")
+    return hw_models.load(str(path))
+
+
+# the integer instructions: fours of bytes (vpdpbusd, on hosts with AVX512-VNNI) and pairs of
+# int16 (vpmaddwd: every AVX-512 host), the target of a host without the first
+INT_TARGETS = {"fours": CPU, "pairs": _cpu_without("vdot4_i8")}
+
+
+def _int_gemm(layout, M, N, K, threads=1, blocking=None, seed=0, lo=-128, hi=128, target="fours"):
     """An int8 GEMM of ``layout`` compiled for the cpu, run on int8 values over [lo, hi), and
     the exact int64 product wrapped to int32 (the kernel's int32 sums wrap alike)."""
     a, bb, sa, sb, ref = INT_LAYOUTS[layout]
     src = (f"def g(int8{sa} A, int8{sb} B) -> (int32(M, N) C) {{ C(m, n) +=! int32({a}) * int32({bb}) }}")
     k = compiler.parse(src).kernel()
     b = bind(k, dict(M=M, N=N, K=K))
-    nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
+    nk = compile_cpu(k, b, INT_TARGETS[target], threads=threads, blocking=blocking)
     rng = np.random.default_rng(seed)
     A = rng.integers(lo, hi, b.shapes["A"]).astype(np.int8)
     B = rng.integers(lo, hi, b.shapes["B"]).astype(np.int8)
     return nk, nk({"A": A, "B": B})["C"], ref(A.astype(np.int64), B.astype(np.int64)).astype(np.int32)
 
 
+@pytest.mark.parametrize("target", list(INT_TARGETS))
 @pytest.mark.parametrize("layout", list(INT_LAYOUTS))
 @pytest.mark.parametrize("M,N,K,threads", [(1, 1, 1, 1), (13, 17, 19, 2), (64, 64, 64, 1), (29, 100, 3, 2),
                                            (200, 8, 31, 1), (7, 33, 2, 2), (97, 130, 257, 2)])
-def test_an_int8_gemm_runs_on_the_integer_dot_product(layout, M, N, K, threads):
-    """``C +=! int32(A) * int32(B)`` on int8 A and B: the cpu target's vdot2_i16 (a pair of
-    int16 products per int32 lane: vpdpwssd) after the operands are widened into L1 (its
-    fill_l1_i16), so the packed micro-kernel runs it, K in pairs of steps (an odd K's last
-    padded with zero), exact in every layout and size.  It ran as scalar loops, 11x slower."""
-    nk, out, ref = _int_gemm(layout, M, N, K, threads)
+def test_an_int8_gemm_runs_on_the_integer_dot_product(target, layout, M, N, K, threads):
+    """``C +=! int32(A) * int32(B)`` on int8 A and B: the cpu target's vdot4_i8 (four byte
+    products per int32 lane: vpdpbusd, A's bytes offset to unsigned and each B panel's column
+    sums correcting it) where the host has AVX512-VNNI, else vdot2_i16 (a pair of int16
+    products: vpmaddwd) after the operands are widened into L1 (its fill_l1_i16); the packed
+    micro-kernel runs it with K in groups (the last padded with zeros), exact in every layout
+    and size.  It ran as scalar loops, 12-28x slower."""
+    nk, out, ref = _int_gemm(layout, M, N, K, threads, target=target)
     [p] = nk.plans
-    assert (p.form, p.instr, p.group, p.dtypes) == ("group", "vdot2_i16", 2, ("int8", "int8", "int32"))
-    assert p.k_steps() == (0, -(-K // 2)) and "each summing 2 steps of k" in p.describe()
+    g = 4 if p.instr == "vdot4_i8" else 2
+    assert (p.form, p.group, p.dtypes) == ("group", g, ("int8", "int8", "int32"))
+    assert p.instr == ("vdot4_i8" if target == "fours" and "avx512vnni" in host_features() else "vdot2_i16")
+    assert p.k_steps() == (0, -(-K // g)) and f"each summing {g} steps of k" in p.describe()
     assert out.dtype == np.int32 and np.array_equal(out, ref)
 
 
-def test_extreme_int8_values_and_int32_sums_that_wrap():
-    """-128 * -128 pairs (the one product pair whose sum needs 16 bits and a sign: 32768) and
-    sums past int32's range, which wrap as the reference's int32 arithmetic does."""
-    nk, out, ref = _int_gemm("nn", 3, 20, 9, lo=-128, hi=-127)
-    assert np.array_equal(out, ref) and out[0, 0] == 9 * 16384
+@pytest.mark.parametrize("target", list(INT_TARGETS))
+def test_extreme_int8_values_and_int32_sums_that_wrap(target):
+    """-128 * -128 products (a pair's sum needs 16 bits and a sign: 32768; A's -128 is 0 when
+    offset to unsigned) and sums past int32's range, which wrap as the reference's do."""
+    for lo, hi in ((-128, -127), (127, 128), (-128, 128)):
+        nk, out, ref = _int_gemm("nn", 3, 20, 9, lo=lo, hi=hi, target=target)
+        assert np.array_equal(out, ref)
     K = (1 << 31) // 16384 + 6  # all -128: 16384 K passes 2^31
-    nk, out, ref = _int_gemm("nn", 2, 16, K, threads=2, lo=-128, hi=-127)
+    nk, out, ref = _int_gemm("nn", 2, 16, K, threads=2, lo=-128, hi=-127, target=target)
     assert np.array_equal(out, ref) and out[0, 0] == np.int32(np.int64(16384 * K) - (1 << 32))
 
 
 @settings(max_examples=25, deadline=None)
 @given(layout=st.sampled_from(list(INT_LAYOUTS)), M=st.integers(1, 60), N=st.integers(1, 70), K=st.integers(1, 80),
        mr=st.integers(1, 14), nv=st.integers(1, 3), kc=st.integers(1, 50), mcs=st.integers(1, 4),
-       ncs=st.integers(1, 3), threads=st.integers(1, 3), seed=st.integers(0, 99))
-def test_integer_contraction_under_any_blocking(layout, M, N, K, mr, nv, kc, mcs, ncs, threads, seed):
+       ncs=st.integers(1, 3), threads=st.integers(1, 3), seed=st.integers(0, 99), target=st.sampled_from(list(INT_TARGETS)))
+def test_integer_contraction_under_any_blocking(layout, M, N, K, mr, nv, kc, mcs, ncs, threads, seed, target):
     """K blocks of any number of pairs (an odd K's last block ending in a padded step), edge
     tiles, several row and column blocks, the vector packing paths and the element ones."""
     bl = dict(mr=mr, nv=nv, kc=kc, mc=mr * mcs, nc=16 * nv * ncs)
-    nk, out, ref = _int_gemm(layout, M, N, K, threads, bl, seed)
+    nk, out, ref = _int_gemm(layout, M, N, K, threads, bl, seed, target=target)
     assert nk.plans[0].blocking.pack_a and nk.plans[0].blocking.pack_b  # (always packed: into words)
     assert np.array_equal(out, ref), bl
 

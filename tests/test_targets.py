@@ -148,6 +148,23 @@ def test_cache_ways_come_from_the_hw_file_or_the_host(tmp_path, monkeypatch):
     assert (hw_models.load(str(g)).memory("l1").capacity, hw_models.load(str(g)).memory("l1").ways) == (64 << 10, 16)
 
 
+def test_instructions_requiring_a_cpu_feature_the_host_lacks_are_left_out(tmp_path, monkeypatch):
+    """``requires = [..]`` names CPU features as /proc/cpuinfo or LLVM spell them; an
+    instruction needing one the host lacks is not part of the target, the others are."""
+    import compiler.targets as targets
+    _fresh_loads(monkeypatch, tmp_path / "cache")
+    monkeypatch.setattr(targets, "host_features", lambda: frozenset({"avx512vnni", "amxint8"}))
+    f = tmp_path / "features.hw"
+    body = ' { Y(i) = X(i) }\n'
+    f.write_text('target "features" : "sim-nnp" {\n'
+                 + ''.join(f'  instr {n}(float(8) X @sram) -> (float(8) Y @acc) engine = vpu occupancy = 1 latency = 1'
+                           f'  requires = [{r}]' + body for n, r in (("vnni", "avx512_vnni"), ("amx", "amx_int8, avx512vnni"),
+                                                                    ("other", "no_such_feature")))
+                 + '}\n')
+    names = [i.name for i in hw_models.load(str(f)).instrs]
+    assert "vnni" in names and "amx" in names and "other" not in names
+
+
 def _fresh_loads(monkeypatch, cache):
     """Loads that start from the disk cache in ``cache`` (the in-process one emptied)."""
     monkeypatch.setenv("ISAMAP_CACHE", str(cache))

@@ -205,6 +205,15 @@ class _Emit:
         """Sums (of C's values: scalars or vectors of ``et``)."""
         return self.bld.fadd(x, y)
 
+    def b_steps(self, kc):
+        """Word rows of a packed B panel of a K block of kc steps (an int or an i64): kc, or one
+        more where the panel carries a row of its columns' sums (``_EmitGroups``)."""
+        return kc
+
+    def acc_init(self, bp, kc, nvec: int) -> list:
+        """The accumulators' start for a tile with the B panel at bp: zero."""
+        return [L.Constant(self.vt, None)] * nvec
+
     def splat(self, x):
         """The scalar x in every lane (a broadcast)."""
         b = self.bld
@@ -545,7 +554,6 @@ class _Emit:
             rows_arg = fn.args[7 + table]
             atbl = fn.args[8 + table] if a_table else None
             a_rows = [self.at(a, b.load(b.gep(rows_arg, [_c(i)]))) for i in range(bl.mr)]
-        zero = L.Constant(self.vt, None)
         tmp = b.alloca(self.et, size=bl.mr * bl.nr, name="tile")  # edge tiles go through it (entry block: no stack growth)
         crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
         c_offs = fn.args[-1] if c_rows else None
@@ -560,6 +568,7 @@ class _Emit:
             for i in range(bl.mr):
                 for line in range(0, nvec * bl.vl * 4, 64):
                     self.prefetch(self.at(c, i * crs + line // 4), write=True)
+        start = self.acc_init(bp, kc, nvec)
         entry = b.block
         body = fn.append_basic_block("k.body")
         out = fn.append_basic_block("k.done")
@@ -573,8 +582,8 @@ class _Emit:
         ap.add_incoming(a, entry)
         bpp.add_incoming(bp, entry)
         for row in accs:
-            for x in row:
-                x.add_incoming(zero, entry)
+            for x, x0 in zip(row, start):
+                x.add_incoming(x0, entry)
         brow = self.at(bp, b.load(b.gep(tbl, [k]))) if table else bpp
         bv = [self.vload(self.at(brow, v * bl.vl)) for v in range(nvec)]
         if bl.prefetch and (table or (b_ks != bl.nr and b_ks * 4 >= 64)):
@@ -764,7 +773,7 @@ class _Emit:
                             self.loop(0, mc, bl.mr, itile, "ir")
 
                         if bl.pack_b:
-                            tiles(self.at(bpack, b.mul(jr, kc)), bl.nr)
+                            tiles(self.at(bpack, b.mul(jr, self.b_steps(kc))), bl.nr)
                             return
 
                         def direct():
@@ -956,7 +965,7 @@ class _Emit:
         a padded or im2col plan's scratch C (``Contraction.scratch_c``), and the end."""
         bl = self.bl
         pre = self.p.prepacks_a()
-        sizes = [bl.kc * (-(-bl.nc // bl.nr) * bl.nr) if bl.pack_b else 0,
+        sizes = [self.b_steps(bl.kc) * (-(-bl.nc // bl.nr) * bl.nr) if bl.pack_b else 0,
                  self.pack_a_floats() + bl.mr * (bl.kc + bl.vl) if bl.pack_a and not pre else 0, bl.mr * bl.kc,
                  bl.nr * bl.kc, self.p.c_span() if bl.split_k else 0,
                  # the whole packed A, and past its end room for the last block's staging
@@ -1126,28 +1135,38 @@ class _EmitDot(_Emit):
 
 
 INT = {"int8": L.IntType(8), "int16": L.IntType(16), "int32": I32}
-I16 = L.IntType(16)
+I8, I16 = L.IntType(8), L.IntType(16)
+# (lanes -> intrinsic) of the integer dot products: pairs of int16 (vpmaddwd, + the add: LLVM
+# fuses the two into vpdpwssd where the host has AVX512-VNNI) and fours of unsigned x signed bytes
 PMADDWD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd", 4: "llvm.x86.sse2.pmadd.wd"}
+VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256", 4: "llvm.x86.avx512.vpdpbusd.128"}
 
 
 class _EmitGroups(_Emit):
-    """The integer form (``form == "group"``): int8 or int16 operands, an int32 C, on an
-    instruction whose lanes each sum a pair of int16 products (vdot2_i16: vpmaddwd, which LLVM
-    fuses with the accumulator's add into vpdpwssd on AVX512-VNNI).  The driver is the float
-    one with K counted in groups of two steps: both operands are packed as 32-bit words, two
-    consecutive k steps of one element side by side, widened to int16 (the target's
-    fill_l1_i16), the last group of an odd K padded with a zero; the micro-kernel broadcasts
-    one word of A per row and group and multiplies it with NV words vectors of B."""
+    """The integer form (``form == "group"``): int8 (or int16) operands, an int32 C, on an
+    instruction whose lanes each sum G products of consecutive k steps: G = 2, a pair of int16
+    (vdot2_i16: vpmaddwd, fused with the add into vpdpwssd on AVX512-VNNI), or G = 4, four
+    bytes (vdot4_i8: vpdpbusd).  The driver is the float one with K counted in groups
+    (``Contraction.k_steps``): both operands are packed as 32-bit words of one element's G
+    consecutive k steps, widened to int16 for pairs, the last group of a K that G does not
+    divide padded with zeros; the micro-kernel broadcasts one word of A per row and group
+    against NV word vectors of B.  vpdpbusd multiplies unsigned by signed bytes: A's bytes are
+    packed plus 128 (their top bit flipped), and each B panel carries, after its K block, -128
+    times each column's sum over the block, where the micro-kernel's accumulators start, so
+    the sums come out as the signed products' (``_column_sums``)."""
 
     et = I32
 
     def __init__(self, mod: L.Module, p: Contraction):
         super().__init__(mod, p)
-        vl = self.bl.vl
-        self.wt = L.VectorType(I16, 2 * vl)  # a word vector as the instruction's int16 pairs
-        name = PMADDWD[vl]
-        self.madd = mod.globals.get(name) or L.Function(mod, L.FunctionType(self.vt, [self.wt, self.wt]), name=name)
+        vl, g = self.bl.vl, p.group
+        self.lane = {2: I16, 4: I8}[g]  # each word's G elements
+        self.wt = L.VectorType(self.lane, g * vl)  # a word vector as the instruction's elements
+        name = (PMADDWD if g == 2 else VPDPBUSD)[vl]
+        args = [self.wt, self.wt] if g == 2 else [self.vt, self.wt, self.wt]
+        self.dot = mod.globals.get(name) or L.Function(mod, L.FunctionType(self.vt, args), name=name)
         self.src = {n: INT[d] for n, d in zip((p.a, p.b, p.c), p.dtypes)}
+        self.sums = g == 4  # B panels carry their columns' sums (the unsigned A's correction)
 
     def entry(self, ptrs_of):
         args = super().entry(ptrs_of)
@@ -1160,36 +1179,54 @@ class _EmitGroups(_Emit):
 
     def mac(self, a, bv, acc):
         b = self.bld
-        return b.add(acc, b.call(self.madd, [b.bitcast(a, self.wt), b.bitcast(bv, self.wt)]))
+        a, bv = b.bitcast(a, self.wt), b.bitcast(bv, self.wt)
+        if self.sums:
+            return b.call(self.dot, [acc, a, bv])  # (the unsigned operand second)
+        return b.add(acc, b.call(self.dot, [a, bv]))
 
     def add(self, x, y):
         return self.bld.add(x, y)
 
-    def _element(self, src, off, ok):
-        """Element ``off`` of ``src`` widened to int16 where ``ok``, else 0 (``off`` must be a
-        valid element wherever ``ok`` is false too: the callers clamp it)."""
+    def b_steps(self, kc):
+        if not self.sums:
+            return kc
+        return kc + 1 if isinstance(kc, int) else self.bld.add(kc, _c(1))
+
+    def acc_init(self, bp, kc, nvec: int) -> list:
+        if not self.sums:
+            return super().acc_init(bp, kc, nvec)
+        sums = self.at(bp, self.bld.mul(kc, _c(self.bl.nr)))
+        return [self.vload(self.at(sums, v * self.bl.vl)) for v in range(nvec)]
+
+    def _widen(self, v, operand: str):
+        """Elements (a value or a vector) of ``operand`` as the words hold them: int16 for pairs,
+        bytes for fours, A's with the top bit flipped (plus 128: unsigned) for vpdpbusd."""
         b = self.bld
-        v = b.load(self.at(src, off))
-        if v.type != I16:
-            v = b.sext(v, I16)
-        return b.select(ok, v, L.Constant(I16, 0))
+        lane = L.VectorType(self.lane, v.type.count) if isinstance(v.type, L.VectorType) else self.lane
+        if v.type != lane:
+            v = b.sext(v, lane)
+        if self.sums and operand == self.p.a:
+            v = b.xor(v, L.Constant(lane, [0x80] * lane.count if isinstance(lane, L.VectorType) else 0x80))
+        return v
 
     def _pack(self, name: str, operand: str, across: str, width: int):
         """``name(P, X, x0, xn, pc, kc)``: panels of ``width`` elements of ``operand`` along
         ``across`` (rows [x0, x0 + xn)), each group kk of [pc, pc + kc) a row of ``width``
-        words, element (kk, i)'s word X[x0 + q + i, k] for the group's k steps; 0 past xn and K.
-        Rows unit-stride along ``across`` take whole vectors of both k steps (B); rows
-        unit-stride along k, VL groups of MR rows transposed in registers (A)."""
+        words, element (kk, i)'s word X[x0 + q + i, k] for the group's k steps; 0 past xn and
+        K.  Rows unit-stride along ``across`` take whole vectors of the G k steps, interleaved
+        (B); rows unit-stride along k, VL groups of up to VL rows transposed in registers (A)."""
         p, bl = self.p, self.bl
         fp = F32.as_pointer()
         src_t = self.src[operand]
         fn = self.func(name, [fp, src_t.as_pointer(), I64, I64, I64, I64])
         dst, src, x0, xn, pc, kc = fn.args
         b = self.bld
-        d16 = b.bitcast(dst, I16.as_pointer())
+        dl = b.bitcast(dst, self.lane.as_pointer())
         sx, sk = p.strides[operand][across], p.strides[operand][p.red]
         klo, khi = p.dom[p.red]
         g, vl = p.group, bl.vl
+        sums = self.sums and operand == p.b
+        steps = self.b_steps(kc) if operand == p.b else kc
 
         def k_of(kk, e):  # (the k of step e of group pc + kk, clamped into K; whether it is in K)
             k = b.add(_c(klo), b.add(b.mul(b.add(pc, kk), _c(g)), _c(e)))
@@ -1197,7 +1234,7 @@ class _EmitGroups(_Emit):
 
         def panel(q):
             xv = self.min(_c(width), b.sub(xn, q))
-            dst0 = b.mul(q, kc)  # panel q/width starts at q*kc words
+            dst0 = b.mul(q, steps)  # panel q/width starts at q*steps words
 
             def scalar(kk0, hi):
                 def group(kk):
@@ -1208,32 +1245,32 @@ class _EmitGroups(_Emit):
                         inside = b.icmp_signed("<", i, xv)
                         at = b.mul(b.add(dst0, b.add(b.mul(kk, _c(width)), i)), _c(g))
                         for e, (k, ok) in enumerate(ks):
-                            v = self._element(src, b.add(b.mul(x, _c(sx)), b.mul(k, _c(sk))), b.and_(ok, inside))
-                            b.store(v, self.at(d16, b.add(at, _c(e))))
+                            v = self._widen(b.load(self.at(src, b.add(b.mul(x, _c(sx)), b.mul(k, _c(sk))))), operand)
+                            b.store(b.select(b.and_(ok, inside), v, L.Constant(self.lane, 0)), self.at(dl, b.add(at, _c(e))))
                     self.loop(0, width, 1, word, "i")
                 self.loop(kk0, hi, 1, group, "kk")
 
             whole = b.icmp_signed("==", xv, _c(width))
-            if g == 2 and sx == 1 and width % vl == 0:
-                # B(k, n): each vector of n from both rows of the group, interleaved
+            if sx == 1 and width % vl == 0:
+                # B(k, n): each vector of n from the group's G rows, interleaved
                 def vector():
                     def group(kk):
                         rows = []
                         for e in range(g):
                             k, ok = k_of(kk, e)
                             base = b.add(b.mul(k, _c(sk)), b.add(x0, q))
-                            vs = [self.vload_as(self.at(src, b.add(base, _c(v * vl))), src_t, vl) for v in range(width // vl)]
+                            vs = [self._widen(self.vload_of(self.at(src, b.add(base, _c(v * vl))), src_t, vl), operand)
+                                  for v in range(width // vl)]
                             rows.append([b.select(ok, x, L.Constant(x.type, None)) for x in vs])
                         for v in range(width // vl):
-                            pair = b.shuffle_vector(rows[0][v], rows[1][v], L.Constant(
-                                L.VectorType(I32, 2 * vl), [t // 2 + (t % 2) * vl for t in range(2 * vl)]))
                             at = b.mul(b.add(dst0, b.add(b.mul(kk, _c(width)), _c(v * vl))), _c(g))
-                            b.store(pair, b.bitcast(self.at(d16, at), self.wt.as_pointer()), align=2)
+                            b.store(self.interleave([r[v] for r in rows]), b.bitcast(self.at(dl, at), self.wt.as_pointer()),
+                                    align=1)
                     self.loop(0, kc, 1, group, "kk")
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
-            elif g == 2 and sk == 1 and width <= vl and not vl & (vl - 1):
-                # A(m, k): VL groups (2 VL steps) of each row as one vector of words, the MR rows
-                # transposed in registers; the K block's last groups, and any past K, one by one
+            elif sk == 1 and width <= vl and not vl & (vl - 1):
+                # A(m, k): VL groups of each row as one vector of words, the rows transposed in
+                # registers; the K block's last groups, and any past K, one by one
                 kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
 
                 def vector():
@@ -1242,7 +1279,7 @@ class _EmitGroups(_Emit):
                         rows = []
                         for i in range(width):
                             x = b.add(x0, b.add(q, _c(i)))
-                            w = self.vload_as(self.at(src, b.add(b.mul(x, _c(sx)), k0)), src_t, 2 * vl)
+                            w = self._widen(self.vload_of(self.at(src, b.add(b.mul(x, _c(sx)), k0)), src_t, g * vl), operand)
                             rows.append(b.bitcast(w, self.vt))
                         self.store_transposed(rows, self.at(b.bitcast(dst, I32.as_pointer()), b.add(dst0, b.mul(kk, _c(width)))),
                                               width)
@@ -1251,14 +1288,43 @@ class _EmitGroups(_Emit):
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
             else:
                 scalar(_c(0), kc)
+            if sums:
+                self._column_sums(b.bitcast(self.at(dst, dst0), I32.as_pointer()), kc, width)
         self.loop(0, xn, width, panel, "q")
         b.ret_void()
 
-    def vload_as(self, ptr, elem, n: int):
-        """n elements of type ``elem`` at ptr, widened to a vector of n int16."""
+    def _column_sums(self, panel, kc, width: int):
+        """After a B panel's kc word rows: -128 x each column's sum of its bytes (the dot
+        product of each word with four unsigned ones, the instruction itself)."""
+        b, vl = self.bld, self.bl.vl
+        ones = L.Constant(self.wt, [1] * self.wt.count)
+        for v in range(width // vl):
+            acc = b.alloca(self.vt)
+            b.store(L.Constant(self.vt, None), acc)
+
+            def step(kk):
+                w = b.bitcast(self.vload(self.at(panel, b.add(b.mul(kk, _c(width)), _c(v * vl)))), self.wt)
+                b.store(b.call(self.dot, [b.load(acc), ones, w]), acc)
+            self.loop(0, kc, 1, step, "kk")
+            self.vstore(b.mul(b.load(acc), L.Constant(self.vt, [-128] * vl)),
+                        self.at(panel, b.add(b.mul(kc, _c(width)), _c(v * vl))))
+
+    def interleave(self, rows: list):
+        """G vectors of VL lanes -> one of G x VL: element j of each row side by side, in order."""
         b = self.bld
-        v = b.load(b.bitcast(ptr, L.VectorType(elem, n).as_pointer()), align=1)
-        return v if elem == I16 else b.sext(v, L.VectorType(I16, n))
+        while len(rows) > 1:
+            n = rows[0].type.count
+            mask = L.Constant(L.VectorType(I32, 2 * n), [t // 2 + (t % 2) * n for t in range(2 * n)])
+            rows = [b.shuffle_vector(rows[i], rows[i + 1], mask) for i in range(0, len(rows), 2)]
+            if len(rows) > 1:  # pairs become the next round's elements
+                bits = rows[0].type.element.width * 2
+                rows = [b.bitcast(r, L.VectorType(L.IntType(bits), n)) for r in rows]
+        return b.bitcast(rows[0], self.wt)
+
+    def vload_of(self, ptr, elem, n: int):
+        """n elements of type ``elem`` at ptr (unaligned)."""
+        b = self.bld
+        return b.load(b.bitcast(ptr, L.VectorType(elem, n).as_pointer()), align=1)
 
     def pack_b(self):
         self._pack("pack_b", self.p.b, self.p.vec, self.bl.nr)

@@ -613,7 +613,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
     if not plans:
         return None
     # (integer plans along any reduction the groups may run along: the longest first)
-    plans.sort(key=lambda x: -x[0].extent(x[0].red))
+    plans.sort(key=lambda x: (-x[0].extent(x[0].red), -x[0].group))  # (more steps per instruction first)
     plan, instr, vl = _pick_orientation(plans)
     plan = _shaped(plan, vl)
     if _short_rows(plan, vl):
