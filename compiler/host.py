@@ -46,7 +46,26 @@ def host_features() -> frozenset[str]:
     them once '_' and '-' are dropped (avx512_vnni, avx512vnni: avx512vnni; amx-int8: amxint8)."""
     info = _cpuinfo()
     names = info["flags"].split() if info else [f[1:] for f in _llvm_host()[1].split(",") if f.startswith("+")]
-    return frozenset(feature_name(n) for n in names)
+    found = frozenset(feature_name(n) for n in names)
+    if any(n.startswith("amx") for n in found) and not request_amx():
+        found = frozenset(n for n in found if not n.startswith("amx"))  # the OS keeps AMX's tiles off
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def request_amx() -> bool:
+    """Ask Linux for this process's permission to use AMX tile data (arch_prctl
+    ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA: without it the first tile instruction is a
+    SIGILL); whether it was granted.  Process-wide, idempotent; False on other systems."""
+    import ctypes
+    import platform
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    except (OSError, AttributeError):
+        return False
 
 
 def feature_name(name: str) -> str:

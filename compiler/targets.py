@@ -151,10 +151,15 @@ class _TargetChecker:
         if base is not None:
             engs = _merged(base.engines, engs)
         eng_names = {e.name for e in engs}
+        self.left_out: list[Instruction] = []
         ins = self.unique([x for x in (self.instr(i, mem_names, eng_names) for i in instrs) if x is not None],
                           "instruction")
         if base is not None:
             ins = _merged(base.instrs, ins)
+        # a memory only left-out instructions use is left out too (AMX's tiles on a host without them)
+        used = {o.memory for i in ins for o in i.operands} | {main_name}
+        gone = {o.memory for i in self.left_out for o in i.operands} - used
+        memories = [m for m in memories if m.name not in gone]
         self.no_leftovers(props, f"target '{name}'")
         fallback_name = fallback[0] if fallback else (base.prop("fallback") if base else None)
         extra = (("fallback", fallback_name),) if fallback_name else ()
@@ -302,11 +307,13 @@ class _TargetChecker:
         batch = self.take(p, "batch", "int", 1)
         requires = self.take(p, "requires", "names", [])
         self.no_leftovers(p, what)
-        if requires and not {feature_name(n) for n, _ in requires} <= host_features():
-            return None
         extra = ()
-        return Instruction(name, tuple(ops), body, eng[0], occ, lat, port, mc, tuple(n for n, _ in tr),
-                           partial, gather, batch, extra, span=self.sp(name_tok))
+        instr = Instruction(name, tuple(ops), body, eng[0], occ, lat, port, mc, tuple(n for n, _ in tr),
+                            partial, gather, batch, extra, span=self.sp(name_tok))
+        if requires and not {feature_name(n) for n, _ in requires} <= host_features():
+            self.left_out.append(instr)
+            return None
+        return instr
 
     def reachability(self, t: Target):
         links = {(o.memory, r.memory) for i in t.instrs for o in i.inputs for r in i.outputs}

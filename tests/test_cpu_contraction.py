@@ -32,17 +32,22 @@ def _gemm(name, M, N, K, threads=1, blocking=None, target=CPU):
     return nk, nk({"A": A, "B": B})["C"], LAYOUTS[name](A.astype(np.float64), B.astype(np.float64))
 
 
+@pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("M,N,K,threads", [(1, 1, 1, 1), (13, 17, 19, 2), (64, 64, 64, 1), (200, 100, 131, 2)])
-def test_bfloat16_operands_widened_to_float_are_a_contraction(M, N, K, threads):
-    """``C +=! float(A) * float(B)`` on bfloat16 A and B: the cpu target widens them on the way
-    into L1 (its fill_l1_cvt), so the float micro-kernel runs it (the backend holds bfloat16
-    tensors as float32 values already rounded: the widening costs nothing); as exact as the
-    float GEMM on the rounded inputs.  It ran as scalar loops, 7x slower (512^3)."""
-    [p] = _checked("gemm_bf16", dict(M=M, N=N, K=K), threads).plans
-    assert (p.a, p.b, p.c) == ("A", "B", "C") and p.instr == "vfma_bcast"
+def test_bfloat16_operands_widened_to_float_are_a_contraction(M, N, K, threads, tiles):
+    """``C +=! float(A) * float(B)`` on bfloat16 A and B: AMX tiles (tdp_bf16: tdpbf16ps, the
+    operands packed as pairs of bfloat16, K padded to whole tiles) where the host has
+    AMX-BF16; else the cpu target widens them on the way into L1 (its fill_l1_cvt), so the
+    float micro-kernel runs it (the backend holds bfloat16 tensors as float32 values already
+    rounded: the widening costs nothing); as exact as the float GEMM on the rounded inputs.
+    It ran as scalar loops, 7x (FMA) and 24x (tiles) slower (512^3)."""
+    target = CPU if tiles else BF16_FMA
+    [p] = _checked("gemm_bf16", dict(M=M, N=N, K=K), threads, target=target).plans
+    assert (p.a, p.b, p.c) == ("A", "B", "C") and p.instr == (_first_on_host("tdp_bf16", "vfma_bcast") if tiles
+                                                              else "vfma_bcast")
     batched = "def bmm(bfloat16(Q, M, K) A, float(Q, K, N) B) -> (C) { C(q, m, n) +=! float(A(q, m, k)) * B(q, k, n) }"
-    [p] = _checked(batched, dict(Q=3, M=M, K=K, N=N), threads).plans
-    assert p.batch == ("q",)
+    [p] = _checked(batched, dict(Q=3, M=M, K=K, N=N), threads, target=target).plans
+    assert p.batch == ("q",) and p.instr == "vfma_bcast"  # (a float B: no tile instruction multiplies it)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -408,12 +413,12 @@ def test_a_split_k_adds_its_partial_sums_then_runs_the_epilogue(monkeypatch):
             assert ok, (M, N, K, threads, per)
 
 
-def _checked(kernel, sizes, threads=1, blocking=None, seed=5):
-    """``kernel`` (a library name or TC source) compiled for the cpu at ``sizes``, its result
-    checked against the interpreter's."""
+def _checked(kernel, sizes, threads=1, blocking=None, seed=5, target=CPU):
+    """``kernel`` (a library name or TC source) compiled for the cpu (or ``target``) at
+    ``sizes``, its result checked against the interpreter's."""
     k = compiler.parse(kernels.path(kernel) if kernel in kernels.names() else kernel).kernel()
     b = bind(k, sizes)
-    nk = compile_cpu(k, b, CPU, threads=threads, blocking=blocking)
+    nk = compile_cpu(k, b, target, threads=threads, blocking=blocking)
     ins = random_inputs(k, b, seed=seed)
     # (bfloat16 inputs rounded, as the checked call of a compiled kernel rounds them)
     ins = {x.name: round_bf16(ins[x.name]) if x.dtype == BFLOAT16 else ins[x.name] for x in k.inputs}
@@ -906,30 +911,41 @@ INT_LAYOUTS = {  # name -> (A's indices, B's indices, numpy reference on int64)
 }
 
 
-def _cpu_without(instr: str):
-    """The cpu target with one instruction left out (the variant of a host without it)."""
+def _cpu_without(*instrs: str):
+    """The cpu target with these instructions left out (the variant of a host without them)."""
     import tempfile
     from pathlib import Path
     lines, out, skip = hw_models.resolve_path("cpu").read_text().splitlines(), [], False
     for line in lines:
-        if line.strip().startswith(f"instr {instr}("):
+        if any(line.strip().startswith(f"instr {i}(") for i in instrs):
             skip = True
             continue
         if skip:  # (the body's line)
             skip = False
             continue
         out.append(line)
-    path = Path(tempfile.mkdtemp()) / f"cpu-no-{instr}.hw"
+    path = Path(tempfile.mkdtemp()) / f"cpu-no-{'-'.join(instrs)}.hw"
     path.write_text("\n".join(out) + "\n")
     return hw_models.load(str(path))
 
 
-# the integer instructions: fours of bytes (vpdpbusd, on hosts with AVX512-VNNI) and pairs of
-# int16 (vpmaddwd: every AVX-512 host), the target of a host without the first
-INT_TARGETS = {"fours": CPU, "pairs": _cpu_without("vdot4_i8")}
+# the integer instructions: AMX tiles (tdpbssd, on hosts with AMX-INT8), fours of bytes
+# (vpdpbusd, AVX512-VNNI) and pairs of int16 (vpmaddwd: every AVX-512 host); the targets of
+# hosts without the first, and without the first two
+INT_TARGETS = {"tiles": CPU, "fours": _cpu_without("tdp_i8"), "pairs": _cpu_without("tdp_i8", "vdot4_i8")}
+HAS = {"tdp_i8": {"amxtile", "amxint8"}, "vdot4_i8": {"avx512vnni"}, "tdp_bf16": {"amxtile", "amxbf16"}}
 
 
-def _int_gemm(layout, M, N, K, threads=1, blocking=None, seed=0, lo=-128, hi=128, target="fours"):
+def _first_on_host(*instrs: str) -> str:
+    """The first of these instructions the host runs (the last is the fallback every host has)."""
+    return next(i for i in instrs if HAS.get(i, set()) <= host_features())
+
+
+BF16_FMA = _cpu_without("tdp_bf16")
+INT_EXPECTED = {"tiles": ("tdp_i8", "vdot4_i8", "vdot2_i16"), "fours": ("vdot4_i8", "vdot2_i16"), "pairs": ("vdot2_i16",)}
+
+
+def _int_gemm(layout, M, N, K, threads=1, blocking=None, seed=0, lo=-128, hi=128, target="tiles"):
     """An int8 GEMM of ``layout`` compiled for the cpu, run on int8 values over [lo, hi), and
     the exact int64 product wrapped to int32 (the kernel's int32 sums wrap alike)."""
     a, bb, sa, sb, ref = INT_LAYOUTS[layout]
@@ -948,18 +964,24 @@ def _int_gemm(layout, M, N, K, threads=1, blocking=None, seed=0, lo=-128, hi=128
 @pytest.mark.parametrize("M,N,K,threads", [(1, 1, 1, 1), (13, 17, 19, 2), (64, 64, 64, 1), (29, 100, 3, 2),
                                            (200, 8, 31, 1), (7, 33, 2, 2), (97, 130, 257, 2)])
 def test_an_int8_gemm_runs_on_the_integer_dot_product(target, layout, M, N, K, threads):
-    """``C +=! int32(A) * int32(B)`` on int8 A and B: the cpu target's vdot4_i8 (four byte
-    products per int32 lane: vpdpbusd, A's bytes offset to unsigned and each B panel's column
-    sums correcting it) where the host has AVX512-VNNI, else vdot2_i16 (a pair of int16
-    products: vpmaddwd) after the operands are widened into L1 (its fill_l1_i16); the packed
-    micro-kernel runs it with K in groups (the last padded with zeros), exact in every layout
-    and size.  It ran as scalar loops, 12-28x slower."""
+    """``C +=! int32(A) * int32(B)`` on int8 A and B: the cpu target's tdp_i8 (AMX tiles:
+    tdpbssd) where the host has AMX-INT8, else vdot4_i8 (four byte products per int32 lane:
+    vpdpbusd, A's bytes offset to unsigned and each B panel's column sums correcting it) where
+    it has AVX512-VNNI, else vdot2_i16 (a pair of int16 products: vpmaddwd) after the operands
+    are widened into L1 (its fill_l1_i16); both operands packed as words of a group of k
+    steps, K in groups (the last padded with zeros; to whole tiles for tdp_i8), exact in every
+    layout and size.  It ran as scalar loops, 12-60x slower."""
     nk, out, ref = _int_gemm(layout, M, N, K, threads, target=target)
     [p] = nk.plans
-    g = 4 if p.instr == "vdot4_i8" else 2
-    assert (p.form, p.group, p.dtypes) == ("group", g, ("int8", "int8", "int32"))
-    assert p.instr == ("vdot4_i8" if target == "fours" and "avx512vnni" in host_features() else "vdot2_i16")
-    assert p.k_steps() == (0, -(-K // g)) and f"each summing {g} steps of k" in p.describe()
+    # (an output row narrower than a vector may turn the plan round onto another instruction)
+    assert p.instr == _first_on_host(*INT_EXPECTED[target]) or N < 16 and p.instr in INT_EXPECTED[target]
+    g = 2 if p.instr == "vdot2_i16" else 4
+    assert (p.form, p.group, p.dtypes) == ("tile" if p.instr == "tdp_i8" else "group", g, ("int8", "int8", "int32"))
+    steps = -(-K // g)
+    if p.form == "tile":
+        assert p.tile == (16, 16, 16) and p.k_steps() == (0, -(-steps // 16) * 16) and "16 x 16 tiles" in p.describe()
+    else:
+        assert p.k_steps() == (0, steps) and f"each summing {g} steps of k" in p.describe()
     assert out.dtype == np.int32 and np.array_equal(out, ref)
 
 
@@ -999,4 +1021,40 @@ def test_integer_convolutions_batches_and_accumulation(kernel, sizes, threads):
     """Taps as passes over C (the channels the pairs), batch loops, a C added to (``+=``) and a
     scalar epilogue after an integer contraction, against the interpreter."""
     nk = _checked(kernel, sizes, threads)
-    assert nk.plans[0].form == "group" and nk.plans[0].red in ("c", "k")
+    assert nk.plans[0].form in ("group", "tile") and nk.plans[0].red in ("c", "k")
+
+
+BF16 = {  # bfloat16 GEMMs in every layout, batched, with an epilogue (fused on the tiles)
+    "tn": ("def g(bfloat16(K, M) A, bfloat16(K, N) B) -> (C) { C(m, n) +=! float(A(k, m)) * float(B(k, n)) }",
+           dict(M=37, N=50, K=70)),
+    "nt": ("def g(bfloat16(M, K) A, bfloat16(N, K) B) -> (C) { C(m, n) +=! float(A(m, k)) * float(B(n, k)) }",
+           dict(M=64, N=33, K=33)),
+    "bmm": ("def g(bfloat16(Q, M, K) A, bfloat16(Q, K, N) B) -> (C) { C(q, m, n) +=! float(A(q, m, k)) * float(B(q, k, n)) }",
+            dict(Q=3, M=20, N=40, K=45)),
+    "layer": ("def g(bfloat16(M, K) A, bfloat16(K, N) B, float(N) Bias) -> (C) {\n"
+              "  C(m, n) +=! float(A(m, k)) * float(B(k, n))\n  C(m, n) = fmax(C(m, n) + Bias(n), 0)\n}",
+              dict(M=70, N=96, K=100)),
+}
+
+
+@pytest.mark.parametrize("name", list(BF16))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bfloat16_tiles_in_every_layout_batched_and_with_an_epilogue(name, threads):
+    """A and B packed from any layout (A's rows as words along K, B's K pairs side by side),
+    batch loops over the tile driver, and a bias + ReLU fused onto each finished 32 x 32 block."""
+    src, sizes = BF16[name]
+    nk = _checked(src, sizes, threads)
+    p = nk.plans[0]
+    assert p.instr == _first_on_host("tdp_bf16", "vfma_bcast")
+    if name == "layer":
+        assert p.epilogue == (1,)
+
+
+@settings(max_examples=15, deadline=None)
+@given(M=st.integers(1, 80), N=st.integers(1, 80), K=st.integers(1, 90), kc=st.integers(1, 80),
+       mcs=st.integers(1, 3), ncs=st.integers(1, 3), threads=st.integers(1, 3), seed=st.integers(0, 99))
+def test_bfloat16_tiles_under_any_blocking(M, N, K, kc, mcs, ncs, threads, seed):
+    """K blocks of whole tiles (any KC rounds up to one), edge blocks, several A and B blocks."""
+    nk = _checked("gemm_bf16", dict(M=M, N=N, K=K), threads, dict(kc=kc, mc=32 * mcs, nc=32 * ncs), seed)
+    if nk.plans[0].form == "tile":
+        assert nk.plans[0].blocking.kc % 16 == 0 and nk.plans[0].blocking.mr == 32

@@ -1134,7 +1134,8 @@ class _EmitDot(_Emit):
         return self.bl.kc * self.p.extent(self.p.vec) + 16
 
 
-INT = {"int8": L.IntType(8), "int16": L.IntType(16), "int32": I32}
+# element types as this backend holds them (bfloat16 as float32 values already rounded)
+HELD = {"int8": L.IntType(8), "int16": L.IntType(16), "int32": I32, "bfloat16": F32, "float32": F32}
 I8, I16 = L.IntType(8), L.IntType(16)
 # (lanes -> intrinsic) of the integer dot products: pairs of int16 (vpmaddwd, + the add: LLVM
 # fuses the two into vpdpwssd where the host has AVX512-VNNI) and fours of unsigned x signed bytes
@@ -1155,22 +1156,23 @@ class _EmitGroups(_Emit):
     times each column's sum over the block, where the micro-kernel's accumulators start, so
     the sums come out as the signed products' (``_column_sums``)."""
 
-    et = I32
-
     def __init__(self, mod: L.Module, p: Contraction):
+        self.et = HELD[p.dtypes[2]]
         super().__init__(mod, p)
         vl, g = self.bl.vl, p.group
+        self.floats = self.et == F32  # (bfloat16 operands: their bits as int16)
         self.lane = {2: I16, 4: I8}[g]  # each word's G elements
         self.wt = L.VectorType(self.lane, g * vl)  # a word vector as the instruction's elements
-        name = (PMADDWD if g == 2 else VPDPBUSD)[vl]
-        args = [self.wt, self.wt] if g == 2 else [self.vt, self.wt, self.wt]
-        self.dot = mod.globals.get(name) or L.Function(mod, L.FunctionType(self.vt, args), name=name)
-        self.src = {n: INT[d] for n, d in zip((p.a, p.b, p.c), p.dtypes)}
-        self.sums = g == 4  # B panels carry their columns' sums (the unsigned A's correction)
+        self.src = {n: HELD[d] for n, d in zip((p.a, p.b, p.c), p.dtypes)}
+        self.sums = g == 4 and p.form == "group"  # B panels carry their columns' sums (the unsigned A's correction)
+        if p.form == "group":
+            name = (PMADDWD if g == 2 else VPDPBUSD)[vl]
+            args = [self.wt, self.wt] if g == 2 else [self.vt, self.wt, self.wt]
+            self.dot = mod.globals.get(name) or L.Function(mod, L.FunctionType(self.vt, args), name=name)
 
     def entry(self, ptrs_of):
         args = super().entry(ptrs_of)
-        for name, ty in self.src.items():  # A and B read as int8 or int16 elements, C as int32
+        for name, ty in self.src.items():  # A and B read as int8, int16 or float32 elements, C as held
             self.ptr[name] = self.bld.bitcast(self.ptr[name], ty.as_pointer())
         return args
 
@@ -1185,7 +1187,7 @@ class _EmitGroups(_Emit):
         return b.add(acc, b.call(self.dot, [a, bv]))
 
     def add(self, x, y):
-        return self.bld.add(x, y)
+        return self.bld.fadd(x, y) if self.floats else self.bld.add(x, y)
 
     def b_steps(self, kc):
         if not self.sums:
@@ -1200,21 +1202,27 @@ class _EmitGroups(_Emit):
 
     def _widen(self, v, operand: str):
         """Elements (a value or a vector) of ``operand`` as the words hold them: int16 for pairs,
-        bytes for fours, A's with the top bit flipped (plus 128: unsigned) for vpdpbusd."""
+        bytes for fours, A's with the top bit flipped (plus 128: unsigned) for vpdpbusd,
+        bfloat16's bits (a float32's top half: exact on values already rounded)."""
         b = self.bld
-        lane = L.VectorType(self.lane, v.type.count) if isinstance(v.type, L.VectorType) else self.lane
+        vec = isinstance(v.type, L.VectorType)
+        lane = L.VectorType(self.lane, v.type.count) if vec else self.lane
+        if self.floats:
+            wide = L.VectorType(I32, v.type.count) if vec else I32
+            return b.trunc(b.lshr(b.bitcast(v, wide), L.Constant(wide, [16] * v.type.count if vec else 16)), lane)
         if v.type != lane:
             v = b.sext(v, lane)
         if self.sums and operand == self.p.a:
             v = b.xor(v, L.Constant(lane, [0x80] * lane.count if isinstance(lane, L.VectorType) else 0x80))
         return v
 
-    def _pack(self, name: str, operand: str, across: str, width: int):
+    def _pack(self, name: str, operand: str, across: str, width: int, by_rows: bool = False):
         """``name(P, X, x0, xn, pc, kc)``: panels of ``width`` elements of ``operand`` along
         ``across`` (rows [x0, x0 + xn)), each group kk of [pc, pc + kc) a row of ``width``
         words, element (kk, i)'s word X[x0 + q + i, k] for the group's k steps; 0 past xn and
         K.  Rows unit-stride along ``across`` take whole vectors of the G k steps, interleaved
-        (B); rows unit-stride along k, VL groups of up to VL rows transposed in registers (A)."""
+        (B); rows unit-stride along k, VL groups of up to VL rows transposed in registers (A).
+        ``by_rows``: each element's row of kc words one after another instead (a tile's A)."""
         p, bl = self.p, self.bl
         fp = F32.as_pointer()
         src_t = self.src[operand]
@@ -1243,7 +1251,8 @@ class _EmitGroups(_Emit):
                     def word(i):
                         x = b.add(x0, b.add(q, self.min(i, b.sub(xv, _c(1)))))  # (clamped: a valid row)
                         inside = b.icmp_signed("<", i, xv)
-                        at = b.mul(b.add(dst0, b.add(b.mul(kk, _c(width)), i)), _c(g))
+                        word = b.add(b.mul(i, kc), kk) if by_rows else b.add(b.mul(kk, _c(width)), i)
+                        at = b.mul(b.add(dst0, word), _c(g))
                         for e, (k, ok) in enumerate(ks):
                             v = self._widen(b.load(self.at(src, b.add(b.mul(x, _c(sx)), b.mul(k, _c(sk))))), operand)
                             b.store(b.select(b.and_(ok, inside), v, L.Constant(self.lane, 0)), self.at(dl, b.add(at, _c(e))))
@@ -1251,7 +1260,24 @@ class _EmitGroups(_Emit):
                 self.loop(kk0, hi, 1, group, "kk")
 
             whole = b.icmp_signed("==", xv, _c(width))
-            if sx == 1 and width % vl == 0:
+            if by_rows and sk == 1:
+                # A(m, k) into rows of words: VL words of each row at a time, the last ones one by one
+                kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
+
+                def rows():
+                    def row(i):
+                        x = b.add(x0, b.add(q, i))
+
+                        def block(kk):
+                            k0 = b.add(_c(klo), b.mul(b.add(pc, kk), _c(g)))
+                            w = self._widen(self.vload_of(self.at(src, b.add(b.mul(x, _c(sx)), k0)), src_t, g * vl), operand)
+                            at = b.mul(b.add(dst0, b.add(b.mul(i, kc), kk)), _c(g))
+                            b.store(w, b.bitcast(self.at(dl, at), self.wt.as_pointer()), align=1)
+                        self.loop(0, kv, vl, block, "kk")
+                    self.loop(0, width, 1, row, "i")
+                    scalar(kv, kc)
+                self.if_(whole, rows, lambda: scalar(_c(0), kc))
+            elif sx == 1 and width % vl == 0 and not by_rows:
                 # B(k, n): each vector of n from the group's G rows, interleaved
                 def vector():
                     def group(kk):
@@ -1268,7 +1294,7 @@ class _EmitGroups(_Emit):
                                     align=1)
                     self.loop(0, kc, 1, group, "kk")
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
-            elif sk == 1 and width <= vl and not vl & (vl - 1):
+            elif sk == 1 and width <= vl and not vl & (vl - 1) and not by_rows:
                 # A(m, k): VL groups of each row as one vector of words, the rows transposed in
                 # registers; the K block's last groups, and any past K, one by one
                 kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
@@ -1333,12 +1359,132 @@ class _EmitGroups(_Emit):
         self._pack("pack_a", self.p.a, self.p.row, self.bl.mr)
 
 
+class _EmitTiles(_EmitGroups):
+    """The tile form (``form == "tile"``): AMX's tile multiply (tdpbf16ps on bfloat16 into
+    float32, tdpbssd on int8 into int32), 2 x 2 tiles of C per micro-kernel call in tile
+    registers 0-3, two tiles of A (4, 5) and two of B (6, 7) loaded per K step of a tile's
+    words.  Both operands are packed as for the grouped form, B's words [k][n] (the layout a B
+    tile wants: each row the G k steps of 16 columns side by side), A's [m][k] (each tile row
+    one element's run along K); K is padded with zero words to whole tiles
+    (``Contraction.k_steps``), so every call multiplies whole tiles, and an edge tile (rows or
+    columns past C's end, or a C not unit-stride along n) is stored to a scratch tile and
+    added element by element.  Each call of the driver configures the tiles first
+    (ldtilecfg: all 8 of them) and releases them after (tilerelease)."""
+
+    def __init__(self, mod: L.Module, p: Contraction):
+        super().__init__(mod, p)
+        i8p = I8.as_pointer()
+
+        def intrinsic(name, args):
+            return mod.globals.get(name) or L.Function(mod, L.FunctionType(L.VoidType(), args), name=name)
+        self.ldtilecfg = intrinsic("llvm.x86.ldtilecfg", [i8p])
+        self.tilerelease = intrinsic("llvm.x86.tilerelease", [])
+        self.tileload = intrinsic("llvm.x86.tileloadd64", [I8, i8p, I64])
+        self.tilestore = intrinsic("llvm.x86.tilestored64", [I8, i8p, I64])
+        self.tilezero = intrinsic("llvm.x86.tilezero", [I8])
+        self.tdp = intrinsic("llvm.x86.tdpbf16ps" if self.floats else "llvm.x86.tdpbssd", [I8, I8, I8])
+
+    def config(self):
+        """The tile configuration (palette 1): C's tiles rows x columns, A's rows x words, B's
+        words x columns, each row's bytes then the rows (a 64-byte constant)."""
+        rows, cols, words = self.p.tile
+        cfg = [0] * 64
+        cfg[0] = 1
+        for t, (r, nbytes) in enumerate([(rows, 4 * cols)] * 4 + [(rows, 4 * words)] * 2 + [(words, 4 * cols)] * 2):
+            cfg[16 + 2 * t], cfg[17 + 2 * t], cfg[48 + t] = nbytes & 0xFF, nbytes >> 8, r
+        ty = L.ArrayType(I8, 64)
+        g = L.GlobalVariable(self.mod, ty, name=f"{self.pre}_tilecfg")
+        g.global_constant, g.linkage, g.align = True, "internal", 64
+        g.initializer = L.Constant(ty, cfg)
+        return g
+
+    def entry(self, ptrs_of):
+        args = super().entry(ptrs_of)
+        self.bld.call(self.ldtilecfg, [self.bld.bitcast(self.config(), I8.as_pointer())])
+        return args
+
+    def driver(self, ptrs_of):
+        super().driver(ptrs_of)
+        b = self.bld
+        b.position_before(b.block.terminator)
+        b.call(self.tilerelease, [])
+
+    def pack_a(self):
+        self._pack("pack_a", self.p.a, self.p.row, self.bl.mr, by_rows=True)
+
+    def call_micro(self, a_rs: int, a_ks: int, b_ks: int, args: list):
+        self.bld.call(self.micro(a_rs, a_ks, b_ks), args)  # (whole tiles always: no narrower variants)
+
+    def _micro(self, name: str, a_rs: int, a_ks: int, b_ks: int, nvec: int):
+        p, bl = self.p, self.bl
+        rows, cols, words = p.tile
+        fp = F32.as_pointer()
+        fn = self.func(name, [fp, fp, self.et.as_pointer(), I64, I64, I64, L.IntType(1)])
+        a, bp, c, kc, mv, nv, accum = fn.args
+        b = self.bld
+        tmp = b.alloca(self.et, size=bl.mr * bl.nr, name="tile")
+        crs, cvs = p.strides[p.c][p.row], p.strides[p.c][p.vec]
+
+        def i8(ptr):
+            return b.bitcast(ptr, I8.as_pointer())
+
+        def c_tile(t):
+            ti, tj = divmod(t, 2)
+            return i8(self.at(c, ti * rows * crs + tj * cols))
+        full = b.and_(b.icmp_signed("==", mv, _c(bl.mr)), b.icmp_signed("==", nv, _c(bl.nr)))
+        if cvs != 1:  # C's columns not one after another: every tile through the scratch tile
+            full = L.Constant(L.IntType(1), 0)
+        c_stride = _c(4 * crs)
+
+        def load_c():
+            for t in range(4):
+                b.call(self.tileload, [L.Constant(I8, t), c_tile(t), c_stride])
+
+        def zero_c():
+            for t in range(4):
+                b.call(self.tilezero, [L.Constant(I8, t)])
+        self.if_(b.and_(full, accum), load_c, zero_c)
+        a_stride = b.mul(kc, _c(4))
+
+        def step(kk):
+            for ti in range(2):
+                at = self.at(a, b.add(b.mul(_c(ti * rows), kc), kk))
+                b.call(self.tileload, [L.Constant(I8, 4 + ti), i8(at), a_stride])
+            for tj in range(2):
+                at = self.at(bp, b.add(b.mul(kk, _c(bl.nr)), _c(tj * cols)))
+                b.call(self.tileload, [L.Constant(I8, 6 + tj), i8(at), _c(4 * bl.nr)])
+            for t in range(4):
+                ti, tj = divmod(t, 2)
+                b.call(self.tdp, [L.Constant(I8, t), L.Constant(I8, 4 + ti), L.Constant(I8, 6 + tj)])
+        self.loop(0, kc, words, step, "kk")
+
+        def store_full():
+            for t in range(4):
+                b.call(self.tilestore, [L.Constant(I8, t), c_tile(t), c_stride])
+
+        def store_edge():
+            for t in range(4):
+                ti, tj = divmod(t, 2)
+                b.call(self.tilestore, [L.Constant(I8, t), i8(self.at(tmp, ti * rows * bl.nr + tj * cols)), _c(4 * bl.nr)])
+
+            def row(i):
+                def col(j):
+                    ptr = self.at(c, b.add(b.mul(i, _c(crs)), b.mul(j, _c(cvs))))
+                    t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
+                    b.store(b.select(accum, self.add(t, b.load(ptr)), t), ptr)
+                self.loop(0, nv, 1, col, "ej")
+            self.loop(0, mv, 1, row, "ei")
+        self.if_(full, store_full, store_edge)
+        b.ret_void()
+        return fn
+
+
 def emit(mod: L.Module, p: Contraction, ptrs_of: dict[str, int], epilogue=None) -> int:
     """Add the contraction's functions to ``mod`` (``epilogue``: a ``void(i8**, m0, mv, n0, nv,
     batch variables...)`` function run on every output tile once its last K block is stored; on
     a padded plan, on each output row's part as it is compacted, h before the batch variables), with ``s{i}_reduce``
     where K splits across threads; returns the per-thread workspace in floats."""
-    e = {"dot": _EmitDot, "group": _EmitGroups}.get(p.form, _Emit)(mod, p)
+    e = {"dot": _EmitDot, "group": _EmitGroups, "tile": _EmitTiles}.get(p.form, _Emit)(mod, p)
     e.epilogue, e.ptrs_of = epilogue, ptrs_of
     e.driver(ptrs_of)
     if p.blocking.split_k:

@@ -484,6 +484,10 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
             changes = {**(blocking or {}), **((blockings or {}).get(si) or {})}
             plans[si] = p.with_blocking(**changes) if changes else p
 
+    if any(p.form == "tile" for p in plans.values()):
+        from compiler.host import request_amx
+        request_amx()  # (granted when the target was parsed, but a target may come from the disk cache)
+
     # no epilogue where C is whole only after the last tap, or where the vector runs over several
     # of the kernel's variables (the epilogue's tile function loops over the kernel's own; a
     # padded plan's pixels are rows h of columns w, and it runs there after the compaction), or
