@@ -1260,23 +1260,42 @@ class _EmitGroups(_Emit):
                 self.loop(kk0, hi, 1, group, "kk")
 
             whole = b.icmp_signed("==", xv, _c(width))
-            if by_rows and sk == 1:
-                # A(m, k) into rows of words: VL words of each row at a time, the last ones one by one
-                kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
+            # groups from pc whose G steps all lie in K, in whole vectors of VL groups (the rest,
+            # and any past K, one by one)
+            kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
+            words = b.bitcast(dst, I32.as_pointer())
 
-                def rows():
+            def steps_of(kk, t, e):  # element offset of step e of group kk + t (in K) along K
+                return b.mul(b.add(_c(klo), b.add(b.mul(b.add(pc, b.add(kk, _c(t))), _c(g)), _c(e))), _c(sk))
+
+            def blocks(body):
+                def vector():
+                    self.loop(0, kv, vl, body, "kk")
+                    scalar(kv, kc)
+                self.if_(whole, vector, lambda: scalar(_c(0), kc))
+            pow2 = not vl & (vl - 1)
+            if by_rows and sk == 1:
+                # A(m, k) into rows of words: VL words of each row at a time
+                def rows(kk):
                     def row(i):
                         x = b.add(x0, b.add(q, i))
-
-                        def block(kk):
-                            k0 = b.add(_c(klo), b.mul(b.add(pc, kk), _c(g)))
-                            w = self._widen(self.vload_of(self.at(src, b.add(b.mul(x, _c(sx)), k0)), src_t, g * vl), operand)
-                            at = b.mul(b.add(dst0, b.add(b.mul(i, kc), kk)), _c(g))
-                            b.store(w, b.bitcast(self.at(dl, at), self.wt.as_pointer()), align=1)
-                        self.loop(0, kv, vl, block, "kk")
+                        w = self._widen(self.vload_of(self.at(src, b.add(b.mul(x, _c(sx)), steps_of(kk, 0, 0))), src_t,
+                                                      g * vl), operand)
+                        at = b.mul(b.add(dst0, b.add(b.mul(i, kc), kk)), _c(g))
+                        b.store(w, b.bitcast(self.at(dl, at), self.wt.as_pointer()), align=1)
                     self.loop(0, width, 1, row, "i")
-                    scalar(kv, kc)
-                self.if_(whole, rows, lambda: scalar(_c(0), kc))
+                blocks(rows)
+            elif by_rows and sx == 1 and width % vl == 0 and pow2:
+                # A(k, m) into rows of words: for VL rows, VL groups' words (each from the group's
+                # G rows of A interleaved), transposed in registers into each row's VL words
+                def transposed(kk):
+                    for i0 in range(0, width, vl):
+                        cols = [b.bitcast(self.interleave([self._widen(self.vload_of(self.at(src, b.add(
+                            steps_of(kk, t, e), b.add(x0, b.add(q, _c(i0))))), src_t, vl), operand) for e in range(g)]),
+                            self.vt) for t in range(vl)]
+                        for i, w in enumerate(self.transpose(cols)):
+                            self.vstore(w, self.at(words, b.add(dst0, b.add(b.mul(_c(i0 + i), kc), kk))))
+                blocks(transposed)
             elif sx == 1 and width % vl == 0 and not by_rows:
                 # B(k, n): each vector of n from the group's G rows, interleaved
                 def vector():
@@ -1294,24 +1313,16 @@ class _EmitGroups(_Emit):
                                     align=1)
                     self.loop(0, kc, 1, group, "kk")
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
-            elif sk == 1 and width <= vl and not vl & (vl - 1) and not by_rows:
-                # A(m, k): VL groups of each row as one vector of words, the rows transposed in
-                # registers; the K block's last groups, and any past K, one by one
-                kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
-
-                def vector():
-                    def block(kk):
-                        k0 = b.add(_c(klo), b.mul(b.add(pc, kk), _c(g)))
-                        rows = []
-                        for i in range(width):
-                            x = b.add(x0, b.add(q, _c(i)))
-                            w = self._widen(self.vload_of(self.at(src, b.add(b.mul(x, _c(sx)), k0)), src_t, g * vl), operand)
-                            rows.append(b.bitcast(w, self.vt))
-                        self.store_transposed(rows, self.at(b.bitcast(dst, I32.as_pointer()), b.add(dst0, b.mul(kk, _c(width)))),
-                                              width)
-                    self.loop(0, kv, vl, block, "kk")
-                    scalar(kv, kc)
-                self.if_(whole, vector, lambda: scalar(_c(0), kc))
+            elif sk == 1 and (width <= vl or width % vl == 0) and pow2 and not by_rows:
+                # A(m, k) (or an NT GEMM's B(n, k)): VL groups of each row as one vector of words,
+                # VL rows at a time transposed in registers into each group's words
+                def transposed(kk):
+                    for j0 in range(0, width, vl):
+                        rows = [b.bitcast(self._widen(self.vload_of(self.at(src, b.add(
+                            b.mul(b.add(x0, b.add(q, _c(i))), _c(sx)), steps_of(kk, 0, 0))), src_t, g * vl), operand), self.vt)
+                            for i in range(j0, min(width, j0 + vl))]
+                        self.store_transposed(rows, self.at(words, b.add(dst0, b.add(b.mul(kk, _c(width)), _c(j0)))), width)
+                blocks(transposed)
             else:
                 scalar(_c(0), kc)
             if sums:
