@@ -45,12 +45,16 @@ def mutate(rng: random.Random, t: Target, plans: dict, sched: Schedule) -> Sched
     si = rng.choice(sorted(blocks))
     p, bl = plans[si], dict(blocks[si])
     vl = p.blocking.vl
-    m, n, kk = p.extent(p.row), p.extent(p.vec), p.extent(p.red)
+    m, n = p.extent(p.row), p.extent(p.vec)
+    kk = p.k_steps()[1] - p.k_steps()[0]  # (KC counts the micro-kernel's k steps: groups, for grouped forms)
     regs = registers(t, t.instr(p.instr).outputs[0].memory, vl)
     if p.form == "dot":
         kind = rng.choice(["mr", "kc"])
+    elif p.form == "tile":  # (the tiles fix MR and NR; both operands are always packed)
+        kind = rng.choice(["kc", "mc", "nc"])
     else:
-        kind = rng.choice(["tile", "tile", "kc", "kc", "mc", "nc", "pack_a", "pack_b", "prefetch"]
+        packing = ["pack_a", "pack_b", "prefetch"] if p.form == "bcast" else []  # (grouped: always packed)
+        kind = rng.choice(["tile", "tile", "kc", "kc", "mc", "nc"] + packing
                           + (["split_k"] if p.splits_k() and cpus > 1 else []))
     if kind == "mr":
         bl["mr"] = rng.randint(1, max(1, min(8, 24 // max(1, n), m)))

@@ -79,6 +79,22 @@ def test_int8_wraps_and_int32_accumulates():
     assert out["C"].dtype == np.int8 and out["C"][0, 0] == 64  # 8000 wrapped to int8
 
 
+def test_integer_products_summed_in_doubles_wrap_like_integers():
+    """Integer product-sums go through BLAS in float64 where every partial sum is exact there,
+    then wrap to the statement's type as integer arithmetic does; past 2^53 the integer path."""
+    rng = np.random.default_rng(0)
+    A, B = rng.integers(-128, 128, (33, 70)).astype(np.int8), rng.integers(-128, 128, (70, 20)).astype(np.int8)
+    src = "def q(int8(M,K) A, int8(K,N) B) -> (int32(M,N) D) { D(m,n) +=! int32(A(m,k)) * int32(B(k,n)) }"
+    assert np.array_equal(run(src, A=A, B=B)["D"], A.astype(np.int64) @ B.astype(np.int64))
+    big = "def q(int32(M,K) A, int32(K,N) B) -> (int32(M,N) D) { D(m,n) +=! A(m,k) * B(k,n) }"
+    A32 = np.full((2, 3), 2 ** 30 + 7, np.int32)  # products past 2^53: the exact integer einsum
+    D = run(big, A=A32, B=A32.T.copy())["D"]
+    assert D[0, 0] == np.int32(((3 * (2 ** 30 + 7) ** 2) + 2 ** 31) % 2 ** 32 - 2 ** 31)
+    K = (1 << 31) // 16384 + 6  # -128 x -128 summed past int32's range: wraps
+    D = run(src, A=np.full((1, K), -128, np.int8), B=np.full((K, 1), -128, np.int8))["D"]
+    assert D[0, 0] == np.int32(16384 * K - (1 << 32))
+
+
 def test_bfloat16_rounds():
     x = np.array([1.0 + 2 ** -9, 3.14159], np.float32)
     out = run("def b(bfloat16(N) X) -> (Y) { Y(i) = X(i) * 1.0 }", X=x)["Y"]

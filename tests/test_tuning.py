@@ -193,15 +193,18 @@ def test_host_tuning_records_confirms_and_build_reuses(tmp_path, capsys):
     np.testing.assert_allclose(ck(A, B), A @ B, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,sizes", [("gemm", dict(M=13, N=40, K=9)), ("gemm_nt", dict(M=5, N=3, K=37))])
+@pytest.mark.parametrize("kernel,sizes", [("gemm", dict(M=13, N=40, K=9)), ("gemm_nt", dict(M=5, N=3, K=37)),
+                                          ("gemm_i8", dict(M=70, N=40, K=100)), ("gemm_bf16", dict(M=70, N=40, K=100))])
 def test_host_mutations_are_valid_and_replay(kernel, sizes):
     """Every mutated blocking builds code that matches the reference, and the schedule
-    survives a JSON round trip."""
+    survives a JSON round trip (integer and bfloat16 GEMMs too: their grouped or tile plans
+    count KC in groups)."""
     import random
 
     import ir.interp
     from compiler.backends.llvm import compile_cpu
     from compiler.checking import compare, random_inputs
+    from ir.dtypes import BFLOAT16, round_bf16
     from schedulers.host_tune import host_schedule, mutate
     k = compiler.parse(kernels.path(kernel)).kernel()
     b = bind(k, sizes)
@@ -210,6 +213,7 @@ def test_host_mutations_are_valid_and_replay(kernel, sizes):
     plans = {p.stmt: p for p in nk.plans}
     s = host_schedule(k, b, t, nk.plans)
     ins = random_inputs(k, b, seed=2)
+    ins = {n: round_bf16(v) if k.tensor(n).dtype == BFLOAT16 else v for n, v in ins.items()}  # (as a call rounds them)
     want = ir.interp.execute(b, ins)
     rng = random.Random(7)
     for _ in range(6):
