@@ -24,6 +24,7 @@ import hw_models  # noqa: E402
 import kernels  # noqa: E402
 from compiler.api import load_kernel  # noqa: E402
 from compiler.backends.llvm.native import compile_cpu  # noqa: E402
+from compiler.bench import torch_or_none  # noqa: E402
 from compiler.bench.gemm import _timed_sides  # noqa: E402
 from ir.bind import bind  # noqa: E402
 
@@ -58,10 +59,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--only", help="comma-separated row numbers of the table (0-based)")
     args = ap.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("error: torch is not installed (pip install -e '.[torch]')", file=sys.stderr)
+    torch = torch_or_none()
+    if torch is None:
         return 1
     rows = [LAYERS[int(i)] for i in args.only.split(",")] if args.only else LAYERS
     target = hw_models.load("cpu")

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import hw_models  # noqa: E402
 from compiler.api import load_kernel  # noqa: E402
 from compiler.backends.llvm.native import compile_cpu  # noqa: E402
+from compiler.bench import torch_or_none  # noqa: E402
 from compiler.bench.gemm import _timed_sides  # noqa: E402
 from ir.bind import bind  # noqa: E402
 from ir.dtypes import round_bf16  # noqa: E402
@@ -61,10 +62,8 @@ def main() -> int:
     ap.add_argument("--precision", choices=list(SOURCE), action="append",
                     help="int8 or bfloat16 (default: both)")
     args = ap.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("error: torch is not installed (pip install -e '.[torch]')", file=sys.stderr)
+    torch = torch_or_none()
+    if torch is None:
         return 1
     rows = [ROWS[int(i)] for i in args.only.split(",")] if args.only else ROWS
     target = hw_models.load("cpu")

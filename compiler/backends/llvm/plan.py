@@ -562,19 +562,13 @@ def grouped_dot(instr: Instruction) -> tuple[str, str, str, int, str, int] | Non
     """(scalar operand, vector operand, output, lanes, group variable, group size) if the
     instruction's body is ``C(j) += int32(A(g)) * int32(B(g, j))`` (either operand order, B(j,
     g) too) with an int32 output vector: each lane sums GROUP products of consecutive
-    reduction steps, A's group broadcast to every lane (vpdpwssd on int16 pairs)."""
-    body = instr.body
-    if len(body.stmts) != 1 or len(instr.outputs) != 1:
+    reduction steps, A's group broadcast to every lane (vpdpbusd on four bytes, vpdpwssd on
+    pairs of int16)."""
+    found = _product(instr, 1, (INT32,))
+    if found is None:
         return None
-    s = body.stmts[0]
-    out = instr.outputs[0]
-    if (s.op != "+" or len(s.indices) != 1 or not isinstance(s.rhs, Binary) or s.rhs.op != "*"
-            or out.dtype != INT32 or len(out.shape) != 1):
-        return None
+    s, out, x, y = found
     j = s.indices[0]
-    x, y = (_uncast(e, INT32, (INT8, INT16)) for e in (s.rhs.a, s.rhs.b))
-    if not (isinstance(x, Access) and isinstance(y, Access)):
-        return None
     for sc, ve in ((x, y), (y, x)):
         if len(sc.indices) != 1 or not isinstance(sc.indices[0], Var) or len(ve.indices) != 2:
             continue
@@ -586,6 +580,23 @@ def grouped_dot(instr: Instruction) -> tuple[str, str, str, int, str, int] | Non
     return None
 
 
+def _product(instr: Instruction, dims: int, types) -> tuple | None:
+    """(statement, output operand, its two factors without their widening casts) of an
+    instruction whose body is one ``+=`` of a product of two accesses into a ``dims``-D output
+    of one of ``types`` (a grouped dot product's or a tile multiply's)."""
+    body = instr.body
+    if len(body.stmts) != 1 or len(instr.outputs) != 1:
+        return None
+    s, out = body.stmts[0], instr.outputs[0]
+    if (s.op != "+" or len(s.indices) != dims or not isinstance(s.rhs, Binary) or s.rhs.op != "*"
+            or out.dtype not in types or len(out.shape) != dims):
+        return None
+    x, y = (_uncast(e, out.dtype, GROUPED[out.dtype]) for e in (s.rhs.a, s.rhs.b))
+    if not (isinstance(x, Access) and isinstance(y, Access)):
+        return None
+    return s, out, x, y
+
+
 GROUPED = {INT32: (INT8, INT16), FLOAT32: (BFLOAT16,)}  # a grouped or tiled product's output -> its operands' types
 
 
@@ -594,17 +605,12 @@ def tile_mm(instr: Instruction) -> tuple[str, str, str, str, str, str, int] | No
     multiply ``C(i, j) += int32(A(i, k)) * int32(B(k, j))`` on int8 operands (or ``float(..)``
     on bfloat16 ones into float32): AMX's tdpbssd and tdpbf16ps, whose B tile holds the k
     steps of each 32-bit word side by side (the backend packs B so)."""
-    body = instr.body
-    if len(body.stmts) != 1 or len(instr.outputs) != 1:
+    found = _product(instr, 2, GROUPED)
+    if found is None:
         return None
-    s = body.stmts[0]
-    out = instr.outputs[0]
-    if (s.op != "+" or len(s.indices) != 2 or not isinstance(s.rhs, Binary) or s.rhs.op != "*"
-            or out.dtype not in GROUPED or len(out.shape) != 2):
-        return None
+    s, out, x, y = found
     i, j = s.indices
-    x, y = (_uncast(e, out.dtype, GROUPED[out.dtype]) for e in (s.rhs.a, s.rhs.b))
-    if not (isinstance(x, Access) and isinstance(y, Access)) or len(x.indices) != 2 or len(y.indices) != 2:
+    if len(x.indices) != 2 or len(y.indices) != 2:
         return None
     if not all(isinstance(e, Var) for e in x.indices + y.indices):
         return None
