@@ -1296,8 +1296,13 @@ class _EmitGroups(_Emit):
                         for i, w in enumerate(self.transpose(cols)):
                             self.vstore(w, self.at(words, b.add(dst0, b.add(b.mul(_c(i0 + i), kc), kk))))
                 blocks(transposed)
-            elif sx == 1 and width % vl == 0 and not by_rows:
-                # B(k, n): each vector of n from the group's G rows, interleaved
+            elif sx == 1 and (width % vl == 0 or width < vl) and not by_rows:
+                # B(k, n), or a TN GEMM's A(k, m): each vector of n (m) from the group's G rows,
+                # interleaved.  A panel narrower than a vector stores a whole one, its lanes past
+                # the panel overwritten by the next group's row (the packed block has room past
+                # its end), where the operand has that many elements past the panel to load
+                nvec = max(1, width // vl)
+
                 def vector():
                     def group(kk):
                         rows = []
@@ -1305,13 +1310,15 @@ class _EmitGroups(_Emit):
                             k, ok = k_of(kk, e)
                             base = b.add(b.mul(k, _c(sk)), b.add(x0, q))
                             vs = [self._widen(self.vload_of(self.at(src, b.add(base, _c(v * vl))), src_t, vl), operand)
-                                  for v in range(width // vl)]
+                                  for v in range(nvec)]
                             rows.append([b.select(ok, x, L.Constant(x.type, None)) for x in vs])
-                        for v in range(width // vl):
+                        for v in range(nvec):
                             at = b.mul(b.add(dst0, b.add(b.mul(kk, _c(width)), _c(v * vl))), _c(g))
                             b.store(self.interleave([r[v] for r in rows]), b.bitcast(self.at(dl, at), self.wt.as_pointer()),
                                     align=1)
                     self.loop(0, kc, 1, group, "kk")
+                if width < vl:  # (the loads' last lane within the operand's extent along ``across``)
+                    whole = b.and_(whole, b.icmp_signed("<=", b.add(x0, b.add(q, _c(vl))), _c(p.dom[across][1])))
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
             elif sk == 1 and (width <= vl or width % vl == 0) and pow2 and not by_rows:
                 # A(m, k) (or an NT GEMM's B(n, k)): VL groups of each row as one vector of words,
