@@ -1033,7 +1033,32 @@ def test_integer_convolutions_batches_and_accumulation(kernel, sizes, threads):
     """Taps as passes over C (the channels the pairs), batch loops, a C added to (``+=``) and a
     scalar epilogue after an integer contraction, against the interpreter."""
     nk = _checked(kernel, sizes, threads)
-    assert nk.plans[0].form in ("group", "tile") and nk.plans[0].red in ("c", "k")
+    assert nk.plans[0].form in ("group", "tile") and nk.plans[0].red in ("c", "k", "(r,s,c)")
+
+
+@settings(max_examples=20, deadline=None)
+@given(kernel=st.sampled_from(["conv2d_nhwc_i8", "conv2d_nhwc_i8_bias_relu"]), n=st.integers(1, 3),
+       r=st.integers(1, 3), s=st.sampled_from([1, 3]), h=st.integers(0, 9), w=st.integers(0, 9),
+       c=st.sampled_from([1, 3, 16, 19, 64, 70]), f=st.sampled_from([1, 16, 33, 64]),
+       target=st.sampled_from(["tiles", "fours", "pairs"]), threads=st.integers(1, 3),
+       blocking=st.sampled_from([None, dict(kc=16, mc=32, nc=32), dict(kc=4, mc=64, nc=64), dict(kc=64, mc=96, nc=32)]))
+def test_int8_convolutions_as_one_gemm_under_any_blocking(kernel, n, r, s, h, w, c, f, target, threads, blocking):
+    """An NHWC int8 convolution as one GEMM (every output pixel a row, packed through its
+    address; the taps folded into K, packed through the K table) on tiles, fours or pairs:
+    channels that fill whole vectors or tiles take the vector packing, others element by
+    element (a group of K steps may span two taps), any blocking, the epilogue fused."""
+    sizes = dict(N=n, H=h + r, W=w + s, C=c, R=r, S=s, F=f)
+    nk = _checked(kernel, sizes, threads, blocking, target=INT_TARGETS[target])
+    assert nk.plans[0].form in ("group", "tile")
+
+
+def test_an_int8_convolution_runs_as_one_gemm_on_tiles_where_its_channels_fill_them():
+    nk = _checked("conv2d_nhwc_i8_bias_relu", dict(N=2, H=8, W=9, C=64, R=3, S=3, F=32))
+    p = nk.plans[0]
+    assert p.rows and p.kfold and not p.taps and p.epilogue == (1,)
+    assert p.instr == _first_on_host("tdp_i8", "vdot4_i8", "vdot2_i16")
+    nk = _checked("conv2d_nhwc_i8", dict(N=2, H=8, W=9, C=20, R=3, S=3, F=32))  # (20 channels: vectors)
+    assert nk.plans[0].instr != "tdp_i8" and nk.plans[0].kfold
 
 
 BF16 = {  # bfloat16 GEMMs in every layout, batched, with an epilogue (fused on the tiles)

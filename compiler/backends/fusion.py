@@ -7,12 +7,15 @@ from ir.expr import Access, walk
 from ir.kernel import Kernel
 
 
-def epilogue(k: Kernel, b: Bound, p) -> list[int]:
+def epilogue(k: Kernel, b: Bound, p, ints: bool = False) -> list[int]:
     """The statements right after contraction ``p`` that can run on each output tile as soon as
     it is final (a fused epilogue: bias, activation, gate math): assignments over exactly the
     contraction's output domain, indexed like its output, that read the contraction's result
     and each other's results only at the element they write (so a tile needs nothing from
-    other tiles), and that the scalar path would otherwise run as separate passes."""
+    other tiles), and that the scalar path would otherwise run as separate passes.  Float
+    outputs, and (``ints``: a backend whose tile functions take them, the cpu's) int32 and
+    int64 ones."""
+    types = ("float32", "float64") + (("int32", "int64") if ints else ())
     s0 = k.stmts[p.stmt]
     out_idx = tuple(s0.indices)
     dom = b.domain(p.stmt)
@@ -24,7 +27,7 @@ def epilogue(k: Kernel, b: Bound, p) -> list[int]:
         s = k.stmts[j]
         if s.op != "=" or s.reduction_vars or s.exists or tuple(s.indices) != out_idx or b.domain(j) != dom0:
             break
-        if k.tensor(s.tensor).dtype.name not in ("float32", "float64") or s.tensor in (p.a, p.b):
+        if k.tensor(s.tensor).dtype.name not in types or s.tensor in (p.a, p.b):
             break
         reads = [e for e in walk(s.rhs) if isinstance(e, Access)]
         here = {e.tensor for e in reads if tuple(getattr(x, "name", None) for x in e.indices) == out_idx}

@@ -1222,7 +1222,11 @@ class _EmitGroups(_Emit):
         words, element (kk, i)'s word X[x0 + q + i, k] for the group's k steps; 0 past xn and
         K.  Rows unit-stride along ``across`` take whole vectors of the G k steps, interleaved
         (B); rows unit-stride along k, VL groups of up to VL rows transposed in registers (A).
-        ``by_rows``: each element's row of kc words one after another instead (a tile's A)."""
+        ``by_rows``: each element's row of kc words one after another instead (a tile's A).
+        A's rows may be gathered (an NHWC convolution's pixels: each row's offset decoded) and
+        its k steps at the K table's offsets (the taps folded into K): the vector paths then
+        take runs of whole vectors along k, which the table keeps contiguous where the
+        innermost folded extent (the channels) is a multiple of a vector's steps."""
         p, bl = self.p, self.bl
         fp = F32.as_pointer()
         src_t = self.src[operand]
@@ -1235,6 +1239,16 @@ class _EmitGroups(_Emit):
         g, vl = p.group, bl.vl
         sums = self.sums and operand == p.b
         steps = self.b_steps(kc) if operand == p.b else kc
+        gathered = operand == p.a and p.gathers_a()
+        table = self.k_table() if p.tables(operand) else None
+        # (runs through the table: VL groups from a multiple of VL lie in one run of channels)
+        runs = table is None or (bl.kc % vl == 0 and p.kfold[1][-1] % (g * vl) == 0)
+
+        def row_off(x):  # the element offset of row x (gathered rows: decoded from x)
+            return self.a_row(x) if operand == p.a else b.mul(x, _c(sx))
+
+        def k_off(k):  # the element offset of step k (through the K table where taps fold into K)
+            return b.load(b.gep(table, [_c(0), k])) if table is not None else b.mul(k, _c(sk))
 
         def k_of(kk, e):  # (the k of step e of group pc + kk, clamped into K; whether it is in K)
             k = b.add(_c(klo), b.add(b.mul(b.add(pc, kk), _c(g)), _c(e)))
@@ -1253,8 +1267,9 @@ class _EmitGroups(_Emit):
                         inside = b.icmp_signed("<", i, xv)
                         word = b.add(b.mul(i, kc), kk) if by_rows else b.add(b.mul(kk, _c(width)), i)
                         at = b.mul(b.add(dst0, word), _c(g))
+                        ro = row_off(x)
                         for e, (k, ok) in enumerate(ks):
-                            v = self._widen(b.load(self.at(src, b.add(b.mul(x, _c(sx)), b.mul(k, _c(sk))))), operand)
+                            v = self._widen(b.load(self.at(src, b.add(ro, k_off(k)))), operand)
                             b.store(b.select(b.and_(ok, inside), v, L.Constant(self.lane, 0)), self.at(dl, b.add(at, _c(e))))
                     self.loop(0, width, 1, word, "i")
                 self.loop(kk0, hi, 1, group, "kk")
@@ -1266,7 +1281,7 @@ class _EmitGroups(_Emit):
             words = b.bitcast(dst, I32.as_pointer())
 
             def steps_of(kk, t, e):  # element offset of step e of group kk + t (in K) along K
-                return b.mul(b.add(_c(klo), b.add(b.mul(b.add(pc, b.add(kk, _c(t))), _c(g)), _c(e))), _c(sk))
+                return k_off(b.add(_c(klo), b.add(b.mul(b.add(pc, b.add(kk, _c(t))), _c(g)), _c(e))))
 
             def blocks(body):
                 def vector():
@@ -1274,18 +1289,18 @@ class _EmitGroups(_Emit):
                     scalar(kv, kc)
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
             pow2 = not vl & (vl - 1)
-            if by_rows and sk == 1:
+            if by_rows and sk == 1 and runs:
                 # A(m, k) into rows of words: VL words of each row at a time
                 def rows(kk):
                     def row(i):
                         x = b.add(x0, b.add(q, i))
-                        w = self._widen(self.vload_of(self.at(src, b.add(b.mul(x, _c(sx)), steps_of(kk, 0, 0))), src_t,
+                        w = self._widen(self.vload_of(self.at(src, b.add(row_off(x), steps_of(kk, 0, 0))), src_t,
                                                       g * vl), operand)
                         at = b.mul(b.add(dst0, b.add(b.mul(i, kc), kk)), _c(g))
                         b.store(w, b.bitcast(self.at(dl, at), self.wt.as_pointer()), align=1)
                     self.loop(0, width, 1, row, "i")
                 blocks(rows)
-            elif by_rows and sx == 1 and width % vl == 0 and pow2:
+            elif by_rows and sx == 1 and width % vl == 0 and pow2 and not gathered and table is None:
                 # A(k, m) into rows of words: for VL rows, VL groups' words (each from the group's
                 # G rows of A interleaved), transposed in registers into each row's VL words
                 def transposed(kk):
@@ -1296,7 +1311,7 @@ class _EmitGroups(_Emit):
                         for i, w in enumerate(self.transpose(cols)):
                             self.vstore(w, self.at(words, b.add(dst0, b.add(b.mul(_c(i0 + i), kc), kk))))
                 blocks(transposed)
-            elif sx == 1 and (width % vl == 0 or width < vl) and not by_rows:
+            elif sx == 1 and (width % vl == 0 or width < vl) and not by_rows and not gathered and table is None:
                 # B(k, n), or a TN GEMM's A(k, m): each vector of n (m) from the group's G rows,
                 # interleaved.  A panel narrower than a vector stores a whole one, its lanes past
                 # the panel overwritten by the next group's row (the packed block has room past
@@ -1320,13 +1335,13 @@ class _EmitGroups(_Emit):
                 if width < vl:  # (the loads' last lane within the operand's extent along ``across``)
                     whole = b.and_(whole, b.icmp_signed("<=", b.add(x0, b.add(q, _c(vl))), _c(p.dom[across][1])))
                 self.if_(whole, vector, lambda: scalar(_c(0), kc))
-            elif sk == 1 and (width <= vl or width % vl == 0) and pow2 and not by_rows:
+            elif sk == 1 and (width <= vl or width % vl == 0) and pow2 and not by_rows and runs:
                 # A(m, k) (or an NT GEMM's B(n, k)): VL groups of each row as one vector of words,
                 # VL rows at a time transposed in registers into each group's words
                 def transposed(kk):
                     for j0 in range(0, width, vl):
                         rows = [b.bitcast(self._widen(self.vload_of(self.at(src, b.add(
-                            b.mul(b.add(x0, b.add(q, _c(i))), _c(sx)), steps_of(kk, 0, 0))), src_t, g * vl), operand), self.vt)
+                            row_off(b.add(x0, b.add(q, _c(i)))), steps_of(kk, 0, 0))), src_t, g * vl), operand), self.vt)
                             for i in range(j0, min(width, j0 + vl))]
                         self.store_transposed(rows, self.at(words, b.add(dst0, b.add(b.mul(kk, _c(width)), _c(j0)))), width)
                 blocks(transposed)

@@ -492,7 +492,7 @@ def compile_cpu(k: Kernel, b: Bound, t, threads: int | None = None, vector: bool
     # of the kernel's variables (the epilogue's tile function loops over the kernel's own; a
     # padded plan's pixels are rows h of columns w, and it runs there after the compaction), or
     # where a split K's sums run it apart from the batch loops
-    fused = {si: epilogue(k, b, p) if not p.taps and not (p.merged or p.im2col)
+    fused = {si: epilogue(k, b, p, ints=True) if not p.taps and not (p.merged or p.im2col)
              and not (p.batch and p.blocking.split_k) else [] for si, p in plans.items()}
     skip = {j for js in fused.values() for j in js}
     plans = {si: (replace(p, epilogue=tuple(fused[si])) if fused[si] else p) for si, p in plans.items()}

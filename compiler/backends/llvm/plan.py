@@ -667,8 +667,12 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
                     if len(kv) == 1 and len(iv) == 1 else None)
             rows, cols = instr.outputs[0].shape
             words = instr.operand(sa).shape[1] // g
-            plan = plan if plan is not None and plan.row == iv[0] and _tiles_pay(
-                plan, k.tensor(plan.a).dtype, cols, words * g) else None
+            if plan is not None and plan.row == iv[0]:  # (a convolution as one GEMM first: its taps in K)
+                plan = _gather_rows(plan) or plan
+                plan = _fold_taps(plan) or plan
+                plan = plan if _tiles_pay(plan, k.tensor(plan.a).dtype, cols, words * g) else None
+            else:
+                plan = None
             plan = plan and replace(plan, form="tile", group=g, tile=(rows, cols, words), dtypes=tuple(
                 k.tensor(n).dtype.name for n in (plan.a, plan.b, plan.c)))
         elif grouped is None:
@@ -702,7 +706,7 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
         return replace(plan, instr=instr.name, blocking=_tile_blocking(t, instr, plan, threads)).with_blocking()
     bl = Blocking.for_target(t, vl, instr.operand(sc).memory, rows, cols, red, threads, a_contig, b_contig,
                              a_rows)
-    if plan.addresses_a():
+    if plan.addresses_a() and plan.form == "bcast":
         # runs along k read in place through each row's address; A(k, m, ..) (a line per k step
         # and row) packed
         bl = _by_rows(bl, t, rows, cols, red) if plan.strides[plan.a][plan.red] == 1 else replace(bl, pack_a=True)
@@ -726,14 +730,20 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
 
 def _tiles_pay(p: Contraction, a_type, cols: int, depth: int) -> bool:
     """Whether a product runs on tiles (``cols`` columns and ``depth`` steps of K each) rather
-    than on vectors: it has no taps, a K of at least one tile, and (bfloat16) more than one
-    tile of columns.  Taps are passes over C, each as deep as a convolution's channels, and a
-    tile's C costs a load and a store per call where a vector micro-kernel's accumulators are
-    registers: conv2d_nhwc_i8 8x64x30x30 * 128x3x3 1.81 ms on tiles, 1.12 on vdot4_i8.  A
-    shallower K is padded with zeros to a whole tile: M=1024 N=512, int8 K 32 0.052 ms on tiles
-    against 0.036 on vdot4_i8, K 64 0.043 / 0.060; bfloat16 K 8 0.098 / 0.046 (FMA), K 32
-    0.059 / 0.118 (Sapphire-Rapids-class VM, 2 threads)."""
-    return not p.taps and p.extent(p.red) >= depth and not _one_tile_of_bfloat16(a_type, p.extent(p.vec), cols)
+    than on vectors: it has no taps (a convolution's are folded into K first: ``_fold_taps``),
+    a K of at least one tile, channels that fill whole tiles where the taps are folded (A is
+    then packed a tile row at a time from each tap's run of channels; otherwise element by
+    element), C's rows one after another, and (bfloat16) more than one tile of columns.  Taps
+    are passes over C, each as deep as a convolution's channels, and a tile's C costs a load
+    and a store per call where a vector micro-kernel's accumulators are registers:
+    conv2d_nhwc_i8 8x64x30x30 * 128x3x3 1.81 ms on tiles with the taps as passes, 1.12 on
+    vdot4_i8, 0.30 on tiles folded (0.63 on vdot4_i8 folded); with 20 channels 0.58 on tiles,
+    0.27 on vdot4_i8.  A shallower K is padded with zeros to a whole tile: M=1024 N=512, int8
+    K 32 0.052 ms on tiles against 0.036 on vdot4_i8, K 64 0.043 / 0.060; bfloat16 K 8 0.098 /
+    0.046 (FMA), K 32 0.059 / 0.118 (Sapphire-Rapids-class VM, 2 threads)."""
+    return (not p.taps and not p.gathers_c() and p.extent(p.red) >= depth
+            and (not p.kfold or p.kfold[1][-1] % depth == 0)
+            and not _one_tile_of_bfloat16(a_type, p.extent(p.vec), cols))
 
 
 def _one_tile_of_bfloat16(a_type, columns: int, cols: int) -> bool:
@@ -822,7 +832,7 @@ def _gather_rows(p: Contraction) -> Contraction | None:
     where A holds them one after another too, it is read as before, with one stride.  Where C's
     vector is strided (stored element by element anyway), all of them run together, C's rows
     stored through their addresses too (``gathers_c``)."""
-    if p.form != "bcast" or p.im2col or p.pad or p.merged:
+    if p.form == "dot" or p.im2col or p.pad or p.merged:
         return None
     sa, sb, sc = p.strides[p.a], p.strides[p.b], p.strides[p.c]
     cand = sorted((v for v in (p.row, *p.batch) if not sb[v] and sa[v] and sc[v] and not p.dom[v][0]),
@@ -873,7 +883,9 @@ def _fold_taps(p: Contraction) -> Contraction | None:
     k and A is read (or packed) through the table, element k of a row at k's channel and tap:
     ``kfold``'s last item names the operand that the table addresses."""
     vs = [p.red, *p.taps]
-    if not p.taps or p.form != "bcast" or any(p.dom[v][0] for v in vs):
+    if not p.taps or p.form == "dot" or any(p.dom[v][0] for v in vs):
+        return None
+    if p.form != "bcast" and not _dense(p.strides[p.b], vs, p):  # (grouped forms: B packed, A through the table)
         return None
     sa, sb = p.strides[p.a], p.strides[p.b]
     order = _dense(sa, vs, p)
