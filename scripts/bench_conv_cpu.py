@@ -12,7 +12,6 @@ so compare within a run.  Needs torch (`pip install -e '.[torch]'`).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import hw_models  # noqa: E402
 import kernels  # noqa: E402
 from compiler.api import load_kernel  # noqa: E402
 from compiler.backends.llvm.native import compile_cpu  # noqa: E402
-from compiler.bench import torch_or_none  # noqa: E402
+from compiler.bench import comparison_args  # noqa: E402
 from compiler.bench.gemm import _timed_sides  # noqa: E402
 from ir.bind import bind  # noqa: E402
 
@@ -55,14 +54,10 @@ def plan_kind(p) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--only", help="comma-separated row numbers of the table (0-based)")
-    args = ap.parse_args()
-    torch = torch_or_none()
-    if torch is None:
+    setup = comparison_args(__doc__, LAYERS)
+    if setup is None:
         return 1
-    rows = [LAYERS[int(i)] for i in args.only.split(",")] if args.only else LAYERS
+    args, torch, rows = setup
     target = hw_models.load("cpu")
     print(f"{'kernel':21s} {'N x C x H x W -> F (R x S)':28s} {'ours ms':>9s} {'torch ms':>9s} {'ratio':>6s}  "
           f"{'max diff':>8s}  plan")

@@ -15,7 +15,6 @@ same values.  Needs torch (`pip install -e '.[torch]'`).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 import hw_models  # noqa: E402
 from compiler.api import load_kernel  # noqa: E402
 from compiler.backends.llvm.native import compile_cpu  # noqa: E402
-from compiler.bench import torch_or_none  # noqa: E402
+from compiler.bench import comparison_args  # noqa: E402
 from compiler.bench.gemm import _timed_sides  # noqa: E402
 from ir.bind import bind  # noqa: E402
 from ir.dtypes import round_bf16  # noqa: E402
@@ -56,16 +55,11 @@ def operands(precision: str, rng, a_shape, b_shape):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--only", help="comma-separated row numbers of the table (0-based)")
-    ap.add_argument("--precision", choices=list(SOURCE), action="append",
-                    help="int8 or bfloat16 (default: both)")
-    args = ap.parse_args()
-    torch = torch_or_none()
-    if torch is None:
+    setup = comparison_args(__doc__, ROWS, lambda ap: ap.add_argument(
+        "--precision", choices=list(SOURCE), action="append", help="int8 or bfloat16 (default: both)"))
+    if setup is None:
         return 1
-    rows = [ROWS[int(i)] for i in args.only.split(",")] if args.only else ROWS
+    args, torch, rows = setup
     target = hw_models.load("cpu")
     print(f"{'precision':9s} {'M x N x K':>17s} {'instr':>10s} {'ours ms':>9s} {'torch ms':>9s} {'numpy f32':>9s} "
           f"{'vs torch':>8s} {'vs numpy':>8s}  {'max err':>7s}")
