@@ -1154,7 +1154,9 @@ class _EmitGroups(_Emit):
     against NV word vectors of B.  vpdpbusd multiplies unsigned by signed bytes: A's bytes are
     packed plus 128 (their top bit flipped), and each B panel carries, after its K block, -128
     times each column's sum over the block, where the micro-kernel's accumulators start, so
-    the sums come out as the signed products' (``_column_sums``)."""
+    the sums come out as the signed products' (``_column_sums``).  The tile form
+    (``_EmitTiles``) shares the packing, bfloat16 operands too (their top 16 bits as words'
+    halves: exact on values held as float32 already rounded)."""
 
     def __init__(self, mod: L.Module, p: Contraction):
         self.et = HELD[p.dtypes[2]]
