@@ -528,6 +528,21 @@ class _Emit:
         self.if_(b.icmp_signed("<=", args[5], _c(edge * bl.vl)), lambda: b.call(self.micro(a_rs, a_ks, b_ks, edge), args),
                  lambda: b.call(full, args))
 
+    def add_scratch(self, c, tmp, mv, nv, accum, c_at):
+        """An edge tile from the scratch tile ``tmp`` (NR wide) into C, element by element: rows
+        [0, mv) at ``c_at(i)``, columns [0, nv) at C's stride along the vector, added to what C
+        holds where ``accum``."""
+        p, b, nr = self.p, self.bld, self.bl.nr
+        cvs = p.strides[p.c][p.vec]
+
+        def row(i):
+            def col(j):
+                ptr = self.at(c, b.add(c_at(i), b.mul(j, _c(cvs)) if cvs != 1 else j))
+                t = b.load(self.at(tmp, b.add(b.mul(i, _c(nr)), j)))
+                b.store(b.select(accum, self.add(t, b.load(ptr)), t), ptr)
+            self.loop(0, nv, 1, col, "ej")
+        self.loop(0, mv, 1, row, "ei")
+
     def a_by_rows(self) -> bool:
         """Whether A is read in place through each row's offset (``_micro`` with a_rs -1): A
         gathered or through the K table, not packed."""
@@ -633,14 +648,7 @@ class _Emit:
                 for v in range(nvec):
                     self.vstore(new[i][v], self.at(tmp, i * bl.nr + v * bl.vl))
 
-            def row(i):
-                def col(j):
-                    ptr = self.at(c, b.add(c_at(i), b.mul(j, _c(cvs)) if cvs != 1 else j))
-                    t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
-                    cur = b.load(ptr)
-                    b.store(b.select(accum, self.add(t, cur), t), ptr)
-                self.loop(0, nv, 1, col, "ej")
-            self.loop(0, mv, 1, row, "ei")
+            self.add_scratch(c, tmp, mv, nv, accum, c_at)
         self.if_(full, store_full, store_edge)
         b.ret_void()
         return fn
@@ -1252,9 +1260,19 @@ class _EmitGroups(_Emit):
         def k_off(k):  # the element offset of step k (through the K table where taps fold into K)
             return b.load(b.gep(table, [_c(0), k])) if table is not None else b.mul(k, _c(sk))
 
-        def k_of(kk, e):  # (the k of step e of group pc + kk, clamped into K; whether it is in K)
-            k = b.add(_c(klo), b.add(b.mul(b.add(pc, kk), _c(g)), _c(e)))
+        def k_at(kk, e=0):  # the k of step e of group pc + kk
+            return b.add(_c(klo), b.add(b.mul(b.add(pc, kk), _c(g)), _c(e)))
+
+        def k_of(kk, e):  # (k_at clamped into K; whether it is in K)
+            k = k_at(kk, e)
             return self.min(k, _c(khi - 1)), b.icmp_signed("<", k, _c(khi))
+
+        # groups from pc whose G steps all lie in K, in whole vectors of VL groups (the rest,
+        # and any past K, one by one)
+        kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
+        words = b.bitcast(dst, I32.as_pointer())
+        # the column sums' accumulators (in the entry block: one stack slot, not one per panel)
+        acc = b.alloca(self.vt, size=width // vl, name="sums") if sums else None
 
         def panel(q):
             xv = self.min(_c(width), b.sub(xn, q))
@@ -1267,8 +1285,8 @@ class _EmitGroups(_Emit):
                     def word(i):
                         x = b.add(x0, b.add(q, self.min(i, b.sub(xv, _c(1)))))  # (clamped: a valid row)
                         inside = b.icmp_signed("<", i, xv)
-                        word = b.add(b.mul(i, kc), kk) if by_rows else b.add(b.mul(kk, _c(width)), i)
-                        at = b.mul(b.add(dst0, word), _c(g))
+                        w_at = b.add(b.mul(i, kc), kk) if by_rows else b.add(b.mul(kk, _c(width)), i)
+                        at = b.mul(b.add(dst0, w_at), _c(g))
                         ro = row_off(x)
                         for e, (k, ok) in enumerate(ks):
                             v = self._widen(b.load(self.at(src, b.add(ro, k_off(k)))), operand)
@@ -1277,13 +1295,9 @@ class _EmitGroups(_Emit):
                 self.loop(kk0, hi, 1, group, "kk")
 
             whole = b.icmp_signed("==", xv, _c(width))
-            # groups from pc whose G steps all lie in K, in whole vectors of VL groups (the rest,
-            # and any past K, one by one)
-            kv = b.mul(b.sdiv(self.min(kc, b.sdiv(b.sub(_c(khi - klo), b.mul(pc, _c(g))), _c(g))), _c(vl)), _c(vl))
-            words = b.bitcast(dst, I32.as_pointer())
 
             def steps_of(kk, t, e):  # element offset of step e of group kk + t (in K) along K
-                return k_off(b.add(_c(klo), b.add(b.mul(b.add(pc, b.add(kk, _c(t))), _c(g)), _c(e))))
+                return k_off(k_at(b.add(kk, _c(t)), e))
 
             def blocks(body):
                 def vector():
@@ -1350,24 +1364,25 @@ class _EmitGroups(_Emit):
             else:
                 scalar(_c(0), kc)
             if sums:
-                self._column_sums(b.bitcast(self.at(dst, dst0), I32.as_pointer()), kc, width)
+                self._column_sums(b.bitcast(self.at(dst, dst0), I32.as_pointer()), kc, width, acc)
         self.loop(0, xn, width, panel, "q")
         b.ret_void()
 
-    def _column_sums(self, panel, kc, width: int):
+    def _column_sums(self, panel, kc, width: int, acc):
         """After a B panel's kc word rows: -128 x each column's sum of its bytes (the dot
-        product of each word with four unsigned ones, the instruction itself)."""
+        product of each word with four unsigned ones, the instruction itself), summed in
+        ``acc`` (a stack slot of a vector per VL columns)."""
         b, vl = self.bld, self.bl.vl
         ones = L.Constant(self.wt, [1] * self.wt.count)
         for v in range(width // vl):
-            acc = b.alloca(self.vt)
-            b.store(L.Constant(self.vt, None), acc)
+            slot = b.gep(acc, [_c(v)])
+            b.store(L.Constant(self.vt, None), slot)
 
             def step(kk):
                 w = b.bitcast(self.vload(self.at(panel, b.add(b.mul(kk, _c(width)), _c(v * vl)))), self.wt)
-                b.store(b.call(self.dot, [b.load(acc), ones, w]), acc)
+                b.store(b.call(self.dot, [b.load(slot), ones, w]), slot)
             self.loop(0, kc, 1, step, "kk")
-            self.vstore(b.mul(b.load(acc), L.Constant(self.vt, [-128] * vl)),
+            self.vstore(b.mul(b.load(slot), L.Constant(self.vt, [-128] * vl)),
                         self.at(panel, b.add(b.mul(kc, _c(width)), _c(v * vl))))
 
     def interleave(self, rows: list):
@@ -1396,9 +1411,9 @@ class _EmitGroups(_Emit):
 
 class _EmitTiles(_EmitGroups):
     """The tile form (``form == "tile"``): AMX's tile multiply (tdpbf16ps on bfloat16 into
-    float32, tdpbssd on int8 into int32), 2 x 2 tiles of C per micro-kernel call in tile
-    registers 0-3, two tiles of A (4, 5) and two of B (6, 7) loaded per K step of a tile's
-    words.  Both operands are packed as for the grouped form, B's words [k][n] (the layout a B
+    float32, tdpbssd on int8 into int32), TM x TN tiles of C per micro-kernel call (the
+    blocking's MR / rows x NV: 2 x 2) in the first tile registers, then TM tiles of A and TN of
+    B, loaded per K step of a tile's words.  Both operands are packed as for the grouped form, B's words [k][n] (the layout a B
     tile wants: each row the G k steps of 16 columns side by side), A's [m][k] (each tile row
     one element's run along K); K is padded with zero words to whole tiles
     (``Contraction.k_steps``), so every call multiplies whole tiles, and an edge tile (rows or
@@ -1418,6 +1433,17 @@ class _EmitTiles(_EmitGroups):
         self.tilestore = intrinsic("llvm.x86.tilestored64", [I8, i8p, I64])
         self.tilezero = intrinsic("llvm.x86.tilezero", [I8])
         self.tdp = intrinsic("llvm.x86.tdpbf16ps" if self.floats else "llvm.x86.tdpbssd", [I8, I8, I8])
+        self.tm, self.tn = self.bl.mr // p.tile[0], self.bl.nv  # tiles of C down and across
+
+    def c_tiles(self):
+        """(tile register, its tile row, its tile column) of each of C's tiles."""
+        return [(ti * self.tn + tj, ti, tj) for ti in range(self.tm) for tj in range(self.tn)]
+
+    def a_tile(self, ti: int) -> int:
+        return self.tm * self.tn + ti
+
+    def b_tile(self, tj: int) -> int:
+        return self.tm * self.tn + self.tm + tj
 
     def config(self):
         """The tile configuration (palette 1): C's tiles rows x columns, A's rows x words, B's
@@ -1425,7 +1451,8 @@ class _EmitTiles(_EmitGroups):
         rows, cols, words = self.p.tile
         cfg = [0] * 64
         cfg[0] = 1
-        for t, (r, nbytes) in enumerate([(rows, 4 * cols)] * 4 + [(rows, 4 * words)] * 2 + [(words, 4 * cols)] * 2):
+        shapes = [(rows, 4 * cols)] * (self.tm * self.tn) + [(rows, 4 * words)] * self.tm + [(words, 4 * cols)] * self.tn
+        for t, (r, nbytes) in enumerate(shapes):
             cfg[16 + 2 * t], cfg[17 + 2 * t], cfg[48 + t] = nbytes & 0xFF, nbytes >> 8, r
         ty = L.ArrayType(I8, 64)
         g = L.GlobalVariable(self.mod, ty, name=f"{self.pre}_tilecfg")
@@ -1463,8 +1490,7 @@ class _EmitTiles(_EmitGroups):
         def i8(ptr):
             return b.bitcast(ptr, I8.as_pointer())
 
-        def c_tile(t):
-            ti, tj = divmod(t, 2)
+        def c_tile(ti, tj):
             return i8(self.at(c, ti * rows * crs + tj * cols))
         full = b.and_(b.icmp_signed("==", mv, _c(bl.mr)), b.icmp_signed("==", nv, _c(bl.nr)))
         if cvs != 1:  # C's columns not one after another: every tile through the scratch tile
@@ -1472,43 +1498,34 @@ class _EmitTiles(_EmitGroups):
         c_stride = _c(4 * crs)
 
         def load_c():
-            for t in range(4):
-                b.call(self.tileload, [L.Constant(I8, t), c_tile(t), c_stride])
+            for t, ti, tj in self.c_tiles():
+                b.call(self.tileload, [L.Constant(I8, t), c_tile(ti, tj), c_stride])
 
         def zero_c():
-            for t in range(4):
+            for t, _, _ in self.c_tiles():
                 b.call(self.tilezero, [L.Constant(I8, t)])
         self.if_(b.and_(full, accum), load_c, zero_c)
         a_stride = b.mul(kc, _c(4))
 
         def step(kk):
-            for ti in range(2):
+            for ti in range(self.tm):
                 at = self.at(a, b.add(b.mul(_c(ti * rows), kc), kk))
-                b.call(self.tileload, [L.Constant(I8, 4 + ti), i8(at), a_stride])
-            for tj in range(2):
+                b.call(self.tileload, [L.Constant(I8, self.a_tile(ti)), i8(at), a_stride])
+            for tj in range(self.tn):
                 at = self.at(bp, b.add(b.mul(kk, _c(bl.nr)), _c(tj * cols)))
-                b.call(self.tileload, [L.Constant(I8, 6 + tj), i8(at), _c(4 * bl.nr)])
-            for t in range(4):
-                ti, tj = divmod(t, 2)
-                b.call(self.tdp, [L.Constant(I8, t), L.Constant(I8, 4 + ti), L.Constant(I8, 6 + tj)])
+                b.call(self.tileload, [L.Constant(I8, self.b_tile(tj)), i8(at), _c(4 * bl.nr)])
+            for t, ti, tj in self.c_tiles():
+                b.call(self.tdp, [L.Constant(I8, t), L.Constant(I8, self.a_tile(ti)), L.Constant(I8, self.b_tile(tj))])
         self.loop(0, kc, words, step, "kk")
 
         def store_full():
-            for t in range(4):
-                b.call(self.tilestore, [L.Constant(I8, t), c_tile(t), c_stride])
+            for t, ti, tj in self.c_tiles():
+                b.call(self.tilestore, [L.Constant(I8, t), c_tile(ti, tj), c_stride])
 
         def store_edge():
-            for t in range(4):
-                ti, tj = divmod(t, 2)
+            for t, ti, tj in self.c_tiles():
                 b.call(self.tilestore, [L.Constant(I8, t), i8(self.at(tmp, ti * rows * bl.nr + tj * cols)), _c(4 * bl.nr)])
-
-            def row(i):
-                def col(j):
-                    ptr = self.at(c, b.add(b.mul(i, _c(crs)), b.mul(j, _c(cvs))))
-                    t = b.load(self.at(tmp, b.add(b.mul(i, _c(bl.nr)), j)))
-                    b.store(b.select(accum, self.add(t, b.load(ptr)), t), ptr)
-                self.loop(0, nv, 1, col, "ej")
-            self.loop(0, mv, 1, row, "ei")
+            self.add_scratch(c, tmp, mv, nv, accum, lambda i: b.mul(i, _c(crs)))
         self.if_(full, store_full, store_edge)
         b.ret_void()
         return fn

@@ -391,7 +391,7 @@ class Contraction:
             rows, cols, words = self.tile
             head = (f"S{self.stmt}: {self.c} on {self.instr} ({rows} x {cols} tiles of {self.row} x {self.vec}, "
                     f"{words} words of {self.group} steps of {self.red} each): micro-kernel {bl.mr} x {bl.nr} "
-                    f"(2 x 2 tiles in tile registers, {self.red} padded to whole tiles)")
+                    f"({TILES} x {TILES} tiles in tile registers, {self.red} padded to whole tiles)")
         else:
             head = (f"S{self.stmt}: {self.c} on {self.instr} (vectorised along {self.vec}, {bl.vl} lanes"
                     + (f", each summing {self.group} steps of {self.red}: KC counts groups" if self.group > 1 else "")
@@ -436,10 +436,10 @@ class Contraction:
         bl = replace(self.blocking, **changes)
         if self.form in ("group", "tile"):  # both operands packed as words of GROUP elements; no stream loop
             bl = replace(bl, pack_a=True, pack_b=True, stream=False, split_k=False)
-        if self.form == "tile":  # 2 x 2 tiles; K blocks of whole tiles, M and N blocks of whole tile blocks
+        if self.form == "tile":  # TILES x TILES tiles; K blocks of whole tiles, M and N blocks of whole tile blocks
             rows, cols, words = self.tile
-            mr, nr = 2 * rows, 2 * cols
-            bl = replace(bl, vl=cols, mr=mr, nv=2, kc=max(words, -(-bl.kc // words) * words), prefetch=0,
+            mr, nr = TILES * rows, TILES * cols
+            bl = replace(bl, vl=cols, mr=mr, nv=TILES, kc=max(words, -(-bl.kc // words) * words), prefetch=0,
                          mc=max(mr, bl.mc // mr * mr), nc=max(nr, bl.nc // nr * nr))
         if self.strides[self.b][self.vec] != 1:
             bl = replace(bl, pack_b=True)
@@ -623,6 +623,11 @@ def tile_mm(instr: Instruction) -> tuple[str, str, str, str, str, str, int] | No
     return x.tensor, y.tensor, s.tensor, i, j, ak, 32 // bits
 
 
+def _typed(k: Kernel, p: Contraction, form: str, group: int, **more) -> Contraction:
+    """``p`` as a grouped or tile plan, with its operands' element types (what the code reads through)."""
+    return replace(p, form=form, group=group, dtypes=tuple(k.tensor(n).dtype.name for n in (p.a, p.b, p.c)), **more)
+
+
 def _uncast(e, to, sources):
     """``e`` without a widening cast to ``to`` from one of the ``sources`` types."""
     while isinstance(e, Cast) and e.to in (e.x.dtype, to) and e.x.dtype in sources:
@@ -673,16 +678,14 @@ def recognise(k: Kernel, b: Bound, t: Target, si: int, mappings, threads: int) -
                 plan = plan if _tiles_pay(plan, k.tensor(plan.a).dtype, cols, words * g) else None
             else:
                 plan = None
-            plan = plan and replace(plan, form="tile", group=g, tile=(rows, cols, words), dtypes=tuple(
-                k.tensor(n).dtype.name for n in (plan.a, plan.b, plan.c)))
+            plan = plan and _typed(k, plan, "tile", g, tile=(rows, cols, words))
         elif grouped is None:
             plan = _classify(k, b, si, ops[sa], ops[sb], ops[sc], vec)
         else:  # K is the variable the instruction's groups run along
             kv = f.get(grouped[4], ())
             plan = (_classify(k, b, si, ops[sa], ops[sb], ops[sc], vec, red=kv[0], out=instr.outputs[0].dtype)
                     if len(kv) == 1 else None)
-            plan = plan and replace(plan, form="group", group=grouped[5], dtypes=tuple(
-                k.tensor(n).dtype.name for n in (plan.a, plan.b, plan.c)))
+            plan = plan and _typed(k, plan, "group", grouped[5])
         if plan is not None:
             plans.append((plan, instr, vl))
     if not plans:
@@ -758,6 +761,9 @@ def _one_tile_of_bfloat16(a_type, columns: int, cols: int) -> bool:
     return a_type == BFLOAT16 and columns <= cols
 
 
+TILES = 2  # a tile plan's micro-kernel: TILES x TILES tiles of C (with TILES of A and of B: 8 tile registers)
+
+
 def _tile_blocking(t: Target, instr: Instruction, p: Contraction, threads: int) -> Blocking:
     """A tile plan's blocks: 2 x 2 tiles of C (4 of the 8 tile registers, 2 of A and 2 of B for
     each K step); K blocks whose A and B panels (MR and NR rows of KC words) fill two thirds of
@@ -768,14 +774,14 @@ def _tile_blocking(t: Target, instr: Instruction, p: Contraction, threads: int) 
     0.171, int8 2048^3 6.81 -> 4.00, 5124x16x2048 0.617 -> 0.529; each of KC 64-256, MC
     64-256 was slower on most of 2048^3, 512^3, 1760x128x1760, 5124x16x2048, 2560x64x2560."""
     rows, cols, words = p.tile
-    mr, nr = 2 * rows, 2 * cols
+    mr, nr = TILES * rows, TILES * cols
     caches = cache_levels(t)
     cap = [c.capacity for c in caches] + [1 << 20] * (3 - len(caches))
     steps = p.k_steps()[1]
     kc = min(steps, max(words, (cap[0] * 2 // 3) // (4 * (mr + nr)) // words * words))
     mc = 2 * mr
     nc = max(nr, min(-(-p.extent(p.vec) // nr) * nr, (cap[2] // (2 * max(1, threads))) // (4 * kc) // nr * nr))
-    return Blocking(vl=cols, mr=mr, nv=2, kc=kc, mc=mc, nc=nc, pack_a=True, prefetch=0, pack_b=True)
+    return Blocking(vl=cols, mr=mr, nv=TILES, kc=kc, mc=mc, nc=nc, pack_a=True, prefetch=0, pack_b=True)
 
 
 def _with_var(p: Contraction, gone: tuple[str, ...], v: str, extent: int, strides: dict[str, dict[str, int]],
