@@ -29,8 +29,8 @@ from schedulers.space import Candidate, fits, footprint, loads_up_front, pipelin
 from . import rowgroup
 from .epilogue import Epilogue, loaded_key, plan
 from .mapping.bind import instr_accesses
-from .nest import Nest, window_extent
-from .routes import multicast_variant, route_in, route_load_output, route_out
+from .nest import Nest, window_extent, window_extents, window_slot
+from .routes import multicast_variant, route_in, route_load_output, route_out, stores_early
 from .rowgroup import Group
 
 
@@ -110,7 +110,7 @@ class _NestLowering:
         end = self.part_start(a, add(self.part[a], C(1))) if a in self.part else C(blocks)
         if o is not None and o.window is not None and a == o.window[0]:
             rows = -(-window_extent(self.n, o) // self.n.axis(a).unit)
-            end = simplify(Binary("min", add(end, C(1)), C(rows)))
+            end = simplify(Binary("min", add(end, C(o.halo)), C(rows)))
         return end
 
     def layout_index(self, o, a: str, inner: dict[str, Expr]) -> Expr:
@@ -147,7 +147,7 @@ class _NestLowering:
             if ax is None:
                 dims.append(TileDim((), (), (), 0, None))
             elif o.window is not None and ax.name == o.window[0]:  # rows x + y for y = 0 on
-                dims.append(TileDim(ax.vars, ax.lows, (window_extent(self.n, o),), ax.unit, blocks[ax.name]))
+                dims.append(TileDim(ax.vars, ax.lows, window_extents(self.n, o), ax.unit, blocks[ax.name]))
             else:
                 dims.append(TileDim(ax.vars, ax.lows, ax.extents, ax.unit, blocks[ax.name], ax.real))
         at = tuple((ax.vars[0], add(blocks[ax.name], C(ax.lows[0]))) for ax in self.n.axes
@@ -339,6 +339,31 @@ class _NestLowering:
             cur[result[0]] = result[1]
         return ops, [(cur[x], tiles[x]) for x in e.written]
 
+    def spread_transfer(self, o, step: Expr, extra_guards, here: Expr, P: int) -> list | None:
+        """``transfer`` of an input's tile as single copies among the P product iterations of a
+        step (``here``: the one running), the q-th of its L copies at iteration q * P / L: a
+        window's next tile (a whole row of pixels) issued in one burst ahead of the products
+        holds the in-order window on its copies' latency; spread, the products go on between
+        them.  None where it has more copies than the step has iterations."""
+        count = self.batch(o, self.route_of(o, "in"))
+        exts = [o.extent(a, self.ns.tile_of) for a in o.axes]
+        if count > 1:
+            exts[-1] = ceil(exts[-1] / count)
+        L = prod(exts)
+        if not o.axes or L > P:
+            return None
+        q = div(add(mul(here, C(L)), C(P - 1)), P)  # the first copy due at or after ``here``
+        due = div(mul(q, C(P)), L)
+        guards = tuple(extra_guards) + ((add(due, C(-1)), here), (here, add(due, C(1))), (q, C(L)))
+        inner, rest = {}, q
+        for a, e in zip(reversed(o.axes), reversed(exts)):
+            inner[a] = mod(rest, e) if a != o.axes[0] else rest
+            rest = div(rest, e)
+        sub = Var(f"_jsp{o.name}{self.tag}")
+        if count > 1:
+            inner[o.axes[-1]] = add(mul(inner[o.axes[-1]], C(count)), sub)
+        return self.moves(o, step, "in", inner, count, sub, guards)
+
     def transfer(self, o, step: Expr, direction: str, extra_guards=()) -> list:
         """Loops over one tile's blocks with the chain of moves in or out."""
         route = self.route_of(o, direction)
@@ -454,12 +479,47 @@ class _NestLowering:
             body += self.transfer(out, s, "load_out", when_step(s, every_out))
         if self.epi is not None:
             body += self.epilogue_loads(s, when_step(s, every_out, every_out - 1))
-        body += self.compute(s, prefetch)
-        if self.store_output:
-            body += self.transfer(out, s, "out", when_step(s, every_out, every_out - 1))
+        last_step = when_step(s, every_out, every_out - 1)
+        early = self.store_output and self.early_stores()
+        body += self.compute(s, prefetch, last_step if early else None)
+        if self.store_output and not early:
+            body += self.transfer(out, s, "out", last_step)
         return pro, body
 
-    def compute(self, step: Expr, prefetch=()) -> list:
+    def early_stores(self) -> bool:
+        """``routes.stores_early`` for this lowering: a fused epilogue runs on single blocks."""
+        out = self.n.output
+        count = self.batch(out, self.route_of(out, "out"))
+        return (self.epi is None or count == 1) and stores_early(self.t, self.n, count, self.ns.tile_of)
+
+    def stores_in_step(self, inner: dict[str, Expr], blocks: dict[str, Expr], step: Expr, phase) -> list:
+        """The stores ``early_stores`` puts after a product: of its batch of output blocks (along
+        the output's last axis) when this product is the last one of the batch's last block --
+        the reduction at its last block, the block the batch's last or the tile's."""
+        out, ns = self.n.output, self.ns
+        route = self.route_of(out, "out")
+        count = self.batch(out, route)
+        done = list(phase)
+        for a in self.n.axes:
+            if a.reduction:
+                final = add(simplify(Binary("min", add(self.start(a.name, step), C(ns.tile(a.name))),
+                                            self.limit(a.name))), C(-1))
+                done += [(add(final, C(-1)), blocks[a.name]), (blocks[a.name], add(final, C(1)))]
+        if count == 1:
+            return self.moves(out, step, "out", {a: inner[a] for a in out.axes}, 1, Var("_"), tuple(done))
+        last = out.axes[-1]
+        j = inner[last]
+        tail = add(simplify(Binary("min", C(ns.tile(last)), add(self.limit(last), mul(self.start(last, step), C(-1))))),
+                   C(-1))  # the tile's last block along it
+        sub = Var(f"_jst{self.tag}")
+        at = {a: inner[a] for a in out.axes}
+        at[last] = add(mul(div(j, count), C(count)), sub)
+        full = ((C(count - 2), mod(j, count)), (j, tail))  # a batch's last block, not the tile's
+        end = ((add(tail, C(-1)), j), (j, add(tail, C(1))))  # the tile's last block
+        return self.moves(out, step, "out", at, count, sub, tuple(done) + full) + \
+            self.moves(out, step, "out", at, count, sub, tuple(done) + end)
+
+    def compute(self, step: Expr, prefetch=(), store_phase=None) -> list:
         """The instruction on every block of the step's tile, with the prefetches spread among them.
 
         A block of step 0 is loaded at the first compute iteration that visits its coordinates
@@ -483,8 +543,9 @@ class _NestLowering:
                 owner, oo = self.forward[o.name]
                 ops.append((o.name, Slot(owner.bufname[oo.name], owner.slot_index(oo, inner, step))))
             elif o.window is not None:  # tap y reads the rows y further on
-                ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step),
-                                         blocks[o.window[1]], o.window_dim)))
+                later, off = window_slot(n, o, blocks[o.window[1]])
+                ops.append((o.name, Slot(self.bufname[o.name], add(self.slot_index(o, inner, step), later),
+                                         off, o.window_dim)))
             else:
                 ops.append((o.name, Slot(self.bufname[o.name], self.slot_index(o, inner, step))))
         first_instr, first = None, ()
@@ -497,10 +558,26 @@ class _NestLowering:
         loads = []
         # windows and merged rows hold more blocks than the iterations over them visit, and a
         # rotated multicast tile comes in its own order: each as one transfer ahead of the products
-        before = []
+        before, now = [], []
+        running, P = C(0), 1  # the product iteration running (loop order), of P a step
+        for a in order:
+            running, P = add(mul(running, C(ns.tile(a))), inner[a]), P * ns.tile(a)
+        # a later step's window comes after this step's own tiles: step 0's first products wait
+        # for its blocks only, not for the next whole window queued before them on the copy engine
+        whole = any(spread and o.window is not None for o, _, _, spread in prefetch)
         for o, ahead, extra, spread in prefetch:
-            if o.window is not None or o.merged is not None or self.rotation(o) is not None:
-                before += self.transfer(o, ahead, "in", extra)
+            if o.window is not None or o.merged is not None or self.rotation(o) is not None \
+                    or (whole and not spread):
+                spreads = spread and o.window is not None and self.rotation(o) is None
+                moves = self.spread_transfer(o, ahead, extra, running, P) if spreads else None
+                if moves is not None:
+                    loads += moves
+                    continue
+                moves = self.transfer(o, ahead, "in", extra)
+                if spread:
+                    before += moves
+                else:  # a window's first block needs the small tiles beside it: those first
+                    now = now + moves if o.window is not None else moves + now
                 continue
             route = self.route_of(o, "in")
             count = self.batch(o, route)
@@ -527,9 +604,11 @@ class _NestLowering:
                 once += [(add(want, C(-1)), here), (here, add(want, C(1)))]
             loads += self.moves(o, ahead, "in", at, count, sub, tuple(once) + tuple(extra))  # cheap tests first
         body = tuple(loads) + (Exec(n.instr.name, tuple(ops), guards, first_instr, first, n.statement),)
+        if store_phase is not None:
+            body += tuple(self.stores_in_step(inner, blocks, step, store_phase))
         for a in reversed(order):
             body = (Loop(inner[a].name, C(ns.tile(a)), body),)
-        return before + list(body)
+        return now + before + list(body)
 
 
 def _with_epilogue(k: Kernel, target: Target, nl: _NestLowering, following: list, resident) -> _NestLowering | None:
@@ -691,7 +770,8 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
             continue
         notes.append(f"S{si}: {c.mapping.describe()}")
         notes += [f"S{si}: {o.name}={o.tensor} is a sliding window along {o.window[0]}: one tile for every "
-                  f"{o.window[1]}, which reads the block {o.window[1]} "
+                  f"{o.window[1]}, which reads the block {o.window[1]}"
+                  f"{f' x {o.window_stride}' if o.window_stride > 1 else ''} "
                   f"{('rows', 'columns')[o.window_dim] if o.window_dim < 2 else 'elements'} further on"
                   for nest in c.nests
                   for o in nest.operands if o.window is not None]

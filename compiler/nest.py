@@ -16,7 +16,7 @@ from math import prod
 
 from ir.bind import Bound
 from ir.dtypes import DType
-from ir.expr import Access, Binary, Expr, Var, evaluate_int, vars_of
+from ir.expr import Access, Binary, Const, Expr, Var, evaluate_int, simplify, vars_of
 from ir.kernel import Kernel, memo
 from ir.target import Instruction, Operand, Target
 
@@ -79,6 +79,12 @@ class OperandInfo:
     # element of the last.  Y is then not in ``axes``.
     window: tuple[str, str] | None = None
     window_dim: int = 0
+    # a window along a fused run (X = (s, c) of NHWC's ``I(n, h + r, w + s, c)``, Y = w): one y
+    # further on is ``stride`` elements (a pixel of C channels) along X's flat range, and the
+    # halo is however many blocks the whole of Y shifts it by (one for a tap window)
+    window_stride: int = 1
+    halo: int = 1
+    along_run: bool = False  # such a window (``_run_window``), whatever its stride
     # (H, R): two loop axes the operand reads only as ``h + r`` (a convolution's output row and
     # filter row).  Its tile holds each row h + r once, tile(H) + tile(R) - 1 blocks instead of
     # tile(H) x tile(R) (the layout's dimension H; R adds nothing to it), so neighbouring output
@@ -111,7 +117,7 @@ def extent(o, axis: str, tile_of: dict[str, int]) -> int:
     if o.merged is not None and axis in o.merged:
         h, r = o.merged
         return tile_of[h] + tile_of[r] - 1 if axis == h else 1
-    return tile_of[axis] + (1 if o.window is not None and axis == o.window[0] else 0)
+    return tile_of[axis] + (o.halo if o.window is not None and axis == o.window[0] else 0)
 
 
 def tile_blocks(o, tile_of: dict[str, int]) -> int:
@@ -211,7 +217,7 @@ def _sum_of_vars(e: Expr) -> tuple[str, str] | None:
     return None
 
 
-def _window(o: OperandInfo, inner: Access, axes: list[Axis]) -> tuple[tuple[str, str], int] | None:
+def _window(o: OperandInfo, inner: Access, axes: list[Axis], target: Target) -> tuple[tuple[str, str], int] | None:
     """((X, Y), dim) when operand ``o`` reads ``x + y`` along dimension ``dim`` of its block,
     with x an instruction axis and y a loop axis no longer than a block plus one.  A block's
     rows are consecutive addresses, so a block shifted along its first dimension is one address
@@ -220,9 +226,43 @@ def _window(o: OperandInfo, inner: Access, axes: list[Axis]) -> tuple[tuple[str,
     for dim, index in enumerate(inner.indices):
         if isinstance(index, Var):
             found = _window_along(o, index.name, axes)
+            if found is None:
+                found = _run_window(o, index.name, axes, target)
             if found is not None:
                 return found, dim
     return None
+
+
+# the most of an operand's memory a window along a fused run may hold (the whole of Y at once)
+RUN_WINDOW_SHARE = 4
+
+
+def _run_window(o: OperandInfo, instr_var: str, axes: list[Axis], target: Target) -> tuple[str, str] | None:
+    """(X, Y) for a window along a fused run: X bound to (s, c) where the operand reads
+    ``y + s`` along s and the rest of the run plainly, y a loop axis.  NHWC's input read with
+    the taps of a filter row folded into the reduction (k = (s, c): three times the work of
+    a matrix unit per instruction where C is half its depth) is then one tile of the pixels of
+    a whole row, each output column y reading the run y pixels (y * C elements) further on,
+    instead of a tile per column that re-reads S - 1 of every S pixels.  Only where the whole
+    row's tile stays a modest share of the memory (it is loaded once for every y)."""
+    X = next((a for a in axes if a.instr_var == instr_var), None)
+    if X is None or len(X.vars) < 2 or X.unit <= 1 or X.real:
+        return None
+    s = X.vars[0]
+    subs = [e for e in o.access.indices if s in vars_of(e)]
+    pair = _sum_of_vars(subs[0]) if len(subs) == 1 else None
+    if pair is None or s not in pair:
+        return None
+    y = pair[1] if pair[0] == s else pair[0]
+    Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None), None)
+    if Y is None or Y.total < 2 or sum(y in vars_of(i) for i in o.access.indices) != 1:
+        return None
+    stride = prod(X.extents[1:])
+    halo = -(-(Y.total - 1) * stride // X.unit)
+    if (X.blocks + halo) * o.op.bytes * RUN_WINDOW_SHARE > target.memory(o.op.memory).capacity:
+        return None
+    o.window_stride, o.halo, o.along_run = stride, halo, True
+    return X.name, Y.name
 
 
 def _window_along(o: OperandInfo, instr_var: str, axes: list[Axis]) -> tuple[str, str] | None:
@@ -263,7 +303,24 @@ def _merged(o: OperandInfo, axes: list[Axis]) -> tuple[str, str] | None:
 def window_extent(nest: "Nest", o: OperandInfo) -> int:
     """Elements of a window operand along X: every x + y."""
     X, Y = (nest.axis(a) for a in o.window)
-    return X.total + Y.total - 1
+    return X.total + (Y.total - 1) * o.window_stride
+
+
+def window_extents(nest: "Nest", o: OperandInfo) -> tuple[int, ...]:
+    """``window_extent`` per variable of X: a fused run's first one (the tap) runs on over Y."""
+    X, Y = (nest.axis(a) for a in o.window)
+    return (X.extents[0] + Y.total - 1,) + X.extents[1:]
+
+
+def window_slot(nest: "Nest", o: OperandInfo, y: Expr) -> tuple[Expr, Expr]:
+    """(blocks, elements) further on along X at which loop value ``y`` reads the window: a tap
+    window's offset is y elements into the block; a run's, y * stride elements, whole blocks
+    of it a later slot."""
+    if not o.along_run:
+        return Const(0), y
+    unit = nest.axis(o.window[0]).unit
+    flat = simplify(Binary("*", y, Const(o.window_stride)))
+    return simplify(Binary("/", flat, Const(unit))), simplify(Binary("%", flat, Const(unit)))
 
 
 def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[Nest]:
@@ -329,7 +386,7 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
                 vs = set(vars_of(op.access))
                 op.axes = [a.name for a in axes if vs & set(a.vars)]
                 if WINDOWS and not op.is_output and not op.gather and op.op.memory != target.main:
-                    found = _window(op, instr_accesses(ist)[op.name], axes)
+                    found = _window(op, instr_accesses(ist)[op.name], axes, target)
                     if found is not None:  # X innermost: the halo block is the next slot
                         op.window, op.window_dim = found
                         x, y = op.window

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
+from math import prod
 
 from ir.errors import IsamapError
 from ir.target import Instruction, Target
@@ -58,6 +59,30 @@ def route_in(t: Target, nest, o) -> list[Instruction]:
 
 def route_out(t: Target, nest, o) -> list[Instruction]:
     return _cached(t, (o.op.memory, o.op.dtype.name), (t.main, _tensor_dtype(nest, o)), False)
+
+
+EARLY_STORES = True  # output blocks stored as they are finished (off: after their tile's last step)
+
+
+def stores_early(t: Target, nest, count: int, tile_of: dict[str, int]) -> bool:
+    """Whether a nest's output blocks are stored as each is finished, among the products of
+    its tile's last step, rather than all after them (``compiler.lower``): the store of a tile
+    of many blocks (a row of a convolution's output columns) then overlaps the step instead of
+    draining after it.  Only where that store takes half a step or more (a shorter one is
+    hidden behind the next step anyway, and stores among the products cost the window
+    slots), and where the in-order window allows: the instruction W places after a store
+    issues once the store is done (its block's last product, then every hop's latency and
+    transfer of ``count`` blocks), so W products must take at least that long."""
+    out = nest.output
+    if not (EARLY_STORES and out.axes and out.merged is None and out.window is None):
+        return False
+    route = route_out(t, nest, out)
+    per_instr = nest.instr.cycles() / t.engine(nest.instr.engine).count
+    done = nest.instr.latency + sum(c.latency + c.cycles(count * c.outputs[0].bytes) for c in route)
+    blocks = prod(out.extent(a, tile_of) for a in out.axes)
+    store = -(-blocks // count) * max((c.cycles(count * c.outputs[0].bytes) for c in route), default=0)
+    step = prod(tile_of[a.name] for a in nest.axes) * per_instr
+    return t.window * per_instr >= done and 2 * store >= step
 
 
 def route_load_output(t: Target, nest, o) -> list[Instruction]:

@@ -17,7 +17,7 @@ from ir.target import Target
 
 from compiler import nest as layout
 from compiler.nest import Nest, window_extent
-from compiler.routes import multicast_variant, route_in, route_load_output, route_out
+from compiler.routes import multicast_variant, route_in, route_load_output, route_out, stores_early
 
 from .base import NestSchedule
 from .space import loads_up_front
@@ -77,6 +77,7 @@ class Moved:
     staging: tuple[tuple[str, int], ...]  # (memory, bytes per block) of each multi-hop stage
     window: tuple[str, str] | None = None  # compiler.nest.OperandInfo.window
     merged: tuple[str, str] | None = None  # compiler.nest.OperandInfo.merged
+    halo: int = 1  # compiler.nest.OperandInfo.halo
 
     def extent(self, axis: str, tile_of: dict[str, int]) -> int:
         return layout.extent(self, axis, tile_of)
@@ -103,7 +104,7 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
                      if o.window is None or a != o.window[0])
         if o.window is not None:  # the rows of x + y, in the blocks of x plus the halo
             X = nest.axis(o.window[0])
-            valid *= min(1.0, window_extent(nest, o) / ((X.blocks + 1) * X.unit))
+            valid *= min(1.0, window_extent(nest, o) / ((X.blocks + o.halo) * X.unit))
         if o.is_output:
             routes = [route_out(target, nest, o)] + ([route_load_output(target, nest, o)] if nest.load_output else [])
         else:
@@ -118,8 +119,20 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
         staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
         out.append(Moved(o.name, tuple(o.axes), o.is_output, valid, hops,
                          None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging, o.window,
-                         o.merged))
+                         o.merged, o.halo))
     return out
+
+
+def _first_batches(nest: Nest, o: Moved, tile_of: dict[str, int], tile_blocks: int, batch: int) -> float:
+    """Copies of an input's first tile the first output block waits for: one, but a window's
+    tile is one transfer whose blocks come a reduction loop (a filter row) at a time, and the
+    first output block reads a block of every one of them."""
+    if o.window is None:
+        return 1.0
+    X = o.window[0]
+    red = prod(o.extent(a, tile_of) for a in o.axes if a != X and nest.axis(a).reduction
+               and nest.axis(a).instr_var is None)
+    return max(1.0, ((red - 1) * tile_blocks / red + batch) / batch)
 
 
 def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
@@ -179,6 +192,8 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                 store = per_tile_instrs * max(
                     (h.copy.cycles(h.nbytes * batch) if h.copy.occupancy is None else h.copy.occupancy)
                     for h in route)
+                if stores_early(target, nest, batch, tile_of):  # blocks stored as the last step finishes them
+                    store = max(store / per_tile_instrs, store - compute_step * (1 - batch / max(1, tile_blocks)))
                 drain += chain_lat + store
                 if pl.slots[o.name] == 1 and loads > 1 and d > 0:
                     # one output tile: the next tile's first step waits, block by block, for the
@@ -198,7 +213,8 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                                                + per_tile_instrs * occ / first.units / (group if rotated else 1))
                 load_lat = max(load_lat, chain_lat)  # compute starts when its first blocks arrive
                 first_occ += (first.copy.cycles(first.nbytes * batch)
-                              if first.copy.occupancy is None else first.copy.occupancy)
+                              if first.copy.occupancy is None else first.copy.occupancy) * _first_batches(
+                    nest, o, tile_of, tile_blocks, batch)
     fill += load_lat + first_occ
     if load_lat and loads_up_front(target, nest, ns, lambda o: loads_of[o.name]):
         # the first steps' tiles are all issued before the first product, in the order they are

@@ -31,7 +31,8 @@ def schedule(kernel: Kernel, bound: Bound, target: Target, name: str | None) -> 
         # the mapping switches (tests and comparisons turn them off) change the candidates
         import compiler.mapping.bind
         import compiler.nest
-        switches = repr((compiler.nest.WINDOWS, compiler.mapping.bind.PITCHED)).encode()
+        import compiler.routes
+        switches = repr((compiler.nest.WINDOWS, compiler.mapping.bind.PITCHED, compiler.routes.EARLY_STORES)).encode()
         return b"\0".join([b"schedule", code_fingerprint(CODE), strategy.name.encode(), repr(kernel).encode(),
                            repr(sorted(bound.sizes.items())).encode(), repr(target).encode(), switches])
     path = entry_file("schedules", key)

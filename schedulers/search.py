@@ -113,6 +113,14 @@ def row_axes(nest: Nest) -> list:
     return [a for a in nest.axes if a.name in names]
 
 
+def slide_axes(nest: Nest) -> list:
+    """Parallel loop axes a window slides along (``OperandInfo.along_run``: NHWC's output
+    columns over a row of pixels): one column a step reloads the row's tile for every column;
+    the whole row (or half) in one step loads it once."""
+    names = {o.window[1] for o in nest.inputs if o.window is not None and o.along_run}
+    return [a for a in nest.axes if a.name in names and not a.reduction and a.blocks > 1]
+
+
 def reduction_axes(nest: Nest) -> list[str]:
     return [a.name for a in nest.axes if a.reduction and a.instr_var is not None]
 
@@ -141,7 +149,8 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     tunable = [a for a in nest.axes if a.instr_var is not None]
     taps = tap_axes(nest)
     rows = row_axes(nest)
-    names = [a.name for a in tunable + taps + rows]
+    slides = slide_axes(nest)
+    names = [a.name for a in tunable + taps + rows + slides]
     red = reduction_axes(nest)
     per_exec = nest.instr.cycles() / target.engine(nest.instr.engine).count
     # what `verify` may still pick from ``keep``: each family's best, among the three best
@@ -155,7 +164,8 @@ def best_nest(target: Target, nest: Nest, full: bool = False, limit: int = 60000
     for split in splits:
         caps = {a.name: -(-a.blocks // dict(split).get(a.name, 1)) for a in nest.axes}
         choices = [_tile_choices(caps[a.name], full) for a in tunable] + [[1, a.blocks] for a in taps] + \
-            [list(range(1, min(caps[a.name], MAX_ROWS) + 1)) for a in rows]
+            [list(range(1, min(caps[a.name], MAX_ROWS) + 1)) for a in rows] + \
+            [sorted({1, -(-caps[a.name] // 2), caps[a.name]}) for a in slides]
         fixed = prod(caps[a.name] for a in nest.axes if a.name not in names)
         perms = list(itertools.permutations([a.name for a in par_bound])) or [()]
         for perm in perms:

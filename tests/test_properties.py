@@ -464,6 +464,50 @@ def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, tar
     assert ok, (kind, target, sizes, ns, per)
 
 
+RUN_WINDOWS = {
+    "nhwc": "def c2(float(N, H, W, C) I, float(R, S, C, F) K) -> (O) {\n"
+            "    O(n, h, w, f) +=! I(n, h + r, w + s, c) * K(r, s, c, f)\n}\n",
+    "nwc": "def c1(float(N, W, C) I, float(S, C, F) K) -> (O) {\n    O(n, w, f) +=! I(n, w + s, c) * K(s, c, f)\n}\n",
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(RUN_WINDOWS)), st.sampled_from(["sim-nnp", "sim-tpu", "sim-gemmini-fp32"]),
+       st.integers(1, 2), st.integers(1, 70), st.integers(1, 6), st.integers(1, 40), st.data())
+def test_tap_folded_convolutions_match_the_interpreter_under_any_schedule(kind, target, N, C, W, F, data):
+    """NHWC convolutions with a filter row's taps folded into the reduction, k = (s, c), the
+    input one tile of whole rows that each output column reads y * C elements further on
+    (``nest._run_window``): any channel count (a block boundary inside a pixel or not), kernel
+    size, tile of each axis, loop order, prefetch and core split (w too: each core its rows)."""
+    from dataclasses import replace
+
+    from compiler.checking import compare
+    from compiler.lower import lower
+    from schedulers.space import fits
+    S = data.draw(st.integers(2, W)) if W > 1 else 1
+    kern = compiler.parse(RUN_WINDOWS[kind]).kernel()
+    sizes = {k: v for k, v in dict(N=N, C=C, W=W, F=F, S=S, H=data.draw(st.integers(1, 4)), R=1).items()
+             if k in kern.sizes}
+    ck = compiler.build(kern, target=target, sizes=sizes)
+    found = [(i, c) for i, c in enumerate(ck.candidates[0])
+             if any(o.window and o.along_run for o in c.nests[0].operands)]
+    event(f"run window: {bool(found)}")
+    if not found:
+        assert W - S + 1 == 1  # one output column: nothing to slide along
+        return
+    idx, cand = data.draw(st.sampled_from(found))
+    nest = cand.nests[0]
+    ns = random_nest_schedule(data, nest, 0)
+    if fits(ck.target_ir, nest, ns) is not None:
+        event("does not fit")
+        return
+    sched = replace(ck.schedule, mappings=(idx,), nests=(ns,))
+    ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
+    assert ok, (kind, target, sizes, ns, per)
+
+
 EPILOGUES = {
     "nchw_bias_relu": ("def c2(float(N, C, H, W) I, float(F, C, R, S) K, float(F) B) -> (O) {\n"
                        "    O(n, f, h, w) +=! I(n, c, h + r, w + s) * K(f, c, r, s)\n"

@@ -1159,3 +1159,37 @@ def test_pitched_pairs_are_a_switch_and_explained():
     finally:
         bind.PITCHED = True
     assert "at pitch" not in text and "fusing (h,w) of I is not contiguous" in text
+
+
+NHWC_LAYER = dict(N=8, H=30, W=30, C=64, F=128, R=3, S=3)
+
+
+def test_nhwc_convolution_folds_a_filter_rows_taps_into_the_reduction():
+    """sim-tpu's NHWC layer binds k = (s, c) (a run of one filter row's pixels, contiguous
+    from w + s on) with the input one tile of a whole row of pixels that each output column
+    reads C elements further on (``nest._run_window``): a third of the matrix unit's passes
+    gone against k = c, the input read once per filter row, and the result the reference's."""
+    from math import prod
+
+    import compiler.routes
+    from compiler.lower import lower
+    ck = compiler.build(kernels.path("conv2d_nhwc"), target="sim-tpu", sizes=NHWC_LAYER)
+    (nest,) = ck.candidates[0][ck.schedule.mappings[0]].nests
+    assert nest.axis("(s,c)").instr_var == "k"
+    (o,) = [o for o in nest.operands if o.window]
+    assert o.tensor == "I" and o.along_run and o.window == ("(s,c)", "w") and o.window_stride == 64
+    assert "I dims (s,c) fused from w + s on" in ck.candidates[0][ck.schedule.mappings[0]].mapping.describe()
+    assert "w x 64 columns further on" in show(ck.program)
+    ins = random_inputs(ck.kernel, ck.bound, 3)
+    early = _simulated(ck, ck.program, ins)
+    # one tile of I per filter row and (n, h) block: I's bytes (as fp32) once per filter row
+    assert _main_bytes(early, "hbm") < 3.5 * 4 * prod(ck.bound.shapes["I"]) + 4 * prod(ck.bound.shapes["Wt"]) * 2
+    # the output's blocks stored as each is finished: the same results, a shorter drain
+    compiler.routes.EARLY_STORES = False
+    try:
+        late = _simulated(ck, lower(ck.kernel, ck.bound, ck.target_ir, ck.schedule, ck.candidates), ins)
+    finally:
+        compiler.routes.EARLY_STORES = True
+    for name in early.outputs:
+        np.testing.assert_array_equal(early.outputs[name], late.outputs[name])
+    assert early.cycles < late.cycles

@@ -302,7 +302,7 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
             out.append(f"{opname}: {e.tensor} ({','.join(t)}) read flat at pitch {pitch}")
         elif len(t) > 1:
             ok = dims == list(range(dims[0], dims[0] + len(dims))) and all(
-                isinstance(e.indices[d], Var) for d in dims)
+                isinstance(e.indices[d], Var) for d in dims[1:]) and _offset_run(ctx, e, t[0], dims[0], f)
             if ok:
                 for d in dims[1:]:
                     v = e.indices[d].name
@@ -314,7 +314,9 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
             if not ok:
                 gather = f"fusing ({','.join(t)}) of {e.tensor} is not contiguous"
             else:
-                out.append(f"{opname}: {e.tensor} dims ({','.join(t)}) fused")
+                shift = "" if isinstance(e.indices[dims[0]], Var) else \
+                    f" from {_show(e.indices[dims[0]])} on (one flat run)"
+                out.append(f"{opname}: {e.tensor} dims ({','.join(t)}) fused{shift}")
         first_dims.append(min(dims) if dims else None)
     present = [d for d in first_dims if d is not None]
     transposed = present != sorted(present)
@@ -349,6 +351,20 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
                          f"{instr.operand(opname).memory}, and {ctx.target.name} has none")
         out.append(f"{opname}: gather {e.tensor} via {g[0].name} ({gather})")
     return out
+
+
+def _offset_run(ctx: Ctx, e: Access, v: str, d: int, f) -> bool:
+    """Whether the outermost dimension of a fused run may be read as ``v + y``: y a variable
+    left as a loop (a filter tap of NHWC's ``I(n, h + r, w + s, c)``), so that the run (s, c)
+    is still one flat stretch of memory, merely starting y rows further on."""
+    sub = e.indices[d]
+    if isinstance(sub, Var):
+        return True
+    if not isinstance(sub, Binary) or sub.op != "+" or not isinstance(sub.a, Var) or not isinstance(sub.b, Var):
+        return False
+    y = sub.b.name if sub.a.name == v else sub.a.name if sub.b.name == v else None
+    bound_vars = {u for tt in f.values() for u in tt}
+    return y is not None and y in ctx.vars and y not in bound_vars
 
 
 class _Unpitched(Exception):
