@@ -155,6 +155,9 @@ class _NestLowering:
         if o.window is not None:
             y = self.n.axis(o.window[1])
             at += ((y.vars[0], C(y.lows[0])),)
+            if o.window_rows is not None:
+                r = self.n.axis(o.window_rows[0])
+                at += ((r.vars[0], C(r.lows[0])),)
         return Tile(o.tensor, o.access, tuple(dims), at, tuple(blocks[a] for a in o.axes))
 
     def stage(self, o, op, i: int) -> str:
@@ -543,7 +546,8 @@ class _NestLowering:
                 owner, oo = self.forward[o.name]
                 ops.append((o.name, Slot(owner.bufname[oo.name], owner.slot_index(oo, inner, step))))
             elif o.window is not None:  # tap y reads the rows y further on
-                later, off = window_slot(n, o, blocks[o.window[1]])
+                later, off = window_slot(n, o, blocks[o.window[1]],
+                                         blocks[o.window_rows[0]] if o.window_rows else None)
                 ops.append((o.name, Slot(self.bufname[o.name], add(self.slot_index(o, inner, step), later),
                                          off, o.window_dim)))
             else:
@@ -771,7 +775,8 @@ def lower(k: Kernel, b: Bound, target: Target, schedule: Schedule, cands: list[l
         notes.append(f"S{si}: {c.mapping.describe()}")
         notes += [f"S{si}: {o.name}={o.tensor} is a sliding window along {o.window[0]}: one tile for every "
                   f"{o.window[1]}, which reads the block {o.window[1]}"
-                  f"{f' x {o.window_stride}' if o.window_stride > 1 else ''} "
+                  f"{f' x {o.window_stride}' if o.window_stride > 1 else ''}"
+                  f"{f' + {o.window_rows[0]} x {o.window_rows[1]}' if o.window_rows else ''} "
                   f"{('rows', 'columns')[o.window_dim] if o.window_dim < 2 else 'elements'} further on"
                   for nest in c.nests
                   for o in nest.operands if o.window is not None]

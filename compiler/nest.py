@@ -85,6 +85,9 @@ class OperandInfo:
     window_stride: int = 1
     halo: int = 1
     along_run: bool = False  # such a window (``_run_window``), whatever its stride
+    # (R, pitch): a pitched pair's window also shifted a row of pixels by a second tap (r of
+    # ``I(.., h + r, w + s)``): R, like Y, is then not in ``axes``
+    window_rows: tuple[str, int] | None = None
     # (H, R): two loop axes the operand reads only as ``h + r`` (a convolution's output row and
     # filter row).  Its tile holds each row h + r once, tile(H) + tile(R) - 1 blocks instead of
     # tile(H) x tile(R) (the layout's dimension H; R adds nothing to it), so neighbouring output
@@ -108,7 +111,8 @@ class OperandInfo:
 # the layout of an operand's tile; shared with the cost model's ``Moved`` (same fields)
 def spans(o, axis: str) -> bool:
     """Whether the operand's elements change along ``axis`` (a window's Y included)."""
-    return axis in o.axes or (o.window is not None and axis == o.window[1])
+    return axis in o.axes or (o.window is not None and axis == o.window[1]) or \
+        (getattr(o, "window_rows", None) is not None and axis == o.window_rows[0])
 
 
 def extent(o, axis: str, tile_of: dict[str, int]) -> int:
@@ -217,21 +221,32 @@ def _sum_of_vars(e: Expr) -> tuple[str, str] | None:
     return None
 
 
+def _tap_of(o: OperandInfo, x: str) -> str | None:
+    """y where the operand reads x only as ``x + y`` (a convolution's output position and
+    filter tap), else None."""
+    subs = [e for e in o.access.indices if x in vars_of(e)]
+    pair = _sum_of_vars(subs[0]) if len(subs) == 1 else None
+    if pair is None or x not in pair:
+        return None
+    return pair[1] if pair[0] == x else pair[0]
+
+
 def _window(o: OperandInfo, inner: Access, axes: list[Axis], target: Target) -> tuple[tuple[str, str], int] | None:
     """((X, Y), dim) when operand ``o`` reads ``x + y`` along dimension ``dim`` of its block,
     with x an instruction axis and y a loop axis no longer than a block plus one.  A block's
     rows are consecutive addresses, so a block shifted along its first dimension is one address
     further on; along another, the tile keeps its blocks along X side by side (a row pitch of
     all of them) and a shifted block is the same pitch from a later address."""
-    for dim, index in enumerate(inner.indices):
-        if isinstance(index, Var):
-            found = _window_along(o, index.name, axes)
-            if found is None:
-                found = _run_window(o, index.name, axes, target)
-            if found is not None:
+    # a run's window first: it spares the reloads of a whole row of output columns
+    for find in (lambda v: _run_window(o, v, axes, target), lambda v: _window_along(o, v, axes)):
+        for dim, index in enumerate(inner.indices):
+            if isinstance(index, Var) and (found := find(index.name)) is not None:
                 return found, dim
     return None
 
+
+# windows over a pitched pair's pixels (off: a tile per tap there, for comparison)
+PITCHED_WINDOWS = True
 
 # the most of an operand's memory a window along a fused run may hold (the whole of Y at once)
 RUN_WINDOW_SHARE = 4
@@ -249,11 +264,9 @@ def _run_window(o: OperandInfo, instr_var: str, axes: list[Axis], target: Target
     if X is None or len(X.vars) < 2 or X.unit <= 1 or X.real:
         return None
     s = X.vars[0]
-    subs = [e for e in o.access.indices if s in vars_of(e)]
-    pair = _sum_of_vars(subs[0]) if len(subs) == 1 else None
-    if pair is None or s not in pair:
+    y = _tap_of(o, s)
+    if y is None:
         return None
-    y = pair[1] if pair[0] == s else pair[0]
     Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None), None)
     if Y is None or Y.total < 2 or sum(y in vars_of(i) for i in o.access.indices) != 1:
         return None
@@ -267,14 +280,13 @@ def _run_window(o: OperandInfo, instr_var: str, axes: list[Axis], target: Target
 
 def _window_along(o: OperandInfo, instr_var: str, axes: list[Axis]) -> tuple[str, str] | None:
     X = next((a for a in axes if a.instr_var == instr_var), None)
-    if X is None or len(X.vars) != 1 or X.unit <= 1:
+    # one var, or a pitched pair (h, w): pixels p = h * W + w, tap s reading p + s
+    if X is None or X.unit <= 1 or not (len(X.vars) == 1 or (PITCHED_WINDOWS and len(X.vars) == 2 and X.real)):
         return None
-    x = X.vars[0]
-    subs = [e for e in o.access.indices if x in vars_of(e)]
-    pair = _sum_of_vars(subs[0]) if len(subs) == 1 else None
-    if pair is None or x not in pair:
+    x = X.vars[-1]
+    y = _tap_of(o, x)
+    if y is None:
         return None
-    y = pair[1] if pair[0] == x else pair[0]
     # a reduced y (a filter tap): the nest's own loop, never one a fused epilogue or row group shares
     Y = next((a for a in axes if a.vars == (y,) and a.instr_var is None and a.reduction), None)
     if Y is None or not 2 <= Y.total <= X.unit + 1:
@@ -303,24 +315,48 @@ def _merged(o: OperandInfo, axes: list[Axis]) -> tuple[str, str] | None:
 def window_extent(nest: "Nest", o: OperandInfo) -> int:
     """Elements of a window operand along X: every x + y."""
     X, Y = (nest.axis(a) for a in o.window)
-    return X.total + (Y.total - 1) * o.window_stride
+    rows = (nest.axis(o.window_rows[0]).total - 1) * o.window_rows[1] if o.window_rows else 0
+    return X.total + (Y.total - 1) * o.window_stride + rows
 
 
 def window_extents(nest: "Nest", o: OperandInfo) -> tuple[int, ...]:
     """``window_extent`` per variable of X: a fused run's first one (the tap) runs on over Y."""
     X, Y = (nest.axis(a) for a in o.window)
+    if X.real and not o.along_run:  # a pitched pair's whole rows, the overlap columns too
+        rows = nest.axis(o.window_rows[0]).total - 1 if o.window_rows else 0
+        return (X.extents[0] + rows,) + X.extents[1:]
     return (X.extents[0] + Y.total - 1,) + X.extents[1:]
 
 
-def window_slot(nest: "Nest", o: OperandInfo, y: Expr) -> tuple[Expr, Expr]:
-    """(blocks, elements) further on along X at which loop value ``y`` reads the window: a tap
-    window's offset is y elements into the block; a run's, y * stride elements, whole blocks
-    of it a later slot."""
-    if not o.along_run:
+def window_slot(nest: "Nest", o: OperandInfo, y: Expr, r: Expr | None = None) -> tuple[Expr, Expr]:
+    """(blocks, elements) further on along X at which loop value ``y`` (and ``r``, of
+    ``window_rows``) reads the window: a tap window's offset is y elements into the block; a
+    run's, y * stride elements, and a row shift's r * pitch more, whole blocks of them a
+    later slot."""
+    if not o.along_run and o.window_rows is None:
         return Const(0), y
     unit = nest.axis(o.window[0]).unit
     flat = simplify(Binary("*", y, Const(o.window_stride)))
+    if o.window_rows is not None:
+        flat = simplify(Binary("+", flat, Binary("*", r, Const(o.window_rows[1]))))
     return simplify(Binary("/", flat, Const(unit))), simplify(Binary("%", flat, Const(unit)))
+
+
+def _window_rows(o: OperandInfo, X: Axis, axes: list[Axis], target: Target) -> tuple[str, int] | None:
+    """(R, W) where a window's X is a pitched pair (h, w) the operand reads as ``h + r``, r a
+    reduced loop (a filter row): row r's pixels are r * W further on in the same tile, which
+    then serves every tap of the filter, not one row of them.  Only while the tile stays a
+    modest share of the memory (its halo grows by R - 1 rows of pixels)."""
+    if not (PITCHED_WINDOWS and len(X.vars) == 2 and X.real):
+        return None
+    h = X.vars[0]
+    r = _tap_of(o, h)
+    if r is None:
+        return None
+    R = next((a for a in axes if a.vars == (r,) and a.instr_var is None and a.reduction), None)
+    if R is None or R.total < 2 or sum(r in vars_of(i) for i in o.access.indices) != 1:
+        return None
+    return R.name, X.extents[1]
 
 
 def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[Nest]:
@@ -390,7 +426,16 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
                     if found is not None:  # X innermost: the halo block is the next slot
                         op.window, op.window_dim = found
                         x, y = op.window
-                        op.axes = [a for a in op.axes if a not in (x, y)] + [x]
+                        X = next(a for a in axes if a.name == x)
+                        if not op.along_run and (rows := _window_rows(op, X, axes, target)) is not None:
+                            R = next(a for a in axes if a.name == rows[0])
+                            shift = (R.total - 1) * rows[1] + next(a for a in axes if a.name == y).total - 1
+                            halo = -(-shift // X.unit)
+                            if (X.blocks + halo) * op.op.bytes * RUN_WINDOW_SHARE <= \
+                                    target.memory(op.op.memory).capacity:
+                                op.window_rows, op.halo = rows, halo
+                        op.axes = [a for a in op.axes if a not in (x, y) and
+                                   (op.window_rows is None or a != op.window_rows[0])] + [x]
                     op.merged = _merged(op, axes)
         if ist.init and any(a.reduction and a.blocks > 1 for a in axes):
             raise Unsupported(f"{instr.name} overwrites its output, but the reduction spans several blocks")

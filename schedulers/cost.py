@@ -78,6 +78,7 @@ class Moved:
     window: tuple[str, str] | None = None  # compiler.nest.OperandInfo.window
     merged: tuple[str, str] | None = None  # compiler.nest.OperandInfo.merged
     halo: int = 1  # compiler.nest.OperandInfo.halo
+    window_rows: tuple[str, int] | None = None  # compiler.nest.OperandInfo.window_rows
 
     def extent(self, axis: str, tile_of: dict[str, int]) -> int:
         return layout.extent(self, axis, tile_of)
@@ -119,7 +120,7 @@ def _build_moved(target: Target, nest: Nest) -> list[Moved]:
         staging = tuple((m.memory, 2 * elems * m.dtype.itemsize) for m in inter if m.memory != target.main)
         out.append(Moved(o.name, tuple(o.axes), o.is_output, valid, hops,
                          None if o.op.memory == target.main else o.op.memory, o.op.bytes, staging, o.window,
-                         o.merged, o.halo))
+                         o.merged, o.halo, o.window_rows))
     return out
 
 

@@ -32,7 +32,8 @@ def schedule(kernel: Kernel, bound: Bound, target: Target, name: str | None) -> 
         import compiler.mapping.bind
         import compiler.nest
         import compiler.routes
-        switches = repr((compiler.nest.WINDOWS, compiler.mapping.bind.PITCHED, compiler.routes.EARLY_STORES)).encode()
+        switches = repr((compiler.nest.WINDOWS, compiler.nest.PITCHED_WINDOWS, compiler.mapping.bind.PITCHED,
+                         compiler.routes.EARLY_STORES)).encode()
         return b"\0".join([b"schedule", code_fingerprint(CODE), strategy.name.encode(), repr(kernel).encode(),
                            repr(sorted(bound.sizes.items())).encode(), repr(target).encode(), switches])
     path = entry_file("schedules", key)

@@ -363,6 +363,27 @@ def random_nest_schedule(data, nest, si: int):
     return NestSchedule(si, 0, tiles, order, split, data.draw(st.integers(0, 3)))
 
 
+def check_under_random_schedule(data, ck, found, what):
+    """One of ``found`` (index, candidate) of a one-statement kernel, lowered under any
+    schedule that fits (``random_nest_schedule``) and simulated against the reference."""
+    from dataclasses import replace
+
+    from compiler.checking import compare
+    from compiler.lower import lower
+    from schedulers.space import fits
+    idx, cand = data.draw(st.sampled_from(found))
+    nest = cand.nests[0]
+    ns = random_nest_schedule(data, nest, 0)
+    if fits(ck.target_ir, nest, ns) is not None:
+        event("does not fit")
+        return
+    sched = replace(ck.schedule, mappings=(idx,), nests=(ns,))
+    ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
+    ins = random_inputs(ck.kernel, ck.bound)
+    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
+    assert ok, (what, ns, per)
+
+
 CONV1D = {
     "xs": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, w + s) * K(f, c, s)\n}\n",
     "sx": "def c1(float(N, C, W) I, float(F, C, S) K) -> (O) {\n    O(n, f, w) +=! I(n, c, s + w) * K(f, c, s)\n}\n",
@@ -437,11 +458,6 @@ def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, tar
     """Output columns over the input's whole rows (``bind._pitch``): any kernel size, tile of
     each axis, loop order, prefetch and core split, on both targets; the overlap columns
     computed and never stored."""
-    from dataclasses import replace
-
-    from compiler.checking import compare
-    from compiler.lower import lower
-    from schedulers.space import fits
     R, S = data.draw(st.integers(1, H)), data.draw(st.integers(1, W))
     kern = compiler.parse(PITCHED[kind]).kernel()
     sizes = {k: v for k, v in dict(N=N, C=C, H=H, W=W, F=F, R=R, S=S).items() if k in kern.sizes}
@@ -451,17 +467,7 @@ def test_pitched_convolutions_match_the_interpreter_under_any_schedule(kind, tar
     if not found:
         assert S == 1  # the pair is then the output's own rows
         return
-    idx, cand = data.draw(st.sampled_from(found))
-    nest = cand.nests[0]
-    ns = random_nest_schedule(data, nest, 0)
-    if fits(ck.target_ir, nest, ns) is not None:
-        event("does not fit")
-        return
-    sched = replace(ck.schedule, mappings=(idx,), nests=(ns,))
-    ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
-    ins = random_inputs(ck.kernel, ck.bound)
-    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
-    assert ok, (kind, target, sizes, ns, per)
+    check_under_random_schedule(data, ck, found, (kind, target, sizes))
 
 
 RUN_WINDOWS = {
@@ -479,11 +485,6 @@ def test_tap_folded_convolutions_match_the_interpreter_under_any_schedule(kind, 
     input one tile of whole rows that each output column reads y * C elements further on
     (``nest._run_window``): any channel count (a block boundary inside a pixel or not), kernel
     size, tile of each axis, loop order, prefetch and core split (w too: each core its rows)."""
-    from dataclasses import replace
-
-    from compiler.checking import compare
-    from compiler.lower import lower
-    from schedulers.space import fits
     S = data.draw(st.integers(2, W)) if W > 1 else 1
     kern = compiler.parse(RUN_WINDOWS[kind]).kernel()
     sizes = {k: v for k, v in dict(N=N, C=C, W=W, F=F, S=S, H=data.draw(st.integers(1, 4)), R=1).items()
@@ -495,17 +496,7 @@ def test_tap_folded_convolutions_match_the_interpreter_under_any_schedule(kind, 
     if not found:
         assert W - S + 1 == 1  # one output column: nothing to slide along
         return
-    idx, cand = data.draw(st.sampled_from(found))
-    nest = cand.nests[0]
-    ns = random_nest_schedule(data, nest, 0)
-    if fits(ck.target_ir, nest, ns) is not None:
-        event("does not fit")
-        return
-    sched = replace(ck.schedule, mappings=(idx,), nests=(ns,))
-    ck.program = lower(ck.kernel, ck.bound, ck.target_ir, sched, ck.candidates)
-    ins = random_inputs(ck.kernel, ck.bound)
-    ok, _, per = compare(ck.run_all(**ins), ck.reference(ins), ck.precision)
-    assert ok, (kind, target, sizes, ns, per)
+    check_under_random_schedule(data, ck, found, (kind, target, sizes))
 
 
 EPILOGUES = {
@@ -561,6 +552,11 @@ def test_epilogues_on_pitched_blocks_match_the_interpreter_under_any_schedule(ki
     ns = random_nest_schedule(data, cand.nests[0], 0)
     if fits(t, cand.nests[0], ns) is not None:
         event("does not fit")
+        return
+    from compiler.epilogue import reserves
+    reserve = reserves(ck.kernel, t, [cand.nests, ck.candidates[1][j].nests]).get(0)
+    if onto and reserve is not None and fits(t, cand.nests[0], ns, reserve) is not None:
+        event("fits, but not with the epilogue's slots beside it")  # (the epilogue then runs apart)
         return
     from schedulers.search import best_nest
     rest = tuple(best_nest(t, n)[0] for n in ck.candidates[1][j].nests)

@@ -288,7 +288,8 @@ def test_analytical_model_on_the_quick_gemm_suite(target, shape):
 def test_convolution_taps_come_whole_and_the_model_counts_gathered_tensor_bytes():
     """A 3x3 convolution on sim-tpu: the search may take a filter's taps whole in each tile, so the
     filter stays on chip (mapping k=c instead of gathering im2col windows of I; 8x64x30x30 *
-    128x3x3 114934 -> 70447 cycles), and the model prices a bf16 gathering copy of an fp32
+    128x3x3 114934 -> 70447 cycles; with I a window over every tap since, stepping them loads
+    the filter once as well), and the model prices a bf16 gathering copy of an fp32
     tensor at the tensor's 4 bytes an element, as the simulator moves them."""
     from schedulers.search import best_nest
     from schedulers.tune import measure
@@ -300,7 +301,15 @@ def test_convolution_taps_come_whole_and_the_model_counts_gathered_tensor_bytes(
     ns = ck.schedule.nests[0]
     nest = cands[0][ck.schedule.mappings[0]].nests[0]
     taps = {a.name for a in nest.axes if a.instr_var is None and a.reduction}
-    assert taps and all(ns.tile(a) == nest.axis(a).blocks for a in taps), ck.schedule.describe()
+    # the filter loaded once: its taps taken whole, or stepped with nothing of its around them
+    # (the input a window over its pixels for every tap, since 2026-12-02)
+    from math import ceil, prod
+
+    from schedulers.space import pipeline
+    (f,) = [o for o in nest.inputs if o.tensor == "Wt"]
+    pl = pipeline(t, nest, ns)
+    assert taps and pl.steps // pl.inner[f.name] == prod(ceil(nest.axis(a).blocks / ns.tile(a)) for a in f.axes), \
+        ck.schedule.describe()
     ins = {x: np.random.default_rng(0).standard_normal(b.shapes[x]).astype(np.float32) for x in ("I", "Wt")}
     ok, _, per = compare(ck.run_all(**ins), ir.interp.run(k, ins, ck.sizes), ck.precision)
     assert ok, per
