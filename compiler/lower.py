@@ -491,10 +491,11 @@ class _NestLowering:
 
     def early_stores(self) -> bool:
         """``routes.stores_early`` for this lowering: a fused epilogue runs on single blocks."""
-        out = self.n.output
+        out, pl = self.n.output, self.pl
         count = self.batch(out, self.route_of(out, "out"))
-        return (self.epi is None or count == 1) and stores_early(self.t, self.n, count, self.ns.tile_of, self.pl.slots[out.name],
-                                                                 self.pl.steps // self.pl.inner[out.name])
+        tiles = pl.steps // pl.inner[out.name]  # output tiles a core computes
+        return (self.epi is None or count == 1) and \
+            stores_early(self.t, self.n, count, self.ns.tile_of, pl.slots[out.name], tiles)
 
     def stores_in_step(self, inner: dict[str, Expr], blocks: dict[str, Expr], step: Expr, phase) -> list:
         """The stores ``early_stores`` puts after a product: of its batch of output blocks (along

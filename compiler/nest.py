@@ -112,7 +112,7 @@ class OperandInfo:
 def spans(o, axis: str) -> bool:
     """Whether the operand's elements change along ``axis`` (a window's Y included)."""
     return axis in o.axes or (o.window is not None and axis == o.window[1]) or \
-        (getattr(o, "window_rows", None) is not None and axis == o.window_rows[0])
+        (o.window_rows is not None and axis == o.window_rows[0])
 
 
 def extent(o, axis: str, tile_of: dict[str, int]) -> int:

@@ -193,7 +193,8 @@ def nest_cost(target: Target, nest: Nest, ns: NestSchedule) -> dict:
                 store = per_tile_instrs * max(
                     (h.copy.cycles(h.nbytes * batch) if h.copy.occupancy is None else h.copy.occupancy)
                     for h in route)
-                if stores_early(target, nest, batch, tile_of, pl.slots[o.name], loads):  # blocks stored as the last step finishes them
+                if stores_early(target, nest, batch, tile_of, pl.slots[o.name], loads):
+                    # each block stored as the last step finishes it: the tile's store overlaps that step
                     store = max(store / per_tile_instrs, store - compute_step * (1 - batch / max(1, tile_blocks)))
                 drain += chain_lat + store
                 if pl.slots[o.name] == 1 and loads > 1 and d > 0:
