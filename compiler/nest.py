@@ -21,7 +21,7 @@ from ir.kernel import Kernel, memo
 from ir.target import Instruction, Operand, Target
 
 from compiler.mapping import Mapping, Step
-from compiler.mapping.bind import instr_accesses
+from compiler.mapping.bind import instr_accesses, partner
 from compiler.mapping.match import immediate
 
 
@@ -225,10 +225,7 @@ def _tap_of(o: OperandInfo, x: str) -> str | None:
     """y where the operand reads x only as ``x + y`` (a convolution's output position and
     filter tap), else None."""
     subs = [e for e in o.access.indices if x in vars_of(e)]
-    pair = _sum_of_vars(subs[0]) if len(subs) == 1 else None
-    if pair is None or x not in pair:
-        return None
-    return pair[1] if pair[0] == x else pair[0]
+    return partner(subs[0], x) if len(subs) == 1 else None
 
 
 def _window(o: OperandInfo, inner: Access, axes: list[Axis], target: Target) -> tuple[tuple[str, str], int] | None:
@@ -272,7 +269,7 @@ def _run_window(o: OperandInfo, instr_var: str, axes: list[Axis], target: Target
         return None
     stride = prod(X.extents[1:])
     halo = -(-(Y.total - 1) * stride // X.unit)
-    if (X.blocks + halo) * o.op.bytes * RUN_WINDOW_SHARE > target.memory(o.op.memory).capacity:
+    if not _modest(o, X, halo, target):
         return None
     o.window_stride, o.halo, o.along_run = stride, halo, True
     return X.name, Y.name
@@ -342,21 +339,30 @@ def window_slot(nest: "Nest", o: OperandInfo, y: Expr, r: Expr | None = None) ->
     return simplify(Binary("/", flat, Const(unit))), simplify(Binary("%", flat, Const(unit)))
 
 
-def _window_rows(o: OperandInfo, X: Axis, axes: list[Axis], target: Target) -> tuple[str, int] | None:
-    """(R, W) where a window's X is a pitched pair (h, w) the operand reads as ``h + r``, r a
-    reduced loop (a filter row): row r's pixels are r * W further on in the same tile, which
-    then serves every tap of the filter, not one row of them.  Only while the tile stays a
-    modest share of the memory (its halo grows by R - 1 rows of pixels)."""
+def _window_rows(o: OperandInfo, X: Axis, Y: Axis, axes: list[Axis], target: Target) -> None:
+    """Sets ``o.window_rows`` (R, W) and its halo where the window's X is a pitched pair (h, w)
+    the operand reads as ``h + r``, r a reduced loop (a filter row): row r's pixels are r * W
+    further on in the same tile, which then serves every tap of the filter, not one row of
+    them.  Only while the tile stays a modest share of the memory (its halo grows by R - 1
+    rows of pixels)."""
     if not (PITCHED_WINDOWS and len(X.vars) == 2 and X.real):
-        return None
-    h = X.vars[0]
-    r = _tap_of(o, h)
+        return
+    r = _tap_of(o, X.vars[0])
     if r is None:
-        return None
+        return
     R = next((a for a in axes if a.vars == (r,) and a.instr_var is None and a.reduction), None)
     if R is None or R.total < 2 or sum(r in vars_of(i) for i in o.access.indices) != 1:
-        return None
-    return R.name, X.extents[1]
+        return
+    pitch = X.extents[1]
+    halo = -(-((R.total - 1) * pitch + Y.total - 1) // X.unit)
+    if _modest(o, X, halo, target):
+        o.window_rows, o.halo = (R.name, pitch), halo
+
+
+def _modest(o: OperandInfo, X: Axis, halo: int, target: Target) -> bool:
+    """Whether a window's tile along X with ``halo`` blocks more stays within
+    1 / RUN_WINDOW_SHARE of the operand's memory."""
+    return (X.blocks + halo) * o.op.bytes * RUN_WINDOW_SHARE <= target.memory(o.op.memory).capacity
 
 
 def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[Nest]:
@@ -426,14 +432,8 @@ def build_nests(k: Kernel, b: Bound, target: Target, mapping: Mapping) -> list[N
                     if found is not None:  # X innermost: the halo block is the next slot
                         op.window, op.window_dim = found
                         x, y = op.window
-                        X = next(a for a in axes if a.name == x)
-                        if not op.along_run and (rows := _window_rows(op, X, axes, target)) is not None:
-                            R = next(a for a in axes if a.name == rows[0])
-                            shift = (R.total - 1) * rows[1] + next(a for a in axes if a.name == y).total - 1
-                            halo = -(-shift // X.unit)
-                            if (X.blocks + halo) * op.op.bytes * RUN_WINDOW_SHARE <= \
-                                    target.memory(op.op.memory).capacity:
-                                op.window_rows, op.halo = rows, halo
+                        if not op.along_run:
+                            _window_rows(op, *(next(a for a in axes if a.name == v) for v in (x, y)), axes, target)
                         op.axes = [a for a in op.axes if a not in (x, y) and
                                    (op.window_rows is None or a != op.window_rows[0])] + [x]
                     op.merged = _merged(op, axes)

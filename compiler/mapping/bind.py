@@ -353,6 +353,14 @@ def _layout(ctx: Ctx, instr, opname, ia: Access, e: Access, f, is_out) -> list[s
     return out
 
 
+def partner(sub: Expr, v: str) -> str | None:
+    """y where a subscript is ``v + y`` (or ``y + v``) of two plain variables (a convolution's
+    output position and filter tap), else None."""
+    if isinstance(sub, Binary) and sub.op == "+" and isinstance(sub.a, Var) and isinstance(sub.b, Var):
+        return sub.b.name if sub.a.name == v else sub.a.name if sub.b.name == v else None
+    return None
+
+
 def _offset_run(ctx: Ctx, e: Access, v: str, d: int, f) -> bool:
     """Whether the outermost dimension of a fused run may be read as ``v + y``: y a variable
     left as a loop (a filter tap of NHWC's ``I(n, h + r, w + s, c)``), so that the run (s, c)
@@ -360,9 +368,7 @@ def _offset_run(ctx: Ctx, e: Access, v: str, d: int, f) -> bool:
     sub = e.indices[d]
     if isinstance(sub, Var):
         return True
-    if not isinstance(sub, Binary) or sub.op != "+" or not isinstance(sub.a, Var) or not isinstance(sub.b, Var):
-        return False
-    y = sub.b.name if sub.a.name == v else sub.a.name if sub.b.name == v else None
+    y = partner(sub, v)
     bound_vars = {u for tt in f.values() for u in tt}
     return y is not None and y in ctx.vars and y not in bound_vars
 
@@ -421,9 +427,7 @@ def _pitch(ctx: Ctx, e: Access, t: tuple[str, ...], dims: list[int], f) -> int |
         if isinstance(sub, Var):
             taps.append(None)
             continue
-        if not isinstance(sub, Binary) or sub.op != "+" or not isinstance(sub.a, Var) or not isinstance(sub.b, Var):
-            return None
-        y = sub.b.name if sub.a.name == v else sub.a.name if sub.b.name == v else None
+        y = partner(sub, v)
         if y is None or y in bound_vars or y not in ctx.stmt.reduction_vars:
             return None
         taps.append(y)
